@@ -1,0 +1,30 @@
+# drkit: the two commands that do all set-up on a fresh machine are
+#   make demo   back up a throwaway PostgreSQL + .env files to the local repository, verify, restore
+#   make test   install what the tests need and run them
+.PHONY: setup test lint demo bench rss clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup lint
+	$(PY) -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff check drkit tests bench scripts
+	$(VENV)/bin/ruff format --check drkit tests bench scripts
+	$(PY) -m mypy
+
+demo: setup
+	$(PY) scripts/demo.py
+
+rss: setup
+	$(PY) bench/backup_rss.py --size-mb 1100
+
+bench: setup
+	$(PY) bench/backup_rss.py --size-mb 1100
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,219 @@
+"""backup, verify and restore commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from drkit.cli.context import (
+    EXIT_CODES,
+    Ctx,
+    handle_errors,
+    identity_option,
+    load_identity,
+    log_to_stderr,
+    policy_options,
+)
+from drkit.cli.main import cli, json_option
+from drkit.errors import DrkitError, UsageError
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@cli.command(epilog=EXIT_CODES)
+@policy_options
+@click.option("--all", "all_hosts", is_flag=True, help="every policy in the policy directory")
+@click.option("-q", "--quiet", is_flag=True, help="print only errors and the summary")
+@json_option
+@pass_ctx
+@handle_errors
+def backup(
+    ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...], all_hosts: bool, quiet: bool
+) -> None:
+    """Back up hosts: every source of each policy, committed by a manifest."""
+    from drkit.actions.backup import backup as run_backup
+    from drkit.actions.common import open_repository
+
+    if not (policy_files or hosts or all_hosts):
+        raise UsageError("name hosts (--host), policy files (--policy) or --all")
+    policies = ctx.policies(policy_files, hosts)
+    catalog = ctx.catalog()
+    results: list[dict[str, Any]] = []
+    for policy in policies:
+        try:
+            repo = open_repository(policy.repository)
+            res = run_backup(policy, repo, catalog=catalog, log=log_to_stderr(quiet or ctx.as_json))
+            m = res.manifest
+            results.append(
+                {
+                    "host": policy.host,
+                    "status": "success",
+                    "snapshot": m.snapshot,
+                    "repository": repo.url,
+                    "artifacts": len(m.artifacts),
+                    "plain_bytes": sum(a.plain_size for a in m.artifacts),
+                    "stored_bytes": m.stored_bytes,
+                    "seconds": round(res.seconds, 2),
+                }
+            )
+        except DrkitError as exc:
+            if len(policies) == 1 and not ctx.as_json:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            results.append({"host": policy.host, "status": "failed", "error": str(exc)})
+
+    def text() -> None:
+        for r in results:
+            if r["status"] == "success":
+                click.echo(
+                    f"{r['host']}: snapshot {r['snapshot']} ({r['artifacts']} artifacts, "
+                    f"{r['plain_bytes']} bytes -> {r['stored_bytes']} stored, {r['seconds']}s)"
+                )
+            else:
+                click.echo(f"{r['host']}: FAILED")
+
+    ctx.emit({"results": results}, text)
+    failed = sum(r["status"] != "success" for r in results)
+    if failed:
+        sys.exit(1 if failed == len(results) else 3)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--host", required=False, help="host name")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="policy file")
+@click.option("--snapshot", help="snapshot id (default: the newest)")
+@click.option("--all-snapshots", is_flag=True, help="verify every committed snapshot")
+@click.option("--no-decrypt", is_flag=True, help="check stored digests only (no identity)")
+@identity_option
+@json_option
+@pass_ctx
+@handle_errors
+def verify(
+    ctx: Ctx,
+    host: str | None,
+    policy_file: str | None,
+    snapshot: str | None,
+    all_snapshots: bool,
+    no_decrypt: bool,
+    identity_file: str | None,
+) -> None:
+    """Read, authenticate and hash every object of a snapshot, without restoring."""
+    from drkit.actions.common import open_repository, select_snapshot
+    from drkit.actions.verify import verify_snapshot
+
+    policy = ctx.one_policy(policy_file, host)
+    repo = open_repository(policy.repository)
+    identities = None if no_decrypt else load_identity(identity_file)
+    if all_snapshots:
+        manifests = list(repo.manifests(policy.host))
+    else:
+        manifests = [select_snapshot(repo, policy.host, snapshot)]
+    results = [verify_snapshot(repo, m, identities) for m in manifests]
+    data = [
+        {
+            "host": r.host,
+            "snapshot": r.snapshot,
+            "ok": r.ok,
+            "objects": r.checked,
+            "bytes": r.bytes,
+            "decrypted": r.decrypted,
+            "problems": r.problems,
+        }
+        for r in results
+    ]
+
+    def text() -> None:
+        for r in results:
+            state = "ok" if r.ok else "FAILED"
+            click.echo(f"{r.host} {r.snapshot}: {state} ({r.checked} objects, {r.bytes} bytes)")
+            for p in r.problems:
+                click.echo(f"  {p}")
+
+    ctx.emit({"results": data}, text)
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--host", help="host whose snapshot to restore")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="policy file")
+@click.option("--snapshot", help="snapshot id (default: the newest)")
+@click.option("--only", multiple=True, help="restore only this source (repeatable)")
+@click.option("--database", help="postgres: restore into this database name")
+@click.option("--pg-host", help="postgres: target server host (default: the policy's)")
+@click.option("--pg-port", type=int, help="postgres: target server port")
+@click.option("--pg-user", help="postgres: target server user")
+@click.option(
+    "--pg-password-env", metavar="VAR", help="postgres: read the target password from $VAR"
+)
+@click.option("--dest", help="files/env: restore under this directory instead of /")
+@click.option("--force", is_flag=True, help="overwrite existing databases and differing files")
+@identity_option
+@json_option
+@pass_ctx
+@handle_errors
+def restore(
+    ctx: Ctx,
+    host: str | None,
+    policy_file: str | None,
+    snapshot: str | None,
+    only: tuple[str, ...],
+    database: str | None,
+    pg_host: str | None,
+    pg_port: int | None,
+    pg_user: str | None,
+    pg_password_env: str | None,
+    dest: str | None,
+    force: bool,
+    identity_file: str | None,
+) -> None:
+    """Restore a snapshot: roles and databases first, then env and files."""
+    from drkit.actions.common import open_repository, open_runner, select_snapshot
+    from drkit.actions.restore import restore as run_restore
+    from drkit.sources.base import RestoreOptions
+
+    policy = ctx.one_policy(policy_file, host)
+    identities = load_identity(identity_file)
+    repo = open_repository(policy.repository)
+    manifest = select_snapshot(repo, policy.host, snapshot)
+    password = None
+    if pg_password_env:
+        password = os.environ.get(pg_password_env)
+        if password is None:
+            raise UsageError(f"--pg-password-env: ${pg_password_env} is not set")
+    opts = RestoreOptions(
+        database=database,
+        pg_host=pg_host,
+        pg_port=pg_port,
+        pg_user=pg_user,
+        pg_password=password,
+        dest=dest,
+        force=force,
+        log=log_to_stderr(ctx.as_json),
+    )
+    runner = open_runner(policy.host, policy.connection)
+    result = run_restore(
+        policy,
+        repo,
+        manifest,
+        identities,
+        runner,
+        opts,
+        only=list(only) or None,
+        log=log_to_stderr(ctx.as_json),
+    )
+    ctx.emit(
+        {
+            "host": result.host,
+            "snapshot": result.snapshot,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 2),
+        },
+        lambda: click.echo(
+            f"{result.host}: restored snapshot {result.snapshot} in {result.seconds:.1f}s "
+            f"({len(result.steps)} steps)"
+        ),
+    )

@@ -1,0 +1,151 @@
+"""Shared CLI plumbing: options defined once, policy lookup, output, error mapping."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from drkit.errors import DrkitError, PolicyError, UsageError
+from drkit.paths import config_dir, default_catalog_url, default_identity_file
+from drkit.policy.loader import load_policies, load_policy
+from drkit.policy.models import Policy
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  failure (a backup, verify or restore failed)
+  2  usage or policy error
+  3  partial (some hosts or sources failed)
+  4  a drill ran and failed its checks"""
+
+
+@dataclass
+class Ctx:
+    policy_dir: Path | None
+    catalog_url: str
+    as_json: bool
+
+    def policy_dirs(self) -> list[Path]:
+        if self.policy_dir:
+            return [self.policy_dir]
+        return [Path("policies"), config_dir() / "policies"]
+
+    def all_policy_files(self) -> list[Path]:
+        for d in self.policy_dirs():
+            files = sorted(d.glob("*.toml"))
+            if files:
+                return files
+        return []
+
+    def policies(self, files: tuple[str, ...] = (), hosts: tuple[str, ...] = ()) -> list[Policy]:
+        """Policies named by file, by host, or all in the policy directory."""
+        if files:
+            return load_policies(Path(f) for f in files)
+        candidates = self.all_policy_files()
+        if not candidates:
+            searched = ", ".join(str(d) for d in self.policy_dirs())
+            raise UsageError(f"no policy files found (looked in {searched}); see `drkit init`")
+        if not hosts:
+            return load_policies(candidates)
+        chosen: list[Policy] = []
+        for host in hosts:
+            by_stem = [p for p in candidates if p.stem == host]
+            found = [load_policy(p) for p in by_stem] if by_stem else []
+            found = [p for p in found if p.host == host] or [
+                p for p in load_policies(candidates) if p.host == host
+            ]
+            if not found:
+                raise UsageError(f"no policy for host {host!r} in {candidates[0].parent}")
+            chosen.append(found[0])
+        return chosen
+
+    def one_policy(self, policy_file: str | None, host: str | None) -> Policy:
+        if policy_file:
+            return load_policy(Path(policy_file))
+        if not host:
+            raise UsageError("name a host (--host NAME) or a policy file (--policy FILE)")
+        return self.policies(hosts=(host,))[0]
+
+    def catalog(self) -> Any:
+        from drkit.catalog.db import Catalog
+
+        return Catalog(self.catalog_url)
+
+    def emit(self, data: Any, text: Callable[[], None]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        else:
+            text()
+
+
+def identity_option(f: F) -> F:
+    return click.option(
+        "--identity",
+        "identity_file",
+        type=click.Path(dir_okay=False),
+        envvar="DRKIT_IDENTITY",
+        help=f"age identity file (default {default_identity_file()}, or $DRKIT_IDENTITY)",
+    )(f)
+
+
+def load_identity(path: str | None) -> list[Any]:
+    from drkit.pipeline.age import load_identities
+
+    return load_identities(Path(path) if path else default_identity_file())
+
+
+def policy_options(f: F) -> F:
+    f = click.option("--host", "hosts", multiple=True, help="host name (repeatable)")(f)
+    f = click.option(
+        "--policy",
+        "policy_files",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="policy file (repeatable)",
+    )(f)
+    return f
+
+
+def handle_errors(f: F) -> F:
+    """Domain errors become one line on stderr and their documented exit code."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except PolicyError as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(exc.exit_code)
+        except DrkitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def make_ctx(policy_dir: str | None, catalog: str | None, as_json: bool) -> Ctx:
+    return Ctx(
+        policy_dir=Path(policy_dir) if policy_dir else None,
+        catalog_url=catalog or os.environ.get("DRKIT_CATALOG_URL") or default_catalog_url(),
+        as_json=as_json,
+    )
+
+
+def log_to_stderr(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda _m: None
+    return lambda m: click.echo(m, err=True)

@@ -1,0 +1,47 @@
+"""drkit command line: parse, call an action, print (text or --json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from drkit import __version__
+from drkit.cli.context import EXIT_CODES, Ctx, make_ctx
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="drkit")
+@click.option(
+    "--policy-dir",
+    envvar="DRKIT_POLICY_DIR",
+    type=click.Path(file_okay=False),
+    help="directory of policy files (default ./policies, then the config dir's policies/)",
+)
+@click.option("--catalog", envvar="DRKIT_CATALOG_URL", help="SQLAlchemy URL of the catalog")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def cli(ctx: click.Context, policy_dir: str | None, catalog: str | None, as_json: bool) -> None:
+    """drkit: encrypted, verified backups and restores for small server fleets."""
+    ctx.obj = make_ctx(policy_dir, catalog, as_json)
+
+
+def json_option(f: Any) -> Any:
+    def set_json(ctx: click.Context, _param: Any, value: bool) -> None:
+        if value:
+            ctx.find_object(Ctx).as_json = True  # type: ignore[union-attr]
+
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
+        help="machine-readable output",
+    )(f)
+
+
+def main() -> None:
+    from drkit.cli import commands_backup, commands_info  # noqa: F401 - registers commands
+
+    cli()

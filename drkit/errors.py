@@ -1,0 +1,58 @@
+"""One exception tree for drkit.
+
+Low-level code raises the most specific class and names the object involved;
+the CLI turns any ``DrkitError`` into one line and its ``exit_code``.
+Messages must never contain a secret value: callers pass names, never values.
+"""
+
+from __future__ import annotations
+
+
+class DrkitError(Exception):
+    """Base of every error drkit reports to a user."""
+
+    exit_code = 1
+
+
+class UsageError(DrkitError):
+    """Bad arguments or configuration given on the command line."""
+
+    exit_code = 2
+
+
+class PolicyError(DrkitError):
+    """A policy file is invalid; ``problems`` lists every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class SecretError(DrkitError):
+    """A secret reference could not be resolved (the value is never shown)."""
+
+
+class RepositoryError(DrkitError):
+    """A repository operation failed (names the repository and object key)."""
+
+
+class ObjectNotFound(RepositoryError):
+    """The named object does not exist in the repository."""
+
+
+class IntegrityError(DrkitError):
+    """Stored data failed authentication or its digest does not match."""
+
+
+class SourceError(DrkitError):
+    """A source's command failed: names host, source and command, stderr tail."""
+
+
+class RestoreError(DrkitError):
+    """A restore step failed or was refused."""
+
+
+class CryptoError(DrkitError):
+    """Identity or recipient problems (bad key, wrong identity)."""

@@ -1,0 +1,189 @@
+"""Typed policy models: one TOML file per host.
+
+Every field documents itself (``description``); ``docs/policy.md`` is the
+reference. Secret-bearing fields take ``SecretRef`` (``env:NAME`` or
+``file:PATH``); a literal value there is refused at validation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from drkit.secrets import check_reference
+
+SecretRef = Annotated[str, AfterValidator(check_reference)]
+NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Connection(Model):
+    """How drkit reaches the host: run commands locally or over SSH."""
+
+    type: Literal["local", "ssh"] = "local"
+    address: str | None = Field(None, description="SSH host name or IP")
+    user: str = "root"
+    port: int = Field(22, ge=1, le=65535)
+    identity_file: str | None = Field(None, description="private key used to log in")
+    known_hosts: str | None = Field(None, description="known_hosts file to verify the host key")
+    accept_new_host_key: bool = False
+    jump: str | None = Field(None, description="jump host, user@host[:port]")
+
+
+class RepositoryConfig(Model):
+    """Where snapshots are stored."""
+
+    url: str = Field(description="file:///abs/path or s3://bucket/prefix")
+    endpoint: str | None = Field(None, description="S3 endpoint URL for non-AWS services")
+    region: str | None = None
+    path_style: bool = True
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+    immutable_days: int = Field(0, ge=0, description="S3 Object Lock retention in days")
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str) -> str:
+        if not re.match(r"^(file|s3)://", v):
+            raise ValueError("must start with file:// or s3://")
+        if re.match(r"^s3://[^/]*@", v):
+            raise ValueError("credentials in the URL are refused; use access_key_id references")
+        return v
+
+
+class Encryption(Model):
+    """Public recipients: backing up never needs the identity."""
+
+    recipients: list[str] = Field(default_factory=list, description="age1... or ssh-ed25519 keys")
+    recipients_file: str | None = Field(None, description="file with one recipient per line")
+
+
+class Retention(Model):
+    keep_last: int | None = Field(None, ge=0)
+    keep_hourly: int | None = Field(None, ge=0)
+    keep_daily: int | None = Field(None, ge=0)
+    keep_weekly: int | None = Field(None, ge=0)
+    keep_monthly: int | None = Field(None, ge=0)
+    keep_yearly: int | None = Field(None, ge=0)
+    keep_within: str | None = Field(None, description="duration such as 7d or 36h")
+
+
+class SourceBase(Model):
+    name: str | None = Field(None, pattern=NAME_RE, description="defaults to the kind")
+    schedule: str | None = Field(None, description="cron expression overriding the host's")
+    retention: Retention | None = None
+    sudo_user: str | None = Field(None, description="run this source's commands as this user")
+    timeout: str | None = Field(None, description="fail the source after this duration")
+
+
+class PostgresSource(SourceBase):
+    kind: Literal["postgres"]
+    database: str
+    host: str | None = Field(None, description="server host or socket dir; default local socket")
+    port: int = Field(5432, ge=1, le=65535)
+    user: str | None = None
+    password: SecretRef | None = None
+    globals: bool = Field(True, description="also dump roles and tablespaces (pg_dumpall -g)")
+    format: Literal["custom", "plain"] = "custom"
+    flavor: Literal["plain", "supabase"] = "plain"
+    container: str | None = Field(None, description="run pg_dump inside this Docker container")
+    bin_dir: str | None = Field(None, description="directory holding pg_dump and friends")
+
+
+class FilesSource(SourceBase):
+    kind: Literal["files"]
+    paths: list[str] = Field(min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class EnvSource(SourceBase):
+    kind: Literal["env"]
+    paths: list[str] = Field(min_length=1, description="files or globs, e.g. /root/*/.env")
+
+
+class CommandSource(SourceBase):
+    kind: Literal["command"]
+    command: list[str] = Field(min_length=1, description="argv whose stdout is the artifact")
+    restore_command: list[str] | None = Field(None, description="argv that reads it on stdin")
+    artifact: str = Field("output", pattern=NAME_RE)
+
+
+class Pm2Source(SourceBase):
+    kind: Literal["pm2"]
+    user: str = "root"
+    pm2_home: str | None = None
+    ecosystem: list[str] = Field(default_factory=list)
+
+
+class CaddySource(SourceBase):
+    kind: Literal["caddy"]
+    config_paths: list[str] = Field(default_factory=lambda: ["/etc/caddy"])
+    data_dir: str = "/var/lib/caddy/.local/share/caddy"
+
+
+class CertbotSource(SourceBase):
+    kind: Literal["certbot"]
+    dir: str = "/etc/letsencrypt"
+
+
+class NatsSource(SourceBase):
+    kind: Literal["nats"]
+    url: str = "nats://127.0.0.1:4222"
+    streams: list[str] | Literal["all"] = "all"
+    mode: Literal["snapshot", "stop-copy"] = "snapshot"
+    store_dir: str | None = None
+    container: str | None = None
+    credentials: SecretRef | None = None
+
+
+class DockerVolumeSource(SourceBase):
+    kind: Literal["docker_volume"]
+    volume: str
+    stop_label: str | None = Field(None, description="stop containers with this label meanwhile")
+
+
+class SnapshotSource(SourceBase):
+    kind: Literal["snapshot"]
+    provider: Literal["digitalocean", "vultr", "hetzner"]
+    resource_id: str
+    token: SecretRef
+    wait_timeout: str = "45m"
+
+
+SourceConfig = Annotated[
+    PostgresSource
+    | FilesSource
+    | EnvSource
+    | CommandSource
+    | Pm2Source
+    | CaddySource
+    | CertbotSource
+    | NatsSource
+    | DockerVolumeSource
+    | SnapshotSource,
+    Field(discriminator="kind"),
+]
+
+
+class Policy(Model):
+    """One host: how to reach it, where to store, and what to back up."""
+
+    host: str = Field(pattern=NAME_RE)
+    description: str | None = None
+    connection: Connection = Connection()
+    schedule: str | None = Field(None, description="cron expression for backup --due")
+    rpo: str | None = Field(None, description="alert when the newest backup is older, e.g. 26h")
+    repository: RepositoryConfig
+    encryption: Encryption
+    retention: Retention = Retention()
+    source: list[SourceConfig] = Field(min_length=1)
+
+
+def source_name(src: SourceBase) -> str:
+    """The name a source's artifacts are stored under (its ``name`` or its kind)."""
+    return src.name or str(getattr(src, "kind"))  # noqa: B009 - every concrete source has kind

@@ -1,0 +1,71 @@
+"""The small storage interface every repository backend implements.
+
+A store holds opaque objects under ``/``-separated keys relative to its root.
+It knows nothing of encryption, manifests or hosts (those live in
+``layout.py`` and ``manifest.py`` above it). Retry and logging belong in
+wrappers, not here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: dt.datetime
+
+
+class Store(ABC):
+    """put / get / stat / list / delete over opaque objects.
+
+    ``url`` is safe to print: it never contains credentials.
+    """
+
+    url: str
+
+    @abstractmethod
+    def put(self, key: str, stream: BinaryIO) -> int:
+        """Store everything ``stream.read()`` yields under ``key``; return bytes written.
+
+        Atomic: on any exception (including one raised by ``stream.read``),
+        no object (or no partial multipart upload) is left under ``key`` and
+        an existing object under ``key`` is unchanged.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> BinaryIO:
+        """Open ``key`` for streaming reads; the caller closes it.
+
+        Raises ``ObjectNotFound`` if absent.
+        """
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and time of ``key``, or None if it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing an absent key is not an error."""
+
+    def put_bytes(self, key: str, data: bytes) -> int:
+        import io
+
+        return self.put(key, io.BytesIO(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.get(key) as f:
+            return f.read()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has nothing to release."""

