@@ -25,13 +25,17 @@ class Model(BaseModel):
 class Connection(Model):
     """How drkit reaches the host: run commands locally or over SSH."""
 
-    type: Literal["local", "ssh"] = "local"
+    type: Literal["local", "ssh"] = Field(
+        "local", description="local: this machine; ssh: a remote host"
+    )
     address: str | None = Field(None, description="SSH host name or IP")
-    user: str = "root"
-    port: int = Field(22, ge=1, le=65535)
+    user: str = Field("root", description="SSH login user")
+    port: int = Field(22, ge=1, le=65535, description="SSH port")
     identity_file: str | None = Field(None, description="private key used to log in")
     known_hosts: str | None = Field(None, description="known_hosts file to verify the host key")
-    accept_new_host_key: bool = False
+    accept_new_host_key: bool = Field(
+        False, description="trust an unknown host key once (never a changed one)"
+    )
     jump: str | None = Field(None, description="jump host, user@host[:port]")
 
 
@@ -40,10 +44,10 @@ class RepositoryConfig(Model):
 
     url: str = Field(description="file:///abs/path or s3://bucket/prefix")
     endpoint: str | None = Field(None, description="S3 endpoint URL for non-AWS services")
-    region: str | None = None
-    path_style: bool = True
-    access_key_id: SecretRef | None = None
-    secret_access_key: SecretRef | None = None
+    region: str | None = Field(None, description="S3 region (default us-east-1)")
+    path_style: bool = Field(True, description="path-style addressing (most non-AWS services)")
+    access_key_id: SecretRef | None = Field(None, description="else the standard AWS chain")
+    secret_access_key: SecretRef | None = Field(None, description="else the standard AWS chain")
     immutable_days: int = Field(0, ge=0, description="S3 Object Lock retention in days")
 
     @field_validator("url")
@@ -64,74 +68,93 @@ class Encryption(Model):
 
 
 class Retention(Model):
-    keep_last: int | None = Field(None, ge=0)
-    keep_hourly: int | None = Field(None, ge=0)
-    keep_daily: int | None = Field(None, ge=0)
-    keep_weekly: int | None = Field(None, ge=0)
-    keep_monthly: int | None = Field(None, ge=0)
-    keep_yearly: int | None = Field(None, ge=0)
+    keep_last: int | None = Field(None, ge=0, description="the newest N snapshots")
+    keep_hourly: int | None = Field(
+        None, ge=0, description="the newest snapshot of each of N hours"
+    )
+    keep_daily: int | None = Field(None, ge=0, description="... of each of N days")
+    keep_weekly: int | None = Field(None, ge=0, description="... of each of N weeks")
+    keep_monthly: int | None = Field(None, ge=0, description="... of each of N months")
+    keep_yearly: int | None = Field(None, ge=0, description="... of each of N years")
     keep_within: str | None = Field(None, description="duration such as 7d or 36h")
 
 
 class SourceBase(Model):
     name: str | None = Field(None, pattern=NAME_RE, description="defaults to the kind")
     schedule: str | None = Field(None, description="cron expression overriding the host's")
-    retention: Retention | None = None
+    retention: Retention | None = Field(None, description="overrides the host's retention")
     sudo_user: str | None = Field(None, description="run this source's commands as this user")
     timeout: str | None = Field(None, description="fail the source after this duration")
 
 
 class PostgresSource(SourceBase):
+    """pg_dump of one database (uncompressed custom format; the pipeline compresses)
+    plus the cluster's roles; facts: exact row counts per table in the dump's snapshot."""
+
     kind: Literal["postgres"]
-    database: str
+    database: str = Field(description="database to dump")
     host: str | None = Field(None, description="server host or socket dir; default local socket")
     port: int = Field(5432, ge=1, le=65535)
-    user: str | None = None
-    password: SecretRef | None = None
+    user: str | None = Field(None, description="database user (default: the OS user)")
+    password: SecretRef | None = Field(None, description="passed as PGPASSWORD, never in argv")
     globals: bool = Field(True, description="also dump roles and tablespaces (pg_dumpall -g)")
-    format: Literal["custom", "plain"] = "custom"
-    flavor: Literal["plain", "supabase"] = "plain"
+    format: Literal["custom", "plain"] = Field("custom", description="pg_dump -Fc -Z0 or -Fp")
+    flavor: Literal["plain", "supabase"] = Field("plain", description="supabase: its 3-part recipe")
     container: str | None = Field(None, description="run pg_dump inside this Docker container")
     bin_dir: str | None = Field(None, description="directory holding pg_dump and friends")
 
 
 class FilesSource(SourceBase):
+    """A tar of paths keeping modes, owners and symlinks; facts: each file's size and sha256."""
+
     kind: Literal["files"]
-    paths: list[str] = Field(min_length=1)
-    exclude: list[str] = Field(default_factory=list)
+    paths: list[str] = Field(min_length=1, description="absolute paths")
+    exclude: list[str] = Field(default_factory=list, description="tar --exclude patterns")
 
 
 class EnvSource(SourceBase):
+    """.env files; every pattern must match; facts: key names and digests, never values."""
+
     kind: Literal["env"]
     paths: list[str] = Field(min_length=1, description="files or globs, e.g. /root/*/.env")
 
 
 class CommandSource(SourceBase):
+    """Any command whose stdout is the artifact; non-zero exit or no output fails it."""
+
     kind: Literal["command"]
     command: list[str] = Field(min_length=1, description="argv whose stdout is the artifact")
     restore_command: list[str] | None = Field(None, description="argv that reads it on stdin")
-    artifact: str = Field("output", pattern=NAME_RE)
+    artifact: str = Field("output", pattern=NAME_RE, description="artifact name")
 
 
 class Pm2Source(SourceBase):
+    """(not yet implemented) `pm2 save` dump and ecosystem files."""
+
     kind: Literal["pm2"]
-    user: str = "root"
-    pm2_home: str | None = None
-    ecosystem: list[str] = Field(default_factory=list)
+    user: str = Field("root", description="user owning the PM2 daemon")
+    pm2_home: str | None = Field(None, description="default ~user/.pm2")
+    ecosystem: list[str] = Field(default_factory=list, description="ecosystem.config.js paths")
 
 
 class CaddySource(SourceBase):
+    """(not yet implemented) Caddyfile(s) and the data dir (certificates, ACME account)."""
+
     kind: Literal["caddy"]
     config_paths: list[str] = Field(default_factory=lambda: ["/etc/caddy"])
     data_dir: str = "/var/lib/caddy/.local/share/caddy"
 
 
 class CertbotSource(SourceBase):
+    """(not yet implemented) /etc/letsencrypt with its symlinks intact."""
+
     kind: Literal["certbot"]
     dir: str = "/etc/letsencrypt"
 
 
 class NatsSource(SourceBase):
+    """(not yet implemented) JetStream streams through the snapshot API."""
+
     kind: Literal["nats"]
     url: str = "nats://127.0.0.1:4222"
     streams: list[str] | Literal["all"] = "all"
@@ -142,12 +165,16 @@ class NatsSource(SourceBase):
 
 
 class DockerVolumeSource(SourceBase):
+    """(not yet implemented) a named Docker volume's contents."""
+
     kind: Literal["docker_volume"]
     volume: str
     stop_label: str | None = Field(None, description="stop containers with this label meanwhile")
 
 
 class SnapshotSource(SourceBase):
+    """(not yet implemented) a provider snapshot of the whole machine."""
+
     kind: Literal["snapshot"]
     provider: Literal["digitalocean", "vultr", "hetzner"]
     resource_id: str
@@ -173,8 +200,8 @@ SourceConfig = Annotated[
 class Policy(Model):
     """One host: how to reach it, where to store, and what to back up."""
 
-    host: str = Field(pattern=NAME_RE)
-    description: str | None = None
+    host: str = Field(pattern=NAME_RE, description="host name: the key in the repository")
+    description: str | None = Field(None, description="free text")
     connection: Connection = Connection()
     schedule: str | None = Field(None, description="cron expression for backup --due")
     rpo: str | None = Field(None, description="alert when the newest backup is older, e.g. 26h")

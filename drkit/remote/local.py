@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import pwd
 import subprocess
 import threading
@@ -36,8 +37,13 @@ class LocalProcess(Process):
         return rc
 
     def kill(self) -> None:
+        # The command runs in its own session: kill the whole group, so a child
+        # (sh -c '... | ...') cannot keep the pipe open after its parent died.
         if self._popen.poll() is None:
-            self._popen.kill()
+            try:
+                os.killpg(self._popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stderr_tail(self) -> str:
         return self._tail.text()

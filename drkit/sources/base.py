@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar
 
+from drkit.durations import parse_duration
 from drkit.errors import SourceError
 from drkit.remote.base import Process, Runner, exit_text, tail_text
 
@@ -76,6 +77,12 @@ class Source(ABC):
     def run_as(self) -> str | None:
         return getattr(self.config, "sudo_user", None)
 
+    @property
+    def timeout_seconds(self) -> float | None:
+        """The policy's ``timeout`` for each of this source's commands, if any."""
+        text = getattr(self.config, "timeout", None)
+        return parse_duration(text).total_seconds() if text else None
+
     @abstractmethod
     def artifacts(self) -> Iterator[Artifact]:
         """Yield artifacts in order; each is opened, read to the end and closed in turn."""
@@ -121,10 +128,22 @@ class CommandStream(AbstractContextManager[BinaryIO]):
         self._proc: Process | None = None
         self._size = 0
         self._done = False
-        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._timed_out = threading.Event()
 
     def __enter__(self) -> BinaryIO:
-        self._proc = self._source.runner.start(self._argv, env=self._env, user=self._user)
+        proc = self._source.runner.start(self._argv, env=self._env, user=self._user)
+        self._proc = proc
+        timeout = self._source.timeout_seconds
+        if timeout:
+
+            def expire() -> None:
+                self._timed_out.set()
+                proc.kill()
+
+            self._timer = threading.Timer(timeout, expire)
+            self._timer.daemon = True
+            self._timer.start()
         return self  # type: ignore[return-value]
 
     def read(self, n: int = -1) -> bytes:
@@ -144,6 +163,13 @@ class CommandStream(AbstractContextManager[BinaryIO]):
         assert self._proc is not None
         self._done = True
         rc = self._proc.wait()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._timed_out.is_set():
+            raise SourceError(
+                f"{self._source.label}: command `{shlex.join(self._argv)}` timed out after "
+                f"{self._source.config.timeout} and was stopped"
+            )
         if rc != 0:
             raise SourceError(
                 f"{self._source.label}: command `{shlex.join(self._argv)}` {exit_text(rc)}"
@@ -161,6 +187,8 @@ class CommandStream(AbstractContextManager[BinaryIO]):
         proc = self._proc
         if proc is None:
             return
+        if self._timer is not None:
+            self._timer.cancel()
         if not self._done:
             proc.kill()
             proc.wait()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from drkit import secrets
-from drkit.errors import RestoreError, SourceError
+from drkit.errors import RestoreError, SourceError, UsageError
 from drkit.policy.models import PostgresSource as PostgresConfig
 from drkit.remote.base import Process, exit_text, tail_text
 from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, pipe_into
@@ -78,6 +78,10 @@ class PostgresSource(Source):
 
     # ---- backup -------------------------------------------------------
     def artifacts(self) -> Iterator[Artifact]:
+        if self.config.flavor != "plain":
+            # A plain dump of Supabase fails on restore (its internal schemas): refuse
+            # rather than store a backup that would not come back.
+            raise UsageError(f"{self.label}: flavor {self.config.flavor!r} is not supported yet")
         conn = self.conn()
         self.facts["globals"] = self.config.globals
         if self.config.globals:

@@ -150,3 +150,24 @@ def test_flipped_byte_fails_verify_and_restore_naming_object(
     assert key in res.stderr and "nothing was restored" in res.stderr
     exists = pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname='flip_dst';")
     assert exists.strip() == "0"
+
+
+def test_source_timeout_stops_the_command(keys, tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path / "h.toml",
+        "h1",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [
+            {
+                "kind": "command",
+                "name": "slow",
+                "command": ["sh", "-c", "echo start; sleep 60"],
+                "timeout": "1s",
+            }
+        ],
+    )
+    res = drkit("backup", "--policy", str(policy))
+    assert res.returncode == 1
+    assert "host h1: source slow" in res.stderr and "timed out after 1s" in res.stderr
+    assert not list((tmp_path / "repo").rglob("manifest.json"))

@@ -1,0 +1,92 @@
+"""Render the policy reference (docs/policy.md) from the models themselves,
+so the documentation cannot drift from what validation accepts."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from drkit.policy import models
+
+HEADER = """# Policy reference
+
+One TOML file per host in `policies/`. This page is generated from
+`drkit/policy/models.py` (`python -m drkit.policy.reference > docs/policy.md`);
+a test fails when it is out of date.
+
+Secret fields (marked *secret*) take a reference, never a value:
+`env:NAME` (an environment variable) or `file:/path` (a file's content).
+A literal value there is refused by `drkit policy validate`.
+
+Durations are written like `90s`, `45m`, `26h`, `7d`, `2w`; schedules are
+5-field cron expressions.
+"""
+
+
+def _type_name(info: FieldInfo) -> str:
+    text = str(info.annotation).replace("typing.", "").replace("drkit.policy.models.", "")
+    text = text.replace("<class '", "").replace("'>", "")
+    if any(getattr(m, "__name__", "") == "check_reference" for m in _metadata(info)):
+        return "*secret* reference"
+    if text.startswith("list[Annotated[PostgresSource"):
+        return "array of tables (below)"
+    return text
+
+
+def _metadata(info: FieldInfo) -> list[Any]:
+    out = []
+    for m in info.metadata:
+        out.append(getattr(m, "func", m))
+    for arg in get_args(info.annotation):
+        for m in getattr(arg, "__metadata__", ()):
+            out.append(getattr(m, "func", m))
+    return out
+
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    if info.default_factory is not None:
+        return f"`{info.default_factory()}`"  # type: ignore[call-arg]
+    if isinstance(info.default, BaseModel):
+        return "(table)"
+    return f"`{info.default!r}`" if info.default is not None else "-"
+
+
+def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        desc = (info.description or "").replace("|", "\\|")
+        rows.append(
+            f"| `{name}` | {_type_name(info).replace('|', 'or')} | {_default(info)} | {desc} |"
+        )
+    return rows
+
+
+def render() -> str:
+    out = [HEADER, "## Top level", "", *_table(models.Policy), ""]
+    for title, model in (
+        ("[connection]", models.Connection),
+        ("[repository]", models.RepositoryConfig),
+        ("[encryption]", models.Encryption),
+        ("[retention]", models.Retention),
+    ):
+        out += [f"## {title}", "", (model.__doc__ or "").strip(), "", *_table(model), ""]
+    out += ["## [[source]]", "", "Keys every source takes:", "", *_table(models.SourceBase), ""]
+    base = set(models.SourceBase.model_fields)
+    for model in get_args(get_args(models.SourceConfig)[0]):
+        kind = get_args(model.model_fields["kind"].annotation)[0]
+        out += [f'### kind = "{kind}"', ""]
+        doc = (model.__doc__ or "").strip()
+        if doc:
+            out += [doc, ""]
+        out += [*_table(model, skip=(*base, "kind")), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

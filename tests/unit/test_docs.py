@@ -1,0 +1,20 @@
+from pathlib import Path
+
+from drkit.policy.reference import render
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_policy_reference_is_current() -> None:
+    """docs/policy.md is generated from the models; regenerate it when they change:
+    python -m drkit.policy.reference > docs/policy.md"""
+    assert (ROOT / "docs" / "policy.md").read_text() == render()
+
+
+def test_seed_policies_validate() -> None:
+    from drkit.policy.loader import load_policies
+
+    files = sorted((ROOT / "policies").glob("*.toml"))
+    assert files, "policies/ must describe the seed hosts"
+    hosts = [p.host for p in load_policies(files)]
+    assert len(hosts) == len(set(hosts))
