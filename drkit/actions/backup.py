@@ -44,7 +44,7 @@ def backup(
     policy: Policy,
     repo: Repository,
     *,
-    catalog: Catalog | None = None,
+    catalog: Callable[[], Catalog] | None = None,
     runner: Runner | None = None,
     log: Log = lambda _msg: None,
 ) -> BackupResult:
@@ -55,7 +55,6 @@ def backup(
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     snapshot = new_snapshot_id(started)
-    run_id = catalog.start_run(policy.host, repo.url) if catalog else None
     host = policy.host
 
     def store(relative: str, plain: BinaryIO) -> ArtifactRecord:
@@ -114,20 +113,44 @@ def backup(
         repo.write_manifest(manifest)  # the commit
     except BaseException as exc:
         _discard(repo, host, snapshot, log)
-        if catalog and run_id is not None:
-            catalog.finish_run(run_id, "failed", None, str(exc) or type(exc).__name__)
+        if catalog:
+            _record(catalog, repo, host, started, None, str(exc) or type(exc).__name__, log)
         raise
-    if catalog and run_id is not None:
-        # The snapshot is committed: the catalog is a cache (`catalog sync` rebuilds
-        # it), so failing to index must not turn a good backup into a failed run.
-        try:
-            catalog.record_snapshot(repo.url, manifest)
-            catalog.finish_run(run_id, "success", snapshot, None)
-        except DrkitError as exc:
-            log(f"{host}: snapshot {snapshot} committed, but the catalog was not updated: {exc}")
+    if catalog:
+        _record(catalog, repo, host, started, manifest, None, log)
     seconds = time.monotonic() - t0
     log(f"{host}: snapshot {snapshot} committed ({manifest.stored_bytes} bytes, {seconds:.1f}s)")
     return BackupResult(host, manifest, seconds)
+
+
+def _record(
+    catalog: Callable[[], Catalog],
+    repo: Repository,
+    host: str,
+    started: dt.datetime,
+    manifest: Manifest | None,
+    error: str | None,
+    log: Log,
+) -> None:
+    """Index the run once the data path is done.
+
+    The catalog is opened only now (``catalog`` is a factory): SQLAlchemy costs
+    ~10 MiB of RSS, and opening it after the streams are released keeps the
+    backup's peak memory lower. The catalog is a cache (`catalog sync` rebuilds
+    it), so failing to index never turns a committed snapshot into a failure.
+    """
+    try:
+        cat = catalog()
+        run_id = cat.start_run(host, repo.url, started=started)
+        if manifest is None:
+            cat.finish_run(run_id, "failed", None, error)
+        else:
+            cat.record_snapshot(repo.url, manifest)
+            cat.finish_run(run_id, "success", manifest.snapshot, None)
+        cat.close()
+    except DrkitError as exc:
+        what = f"snapshot {manifest.snapshot} committed, but" if manifest else "the run failed and"
+        log(f"{host}: {what} the catalog was not updated: {exc}")
 
 
 def _with_context(exc: DrkitError, context: str) -> DrkitError:

@@ -40,12 +40,13 @@ def backup(
     if not (policy_files or hosts or all_hosts):
         raise UsageError("name hosts (--host), policy files (--policy) or --all")
     policies = ctx.policies(policy_files, hosts)
-    catalog = ctx.catalog()
     results: list[dict[str, Any]] = []
     for policy in policies:
         try:
             repo = open_repository(policy.repository)
-            res = run_backup(policy, repo, catalog=catalog, log=log_to_stderr(quiet or ctx.as_json))
+            res = run_backup(
+                policy, repo, catalog=ctx.catalog, log=log_to_stderr(quiet or ctx.as_json)
+            )
             m = res.manifest
             results.append(
                 {

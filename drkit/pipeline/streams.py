@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
-CHUNK = 1 << 20
+CHUNK = 256 << 10
 
 
 class HashingReader(io.RawIOBase):
@@ -72,7 +72,7 @@ class ThreadPipe:
     At most ``max_chunks`` chunks are in flight.
     """
 
-    def __init__(self, max_chunks: int = 8) -> None:
+    def __init__(self, max_chunks: int = 4) -> None:
         self._q: queue.Queue[object] = queue.Queue(max_chunks)
         self._aborted = threading.Event()
         self._buf = memoryview(b"")
