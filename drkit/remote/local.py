@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import pwd
+import signal
 import subprocess
 import threading
 from typing import BinaryIO, cast
@@ -40,10 +41,8 @@ class LocalProcess(Process):
         # The command runs in its own session: kill the whole group, so a child
         # (sh -c '... | ...') cannot keep the pipe open after its parent died.
         if self._popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def stderr_tail(self) -> str:
         return self._tail.text()
