@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,11 +10,19 @@ import pyrage
 import pytest
 
 from tests.servers.postgres import PgServer, postgres_server
+from tests.servers.seaweed import SeaweedServer, seaweed_server
 
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
     with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedServer]:
+    """One real SeaweedFS S3 server for the whole session (buckets keep tests apart)."""
+    with seaweed_server() as server:
         yield server
 
 
@@ -28,6 +37,12 @@ def drkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("DRKIT_IDENTITY", raising=False)
     monkeypatch.delenv("DRKIT_POLICY_DIR", raising=False)
     return home
+
+
+@pytest.fixture
+def uniq() -> str:
+    """A short random suffix: tests sharing the session's PostgreSQL use their own names."""
+    return secrets.token_hex(3)
 
 
 class Keys:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -22,8 +22,8 @@ class StoreOptions:
     endpoint: str | None = None
     region: str | None = None
     path_style: bool = True
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
     part_size: int = 16 << 20
     concurrency: int = 2
     object_lock_days: int = 0

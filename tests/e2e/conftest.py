@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +17,20 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RepoTarget]
         yield RepoTarget("local", {"url": root.as_uri()}, root=root)
         return
     server = request.getfixturevalue("seaweed")
-    bucket = "e2e-" + secrets.token_hex(4)
+    bucket = server.new_bucket_name("e2e")
     client = server.client()
     client.create_bucket(Bucket=bucket)
+    # SeaweedFS grows a volume on a bucket's first write: pay that once, here.
+    client.put_object(Bucket=bucket, Key="warm-up", Body=b"x")
+    client.delete_object(Bucket=bucket, Key="warm-up")
     yield RepoTarget(
         "s3",
-        {"url": f"s3://{bucket}/drkit", "endpoint": server.endpoint, "region": "us-east-1"},
-        env=server.env(),
+        {"url": f"s3://{bucket}/drkit", "endpoint": server.endpoint, "region": server.region},
+        # The CLI gets credentials the standard AWS way: from the environment.
+        env={
+            "AWS_ACCESS_KEY_ID": server.access_key,
+            "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        },
         s3=client,
         bucket=bucket,
         prefix="drkit",

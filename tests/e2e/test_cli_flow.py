@@ -28,7 +28,9 @@ def test_init_creates_private_identity_and_sample_policy(drkit_home: Path) -> No
     assert again["recipient"] == data["recipient"] and again["identity_created"] is False
 
 
-def test_status_flags_rpo_breach_and_last_failure(pg: PgServer, keys, tmp_path: Path) -> None:
+def test_status_flags_rpo_breach_and_last_failure(
+    pg: PgServer, uniq: str, keys, tmp_path: Path
+) -> None:
     repo = {"url": (tmp_path / "repo").as_uri()}
     (tmp_path / "p").mkdir()
     good = write_policy(
@@ -60,11 +62,11 @@ def test_status_flags_rpo_breach_and_last_failure(pg: PgServer, keys, tmp_path: 
 
 
 def test_catalog_sync_and_restore_from_nothing(
-    pg: PgServer, repo: RepoTarget, keys, tmp_path: Path, drkit_home: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path, drkit_home: Path
 ) -> None:
     """An incident laptop: a fresh catalog, the bucket and the identity are enough."""
-    pg.psql("postgres", "CREATE DATABASE fromnothing;")
-    pg.psql("fromnothing", "CREATE TABLE t AS SELECT g FROM generate_series(1, 777) g;")
+    pg.psql("postgres", f"CREATE DATABASE fromnothing_{uniq};")
+    pg.psql(f"fromnothing_{uniq}", "CREATE TABLE t AS SELECT g FROM generate_series(1, 777) g;")
     policy = write_policy(
         tmp_path / "vultr.toml",
         "vultr",
@@ -74,7 +76,7 @@ def test_catalog_sync_and_restore_from_nothing(
             {
                 "kind": "postgres",
                 "name": "db",
-                "database": "fromnothing",
+                "database": f"fromnothing_{uniq}",
                 "globals": False,
                 "host": "127.0.0.1",
                 "port": pg.port,
@@ -95,24 +97,24 @@ def test_catalog_sync_and_restore_from_nothing(
         "--policy",
         str(policy),
         "--database",
-        "fromnothing_restored",
+        f"fromnothing_restored_{uniq}",
         "--identity",
         str(keys.identity_file),
         env=laptop,
         check=True,
     )
-    assert pg.psql("fromnothing_restored", "SELECT count(*) FROM t;").strip() == "777"
+    assert pg.psql(f"fromnothing_restored_{uniq}", "SELECT count(*) FROM t;").strip() == "777"
 
 
 def test_no_secret_in_logs_manifests_or_catalog(
-    pg: PgServer, repo: RepoTarget, keys, tmp_path: Path, drkit_home: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path, drkit_home: Path
 ) -> None:
     env_values = ["sk_live_51Hx9TESTSECRET", "whsec_TEST_0b9f7e"]
     app = tmp_path / "root" / "voice-pipeline"
     app.mkdir(parents=True)
     (app / ".env").write_text(f"STRIPE_KEY={env_values[0]}\nWEBHOOK_SECRET={env_values[1]}\n")
     pg_password = "pg-password-NEVER-PRINT-31337"
-    pg.psql("postgres", "CREATE DATABASE secretsdb;")
+    pg.psql("postgres", f"CREATE DATABASE secretsdb_{uniq};")
     policy = write_policy(
         tmp_path / "vultr.toml",
         "vultr",
@@ -122,7 +124,7 @@ def test_no_secret_in_logs_manifests_or_catalog(
             {
                 "kind": "postgres",
                 "name": "db",
-                "database": "secretsdb",
+                "database": f"secretsdb_{uniq}",
                 "host": "127.0.0.1",
                 "port": pg.port,
                 "user": "postgres",

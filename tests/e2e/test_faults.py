@@ -11,7 +11,7 @@ from tests.servers.postgres import PgServer
 
 
 def test_missing_database_fails_without_manifest(
-    pg: PgServer, repo: RepoTarget, keys, tmp_path: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path
 ) -> None:
     policy = write_policy(
         tmp_path / "vultr.toml",
@@ -67,10 +67,10 @@ def test_killed_source_midstream_fails_and_aborts_upload(
 
 
 def test_wrong_identity_restores_nothing(
-    pg: PgServer, repo: RepoTarget, keys, other_keys, tmp_path: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys, other_keys, tmp_path: Path
 ) -> None:
-    pg.psql("postgres", "CREATE DATABASE wrongkey_src;")
-    pg.psql("wrongkey_src", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    pg.psql("postgres", f"CREATE DATABASE wrongkey_src_{uniq};")
+    pg.psql(f"wrongkey_src_{uniq}", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
     policy = write_policy(
         tmp_path / "vultr.toml",
         "vultr",
@@ -80,7 +80,7 @@ def test_wrong_identity_restores_nothing(
             {
                 "kind": "postgres",
                 "name": "db",
-                "database": "wrongkey_src",
+                "database": f"wrongkey_src_{uniq}",
                 "globals": False,
                 "host": "127.0.0.1",
                 "port": pg.port,
@@ -94,22 +94,27 @@ def test_wrong_identity_restores_nothing(
         "--policy",
         str(policy),
         "--database",
-        "wrongkey_dst",
+        f"wrongkey_dst_{uniq}",
         "--identity",
         str(other_keys.identity_file),
         env=repo.env,
     )
     assert res.returncode == 1
     assert "identity does not match any recipient" in res.stderr
-    exists = pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname='wrongkey_dst';")
+    exists = pg.psql(
+        "postgres", f"SELECT count(*) FROM pg_database WHERE datname='wrongkey_dst_{uniq}';"
+    )
     assert exists.strip() == "0"
 
 
 def test_flipped_byte_fails_verify_and_restore_naming_object(
-    pg: PgServer, repo: RepoTarget, keys, tmp_path: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path
 ) -> None:
-    pg.psql("postgres", "CREATE DATABASE flip_src;")
-    pg.psql("flip_src", "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1,5000) g;")
+    pg.psql("postgres", f"CREATE DATABASE flip_src_{uniq};")
+    pg.psql(
+        f"flip_src_{uniq}",
+        "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1,5000) g;",
+    )
     policy = write_policy(
         tmp_path / "vultr.toml",
         "vultr",
@@ -119,7 +124,7 @@ def test_flipped_byte_fails_verify_and_restore_naming_object(
             {
                 "kind": "postgres",
                 "name": "db",
-                "database": "flip_src",
+                "database": f"flip_src_{uniq}",
                 "globals": False,
                 "host": "127.0.0.1",
                 "port": pg.port,
@@ -141,14 +146,16 @@ def test_flipped_byte_fails_verify_and_restore_naming_object(
         "--policy",
         str(policy),
         "--database",
-        "flip_dst",
+        f"flip_dst_{uniq}",
         "--identity",
         ident,
         env=repo.env,
     )
     assert res.returncode == 1
     assert key in res.stderr and "nothing was restored" in res.stderr
-    exists = pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname='flip_dst';")
+    exists = pg.psql(
+        "postgres", f"SELECT count(*) FROM pg_database WHERE datname='flip_dst_{uniq}';"
+    )
     assert exists.strip() == "0"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.repos import RepoTarget
 from tests.helpers import (
     drkit,
     load_callmeback,
@@ -40,7 +41,10 @@ def pg_source(pg: PgServer, db: str) -> dict[str, object]:
     }
 
 
-def test_roundtrip_local_repository(pg: PgServer, callmeback, keys, tmp_path: Path) -> None:
+def test_roundtrip_drop_restore(
+    pg: PgServer, callmeback, repo: RepoTarget, keys, tmp_path: Path
+) -> None:
+    """Database and its owning role dropped, then restored from either repository kind."""
     db, role, _password = callmeback
     policy = write_policy(
         tmp_path / "vultr.toml",
@@ -52,7 +56,7 @@ def test_roundtrip_local_repository(pg: PgServer, callmeback, keys, tmp_path: Pa
     schema_before = schema_dump(pg, db)
     sums_before = table_checksums(pg, db)
 
-    res = drkit("backup", "--policy", str(policy), "--json", check=True)
+    res = drkit("backup", "--policy", str(policy), "--json", env=repo.env, check=True)
     snap = json.loads(res.stdout)["results"][0]["snapshot"]
 
     # The facts hold the per-table row counts, consistent with the dump.
@@ -60,7 +64,15 @@ def test_roundtrip_local_repository(pg: PgServer, callmeback, keys, tmp_path: Pa
     pg.psql("postgres", f"DROP ROLE {role};")
     assert not role_exists(pg, role)
 
-    drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file), check=True)
+    drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        env=repo.env,
+        check=True,
+    )
 
     assert role_exists(pg, role)
     assert schema_dump(pg, db) == schema_before
@@ -80,6 +92,7 @@ def test_roundtrip_local_repository(pg: PgServer, callmeback, keys, tmp_path: Pa
         "--identity",
         str(keys.identity_file),
         "--json",
+        env=repo.env,
         check=True,
     )
     assert json.loads(verify.stdout)["results"][0]["ok"] is True
