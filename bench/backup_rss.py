@@ -109,10 +109,11 @@ def main() -> None:
         from tests.servers.seaweed import seaweed_server
 
         with seaweed_server() as s3:
-            s3env = dict(env, **s3.env())
+            s3env = dict(env, AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key)
+            client = s3.client()
             for size in args.size_mb:
-                bucket = f"bench{size}"
-                s3.create_bucket(bucket)
+                bucket = s3.new_bucket_name("bench")
+                client.create_bucket(Bucket=bucket)
                 repo = {"url": f"s3://{bucket}/drkit", "endpoint": s3.endpoint}
                 res = run(size, repo, work, s3env)
                 results.append({"repository": "s3", **res})
