@@ -10,6 +10,7 @@ from drkit.sources.command import CommandSource
 from drkit.sources.env import EnvSource
 from drkit.sources.files import FilesSource
 from drkit.sources.postgres import PostgresSource
+from drkit.sources.supabase import SupabaseSource
 
 SOURCES: dict[str, type[Source]] = {
     "postgres": PostgresSource,
@@ -23,6 +24,8 @@ def build_source(config: SourceBase, runner: Runner) -> Source:
     """The Source object for one policy entry; unimplemented kinds are a clear error."""
     kind = str(getattr(config, "kind"))  # noqa: B009
     cls = SOURCES.get(kind)
+    if kind == "postgres" and getattr(config, "flavor", "plain") == "supabase":
+        cls = SupabaseSource
     if cls is None:
         raise UsageError(
             f"host {runner.host}: source {source_name(config)}: kind {kind!r} is declared "
