@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import click
 
@@ -18,7 +17,7 @@ from drkit.cli.context import (
     policy_options,
 )
 from drkit.cli.main import cli, json_option
-from drkit.errors import DrkitError, UsageError
+from drkit.errors import UsageError
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
@@ -26,58 +25,46 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @cli.command(epilog=EXIT_CODES)
 @policy_options
 @click.option("--all", "all_hosts", is_flag=True, help="every policy in the policy directory")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=4,
+    envvar="DRKIT_JOBS",
+    show_default=True,
+    help="hosts backed up at the same time",
+)
 @click.option("-q", "--quiet", is_flag=True, help="print only errors and the summary")
 @json_option
 @pass_ctx
 @handle_errors
 def backup(
-    ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...], all_hosts: bool, quiet: bool
+    ctx: Ctx,
+    policy_files: tuple[str, ...],
+    hosts: tuple[str, ...],
+    all_hosts: bool,
+    jobs: int,
+    quiet: bool,
 ) -> None:
-    """Back up hosts: every source of each policy, committed by a manifest."""
-    from drkit.actions.backup import backup as run_backup
-    from drkit.actions.common import open_repository
+    """Back up hosts: every source of each policy, committed by a manifest.
+
+    Hosts run concurrently (--jobs); one host's failure never stops the others.
+    """
+    from drkit.actions.fleet import HostResult, backup_fleet
+    from drkit.cli.summary import print_summary
 
     if not (policy_files or hosts or all_hosts):
         raise UsageError("name hosts (--host), policy files (--policy) or --all")
     policies = ctx.policies(policy_files, hosts)
-    results: list[dict[str, Any]] = []
-    for policy in policies:
-        try:
-            repo = open_repository(policy.repository)
-            res = run_backup(
-                policy, repo, catalog=ctx.catalog, log=log_to_stderr(quiet or ctx.as_json)
-            )
-            m = res.manifest
-            results.append(
-                {
-                    "host": policy.host,
-                    "status": "success",
-                    "snapshot": m.snapshot,
-                    "repository": repo.url,
-                    "artifacts": len(m.artifacts),
-                    "plain_bytes": sum(a.plain_size for a in m.artifacts),
-                    "stored_bytes": m.stored_bytes,
-                    "seconds": round(res.seconds, 2),
-                }
-            )
-        except DrkitError as exc:
-            if len(policies) == 1 and not ctx.as_json:
-                raise
-            click.echo(f"error: {exc}", err=True)
-            results.append({"host": policy.host, "status": "failed", "error": str(exc)})
+    log = log_to_stderr(quiet or ctx.as_json)
 
-    def text() -> None:
-        for r in results:
-            if r["status"] == "success":
-                click.echo(
-                    f"{r['host']}: snapshot {r['snapshot']} ({r['artifacts']} artifacts, "
-                    f"{r['plain_bytes']} bytes -> {r['stored_bytes']} stored, {r['seconds']}s)"
-                )
-            else:
-                click.echo(f"{r['host']}: FAILED")
+    def done(r: HostResult) -> None:
+        if not r.ok:
+            click.echo(f"error: {r.error}", err=True)
 
-    ctx.emit({"results": results}, text)
-    failed = sum(r["status"] != "success" for r in results)
+    results = backup_fleet(policies, jobs=jobs, catalog=ctx.catalog, log=log, on_done=done)
+    ctx.emit({"results": [r.as_dict() for r in results]}, lambda: print_summary(results))
+    failed = sum(not r.ok for r in results)
     if failed:
         sys.exit(1 if failed == len(results) else 3)
 
