@@ -18,10 +18,10 @@ def test_fleet_partial_failure_and_concurrency(keys, tmp_path: Path) -> None:
         # Each host's dump records when it ran, so overlap proves concurrency.
         script = f"date +%s.%N > {marks}/{host}.start; sleep 1; echo {host}-data; " \
                  f"date +%s.%N > {marks}/{host}.end"  # fmt: skip
-        write_policy(pdir / f"{host}.toml", host, repo, [keys.recipient],
-                     [{"kind": "command", "name": "dump", "command": ["sh", "-c", script]}])  # fmt: skip
-    write_policy(pdir / "broken.toml", "broken", repo, [keys.recipient],
-                 [{"kind": "command", "name": "dump", "command": ["sh", "-c", "exit 7"]}])  # fmt: skip
+        source = {"kind": "command", "name": "dump", "command": ["sh", "-c", script]}
+        write_policy(pdir / f"{host}.toml", host, repo, [keys.recipient], [source])
+    failing = {"kind": "command", "name": "dump", "command": ["sh", "-c", "exit 7"]}
+    write_policy(pdir / "broken.toml", "broken", repo, [keys.recipient], [failing])
 
     res = drkit("--policy-dir", str(pdir), "backup", "--all", "--jobs", "4", "--json")
     assert res.returncode == 3, res.output
