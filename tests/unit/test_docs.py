@@ -18,3 +18,15 @@ def test_seed_policies_validate() -> None:
     assert files, "policies/ must describe the seed hosts"
     hosts = [p.host for p in load_policies(files)]
     assert len(hosts) == len(set(hosts))
+
+
+def test_each_seed_system_has_its_policy() -> None:
+    from drkit.policy.loader import load_policy
+
+    expected = {"vultr", "conversational-platform", "e2i-droplet", "visualkit-hetzner"}
+    for host in expected:
+        policy = load_policy(ROOT / "policies" / f"{host}.toml")
+        assert policy.host == host
+        assert policy.source, host
+    readme = (ROOT / "policies" / "README.md").read_text()
+    assert all(f"policies/{h}.toml" in readme for h in expected)
