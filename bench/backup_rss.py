@@ -76,7 +76,7 @@ def run(size_mb: int, repo: dict[str, str], work: Path, env: dict[str, str]) -> 
     b_wall, b_rss, rc = peak_rss_mib([*drkit, "backup", "--policy", str(policy), "-q"], env)
     assert rc == 0, "backup failed"
     r_wall, r_rss, rc = peak_rss_mib(
-        [*drkit, "restore", "--policy", str(policy), "--identity", str(ident_file)], env
+        [*drkit, "restore", "--yes", "--policy", str(policy), "--identity", str(ident_file)], env
     )
     assert rc == 0, "restore failed"
     restored = out_file.stat().st_size

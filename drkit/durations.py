@@ -30,3 +30,33 @@ def format_duration(delta: dt.timedelta) -> str:
     if total or not out:
         out.append(f"{total}s")
     return "".join(out[:2])
+
+
+_AGO = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day|week)s?\s+ago\s*$", re.IGNORECASE)
+_AGO_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def parse_when(text: str, now: dt.datetime) -> dt.datetime:
+    """A point in time: ``2 days ago``, ``yesterday``, ``36h`` (ago), or ISO 8601 (UTC if naive).
+
+    Raises ValueError on anything else.
+    """
+    s = text.strip()
+    m = _AGO.match(s)
+    if m:
+        return now - dt.timedelta(seconds=int(m.group(1)) * _AGO_UNITS[m.group(2).lower()])
+    if s.lower() == "yesterday":
+        return now - dt.timedelta(days=1)
+    if s.lower() == "now":
+        return now
+    try:
+        return now - parse_duration(s)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(
+            f"not a time: {text!r} (use e.g. '2 days ago', '36h', or 2026-11-20T03:00Z)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

@@ -95,6 +95,7 @@ def main() -> None:
                 drkit(
                     env,
                     "restore",
+                    "--yes",
                     "--policy",
                     str(policy),
                     "--database",

@@ -17,7 +17,7 @@ from drkit.cli.context import (
     policy_options,
 )
 from drkit.cli.main import cli, json_option
-from drkit.errors import UsageError
+from drkit.errors import RestoreError, UsageError
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
@@ -129,8 +129,14 @@ def verify(
 @click.option("--host", help="host whose snapshot to restore")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="policy file")
 @click.option("--snapshot", help="snapshot id (default: the newest)")
+@click.option("--at", "at_text", help="newest snapshot at or before: '2 days ago', 36h, ISO time")
 @click.option("--only", multiple=True, help="restore only this source (repeatable)")
+@click.option(
+    "--target", help="ssh://user@host[:port] to restore onto (default: this machine, --local)"
+)
+@click.option("--local", "local_target", is_flag=True, help="restore onto this machine")
 @click.option("--database", help="postgres: restore into this database name")
+@click.option("--rename-db", "rename_db", metavar="SUFFIX", help="postgres: database name + SUFFIX")
 @click.option("--pg-host", help="postgres: target server host (default: the policy's)")
 @click.option("--pg-port", type=int, help="postgres: target server port")
 @click.option("--pg-user", help="postgres: target server user")
@@ -139,6 +145,9 @@ def verify(
 )
 @click.option("--dest", help="files/env: restore under this directory instead of /")
 @click.option("--force", is_flag=True, help="overwrite existing databases and differing files")
+@click.option("--plan", "plan_only", is_flag=True, help="print the ordered steps; change nothing")
+@click.option("--yes", is_flag=True, help="do not ask before restoring")
+@click.option("--resume", is_flag=True, help="continue an interrupted restore after its last step")
 @identity_option
 @json_option
 @pass_ctx
@@ -148,60 +157,104 @@ def restore(
     host: str | None,
     policy_file: str | None,
     snapshot: str | None,
+    at_text: str | None,
     only: tuple[str, ...],
+    target: str | None,
+    local_target: bool,
     database: str | None,
+    rename_db: str | None,
     pg_host: str | None,
     pg_port: int | None,
     pg_user: str | None,
     pg_password_env: str | None,
     dest: str | None,
     force: bool,
+    plan_only: bool,
+    yes: bool,
+    resume: bool,
     identity_file: str | None,
 ) -> None:
-    """Restore a snapshot: roles and databases first, then env and files."""
-    from drkit.actions.common import open_repository, open_runner, select_snapshot
-    from drkit.actions.restore import restore as run_restore
+    """Restore a snapshot: roles and databases first, then env and files, then services.
+
+    Shows the plan and asks unless --yes; refuses to overwrite live data unless
+    --force; checks the result against the facts recorded at backup time.
+    """
+    import datetime as dt
+
+    from drkit.actions.common import open_repository, select_snapshot
+    from drkit.actions.restore import Executor, format_plan
+    from drkit.cli.targets import target_runner
+    from drkit.durations import parse_when
     from drkit.sources.base import RestoreOptions
 
+    if database and rename_db:
+        raise UsageError("--database and --rename-db exclude each other")
+    if target and local_target:
+        raise UsageError("--target and --local exclude each other")
+    if snapshot and at_text:
+        raise UsageError("--snapshot and --at exclude each other")
     policy = ctx.one_policy(policy_file, host)
+    at = None
+    if at_text:
+        try:
+            at = parse_when(at_text, dt.datetime.now(dt.UTC))
+        except ValueError as exc:
+            raise UsageError(f"--at: {exc}") from None
     identities = load_identity(identity_file)
     repo = open_repository(policy.repository)
-    manifest = select_snapshot(repo, policy.host, snapshot)
+    manifest = select_snapshot(repo, policy.host, snapshot, at)
     password = None
     if pg_password_env:
         password = os.environ.get(pg_password_env)
         if password is None:
             raise UsageError(f"--pg-password-env: ${pg_password_env} is not set")
+    log = log_to_stderr(ctx.as_json)
     opts = RestoreOptions(
-        database=database,
-        pg_host=pg_host,
-        pg_port=pg_port,
-        pg_user=pg_user,
-        pg_password=password,
-        dest=dest,
-        force=force,
-        log=log_to_stderr(ctx.as_json),
-    )
-    runner = open_runner(policy.host, policy.connection)
-    result = run_restore(
-        policy,
-        repo,
-        manifest,
-        identities,
-        runner,
-        opts,
-        only=list(only) or None,
-        log=log_to_stderr(ctx.as_json),
-    )
-    ctx.emit(
-        {
-            "host": result.host,
-            "snapshot": result.snapshot,
-            "steps": result.steps,
-            "seconds": round(result.seconds, 2),
-        },
-        lambda: click.echo(
-            f"{result.host}: restored snapshot {result.snapshot} in {result.seconds:.1f}s "
-            f"({len(result.steps)} steps)"
-        ),
-    )
+        database=database, db_suffix=rename_db or "", pg_host=pg_host, pg_port=pg_port,
+        pg_user=pg_user, pg_password=password, dest=dest, force=force, log=log,
+    )  # fmt: skip
+    runner, target_label = target_runner(policy, target)
+    executor = Executor(
+        policy, repo, manifest, identities, runner, opts,
+        only=list(only) or None, target=target_label, resume=resume,
+    )  # fmt: skip
+    steps = executor.plan()
+    plan_text = format_plan(manifest, target_label, steps)
+    blocked = [s for s in steps if s.plan.blocked]
+    if plan_only:
+        ctx.emit(
+            {"host": manifest.host, "snapshot": manifest.snapshot, "target": target_label,
+             "steps": [s.as_dict() for s in steps]},
+            lambda: click.echo(plan_text),
+        )  # fmt: skip
+        return
+    if blocked:
+        click.echo(plan_text, err=True)
+        raise RestoreError(
+            f"host {manifest.host}: step {blocked[0].number} ({blocked[0].source}) would "
+            f"overwrite live data: {blocked[0].plan.blocked}; nothing was restored"
+        )
+    if not yes:
+        click.echo(plan_text, err=True)
+        if not sys.stdin.isatty():
+            raise UsageError("restore needs --yes when not run from a terminal")
+        if not click.confirm("Restore now?", err=True):
+            raise UsageError("restore cancelled")
+    result = executor.run(log)
+    data = {
+        "host": result.host, "snapshot": result.snapshot, "target": target_label,
+        "steps": result.steps, "skipped": result.skipped, "verdict": result.verdict,
+        "checks": [c.__dict__ for c in result.checks], "seconds": round(result.seconds, 2),
+    }  # fmt: skip
+
+    def text() -> None:
+        for c in result.checks:
+            click.echo(f"  [{c.status}] {c.source}: {c.name}: {c.detail}")
+        click.echo(
+            f"{result.host}: restored snapshot {result.snapshot} onto {target_label} in "
+            f"{result.seconds:.1f}s ({len(result.steps)} actions); verdict: {result.verdict}"
+        )
+
+    ctx.emit(data, text)
+    if result.verdict == "fail":
+        sys.exit(1)

@@ -44,6 +44,7 @@ class RestoreOptions:
     """
 
     database: str | None = None  # postgres: target database name
+    db_suffix: str = ""  # postgres: restore beside the live database (--rename-db)
     pg_host: str | None = None
     pg_port: int | None = None
     pg_user: str | None = None
@@ -56,6 +57,24 @@ class RestoreOptions:
 @dataclass
 class RestoreReport:
     actions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What restoring a source would do on the target; ``blocked`` says why it would refuse."""
+
+    actions: list[str]
+    blocked: str | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One fact checked on a restored target (after an incident restore, or in a drill)."""
+
+    source: str
+    name: str
+    status: str  # "pass" | "fail" | "warn"
+    detail: str
 
 
 class Source(ABC):
@@ -90,6 +109,14 @@ class Source(ABC):
     @abstractmethod
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
         """Apply this source's artifacts (``feed(name, consume)``) onto ``self.runner``."""
+
+    def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
+        """What ``restore`` would create or overwrite; reads the target, changes nothing."""
+        return StepPlan([f"restore {self.kind} artifacts"])
+
+    def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        """Compare the restored target with the facts recorded at backup time."""
+        return []
 
     def finish(self) -> None:  # noqa: B027 - optional hook
         """Called after every artifact was stored (e.g. to close a helper session)."""

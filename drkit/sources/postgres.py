@@ -23,7 +23,16 @@ from drkit import secrets
 from drkit.errors import RestoreError, SourceError, UsageError
 from drkit.policy.models import PostgresSource as PostgresConfig
 from drkit.remote.base import Process, exit_text, tail_text
-from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, pipe_into
+from drkit.sources.base import (
+    Artifact,
+    Check,
+    Feed,
+    RestoreOptions,
+    RestoreReport,
+    Source,
+    StepPlan,
+    pipe_into,
+)
 from drkit.sources.pgsql import PgConn, quote_ident, quote_literal
 
 GLOBALS = "globals.sql"
@@ -86,7 +95,9 @@ class PostgresSource(Source):
         self.facts["globals"] = self.config.globals
         if self.config.globals:
             argv = conn.argv("pg_dumpall", "--globals-only", "--no-comments")
-            yield Artifact(GLOBALS, lambda: self.command_stream(argv, env=conn.env()))
+            roles = RoleCollector()
+            yield Artifact(GLOBALS, lambda: self.command_stream(argv, env=conn.env()), roles.feed)
+            self.facts["roles"] = sorted(roles.names)
         snapshot = self._open_session(conn)
         try:
             fmt = ["-Fc", "-Z0"] if self.config.format == "custom" else ["-Fp"]
@@ -145,6 +156,80 @@ class PostgresSource(Source):
             proc.wait()
 
     # ---- restore ------------------------------------------------------
+    def target_database(self, opts: RestoreOptions) -> str:
+        return opts.database or self.config.database + opts.db_suffix
+
+    def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
+        conn = self.target_conn(opts)
+        database = self.target_database(opts)
+        where = f"{conn.host or 'local socket'}:{conn.port}"
+        actions: list[str] = []
+        if facts.get("globals"):
+            existing = self._roles(conn)
+            backed = set(facts.get("roles", []))
+            new, kept = sorted(backed - existing), sorted(backed & existing)
+            if new:
+                actions.append(f"roles on {where}: create {', '.join(new)}")
+            if kept:
+                verb = "reset attributes of" if opts.force else "keep existing"
+                actions.append(f"roles on {where}: {verb} {', '.join(kept)}")
+        tables = len(facts.get("tables", {}))
+        existing_tables = self._table_count(conn, database)
+        if existing_tables is None:
+            actions.append(f"database {database} on {where}: create, load {tables} table(s)")
+        elif existing_tables and not opts.force:
+            return StepPlan(
+                actions,
+                f"database {database} on {where} exists with {existing_tables} object(s); "
+                "use --force to replace it or --rename-db to restore beside it",
+            )
+        elif existing_tables:
+            actions.append(f"database {database} on {where}: REPLACE its contents (--force)")
+        else:
+            actions.append(f"database {database} on {where}: load {tables} table(s) (empty)")
+        return StepPlan(actions)
+
+    def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        """Row counts per table equal to backup time; roles present."""
+        conn = self.target_conn(opts)
+        database = self.target_database(opts)
+        checks: list[Check] = []
+        expected: dict[str, int] = facts.get("tables", {})
+        if expected:
+            sql = " UNION ALL ".join(
+                f"SELECT {quote_literal(t)} || '|' || count(*) FROM "
+                f"{'.'.join(quote_ident(p) for p in t.split('.', 1))}"
+                for t in sorted(expected)
+                if t not in self.unchecked_tables
+            )
+            try:
+                out = self._sql(conn, database, sql + ";") if sql else ""
+            except SourceError as exc:
+                return [Check(self.name, "row counts", "fail", str(exc))]
+            got = dict(ln.rsplit("|", 1) for ln in out.splitlines() if "|" in ln)
+            wrong = [
+                f"{t}: {got.get(t, 'missing')} rows, expected {n}"
+                for t, n in sorted(expected.items())
+                if t not in self.unchecked_tables and str(n) != got.get(t)
+            ]
+            status = "fail" if wrong else "pass"
+            detail = "; ".join(wrong[:5]) or f"{len(got)} table(s) match backup-time row counts"
+            checks.append(Check(self.name, f"row counts in {database}", status, detail))
+        roles = facts.get("roles", [])
+        if roles:
+            missing = sorted(set(roles) - self._roles(conn))
+            checks.append(
+                Check(
+                    self.name,
+                    "roles present",
+                    "fail" if missing else "pass",
+                    f"missing: {', '.join(missing)}" if missing else f"{len(roles)} role(s)",
+                )
+            )
+        return checks
+
+    unchecked_tables: frozenset[str] = frozenset()
+
     def target_conn(self, opts: RestoreOptions) -> PgConn:
         c = self.config
         password = opts.pg_password
@@ -162,7 +247,7 @@ class PostgresSource(Source):
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
         conn = self.target_conn(opts)
         report = RestoreReport()
-        database = opts.database or self.config.database
+        database = self.target_database(opts)
         fmt = facts.get("format", "custom")
         if facts.get("globals"):
             feed(GLOBALS, lambda stream: self._restore_globals(conn, stream, opts, report))
@@ -263,6 +348,21 @@ class PostgresSource(Source):
             report.actions.append(f"created role(s) {', '.join(sorted(created))}")
         if kept:
             report.actions.append(f"kept existing role(s) {', '.join(sorted(kept))}")
+
+
+class RoleCollector:
+    """Collects role names from pg_dumpall output as it streams past (for facts)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self._tail = (self._tail + chunk).split(b"\n")
+        for raw in lines:
+            m = _ROLE_STMT.match(raw.decode("utf-8", "replace"))
+            if m and m.group(1) == "CREATE":
+                self.names.add(_unquote(m.group(2)))
 
 
 _ROLE_STMT = re.compile(r'^(CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)[ ;]')

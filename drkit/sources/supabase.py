@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from drkit.errors import RestoreError
 from drkit.pipeline.streams import CHUNK
 from drkit.remote.base import exit_text, tail_text
-from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport
+from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, StepPlan
 from drkit.sources.pgsql import quote_literal
 from drkit.sources.postgres import PostgresSource
 
@@ -106,6 +106,9 @@ class LineFilter:
 class SupabaseSource(PostgresSource):
     """The Supabase flavor of the postgres source (same policy keys)."""
 
+    # Not in the data dump: the target's own migration history stays.
+    unchecked_tables = frozenset(MIGRATION_TABLES)
+
     def artifacts(self) -> Iterator[Artifact]:
         conn = self.conn()
         env = conn.env()
@@ -136,10 +139,9 @@ class SupabaseSource(PostgresSource):
         finally:
             self.finish()
 
-    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+    def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
         conn = self.target_conn(opts)
-        database = opts.database or self.config.database
-        report = RestoreReport()
+        database = self.target_database(opts)
         internal = ", ".join(quote_literal(s) for s in INTERNAL_SCHEMAS if "*" not in s)
         existing = self._sql(
             conn,
@@ -147,11 +149,25 @@ class SupabaseSource(PostgresSource):
             "SELECT count(*) FROM pg_tables WHERE schemaname NOT LIKE 'pg\\_%' "
             f"AND schemaname NOT IN ({internal});",
         ).strip()
+        tables = len(facts.get("tables", {}))
         if existing != "0" and not opts.force:
-            raise RestoreError(
-                f"{self.label}: database {database} on the target already has {existing} "
-                "table(s) of its own; use --force to load over them or --database for another"
+            return StepPlan(
+                [],
+                f"database {database} on the target already has {existing} table(s) of its "
+                "own; use --force to load over them or --rename-db to restore beside it",
             )
+        return StepPlan(
+            [f"Supabase database {database}: create non-reserved roles, load the schema and "
+             f"{tables} table(s) of data (auth and storage included) in one transaction"]
+        )  # fmt: skip
+
+    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        conn = self.target_conn(opts)
+        database = self.target_database(opts)
+        report = RestoreReport()
+        blocked = self.describe(facts, opts).blocked
+        if blocked:
+            raise RestoreError(f"{self.label}: {blocked}")
         argv = conn.psql(database, "--single-transaction")
         what = f"{self.label}: restoring Supabase database {database}"
         proc = self.runner.start(argv, stdin=True, env=conn.env(), user=self.run_as)

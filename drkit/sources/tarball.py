@@ -13,7 +13,16 @@ from typing import Any, BinaryIO
 
 from drkit.errors import RestoreError
 from drkit.remote.base import Runner
-from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, pipe_into
+from drkit.sources.base import (
+    Artifact,
+    Check,
+    Feed,
+    RestoreOptions,
+    RestoreReport,
+    Source,
+    StepPlan,
+    pipe_into,
+)
 from drkit.sources.tarscan import TarScanner
 
 
@@ -50,18 +59,46 @@ class TarSource(Source):
             "truncated": s.truncated,
         }
 
+    def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
+        dest = opts.dest or "/"
+        files = _files(facts)
+        conflicts = differing_files(self.runner, dest, files)
+        action = f"write {len(files)} file(s) under {dest}, modes and owners as backed up"
+        if conflicts and not opts.force:
+            shown = ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
+            return StepPlan(
+                [action],
+                f"{len(conflicts)} existing file(s) under {dest} differ from the backup "
+                f"({shown}); use --force to overwrite or --dest to restore elsewhere",
+            )
+        if conflicts:
+            action += f"; OVERWRITE {len(conflicts)} differing file(s) (--force)"
+        return StepPlan([action])
+
+    def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        """Every backed-up file is present under the destination with the same sha256."""
+        dest = opts.dest or "/"
+        files = _files(facts)
+        if not files:
+            return []
+        digests = existing_digests(self.runner, dest, files)
+        wrong = [
+            _join(dest, f["path"])
+            for f in files
+            if digests.get(_join(dest, f["path"])) != f["sha256"]
+        ]
+        detail = f"{len(files) - len(wrong)}/{len(files)} file(s) identical to the backup"
+        if wrong:
+            detail += ": differ or missing: " + ", ".join(wrong[:5])
+        return [Check(self.name, "files restored", "fail" if wrong else "pass", detail)]
+
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
         dest = opts.dest or "/"
         report = RestoreReport()
-        files = [e for e in facts.get("entries", []) if e.get("type") == "file"]
-        if not opts.force:
-            conflicts = differing_files(self.runner, dest, files)
-            if conflicts:
-                shown = ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
-                raise RestoreError(
-                    f"{self.label}: {len(conflicts)} existing file(s) under {dest} differ from "
-                    f"the backup ({shown}); use --force to overwrite or --dest to restore elsewhere"
-                )
+        files = _files(facts)
+        blocked = self.describe(facts, opts).blocked
+        if blocked:
+            raise RestoreError(f"{self.label}: {blocked}")
         self.runner.check(["mkdir", "-p", "--", dest], what=f"{self.label}: restore")
         argv = ["tar", "-C", dest, "-x", "-p", "--same-owner", "-f", "-"]
 
@@ -73,10 +110,21 @@ class TarSource(Source):
         return report
 
 
+def _files(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in facts.get("entries", []) if e.get("type") == "file"]
+
+
 def differing_files(runner: Runner, dest: str, files: list[dict[str, Any]]) -> list[str]:
     """Paths of existing files under ``dest`` whose content differs from the backup's."""
+    expected = {_join(dest, f["path"]): f["sha256"] for f in files}
+    found = existing_digests(runner, dest, files)
+    return sorted(p for p, d in found.items() if expected.get(p) != d)
+
+
+def existing_digests(runner: Runner, dest: str, files: list[dict[str, Any]]) -> dict[str, str]:
+    """sha256 of each of ``files`` that exists under ``dest`` ("x" if unreadable)."""
     if not files:
-        return []
+        return {}
     targets = {_join(dest, f["path"]): f["sha256"] for f in files}
     # Prints "digest  path" for each existing target; unreadable ones count as differing.
     script = (
@@ -86,12 +134,12 @@ def differing_files(runner: Runner, dest: str, files: list[dict[str, Any]]) -> l
     out = runner.check(
         ["sh", "-c", script, "sh", *targets], what="restore: checking existing files"
     ).decode("utf-8", "surrogateescape")
-    differing = []
+    found: dict[str, str] = {}
     for line in out.splitlines():
         digest, _, path = line.partition("  ")
-        if path in targets and targets[path] != digest:
-            differing.append(path)
-    return sorted(differing)
+        if path in targets:
+            found[path] = digest
+    return found
 
 
 def _join(dest: str, path: str) -> str:

@@ -94,6 +94,7 @@ def test_catalog_sync_and_restore_from_nothing(
     assert rows == (2,)
     drkit(
         "restore",
+        "--yes",
         "--policy",
         str(policy),
         "--database",

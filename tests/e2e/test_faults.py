@@ -91,6 +91,7 @@ def test_wrong_identity_restores_nothing(
     drkit("backup", "--policy", str(policy), env=repo.env, check=True)
     res = drkit(
         "restore",
+        "--yes",
         "--policy",
         str(policy),
         "--database",
@@ -143,6 +144,7 @@ def test_flipped_byte_fails_verify_and_restore_naming_object(
     assert quick.returncode == 1 and key in quick.stdout
     res = drkit(
         "restore",
+        "--yes",
         "--policy",
         str(policy),
         "--database",

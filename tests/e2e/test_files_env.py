@@ -40,6 +40,7 @@ def test_files_roundtrip_keeps_modes_owners_symlinks(tmp_path: Path, keys) -> No
     dest = tmp_path / "restored"
     drkit(
         "restore",
+        "--yes",
         "--policy",
         str(policy),
         "--dest",
@@ -67,12 +68,13 @@ def test_restore_to_original_paths_refuses_to_overwrite_changed_files(tmp_path: 
     )
     drkit("backup", "--policy", str(policy), check=True)
     (app / "server.js").write_text("changed since the backup\n")
-    res = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file))
+    res = drkit("restore", "--yes", "--policy", str(policy), "--identity", str(keys.identity_file))
     assert res.returncode == 1
     assert f"{app}/server.js" in res.stderr and "--force" in res.stderr
     assert (app / "server.js").read_text() == "changed since the backup\n"
     drkit(
         "restore",
+        "--yes",
         "--policy",
         str(policy),
         "--identity",

@@ -66,6 +66,7 @@ def test_roundtrip_drop_restore(
 
     drkit(
         "restore",
+        "--yes",
         "--policy",
         str(policy),
         "--identity",

@@ -92,7 +92,7 @@ def test_supabase_flavor_roundtrip(pg: PgServer, uniq: str, keys, tmp_path: Path
     pg.psql(src, f"DROP OWNED BY app_reader_{uniq};")
     pg.psql("postgres", f"DROP ROLE app_reader_{uniq};")
 
-    res = drkit("restore", "--policy", str(policy), "--database", dst,
+    res = drkit("restore", "--yes", "--policy", str(policy), "--database", dst,
                 "--identity", str(keys.identity_file))  # fmt: skip
     assert res.returncode == 0, res.output
     assert "permission denied" not in res.output and "already exists" not in res.output
@@ -109,6 +109,6 @@ def test_supabase_flavor_roundtrip(pg: PgServer, uniq: str, keys, tmp_path: Path
     # The schema (policy, trigger, grants) is the user's, identical.
     assert public_schema(pg, dst) == schema_before
     # A second restore onto the now-populated database is refused without --force.
-    again = drkit("restore", "--policy", str(policy), "--database", dst,
+    again = drkit("restore", "--yes", "--policy", str(policy), "--database", dst,
                   "--identity", str(keys.identity_file))  # fmt: skip
     assert again.returncode == 1 and "--force" in again.stderr

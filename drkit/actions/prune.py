@@ -1,0 +1,385 @@
+"""Prune one host's snapshots by its retention policy; clear leftovers of failed runs.
+
+``prune`` combines the pure ``retention.decide`` with what only the
+repository knows: which snapshots are committed, complete, and under S3
+Object Lock retention. It then
+
+1. removes the committed snapshots retention does not keep (manifest first,
+   so a half-removed snapshot is never listed as committed);
+2. removes snapshot directories without a manifest whose newest object is
+   older than ``grace`` (a failed or killed run);
+3. on S3, aborts this host's multipart uploads started more than ``grace``
+   ago (a killed run's dangling upload, billed until aborted).
+
+It never removes the newest complete snapshot, the newest snapshot that
+passed a drill, or anything under Object Lock retention (each kept with its
+reason). Run it under ``locks.host_lock`` so a backup of the same host is
+not running meanwhile: ``grace`` is only the second line of defence for an
+in-progress snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any
+
+from drkit.durations import format_duration
+from drkit.errors import DrkitError
+from drkit.repository.layout import Repository, snapshot_prefix
+from drkit.repository.manifest import Manifest, snapshot_time
+from drkit.repository.store import Store
+from drkit.retention import Decision, RetentionLike, SnapInfo, decide, describe
+
+Log = Callable[[str], None]
+DEFAULT_GRACE = dt.timedelta(hours=24)
+# Object Lock "legal hold" has no end date.
+FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+_NO_LOCK_CODES = frozenset(
+    {
+        "ObjectLockConfigurationNotFoundError",
+        "NoSuchObjectLockConfiguration",
+        "NotImplemented",
+        "MethodNotAllowed",
+    }
+)
+
+
+@dataclass
+class PruneResult:
+    """What prune did (or, with ``dry_run``, would do) for one host."""
+
+    host: str
+    dry_run: bool
+    policy: str
+    decisions: list[Decision] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    incomplete_removed: list[str] = field(default_factory=list)
+    incomplete_kept: list[tuple[str, str]] = field(default_factory=list)
+    uploads_aborted: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def kept(self) -> list[Decision]:
+        return [d for d in self.decisions if d.keep]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "dry_run": self.dry_run,
+            "policy": self.policy,
+            "snapshots": [
+                {
+                    "snapshot": d.snapshot.id,
+                    "time": d.snapshot.time.isoformat(),
+                    "complete": d.snapshot.complete,
+                    "keep": d.keep,
+                    "reasons": d.reasons,
+                }
+                for d in self.decisions
+            ],
+            "removed": self.removed,
+            "freed_bytes": self.freed_bytes,
+            "incomplete_removed": self.incomplete_removed,
+            "incomplete_kept": [{"snapshot": s, "reason": r} for s, r in self.incomplete_kept],
+            "uploads_aborted": self.uploads_aborted,
+            "skipped": [{"snapshot": s, "reason": r} for s, r in self.skipped],
+            "errors": self.errors,
+        }
+
+
+def prune(
+    repo: Repository,
+    host: str,
+    retention: RetentionLike,
+    *,
+    now: dt.datetime,
+    dry_run: bool,
+    drilled: AbstractSet[str] = frozenset(),
+    grace: dt.timedelta = DEFAULT_GRACE,
+    sources: Mapping[str, RetentionLike | None] | None = None,
+    log: Log = lambda _msg: None,
+) -> PruneResult:
+    """Apply ``retention`` to ``host``'s snapshots in ``repo``.
+
+    ``drilled``: ids of snapshots that passed a drill. ``sources``: the
+    policy's source names with their own retention (or None): the newest
+    complete snapshot holding each source is kept, and a source's retention
+    keeps the snapshots it selects among those holding it (it can lengthen
+    the host's retention, not shorten it: a snapshot is removed whole).
+    Errors removing one object are collected in ``errors`` (the rest goes on);
+    listing errors raise RepositoryError.
+    """
+    result = PruneResult(host, dry_run, describe(retention))
+    snaps: list[SnapInfo] = []
+    manifests: dict[str, Manifest] = {}
+    incomplete: list[str] = []
+    for ref in repo.snapshots(host):
+        try:
+            snapshot_time(ref.snapshot)
+        except ValueError:
+            result.skipped.append((ref.snapshot, "not a drkit snapshot id: left alone"))
+            continue
+        if not ref.committed:
+            incomplete.append(ref.snapshot)
+            continue
+        try:
+            manifest = repo.manifest(host, ref.snapshot)
+        except DrkitError as exc:
+            result.skipped.append((ref.snapshot, f"unreadable manifest, left alone: {exc}"))
+            continue
+        manifests[ref.snapshot] = manifest
+        snaps.append(SnapInfo.of(ref.snapshot, complete=manifest.status == "complete"))
+
+    pinned = _source_pins(snaps, manifests, sources or {}, now)
+    first = decide(snaps, retention, now, drilled=drilled, pinned=pinned)
+    # Only snapshots retention would remove need their Object Lock read.
+    locks = ObjectLocks(repo.store)
+    locked: dict[str, dt.datetime] = {}
+    for d in first:
+        if d.keep:
+            continue
+        sid = d.snapshot.id
+        until, problem = _snapshot_lock(locks, repo, host, sid, now)
+        if problem is not None:
+            result.errors.append(f"host {host}: snapshot {sid}: {problem}")
+            pinned.setdefault(sid, []).append(problem)
+        elif until == FOREVER:
+            pinned.setdefault(sid, []).append("object lock legal hold")
+        elif until is not None:
+            locked[sid] = until
+    result.decisions = decide(snaps, retention, now, drilled=drilled, locked=locked, pinned=pinned)
+
+    verb = "would remove" if dry_run else "removing"
+    for d in sorted(result.decisions, key=lambda d: d.snapshot):  # oldest first
+        if d.keep:
+            continue
+        sid = d.snapshot.id
+        log(f"{host}: {verb} snapshot {sid}: {d.reasons[0]}")
+        if _remove(repo, host, sid, dry_run, result):
+            result.removed.append(sid)
+            result.freed_bytes += manifests[sid].stored_bytes
+
+    _prune_incomplete(repo, host, incomplete, locks, now, grace, dry_run, result, log)
+    _abort_uploads(repo.store, host, now, grace, dry_run, result, log)
+    return result
+
+
+def _source_pins(
+    snaps: list[SnapInfo],
+    manifests: Mapping[str, Manifest],
+    sources: Mapping[str, RetentionLike | None],
+    now: dt.datetime,
+) -> dict[str, list[str]]:
+    """Per-source guards: the newest complete snapshot of each source, and what a
+    source's own retention keeps among the snapshots holding it."""
+    pinned: dict[str, list[str]] = {}
+    for name, own in sources.items():
+        holding = [s for s in snaps if manifests[s.id].source(name) is not None]
+        complete = [s for s in holding if s.complete]
+        if complete:
+            newest = max(complete)
+            pinned.setdefault(newest.id, []).append(f"newest complete snapshot of source {name}")
+        if own is None:
+            continue
+        for d in decide(holding, own, now):
+            if d.keep:
+                pinned.setdefault(d.snapshot.id, []).extend(
+                    f"source {name}: {r}" for r in d.reasons if not r.startswith("newest complete")
+                )
+    return {k: v for k, v in pinned.items() if v}
+
+
+def _remove(repo: Repository, host: str, sid: str, dry_run: bool, result: PruneResult) -> bool:
+    if dry_run:
+        return True
+    try:
+        repo.delete_snapshot(host, sid)
+    except DrkitError as exc:
+        result.errors.append(f"host {host}: could not remove snapshot {sid}: {exc}")
+        return False
+    return True
+
+
+def _prune_incomplete(
+    repo: Repository,
+    host: str,
+    incomplete: list[str],
+    locks: ObjectLocks,
+    now: dt.datetime,
+    grace: dt.timedelta,
+    dry_run: bool,
+    result: PruneResult,
+    log: Log,
+) -> None:
+    """Remove snapshot directories without a manifest once they are older than ``grace``."""
+    for sid in incomplete:
+        objects = list(repo.store.list(snapshot_prefix(host, sid)))
+        newest = max([snapshot_time(sid), *(o.modified for o in objects)])
+        age = now - newest
+        if age <= grace:
+            why = f"no manifest, but younger than the grace period {format_duration(grace)}"
+            result.incomplete_kept.append((sid, why))
+            continue
+        until, problem = _snapshot_lock(locks, repo, host, sid, now)
+        if problem is not None:
+            result.errors.append(f"host {host}: incomplete snapshot {sid}: {problem}")
+            result.incomplete_kept.append((sid, f"no manifest; {problem}"))
+            continue
+        if until is not None:
+            why = "legal hold" if until == FOREVER else f"retention until {_stamp(until)}"
+            result.incomplete_kept.append((sid, f"no manifest; object lock {why}"))
+            continue
+        log(f"{host}: {'would remove' if dry_run else 'removing'} incomplete snapshot {sid}")
+        if _remove(repo, host, sid, dry_run, result):
+            result.incomplete_removed.append(sid)
+
+
+def _abort_uploads(
+    store: Store,
+    host: str,
+    now: dt.datetime,
+    grace: dt.timedelta,
+    dry_run: bool,
+    result: PruneResult,
+    log: Log,
+) -> None:
+    """S3 only: abort this host's multipart uploads started more than ``grace`` ago."""
+    lister = getattr(store, "list_incomplete_uploads", None)
+    aborter = getattr(store, "abort_upload", None)
+    if lister is None or aborter is None:
+        return  # local stores have no multipart uploads
+    for key, upload_id, initiated in lister(f"{host}/"):
+        if now - initiated <= grace:
+            continue
+        label = f"{key} (upload {upload_id})"
+        log(f"{host}: {'would abort' if dry_run else 'aborting'} stale multipart upload {label}")
+        if dry_run:
+            result.uploads_aborted.append(label)
+            continue
+        try:
+            aborter(key, upload_id)
+            result.uploads_aborted.append(label)
+        except DrkitError as exc:
+            result.errors.append(f"host {host}: could not abort upload {label}: {exc}")
+
+
+def _snapshot_lock(
+    locks: ObjectLocks, repo: Repository, host: str, sid: str, now: dt.datetime
+) -> tuple[dt.datetime | None, str | None]:
+    """(latest future retain-until among the snapshot's objects or None, problem or None).
+
+    If the retention cannot be read the problem says so and the caller keeps
+    the snapshot: removing what might be protected is the worse mistake.
+    """
+    if not locks.enabled:
+        return None, None
+    latest: dt.datetime | None = None
+    for info in repo.store.list(snapshot_prefix(host, sid)):
+        try:
+            until = locks.retain_until(info.key)
+        except DrkitError as exc:
+            return None, f"kept: {exc}"
+        if until is not None and until > now and (latest is None or until > latest):
+            latest = until
+    return latest, None
+
+
+class ObjectLocks:
+    """Reads S3 Object Lock retention of a store's objects (nothing for local stores).
+
+    Uses the store's own ``object_retention(key)`` if it has one, else its
+    boto3 ``client``/``bucket``/``prefix`` (found with getattr, so any store
+    without them simply has no locks).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._client: Any = getattr(store, "client", None)
+        self._bucket: str | None = getattr(store, "bucket", None)
+        prefix = str(getattr(store, "prefix", "") or "").strip("/")
+        self._base = f"{prefix}/" if prefix else ""
+        self._enabled: bool | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True if the bucket has Object Lock turned on (read once)."""
+        if self._enabled is None:
+            self._enabled = self._read_enabled()
+        return self._enabled
+
+    def _read_enabled(self) -> bool:
+        if callable(getattr(self.store, "object_retention", None)):
+            return True
+        if self._client is None or not self._bucket:
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            conf = self._client.get_object_lock_configuration(Bucket=self._bucket)
+        except ClientError as exc:
+            # No lock configuration, or a server without Object Lock at all: no
+            # locks. Any other answer (AccessDenied, 5xx): check each object
+            # rather than assume there are none.
+            return _code(exc) not in _NO_LOCK_CODES
+        except BotoCoreError:
+            return True
+        return bool(conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
+
+    def retain_until(self, key: str) -> dt.datetime | None:
+        """When ``key``'s retention ends (FOREVER under legal hold); None if unlocked.
+
+        Raises DrkitError naming the object if the server does not answer.
+        """
+        own = getattr(self.store, "object_retention", None)
+        if callable(own):
+            value = own(key)
+            return value if isinstance(value, dt.datetime) else None
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._base + key
+        where = f"{self.store.url}/{key}"
+        try:
+            head = self._client.head_object(Bucket=self._bucket, Key=full)
+        except (BotoCoreError, ClientError) as exc:
+            raise DrkitError(f"{where}: cannot read object lock retention: {_code(exc)}") from None
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return FOREVER
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None:
+            return _aware(until)
+        # Some servers leave the lock headers out of HEAD: ask for retention itself.
+        try:
+            answer = self._client.get_object_retention(Bucket=self._bucket, Key=full)
+        except ClientError as exc:
+            code = _code(exc)
+            if code in ("NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"):
+                return None
+            raise DrkitError(f"{where}: cannot read object lock retention: {code}") from None
+        except BotoCoreError as exc:
+            raise DrkitError(f"{where}: cannot read object lock retention: {_code(exc)}") from None
+        until = answer.get("Retention", {}).get("RetainUntilDate")
+        return _aware(until) if until is not None else None
+
+
+def _stamp(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code") or type(exc).__name__)
+    return type(exc).__name__

@@ -1,0 +1,157 @@
+"""Incident restore: plan, refusal to overwrite, --rename-db, --resume, --at, --only, checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import drkit, load_callmeback, table_checksums, write_policy
+from tests.servers.postgres import PgServer
+
+
+@pytest.fixture
+def host(pg: PgServer, uniq: str, keys, tmp_path: Path) -> dict[str, object]:
+    """A vultr-like host on this machine: callmeback + role, two apps' .env, app files."""
+    db, role = f"callmeback_{uniq}", f"cmb_user_{uniq}"
+    load_callmeback(pg, db, role, "pw-" + uniq)
+    root = tmp_path / "root"
+    for app in ("voice-pipeline", "db-proxy"):
+        (root / app).mkdir(parents=True)
+        (root / app / ".env").write_text(f"PORT=8080\nDATABASE_URL=postgres://{role}@x/{db}\n")
+        (root / app / "server.js").write_text(f"// {app}\n")
+    marker = tmp_path / "slow-step-started"
+    policy = write_policy(
+        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        [
+            {"kind": "env", "name": "env-files", "paths": [f"{root}/*/.env"]},
+            {"kind": "postgres", "name": "callmeback", "database": db, "host": "127.0.0.1",
+             "port": pg.port, "user": "postgres"},
+            {"kind": "files", "name": "apps", "paths": [f"{root}/voice-pipeline/server.js",
+                                                       f"{root}/db-proxy/server.js"]},
+            # A last step slow enough to interrupt: touches a marker, then waits.
+            {"kind": "command", "name": "pm2-stub", "command": ["echo", "apps"],
+             "restore_command": ["sh", "-c", f"cat >/dev/null; touch {marker}; sleep 30"]},
+        ],
+    )  # fmt: skip
+    return {"policy": policy, "db": db, "role": role, "root": root, "marker": marker}
+
+
+def ident(keys) -> list[str]:
+    return ["--identity", str(keys.identity_file)]
+
+
+def test_plan_lists_ordered_steps_and_touches_nothing(pg: PgServer, host, keys) -> None:
+    policy = str(host["policy"])
+    drkit("backup", "--policy", policy, check=True)
+    pg.psql("postgres", f"DROP DATABASE {host['db']};")
+    res = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True)
+    steps = json.loads(res.stdout)["steps"]
+    assert [(s["step"], s["source"], s["kind"]) for s in steps] == [
+        (1, "callmeback", "postgres"), (2, "env-files", "env"), (3, "apps", "files"),
+        (4, "pm2-stub", "command"),
+    ]  # fmt: skip
+    assert any(f"database {host['db']}" in a and "create" in a for a in steps[0]["actions"])
+    assert any(f"keep existing {host['role']}" in a or host["role"] in a
+               for a in steps[0]["actions"])  # fmt: skip
+    assert "write 2 file(s) under /" in steps[1]["actions"][0]
+    assert all(s["blocked"] is None for s in steps)
+    text = drkit("restore", "--policy", policy, "--plan", *ident(keys), check=True).stdout
+    assert text.splitlines()[0].startswith("Restore plan: host vultr, snapshot ")
+    assert " 1. callmeback (postgres)" in text and " 4. pm2-stub (command)" in text
+    exists = pg.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname='{host['db']}';")
+    assert exists.strip() == "0"  # --plan created nothing
+
+
+def test_existing_database_refused_then_rename_db(pg: PgServer, host, keys) -> None:
+    policy = str(host["policy"])
+    drkit("backup", "--policy", policy, check=True)
+    before = table_checksums(pg, str(host["db"]))
+    res = drkit("restore", "--yes", "--policy", policy, "--only", "callmeback", *ident(keys))
+    assert res.returncode == 1
+    assert f"database {host['db']}" in res.stderr and "--rename-db" in res.stderr
+    assert "nothing was restored" in res.stderr
+    res = drkit("restore", "--yes", "--policy", policy, "--only", "callmeback",
+                "--rename-db", "_restored", *ident(keys), "--json")  # fmt: skip
+    assert res.returncode == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["verdict"] == "pass"
+    assert any(c["name"].startswith("row counts") and c["status"] == "pass" for c in out["checks"])
+    # --only restored only the database: no other step ran.
+    assert all(s.startswith("callmeback:") for s in out["steps"])
+    assert table_checksums(pg, f"{host['db']}_restored") == before
+    assert table_checksums(pg, str(host["db"])) == before  # the live one is untouched
+
+
+def test_killed_restore_resumes_without_redoing_steps(pg: PgServer, host, keys, tmp_path) -> None:
+    policy = str(host["policy"])
+    drkit("backup", "--policy", policy, check=True)
+    before = table_checksums(pg, str(host["db"]))
+    pg.psql("postgres", f"DROP DATABASE {host['db']};")
+    shutil.rmtree(host["root"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drkit", "restore", "--yes", "--policy", policy, *ident(keys)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(host["marker"]).exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "restore never reached its last step"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the restore and its children, by our PID
+        proc.wait()
+    # Steps 1-3 completed before the kill; the database exists now, so redoing
+    # step 1 without --force would be refused: a passing resume proves it skipped.
+    os.unlink(host["marker"])
+    (Path(str(host["policy"]))).write_text(
+        Path(str(host["policy"])).read_text().replace("sleep 30", "true")
+    )
+    res = drkit("restore", "--yes", "--resume", "--policy", policy, *ident(keys), "--json")
+    assert res.returncode == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["skipped"] == ["callmeback", "env-files", "apps"]
+    assert [s.split(":")[0] for s in out["steps"]] == ["pm2-stub"]
+    assert out["verdict"] == "pass"
+    assert table_checksums(pg, str(host["db"])) == before
+    assert (Path(str(host["root"])) / "db-proxy" / ".env").exists()
+
+
+def test_at_picks_the_right_snapshot(pg: PgServer, host, keys, tmp_path: Path) -> None:
+    policy = str(host["policy"])
+    drkit("backup", "--policy", policy, check=True)
+    repo = tmp_path / "repo" / "vultr" / "snapshots"
+    [newest] = [p.name for p in repo.iterdir()]
+    # Make an "old" snapshot, three days back, by copying and re-dating the one we have.
+    old_time = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    old_id = old_time.strftime("%Y%m%dT%H%M%SZ") + "-0ld0ld"
+    shutil.copytree(repo / newest, repo / old_id)
+    manifest = json.loads((repo / old_id / "manifest.json").read_text())
+    manifest["snapshot"] = old_id
+    (repo / old_id / "manifest.json").write_text(json.dumps(manifest))
+    plan = drkit("restore", "--policy", policy, "--at", "2 days ago", "--plan", "--json",
+                 *ident(keys), check=True)  # fmt: skip
+    assert json.loads(plan.stdout)["snapshot"] == old_id
+    plan = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True)
+    assert json.loads(plan.stdout)["snapshot"] == newest
+    none = drkit("restore", "--policy", policy, "--at", "5 days ago", "--plan", *ident(keys))
+    assert none.returncode == 1 and "no committed snapshot at or before" in none.stderr
+    bad = drkit("restore", "--policy", policy, "--at", "last tuesday-ish", "--plan", *ident(keys))
+    assert bad.returncode == 2 and "--at" in bad.stderr
+
+
+def test_restore_without_yes_off_a_terminal_refuses(host, keys) -> None:
+    policy = str(host["policy"])
+    drkit("backup", "--policy", policy, check=True)
+    res = drkit("restore", "--policy", policy, "--rename-db", "_x", *ident(keys))
+    assert res.returncode == 2 and "--yes" in res.stderr
+    assert "Restore plan: host vultr" in res.stderr  # it showed what it would do
