@@ -40,6 +40,10 @@ def open_runner(host: str, connection: Connection) -> Runner:
         from drkit.remote.local import LocalRunner
 
         return LocalRunner(host)
+    if connection.type == "ssh":
+        from drkit.remote.ssh import SshRunner
+
+        return SshRunner(host, connection)
     raise UsageError(f"host {host}: connection type {connection.type!r} is not supported yet")
 
 

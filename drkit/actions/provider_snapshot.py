@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drkit.durations import format_duration, parse_duration
+from drkit import retention
+from drkit.durations import parse_duration
 from drkit.errors import DrkitError, UsageError
 from drkit.policy.models import Policy, SnapshotSource, source_name
 from drkit.providers.base import (
@@ -26,10 +27,11 @@ from drkit.providers.base import (
     Provider,
     ProviderError,
     ProviderSnapshot,
-    by_time,
     name_time,
 )
 from drkit.providers.factory import open_provider, source_label
+from drkit.retention import Policy as RetentionRules
+from drkit.retention import RetentionLike, SnapInfo
 
 Log = Callable[[str], None]
 OpenProvider = Callable[[Policy, SnapshotSource], Provider]
@@ -38,6 +40,13 @@ DEFAULT_RESTORE_TIMEOUT = "15m"
 
 def _quiet(_msg: str) -> None:
     pass
+
+
+def _seconds(policy: Policy, config: SnapshotSource, key: str, value: str) -> float:
+    try:
+        return parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"{source_label(policy, config)}: {key}: {exc}") from None
 
 
 # -- take ------------------------------------------------------------------
@@ -59,7 +68,7 @@ def take_snapshot(
     when the token reference cannot be resolved. ``stop`` cancels the wait.
     """
     now = now or dt.datetime.now(dt.UTC)
-    timeout = parse_duration(config.wait_timeout).total_seconds()
+    timeout = _seconds(policy, config, "wait_timeout", config.wait_timeout)
     provider = connect(policy, config)
     provider.stop = stop
     try:
@@ -134,6 +143,9 @@ class SnapshotJob:
         self._thread.start()
         return self
 
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
     def cancel(self) -> None:
         """Stop waiting (the provider may still finish the snapshot)."""
         self._stop.set()
@@ -198,49 +210,37 @@ def start_snapshot(
 class Decision:
     snapshot: ProviderSnapshot
     keep: bool
-    reason: str
+    reasons: list[str]
 
 
 def plan_retention(
     snapshots: Sequence[ProviderSnapshot],
     owner: Owner,
-    keep_last: int | None,
-    keep_within: dt.timedelta | None,
+    rules: RetentionLike,
     now: dt.datetime,
 ) -> list[Decision]:
-    """Keep or remove each snapshot, with the reason. Pure.
+    """Keep or remove each snapshot, with the reasons. Pure.
 
-    Only complete snapshots drkit made for ``owner`` can be removed; with no
-    rule nothing is; the newest complete own snapshot is always kept.
+    Snapshots drkit did not make for ``owner`` are always kept; drkit's own go
+    through ``drkit.retention.decide`` (the same rules as data snapshots: no
+    rule keeps everything, the newest complete one is always kept), and
+    unfinished ones are pinned.
     """
     out: list[Decision] = []
-    own: list[ProviderSnapshot] = []
+    own: dict[str, ProviderSnapshot] = {}
+    infos: list[SnapInfo] = []
+    pinned: dict[str, list[str]] = {}
     for snap in snapshots:
-        if not owner.owns(snap):
-            out.append(Decision(snap, True, "not made by drkit for this host and source"))
-        elif snap.status != "complete":
-            out.append(Decision(snap, True, f"not complete ({snap.status})"))
-        else:
-            own.append(snap)
-    own.sort(key=by_time, reverse=True)
-    for i, snap in enumerate(own):
         when = snap.created or name_time(snap.name)
-        age = now - when if when else None
-        if keep_last is None and keep_within is None:
-            out.append(Decision(snap, True, "no retention rule"))
-        elif keep_last is not None and i < keep_last:
-            out.append(Decision(snap, True, f"keep_last {keep_last}"))
-        elif keep_within is not None and (age is None or age <= keep_within):
-            out.append(Decision(snap, True, f"keep_within {format_duration(keep_within)}"))
-        elif i == 0:
-            out.append(Decision(snap, True, "newest complete snapshot (always kept)"))
-        else:
-            rules = []
-            if keep_last is not None:
-                rules.append(f"beyond keep_last {keep_last}")
-            if keep_within is not None:
-                rules.append(f"older than keep_within {format_duration(keep_within)}")
-            out.append(Decision(snap, False, " and ".join(rules)))
+        if not owner.owns(snap) or when is None:
+            out.append(Decision(snap, True, ["not made by drkit for this host and source"]))
+            continue
+        own[snap.id] = snap
+        infos.append(SnapInfo(when, snap.id, complete=snap.status == "complete"))
+        if snap.status != "complete":
+            pinned[snap.id] = [f"not complete ({snap.status})"]
+    for d in retention.decide(infos, rules, now, pinned=pinned):
+        out.append(Decision(own[d.snapshot.id], d.keep, list(d.reasons)))
     return out
 
 
@@ -259,6 +259,23 @@ class PruneReport:
         return not self.failed
 
 
+def source_rules(
+    config: SnapshotSource, keep_last: int | None = None, keep_within: str | None = None
+) -> RetentionRules:
+    """The source's own ``retention`` (none: keep everything), with keep_last/keep_within
+    overridden when given. Provider snapshots never use the host's data retention."""
+    base = config.retention
+    return RetentionRules(
+        keep_last=keep_last if keep_last is not None else (base.keep_last if base else None),
+        keep_hourly=base.keep_hourly if base else None,
+        keep_daily=base.keep_daily if base else None,
+        keep_weekly=base.keep_weekly if base else None,
+        keep_monthly=base.keep_monthly if base else None,
+        keep_yearly=base.keep_yearly if base else None,
+        keep_within=keep_within or (base.keep_within if base else None),
+    )
+
+
 def prune_provider_snapshots(
     policy: Policy,
     config: SnapshotSource,
@@ -274,31 +291,28 @@ def prune_provider_snapshots(
 
     ``keep_last``/``keep_within`` override the source's ``retention``. Deletion
     failures are collected in ``failed`` (the others still run); listing
-    failures raise ProviderError.
+    failures raise ProviderError; a bad ``keep_within`` raises UsageError.
     """
-    rules = config.retention
-    last = keep_last if keep_last is not None else (rules.keep_last if rules else None)
-    within_text = keep_within or (rules.keep_within if rules else None)
-    within = parse_duration(within_text) if within_text else None
+    rules = source_rules(config, keep_last, keep_within)
+    if rules.keep_within:
+        _seconds(policy, config, "keep_within", rules.keep_within)
     now = now or dt.datetime.now(dt.UTC)
     provider = connect(policy, config)
     report = PruneReport(policy.host, source_name(config), config.provider, dry_run)
     try:
-        decisions = plan_retention(provider.list_all(), provider.owner, last, within, now)
-        for d in decisions:
+        for d in plan_retention(provider.list_all(), provider.owner, rules, now):
             if d.keep:
                 report.kept.append(d)
                 continue
-            if not provider.owner.owns(d.snapshot):  # the one rule that must never break
+            snap = d.snapshot
+            if not provider.owner.owns(snap):  # the one rule that must never break
                 report.failed.append((d, "refused: not made by drkit"))
                 continue
             verb = "would delete" if dry_run else "deleting"
-            log(
-                f"{provider.label}: {verb} snapshot {d.snapshot.id} ({d.snapshot.name}): {d.reason}"
-            )
+            log(f"{provider.label}: {verb} snapshot {snap.id} ({snap.name}): {d.reasons[0]}")
             if not dry_run:
                 try:
-                    provider.delete(d.snapshot.id)
+                    provider.delete(snap.id)
                 except DrkitError as exc:
                     report.failed.append((d, str(exc)))
                     continue
@@ -354,7 +368,7 @@ def restore_from_snapshot(
             raise UsageError(f"{provider.label}: restore needs {missing} (or set it in the policy)")
         log(f"{provider.label}: creating {provider.noun} {name} from snapshot {snap.id}")
         limit = getattr(config, "restore_timeout", None) or DEFAULT_RESTORE_TIMEOUT
-        timeout = parse_duration(limit).total_seconds()
+        timeout = _seconds(policy, config, "restore_timeout", limit)
         instance = provider.create_instance(snap.id, region, size, name, timeout)
         where = instance.address or "no address"
         log(f"{provider.label}: {provider.noun} {instance.id} {instance.status} at {where}")

@@ -6,9 +6,12 @@ from drkit.errors import UsageError
 from drkit.policy.models import SourceBase, source_name
 from drkit.remote.base import Runner
 from drkit.sources.base import Source
+from drkit.sources.caddy import CaddySource
+from drkit.sources.certbot import CertbotSource
 from drkit.sources.command import CommandSource
 from drkit.sources.env import EnvSource
 from drkit.sources.files import FilesSource
+from drkit.sources.pm2 import Pm2Source
 from drkit.sources.postgres import PostgresSource
 from drkit.sources.supabase import SupabaseSource
 
@@ -17,6 +20,9 @@ SOURCES: dict[str, type[Source]] = {
     "files": FilesSource,
     "env": EnvSource,
     "command": CommandSource,
+    "pm2": Pm2Source,
+    "caddy": CaddySource,
+    "certbot": CertbotSource,
 }
 
 

@@ -1,0 +1,352 @@
+"""``pm2``: the PM2 process list (``dump.pm2``) and the ecosystem files.
+
+Backup: ``pm2 save`` as the daemon's owner (``PM2_HOME`` honoured), then a
+tar of ``dump.pm2``, ``conf.js`` / ``module_conf.json`` when present, and the
+policy's ecosystem files. ``dump.pm2`` holds every app's whole environment in
+plaintext: it travels only inside the encrypted artifact. Facts keep each
+app's name, namespace, cwd, script, interpreter and mode, parsed from the tar
+stream, and never an environment value.
+
+A daemon that is not running is not started (``pm2 save`` would spawn an
+empty one): the last saved ``dump.pm2`` is backed up and the facts say so.
+
+Restore: the files go back with their owners, then ``pm2 resurrect`` as the
+owner, and the report says which apps came online. A restore cannot bring
+back app code: a script path missing on the target is reported (a ``warn``
+check), not fatal. The check after the restore asks ``pm2 jlist`` again:
+each app online passes; an app whose script exists but is not online fails.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from drkit.errors import DrkitError, RestoreError, SourceError
+from drkit.policy.models import Pm2Source as Pm2Config
+from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
+from drkit.sources.tarball import TarSource
+from drkit.sources.tarscan import Member
+
+DUMP = "dump.pm2"
+OPTIONAL = ("conf.js", "module_conf.json")
+# Only these fields of a dump entry reach the facts: everything else may hold secrets.
+APP_FIELDS = {
+    "name": "name",
+    "namespace": "namespace",
+    "pm_cwd": "cwd",
+    "pm_exec_path": "script",
+    "exec_interpreter": "exec_interpreter",
+    "exec_mode": "exec_mode",
+    "status": "status",
+}
+DUMP_LIMIT = 32 << 20  # a dump with many apps and large environments is still small
+ONLINE_WAIT = 20.0  # seconds for resurrected apps to come online
+SETTLE = 1.0  # an app that crashes on start shows "online" between restarts
+
+_DOTENV = re.compile(rb"""require\(\s*['"]dotenv['"]\s*\)""")
+# Exit 0 when the daemon of this PM2_HOME runs (as the owner, kill -0 is allowed).
+_ALIVE = 'p=$(cat "$1/pm2.pid" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null'
+# Prints, NUL-separated, the arguments that exist.
+_EXISTING = 'for f; do [ -e "$f" ] && printf "%s\\0" "$f"; done; true'
+# Prints, NUL-separated, the arguments that do not exist (or the user cannot see).
+_MISSING = 'for f; do [ -e "$f" ] || printf "%s\\0" "$f"; done; true'
+
+
+class Pm2Source(TarSource):
+    kind = "pm2"
+    config: Pm2Config
+    ARTIFACT = "pm2.tar"
+    keep_content = True
+
+    @property
+    def pm2_bin(self) -> str:
+        # `pm2_bin` is a requested policy field (pm2 under nvm is not on a
+        # non-interactive PATH); until it exists, pm2 is looked up on PATH.
+        return str(getattr(self.config, "pm2_bin", None) or "pm2")
+
+    def pm2_argv(self, home: str, *args: str) -> list[str]:
+        # PM2_HOME goes in argv through env(1): it is not secret, and sudo may
+        # refuse --preserve-env where env(1) always works.
+        return ["env", f"PM2_HOME={home}", self.pm2_bin, *args]
+
+    def pm2_home(self) -> str:
+        """The policy's ``pm2_home``, else ``~user/.pm2`` from the host's passwd."""
+        if self.config.pm2_home:
+            return posixpath.normpath(self.config.pm2_home)
+        out = self.runner.run(["getent", "passwd", self.config.user])
+        fields = out.stdout.decode("utf-8", "replace").strip().split(":")
+        if out.returncode != 0 or len(fields) < 6 or not fields[5]:
+            raise SourceError(f"{self.label}: user {self.config.user} does not exist on the host")
+        return posixpath.join(fields[5], ".pm2")
+
+    # ---- backup -------------------------------------------------------
+    def artifacts(self) -> Iterator[Artifact]:
+        home = self.pm2_home()
+        saved, note = self._save(home)
+        dump = posixpath.join(home, DUMP)
+        present = self._existing([dump, *(posixpath.join(home, n) for n in OPTIONAL)])
+        if dump not in present:
+            raise SourceError(f"{self.label}: {note}, and there is no {dump} to back up")
+        artifact = self.tar_artifact([*present, *self.config.ecosystem], [])
+        self._scanner.content_limit = DUMP_LIMIT
+        yield artifact
+        facts = self.listing_facts()
+        try:
+            apps = self._apps(dump)
+            warnings = ecosystem_warnings(self._scanner.members, self.config.ecosystem)
+        finally:
+            for member in self._scanner.members:
+                member.content = None  # environment values must not outlive the scan
+        facts.update(
+            user=self.config.user,
+            pm2_home=home,
+            saved=saved,
+            ecosystem=list(self.config.ecosystem),
+            ecosystem_warnings=warnings,
+            apps=apps,
+        )
+        if not saved:
+            facts["save_skipped"] = note
+        self.facts.update(facts)
+
+    def _save(self, home: str) -> tuple[bool, str]:
+        """Run ``pm2 save`` when the daemon runs; (saved, why not)."""
+        alive = self.runner.run(["sh", "-c", _ALIVE, "sh", home], user=self.config.user)
+        if alive.returncode != 0:
+            return False, f"the PM2 daemon of {self.config.user} (PM2_HOME={home}) is not running"
+        out = self.runner.check(
+            self.pm2_argv(home, "save"),
+            what=f"{self.label}: pm2 save as {self.config.user}",
+            user=self.config.user,
+        )
+        if b"not managing any process" in out:
+            return False, f"the PM2 daemon (PM2_HOME={home}) manages no process, pm2 save skipped"
+        return True, ""
+
+    def _existing(self, paths: list[str]) -> list[str]:
+        out = self.runner.check(
+            ["sh", "-c", _EXISTING, "sh", *paths],
+            what=f"{self.label}: listing PM2 files",
+            user=self.run_as,
+        )
+        found = {p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p}
+        return [p for p in paths if p in found]
+
+    def _apps(self, dump: str) -> list[dict[str, Any]]:
+        member = next((m for m in self._scanner.members if m.path == dump), None)
+        if member is None or member.content is None:
+            raise SourceError(f"{self.label}: {dump} was not read from the tar stream")
+        return app_facts(member.content, f"{self.label}: {dump}")
+
+    # ---- restore ------------------------------------------------------
+    def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
+        base = super().describe(facts, opts)
+        actions = list(base.actions)
+        if (opts.dest or "/") != "/":
+            actions.append(f"pm2 resurrect not run: files go under {opts.dest}")
+            return StepPlan(actions, base.blocked)
+        user, home = self.config.user, self._restore_home(facts)
+        apps = _apps_of(facts)
+        actions.append(
+            f"pm2 resurrect as {user} (PM2_HOME={home}): start {', '.join(apps) or 'no app'}"
+        )
+        # An earlier step (a files source) may still bring the code back.
+        try:
+            missing = self._missing_scripts(facts)
+        except DrkitError as exc:
+            actions.append(f"cannot check the apps' scripts as {user}: {exc}")
+            missing = {}
+        for name, script in missing.items():
+            actions.append(f"app {name}: script {script} is not on the target now")
+        return StepPlan(actions, base.blocked)
+
+    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        report = super().restore(feed, facts, opts)
+        if (opts.dest or "/") != "/":
+            report.actions.append(
+                f"pm2 resurrect not run: the files are under {opts.dest}, and the apps' paths "
+                "are absolute; restore without --dest to start them"
+            )
+            return report
+        user, home = self.config.user, self._restore_home(facts)
+        # tar creates a missing PM2_HOME as root; the daemon must own it to write pids/logs.
+        self.runner.check(
+            ["chown", f"{user}:", "--", home], what=f"{self.label}: restore", user=self.run_as
+        )
+        missing = self._missing_scripts(facts)
+        for name, script in missing.items():
+            report.actions.append(
+                f"app {name}: script {script} does not exist on the target (or {user} cannot "
+                "read it): restore the app's code, then pm2 restart it"
+            )
+        self.runner.check(
+            self.pm2_argv(home, "resurrect"),
+            what=f"{self.label}: pm2 resurrect as {user}",
+            user=user,
+        )
+        report.actions.append(f"pm2 resurrect as {user} (PM2_HOME={home})")
+        expected = [
+            str(a.get("name"))
+            for a in facts.get("apps", [])
+            if a.get("status", "online") == "online" and a.get("name") not in missing
+        ]
+        states = self._wait_online(home, user, expected)
+        for name in _apps_of(facts):
+            report.actions.append(f"app {name}: {states.get(name, 'not running')}")
+        return report
+
+    def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        """Files as backed up; each app online (a missing script is a warning)."""
+        checks = super().check(facts, opts)
+        if (opts.dest or "/") != "/":
+            return checks
+        home = self._restore_home(facts)
+        try:
+            procs = self._jlist(home, self.config.user)
+        except DrkitError as exc:
+            return [*checks, Check(self.name, "pm2 apps online", "fail", str(exc))]
+        statuses: dict[str, set[str]] = {}
+        for p in procs:
+            statuses.setdefault(p["name"], set()).add(p["status"])
+        missing = self._missing_scripts(facts)
+        for name in _apps_of(facts):
+            got = statuses.get(name)
+            if name in missing:
+                # pm2 shows such an app "online" between failed starts: not a pass.
+                detail = f"script {missing[name]} is missing on the target: restore its code"
+                checks.append(Check(self.name, f"app {name}", "warn", detail))
+            elif got == {"online"}:
+                checks.append(Check(self.name, f"app {name}", "pass", "online"))
+            else:
+                detail = "/".join(sorted(got)) if got else "not running"
+                checks.append(Check(self.name, f"app {name}", "fail", detail))
+        return checks
+
+    def _restore_home(self, facts: dict[str, Any]) -> str:
+        return str(facts.get("pm2_home") or self.pm2_home())
+
+    def _missing_scripts(self, facts: dict[str, Any]) -> dict[str, str]:
+        """App name -> script path, for apps whose script the owner cannot see on the target."""
+        scripts = {
+            str(a["name"]): str(a["script"]) for a in facts.get("apps", []) if a.get("script")
+        }
+        if not scripts:
+            return {}
+        out = self.runner.check(
+            ["sh", "-c", _MISSING, "sh", *sorted(set(scripts.values()))],
+            what=f"{self.label}: checking app scripts",
+            user=self.config.user,
+        )
+        gone = {p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p}
+        return {name: script for name, script in scripts.items() if script in gone}
+
+    def _wait_online(self, home: str, user: str, expected: list[str]) -> dict[str, str]:
+        """Poll ``pm2 jlist`` until the expected apps are online; each app's state, by name."""
+        deadline = time.monotonic() + ONLINE_WAIT
+        while True:
+            procs = self._jlist(home, user)
+            online = {p["name"] for p in procs if p["status"] == "online"}
+            if set(expected) <= online or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        # An app whose code crashes at start flips between launching and online:
+        # a second look after a moment tells by its restart count.
+        time.sleep(SETTLE)
+        later = self._jlist(home, user)
+        return describe_states(procs, later)
+
+    def _jlist(self, home: str, user: str) -> list[dict[str, Any]]:
+        out = self.runner.check(
+            self.pm2_argv(home, "jlist"), what=f"{self.label}: pm2 jlist as {user}", user=user
+        )
+        return process_states(out, self.label)
+
+
+def _apps_of(facts: dict[str, Any]) -> list[str]:
+    """App names in dump order, each once (cluster instances share a name)."""
+    return list(dict.fromkeys(str(a.get("name")) for a in facts.get("apps", [])))
+
+
+def app_facts(content: bytes, what: str) -> list[dict[str, Any]]:
+    """Names, paths and modes of the apps in a ``dump.pm2``; never env values.
+
+    Raises SourceError naming ``what`` (never quoting the content) if it is not
+    the JSON array pm2 writes.
+    """
+    try:
+        data = json.loads(content)
+    except ValueError as exc:
+        line = getattr(exc, "lineno", "?")
+        raise SourceError(f"{what} is not valid JSON (line {line})") from None
+    if not isinstance(data, list):
+        raise SourceError(f"{what} is not a pm2 process list (JSON array)")
+    apps = []
+    for entry in data:
+        if isinstance(entry, dict):
+            apps.append({out: entry.get(key) for key, out in APP_FIELDS.items()})
+    return apps
+
+
+def ecosystem_warnings(members: list[Member], ecosystem: list[str]) -> list[str]:
+    """Ecosystem files that load dotenv at the top level (seed 000's outage: PM2 then
+    hands those variables to every app it starts; use a per-app ``env_file``)."""
+    wanted = {posixpath.normpath(p) for p in ecosystem}
+    out = []
+    for m in members:
+        if m.path in wanted and m.content is not None:
+            code = [ln for ln in m.content.splitlines() if not ln.lstrip().startswith(b"//")]
+            if any(_DOTENV.search(ln) for ln in code):
+                out.append(
+                    f"{m.path} loads dotenv: its variables reach every app PM2 starts "
+                    "(use env_file per app, or load dotenv in the app)"
+                )
+    return out
+
+
+def process_states(jlist_output: bytes, label: str) -> list[dict[str, Any]]:
+    """Name, status and restart count of each process in ``pm2 jlist`` output."""
+    for line in jlist_output.splitlines():
+        if line.startswith(b"["):  # "[PM2] ..." notices start with "[" too
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            out = []
+            for p in data if isinstance(data, list) else []:
+                env = p.get("pm2_env") or {}
+                out.append(
+                    {
+                        "name": str(p.get("name")),
+                        "status": str(env.get("status", "unknown")),
+                        "restarts": int(env.get("restart_time") or 0),
+                    }
+                )
+            return out
+    # The output holds environments: it is never quoted in the error.
+    raise RestoreError(f"{label}: pm2 jlist printed no process list")
+
+
+def describe_states(first: list[dict[str, Any]], later: list[dict[str, Any]]) -> dict[str, str]:
+    """One line per app name: "online", "online (2 instances)", "errored", "restarting ..."."""
+    before: dict[str, int] = {}
+    for p in first:
+        before[p["name"]] = before.get(p["name"], 0) + p["restarts"]
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for p in later:
+        grouped.setdefault(p["name"], []).append(p)
+    states = {}
+    for name, procs in grouped.items():
+        statuses = sorted({p["status"] for p in procs})
+        restarts = sum(p["restarts"] for p in procs)
+        if restarts > before.get(name, restarts):
+            states[name] = f"restarting ({restarts} restarts): it crashes on start, see pm2 logs"
+        elif statuses == ["online"]:
+            states[name] = "online" + (f" ({len(procs)} instances)" if len(procs) > 1 else "")
+        else:
+            states[name] = "/".join(statuses)
+    return states

@@ -1,0 +1,216 @@
+"""pm2 source against a real pm2 daemon: save -> backup -> kill -> restore -> resurrect.
+
+Apps are tiny HTTP servers that answer with a value from their PM2
+environment, so "online after restore" is checked by asking them, and the
+environment (which holds a secret) is proven to come back from the dump
+while never appearing in facts, output, manifests or the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import drkit, write_policy
+from tests.servers.pm2 import Pm2Home, bin_path_env, pm2_home
+from tests.servers.ports import free_port
+
+SECRET = "sk-live-PM2-ENV-7d1e0c55"
+
+SERVER_JS = """const http = require('http');
+http.createServer((req, res) => res.end(process.env.APP_NAME + ':' + process.env.API_KEY))
+  .listen(Number(process.env.PORT), '127.0.0.1');
+"""
+
+
+def fetch(port: int) -> str | None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return None
+
+
+def make_apps(base: Path, user: str) -> tuple[Path, dict[str, int]]:
+    """Two apps (one in its own namespace) and an ecosystem file, owned by ``user``."""
+    ports = {"voice-pipeline": free_port(), "db-proxy": free_port()}
+    apps = []
+    for name, port in ports.items():
+        d = base / "srv" / name
+        d.mkdir(parents=True)
+        (d / "server.js").write_text(SERVER_JS)
+        env = {"PORT": str(port), "APP_NAME": name, "API_KEY": SECRET}
+        app: dict[str, Any] = {"name": name, "script": str(d / "server.js"), "cwd": str(d)}
+        app["env"] = env
+        if name == "db-proxy":
+            app["namespace"] = "data"
+        apps.append(app)
+    eco = base / "srv" / "ecosystem.config.js"
+    eco.write_text("module.exports = " + json.dumps({"apps": apps}, indent=2) + ";\n")
+    pw = pwd.getpwnam(user)
+    for p in [base / "srv", *(base / "srv").rglob("*")]:
+        os.chown(p, pw.pw_uid, pw.pw_gid)
+    return eco, ports
+
+
+def start_apps(pm2: Pm2Home, eco: Path, ports: dict[str, int]) -> None:
+    pm2.run("start", str(eco))
+    pm2.wait_online(set(ports))
+    for name, port in ports.items():
+        assert fetch(port) == f"{name}:{SECRET}"
+
+
+def policy_for(tmp_path: Path, keys: Any, pm2: Pm2Home, *ecosystem: Path) -> Path:
+    source: dict[str, Any] = {"kind": "pm2", "user": pm2.user, "pm2_home": str(pm2.home)}
+    source["ecosystem"] = [str(e) for e in ecosystem]
+    return write_policy(
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [source],
+    )
+
+
+def restore(policy: Path, keys: Any, *extra: str) -> tuple[dict[str, Any], str]:
+    """Restore through the CLI; its JSON report and its whole output."""
+    res = drkit(
+        "restore", "--policy", str(policy), "--identity", str(keys.identity_file),
+        "--yes", "--json", *extra,
+        env=bin_path_env(),
+    )  # fmt: skip
+    assert res.stdout, res.output
+    return json.loads(res.stdout), res.output
+
+
+def checks_of(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in report["checks"]}
+
+
+def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
+    tmp_path: Path, open_dir: Path, keys: Any, snapshot_facts: Any, leak_check: Any
+) -> None:
+    user = "nobody"  # a daemon owned by someone else than drkit's user: runs as that user
+    eco, ports = make_apps(open_dir, user)
+    with pm2_home(open_dir, user) as pm2:
+        start_apps(pm2, eco, ports)
+        policy = policy_for(tmp_path, keys, pm2, eco)
+        dump = pm2.home / "dump.pm2"
+        assert not dump.exists()
+
+        backup = drkit("backup", "--policy", str(policy), "--json", env=bin_path_env(), check=True)
+        facts = snapshot_facts(policy, "pm2")
+        saved_dump = dump.read_bytes()  # written by the pm2 save drkit ran as nobody
+        assert SECRET.encode() in saved_dump
+        apps = {a["name"]: a for a in facts["apps"]}
+        assert set(apps) == set(ports)
+        for name in ports:
+            assert apps[name]["cwd"] == str(open_dir / "srv" / name)
+            assert apps[name]["script"] == str(open_dir / "srv" / name / "server.js")
+            assert apps[name]["exec_interpreter"] == "node"
+            assert apps[name]["exec_mode"] == "fork_mode"
+        assert apps["db-proxy"]["namespace"] == "data"
+        assert apps["voice-pipeline"]["namespace"] == "default"
+        assert facts["saved"] is True and facts["user"] == user
+        assert facts["ecosystem_warnings"] == []
+        entries = {e["path"]: e for e in facts["entries"]}
+        assert entries[str(dump)]["owner"] == user
+        assert str(eco) in entries and str(pm2.home / "module_conf.json") in entries
+
+        # Disaster: the daemon and its apps are gone, and so are PM2_HOME and the
+        # ecosystem file.
+        pm2.stop_daemon()
+        assert all(fetch(p) is None for p in ports.values())
+        shutil.rmtree(pm2.home)
+        eco_text = eco.read_text()
+        eco.unlink()
+
+        report, output = restore(policy, keys)
+        steps = report["steps"]
+        assert report["verdict"] == "pass", output
+        assert dump.read_bytes() == saved_dump
+        assert eco.read_text() == eco_text and eco.stat().st_uid == pwd.getpwnam(user).pw_uid
+        assert dump.stat().st_uid == pwd.getpwnam(user).pw_uid
+        assert pm2.home.stat().st_uid == pwd.getpwnam(user).pw_uid
+        assert "pm2: app voice-pipeline: online" in steps and "pm2: app db-proxy: online" in steps
+        assert checks_of(report) == {
+            "files restored": "pass", "app voice-pipeline": "pass", "app db-proxy": "pass",
+        }  # fmt: skip
+        for name, port in ports.items():  # running again, with the env from the dump
+            assert fetch(port) == f"{name}:{SECRET}"
+        assert pm2.states() == {"voice-pipeline": "online", "db-proxy": "online"}
+        daemon = pm2.daemon_pid()
+        assert daemon is not None
+        assert pwd.getpwuid(os.stat(f"/proc/{daemon}").st_uid).pw_name == user
+
+        leak_check(SECRET, tmp_path / "repo", json.dumps(facts), backup.output, output)
+
+
+def test_pm2_stopped_daemon_and_missing_app_code_are_findings(
+    tmp_path: Path, open_dir: Path, keys: Any, snapshot_facts: Any
+) -> None:
+    eco, ports = make_apps(open_dir, "root")
+    with pm2_home(open_dir, "root") as pm2:
+        start_apps(pm2, eco, ports)
+        pm2.run("save")
+        pm2.stop_daemon()
+        # Seed 000's mistake, kept in an old ecosystem file the policy also lists.
+        legacy = open_dir / "srv" / "legacy.config.js"
+        legacy.write_text("// config\nrequire('dotenv').config();\nmodule.exports = {apps: []};\n")
+        policy = policy_for(tmp_path, keys, pm2, eco, legacy)
+
+        # No daemon: drkit must not start one; it backs up the last saved dump.
+        drkit("backup", "--policy", str(policy), env=bin_path_env(), check=True)
+        assert pm2.daemon_pid() is None
+        facts = snapshot_facts(policy, "pm2")
+        assert facts["saved"] is False and "not running" in facts["save_skipped"]
+        assert {a["name"] for a in facts["apps"]} == set(ports)
+        [warning] = facts["ecosystem_warnings"]
+        assert warning.startswith(f"{legacy} loads dotenv")
+
+        # A fresh host where one app's code was not restored.
+        shutil.rmtree(pm2.home)
+        missing = open_dir / "srv" / "db-proxy" / "server.js"
+        missing.unlink()
+        report, output = restore(policy, keys)
+        steps = report["steps"]
+        finding = [s for s in steps if s.startswith("pm2: app db-proxy: script")]
+        assert finding and str(missing) in finding[0] and "does not exist" in finding[0]
+        assert "pm2: app voice-pipeline: online" in steps
+        # The missing code is a finding (warn), not a failed restore.
+        assert checks_of(report)["app db-proxy"] == "warn"
+        assert checks_of(report)["app voice-pipeline"] == "pass"
+        assert report["verdict"] == "warn", output
+        assert fetch(ports["voice-pipeline"]) == f"voice-pipeline:{SECRET}"
+        assert fetch(ports["db-proxy"]) is None
+
+
+def test_pm2_restore_refuses_to_overwrite_a_newer_dump(
+    tmp_path: Path, open_dir: Path, keys: Any
+) -> None:
+    eco, ports = make_apps(open_dir, "root")
+    with pm2_home(open_dir, "root") as pm2:
+        start_apps(pm2, eco, ports)
+        policy = policy_for(tmp_path, keys, pm2, eco)
+        drkit("backup", "--policy", str(policy), env=bin_path_env(), check=True)
+        pm2.run("delete", "db-proxy")
+        pm2.run("save")
+        newer = (pm2.home / "dump.pm2").read_bytes()
+        res = drkit(
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            env=bin_path_env(),
+        )
+        assert res.returncode == 1
+        assert f"{pm2.home}/dump.pm2" in res.stderr and "--force" in res.stderr
+        assert (pm2.home / "dump.pm2").read_bytes() == newer
+        assert pm2.states() == {"voice-pipeline": "online"}

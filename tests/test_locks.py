@@ -1,0 +1,335 @@
+"""Host locks: real processes contending on a real local repository.
+
+Each "run" is a separate Python process taking ``host_lock``; a separate state
+dir and owner name stand for a separate machine (then only the repository
+lock object is shared, as between two servers writing to one bucket).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drkit.errors import DrkitError
+from drkit.locks import (
+    EXIT_LOCK_HELD,
+    HostLock,
+    LockHeld,
+    LockInfo,
+    LockLost,
+    host_lock,
+    lock_key,
+)
+from drkit.repository.layout import Repository
+from drkit.repository.local import LocalStore
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "vultr"
+
+# One run: take the lock, report on stdout as JSON lines, hold it until stdin
+# says "release" (or closes), then exit 0. LockHeld -> its exit code.
+RUNNER = r"""
+import json, sys
+from drkit.locks import LockHeld, host_lock
+from drkit.repository.layout import Repository
+from drkit.repository.local import LocalStore
+
+repo_dir, host, owner, ttl, wait = sys.argv[1:6]
+
+def say(event, **kw):
+    print(json.dumps({"event": event, **kw}), flush=True)
+
+repo = Repository(LocalStore(__import__("pathlib").Path(repo_dir)))
+try:
+    with host_lock(repo, host, ttl=float(ttl), wait=float(wait), owner=owner,
+                   log=lambda m: say("log", message=m), confirm_delay=0.2, poll=0.1):
+        say("acquired")
+        sys.stdin.readline()
+except LockHeld as exc:
+    say("held", message=str(exc))
+    sys.exit(exc.exit_code)
+say("released")
+"""
+
+
+class Run:
+    """One contending process; always stopped by PID."""
+
+    def __init__(self, repo: Path, state: Path, owner: str, ttl: float, wait: float) -> None:
+        env = dict(os.environ, DRKIT_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(repo), HOST, owner, str(ttl), str(wait)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.events: list[dict[str, Any]] = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def next_event(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The next non-log event (log events are kept in ``events``)."""
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = _readline(self.proc.stdout, deadline - time.monotonic())
+            if line is None:
+                break
+            if not line:
+                raise AssertionError(f"run exited: {self.proc.wait()} {self.stderr()}")
+            event: dict[str, Any] = json.loads(line)
+            self.events.append(event)
+            if event["event"] != "log":
+                return event
+        raise AssertionError(f"no event within {timeout}s; stderr: {self.stderr()}")
+
+    def logs(self) -> list[str]:
+        return [e["message"] for e in self.events if e["event"] == "log"]
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("release\n")
+        self.proc.stdin.flush()
+        assert self.next_event()["event"] == "released"
+        assert self.proc.wait(timeout=30) == 0
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _readline(stream: Any, timeout: float) -> str | None:
+    """A line from ``stream``, "" at EOF, None on timeout."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(max(timeout, 0.01))
+    return box[0] if box else None
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[Any]:
+    started: list[Run] = []
+    repo = tmp_path / "repo"
+
+    def start(
+        machine: str = "a", owner: str | None = None, ttl: float = 30, wait: float = 0
+    ) -> Run:
+        run = Run(repo, tmp_path / f"state-{machine}", owner or f"machine-{machine}", ttl, wait)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+def repository(tmp_path: Path) -> Repository:
+    return Repository(LocalStore(tmp_path / "repo"))
+
+
+def lock_object(tmp_path: Path) -> dict[str, Any] | None:
+    path = tmp_path / "repo" / lock_key(HOST)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# -- two processes -------------------------------------------------------------------
+
+
+def test_second_run_on_the_same_machine_is_refused_naming_the_holder(
+    runs: Any, tmp_path: Path
+) -> None:
+    first = runs()
+    assert first.next_event()["event"] == "acquired"
+    second = runs()  # same state dir and owner: the local flock decides
+    held = second.next_event()
+    assert held["event"] == "held"
+    assert second.proc.wait(timeout=30) == EXIT_LOCK_HELD == 5
+    assert f"host {HOST}" in held["message"]
+    assert f"backup by pid {first.pid} since" in held["message"]
+    assert "on this machine" in held["message"]
+    first.release()
+    assert lock_object(tmp_path) is None  # removed on exit
+
+
+def test_second_machine_is_refused_by_the_repository_lock(runs: Any, tmp_path: Path) -> None:
+    first = runs("a")
+    assert first.next_event()["event"] == "acquired"
+    obj = lock_object(tmp_path)
+    assert obj is not None
+    assert (obj["owner"], obj["pid"], obj["host"], obj["ttl"]) == ("machine-a", first.pid, HOST, 30)
+    assert obj["started"] and obj["heartbeat"]
+
+    second = runs("b")
+    held = second.next_event()
+    assert held["event"] == "held"
+    assert second.proc.wait(timeout=30) == EXIT_LOCK_HELD
+    assert f"backup by machine-a pid {first.pid} since" in held["message"]
+    assert f"{lock_key(HOST)}" in held["message"]
+    first.release()
+
+
+def test_a_waiting_run_gets_the_lock_when_the_holder_finishes(runs: Any, tmp_path: Path) -> None:
+    first = runs("a")
+    assert first.next_event()["event"] == "acquired"
+    second = runs("b", wait=30)
+    time.sleep(1.5)
+    assert second.proc.poll() is None and not any(e["event"] != "log" for e in second.events)
+    first.release()
+    assert second.next_event()["event"] == "acquired"
+    assert lock_object(tmp_path)["owner"] == "machine-b"  # type: ignore[index]
+    second.release()
+    assert lock_object(tmp_path) is None
+
+
+def test_heartbeat_keeps_a_live_lock_past_its_ttl(runs: Any) -> None:
+    first = runs("a", ttl=1.0)
+    assert first.next_event()["event"] == "acquired"
+    time.sleep(2.5)  # more than two TTLs: only heartbeats keep it fresh
+    second = runs("b")
+    assert second.next_event()["event"] == "held"
+    first.release()
+
+
+def test_a_dead_holders_lock_is_taken_over_after_its_ttl(runs: Any, tmp_path: Path) -> None:
+    ttl = 3.0
+    first = runs("a", ttl=ttl)
+    assert first.next_event()["event"] == "acquired"
+    first.kill()  # no cleanup, no more heartbeats
+    killed = time.monotonic()
+    assert lock_object(tmp_path)["pid"] == first.pid  # type: ignore[index]
+
+    early = runs("b")
+    assert early.next_event()["event"] == "held"  # heartbeat still recent
+
+    patient = runs("c", wait=30)
+    assert patient.next_event()["event"] == "acquired"
+    assert time.monotonic() - killed >= ttl * 0.75  # not before the TTL (minus beat spacing)
+    warnings = [m for m in patient.logs() if "taking over" in m]
+    assert len(warnings) == 1
+    assert f"machine-a pid {first.pid}" in warnings[0] and "no heartbeat for" in warnings[0]
+    patient.release()
+
+
+def test_a_dead_holder_on_this_machine_is_taken_over_at_once(runs: Any) -> None:
+    first = runs("a", ttl=600)
+    assert first.next_event()["event"] == "acquired"
+    first.kill()  # the kernel drops its flock; its lock object stays
+    second = runs("a")  # same machine, same state dir
+    assert second.next_event()["event"] == "acquired"
+    assert any(f"its process {first.pid} on this machine is gone" in m for m in second.logs())
+    second.release()
+
+
+# -- in-process details ----------------------------------------------------------------
+
+
+def test_lock_is_removed_when_the_body_raises(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    with pytest.raises(RuntimeError), host_lock(repo, HOST, confirm_delay=0):
+        assert repo.store.stat(lock_key(HOST)) is not None
+        raise RuntimeError("boom")
+    assert repo.store.stat(lock_key(HOST)) is None
+    with host_lock(repo, HOST, confirm_delay=0):  # and it can be taken again
+        pass
+
+
+def test_a_run_notices_when_another_took_its_lock(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    messages: list[str] = []
+    with host_lock(repo, HOST, ttl=0.4, confirm_delay=0, log=messages.append) as held:
+        assert isinstance(held, HostLock)
+        held.check()
+        foreign = LockInfo.from_json(repo.store.get_bytes(lock_key(HOST)))
+        stolen = LockInfo(**{**foreign.__dict__, "owner": "machine-z", "token": "other"})
+        repo.store.put_bytes(lock_key(HOST), stolen.to_json())
+        deadline = time.monotonic() + 5
+        while not held.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.lost
+        with pytest.raises(LockLost, match="another run took over"):
+            held.check()
+    assert any("lost the lock" in m and "machine-z" in m for m in messages)
+    # The thief's lock is not removed by the run that lost it.
+    assert LockInfo.from_json(repo.store.get_bytes(lock_key(HOST))).owner == "machine-z"
+
+
+def test_an_unreadable_lock_object_is_replaced_with_a_warning(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    repo.store.put_bytes(lock_key(HOST), b"garbage")
+    messages: list[str] = []
+    with host_lock(repo, HOST, confirm_delay=0, log=messages.append):
+        pass
+    assert any("replacing unreadable lock" in m for m in messages)
+
+
+def test_lock_held_is_a_drkit_error_with_exit_code_5(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    with host_lock(repo, HOST, confirm_delay=0, owner="machine-a"):
+        other = LockInfo.from_json(repo.store.get_bytes(lock_key(HOST)))
+        # Same process, so the local flock refuses first.
+        with pytest.raises(LockHeld) as info, host_lock(repo, HOST, confirm_delay=0):
+            pass
+    assert isinstance(info.value, DrkitError) and info.value.exit_code == 5
+    assert info.value.host == HOST
+    assert other.owner == "machine-a"
+
+
+def test_a_competitor_writing_during_the_confirm_delay_wins(tmp_path: Path) -> None:
+    """No compare-and-swap on S3: write, wait, re-read; whoever reads their own token holds it."""
+    repo = repository(tmp_path)
+    outcome: list[BaseException | str] = []
+
+    def contender() -> None:
+        try:
+            with host_lock(repo, HOST, confirm_delay=1.5, owner="machine-a"):
+                outcome.append("acquired")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=contender)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while repo.store.stat(lock_key(HOST)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ours = LockInfo.from_json(repo.store.get_bytes(lock_key(HOST)))
+        assert ours.owner == "machine-a"
+        rival = LockInfo(**{**ours.__dict__, "owner": "machine-z", "pid": 4242, "token": "z"})
+        repo.store.put_bytes(lock_key(HOST), rival.to_json())
+    finally:
+        thread.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], LockHeld), outcome
+    assert "machine-z pid 4242" in str(outcome[0])
+    assert LockInfo.from_json(repo.store.get_bytes(lock_key(HOST))).owner == "machine-z"
