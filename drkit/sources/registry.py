@@ -11,6 +11,7 @@ from drkit.sources.certbot import CertbotSource
 from drkit.sources.command import CommandSource
 from drkit.sources.env import EnvSource
 from drkit.sources.files import FilesSource
+from drkit.sources.nats import NatsSource
 from drkit.sources.pm2 import Pm2Source
 from drkit.sources.postgres import PostgresSource
 from drkit.sources.supabase import SupabaseSource
@@ -23,6 +24,7 @@ SOURCES: dict[str, type[Source]] = {
     "pm2": Pm2Source,
     "caddy": CaddySource,
     "certbot": CertbotSource,
+    "nats": NatsSource,
 }
 
 

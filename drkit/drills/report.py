@@ -1,0 +1,78 @@
+"""Drill verdicts as JSON (stored in the repository and catalog), JUnit XML and Markdown."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from drkit.sources.base import Check
+
+
+@dataclass
+class DrillReport:
+    host: str
+    drill_id: str
+    snapshot: str
+    started: str
+    finished: str
+    verdict: str
+    rto_seconds: float  # container start -> all checks done
+    rpo_seconds: float  # snapshot age when the drill started
+    image_build_seconds: float  # reported apart from the RTO
+    image: str
+    checks: list[Check] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = asdict(self)
+        data["format"] = "drkit-drill"
+        data["version"] = 1
+        return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def junit_xml(reports: list[DrillReport]) -> bytes:
+    suites = ET.Element("testsuites", name="drkit drill")
+    for r in reports:
+        failures = sum(c.status == "fail" for c in r.checks) + (1 if r.error else 0)
+        suite = ET.SubElement(
+            suites, "testsuite", name=f"drill {r.host}", tests=str(len(r.checks) + bool(r.error)),
+            failures=str(failures), time=f"{r.rto_seconds:.1f}",
+        )  # fmt: skip
+        props = ET.SubElement(suite, "properties")
+        for k, v in (("snapshot", r.snapshot), ("rto_seconds", f"{r.rto_seconds:.1f}"),
+                     ("rpo_seconds", f"{r.rpo_seconds:.0f}"), ("verdict", r.verdict)):  # fmt: skip
+            ET.SubElement(props, "property", name=k, value=v)
+        if r.error:
+            case = ET.SubElement(suite, "testcase", classname=r.host, name="drill")
+            ET.SubElement(case, "error", message=r.error)
+        for c in r.checks:
+            case = ET.SubElement(suite, "testcase", classname=f"{r.host}.{c.source}", name=c.name)
+            if c.status == "fail":
+                ET.SubElement(case, "failure", message=c.detail)
+            elif c.status == "warn":
+                ET.SubElement(case, "system-out").text = f"WARNING: {c.detail}"
+    return bytes(ET.tostring(suites, encoding="utf-8", xml_declaration=True))
+
+
+def markdown(reports: list[DrillReport]) -> str:
+    lines = ["# drkit restore drills", ""]
+    lines += [
+        "| host | verdict | snapshot | RTO | RPO | image build |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r.host} | **{r.verdict.upper()}** | {r.snapshot} | {r.rto_seconds:.1f} s | "
+            f"{r.rpo_seconds / 3600:.1f} h | {r.image_build_seconds:.1f} s |"
+        )
+    for r in reports:
+        lines += ["", f"## {r.host}: {r.verdict}", ""]
+        if r.error:
+            lines += [f"**Error:** {r.error}", ""]
+        lines += ["| status | source | check | evidence |", "|---|---|---|---|"]
+        for c in r.checks:
+            detail = c.detail.replace("|", "\\|")
+            lines.append(f"| {c.status} | {c.source} | {c.name} | {detail} |")
+    return "\n".join(lines) + "\n"
