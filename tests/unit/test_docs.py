@@ -30,3 +30,11 @@ def test_each_seed_system_has_its_policy() -> None:
         assert policy.source, host
     readme = (ROOT / "policies" / "README.md").read_text()
     assert all(f"policies/{h}.toml" in readme for h in expected)
+
+
+def test_each_seed_system_has_a_drill_file() -> None:
+    from drkit.drills.spec import load_spec
+
+    for path in sorted((ROOT / "policies").glob("*.toml")):
+        spec = load_spec(ROOT / "restore_drills" / path.name)
+        assert spec.host == path.stem
