@@ -85,7 +85,7 @@ def declared_checks(
         # Key names only: the script prints names, never values.
         script = (
             "sed -n 's/^[[:space:]]*\\(export[[:space:]]\\+\\)\\?"
-            "\\([A-Za-z_][A-Za-z0-9_.-]*\\)[[:space:]]*=.*/\\2/p' -- \"$1\""
+            '\\([A-Za-z_][A-Za-z0-9_.-]*\\)[[:space:]]*=.*/\\2/p\' -- "$1"'
         )
         res = runner.run(["sh", "-c", script, "sh", env.path])
         if res.returncode != 0:
@@ -120,4 +120,3 @@ def _http_check(runner: Runner, name: str, url: str, status: int, contains: str 
 def verdict(checks: list[Check]) -> str:
     statuses = {c.status for c in checks}
     return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
-
