@@ -37,16 +37,23 @@ def certificate_checks(facts: dict[str, Any], now: dt.datetime, warn_days: int) 
 
 
 def declared_checks(
-    spec: DrillSpec, runner: Runner, pg: dict[str, tuple[PgConn, str]]
+    spec: DrillSpec,
+    runner: Runner,
+    pg: dict[str, tuple[PgConn, str]],
+    *,
+    sql_user: str | None = None,
 ) -> list[Check]:
-    """Run the drill file's checks; ``pg`` maps a postgres source name to (conn, database)."""
+    """Run the drill file's checks; ``pg`` maps a postgres source name to (conn, database),
+    queried as the OS user ``sql_user`` (peer authentication on the local socket)."""
     out: list[Check] = []
     for sql in spec.sql:
         if sql.source not in pg:
             out.append(Check("drill", sql.name, "fail", f"no postgres source {sql.source!r}"))
             continue
         conn, database = pg[sql.source]
-        res = runner.run(conn.psql(database), input=sql.query.encode(), env=conn.env())
+        res = runner.run(
+            conn.psql(database), input=sql.query.encode(), env=conn.env(), user=sql_user
+        )
         got = res.stdout.decode().strip().splitlines()
         value = got[0] if got else ""
         ok = res.returncode == 0 and value == sql.expect

@@ -1,0 +1,113 @@
+"""drkit drill: rebuild hosts in Docker from their latest backup and prove they work."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from drkit.cli.context import (
+    EXIT_CODES,
+    Ctx,
+    handle_errors,
+    identity_option,
+    load_identity,
+    log_to_stderr,
+)
+from drkit.cli.main import cli, json_option
+from drkit.errors import UsageError
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--host", "hosts", multiple=True, help="host to drill (repeatable)")
+@click.option("--policy", "policy_files", multiple=True, type=click.Path(dir_okay=False))
+@click.option("--all", "all_hosts", is_flag=True, help="every host in the policy directory")
+@click.option("--snapshot", help="snapshot id (default: the newest)")
+@click.option("--keep", is_flag=True, help="keep the container for inspection")
+@click.option(
+    "--drills-dir", type=click.Path(file_okay=False), default="restore_drills", show_default=True,
+    help="directory of <host>.toml drill checks",
+)  # fmt: skip
+@click.option(
+    "--report", "report_dir", type=click.Path(file_okay=False), help="write JSON + Markdown here"
+)
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="write JUnit XML here")
+@identity_option
+@json_option
+@pass_ctx
+@handle_errors
+def drill(
+    ctx: Ctx,
+    hosts: tuple[str, ...],
+    policy_files: tuple[str, ...],
+    all_hosts: bool,
+    snapshot: str | None,
+    keep: bool,
+    drills_dir: str,
+    report_dir: str | None,
+    junit_file: str | None,
+    identity_file: str | None,
+) -> None:
+    """Restore each host's snapshot into a fresh container, run the fact checks and the
+    checks in restore_drills/<host>.toml, and report a verdict with RTO and RPO.
+
+    Exits 4 when a drill ran and failed its checks; one host failing never hides
+    the others.
+    """
+    from drkit.actions.common import open_repository
+    from drkit.actions.drill import run_drill
+    from drkit.drills.report import junit_xml, markdown
+    from drkit.drills.spec import spec_for
+
+    if not (hosts or policy_files or all_hosts):
+        raise UsageError("name hosts (--host), policy files (--policy) or --all")
+    if snapshot and (all_hosts or len(hosts) + len(policy_files) > 1):
+        raise UsageError("--snapshot applies to one host")
+    policies = ctx.policies(policy_files, hosts)
+    identities = load_identity(identity_file)
+    log = log_to_stderr(ctx.as_json)
+    reports = []
+    for policy in policies:
+        spec = spec_for(policy.host, Path(drills_dir))
+        repo = open_repository(policy.repository)
+        reports.append(
+            run_drill(
+                policy,
+                repo,
+                identities,
+                spec,
+                snapshot=snapshot,
+                keep=keep,
+                catalog=ctx.catalog,
+                log=log,
+            )
+        )
+    if report_dir:
+        out = Path(report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for r in reports:
+            (out / f"{r.host}-{r.drill_id}.json").write_bytes(r.to_json())
+        (out / "drill-summary.md").write_text(markdown(reports))
+    if junit_file:
+        Path(junit_file).write_bytes(junit_xml(reports))
+
+    def text() -> None:
+        for r in reports:
+            for c in r.checks:
+                if c.status != "pass":
+                    click.echo(f"  [{c.status}] {r.host} {c.source}: {c.name}: {c.detail}")
+            if r.error:
+                click.echo(f"  [error] {r.host}: {r.error}")
+            click.echo(
+                f"{r.host}: drill {r.verdict.upper()} (snapshot {r.snapshot}; RTO "
+                f"{r.rto_seconds:.1f}s, RPO {r.rpo_seconds / 3600:.1f}h; image "
+                f"{r.image_build_seconds:.1f}s; {len(r.checks)} checks)"
+            )
+
+    ctx.emit({"drills": [json.loads(r.to_json()) for r in reports]}, text)
+    if any(r.verdict == "fail" for r in reports):
+        sys.exit(4)
