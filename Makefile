@@ -1,7 +1,7 @@
 # drkit: the two commands that do all set-up on a fresh machine are
 #   make demo   back up a throwaway PostgreSQL + .env files to the local repository, verify, restore
 #   make test   install what the tests need and run them
-.PHONY: setup test lint demo bench rss clean
+.PHONY: setup docker-setup test lint demo bench rss clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,8 +9,11 @@ PY := $(VENV)/bin/python
 setup:
 	@bash scripts/setup.sh
 
-test: setup lint
+test: setup docker-setup lint
 	$(PY) -m pytest -q
+
+docker-setup:
+	@bash scripts/docker-setup.sh
 
 lint:
 	$(VENV)/bin/ruff check drkit tests bench scripts

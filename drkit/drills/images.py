@@ -1,0 +1,258 @@
+"""Drill images without a registry: a Debian base from the machine's mirror, one image per host.
+
+- ``ensure_base_image()`` runs ``docker/base/build.sh`` (debootstrap from the
+  mirror this machine's apt uses, then ``docker import``); the script tags the
+  image with a content hash of itself and the mirror, and builds only when
+  no image has that tag.
+- ``ensure_host_image(host)`` builds ``docker/hosts/<host>/Dockerfile`` FROM
+  that base. Its context is ``docker/hosts/common/`` (entrypoint, service
+  helper, shared set-up) overlaid with ``docker/hosts/<host>/``, plus
+  ``build-ca.crt``. The tag ``drkit-host-<host>:<hash>`` hashes that context,
+  the base tag and the CA bundle, so an unchanged Dockerfile is never rebuilt.
+
+Extra CA bundle (``DRKIT_BUILD_CA``): a PEM file whose certificates the image
+trusts in addition to Debian's, during the build (``npm install -g pm2``
+over https) and in the drill container. Unset: this machine's own bundle,
+``/etc/ssl/certs/ca-certificates.crt``, so the image trusts what the machine
+running the drill trusts (a TLS-inspecting proxy's CA, as on our CI
+machines, or a company's); only certificates the image lacks are added.
+``none`` or empty: no extra CA. Any other value: that file.
+
+Each result is an ``ImageBuild(tag, built, seconds)``; build output is kept
+in ``<state dir>/docker/build-<name>.log`` and its tail is in any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from drkit.drills.engine import DockerError, docker, docker_binary, ensure_engine, tail
+from drkit.errors import UsageError
+from drkit.paths import state_dir
+
+CA_ENV = "DRKIT_BUILD_CA"
+SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_NAME = "build-ca.crt"  # the context file setup-image.sh reads
+COMMON = "common"
+BASE_BUILD_TIMEOUT = 1800.0
+HOST_BUILD_TIMEOUT = 3600.0
+
+
+class ImageBuild(NamedTuple):
+    """An image that exists: its tag, whether this call built it, and how long the call took."""
+
+    tag: str
+    built: bool
+    seconds: float
+
+
+def docker_dir() -> Path:
+    """``$DRKIT_DOCKER_DIR`` or the ``docker/`` directory next to the drkit package."""
+    override = os.environ.get("DRKIT_DOCKER_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "docker"
+
+
+def host_names() -> list[str]:
+    """Hosts with a ``docker/hosts/<host>/Dockerfile``, sorted."""
+    hosts = docker_dir() / "hosts"
+    return sorted(p.parent.name for p in hosts.glob("*/Dockerfile") if p.parent.name != COMMON)
+
+
+def build_ca_bundle() -> Path | None:
+    """The extra CA bundle chosen by ``DRKIT_BUILD_CA`` (see the module doc), or None.
+
+    Raises ``UsageError`` when it names a file that does not exist.
+    """
+    value = os.environ.get(CA_ENV)
+    if value is None:
+        return SYSTEM_CA if SYSTEM_CA.is_file() else None
+    if value.strip().lower() in ("", "none"):
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{CA_ENV}={value}: no such file (a PEM CA bundle, or 'none')")
+    return path
+
+
+def image_exists(tag: str) -> bool:
+    return docker("image", "inspect", tag, check=False, timeout=30).returncode == 0
+
+
+def image_size(tag: str) -> int:
+    """Size in bytes of an image (its layers as the engine counts them)."""
+    done = docker("image", "inspect", "--format", "{{.Size}}", tag, what=f"inspect image {tag}")
+    return int(done.stdout.decode().strip())
+
+
+def ensure_base_image(timeout: float = BASE_BUILD_TIMEOUT) -> ImageBuild:
+    """Build the Debian base image unless its tag exists. Raises ``DockerError``."""
+    ensure_engine()
+    script = docker_dir() / "base" / "build.sh"
+    log_file = _log_file("base")
+    started = time.monotonic()
+    with open(log_file, "wb") as log:
+        try:
+            done = subprocess.run(
+                ["bash", str(script)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DockerError(f"base image: {script} ran over {timeout:.0f} s") from exc
+    seconds = time.monotonic() - started
+    lines = done.stdout.decode("utf-8", "replace").split()
+    if done.returncode != 0 or len(lines) < 2 or lines[-1] not in ("built", "cached"):
+        raise DockerError(
+            f"base image: {script} exited {done.returncode} (log {log_file}): "
+            f"{tail(log_file.read_bytes())}"
+        )
+    return ImageBuild(lines[-2], lines[-1] == "built", seconds)
+
+
+def context_files(host: str) -> dict[str, Path]:
+    """Build-context name -> file: ``docker/hosts/common/`` overlaid with the host's directory.
+
+    Raises ``UsageError`` when the host has no Dockerfile.
+    """
+    hosts = docker_dir() / "hosts"
+    if not (hosts / host / "Dockerfile").is_file():
+        known = ", ".join(host_names()) or "none"
+        raise UsageError(
+            f"no drill image for host {host!r}: {hosts / host}/Dockerfile (have: {known})"
+        )
+    files: dict[str, Path] = {}
+    for directory in (hosts / COMMON, hosts / host):
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[path.relative_to(directory).as_posix()] = path
+    files.pop(CA_NAME, None)  # always the chosen bundle, never a stray file
+    return files
+
+
+def host_image_tag(host: str, base_tag: str, ca: bytes) -> str:
+    """``drkit-host-<host>:<hash>`` over the context files (names, modes, contents), base and CA."""
+    digest = hashlib.sha256(b"drkit host image v1\0")
+    digest.update(base_tag.encode() + b"\0")
+    for name, path in sorted(context_files(host).items()):
+        executable = b"x" if os.access(path, os.X_OK) else b"-"
+        digest.update(
+            name.encode() + b"\0" + executable + hashlib.sha256(path.read_bytes()).digest()
+        )
+    digest.update(b"ca\0" + hashlib.sha256(ca).digest())
+    return f"drkit-host-{host}:{digest.hexdigest()[:12]}"
+
+
+def ensure_host_image(
+    host: str,
+    *,
+    base_tag: str | None = None,
+    ca_bundle: Path | Literal["default"] | None = "default",
+    timeout: float = HOST_BUILD_TIMEOUT,
+) -> ImageBuild:
+    """Build ``docker/hosts/<host>/`` FROM the base image unless its tag exists.
+
+    ``base_tag``: the base to build from (default: ``ensure_base_image()``,
+    whose time is not counted here). ``ca_bundle``: the extra CA bundle,
+    ``"default"`` meaning ``build_ca_bundle()``. Raises ``UsageError`` for an
+    unknown host, ``DockerError`` when the build fails (with its log tail).
+    """
+    ensure_engine()
+    if base_tag is None:
+        base_tag = ensure_base_image().tag
+    started = time.monotonic()
+    bundle = build_ca_bundle() if ca_bundle == "default" else ca_bundle
+    ca = bundle.read_bytes() if bundle is not None else b""
+    tag = host_image_tag(host, base_tag, ca)
+    with _build_lock(tag):
+        if image_exists(tag):
+            return ImageBuild(tag, False, time.monotonic() - started)
+        context = _context_tar(context_files(host), ca)
+        log_file = _log_file(host)
+        # No --label: the classic builder appends a step per label after the
+        # big RUN, and each costs a full vfs copy; the Dockerfiles set them.
+        # --force-rm: a failed step's container (a full copy too) goes as well.
+        argv = ["build", "--force-rm", "--tag", tag, "--build-arg", f"BASE={base_tag}", "-"]
+        with open(log_file, "wb") as log:
+            try:
+                done = subprocess.run(
+                    [docker_binary(), *argv],
+                    input=context,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise DockerError(f"image for {host}: build ran over {timeout:.0f} s") from exc
+        if done.returncode != 0:
+            raise DockerError(
+                f"image for {host}: docker build exited {done.returncode} (log {log_file}): "
+                f"{tail(log_file.read_bytes())}"
+            )
+    return ImageBuild(tag, True, time.monotonic() - started)
+
+
+def _context_tar(files: dict[str, Path], ca: bytes) -> bytes:
+    """The build context as a tar: fixed owners and times, so equal inputs give equal bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        members = [
+            (n, p.read_bytes(), 0o755 if os.access(p, os.X_OK) else 0o644)
+            for n, p in sorted(files.items())
+        ]
+        for name, data, mode in [*members, (CA_NAME, ca, 0o644)]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _log_file(name: str) -> Path:
+    path = state_dir() / "docker" / f"build-{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _build_lock(tag: str) -> Iterator[None]:
+    """One build of a tag at a time on this machine (two drills starting together)."""
+    path = state_dir() / "docker" / "locks" / (tag.replace(":", "_") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m drkit.drills.images [HOST ...]``: build (or find) the base and host images."""
+    parser = argparse.ArgumentParser(prog="python -m drkit.drills.images", description=main.__doc__)
+    parser.add_argument("hosts", nargs="*", help="hosts (default: every docker/hosts/<host>/)")
+    args = parser.parse_args(argv)
+    base = ensure_base_image()
+    print(_line("base", base))
+    for host in args.hosts or host_names():
+        print(_line(host, ensure_host_image(host, base_tag=base.tag)), flush=True)
+    return 0
+
+
+def _line(name: str, build: ImageBuild) -> str:
+    state = "built" if build.built else "cached"
+    size = image_size(build.tag) / 1e6
+    return f"{name:<24} {build.tag:<52} {state:<6} {build.seconds:7.1f} s {size:7.0f} MB"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
