@@ -27,7 +27,7 @@ rss: setup
 	$(PY) bench/backup_rss.py --size-mb 1100
 
 bench: setup
-	$(PY) bench/backup_rss.py --size-mb 1100
+	$(PY) bench/run.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -19,6 +19,9 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+command -v restic >/dev/null || need_apt+=(restic)
+command -v borg >/dev/null || need_apt+=(borgbackup)
+command -v age >/dev/null || need_apt+=(age)
 id postgres >/dev/null 2>&1 || need_apt+=(postgresql-15)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
