@@ -1,8 +1,15 @@
 """Back up one host: every source through the pipeline, facts, then the manifest.
 
-The manifest is written last and is the commit. If anything fails, the run
-removes what it wrote for this snapshot, records the failure and re-raises:
-a failed dump never looks like a good backup.
+The manifest is written last and is the commit. If a data source fails, the
+run removes what it wrote for this snapshot, records the failure and
+re-raises: a failed dump never looks like a good backup.
+
+Provider snapshots (``snapshot`` sources) are not streamed: each is started
+through the provider's API before the data sources and collected after them,
+so a slow one never holds the data up. Its outcome goes into the encrypted
+facts; a successful one is also listed in the manifest (no artifacts). A
+failed or timed-out one leaves the data snapshot committed and makes the run
+*partial*; it is not listed in the manifest, so ``backup --due`` retries it.
 """
 
 from __future__ import annotations
@@ -11,20 +18,22 @@ import datetime as dt
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from drkit import __version__
 from drkit.actions.common import open_runner, policy_digest
 
 if TYPE_CHECKING:
+    from drkit.actions.provider_snapshot import SnapshotJob
     from drkit.catalog.db import Catalog
-from drkit.errors import DrkitError
+    from drkit.catalog.models import RunStatus
+from drkit.errors import DrkitError, UsageError
 from drkit.pipeline.age import read_recipients
 from drkit.pipeline.codec import FORMAT, Digests, encode
 from drkit.pipeline.streams import TeeReader
-from drkit.policy.models import Policy
+from drkit.policy.models import Policy, SnapshotSource, SourceBase, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import FACTS, Repository, object_key, snapshot_prefix
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
@@ -33,11 +42,23 @@ from drkit.sources.registry import build_source
 Log = Callable[[str], None]
 
 
+class LockCheck(Protocol):
+    """What ``backup`` asks of a held host lock (drkit.locks.HostLock)."""
+
+    def check(self) -> None:
+        """Raise if another run took the lock over."""
+
+
 @dataclass(frozen=True)
 class BackupResult:
     host: str
     manifest: Manifest
     seconds: float
+    failed: tuple[str, ...] = ()  # errors of sources that failed without stopping the commit
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed)
 
 
 def backup(
@@ -47,15 +68,31 @@ def backup(
     catalog: Callable[[], Catalog] | None = None,
     runner: Runner | None = None,
     log: Log = lambda _msg: None,
+    sources: Collection[str] | None = None,
+    started: dt.datetime | None = None,
+    lock: LockCheck | None = None,
 ) -> BackupResult:
-    """Back up every source of ``policy`` into ``repo``. Raises DrkitError on any failure."""
+    """Back up ``policy``'s sources (``sources``: only these names) into ``repo``.
+
+    ``started``: the run's start time, which names the snapshot (default now).
+    ``lock``: checked just before the commit, so a run that lost its host
+    lock refuses to commit. Raises DrkitError when a data source fails (or
+    every source failed); returns a partial result when only provider
+    snapshots failed.
+    """
+    host = policy.host
+    configs = [c for c in policy.source if sources is None or source_name(c) in sources]
+    if not configs:
+        raise UsageError(f"host {host}: no source selected")
+    machines = [c for c in configs if isinstance(c, SnapshotSource)]
+    data = [c for c in configs if not isinstance(c, SnapshotSource)]
     recipients = read_recipients(policy.encryption.recipients, policy.encryption.recipients_file)
-    runner = runner or open_runner(policy.host, policy.connection)
+    if data and runner is None:
+        runner = open_runner(host, policy.connection)
     repo.init()
-    started = dt.datetime.now(dt.UTC)
+    started = started or dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     snapshot = new_snapshot_id(started)
-    host = policy.host
 
     def store(relative: str, plain: BinaryIO) -> ArtifactRecord:
         key = object_key(host, snapshot, relative)
@@ -71,32 +108,17 @@ def backup(
             stored_sha256=digests.stored_sha256,
         )
 
+    jobs = _start_machines(policy, machines, started, log)
+    failed: list[str] = []
     try:
-        sources: list[SourceRecord] = []
+        records: list[SourceRecord] = []
         facts: dict[str, Any] = {}
-        for config in policy.source:
-            source = build_source(config, runner)
-            s0 = time.monotonic()
-            log(f"{host}: {source.name} ({source.kind}) ...")
-            records: list[ArtifactRecord] = []
-            try:
-                for artifact in source.artifacts():
-                    with artifact.open() as stream:
-                        plain = TeeReader(stream, artifact.observe) if artifact.observe else stream
-                        records.append(store(f"{source.name}/{artifact.name}", plain))  # type: ignore[arg-type]
-                    log(
-                        f"{host}: {source.name}/{artifact.name}: {records[-1].plain_size} bytes "
-                        f"-> {records[-1].stored_size} stored"
-                    )
-            except DrkitError as exc:
-                wrapped = _with_context(exc, f"host {host}: source {source.name}")
-                if wrapped is exc:
-                    raise
-                raise wrapped from exc
-            finally:
-                source.finish()
-            facts[source.name] = {"kind": source.kind, **source.facts}
-            sources.append(SourceRecord(source.name, source.kind, records, time.monotonic() - s0))
+        for config in data:
+            assert runner is not None
+            records.append(_back_up_source(host, config, runner, store, facts, log))
+        records += _collect_machines(jobs, facts, failed)
+        if not records:
+            raise DrkitError(f"host {host}: nothing to commit: {'; '.join(failed)}")
         facts_json = json.dumps(facts, sort_keys=True).encode()
         facts_record = store(FACTS, io.BytesIO(facts_json))
         manifest = Manifest(
@@ -107,20 +129,114 @@ def backup(
             drkit_version=__version__,
             policy_sha256=policy_digest(policy),
             recipients=list(policy.encryption.recipients),
-            sources=sources,
+            sources=records,
             facts=facts_record,
+            # Names only (the errors are in the encrypted facts): listings show the gap.
+            extra={"failed_sources": _failed_names(jobs)} if failed else {},
         )
+        if lock is not None:
+            lock.check()  # a run that lost its lock must not commit
         repo.write_manifest(manifest)  # the commit
     except BaseException as exc:
+        for job in jobs:
+            job.cancel()
         _discard(repo, host, snapshot, log)
         if catalog:
-            _record(catalog, repo, host, started, None, str(exc) or type(exc).__name__, log)
+            error = str(exc) or type(exc).__name__
+            _record(catalog, repo, host, started, None, "failed", error, log)
         raise
+    status: RunStatus = "partial" if failed else "success"
     if catalog:
-        _record(catalog, repo, host, started, manifest, None, log)
+        _record(catalog, repo, host, started, manifest, status, "; ".join(failed) or None, log)
+    _prune_machines(policy, [j.config for j in jobs if j.result().ok], started, log)
     seconds = time.monotonic() - t0
-    log(f"{host}: snapshot {snapshot} committed ({manifest.stored_bytes} bytes, {seconds:.1f}s)")
-    return BackupResult(host, manifest, seconds)
+    state = f"committed with {len(failed)} failed source(s)" if failed else "committed"
+    log(f"{host}: snapshot {snapshot} {state} ({manifest.stored_bytes} bytes, {seconds:.1f}s)")
+    return BackupResult(host, manifest, seconds, tuple(failed))
+
+
+def _back_up_source(
+    host: str,
+    config: SourceBase,
+    runner: Runner,
+    store: Callable[[str, BinaryIO], ArtifactRecord],
+    facts: dict[str, Any],
+    log: Log,
+) -> SourceRecord:
+    """Stream one data source's artifacts; its facts go into ``facts``."""
+    source = build_source(config, runner)
+    s0 = time.monotonic()
+    log(f"{host}: {source.name} ({source.kind}) ...")
+    records: list[ArtifactRecord] = []
+    try:
+        for artifact in source.artifacts():
+            with artifact.open() as stream:
+                plain = TeeReader(stream, artifact.observe) if artifact.observe else stream
+                records.append(store(f"{source.name}/{artifact.name}", plain))  # type: ignore[arg-type]
+            log(
+                f"{host}: {source.name}/{artifact.name}: {records[-1].plain_size} bytes "
+                f"-> {records[-1].stored_size} stored"
+            )
+    except DrkitError as exc:
+        wrapped = _with_context(exc, f"host {host}: source {source.name}")
+        if wrapped is exc:
+            raise
+        raise wrapped from exc
+    finally:
+        source.finish()
+    facts[source.name] = {"kind": source.kind, **source.facts}
+    return SourceRecord(source.name, source.kind, records, time.monotonic() - s0)
+
+
+def _start_machines(
+    policy: Policy, configs: list[SnapshotSource], started: dt.datetime, log: Log
+) -> list[SnapshotJob]:
+    if not configs:
+        return []
+    # Imported only here: provider clients are optional and not small.
+    from drkit.actions.provider_snapshot import start_snapshot
+
+    for config in configs:
+        log(f"{policy.host}: {source_name(config)} ({config.provider} snapshot) started")
+    return [start_snapshot(policy, c, started, log=log) for c in configs]
+
+
+def _collect_machines(
+    jobs: list[SnapshotJob], facts: dict[str, Any], failed: list[str]
+) -> list[SourceRecord]:
+    """Wait for each provider snapshot (its own ``wait_timeout`` bounds the wait)."""
+    records: list[SourceRecord] = []
+    for job in jobs:
+        outcome = job.result()
+        facts[outcome.source] = outcome.facts()
+        if outcome.ok:
+            records.append(SourceRecord(outcome.source, "snapshot", [], outcome.seconds))
+        else:
+            failed.append(outcome.error or f"host {outcome.host}: source {outcome.source}: failed")
+    return records
+
+
+def _failed_names(jobs: list[SnapshotJob]) -> list[str]:
+    return [source_name(j.config) for j in jobs if not j.result().ok]
+
+
+def _prune_machines(
+    policy: Policy, configs: list[SnapshotSource], now: dt.datetime, log: Log
+) -> None:
+    """Apply each source's own retention to drkit's provider snapshots; problems only warn
+    (the new snapshot exists; an old one left over costs money, not data)."""
+    from drkit.actions.provider_snapshot import prune_provider_snapshots
+
+    for config in configs:
+        if config.retention is None:
+            continue  # no rule: keep every snapshot, so nothing to list
+        try:
+            report = prune_provider_snapshots(policy, config, now=now, log=log)
+        except DrkitError as exc:
+            log(f"warning: {exc}")
+            continue
+        for decision, why in report.failed:
+            log(f"warning: could not delete provider snapshot {decision.snapshot.id}: {why}")
 
 
 def _record(
@@ -129,6 +245,7 @@ def _record(
     host: str,
     started: dt.datetime,
     manifest: Manifest | None,
+    status: RunStatus,
     error: str | None,
     log: Log,
 ) -> None:
@@ -142,11 +259,9 @@ def _record(
     try:
         cat = catalog()
         run_id = cat.start_run(host, repo.url, started=started)
-        if manifest is None:
-            cat.finish_run(run_id, "failed", None, error)
-        else:
+        if manifest is not None:
             cat.record_snapshot(repo.url, manifest)
-            cat.finish_run(run_id, "success", manifest.snapshot, None)
+        cat.finish_run(run_id, status, manifest.snapshot if manifest else None, error)
         cat.close()
     except DrkitError as exc:
         what = f"snapshot {manifest.snapshot} committed, but" if manifest else "the run failed and"

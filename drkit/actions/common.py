@@ -30,6 +30,7 @@ def open_repository(config: RepositoryConfig) -> Repository:
         access_key_id=key_id,
         secret_access_key=secret,
         object_lock_days=config.immutable_days,
+        object_lock_mode=config.immutable_mode,
     )
     return Repository(open_store(config.url, options))
 

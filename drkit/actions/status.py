@@ -1,42 +1,235 @@
-"""Freshness of a host's backups against its RPO."""
+"""Freshness of a host's backups: RPO, what is due, the last drill.
+
+Everything here reads the repository (the source of truth; the catalog is a
+cache) and takes ``now`` from the caller, so a test's controlled clock and a
+fresh machine agree with the machine that made the backups.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drkit.actions.common import open_repository
+from drkit.errors import RepositoryError
 
 if TYPE_CHECKING:
     from drkit.catalog.db import Catalog
 from drkit.durations import format_duration, parse_duration
-from drkit.policy.models import Policy
-from drkit.repository.manifest import snapshot_time
+from drkit.policy.models import Policy, source_name
+from drkit.repository.layout import Repository
+from drkit.repository.manifest import Manifest, snapshot_time
+
+# A drill that passed with warnings still proves the backup restores.
+PASSED_DRILL = frozenset({"pass", "warn"})
 
 
 def host_status(
     policy: Policy, catalog: Catalog | None, now: dt.datetime | None = None
 ) -> dict[str, Any]:
-    """Newest committed snapshot (from the repository itself), its age, and RPO breach."""
+    """Freshness from the repository itself, RPO breach, the last failed run and the last
+    drill (from the catalog, when it has them).
+
+    ``age`` is that of the stalest source on the host's schedule: the time since
+    the newest complete snapshot holding it (a snapshot taken for a weekly
+    source alone must not hide a daily dump that keeps failing). Sources with
+    their own schedule are listed in ``sources`` but do not count for the RPO,
+    unless every source has its own.
+    """
     now = now or dt.datetime.now(dt.UTC)
     repo = open_repository(policy.repository)
     committed = [r.snapshot for r in repo.snapshots(policy.host) if r.committed]
-    last = committed[-1] if committed else None
-    age = now - snapshot_time(last) if last else None
+    names = [source_name(s) for s in policy.source]
+    regular = [source_name(s) for s in policy.source if not s.schedule] or names
+    newest = newest_holding(repo, policy.host, names) if committed else {}
+    times = [snapshot_time(newest[n].snapshot) if n in newest else None for n in regular]
+    stalest = None if None in times else min(t for t in times if t is not None)
+    age = now - stalest if stalest is not None else None
     rpo = parse_duration(policy.rpo) if policy.rpo else None
     breach = rpo is not None and (age is None or age > rpo)
     row: dict[str, Any] = {
         "host": policy.host,
         "repository": repo.url,
         "snapshots": len(committed),
-        "last_snapshot": last,
+        "last_snapshot": committed[-1] if committed else None,
         "age": format_duration(age) if age is not None else None,
         "age_seconds": int(age.total_seconds()) if age is not None else None,
         "rpo": policy.rpo,
         "breach": breach,
+        "sources": {n: newest[n].snapshot if n in newest else None for n in names},
     }
     if catalog is not None:
         run = catalog.last_run(policy.host)
-        if run is not None and run.status == "failed":
+        if run is not None and run.status in ("failed", "partial"):
             row["last_error"] = run.error
+        drill = catalog.last_drill(policy.host)
+        if drill is not None:
+            row["last_drill"] = {
+                "drill": drill.drill_id,
+                "snapshot": drill.snapshot_id,
+                "verdict": drill.verdict,
+                "started": drill.started.isoformat(timespec="seconds"),
+                "rto_seconds": drill.rto_seconds,
+            }
     return row
+
+
+# -- what ran last, per source ------------------------------------------------
+
+
+def complete_manifests(repo: Repository, host: str) -> Iterator[Manifest]:
+    """The host's complete snapshots' manifests, newest first, read one at a time.
+
+    Foreign directories and unreadable manifests are skipped: a corrupt
+    manifest must not stop the next backup (it makes the host look due).
+    Listing errors raise RepositoryError.
+    """
+    for ref in reversed(repo.snapshots(host)):
+        if not ref.committed:
+            continue
+        try:
+            snapshot_time(ref.snapshot)
+            manifest = repo.manifest(host, ref.snapshot)
+        except (ValueError, RepositoryError):
+            continue
+        if manifest.status == "complete":
+            yield manifest
+
+
+def newest_holding(repo: Repository, host: str, names: Iterable[str]) -> dict[str, Manifest]:
+    """For each source name, the newest complete manifest holding it (absent: none)."""
+    wanted = set(names)
+    found: dict[str, Manifest] = {}
+    for manifest in complete_manifests(repo, host):
+        for record in manifest.sources:
+            if record.name in wanted and record.name not in found:
+                found[record.name] = manifest
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+@dataclass(frozen=True)
+class SourceDue:
+    """Whether one source's schedule has come due.
+
+    ``slot``: the latest scheduled time (jitter included) at or before now.
+    ``last_success``: start of the newest complete snapshot holding the
+    source, if one exists at or after ``slot`` (older ones are not read: they
+    would not change the answer).
+    """
+
+    source: str
+    schedule: str | None
+    slot: dt.datetime | None
+    last_success: dt.datetime | None
+    due: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        def stamp(t: dt.datetime | None) -> str | None:
+            return t.isoformat(timespec="seconds") if t else None
+
+        return {
+            "source": self.source,
+            "schedule": self.schedule,
+            "slot": stamp(self.slot),
+            "last_success": stamp(self.last_success),
+            "due": self.due,
+        }
+
+
+def jitter_seconds(policy: Policy) -> int:
+    return int(parse_duration(policy.jitter).total_seconds()) if policy.jitter else 0
+
+
+def due_sources(policy: Policy, repo: Repository, now: dt.datetime) -> list[SourceDue]:
+    """Each source's due-ness, in policy order.
+
+    A source runs on its own ``schedule``, else the host's; with neither it
+    is never due. Due means nothing holding it ever completed, or the newest
+    complete snapshot holding it started before the latest slot <= ``now``
+    (so each slot runs once, and missed slots run once). Manifests are read
+    newest first only back to the oldest slot in question.
+    """
+    from drkit.schedule import last_slot  # croniter: only when schedules are asked about
+
+    jitter = jitter_seconds(policy)
+    schedules: dict[str, str] = {}
+    slots: dict[str, dt.datetime | None] = {}
+    for src in policy.source:
+        expr = src.schedule or policy.schedule
+        if expr is not None:
+            name = source_name(src)
+            schedules[name] = expr
+            slots[name] = last_slot(expr, now, jitter_seconds=jitter, key=policy.host)
+    found: dict[str, dt.datetime] = {}
+    pending = set(schedules)
+    if pending:
+        for manifest in complete_manifests(repo, policy.host):
+            started = snapshot_time(manifest.snapshot)
+            for record in manifest.sources:
+                if record.name in pending:
+                    found[record.name] = started
+                    pending.discard(record.name)
+            # Past a source's slot, an older success cannot make it not due.
+            pending = {n for n in pending if _open(slots[n], started)}
+            if not pending:
+                break
+    out: list[SourceDue] = []
+    for src in policy.source:
+        name = source_name(src)
+        expr = schedules.get(name)
+        if expr is None:
+            out.append(SourceDue(name, None, None, None, False))
+            continue
+        slot, last = slots[name], found.get(name)
+        due = last is None or (slot is not None and last < slot)
+        out.append(SourceDue(name, expr, slot, last, due))
+    return out
+
+
+def _open(slot: dt.datetime | None, started: dt.datetime) -> bool:
+    """Whether a snapshot that started at ``started`` or earlier may still be the success
+    that makes a source with ``slot`` not due (a slot None needs any success at all)."""
+    return slot is None or started >= slot
+
+
+# -- drills --------------------------------------------------------------------
+
+
+def drill_verdicts(repo: Repository, host: str) -> list[tuple[str, str, str]]:
+    """(started, snapshot, verdict) of each drill report in the repository, oldest first.
+
+    Reports are ``<host>/drills/<id>.json``; unreadable ones are skipped.
+    """
+    out: list[tuple[str, str, str]] = []
+    for info in repo.store.list(f"{host}/drills/"):
+        if not info.key.endswith(".json"):
+            continue
+        try:
+            data = json.loads(repo.store.get_bytes(info.key))
+            out.append((str(data["started"]), str(data["snapshot"]), str(data["verdict"])))
+        except (RepositoryError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(out)
+
+
+def drilled_snapshots(
+    repo: Repository, host: str, catalog: Catalog | None = None
+) -> frozenset[str]:
+    """Ids of snapshots that passed a drill, from the repository's reports and the catalog."""
+    ids = {snap for _, snap, verdict in drill_verdicts(repo, host) if verdict in PASSED_DRILL}
+    if catalog is not None:
+        drill = catalog.last_drill(host)
+        if drill is not None and drill.verdict in PASSED_DRILL:
+            ids.add(drill.snapshot_id)
+    return frozenset(ids)
+
+
+def last_drill_passed(repo: Repository, host: str) -> bool | None:
+    """True/False for the newest drill's verdict; None if no drill ran."""
+    verdicts = drill_verdicts(repo, host)
+    return verdicts[-1][2] in PASSED_DRILL if verdicts else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,17 +15,29 @@ from drkit.cli.context import (
     identity_option,
     load_identity,
     log_to_stderr,
+    parse_wait,
     policy_options,
+    wait_option,
 )
 from drkit.cli.main import cli, json_option
 from drkit.errors import RestoreError, UsageError
 
+if TYPE_CHECKING:
+    from drkit.actions.fleet import HostResult
+
 pass_ctx = click.make_pass_decorator(Ctx)
+NEWEST = "@newest"  # --from-provider-snapshot without an id
 
 
 @cli.command(epilog=EXIT_CODES)
 @policy_options
 @click.option("--all", "all_hosts", is_flag=True, help="every policy in the policy directory")
+@click.option(
+    "--due",
+    is_flag=True,
+    help="only hosts and sources whose schedule came due since their last success "
+    "(every policy unless --host/--policy; for cron: drkit backup --due -q)",
+)
 @click.option(
     "-j",
     "--jobs",
@@ -34,7 +47,8 @@ pass_ctx = click.make_pass_decorator(Ctx)
     show_default=True,
     help="hosts backed up at the same time",
 )
-@click.option("-q", "--quiet", is_flag=True, help="print only errors and the summary")
+@wait_option
+@click.option("-q", "--quiet", is_flag=True, help="print nothing unless something failed")
 @json_option
 @pass_ctx
 @handle_errors
@@ -43,30 +57,56 @@ def backup(
     policy_files: tuple[str, ...],
     hosts: tuple[str, ...],
     all_hosts: bool,
+    due: bool,
     jobs: int,
+    wait_text: str | None,
     quiet: bool,
 ) -> None:
     """Back up hosts: every source of each policy, committed by a manifest.
 
     Hosts run concurrently (--jobs); one host's failure never stops the others.
+    One run per host at a time: a host whose lock another run holds is skipped
+    (exit 5 if nothing else failed) unless --wait.
     """
-    from drkit.actions.fleet import HostResult, backup_fleet
-    from drkit.cli.summary import print_summary
+    from drkit.actions.fleet import backup_fleet, exit_code
 
-    if not (policy_files or hosts or all_hosts):
-        raise UsageError("name hosts (--host), policy files (--policy) or --all")
+    if not (policy_files or hosts or all_hosts or due):
+        raise UsageError("name hosts (--host), policy files (--policy), --all or --due")
+    wait = parse_wait(wait_text)
     policies = ctx.policies(policy_files, hosts)
     log = log_to_stderr(quiet or ctx.as_json)
 
     def done(r: HostResult) -> None:
-        if not r.ok:
+        if r.error:
             click.echo(f"error: {r.error}", err=True)
+        elif r.status == "not-due":
+            log(f"{r.host}: not due")
 
-    results = backup_fleet(policies, jobs=jobs, catalog=ctx.catalog, log=log, on_done=done)
-    ctx.emit({"results": [r.as_dict() for r in results]}, lambda: print_summary(results))
-    failed = sum(not r.ok for r in results)
-    if failed:
-        sys.exit(1 if failed == len(results) else 3)
+    results = backup_fleet(
+        policies, jobs=jobs, catalog=ctx.catalog, log=log, on_done=done,
+        clock=ctx.now, due=due, wait=wait,
+    )  # fmt: skip
+    code = exit_code(results)
+    if ctx.as_json or not (quiet and code == 0):
+        ctx.emit({"results": [r.as_dict() for r in results]}, lambda: _summary(results))
+    if code:
+        sys.exit(code)
+
+
+def _summary(results: list[HostResult]) -> None:
+    from drkit.actions.fleet import RAN
+    from drkit.cli.summary import print_summary
+
+    ran = [r for r in results if r.status in RAN]
+    if ran:
+        print_summary(ran)
+    for r in results:
+        if r.status == "partial":
+            click.echo(f"{r.host}: PARTIAL (snapshot {r.snapshot} committed; a source failed)")
+        elif r.status == "locked":
+            click.echo(f"{r.host}: SKIPPED (another run holds its lock)")
+    if not ran and not any(r.status == "locked" for r in results):
+        click.echo("nothing due")
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -148,6 +188,18 @@ def verify(
 @click.option("--plan", "plan_only", is_flag=True, help="print the ordered steps; change nothing")
 @click.option("--yes", is_flag=True, help="do not ask before restoring")
 @click.option("--resume", is_flag=True, help="continue an interrupted restore after its last step")
+@click.option(
+    "--from-provider-snapshot",
+    "provider_snapshot",
+    is_flag=False,
+    flag_value=NEWEST,
+    default=None,
+    metavar="[ID]",
+    help="instead of restoring data, boot a new machine from a provider snapshot "
+    "(default: the newest drkit made); prints the plan, creates it with --yes",
+)
+@click.option("--region", help="--from-provider-snapshot: region (default: the policy's)")
+@click.option("--size", help="--from-provider-snapshot: machine size (default: the policy's)")
 @identity_option
 @json_option
 @pass_ctx
@@ -172,12 +224,18 @@ def restore(
     plan_only: bool,
     yes: bool,
     resume: bool,
+    provider_snapshot: str | None,
+    region: str | None,
+    size: str | None,
     identity_file: str | None,
 ) -> None:
     """Restore a snapshot: roles and databases first, then env and files, then services.
 
     Shows the plan and asks unless --yes; refuses to overwrite live data unless
     --force; checks the result against the facts recorded at backup time.
+
+    With --from-provider-snapshot, creates a new machine from the provider's
+    snapshot of the host instead (the original machine is not touched).
     """
     import datetime as dt
 
@@ -187,6 +245,22 @@ def restore(
     from drkit.durations import parse_when
     from drkit.sources.base import RestoreOptions
 
+    if provider_snapshot is not None:
+        data_flags = {
+            "--snapshot": snapshot, "--at": at_text, "--target": target, "--local": local_target,
+            "--database": database, "--rename-db": rename_db, "--dest": dest, "--resume": resume,
+        }  # fmt: skip
+        given = [flag for flag, value in data_flags.items() if value]
+        if given:
+            raise UsageError(f"--from-provider-snapshot excludes {', '.join(given)}")
+        policy = ctx.one_policy(policy_file, host)
+        from drkit.cli.commands_ops import restore_machine
+
+        snapshot_id = None if provider_snapshot == NEWEST else provider_snapshot
+        restore_machine(ctx, policy, snapshot_id, only, region, size, yes and not plan_only)
+        return
+    if region or size:
+        raise UsageError("--region and --size apply only to --from-provider-snapshot")
     if database and rename_db:
         raise UsageError("--database and --rename-db exclude each other")
     if target and local_target:

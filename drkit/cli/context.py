@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import os
@@ -23,10 +24,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes:
   0  success
-  1  failure (a backup, verify or restore failed)
+  1  failure (a backup, prune, verify or restore failed)
   2  usage or policy error
   3  partial (some hosts or sources failed)
-  4  a drill ran and failed its checks"""
+  4  a drill ran and failed its checks
+  5  another run holds a host's lock; nothing was done"""
+
+# For tests of schedules only: an ISO 8601 time that replaces the clock.
+NOW_ENV = "DRKIT_NOW"
 
 
 @dataclass
@@ -75,6 +80,18 @@ class Ctx:
         if not host:
             raise UsageError("name a host (--host NAME) or a policy file (--policy FILE)")
         return self.policies(hosts=(host,))[0]
+
+    def now(self) -> dt.datetime:
+        """The current time (UTC). ``$DRKIT_NOW`` overrides it, for tests of schedules:
+        it is read here and nowhere else, and it also names the snapshots taken."""
+        fixed = os.environ.get(NOW_ENV)
+        if not fixed:
+            return dt.datetime.now(dt.UTC)
+        try:
+            when = dt.datetime.fromisoformat(fixed)
+        except ValueError:
+            raise UsageError(f"${NOW_ENV}: not an ISO 8601 time: {fixed!r}") from None
+        return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
     def catalog(self) -> Any:
         from drkit.catalog.db import Catalog
@@ -143,6 +160,27 @@ def make_ctx(policy_dir: str | None, catalog: str | None, as_json: bool) -> Ctx:
         catalog_url=catalog or os.environ.get("DRKIT_CATALOG_URL") or default_catalog_url(),
         as_json=as_json,
     )
+
+
+def wait_option(f: F) -> F:
+    return click.option(
+        "--wait",
+        "wait_text",
+        metavar="DURATION",
+        help="wait this long for a host's lock held by another run (default: exit 5 at once)",
+    )(f)
+
+
+def parse_wait(text: str | None) -> float:
+    """``--wait`` in seconds. Raises UsageError."""
+    if not text:
+        return 0.0
+    from drkit.durations import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"--wait: {exc}") from None
 
 
 def log_to_stderr(quiet: bool) -> Callable[[str], None]:

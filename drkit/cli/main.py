@@ -42,6 +42,11 @@ def json_option(f: Any) -> Any:
 
 
 def main() -> None:
-    from drkit.cli import commands_backup, commands_info  # noqa: F401 - registers commands
+    from drkit.cli import (  # noqa: F401 - registers commands
+        commands_backup,
+        commands_drill,
+        commands_info,
+        commands_ops,
+    )
 
     cli()

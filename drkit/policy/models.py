@@ -49,6 +49,10 @@ class RepositoryConfig(Model):
     access_key_id: SecretRef | None = Field(None, description="else the standard AWS chain")
     secret_access_key: SecretRef | None = Field(None, description="else the standard AWS chain")
     immutable_days: int = Field(0, ge=0, description="S3 Object Lock retention in days")
+    immutable_mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(
+        "GOVERNANCE",
+        description="Object Lock mode: COMPLIANCE cannot be lifted by anyone before its date",
+    )
 
     @field_validator("url")
     @classmethod
@@ -68,6 +72,8 @@ class Encryption(Model):
 
 
 class Retention(Model):
+    """Which snapshots `drkit prune` keeps (docs/operations.md); no rule keeps everything."""
+
     keep_last: int | None = Field(None, ge=0, description="the newest N snapshots")
     keep_hourly: int | None = Field(
         None, ge=0, description="the newest snapshot of each of N hours"
@@ -129,16 +135,17 @@ class CommandSource(SourceBase):
 
 
 class Pm2Source(SourceBase):
-    """(not yet implemented) `pm2 save` dump and ecosystem files."""
+    """`pm2 save` dump and ecosystem files; facts: app names, cwd and script (never env)."""
 
     kind: Literal["pm2"]
     user: str = Field("root", description="user owning the PM2 daemon")
+    pm2_bin: str = Field("pm2", description="the pm2 command (name on PATH or absolute path)")
     pm2_home: str | None = Field(None, description="default ~user/.pm2")
     ecosystem: list[str] = Field(default_factory=list, description="ecosystem.config.js paths")
 
 
 class CaddySource(SourceBase):
-    """(not yet implemented) Caddyfile(s) and the data dir (certificates, ACME account)."""
+    """Caddyfile(s) and the data dir (certificates, ACME account); facts: certificates."""
 
     kind: Literal["caddy"]
     config_paths: list[str] = Field(default_factory=lambda: ["/etc/caddy"])
@@ -146,7 +153,7 @@ class CaddySource(SourceBase):
 
 
 class CertbotSource(SourceBase):
-    """(not yet implemented) /etc/letsencrypt with its symlinks intact."""
+    """/etc/letsencrypt with its symlinks intact; facts: each certificate's names and expiry."""
 
     kind: Literal["certbot"]
     dir: str = "/etc/letsencrypt"
@@ -173,13 +180,21 @@ class DockerVolumeSource(SourceBase):
 
 
 class SnapshotSource(SourceBase):
-    """(not yet implemented) a provider snapshot of the whole machine."""
+    """A provider snapshot of the whole machine, taken beside the data sources and pruned
+    by this source's own `retention` (drkit's own only); see restore --from-provider-snapshot."""
 
     kind: Literal["snapshot"]
-    provider: Literal["digitalocean", "vultr", "hetzner"]
-    resource_id: str
-    token: SecretRef
-    wait_timeout: str = "45m"
+    provider: Literal["digitalocean", "vultr", "hetzner"] = Field(description="whose API")
+    resource_id: str = Field(description="droplet id, instance id or server id")
+    token: SecretRef = Field(description="the provider API token")
+    wait_timeout: str = Field("45m", description="fail the snapshot if not complete by then")
+    region: str | None = Field(None, description="restore: region of the new machine")
+    size: str | None = Field(None, description="restore: size/plan/type of the new machine")
+    restore_timeout: str = Field("15m", description="restore: wait this long for the machine")
+    poll_interval: str | None = Field(None, description="how often to poll (provider default)")
+    endpoint: str | None = Field(
+        None, description="API base URL (a proxy; plain http only to loopback)"
+    )
 
 
 SourceConfig = Annotated[
@@ -197,17 +212,53 @@ SourceConfig = Annotated[
 ]
 
 
+EventName = Literal["start", "success", "fail"]
+
+
+class Notify(Model):
+    """Where each run is reported (docs/operations.md); URLs and topics are secrets."""
+
+    healthchecks: SecretRef | None = Field(
+        None, description="healthchecks.io-style ping URL: /start, success, /fail + log tail"
+    )
+    ntfy: SecretRef | None = Field(None, description="ntfy topic URL")
+    ntfy_token: SecretRef | None = Field(None, description="ntfy access token (Bearer)")
+    ntfy_events: tuple[EventName, ...] = Field(("fail",), description="events sent to ntfy")
+    webhook: SecretRef | None = Field(None, description="URL receiving a JSON POST per event")
+    webhook_events: tuple[EventName, ...] = Field(
+        ("success", "fail"), description="events sent to the webhook"
+    )
+    prometheus_textfile: str | None = Field(
+        None, description="node_exporter textfile (*.prom) rewritten after each run"
+    )
+    timeout: str = Field("10s", description="per request; a failed notification only warns")
+
+    @property
+    def has_channels(self) -> bool:
+        """True if any HTTP channel is configured (the textfile is not one)."""
+        return bool(self.healthchecks or self.ntfy or self.webhook)
+
+
 class Policy(Model):
     """One host: how to reach it, where to store, and what to back up."""
 
     host: str = Field(pattern=NAME_RE, description="host name: the key in the repository")
     description: str | None = Field(None, description="free text")
     connection: Connection = Connection()
-    schedule: str | None = Field(None, description="cron expression for backup --due")
+    schedule: str | None = Field(
+        None, description="cron expression (UTC) for backup --due; none: never due"
+    )
+    jitter: str | None = Field(
+        None, description="delay every slot by a fixed per-host offset below this, e.g. 15m"
+    )
     rpo: str | None = Field(None, description="alert when the newest backup is older, e.g. 26h")
+    lock_ttl: str = Field(
+        "15m", description="a run's lock is taken over when its heartbeat is older"
+    )
     repository: RepositoryConfig
     encryption: Encryption
     retention: Retention = Retention()
+    notify: Notify | None = Field(None, description="[notify] table: pings, webhook, metrics")
     source: list[SourceConfig] = Field(min_length=1)
 
 

@@ -27,6 +27,7 @@ class StoreOptions:
     part_size: int = 8 << 20
     concurrency: int = 2
     object_lock_days: int = 0
+    object_lock_mode: str = "GOVERNANCE"  # or COMPLIANCE (nobody can shorten it)
 
 
 def safe_url(url: str) -> str:

@@ -165,7 +165,10 @@ class S3Store(Store):
         if days <= 0:
             return {}
         until = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
-        return {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until}
+        mode = self.options.object_lock_mode.upper()
+        if mode not in ("GOVERNANCE", "COMPLIANCE"):
+            raise RepositoryError(f"{self.url}: unknown Object Lock mode {mode!r}")
+        return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": until}
 
     # -- Store -------------------------------------------------------------
 
