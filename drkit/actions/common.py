@@ -12,7 +12,7 @@ from drkit import secrets
 from drkit.errors import DrkitError, ObjectNotFound, UsageError
 from drkit.pipeline.age import Identity
 from drkit.pipeline.codec import Digests, decode
-from drkit.policy.models import Connection, Policy, RepositoryConfig
+from drkit.policy.models import Connection, Policy, RepositoryConfig, source_name
 from drkit.remote.base import Runner
 from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository, object_key
@@ -53,18 +53,37 @@ def policy_digest(policy: Policy) -> str:
 
 
 def select_snapshot(
-    repo: Repository, host: str, snapshot: str | None = None, at: dt.datetime | None = None
+    repo: Repository,
+    host: str,
+    snapshot: str | None = None,
+    at: dt.datetime | None = None,
+    *,
+    holding: set[str] | None = None,
 ) -> Manifest:
-    """The named snapshot, else the newest committed one (at or before ``at``)."""
+    """The named snapshot, else the newest committed one (at or before ``at``).
+
+    ``holding``: source names the snapshot must contain. With per-source
+    schedules (``backup --due``) the newest snapshot may hold only a weekly
+    source; a whole-host restore must not silently take that one.
+    """
     if snapshot:
         return repo.manifest(host, snapshot)
     candidates = [r.snapshot for r in repo.snapshots(host) if r.committed]
     if at is not None:
         candidates = [s for s in candidates if snapshot_time(s) <= at]
-    if not candidates:
-        when = f" at or before {at.isoformat()}" if at else ""
-        raise ObjectNotFound(f"{repo.url}: host {host} has no committed snapshot{when}")
-    return repo.manifest(host, candidates[-1])
+    for sid in reversed(candidates):
+        manifest = repo.manifest(host, sid)
+        if not holding or holding <= {s.name for s in manifest.sources}:
+            return manifest
+    when = f" at or before {at.isoformat()}" if at else ""
+    what = f" holding {', '.join(sorted(holding))}" if holding and candidates else ""
+    raise ObjectNotFound(f"{repo.url}: host {host} has no committed snapshot{what}{when}")
+
+
+def data_sources(policy: Policy, only: list[str] | None = None) -> set[str]:
+    """Names of the policy's sources a restore needs (provider snapshots excluded)."""
+    names = {source_name(s) for s in policy.source if getattr(s, "kind", "") != "snapshot"}
+    return names & set(only) if only else names
 
 
 def digests_of(record: ArtifactRecord) -> Digests:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drkit.actions.common import select_snapshot
+from drkit.actions.common import data_sources, select_snapshot
 from drkit.actions.restore import Executor
 from drkit.drills.checks import certificate_checks, declared_checks, verdict
 from drkit.drills.report import DrillReport
@@ -82,7 +82,7 @@ def run_drill(
 
     started = dt.datetime.now(dt.UTC)
     drill_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-    manifest = select_snapshot(repo, policy.host, snapshot)
+    manifest = select_snapshot(repo, policy.host, snapshot, holding=data_sources(policy))
     rpo = (started - snapshot_time(manifest.snapshot)).total_seconds()
     report = DrillReport(
         host=policy.host, drill_id=drill_id, snapshot=manifest.snapshot,

@@ -239,7 +239,7 @@ def restore(
     """
     import datetime as dt
 
-    from drkit.actions.common import open_repository, select_snapshot
+    from drkit.actions.common import data_sources, open_repository, select_snapshot
     from drkit.actions.restore import Executor, format_plan
     from drkit.cli.targets import target_runner
     from drkit.durations import parse_when
@@ -276,7 +276,8 @@ def restore(
             raise UsageError(f"--at: {exc}") from None
     identities = load_identity(identity_file)
     repo = open_repository(policy.repository)
-    manifest = select_snapshot(repo, policy.host, snapshot, at)
+    holding = data_sources(policy, list(only) or None)
+    manifest = select_snapshot(repo, policy.host, snapshot, at, holding=holding)
     password = None
     if pg_password_env:
         password = os.environ.get(pg_password_env)

@@ -28,7 +28,7 @@ from drkit.pipeline.streams import CHUNK
 from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, StepPlan
 from drkit.sources.pgsql import quote_literal
-from drkit.sources.postgres import PostgresSource
+from drkit.sources.postgres import PostgresSource, filter_globals
 
 INTERNAL_SCHEMAS = (
     "_analytics", "_realtime", "_supavisor", "auth", "extensions", "pgbouncer", "realtime",
@@ -181,11 +181,19 @@ class SupabaseSource(PostgresSource):
             while chunk := stream.read(CHUNK):
                 stdin.write(chunk)
 
+        existing = self._roles(conn)
+
+        def copy_roles(stream: BinaryIO) -> None:
+            # Roles the target already has are left as they are (like globals).
+            text = stream.read(64 << 20).decode("utf-8", "surrogateescape")
+            sql, _created, _kept = filter_globals(text, existing, replace=False)
+            stdin.write(sql.encode("utf-8", "surrogateescape"))
+
         try:
             for part in PARTS:
                 if part == "data.sql":
                     stdin.write(b"\nSET session_replication_role = replica;\n")
-                feed(part, copy)
+                feed(part, copy_roles if part == "roles.sql" else copy)
             stdin.close()
         except BrokenPipeError:
             pass  # psql stopped on an error: its status and stderr say which

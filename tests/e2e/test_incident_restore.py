@@ -155,3 +155,21 @@ def test_restore_without_yes_off_a_terminal_refuses(host, keys) -> None:
     res = drkit("restore", "--policy", policy, "--rename-db", "_x", *ident(keys))
     assert res.returncode == 2 and "--yes" in res.stderr
     assert "Restore plan: host vultr" in res.stderr  # it showed what it would do
+
+
+def test_whole_host_restore_skips_a_newer_snapshot_missing_sources(host, keys) -> None:
+    """With per-source schedules the newest snapshot may hold one source only: a whole-host
+    restore takes the newest snapshot that holds them all, --only the newest with that one."""
+    policy = str(host["policy"])
+    drkit("backup", "--policy", policy, check=True)
+    full = json.loads(drkit("snapshots", "--policy", policy, "--json").stdout)["snapshots"][0]
+    partial_policy = Path(policy).with_name("partial.toml")
+    text = Path(policy).read_text()
+    partial_policy.write_text(text[: text.index("[[source]]")] + text[text.index(
+        '[[source]]\nkind = "files"'):])  # fmt: skip
+    drkit("backup", "--policy", str(partial_policy), check=True)
+    plan = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True)
+    assert json.loads(plan.stdout)["snapshot"] == full["snapshot"]
+    plan = drkit("restore", "--policy", policy, "--only", "apps", "--plan", "--json",
+                 *ident(keys), check=True)  # fmt: skip
+    assert json.loads(plan.stdout)["snapshot"] != full["snapshot"]
