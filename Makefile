@@ -13,7 +13,8 @@ test: setup docker-setup lint
 	$(PY) -m pytest -q
 
 docker-setup:
-	@bash scripts/docker-setup.sh
+	@# Drills need an engine; off CI a machine without one skips the drill tests.
+	@bash scripts/docker-setup.sh || { [ -z "$$CI" ] && echo "make: no Docker engine: drill tests will be skipped"; }
 
 lint:
 	$(VENV)/bin/ruff check drkit tests bench scripts
