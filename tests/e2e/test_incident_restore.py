@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -39,7 +40,9 @@ def host(pg: PgServer, uniq: str, keys, tmp_path: Path) -> dict[str, object]:
                                                        f"{root}/db-proxy/server.js"]},
             # A last step slow enough to interrupt: touches a marker, then waits.
             {"kind": "command", "name": "pm2-stub", "command": ["echo", "apps"],
-             "restore_command": ["sh", "-c", f"cat >/dev/null; touch {marker}; sleep 30"]},
+             "restore_command": ["sh", "-c",
+                                 f"cat >/dev/null; echo $$ > {marker}.pid; touch {marker}; "
+                                 "exec sleep 30"]},
         ],
     )  # fmt: skip
     return {"policy": policy, "db": db, "role": role, "root": root, "marker": marker}
@@ -110,11 +113,16 @@ def test_killed_restore_resumes_without_redoing_steps(pg: PgServer, host, keys, 
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the restore and its children, by our PID
         proc.wait()
+        # The restore command runs in a session of its own: stop it by its PID too.
+        pidfile = Path(f"{host['marker']}.pid")
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
     # Steps 1-3 completed before the kill; the database exists now, so redoing
     # step 1 without --force would be refused: a passing resume proves it skipped.
     os.unlink(host["marker"])
     (Path(str(host["policy"]))).write_text(
-        Path(str(host["policy"])).read_text().replace("sleep 30", "true")
+        Path(str(host["policy"])).read_text().replace("exec sleep 30", "true")
     )
     res = drkit("restore", "--yes", "--resume", "--policy", policy, *ident(keys), "--json")
     assert res.returncode == 0, res.output
