@@ -205,6 +205,11 @@ class Provider(ABC):
             self.endpoint, self.plain_http = check_endpoint(endpoint or self.default_endpoint)
         except ValueError as exc:
             raise self.error("configuration", str(exc)) from None
+        self._connect(token)
+
+    @abstractmethod
+    def _connect(self, token: str) -> None:
+        """Build the provider's client; the token is used here and kept only inside it."""
 
     # -- what every provider implements ---------------------------------
     @abstractmethod

@@ -26,14 +26,13 @@ from azure.core.pipeline.policies import RetryPolicy
 
 from drkit.providers.base import (
     CreatedInstance,
-    Owner,
     Pending,
     PendingSnapshot,
     Provider,
     ProviderSnapshot,
     parse_time,
 )
-from drkit.providers.retry import Backoff, Clock, RetriesExhausted, Transient, with_retries
+from drkit.providers.retry import RetriesExhausted, Transient, with_retries
 
 PER_PAGE = 200  # the API's maximum
 
@@ -44,29 +43,10 @@ class DigitalOceanProvider(Provider):
     default_endpoint = "https://api.digitalocean.com"
     default_poll_interval = 10.0
 
-    def __init__(
-        self,
-        owner: Owner,
-        resource_id: str,
-        token: str,
-        *,
-        endpoint: str | None = None,
-        clock: Clock | None = None,
-        poll_interval: float | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(
-            owner,
-            resource_id,
-            token,
-            endpoint=endpoint,
-            clock=clock,
-            poll_interval=poll_interval,
-            backoff=backoff,
-        )
-        if not resource_id.isdigit():
+    def _connect(self, token: str) -> None:
+        if not self.resource_id.isdigit():
             raise self.error("configuration", "a droplet id is a number")
-        self._droplet = int(resource_id)
+        self._droplet = int(self.resource_id)
         self._client = pydo.Client(
             token, endpoint=self.endpoint, retry_policy=RetryPolicy.no_retries(), timeout=60
         )

@@ -26,7 +26,6 @@ from drkit.providers.base import (
     LABEL_HOST,
     LABEL_SOURCE,
     CreatedInstance,
-    Owner,
     Pending,
     PendingSnapshot,
     Provider,
@@ -34,7 +33,7 @@ from drkit.providers.base import (
     by_time,
     parse_time,
 )
-from drkit.providers.retry import Backoff, Clock, RetriesExhausted, Transient, with_retries
+from drkit.providers.retry import RetriesExhausted, Transient, with_retries
 
 T = TypeVar("T")
 _STATUS = {"available": "complete", "creating": "pending"}  # drkit's words for image states
@@ -46,29 +45,10 @@ class HetznerProvider(Provider):
     default_endpoint = "https://api.hetzner.cloud/v1"
     default_poll_interval = 5.0
 
-    def __init__(
-        self,
-        owner: Owner,
-        resource_id: str,
-        token: str,
-        *,
-        endpoint: str | None = None,
-        clock: Clock | None = None,
-        poll_interval: float | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(
-            owner,
-            resource_id,
-            token,
-            endpoint=endpoint,
-            clock=clock,
-            poll_interval=poll_interval,
-            backoff=backoff,
-        )
-        if not resource_id.isdigit():
+    def _connect(self, token: str) -> None:
+        if not self.resource_id.isdigit():
             raise self.error("configuration", "a server id is a number")
-        self._server = int(resource_id)
+        self._server = int(self.resource_id)
         self._client = hcloud.Client(
             token,
             api_endpoint=self.endpoint,

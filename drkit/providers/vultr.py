@@ -18,14 +18,13 @@ import httpx
 from drkit import __version__
 from drkit.providers.base import (
     CreatedInstance,
-    Owner,
     Pending,
     PendingSnapshot,
     Provider,
     ProviderSnapshot,
     parse_time,
 )
-from drkit.providers.retry import Backoff, Clock, RetriesExhausted, Transient, with_retries
+from drkit.providers.retry import RetriesExhausted, Transient, with_retries
 
 PER_PAGE = 100
 _GB = 1024**3
@@ -38,26 +37,7 @@ class VultrProvider(Provider):
     default_endpoint = "https://api.vultr.com"
     default_poll_interval = 20.0
 
-    def __init__(
-        self,
-        owner: Owner,
-        resource_id: str,
-        token: str,
-        *,
-        endpoint: str | None = None,
-        clock: Clock | None = None,
-        poll_interval: float | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
-        super().__init__(
-            owner,
-            resource_id,
-            token,
-            endpoint=endpoint,
-            clock=clock,
-            poll_interval=poll_interval,
-            backoff=backoff,
-        )
+    def _connect(self, token: str) -> None:
         # httpx masks the Authorization header in its reprs.
         self._http = httpx.Client(
             base_url=self.endpoint,

