@@ -40,13 +40,37 @@ if [ -n "${DOCKER_HOST:-}" ]; then
     echo "docker-setup: DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local engine" >&2
     exit 1
 fi
-if [ -S /var/run/docker.sock ]; then
-    echo "docker-setup: /var/run/docker.sock exists but the engine does not answer" >&2
+if [ "$(id -u)" -ne 0 ]; then
+    echo "docker-setup: no engine answers and starting dockerd needs root" >&2
     exit 1
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "docker-setup: no engine runs and starting dockerd needs root" >&2
-    exit 1
+
+# A dockerd that is still alive (per its pid file) may just be starting: give
+# it time rather than starting a second one. A socket and pid file left by an
+# engine that no longer runs (a machine restored from a disk image, a session
+# that ended) are stale: dockerd refuses to start while its pid file names a
+# pid, so remove both.
+pidfile=/var/run/docker.pid
+if [ -f "$pidfile" ]; then
+    old_pid=$(cat "$pidfile" 2>/dev/null || true)
+    if [ -n "$old_pid" ] && [ "$(cat "/proc/$old_pid/comm" 2>/dev/null || true)" = dockerd ]; then
+        echo "docker-setup: dockerd (pid $old_pid) runs but does not answer yet; waiting"
+        for _ in $(seq 1 120); do
+            if engine_answers; then
+                echo "docker-setup: engine $(docker version --format '{{.Server.Version}}') ready (pid $old_pid)"
+                exit 0
+            fi
+            sleep 0.5
+        done
+        echo "docker-setup: dockerd (pid $old_pid) did not answer within 60 s" >&2
+        exit 1
+    fi
+    echo "docker-setup: removing stale $pidfile (pid ${old_pid:-none} is not a running dockerd)"
+    rm -f "$pidfile"
+fi
+if [ -S /var/run/docker.sock ]; then
+    echo "docker-setup: removing stale /var/run/docker.sock (no engine behind it)"
+    rm -f /var/run/docker.sock
 fi
 
 mkdir -p "$(dirname "$log")"
