@@ -388,6 +388,22 @@ class S3Store(Store):
             raise self._error("create bucket", None, exc) from None
         return True
 
+    def object_lock_enabled(self) -> bool:
+        """True if the bucket has Object Lock enabled (so retention can be set on writes)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"):
+                return False
+            raise self._error("read Object Lock configuration of", None, exc) from None
+        except Exception as exc:
+            raise self._error("read Object Lock configuration of", None, exc) from None
+        enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+        return bool(enabled == "Enabled")
+
     def list_incomplete_uploads(self, prefix: str = "") -> builtins.list[IncompleteUpload]:
         """Open multipart uploads under this store: (key, upload id, initiated), key order."""
         seen: set[tuple[str, str]] = set()

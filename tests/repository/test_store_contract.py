@@ -382,6 +382,13 @@ def test_s3_object_lock(seaweed: SeaweedServer) -> None:
     assert store.get_bytes("small") == b"locked"
 
 
+def test_s3_object_lock_enabled(seaweed: SeaweedServer, s3_store: S3Store) -> None:
+    """The capability check init/backup rely on: a locked bucket says so, a plain one not."""
+    locked = make_s3_store(seaweed, object_lock_days=1)
+    assert locked.object_lock_enabled() is True
+    assert s3_store.object_lock_enabled() is False
+
+
 def test_s3_incomplete_uploads(seaweed: SeaweedServer, s3_store: S3Store) -> None:
     client = seaweed.client()
     bucket = s3_store.bucket
