@@ -32,6 +32,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# pm2 as the hosts have it: global, so the tests' other users can run it too (a
+# project-local copy under a 0700 checkout directory is out of their reach).
+# Pinned: the dump.pm2 layout and CLI output the tests rely on.
+PM2_VERSION=7.0.4
+if ! command -v pm2 >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing pm2@$PM2_VERSION from npm (global)"
+    $SUDO npm install -g --no-audit --no-fund --loglevel=error "pm2@$PM2_VERSION" >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
