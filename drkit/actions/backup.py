@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from drkit import __version__
-from drkit.actions.common import open_runner, policy_digest
+from drkit.actions.common import open_runner, policy_digest, require_object_lock
 
 if TYPE_CHECKING:
     from drkit.actions.provider_snapshot import SnapshotJob
@@ -76,14 +76,16 @@ def backup(
 
     ``started``: the run's start time, which names the snapshot (default now).
     ``lock``: checked just before the commit, so a run that lost its host
-    lock refuses to commit. Raises DrkitError when a data source fails (or
-    every source failed); returns a partial result when only provider
-    snapshots failed.
+    lock refuses to commit. Raises RepositoryError before writing anything if
+    the policy sets ``immutable_days`` and the bucket has no Object Lock;
+    DrkitError when a data source fails (or every source failed); returns a
+    partial result when only provider snapshots failed.
     """
     host = policy.host
     configs = [c for c in policy.source if sources is None or source_name(c) in sources]
     if not configs:
         raise UsageError(f"host {host}: no source selected")
+    require_object_lock(repo, policy.repository, host)  # fail closed before any write
     machines = [c for c in configs if isinstance(c, SnapshotSource)]
     data = [c for c in configs if not isinstance(c, SnapshotSource)]
     recipients = read_recipients(policy.encryption.recipients, policy.encryption.recipients_file)

@@ -6,10 +6,13 @@ import datetime as dt
 import hashlib
 import io
 import json
-from typing import Any
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 from drkit import secrets
-from drkit.errors import DrkitError, ObjectNotFound, UsageError
+from drkit.errors import DrkitError, ObjectNotFound, RepositoryError, UsageError
 from drkit.pipeline.age import Identity
 from drkit.pipeline.codec import Digests, decode
 from drkit.policy.models import Connection, Policy, RepositoryConfig, source_name
@@ -17,6 +20,7 @@ from drkit.remote.base import Runner
 from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, snapshot_time
+from drkit.repository.store import ObjectInfo, Store
 
 
 def open_repository(config: RepositoryConfig) -> Repository:
@@ -32,7 +36,103 @@ def open_repository(config: RepositoryConfig) -> Repository:
         object_lock_days=config.immutable_days,
         object_lock_mode=config.immutable_mode,
     )
-    return Repository(open_store(config.url, options))
+    store = open_store(config.url, options)
+    if config.immutable_days > 0:
+        # Every write (lock object, format marker, artifacts) first proves the bucket can
+        # hold retention; reads (restore, verify, status) never pay for the check.
+        store = _ObjectLockGuard(store, config)
+    return Repository(store)
+
+
+# -- Object Lock capability ------------------------------------------------------
+
+# Bucket checks done in this process (one drkit run): (repository URL, endpoint) ->
+# Object Lock enabled. A fleet run sharing one bucket asks the server once.
+_object_lock_checked: dict[tuple[str, str | None], bool] = {}
+_object_lock_mutex = threading.Lock()
+
+
+def require_object_lock(repo: Repository, config: RepositoryConfig, host: str | None) -> None:
+    """Refuse a repository whose policy asks for Object Lock retention the bucket cannot hold.
+
+    Nothing to check when ``config.immutable_days`` is 0. The answer is cached per
+    repository URL for the rest of the process. Raises RepositoryError naming
+    ``host`` (if given), the bucket and what to do; RepositoryError also when the
+    server cannot say (never assume protection that may be missing).
+    """
+    if config.immutable_days <= 0:
+        return
+    store = repo.store.inner if isinstance(repo.store, _ObjectLockGuard) else repo.store
+    try:
+        enabled = _object_lock_enabled(store, config)
+    except RepositoryError as exc:
+        if host and not str(exc).startswith(f"host {host}:"):
+            raise RepositoryError(f"host {host}: {exc}") from None
+        raise
+    if not enabled:
+        raise RepositoryError(object_lock_missing(store.url, config, host))
+
+
+def object_lock_missing(url: str, config: RepositoryConfig, host: str | None) -> str:
+    """The message for a bucket without Object Lock (names no credentials: ``url`` is safe)."""
+    bucket = urlsplit(url).hostname or url
+    who = f"host {host}: " if host else ""
+    return (
+        f"{who}bucket {bucket} ({url}) does not have S3 Object Lock enabled, but the policy "
+        f"sets repository.immutable_days = {config.immutable_days}; nothing was written. "
+        "Object Lock can only be turned on when a bucket is created: create a new bucket "
+        "with Object Lock enabled (`drkit init --policy FILE` creates a missing bucket "
+        "that way; or `aws s3api create-bucket --object-lock-enabled-for-bucket`) and "
+        "point repository.url at it, or set immutable_days = 0"
+    )
+
+
+def _object_lock_enabled(store: Store, config: RepositoryConfig) -> bool:
+    key = (store.url, config.endpoint)
+    with _object_lock_mutex:  # held during the request: concurrent hosts ask once
+        if key not in _object_lock_checked:
+            probe = getattr(store, "object_lock_enabled", None)
+            # A store without Object Lock at all (a local directory) cannot hold retention.
+            _object_lock_checked[key] = bool(probe()) if callable(probe) else False
+        return _object_lock_checked[key]
+
+
+class _ObjectLockGuard(Store):
+    """``inner`` for a policy with ``immutable_days``: the first write checks the bucket.
+
+    Any other attribute (``client``, ``bucket``, ``list_incomplete_uploads``, ...)
+    is the inner store's, so code that looks for S3 extras still finds them.
+    """
+
+    def __init__(self, inner: Store, config: RepositoryConfig) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._config = config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, stream: BinaryIO) -> int:
+        if not _object_lock_enabled(self.inner, self._config):
+            # Keys are "<host>/...": name the host whose run is refused.
+            host = key.split("/", 1)[0] if "/" in key else None
+            raise RepositoryError(object_lock_missing(self.url, self._config, host))
+        return self.inner.put(key, stream)
+
+    def get(self, key: str) -> BinaryIO:
+        return self.inner.get(key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        return self.inner.stat(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def open_runner(host: str, connection: Connection) -> Runner:

@@ -30,8 +30,8 @@ PASSED_DRILL = frozenset({"pass", "warn"})
 def host_status(
     policy: Policy, catalog: Catalog | None, now: dt.datetime | None = None
 ) -> dict[str, Any]:
-    """Freshness from the repository itself, RPO breach, the last failed run and the last
-    drill (from the catalog, when it has them).
+    """Freshness from the repository itself, RPO breach, the last failed run (from the
+    catalog) and the last drill (``last_drill``: repository reports and catalog).
 
     ``age`` is that of the stalest source on the host's schedule: the time since
     the newest complete snapshot holding it (a snapshot taken for a weekly
@@ -65,15 +65,9 @@ def host_status(
         run = catalog.last_run(policy.host)
         if run is not None and run.status in ("failed", "partial"):
             row["last_error"] = run.error
-        drill = catalog.last_drill(policy.host)
-        if drill is not None:
-            row["last_drill"] = {
-                "drill": drill.drill_id,
-                "snapshot": drill.snapshot_id,
-                "verdict": drill.verdict,
-                "started": drill.started.isoformat(timespec="seconds"),
-                "rto_seconds": drill.rto_seconds,
-            }
+    drill = last_drill(repo, policy.host, catalog)
+    if drill is not None:
+        row["last_drill"] = drill.as_dict(now)
     return row
 
 
@@ -200,21 +194,82 @@ def _open(slot: dt.datetime | None, started: dt.datetime) -> bool:
 # -- drills --------------------------------------------------------------------
 
 
-def drill_verdicts(repo: Repository, host: str) -> list[tuple[str, str, str]]:
-    """(started, snapshot, verdict) of each drill report in the repository, oldest first.
+@dataclass(frozen=True)
+class DrillSummary:
+    """One drill's outcome, from its report in the repository or from the catalog."""
+
+    drill: str
+    snapshot: str
+    verdict: str
+    started: dt.datetime  # timezone-aware
+    rto_seconds: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict in PASSED_DRILL
+
+    def as_dict(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """For ``--json``; with ``now``, also ``age`` (e.g. "3d2h")."""
+        out: dict[str, Any] = {
+            "drill": self.drill,
+            "snapshot": self.snapshot,
+            "verdict": self.verdict,
+            "started": self.started.isoformat(timespec="seconds"),
+            "rto_seconds": self.rto_seconds,
+        }
+        if now is not None:
+            out["age"] = format_duration(max(now - self.started, dt.timedelta(0)))
+        return out
+
+
+def drill_reports(repo: Repository, host: str) -> list[DrillSummary]:
+    """Each drill report of ``host`` in the repository, oldest first.
 
     Reports are ``<host>/drills/<id>.json``; unreadable ones are skipped.
+    Listing errors raise RepositoryError.
     """
-    out: list[tuple[str, str, str]] = []
+    out: list[DrillSummary] = []
     for info in repo.store.list(f"{host}/drills/"):
         if not info.key.endswith(".json"):
             continue
         try:
             data = json.loads(repo.store.get_bytes(info.key))
-            out.append((str(data["started"]), str(data["snapshot"]), str(data["verdict"])))
-        except (RepositoryError, ValueError, KeyError, TypeError):
+            started = _aware(dt.datetime.fromisoformat(str(data["started"])))
+            rto = data.get("rto_seconds")
+            out.append(
+                DrillSummary(
+                    drill=str(data.get("drill_id") or info.key.rsplit("/", 1)[-1][:-5]),
+                    snapshot=str(data["snapshot"]),
+                    verdict=str(data["verdict"]),
+                    started=started,
+                    rto_seconds=float(rto) if isinstance(rto, int | float) else None,
+                )
+            )
+        except (RepositoryError, ValueError, KeyError, TypeError, AttributeError):
             continue
-    return sorted(out)
+    return sorted(out, key=lambda d: (d.started, d.drill))
+
+
+def last_drill(repo: Repository, host: str, catalog: Catalog | None = None) -> DrillSummary | None:
+    """The most recently started drill of ``host``: from the repository's reports (what
+    a fresh machine sees) or the catalog (a drill whose report could not be stored)."""
+    candidates = drill_reports(repo, host)[-1:]
+    row = catalog.last_drill(host) if catalog is not None else None
+    if row is not None:
+        candidates.append(
+            DrillSummary(row.drill_id, row.snapshot_id, row.verdict, _aware(row.started),
+                         row.rto_seconds)
+        )  # fmt: skip
+    return max(candidates, key=lambda d: d.started) if candidates else None
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+def drill_verdicts(repo: Repository, host: str) -> list[tuple[str, str, str]]:
+    """(started, snapshot, verdict) of each drill report in the repository, oldest first."""
+    return [(d.started.isoformat(), d.snapshot, d.verdict) for d in drill_reports(repo, host)]
 
 
 def drilled_snapshots(
@@ -230,6 +285,6 @@ def drilled_snapshots(
 
 
 def last_drill_passed(repo: Repository, host: str) -> bool | None:
-    """True/False for the newest drill's verdict; None if no drill ran."""
-    verdicts = drill_verdicts(repo, host)
-    return verdicts[-1][2] in PASSED_DRILL if verdicts else None
+    """True/False for the newest drill's verdict in the repository; None if no drill ran."""
+    reports = drill_reports(repo, host)
+    return reports[-1].passed if reports else None

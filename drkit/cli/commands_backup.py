@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -88,9 +88,19 @@ def backup(
     )  # fmt: skip
     code = exit_code(results)
     if ctx.as_json or not (quiet and code == 0):
-        ctx.emit({"results": [r.as_dict() for r in results]}, lambda: _summary(results))
+        ctx.emit({"results": [_as_dict(r) for r in results]}, lambda: _summary(results))
     if code:
         sys.exit(code)
+
+
+def _as_dict(r: HostResult) -> dict[str, Any]:
+    """A host's result for --json: a partial or failed one names its failed sources."""
+    from drkit.cli.summary import failed_sources
+
+    out = r.as_dict()
+    if r.status in ("partial", "failed"):
+        out["failed_sources"] = failed_sources(r)
+    return out
 
 
 def _summary(results: list[HostResult]) -> None:
@@ -101,9 +111,7 @@ def _summary(results: list[HostResult]) -> None:
     if ran:
         print_summary(ran)
     for r in results:
-        if r.status == "partial":
-            click.echo(f"{r.host}: PARTIAL (snapshot {r.snapshot} committed; a source failed)")
-        elif r.status == "locked":
+        if r.status == "locked":
             click.echo(f"{r.host}: SKIPPED (another run holds its lock)")
     if not ran and not any(r.status == "locked" for r in results):
         click.echo("nothing due")

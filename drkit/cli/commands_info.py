@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from drkit.cli.context import EXIT_CODES, Ctx, handle_errors, policy_options
 from drkit.cli.main import cli, json_option
-from drkit.errors import PolicyError
+from drkit.errors import PolicyError, UsageError
 from drkit.paths import config_dir, default_identity_file
+from drkit.policy.loader import load_policy
+
+if TYPE_CHECKING:
+    from drkit.policy.models import Policy
+    from drkit.repository.layout import Repository
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
@@ -48,47 +52,78 @@ paths = ["/root/*/.env"]
 @cli.command(epilog=EXIT_CODES)
 @click.option("--repo", help="repository URL (default: a local directory in the data dir)")
 @click.option("--host", default="example", help="host name for the sample policy")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False),
+    help="initialise this policy's repository instead (creates a missing S3 bucket, with "
+    "Object Lock if the policy sets immutable_days; refuses a bucket without it)",
+)
 @json_option
 @pass_ctx
 @handle_errors
-def init(ctx: Ctx, repo: str | None, host: str) -> None:
-    """Create the config dir, an age identity (0600) and a sample policy."""
-    from drkit.pipeline.age import generate_identity, recipient_of
-    from drkit.repository.factory import open_store
-    from drkit.repository.layout import Repository
+def init(ctx: Ctx, repo: str | None, host: str, policy_file: str | None) -> None:
+    """Create the config dir, an age identity (0600) and a sample policy.
 
+    With --policy, prepare that policy's repository instead of writing a sample.
+    """
+    from drkit.pipeline.age import generate_identity, recipient_of
+
+    if policy_file and repo:
+        raise UsageError("--policy and --repo exclude each other")
     cdir = config_dir()
     cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     identity = default_identity_file()
     created_identity = not identity.exists()
     recipient = generate_identity(identity) if created_identity else recipient_of(identity)
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
-    repo_url = repo or (data_home / "drkit" / "repository").as_uri()
-    repository = Repository(open_store(repo_url))
-    repository.init()
-    policy_dir = ctx.policy_dir or cdir / "policies"
-    policy_dir.mkdir(parents=True, exist_ok=True)
-    sample = policy_dir / f"{host}.toml"
-    wrote_sample = not sample.exists()
-    if wrote_sample:
-        sample.write_text(SAMPLE_POLICY.format(host=host, repo=repo_url, recipient=recipient))
+    sample: Path | None = None
+    if policy_file:
+        repository, bucket_created = _init_policy_repository(load_policy(Path(policy_file)))
+    else:
+        from drkit.repository.factory import open_store
+        from drkit.repository.layout import Repository
+
+        data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
+        repo_url = repo or (data_home / "drkit" / "repository").as_uri()
+        repository, bucket_created = Repository(open_store(repo_url)), False
+        repository.init()
+        policy_dir = ctx.policy_dir or cdir / "policies"
+        policy_dir.mkdir(parents=True, exist_ok=True)
+        if not (policy_dir / f"{host}.toml").exists():
+            sample = policy_dir / f"{host}.toml"
+            sample.write_text(SAMPLE_POLICY.format(host=host, repo=repo_url, recipient=recipient))
     data = {
         "identity_file": str(identity),
         "identity_created": created_identity,
         "recipient": recipient,
         "repository": repository.url,
-        "sample_policy": str(sample) if wrote_sample else None,
+        "bucket_created": bucket_created,
+        "sample_policy": str(sample) if sample else None,
     }
 
     def text() -> None:
         verb = "created" if created_identity else "kept existing"
         click.echo(f"identity: {identity} ({verb}; keep it offline, it restores everything)")
         click.echo(f"recipient (public, put it in policies): {recipient}")
-        click.echo(f"repository: {repository.url}")
-        if wrote_sample:
+        click.echo(f"repository: {repository.url}{' (bucket created)' if bucket_created else ''}")
+        if sample:
             click.echo(f"sample policy: {sample}")
 
     ctx.emit(data, text)
+
+
+def _init_policy_repository(policy: Policy) -> tuple[Repository, bool]:
+    """Open ``policy``'s repository, create its bucket if missing (S3: with Object Lock
+    when ``immutable_days`` is set), refuse a bucket that cannot hold the retention the
+    policy asks for, and write the format marker. Returns (repository, bucket created)."""
+    from drkit.actions.common import open_repository, require_object_lock
+
+    repository = open_repository(policy.repository)
+    ensure = getattr(repository.store, "ensure_bucket", None)
+    created = bool(ensure()) if callable(ensure) else False
+    require_object_lock(repository, policy.repository, policy.host)
+    repository.init()
+    return repository, created
 
 
 @cli.group()
@@ -159,10 +194,16 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
 @pass_ctx
 @handle_errors
 def status(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> None:
-    """Freshness of each host's newest backup against its RPO; exits 1 on a breach."""
+    """Freshness of each host's newest backup against its RPO, and its last restore drill
+    (time, verdict); exits 1 on an RPO breach."""
     from drkit.actions.status import host_status
 
-    rows = [host_status(p, ctx.catalog()) for p in ctx.policies(policy_files, hosts)]
+    now = ctx.now()
+    catalog = ctx.catalog()
+    try:
+        rows = [host_status(p, catalog, now) for p in ctx.policies(policy_files, hosts)]
+    finally:
+        catalog.close()
 
     def text() -> None:
         for r in rows:
@@ -171,14 +212,21 @@ def status(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> N
             rpo = r["rpo"] or "-"
             click.echo(
                 f"{r['host']:<12} last {r['last_snapshot'] or '-':<24} age {age:<8} "
-                f"rpo {rpo:<6} {state}"
+                f"rpo {rpo:<6} {state:<6} {_drill_text(r.get('last_drill'))}"
             )
             if r.get("last_error"):
                 click.echo(f"  last run failed: {r['last_error']}")
 
-    ctx.emit({"hosts": rows, "checked": dt.datetime.now(dt.UTC).isoformat()}, text)
+    ctx.emit({"hosts": rows, "checked": now.isoformat()}, text)
     if any(r["breach"] for r in rows):
         sys.exit(1)
+
+
+def _drill_text(drill: dict[str, Any] | None) -> str:
+    if drill is None:
+        return "drill never"
+    started = drill["started"][:16].replace("T", " ")
+    return f"drill {drill['verdict'].upper()} {started} ({drill['age']} ago)"
 
 
 @cli.group()

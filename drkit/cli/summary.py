@@ -1,7 +1,12 @@
-"""The end-of-run summary: a rich table on a terminal, plain lines otherwise (cron mail)."""
+"""The end-of-run summary: a rich table on a terminal, plain lines otherwise (cron mail).
+
+A host where a source failed is never shown as "ok": it is PARTIAL (the other
+sources were committed) or FAILED, with the failed sources named.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -9,6 +14,25 @@ import click
 
 if TYPE_CHECKING:
     from drkit.actions.fleet import HostResult
+
+# Every source error starts "host H: source S: ..." or "host H: source S (kind): ..."
+# (data sources: drkit.sources; provider snapshots: drkit.providers.factory.source_label);
+# a run's errors are joined with "; ".
+_FAILED_SOURCE = re.compile(
+    r"(?:^|; )host [^\s:]+: source ([A-Za-z0-9][A-Za-z0-9_.-]*)(?: \([a-z0-9_]+\))?:"
+)
+
+
+def failed_sources(result: HostResult) -> list[str]:
+    """Names of the sources that failed in ``result``'s run, in order, each once."""
+    return list(dict.fromkeys(_FAILED_SOURCE.findall(result.error or "")))
+
+
+def state_of(result: HostResult) -> str:
+    """``ok``, ``PARTIAL`` (committed without some sources) or ``FAILED``."""
+    if result.status == "success":
+        return "ok"
+    return "PARTIAL" if result.status == "partial" else "FAILED"
 
 
 def _size(n: int) -> str:
@@ -20,18 +44,23 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+_STYLE = {"ok": "[green]ok[/]", "PARTIAL": "[yellow]PARTIAL[/]", "FAILED": "[red]FAILED[/]"}
+
+
 def print_summary(results: list[HostResult]) -> None:
+    """One row (terminal, several hosts) or line per host that ran."""
     if sys.stdout.isatty() and len(results) > 1:
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title="drkit backup")
-        for col in ("host", "status", "snapshot", "data", "stored", "time"):
+        for col in ("host", "status", "failed sources", "snapshot", "data", "stored", "time"):
             table.add_column(col)
         for r in results:
             table.add_row(
                 r.host,
-                "[green]ok[/]" if r.ok else "[red]FAILED[/]",
+                _STYLE[state_of(r)],
+                ", ".join(failed_sources(r)) or ("?" if r.status != "success" else "-"),
                 r.snapshot or "-",
                 _size(r.plain_bytes) if r.ok else "-",
                 _size(r.stored_bytes) if r.ok else "-",
@@ -40,10 +69,21 @@ def print_summary(results: list[HostResult]) -> None:
         Console().print(table)
         return
     for r in results:
-        if r.ok:
-            click.echo(
-                f"{r.host}: snapshot {r.snapshot} ({r.artifacts} artifacts, {r.plain_bytes} bytes "
-                f"-> {r.stored_bytes} stored, {r.seconds}s)"
-            )
-        else:
-            click.echo(f"{r.host}: FAILED")
+        click.echo(summary_line(r))
+
+
+def summary_line(r: HostResult) -> str:
+    """The plain-text line for one host."""
+    failed = ", ".join(failed_sources(r))
+    if r.status == "success":
+        return (
+            f"{r.host}: snapshot {r.snapshot} ({r.artifacts} artifacts, {r.plain_bytes} bytes "
+            f"-> {r.stored_bytes} stored, {r.seconds}s)"
+        )
+    if r.status == "partial":
+        committed = ", ".join(r.sources) or "-"
+        return (
+            f"{r.host}: PARTIAL: snapshot {r.snapshot} committed with {committed}; "
+            f"failed source(s): {failed or 'unknown'}"
+        )
+    return f"{r.host}: FAILED" + (f" (failed source(s): {failed})" if failed else "")

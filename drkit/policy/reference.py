@@ -3,6 +3,9 @@ so the documentation cannot drift from what validation accepts."""
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
 from typing import Any, get_args
 
 from pydantic import BaseModel
@@ -32,6 +35,10 @@ def _type_name(info: FieldInfo) -> str:
         return "*secret* reference"
     if text.startswith("list[Annotated[PostgresSource"):
         return "array of tables (below)"
+    choices = re.fullmatch(r"tuple\[Literal\[(.*)\], \.\.\.\]", text)
+    if choices:  # written in TOML as an array of strings
+        names = [c.strip().strip("'") for c in choices.group(1).split(",")]
+        return "array of " + ", ".join(f'"{n}"' for n in names)
     return text
 
 
@@ -52,6 +59,8 @@ def _default(info: FieldInfo) -> str:
         return f"`{info.default_factory()}`"  # type: ignore[call-arg]
     if isinstance(info.default, BaseModel):
         return "(table)"
+    if isinstance(info.default, tuple):
+        return f"`{json.dumps(list(info.default))}`"  # TOML array syntax
     return f"`{info.default!r}`" if info.default is not None else "-"
 
 
@@ -74,14 +83,15 @@ def render() -> str:
         ("[repository]", models.RepositoryConfig),
         ("[encryption]", models.Encryption),
         ("[retention]", models.Retention),
+        ("[notify]", models.Notify),
     ):
-        out += [f"## {title}", "", (model.__doc__ or "").strip(), "", *_table(model), ""]
+        out += [f"## {title}", "", inspect.cleandoc(model.__doc__ or ""), "", *_table(model), ""]
     out += ["## [[source]]", "", "Keys every source takes:", "", *_table(models.SourceBase), ""]
     base = set(models.SourceBase.model_fields)
     for model in get_args(get_args(models.SourceConfig)[0]):
         kind = get_args(model.model_fields["kind"].annotation)[0]
         out += [f'### kind = "{kind}"', ""]
-        doc = (model.__doc__ or "").strip()
+        doc = inspect.cleandoc(model.__doc__ or "")
         if doc:
             out += [doc, ""]
         out += [*_table(model, skip=(*base, "kind")), ""]

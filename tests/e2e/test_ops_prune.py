@@ -4,6 +4,7 @@ after the grace period; the catalog follows."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from drkit.catalog.db import Catalog
 from drkit.paths import default_catalog_url
 from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
+from tests.servers.seaweed import SeaweedServer
 
 HOST = "vultr"
 DAYS = ["2030-01-01", "2030-01-02", "2030-01-03", "2030-01-04", "2030-01-05"]
@@ -99,3 +101,58 @@ def test_prune_needs_a_host_and_checks_its_flags(tmp_path: Path, keys: Keys) -> 
     res = drkit("prune", "--policy", str(policy))
     assert res.returncode == 0, res.output
     assert "no retention rule set: keep everything" in res.stdout
+
+
+def test_prune_keeps_what_object_lock_protects_on_seaweedfs(
+    tmp_path: Path, keys: Keys, seaweed: SeaweedServer
+) -> None:
+    """Two policies share a bucket made by `drkit init` with Object Lock: one writes with
+    retention, one without. Prune removes the unretained old snapshot, keeps the retained
+    ones with the reason, and every object of a kept snapshot is still there and verifies."""
+    client = seaweed.client()
+    bucket = seaweed.new_bucket_name("prunelock")
+    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+
+    def policy(name: str, days: int) -> Path:
+        repo = {"url": f"s3://{bucket}/fleet", "endpoint": seaweed.endpoint,
+                "region": seaweed.region, "immutable_days": days}  # fmt: skip
+        path = write_policy(
+            tmp_path / f"{name}.toml", HOST, repo, [keys.recipient],
+            [{"kind": "command", "name": "db", "command": ["echo", "rows"]}],
+        )  # fmt: skip
+        path.write_text(path.read_text() + "[retention]\nkeep_last = 1\n")
+        return path
+
+    locked, plain = policy("locked", 1), policy("plain", 0)
+    assert drkit("init", "--policy", str(locked), env=env).returncode == 0
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ids = []
+    for hours, pol in ((4, plain), (3, locked), (2, locked), (1, plain)):
+        at = {**env, "DRKIT_NOW": (now - dt.timedelta(hours=hours)).isoformat()}
+        res = drkit("backup", "--policy", str(pol), "--json", env=at)
+        assert res.returncode == 0, res.output
+        ids.append(json.loads(res.stdout)["results"][0]["snapshot"])
+
+    res = drkit("prune", "--policy", str(locked), "--json", env=env)
+    assert res.returncode == 0, res.output
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["removed"] == [ids[0]] and result["errors"] == []
+    reasons = {s["snapshot"]: (s["keep"], s["reasons"]) for s in result["snapshots"]}
+    for sid in ids[1:3]:
+        keep, (why,) = reasons[sid]
+        assert keep and why.startswith("object lock retention until "), why
+        until = dt.datetime.fromisoformat(why.rsplit(" ", 1)[1].replace("Z", "+00:00"))
+        assert now + dt.timedelta(hours=23) < until <= now + dt.timedelta(days=1, minutes=5)
+    assert reasons[ids[3]][0] is True
+
+    text = drkit("prune", "--policy", str(plain), env=env)  # again, as text: nothing left to do
+    assert text.returncode == 0, text.output
+    for sid in ids[1:3]:
+        assert f"  keep   {sid}  object lock retention until " in text.stdout
+    assert f"{ids[0]}" not in text.stdout
+    left = client.list_objects_v2(Bucket=bucket, Prefix=f"fleet/{HOST}/snapshots/")
+    snapshots = sorted({o["Key"].split("/")[3] for o in left.get("Contents", [])})
+    assert snapshots == ids[1:]  # the locked ones are whole, the removed one is gone
+    ok = drkit("verify", "--policy", str(plain), "--all-snapshots",
+               "--identity", str(keys.identity_file), env=env)  # fmt: skip
+    assert ok.returncode == 0, ok.output

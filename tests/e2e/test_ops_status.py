@@ -1,4 +1,5 @@
-"""`drkit status` reports the last drill once the catalog has one."""
+"""`drkit status`: freshness against the RPO (exit 1 on a breach) and the last drill, from the
+repository's drill reports and the catalog; the Prometheus textfile's drill series."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_status_shows_the_last_drill(tmp_path: Path, keys: Keys) -> None:
     after = drkit("status", "--policy", str(policy), "--json")
     assert after.returncode == 0, after.output
     row = json.loads(after.stdout)["hosts"][0]
+    assert row["last_drill"].pop("age").endswith("s")  # seconds since the drill started
     assert row["last_drill"] == {
         "drill": "d-1",
         "snapshot": snapshot,
@@ -69,3 +71,110 @@ def test_a_snapshot_of_one_weekly_source_does_not_hide_a_stale_daily_one(
     assert row["last_snapshot"] == ids[1]
     assert row["sources"] == {"db": ids[0], "venv": ids[1]}
     assert row["age"] == "1d9h" and row["breach"] is True
+
+
+def drill_report(
+    repo: Path, host: str, drill: str, snapshot: str, started: str, verdict: str
+) -> None:
+    """A drill report where `drkit drill` stores it (drkit.drills.report.DrillReport)."""
+    folder = repo / host / "drills"
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"format": "drkit-drill", "version": 1, "host": host, "drill_id": drill,
+              "snapshot": snapshot, "started": started, "finished": started,
+              "verdict": verdict, "rto_seconds": 12.5, "rpo_seconds": 60.0,
+              "checks": []}  # fmt: skip
+    (folder / f"{drill}.json").write_text(json.dumps(report))
+
+
+def test_status_shows_drill_and_breach_from_the_repository_alone(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """A fresh laptop (empty catalog) sees the last drill next to freshness, text and JSON."""
+    repo = tmp_path / "repo"
+    policy = write_policy(
+        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]}], extra='rpo = "26h"',
+    )  # fmt: skip
+    day0 = {"DRKIT_NOW": "2030-03-01T03:00:00Z"}
+    res = drkit("backup", "--policy", str(policy), "--json", env=day0)
+    assert res.returncode == 0, res.output
+    snapshot = json.loads(res.stdout)["results"][0]["snapshot"]
+    drill_report(repo, "vultr", "d-old", snapshot, "2030-03-01T05:00:00+00:00", "fail")
+    drill_report(repo, "vultr", "d-new", snapshot, "2030-03-01T09:30:00Z", "pass")
+    (repo / "vultr" / "drills" / "junk.json").write_text("{not json")  # skipped
+
+    fresh = {"DRKIT_NOW": "2030-03-01T12:00:00Z"}
+    ok = drkit("status", "--policy", str(policy), "--json", env=fresh)
+    assert ok.returncode == 0, ok.output
+    row = json.loads(ok.stdout)["hosts"][0]
+    assert row["breach"] is False and row["age"] == "9h"
+    assert row["last_drill"] == {"drill": "d-new", "snapshot": snapshot, "verdict": "pass",
+                                 "started": "2030-03-01T09:30:00+00:00", "rto_seconds": 12.5,
+                                 "age": "2h30m"}  # fmt: skip
+    text = drkit("status", "--policy", str(policy), env=fresh)
+    assert text.returncode == 0, text.output
+    assert "age 9h" in text.stdout and "rpo 26h" in text.stdout
+    assert "ok     drill PASS 2030-03-01 09:30 (2h30m ago)" in text.stdout
+
+    # Two days later without a backup: a breach (exit 1), the drill still shown.
+    late = {"DRKIT_NOW": "2030-03-03T03:00:01Z"}
+    breach = drkit("status", "--policy", str(policy), env=late)
+    assert breach.returncode == 1, breach.output
+    assert "BREACH drill PASS 2030-03-01 09:30 (1d17h ago)" in breach.stdout
+    as_json = drkit("status", "--policy", str(policy), "--json", env=late)
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["hosts"][0]["breach"] is True
+
+    # A newer drill recorded only in the catalog (its report could not be stored) wins.
+    catalog = Catalog(default_catalog_url())
+    try:
+        started = dt.datetime(2030, 3, 2, 8, 0, tzinfo=dt.UTC)
+        catalog.record_drill(repo.as_uri(), "vultr", "d-cat", snapshot, started, started,
+                             "fail", 30.0, 60.0)  # fmt: skip
+    finally:
+        catalog.close()
+    text = drkit("status", "--policy", str(policy), env=late)
+    assert "BREACH drill FAIL 2030-03-02 08:00 (19h1s ago)" in text.stdout
+
+
+def test_status_without_a_drill_or_a_backup(tmp_path: Path, keys: Keys) -> None:
+    policy = write_policy(
+        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient], [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
+        extra='rpo = "26h"',
+    )  # fmt: skip
+    res = drkit("status", "--policy", str(policy))
+    assert res.returncode == 1, res.output  # never backed up: a breach
+    assert "age never" in res.stdout and "BREACH drill never" in res.stdout
+
+
+def test_prometheus_textfile_follows_the_newest_drill(tmp_path: Path, keys: Keys) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    repo = tmp_path / "repo"
+    prom = tmp_path / "metrics" / "drkit.prom"
+    policy = write_policy(
+        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]},
+         {"kind": "command", "name": "env", "command": ["echo", "y"]}],
+        extra=f'rpo = "26h"\nnotify = {{ prometheus_textfile = "{prom}" }}',
+    )  # fmt: skip
+
+    def drill_samples() -> dict[str, float]:
+        families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+        family = families.get("drkit_last_drill_success")
+        samples = family.samples if family else []
+        return {s.labels["source"]: s.value for s in samples if s.labels["host"] == "vultr"}
+
+    first = drkit("backup", "--policy", str(policy), "--json")
+    assert first.returncode == 0, first.output
+    snapshot = json.loads(first.stdout)["results"][0]["snapshot"]
+    assert drill_samples() == {}  # no drill yet: no sample (not a false 0)
+
+    drill_report(repo, "vultr", "d1", snapshot, "2030-01-01T00:00:00Z", "pass")
+    assert drkit("backup", "--policy", str(policy)).returncode == 0
+    assert drill_samples() == {"db": 1.0, "env": 1.0}
+
+    drill_report(repo, "vultr", "d2", snapshot, "2030-01-02T00:00:00Z", "fail")
+    assert drkit("backup", "--policy", str(policy)).returncode == 0
+    assert drill_samples() == {"db": 0.0, "env": 0.0}
