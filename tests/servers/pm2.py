@@ -2,9 +2,9 @@
 
 pm2 comes from PATH, else from npm into a project-local prefix
 (``.cache/npm``, installed once, under a file lock so parallel runs agree).
-Nothing here ever runs ``pm2 kill``: teardown reads ``PM2_HOME/pm2.pid`` and
-the apps' pid files, and signals only processes whose command line or
-environment names this PM2_HOME, so no other pm2 on the machine is touched.
+Nothing here ever runs ``pm2 kill``: teardown signals, by PID, only the
+processes whose environment holds this ``PM2_HOME`` (the daemons first, then
+their apps), so no other pm2 on the machine is touched.
 """
 
 from __future__ import annotations
@@ -58,6 +58,32 @@ def pm2_bin() -> Path:
     return local
 
 
+# A small app: answers every request with its PM2 name, so "online" is also "serving".
+APP_JS = """const http = require('http');
+http.createServer((req, res) => res.end(process.env.APP_NAME + ' ok'))
+  .listen(Number(process.env.PORT), '127.0.0.1');
+"""
+
+
+def write_apps(root: Path, ports: dict[str, int]) -> Path:
+    """``root/<name>/server.js`` per app and ``root/ecosystem.config.js`` naming them.
+
+    Each app listens on 127.0.0.1:``ports[name]`` and answers ``"<name> ok"``
+    (PORT and APP_NAME come from the ecosystem file, so from PM2's dump on a
+    restored host). Returns the ecosystem file's path.
+    """
+    apps = []
+    for name, port in ports.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "server.js").write_text(APP_JS)
+        env = {"PORT": str(port), "APP_NAME": name}
+        script = str(root / name / "server.js")
+        apps.append({"name": name, "script": script, "cwd": str(root / name), "env": env})
+    eco = root / "ecosystem.config.js"
+    eco.write_text("module.exports = " + json.dumps({"apps": apps}, indent=2) + ";\n")
+    return eco
+
+
 def bin_path_env() -> dict[str, str]:
     """PATH with pm2's directory first, for the drkit CLI (the source runs ``pm2``)."""
     return {"PATH": f"{pm2_bin().parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -105,21 +131,24 @@ class Pm2Home:
             time.sleep(0.2)
 
     def stop_daemon(self) -> None:
-        """Stop this home's daemon and every app it started, by PID."""
-        app_pids = self._app_pids()
-        pid = self.daemon_pid()
-        if pid is not None and _cmdline_has(pid, str(self.home)):
-            _terminate(pid)
-        for p in app_pids:
-            if _environ_has(p, f"PM2_HOME={self.home}"):
-                _terminate(p)
+        """Stop every daemon of this home and every app they started, by PID.
 
-    def _app_pids(self) -> list[int]:
-        out = []
-        for f in (self.home / "pids").glob("*.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                out.append(int(f.read_text().strip()))
-        return out
+        Processes are found by ``PM2_HOME=<home>`` in their environment (the
+        daemon's title cannot be trusted: pm2 rewrites it within the space of
+        its original argv, which cuts a long PM2_HOME short). Daemons go first,
+        or they would restart the apps killed after them.
+        """
+        entry = f"PM2_HOME={self.home}"
+        pids = [p for p in _pids() if _environ_has(p, entry)]
+        pid = self.daemon_pid()
+        if pid is not None and pid not in pids and _cmdline_has(pid, str(self.home)):
+            pids.append(pid)
+        daemons = [p for p in pids if _cmdline_has(p, "God Daemon")]
+        for p in daemons:
+            _terminate(p)
+        for p in pids:
+            if p not in daemons:
+                _terminate(p)
 
 
 @contextmanager
@@ -154,6 +183,10 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
 def _cmdline_has(pid: int, text: str) -> bool:
