@@ -9,6 +9,20 @@ certificate expiry checks, and the declared checks of
 ``restore_drills/<host>.toml``; the verdict, RTO (container start -> checks
 done; the image build is reported apart) and RPO (snapshot age at drill
 start) are stored in the repository and the catalog.
+
+Each host's drill is independent: ``drill_hosts()`` drills hosts one after
+the other, and whatever goes wrong with one (no snapshot, no image, a broken
+artifact, a failed check, an unexpected exception) becomes that host's
+failed report naming the cause; the others still run and are reported.
+
+Login: the drill connects as the policy's SSH user (``connection.user``);
+when that is not root, the container creates it with passwordless sudo, as
+on a VPS whose root login is disabled, so sources run with the same ``sudo``
+as on the real host. Local-connection policies drill as root.
+
+Network: the container cannot reach anything beyond this machine and
+resolves no names (``drills/container.py``): a restored Caddy must not ask
+Let's Encrypt for the real site names, a restored app must not call out.
 """
 
 from __future__ import annotations
@@ -22,14 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drkit.actions.common import data_sources, select_snapshot
+from drkit.actions.common import data_sources, open_repository, select_snapshot
 from drkit.actions.restore import Executor
 from drkit.drills.checks import certificate_checks, declared_checks, verdict
 from drkit.drills.report import DrillReport
-from drkit.drills.spec import DrillSpec
-from drkit.errors import DrkitError
+from drkit.drills.spec import DrillSpec, spec_for
+from drkit.errors import DrkitError, PolicyError
 from drkit.pipeline.age import Identity
-from drkit.policy.models import Connection, Policy, PostgresSource, source_name
+from drkit.policy.models import Connection, NatsSource, Policy, PostgresSource, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import Repository
 from drkit.repository.manifest import Manifest, snapshot_time
@@ -42,8 +56,16 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 
+CONTAINER_NATS = "nats://127.0.0.1:4222"  # docker/hosts/common/drkit-svc
+
+
 def drill_policy(policy: Policy) -> Policy:
-    """The policy as it applies inside a fresh drill container."""
+    """The policy as it applies inside a fresh drill container.
+
+    Data services are the container's own, without the live host's
+    credentials (a drill machine need not hold them): PostgreSQL on its
+    local socket as the postgres user, NATS on 127.0.0.1:4222 without auth.
+    """
     sources = []
     for src in policy.source:
         if isinstance(src, PostgresSource) and src.container is None:
@@ -51,8 +73,71 @@ def drill_policy(policy: Policy) -> Policy:
                 update={"host": None, "port": 5432, "user": "postgres", "password": None,
                         "sudo_user": "postgres", "bin_dir": None}
             )  # fmt: skip
+        elif isinstance(src, NatsSource) and src.mode == "snapshot":
+            src = src.model_copy(update={"url": CONTAINER_NATS, "credentials": None})
         sources.append(src)
     return policy.model_copy(update={"source": sources})
+
+
+def login_user(policy: Policy) -> str:
+    """Who the drill logs in as: the policy's SSH user, or root for a local policy."""
+    return policy.connection.user if policy.connection.type == "ssh" else "root"
+
+
+def load_specs(policies: list[Policy], directory: Path) -> dict[str, DrillSpec]:
+    """Every host's drill file, read before any drill starts.
+
+    Raises ``PolicyError`` listing the problems of every invalid file at once.
+    """
+    specs: dict[str, DrillSpec] = {}
+    problems: list[str] = []
+    for policy in policies:
+        try:
+            specs[policy.host] = spec_for(policy.host, directory)
+        except PolicyError as exc:
+            problems += exc.problems
+    if problems:
+        raise PolicyError(problems)
+    return specs
+
+
+def drill_hosts(
+    policies: list[Policy],
+    identities: list[Identity],
+    specs: dict[str, DrillSpec],
+    *,
+    snapshot: str | None = None,
+    keep: bool = False,
+    catalog: Callable[[], Catalog] | None = None,
+    log: Log = lambda _m: None,
+) -> list[DrillReport]:
+    """Drill each host in turn; one report per host, in order, whatever fails."""
+    reports = []
+    for policy in policies:
+        try:
+            repo = open_repository(policy.repository)
+        except DrkitError as exc:
+            report = _report(policy.host, dt.datetime.now(dt.UTC))
+            report.error = f"repository {policy.repository.url}: {exc}"
+            report.finished = report.started
+            log(f"{policy.host}: drill failed: {report.error}")
+            reports.append(report)
+            continue
+        spec = specs.get(policy.host) or DrillSpec(host=policy.host)
+        report = run_drill(
+            policy, repo, identities, spec, snapshot=snapshot, keep=keep, catalog=catalog, log=log
+        )
+        reports.append(report)
+    return reports
+
+
+def _report(host: str, started: dt.datetime) -> DrillReport:
+    drill_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return DrillReport(
+        host=host, drill_id=drill_id, snapshot="", started=started.isoformat(timespec="seconds"),
+        finished="", verdict="fail", rto_seconds=0.0, rpo_seconds=0.0, image_build_seconds=0.0,
+        image="",
+    )  # fmt: skip
 
 
 def _keypair(directory: Path) -> tuple[Path, str]:
@@ -75,57 +160,91 @@ def run_drill(
     catalog: Callable[[], Catalog] | None = None,
     log: Log = lambda _m: None,
 ) -> DrillReport:
-    """Drill one host; never raises for a failed restore or check (the report says so)."""
-    from drkit.drills.container import host_container
-    from drkit.drills.images import ensure_base_image, ensure_host_image
-    from drkit.remote.ssh import SshRunner
-
+    """Drill one host. Never raises for a failed drill: the report's ``error`` names
+    the cause (no snapshot, image build, restore, unexpected exception) and its
+    checks say which failed. Only KeyboardInterrupt and the like propagate."""
     started = dt.datetime.now(dt.UTC)
-    drill_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-    manifest = select_snapshot(repo, policy.host, snapshot, holding=data_sources(policy))
-    rpo = (started - snapshot_time(manifest.snapshot)).total_seconds()
-    report = DrillReport(
-        host=policy.host, drill_id=drill_id, snapshot=manifest.snapshot,
-        started=started.isoformat(timespec="seconds"), finished="", verdict="fail",
-        rto_seconds=0.0, rpo_seconds=rpo, image_build_seconds=0.0, image="",
-    )  # fmt: skip
-    t_build = time.monotonic()
-    base = ensure_base_image()
-    image = ensure_host_image(policy.host, base_tag=base.tag)
-    report.image = image.tag
-    report.image_build_seconds = round(time.monotonic() - t_build, 1)
-    log(f"{policy.host}: image {image.tag} ({'built' if image.built else 'cached'}, "
-        f"{report.image_build_seconds}s)")  # fmt: skip
-    target = drill_policy(policy)
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="drkit-drill-") as tmp:
-        key, public = _keypair(Path(tmp))
-        try:
-            with host_container(
-                image.tag, host=policy.host, authorized_keys=public, keep=keep
-            ) as box:
-                log(f"{policy.host}: {box.label} ready in {box.ready_seconds:.1f}s")
-                known = Path(tmp) / "known_hosts"
-                known.write_text(box.known_hosts_line())
-                conn = Connection(
-                    type="ssh", address=box.address, port=box.port(22), user="root",
-                    identity_file=str(key), known_hosts=str(known),
-                )  # fmt: skip
-                runner = SshRunner(policy.host, conn)
-                try:
-                    report.checks = _restore_and_check(
-                        target, repo, manifest, identities, runner, spec, started, box.label, log
-                    )
-                finally:
-                    runner.close()
-        except DrkitError as exc:
-            report.error = str(exc)
-            log(f"{policy.host}: drill failed: {exc}")
-    report.rto_seconds = round(time.monotonic() - t0, 1)
+    report = _report(policy.host, started)
+    t0: float | None = None
+    try:
+        manifest = select_snapshot(repo, policy.host, snapshot, holding=data_sources(policy))
+        report.snapshot = manifest.snapshot
+        report.rpo_seconds = (started - snapshot_time(manifest.snapshot)).total_seconds()
+        image = _image(policy.host, report, log)
+        t0 = time.monotonic()
+        report.checks = _in_container(
+            policy, repo, manifest, identities, spec, image, started, keep, log
+        )
+    except DrkitError as exc:
+        report.error = str(exc)
+    except Exception as exc:  # one host's bug must not abort the other drills
+        report.error = f"unexpected {type(exc).__name__}: {exc}"
+    if report.error:
+        log(f"{policy.host}: drill failed: {report.error}")
+    if t0 is not None:
+        report.rto_seconds = round(time.monotonic() - t0, 1)
     report.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     report.verdict = "fail" if report.error else verdict(report.checks)
-    _store(repo, report, catalog, log)
+    if report.snapshot:
+        _store(repo, report, catalog, log)
     return report
+
+
+def _image(host: str, report: DrillReport, log: Log) -> str:
+    """Build (or find) the host's image; its time goes to the report, not the RTO."""
+    from drkit.drills.images import ensure_base_image, ensure_host_image
+
+    t_build = time.monotonic()
+    base = ensure_base_image()
+    image = ensure_host_image(host, base_tag=base.tag)
+    report.image = image.tag
+    report.image_built = base.built or image.built
+    report.image_build_seconds = round(time.monotonic() - t_build, 1)
+    log(f"{host}: image {image.tag} ({'built' if report.image_built else 'cached'}, "
+        f"{report.image_build_seconds}s)")  # fmt: skip
+    return image.tag
+
+
+def _in_container(
+    policy: Policy,
+    repo: Repository,
+    manifest: Manifest,
+    identities: list[Identity],
+    spec: DrillSpec,
+    image: str,
+    started: dt.datetime,
+    keep: bool,
+    log: Log,
+) -> list[Check]:
+    """Start the container, restore over SSH as the policy's user, run every check."""
+    from drkit.drills.container import host_container
+    from drkit.remote.ssh import SshRunner
+
+    user = login_user(policy)
+    with tempfile.TemporaryDirectory(prefix="drkit-drill-") as tmp:
+        key, public = _keypair(Path(tmp))
+        with host_container(
+            image, host=policy.host, authorized_keys=public, ssh_user=user, keep=keep
+        ) as box:
+            where = f" on {box.network} at {box.network_address}" if box.network else ""
+            log(f"{policy.host}: {box.label} ready in {box.ready_seconds:.1f}s{where}, "
+                f"logging in as {user}")  # fmt: skip
+            if keep:
+                log(f"{policy.host}: kept: docker exec -it {box.id[:12]} bash")
+            known = Path(tmp) / "known_hosts"
+            known.write_text(box.known_hosts_line())
+            conn = Connection(
+                type="ssh", address=box.address, port=box.port(22), user=user,
+                identity_file=str(key), known_hosts=str(known),
+            )  # fmt: skip
+            runner = SshRunner(policy.host, conn)
+            try:
+                return _restore_and_check(
+                    drill_policy(policy), repo, manifest, identities, runner, spec, started,
+                    box.label, log,
+                )  # fmt: skip
+            finally:
+                runner.close()
 
 
 def _restore_and_check(

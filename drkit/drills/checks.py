@@ -13,6 +13,8 @@ from drkit.remote.base import Runner
 from drkit.sources.base import Check
 from drkit.sources.pgsql import PgConn
 
+INSPECT_AS = "root"  # file/env/HTTP checks: sudo when the drill logs in as another user
+
 
 def certificate_checks(facts: dict[str, Any], now: dt.datetime, warn_days: int) -> list[Check]:
     """Every certificate in caddy/certbot facts: expired -> fail, within ``warn_days`` -> warn."""
@@ -44,7 +46,11 @@ def declared_checks(
     sql_user: str | None = None,
 ) -> list[Check]:
     """Run the drill file's checks; ``pg`` maps a postgres source name to (conn, database),
-    queried as the OS user ``sql_user`` (peer authentication on the local socket)."""
+    queried as the OS user ``sql_user`` (peer authentication on the local socket).
+
+    Commands run as their ``user``, else as the login user (as a person on the
+    host would run them); file, env and HTTP checks inspect as root, so a file
+    the login user may not read is still checked (the container is ours)."""
     out: list[Check] = []
     for sql in spec.sql:
         if sql.source not in pg:
@@ -76,7 +82,7 @@ def declared_checks(
     for http in spec.http:
         out.append(_http_check(runner, http.name, http.url, http.status, http.contains))
     for f in spec.file:
-        res = runner.run(["stat", "-c", "%a %U", "--", f.path])
+        res = runner.run(["stat", "-c", "%a %U", "--", f.path], user=INSPECT_AS)
         if res.returncode != 0:
             out.append(Check("drill", f"file {f.path}", "fail", "missing"))
             continue
@@ -94,7 +100,7 @@ def declared_checks(
             "sed -n 's/^[[:space:]]*\\(export[[:space:]]\\+\\)\\?"
             '\\([A-Za-z_][A-Za-z0-9_.-]*\\)[[:space:]]*=.*/\\2/p\' -- "$1"'
         )
-        res = runner.run(["sh", "-c", script, "sh", env.path])
+        res = runner.run(["sh", "-c", script, "sh", env.path], user=INSPECT_AS)
         if res.returncode != 0:
             out.append(Check("drill", f"env {env.path}", "fail", "missing or unreadable"))
             continue
@@ -110,7 +116,7 @@ def declared_checks(
 def _http_check(runner: Runner, name: str, url: str, status: int, contains: str | None) -> Check:
     argv = ["curl", "-s", "-m", "10", "-o", "/dev/stdout", "-w", "\n%{http_code}", url]
     try:
-        res = runner.run(argv)
+        res = runner.run(argv, user=INSPECT_AS)
     except DrkitError as exc:
         return Check("drill", name, "fail", str(exc))
     body, _, code = res.stdout.decode("utf-8", "replace").rpartition("\n")

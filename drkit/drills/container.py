@@ -1,11 +1,22 @@
 """A host's drill container: started from its image, reachable only on 127.0.0.1.
 
 ``start_container()`` runs the image (``docker run -d --init``) with every
-port the image exposes published as ``127.0.0.1::<port>`` (an ephemeral
-port on this machine's loopback, never on a public interface), reads the
-published ports back, and waits until the entrypoint reports ready and
-sshd answers with its banner. ``host_container()`` does the same as a
-context manager and removes the container afterwards unless ``keep``.
+port the image exposes published on an ephemeral 127.0.0.1 port (never on a
+public interface), reads the ports back, and waits until the entrypoint
+reports ready and sshd answers with its banner. ``host_container()`` does
+the same as a context manager and removes the container afterwards unless
+``keep``.
+
+Network (``network=`` or ``$DRKIT_DRILL_NETWORK``): a restored host must not
+phone out (Caddy would ask Let's Encrypt for the restored site names, apps
+would call their APIs), so by default (``isolated``) the container joins a
+network of its own created ``--internal`` (no route beyond this machine)
+with ``--dns 127.0.0.1`` (no name resolves). Docker publishes no ports on an
+internal network, so drkit publishes them itself on 127.0.0.1
+(``drills/forward.py``) while the drill runs. ``bridge`` keeps Docker's
+default bridge and its ``-p 127.0.0.1::<port>`` publishing, with only the
+DNS cut: for engines whose container addresses this machine cannot reach
+(Docker Desktop).
 
 Everything acts on the container id that ``docker run`` printed, never on
 names or label patterns, so two drills (or a user's own containers) never
@@ -15,6 +26,8 @@ touch each other.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import socket
 import subprocess
 import time
@@ -23,8 +36,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from drkit.drills.engine import DockerError, docker, tail
+from drkit.drills.forward import PortForwarder
+from drkit.errors import UsageError
 
 LOOPBACK = "127.0.0.1"
+NETWORK_ENV = "DRKIT_DRILL_NETWORK"
+NETWORK_MODES = ("isolated", "bridge")
 READY_MARKER = "/run/drkit/ready"  # written by docker/hosts/common/entrypoint.sh
 SSH_PORT = 22
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
@@ -36,6 +53,9 @@ class HostContainer:
 
     ``ports`` maps each container port to its published port on 127.0.0.1;
     ``ready_seconds`` is the time from ``docker run`` to sshd answering.
+    ``network`` is the drill's own internal network (None in bridge mode),
+    ``network_address`` the container's address on it, ``forwarder`` what
+    publishes its ports then.
     """
 
     id: str
@@ -45,6 +65,10 @@ class HostContainer:
     ssh_user: str = "root"
     ready_seconds: float = 0.0
     address: str = field(default=LOOPBACK)
+    network: str | None = None
+    network_address: str = ""
+    publish: list[int] = field(default_factory=list)
+    forwarder: PortForwarder | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -123,10 +147,40 @@ class HostContainer:
         return (done.stdout + done.stderr).decode("utf-8", "replace").strip()
 
     def remove(self) -> None:
-        """Remove the container and its anonymous volumes; a missing one is not an error."""
+        """Remove the container, its anonymous volumes and its network; missing ones are fine."""
+        if self.forwarder is not None:
+            self.forwarder.close()
         done = docker("rm", "--force", "--volumes", self.id, check=False, timeout=120)
         if done.returncode != 0 and b"No such container" not in done.stderr:
             raise DockerError(f"{self.label}: docker rm: {tail(done.stderr)}")
+        if self.network is not None:
+            remove_network(self.network)
+
+
+def network_mode(mode: str | None = None) -> str:
+    """``mode``, else ``$DRKIT_DRILL_NETWORK``, else ``isolated``; ``UsageError`` if unknown."""
+    chosen = mode or os.environ.get(NETWORK_ENV) or NETWORK_MODES[0]
+    if chosen not in NETWORK_MODES:
+        raise UsageError(f"{NETWORK_ENV}={chosen}: expected one of {', '.join(NETWORK_MODES)}")
+    return chosen
+
+
+def create_network(host: str) -> str:
+    """A new ``--internal`` network for one drill container; returns its name."""
+    name = f"drkit-drill-{secrets.token_hex(4)}"
+    docker(
+        "network", "create", "--internal", "--label", "org.drkit.drill=1",
+        "--label", f"org.drkit.host={host}", name,
+        what=f"create the drill network for {host}",
+    )  # fmt: skip
+    return name
+
+
+def remove_network(name: str) -> None:
+    """Remove a drill network; a missing one is not an error."""
+    done = docker("network", "rm", name, check=False, timeout=60)
+    if done.returncode != 0 and b"No such network" not in done.stderr:
+        raise DockerError(f"docker network rm {name}: {tail(done.stderr)}")
 
 
 def image_ports(image: str) -> list[int]:
@@ -148,18 +202,22 @@ def start_container(
     ports: Sequence[int] | None = None,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 300,
+    network: str | None = None,
 ) -> HostContainer:
     """Start ``image`` as ``host``'s drill container and wait until it is ready.
 
     ``authorized_keys``: public key lines that may log in as ``ssh_user``
     (created with passwordless sudo when not root). ``ports``: container
     ports to publish on 127.0.0.1 (default: all the image exposes). ``env``:
-    extra environment for the entrypoint. The time limit covers the
-    engine's copy of the image, which takes most of it with vfs.
+    extra environment for the entrypoint. ``network``: ``isolated`` or
+    ``bridge`` (default: ``network_mode()``; see the module doc). The time
+    limit covers the engine's copy of the image, which takes most of it
+    with vfs.
 
     Raises ``DockerError`` with the container's console tail when it exits
-    or is not ready in time; the container is removed then.
+    or is not ready in time; the container (and its network) is removed then.
     """
+    mode = network_mode(network)
     publish = list(ports) if ports is not None else image_ports(image)
     if SSH_PORT not in publish:
         publish.append(SSH_PORT)
@@ -168,19 +226,30 @@ def start_container(
         "DRKIT_AUTHORIZED_KEYS": authorized_keys,
         "DRKIT_SSH_USER": ssh_user,
     }
-    args = ["run", "--detach", "--init", "--hostname", host]
+    args = ["run", "--detach", "--init", "--hostname", host, "--dns", LOOPBACK]
     args += ["--label", "org.drkit.drill=1", "--label", f"org.drkit.host={host}"]
-    for port in publish:
-        args += ["--publish", f"{LOOPBACK}::{port}"]
+    net = create_network(host) if mode == "isolated" else None
+    if net is not None:
+        args += ["--network", net]
+    else:
+        for port in publish:
+            args += ["--publish", f"{LOOPBACK}::{port}"]
     for name in variables:
         args += ["--env", name]
     started = time.monotonic()
-    done = docker(
-        *args, image, env=variables, timeout=ready_timeout, what=f"start {host}'s drill container"
-    )
+    try:
+        done = docker(
+            *args, image, env=variables, timeout=ready_timeout,
+            what=f"start {host}'s drill container",
+        )  # fmt: skip
+    except BaseException:
+        if net is not None:
+            remove_network(net)
+        raise
     container = HostContainer(
-        id=done.stdout.decode().strip(), host=host, image=image, ports={}, ssh_user=ssh_user
-    )
+        id=done.stdout.decode().strip(), host=host, image=image, ports={}, ssh_user=ssh_user,
+        network=net, publish=publish,
+    )  # fmt: skip
     try:
         _wait_ready(container, started + ready_timeout)
     except BaseException:
@@ -201,6 +270,7 @@ def host_container(
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 300,
     keep: bool = False,
+    network: str | None = None,
 ) -> Iterator[HostContainer]:
     """``start_container()``, then remove the container on exit unless ``keep``."""
     container = start_container(
@@ -211,6 +281,7 @@ def host_container(
         ports=ports,
         env=env,
         ready_timeout=ready_timeout,
+        network=network,
     )
     try:
         yield container
@@ -256,7 +327,9 @@ def _wait_ready(container: HostContainer, deadline: float) -> None:
                 f"{container.logs()}"
             )
         if not container.ports:
-            container.ports = published_ports(container)
+            container.ports = (
+                _forward(container) if container.network else published_ports(container)
+            )
         if not marker:
             marker = container.exec(["test", "-e", READY_MARKER], check=False).returncode == 0
         if marker and _ssh_banner(container.port(SSH_PORT)):
@@ -265,6 +338,22 @@ def _wait_ready(container: HostContainer, deadline: float) -> None:
             what = "sshd did not answer" if marker else "its services did not start"
             raise DockerError(f"{container.label}: {what} in time:\n{container.logs()}")
         time.sleep(0.2)
+
+
+def _forward(container: HostContainer) -> dict[int, int]:
+    """Publish an isolated container's ports on 127.0.0.1 (``PortForwarder``)."""
+    assert container.network is not None
+    done = docker(
+        "inspect", "--format", "{{json .NetworkSettings.Networks}}", container.id,
+        what=f"{container.label}: inspect networks",
+    )  # fmt: skip
+    networks = json.loads(done.stdout) or {}
+    address = (networks.get(container.network) or {}).get("IPAddress") or ""
+    if not address:
+        raise DockerError(f"{container.label}: no address on its network {container.network}")
+    container.network_address = address
+    container.forwarder = PortForwarder(address, container.publish, container.label)
+    return container.forwarder.ports
 
 
 def _ssh_banner(port: int) -> bool:

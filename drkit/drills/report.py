@@ -22,6 +22,7 @@ class DrillReport:
     rpo_seconds: float  # snapshot age when the drill started
     image_build_seconds: float  # reported apart from the RTO
     image: str
+    image_built: bool = False  # False: the image's Dockerfile was unchanged, nothing was built
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
 
@@ -42,7 +43,9 @@ def junit_xml(reports: list[DrillReport]) -> bytes:
         )  # fmt: skip
         props = ET.SubElement(suite, "properties")
         for k, v in (("snapshot", r.snapshot), ("rto_seconds", f"{r.rto_seconds:.1f}"),
-                     ("rpo_seconds", f"{r.rpo_seconds:.0f}"), ("verdict", r.verdict)):  # fmt: skip
+                     ("rpo_seconds", f"{r.rpo_seconds:.0f}"), ("verdict", r.verdict),
+                     ("image", r.image), ("image_build_seconds", f"{r.image_build_seconds:.1f}"),
+                     ("image_built", str(r.image_built).lower())):  # fmt: skip
             ET.SubElement(props, "property", name=k, value=v)
         if r.error:
             case = ET.SubElement(suite, "testcase", classname=r.host, name="drill")
@@ -65,12 +68,15 @@ def markdown(reports: list[DrillReport]) -> str:
     for r in reports:
         lines.append(
             f"| {r.host} | **{r.verdict.upper()}** | {r.snapshot} | {r.rto_seconds:.1f} s | "
-            f"{r.rpo_seconds / 3600:.1f} h | {r.image_build_seconds:.1f} s |"
+            f"{r.rpo_seconds / 3600:.1f} h | {r.image_build_seconds:.1f} s "
+            f"({'built' if r.image_built else 'cached'}) |"
         )
     for r in reports:
         lines += ["", f"## {r.host}: {r.verdict}", ""]
         if r.error:
             lines += [f"**Error:** {r.error}", ""]
+        if not r.checks:
+            continue
         lines += ["| status | source | check | evidence |", "|---|---|---|---|"]
         for c in r.checks:
             detail = c.detail.replace("|", "\\|")

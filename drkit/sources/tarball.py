@@ -62,7 +62,7 @@ class TarSource(Source):
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
         dest = opts.dest or "/"
         files = _files(facts)
-        conflicts = differing_files(self.runner, dest, files)
+        conflicts = differing_files(self.runner, dest, files, user=self.run_as)
         action = f"write {len(files)} file(s) under {dest}, modes and owners as backed up"
         if conflicts and not opts.force:
             shown = ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
@@ -81,7 +81,7 @@ class TarSource(Source):
         files = _files(facts)
         if not files:
             return []
-        digests = existing_digests(self.runner, dest, files)
+        digests = existing_digests(self.runner, dest, files, user=self.run_as)
         wrong = [
             _join(dest, f["path"])
             for f in files
@@ -99,11 +99,13 @@ class TarSource(Source):
         blocked = self.describe(facts, opts).blocked
         if blocked:
             raise RestoreError(f"{self.label}: {blocked}")
-        self.runner.check(["mkdir", "-p", "--", dest], what=f"{self.label}: restore")
+        self.runner.check(
+            ["mkdir", "-p", "--", dest], what=f"{self.label}: restore", user=self.run_as
+        )
         argv = ["tar", "-C", dest, "-x", "-p", "--same-owner", "-f", "-"]
 
         def consume(stream: BinaryIO) -> None:
-            pipe_into(self.runner, argv, stream, what=f"{self.label}: restore")
+            pipe_into(self.runner, argv, stream, what=f"{self.label}: restore", user=self.run_as)
 
         feed(self.ARTIFACT, consume)
         report.actions.append(f"extracted {len(files)} file(s) under {dest}")
@@ -114,14 +116,19 @@ def _files(facts: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in facts.get("entries", []) if e.get("type") == "file"]
 
 
-def differing_files(runner: Runner, dest: str, files: list[dict[str, Any]]) -> list[str]:
-    """Paths of existing files under ``dest`` whose content differs from the backup's."""
+def differing_files(
+    runner: Runner, dest: str, files: list[dict[str, Any]], *, user: str | None = None
+) -> list[str]:
+    """Paths of existing files under ``dest`` whose content differs from the backup's
+    (read as ``user``, the source's sudo_user, so root-only files are seen)."""
     expected = {_join(dest, f["path"]): f["sha256"] for f in files}
-    found = existing_digests(runner, dest, files)
+    found = existing_digests(runner, dest, files, user=user)
     return sorted(p for p, d in found.items() if expected.get(p) != d)
 
 
-def existing_digests(runner: Runner, dest: str, files: list[dict[str, Any]]) -> dict[str, str]:
+def existing_digests(
+    runner: Runner, dest: str, files: list[dict[str, Any]], *, user: str | None = None
+) -> dict[str, str]:
     """sha256 of each of ``files`` that exists under ``dest`` ("x" if unreadable)."""
     if not files:
         return {}
@@ -132,7 +139,7 @@ def existing_digests(runner: Runner, dest: str, files: list[dict[str, Any]]) -> 
         '{ sha256sum -- "$f" 2>/dev/null || echo "x  $f"; }; done; true'
     )
     out = runner.check(
-        ["sh", "-c", script, "sh", *targets], what="restore: checking existing files"
+        ["sh", "-c", script, "sh", *targets], what="restore: checking existing files", user=user
     ).decode("utf-8", "surrogateescape")
     found: dict[str, str] = {}
     for line in out.splitlines():

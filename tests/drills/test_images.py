@@ -5,7 +5,9 @@ mirror) and the vultr image: minutes, once. After that both are found by
 their content hash and a second ``ensure_host_image()`` must not rebuild.
 The container test logs in over SSH on the port published on 127.0.0.1
 with a test key and runs the vultr host's tools inside with ``docker exec``.
-The tag tests at the top need no engine.
+The isolation tests use the smallest image (visualkit-hetzner): a drill
+container resolves no names and reaches nothing beyond this machine, yet its
+ports answer on 127.0.0.1. The tag tests at the top need no engine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +24,13 @@ from pathlib import Path
 import pytest
 
 from drkit.drills import images
-from drkit.drills.container import HostContainer, host_container, start_container
+from drkit.drills.container import (
+    NETWORK_ENV,
+    HostContainer,
+    host_container,
+    network_mode,
+    start_container,
+)
 from drkit.drills.engine import DockerError, Engine, docker, ensure_engine, stop_engine
 from drkit.drills.images import ImageBuild, ensure_base_image, ensure_host_image, host_image_tag
 from drkit.errors import UsageError
@@ -162,10 +171,10 @@ def test_vultr_container_serves_ssh_and_its_tools(
     with host_container(
         image.tag, host="vultr", authorized_keys=key.with_suffix(".pub").read_text()
     ) as container:
-        # Every exposed port, and only on loopback (published_ports refuses others).
+        # Every exposed port, published by drkit on 127.0.0.1 (the container is on an
+        # internal network, where Docker itself publishes nothing).
         assert set(container.ports) == {22, 80, 443, 5432}
-        raw = docker("port", container.id).stdout.decode()
-        assert raw.count("127.0.0.1:") == 4 and "0.0.0.0" not in raw
+        assert container.network and docker("port", container.id).stdout.strip() == b""
 
         known_hosts = tmp_path / "known_hosts"
         known_hosts.write_text(container.known_hosts_line())
@@ -218,3 +227,70 @@ def test_a_service_that_does_not_start_fails_the_start(
     assert "unknown service 'nosuchd'" in message
     left = docker("ps", "--all", "--quiet", "--filter", f"label=org.drkit.host={host}").stdout
     assert left.strip() == b"", "the failed container was not removed"
+
+
+@pytest.fixture(scope="module")
+def small_image(engine: Engine) -> str:
+    base = ensure_base_image()
+    return ensure_host_image("visualkit-hetzner", base_tag=base.tag).tag
+
+
+# A TEST-NET-2 address (RFC 5737): never routed anywhere, so even a failing
+# isolation sends nothing to a real host.
+UNROUTED = "198.51.100.7"
+
+
+def _outside(container: HostContainer) -> dict[str, int]:
+    """Exit codes of trying to resolve a public name and to reach a public address."""
+    probes = {
+        "resolve": "getent hosts example.com",
+        "curl": "curl -sS -m 5 -o /dev/null https://example.com/",
+        "connect": f"timeout 5 bash -c 'exec 3<>/dev/tcp/{UNROUTED}/443'",
+    }
+    return {
+        name: container.exec(["sh", "-c", cmd], check=False, timeout=60).returncode
+        for name, cmd in probes.items()
+    }
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(DOCKER_TIMEOUT)
+def test_isolated_container_reaches_nothing_outside_but_answers_on_loopback(
+    small_image: str,
+) -> None:
+    with host_container(small_image, host="visualkit-hetzner", authorized_keys="") as container:
+        network = container.network
+        assert network is not None and container.network_address
+        internal = docker("network", "inspect", "--format", "{{.Internal}}", network).stdout
+        assert internal.strip() == b"true"
+        failed = _outside(container)
+        assert all(code != 0 for code in failed.values()), failed
+        # The container itself works: its own names resolve (/etc/hosts) and its ports
+        # answer on 127.0.0.1 through drkit's forwarder, SSH included.
+        assert container.exec(["getent", "hosts", "visualkit-hetzner"]).returncode == 0
+        assert set(container.ports) == {22, 80, 443}
+        with urllib.request.urlopen(f"http://127.0.0.1:{container.port(80)}/", timeout=10) as r:
+            assert r.status == 200
+        with socket.create_connection(("127.0.0.1", container.port(22)), timeout=10) as s:
+            assert s.recv(4) == b"SSH-"
+    assert docker("network", "inspect", network, check=False).returncode != 0, "network left"
+    assert docker("inspect", container.id, check=False).returncode != 0, "container left"
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(DOCKER_TIMEOUT)
+def test_bridge_mode_publishes_on_loopback_and_resolves_nothing(small_image: str) -> None:
+    with host_container(
+        small_image, host="visualkit-hetzner", authorized_keys="", network="bridge"
+    ) as container:
+        assert container.network is None
+        raw = docker("port", container.id).stdout.decode()
+        assert raw.count("127.0.0.1:") == 3 and "0.0.0.0" not in raw
+        resolve = container.exec(["getent", "hosts", "example.com"], check=False)
+        assert resolve.returncode != 0
+
+
+def test_unknown_network_mode_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(NETWORK_ENV, "host")
+    with pytest.raises(UsageError, match=r"DRKIT_DRILL_NETWORK=host: expected one of isolated"):
+        network_mode()
