@@ -7,22 +7,31 @@ the dumped data. pg_dump writes uncompressed (``-Z0``): the pipeline's zstd
 is ~3.7x faster than pg_dump's own compression.
 
 Restore: globals first (roles that already exist on the target are left as
-they are), then ``CREATE DATABASE ... TEMPLATE template0`` and pg_restore in
-one transaction, stopping on the first error.
+they are). A custom dump into a database that does not exist yet is loaded
+by ``ParallelRestore`` (schema and data streamed, indexes and constraints with
+``pg_restore -j`` from the TOC spooled on the target, all in a staging
+database renamed when complete). Otherwise (an existing empty database,
+``--force``, a plain dump, one CPU, no room to spool): ``CREATE DATABASE ...
+TEMPLATE template0`` if needed and pg_restore (or psql) in one transaction,
+stopping on the first error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from drkit import secrets
 from drkit.errors import RestoreError, SourceError, UsageError
+from drkit.pipeline.streams import CHUNK
 from drkit.policy.models import PostgresSource as PostgresConfig
-from drkit.remote.base import Process, exit_text, tail_text
+from drkit.remote.base import Process, Runner, exit_text, tail_text
 from drkit.sources.base import (
     Artifact,
     Check,
@@ -33,7 +42,19 @@ from drkit.sources.base import (
     StepPlan,
     pipe_into,
 )
-from drkit.sources.pgsql import PgConn, quote_ident, quote_literal
+from drkit.sources.pgsql import (
+    SPOOL_WRITE,
+    PgConn,
+    SpoolDir,
+    parse_spool_setup,
+    quote_ident,
+    quote_literal,
+    spool_budget,
+    spool_remove_argv,
+    spool_reserve,
+    spool_setup_argv,
+    staging_name,
+)
 
 GLOBALS = "globals.sql"
 _SNAPSHOT_RE = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-\d+)?$")
@@ -252,13 +273,20 @@ class PostgresSource(Source):
         if facts.get("globals"):
             feed(GLOBALS, lambda stream: self._restore_globals(conn, stream, opts, report))
         existing_tables = self._table_count(conn, database)
-        if existing_tables is None:
-            self._create_database(conn, database, facts, report)
-        elif existing_tables and not opts.force:
+        if existing_tables and not opts.force:
             raise RestoreError(
                 f"{self.label}: database {database} already exists on the target with "
                 f"{existing_tables} table(s); use --force to replace its contents or "
                 f"--database to restore beside it"
+            )
+        if fmt == "custom" and existing_tables is None:
+            parallel = ParallelRestore(self, conn, database, facts, opts, report)
+            if parallel.run(feed):
+                return report
+        if existing_tables is None:
+            owner = self._create_database(conn, database, facts)
+            report.actions.append(
+                f"created database {database}" + (f" owned by {owner}" if owner else "")
             )
         clean = bool(existing_tables) and opts.force
         if fmt == "custom":
@@ -279,6 +307,14 @@ class PostgresSource(Source):
             f"restored database {database}" + (" (replacing its contents)" if clean else "")
         )
         return report
+
+    def restore_jobs(self, opts: RestoreOptions) -> int | None:
+        """pg_restore -j for a fresh database: the restore option, else the policy's, else
+        None (then min(4, the target's CPUs))."""
+        for value in (getattr(opts, "pg_jobs", None), getattr(self.config, "restore_jobs", None)):
+            if value:
+                return int(value)
+        return None
 
     def _sql(self, conn: PgConn, database: str, sql: str) -> str:
         out = self.runner.check(
@@ -309,9 +345,8 @@ class PostgresSource(Source):
             ).strip()
         )
 
-    def _create_database(
-        self, conn: PgConn, database: str, facts: dict[str, Any], report: RestoreReport
-    ) -> None:
+    def _create_database(self, conn: PgConn, database: str, facts: dict[str, Any]) -> str | None:
+        """CREATE DATABASE as at backup time; returns the owner it was given, if any."""
         sql = f"CREATE DATABASE {quote_ident(database)} TEMPLATE template0"
         if facts.get("encoding"):
             sql += f" ENCODING {quote_literal(facts['encoding'])}"
@@ -319,12 +354,12 @@ class PostgresSource(Source):
             sql += f" LC_COLLATE {quote_literal(facts['collate'])}"
             sql += f" LC_CTYPE {quote_literal(facts['ctype'])}"
         owner = facts.get("owner")
-        if owner and owner in self._roles(conn):
+        if owner and owner not in self._roles(conn):
+            owner = None  # not on the target: the connecting user owns the database
+        if owner:
             sql += f" OWNER {quote_ident(owner)}"
         self._sql(conn, "postgres", sql + ";")
-        report.actions.append(
-            f"created database {database}" + (f" owned by {owner}" if owner else "")
-        )
+        return str(owner) if owner else None
 
     def _roles(self, conn: PgConn) -> set[str]:
         return set(self._sql(conn, "postgres", "SELECT rolname FROM pg_roles;").splitlines())
@@ -394,3 +429,254 @@ def filter_globals(
                 created.add(role)
         out.append(line)
     return "\n".join(out) + "\n", created, kept
+
+
+# The spool keeps the dump's first bytes: header and TOC (written before any data by
+# pg_dump), all that post-data needs. 256 MiB holds the TOC of a schema with
+# hundreds of thousands of objects; a bigger TOC is detected and handled.
+TOC_SPOOL_MAX = 256 << 20
+
+
+class ParallelRestore:
+    """Restore a custom-format dump into a database that does not exist yet, in parallel.
+
+    One pg_restore loads schema and data from the decoded stream (decoding
+    overlaps the load), while the stream's head (header and TOC) is spooled to
+    a private (0700) directory on the target; post-data (indexes, constraints,
+    triggers: where pg_restore -j gains most) then runs with ``pg_restore -j N``
+    from that spool, which needs no data blocks. The load goes into a staging
+    database, renamed to the real name only after every step succeeded and the
+    dump's digests were verified, so the database never appears half restored;
+    a failure drops the staging database. The spool is removed in every case.
+    """
+
+    def __init__(
+        self,
+        source: PostgresSource,
+        conn: PgConn,
+        database: str,
+        facts: dict[str, Any],
+        opts: RestoreOptions,
+        report: RestoreReport,
+    ) -> None:
+        self.source, self.conn, self.database = source, conn, database
+        self.facts, self.opts, self.report = facts, opts, report
+        self.what = f"{source.label}: restoring database {database}"
+
+    def run(self, feed: Feed) -> bool:
+        """Restore and return True; or return False, with a note in the report saying
+        why, when the caller should stream into one pg_restore instead. Raises
+        RestoreError/SourceError/IntegrityError when the restore itself failed."""
+        jobs = self.source.restore_jobs(self.opts)
+        if jobs == 1:
+            return False
+        spool = self._open_spool()
+        if spool is None:
+            return False
+        try:
+            jobs = jobs or min(4, spool.cpus)
+            if jobs < 2:
+                self._note(f"the target has {spool.cpus} CPU: streamed into one pg_restore")
+                return False
+            size = int(self.facts.get("database_size") or TOC_SPOOL_MAX)
+            need = min(size, TOC_SPOOL_MAX)
+            budget = spool_budget(spool, need)
+            if budget is None:
+                self._note(
+                    f"only {_mib(spool.free_bytes)} free in {spool.path} on the target, the "
+                    f"spool needs {_mib(need)} plus a reserve of "
+                    f"{_mib(spool_reserve(spool.total_bytes))}: streamed into one pg_restore "
+                    "instead of a parallel restore"
+                )
+                return False
+            self._restore(feed, spool, jobs, min(budget, TOC_SPOOL_MAX))
+            return True
+        finally:
+            self._remove(spool)
+
+    def _restore(self, feed: Feed, spool: SpoolDir, jobs: int, limit: int) -> None:
+        src, conn = self.source, self.conn
+        staging = staging_name(self.database)
+        # Ours by name: left over from a run that was killed half-way.
+        self._drop(staging, strict=True)
+        owner = src._create_database(conn, staging, self.facts)
+        artifact = dump_artifact("custom")
+        try:
+            cut: list[bool] = []
+            feed(artifact, lambda stream: cut.append(self._load(stream, spool, staging, limit)))
+            if cut[0] and not self._toc_complete(spool):
+                # The TOC is longer than the spool: post-data from a second, serial pass.
+                self._note(f"the dump's TOC exceeds {_mib(limit)}: post-data without -j")
+                argv = self._pg_restore(staging, "--section=post-data")
+                feed(artifact, lambda stream: self._pipe(argv, stream, "(post-data)"))
+                how = "one pg_restore"
+            else:
+                argv = self._pg_restore(staging, "-j", str(jobs), "--section=post-data")
+                src.runner.check(
+                    [*argv, spool.dump],
+                    what=f"{self.what} (post-data, pg_restore -j {jobs} from {spool.dump})",
+                    env=conn.env(),
+                    user=src.run_as,
+                )
+                how = f"pg_restore -j {jobs} for indexes and constraints"
+            src._sql(
+                conn,
+                "postgres",
+                f"ALTER DATABASE {quote_ident(staging)} RENAME TO {quote_ident(self.database)};",
+            )
+        except BaseException:
+            self._drop(staging, strict=False)
+            raise
+        self.report.actions.append(
+            f"created database {self.database}" + (f" owned by {owner}" if owner else "")
+        )
+        self.report.actions.append(
+            f"restored database {self.database} ({how}; TOC spooled in {spool.path} on the "
+            f"target; loaded as {staging}, renamed when complete)"
+        )
+
+    def _pg_restore(self, database: str, *args: str) -> list[str]:
+        return self.conn.argv(
+            "pg_restore", "--exit-on-error", "--no-comments", *args, database=database
+        )
+
+    def _pipe(self, argv: list[str], stream: BinaryIO, step: str) -> None:
+        src = self.source
+        what = f"{self.what} {step}"
+        pipe_into(src.runner, argv, stream, what=what, env=self.conn.env(), user=src.run_as)
+
+    def _load(self, stream: BinaryIO, spool: SpoolDir, staging: str, limit: int) -> bool:
+        """Schema and data from ``stream``; its first ``limit`` bytes to the spool.
+        Returns whether the spool was cut short."""
+        conn, src = self.conn, self.source
+        load = self._pg_restore(staging, "--section=pre-data", "--section=data")
+        sinks = [
+            Sink(conn.shell(SPOOL_WRITE, spool.dump), f"{self.what}: spooling to {spool.dump}",
+                 limit),
+            Sink(load, f"{self.what} (schema and data)"),
+        ]  # fmt: skip
+        tee_into(src.runner, sinks, stream, env=conn.env(), user=src.run_as)
+        return sinks[0].cut
+
+    def _toc_complete(self, spool: SpoolDir) -> bool:
+        """Whether pg_restore can read the whole TOC from the (cut) spool."""
+        argv = self.conn.argv("pg_restore", "-l")
+        return self.source.runner.run([*argv, spool.dump], user=self.source.run_as).returncode == 0
+
+    def _open_spool(self) -> SpoolDir | None:
+        src = self.source
+        res = src.runner.run(spool_setup_argv(self.conn), user=src.run_as)
+        if res.returncode != 0:
+            self._note(
+                f"cannot make a spool directory on the target ({exit_text(res.returncode)}"
+                f"{tail_text(res.stderr)}): streamed into one pg_restore"
+            )
+            return None
+        try:
+            return parse_spool_setup(res.stdout.decode("utf-8", "replace"))
+        except (ValueError, IndexError) as exc:
+            raise RestoreError(f"{self.what}: cannot prepare a spool directory: {exc}") from None
+
+    def _remove(self, spool: SpoolDir) -> None:
+        src = self.source
+        res = src.runner.run(spool_remove_argv(self.conn, spool), user=src.run_as)
+        if res.returncode != 0:
+            self._note(
+                f"could not remove the spool {spool.path} on the target: "
+                f"{exit_text(res.returncode)}{tail_text(res.stderr)}; remove it by hand"
+            )
+
+    def _drop(self, staging: str, *, strict: bool) -> None:
+        """Drop the staging database; ``strict``: raise if that fails, else only note it."""
+        src = self.source
+        sql = f"DROP DATABASE IF EXISTS {quote_ident(staging)}"
+        # WITH (FORCE) (PostgreSQL 13+): pg_restore workers of a failed run may still be
+        # connected to the database only we use.
+        for stmt in (sql + " WITH (FORCE);", sql + ";"):
+            res = src.runner.run(
+                self.conn.psql("postgres"), input=stmt.encode(), env=self.conn.env(),
+                user=src.run_as,
+            )  # fmt: skip
+            if res.returncode == 0:
+                return
+        message = f"could not drop the staging database {staging}{tail_text(res.stderr)}"
+        if strict:
+            raise RestoreError(f"{self.what}: {message}")
+        self._note(message + "; drop it by hand")
+        self.opts.log(f"{self.what}: {message}")
+
+    def _note(self, text: str) -> None:
+        self.report.actions.append(f"note: {text}")
+
+
+@dataclass
+class Sink:
+    """One command fed by ``tee_into``; it gets the first ``limit`` bytes only, if given."""
+
+    argv: list[str]
+    what: str
+    limit: int | None = None
+    cut: bool = False  # set when the stream went on past ``limit``
+
+
+def tee_into(
+    runner: Runner,
+    sinks: list[Sink],
+    stream: BinaryIO,
+    *,
+    env: dict[str, str] | None,
+    user: str | None,
+) -> None:
+    """Copy ``stream`` to the stdin of every sink's command, started on ``runner``.
+
+    Raises SourceError naming a sink's ``what`` when its command fails, or what
+    reading ``stream`` raised (e.g. an integrity error: the commands are then
+    killed before they could take a clean EOF for the end of the data).
+    """
+    procs = [runner.start(s.argv, stdin=True, env=env, user=user) for s in sinks]
+    readers = [threading.Thread(target=p.stdout.read, daemon=True) for p in procs]
+    for t in readers:
+        t.start()
+    size = 0
+    open_ = [True] * len(sinks)
+    try:
+        try:
+            while chunk := stream.read(CHUNK):
+                start, size = size, size + len(chunk)
+                for k, (sink, p) in enumerate(zip(sinks, procs, strict=True)):
+                    if not open_[k]:
+                        continue
+                    assert p.stdin is not None
+                    if sink.limit is not None and size > sink.limit:
+                        p.stdin.write(chunk[: max(0, sink.limit - start)])
+                        p.stdin.close()
+                        open_[k], sink.cut = False, True
+                    else:
+                        p.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # a command exited early: its status says why
+        for k, p in enumerate(procs):
+            if open_[k]:
+                assert p.stdin is not None
+                with contextlib.suppress(BrokenPipeError):
+                    p.stdin.close()
+    except BaseException:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        raise
+    failed = []
+    for p, sink in zip(procs, sinks, strict=True):
+        rc = p.wait()
+        if rc != 0:
+            failed.append(f"{sink.what}: command `{shlex.join(sink.argv)}` {exit_text(rc)}"
+                          f"{tail_text(p.stderr_tail())}")  # fmt: skip
+    for t in readers:
+        t.join()
+    if failed:
+        raise SourceError("; ".join(failed))
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
