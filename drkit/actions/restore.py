@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from drkit.remote.base import Runner
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord
 from drkit.sources.base import Check, RestoreOptions, Source, StepPlan
+from drkit.sources.pm2 import Pm2Source
 from drkit.sources.registry import build_source
 
 # roles/globals and databases -> env and files -> certificates -> data services -> apps
@@ -91,6 +93,15 @@ def order_sources(manifest: Manifest, only: list[str] | None) -> list[SourceReco
             )
     chosen = [s for s in manifest.sources if not only or s.name in only]
     return sorted(chosen, key=lambda s: ORDER.get(s.kind, 8))
+
+
+def written_paths(facts: dict[str, Any]) -> list[str]:
+    """Absolute paths of the files and symlinks a tar-based step writes, from its facts."""
+    return [
+        posixpath.normpath("/" + str(e["path"]).lstrip("/"))
+        for e in facts.get("entries", [])
+        if e.get("type") in ("file", "symlink", "hardlink") and e.get("path")
+    ]
 
 
 def precheck(repo: Repository, manifest: Manifest, sources: list[SourceRecord]) -> None:
@@ -162,14 +173,21 @@ class Executor:
     def plan(self) -> list[Step]:
         """The ordered steps, each with what it would do; touches nothing."""
         steps = []
+        incoming: dict[str, str] = {}  # path -> the earlier step that writes it
         for n, rec in enumerate(self.records, 1):
             done = rec.name in self.progress.done
-            plan = (
-                StepPlan(["already done (resume)"])
-                if done
-                else self.sources[rec.name].describe(self.facts.get(rec.name, {}), self.opts)
-            )
+            source, facts = self.sources[rec.name], self.facts.get(rec.name, {})
+            if isinstance(source, Pm2Source):
+                # Its plan tells app code that an earlier step brings back from code
+                # that is in no step of this restore (the finding).
+                source.incoming = dict(incoming)
+            if done:
+                plan = StepPlan(["already done (resume)"])
+            else:
+                plan = source.describe(facts, self.opts)
             steps.append(Step(n, rec.name, rec.kind, plan, done))
+            if not done and (self.opts.dest or "/") == "/":
+                incoming.update(dict.fromkeys(written_paths(facts), f"step {n} ({rec.name})"))
         return steps
 
     def run(self, log: Log = lambda _m: None, *, check: bool = True) -> RestoreResult:

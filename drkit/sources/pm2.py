@@ -13,8 +13,12 @@ empty one): the last saved ``dump.pm2`` is backed up and the facts say so.
 Restore: the files go back with their owners, then ``pm2 resurrect`` as the
 owner, and the report says which apps came online. A restore cannot bring
 back app code: a script path missing on the target is reported (a ``warn``
-check), not fatal. The check after the restore asks ``pm2 jlist`` again:
-each app online passes; an app whose script exists but is not online fails.
+check), not fatal. The plan tells apart a script that an earlier step of the
+same restore brings back (``incoming``, set by the executor) from one that is
+in no step: the latter is the finding. The check after the restore asks
+``pm2 jlist`` again: each app online passes; an app whose script exists but
+is not online fails, except one that was stopped at backup time (resurrect
+keeps it stopped).
 """
 
 from __future__ import annotations
@@ -62,6 +66,12 @@ class Pm2Source(TarSource):
     config: Pm2Config
     ARTIFACT = "pm2.tar"
     keep_content = True
+
+    def __init__(self, name: str, config: Pm2Config, runner: Any) -> None:
+        super().__init__(name, config, runner)
+        # Paths that earlier steps of the same restore write (path -> "step N (source)"),
+        # set by the restore executor before describe(): app code arriving there is no finding.
+        self.incoming: dict[str, str] = {}
 
     @property
     def pm2_bin(self) -> str:
@@ -151,18 +161,27 @@ class Pm2Source(TarSource):
             actions.append(f"pm2 resurrect not run: files go under {opts.dest}")
             return StepPlan(actions, base.blocked)
         user, home = self.config.user, self._restore_home(facts)
-        apps = _apps_of(facts)
-        actions.append(
-            f"pm2 resurrect as {user} (PM2_HOME={home}): start {', '.join(apps) or 'no app'}"
-        )
-        # An earlier step (a files source) may still bring the code back.
+        states = backup_states(facts)
+        start = [name for name, state in states.items() if state != "stopped"]
+        line = f"pm2 resurrect as {user} (PM2_HOME={home}): start {', '.join(start) or 'no app'}"
+        kept = [name for name in states if name not in start]
+        if kept:
+            line += f"; {', '.join(kept)} stay(s) stopped, as at backup time"
+        actions.append(line)
         try:
             missing = self._missing_scripts(facts)
         except DrkitError as exc:
             actions.append(f"cannot check the apps' scripts as {user}: {exc}")
             missing = {}
         for name, script in missing.items():
-            actions.append(f"app {name}: script {script} is not on the target now")
+            step = self.incoming.get(posixpath.normpath(script))
+            if step:
+                actions.append(f"app {name}: script {script} comes back in {step}")
+            else:
+                actions.append(
+                    f"app {name}: script {script} is neither on the target nor in this "
+                    "restore: PM2 cannot start it (restore the app's code)"
+                )
         return StepPlan(actions, base.blocked)
 
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
@@ -201,7 +220,8 @@ class Pm2Source(TarSource):
         return report
 
     def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
-        """Files as backed up; each app online (a missing script is a warning)."""
+        """Files as backed up; each app online (a missing script is a warning; an app
+        stopped at backup time passes stopped)."""
         checks = super().check(facts, opts)
         if (opts.dest or "/") != "/":
             return checks
@@ -214,7 +234,7 @@ class Pm2Source(TarSource):
         for p in procs:
             statuses.setdefault(p["name"], set()).add(p["status"])
         missing = self._missing_scripts(facts)
-        for name in _apps_of(facts):
+        for name, at_backup in backup_states(facts).items():
             got = statuses.get(name)
             if name in missing:
                 # pm2 shows such an app "online" between failed starts: not a pass.
@@ -222,6 +242,9 @@ class Pm2Source(TarSource):
                 checks.append(Check(self.name, f"app {name}", "warn", detail))
             elif got == {"online"}:
                 checks.append(Check(self.name, f"app {name}", "pass", "online"))
+            elif at_backup == "stopped" and got == {"stopped"}:
+                detail = "stopped, as at backup time (pm2 resurrect keeps it so)"
+                checks.append(Check(self.name, f"app {name}", "pass", detail))
             else:
                 detail = "/".join(sorted(got)) if got else "not running"
                 checks.append(Check(self.name, f"app {name}", "fail", detail))
@@ -265,6 +288,17 @@ class Pm2Source(TarSource):
             self.pm2_argv(home, "jlist"), what=f"{self.label}: pm2 jlist as {user}", user=user
         )
         return process_states(out, self.label)
+
+
+def backup_states(facts: dict[str, Any]) -> dict[str, str]:
+    """App name -> its state at backup time, in dump order: "online" when any instance
+    was (cluster instances share a name), else the first instance's ("stopped", ...)."""
+    states: dict[str, str] = {}
+    for app in facts.get("apps", []):
+        name, state = str(app.get("name")), str(app.get("status") or "online")
+        if name not in states or state == "online":
+            states[name] = state
+    return states
 
 
 def _apps_of(facts: dict[str, Any]) -> list[str]:

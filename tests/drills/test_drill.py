@@ -11,7 +11,9 @@ import datetime as dt
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -20,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.helpers import drkit, load_callmeback, write_policy
+from tests.servers.pm2 import Pm2Home, bin_path_env, pm2_home, write_apps
+from tests.servers.ports import free_port
 from tests.servers.postgres import PgServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
@@ -55,14 +59,26 @@ def cert_pem(name: str, not_after: dt.datetime) -> tuple[bytes, bytes]:
     )  # fmt: skip
 
 
-def vultr_like(base: Path, pg: PgServer, uniq: str, *, cert_days: int) -> dict[str, Path]:
-    """Files of a vultr-like host under ``base``: four apps' .env, app code, Caddy."""
+SERVICES = ("voice-pipeline", "db-proxy", "log-query-service", "deepgram-proxy")  # seed 000
+PM2_APPS = ("voice-pipeline", "db-proxy")  # two of them run under PM2 here: small HTTP apps
+
+
+def vultr_like(
+    base: Path, pg: PgServer, uniq: str, *, cert_days: int, apps: tuple[str, ...] = PM2_APPS
+) -> dict[str, Any]:
+    """Files of a vultr-like host under ``base``: the four services' .env and code (``apps``
+    are real PM2 apps, see ``start_pm2_apps``), Caddy's config and data dir.
+
+    Returns paths ("root", "caddy", "ecosystem") and "ports" (PM2 app -> port).
+    """
     root = base / "root"
-    for app in ("voice-pipeline", "db-proxy", "log-query-service", "deepgram-proxy"):
+    for app in SERVICES:
         (root / app).mkdir(parents=True)
         (root / app / ".env").write_text(f"PORT=3000\nDB_NAME=callmeback_{uniq}\n")
         (root / app / ".env").chmod(0o600)
         (root / app / "server.js").write_text(f"// {app}\n")
+    ports = {app: free_port() for app in apps}
+    ecosystem = write_apps(root, ports)
     caddy = base / "caddy"
     domain = "db.example.invalid"
     certdir = caddy / "data/certificates/acme-v02.api.letsencrypt.org-directory" / domain
@@ -72,22 +88,44 @@ def vultr_like(base: Path, pg: PgServer, uniq: str, *, cert_days: int) -> dict[s
     (certdir / f"{domain}.key").write_bytes(key)
     (caddy / "etc").mkdir()
     (caddy / "etc/Caddyfile").write_text(f"{domain} {{\n\treverse_proxy 127.0.0.1:3000\n}}\n")
-    return {"root": root, "caddy": caddy}
+    return {"root": root, "caddy": caddy, "ecosystem": ecosystem, "ports": ports}
 
 
-def make_policy(tmp: Path, pg: PgServer, db: str, keys, paths, *, globals_: bool = True) -> Path:
+@contextmanager
+def start_pm2_apps(
+    base: Path, paths: dict[str, Any], stopped: tuple[str, ...] = ()
+) -> Iterator[Pm2Home]:
+    """A PM2 daemon (PM2_HOME under ``base``, as root) running the host's apps, online but
+    ``stopped`` (``pm2 stop``, as seed 000 does); the daemon is stopped by PID afterwards."""
+    with pm2_home(base) as pm2:
+        pm2.run("start", str(paths["ecosystem"]))
+        pm2.wait_online(set(paths["ports"]))
+        for name in stopped:
+            pm2.run("stop", name)
+        yield pm2
+
+
+def make_policy(
+    tmp: Path, pg: PgServer, db: str, keys: Any, paths: dict[str, Any], *,
+    globals_: bool = True, pm2: Pm2Home | None = None,
+) -> Path:  # fmt: skip
+    sources: list[dict[str, Any]] = [
+        {"kind": "postgres", "name": "callmeback", "database": db, "host": "127.0.0.1",
+         "port": pg.port, "user": "postgres", "globals": globals_},
+        {"kind": "env", "name": "env", "paths": [f"{paths['root']}/*/.env"]},
+        {"kind": "files", "name": "apps", "paths": [str(paths["root"])], "exclude": [".env"]},
+        {"kind": "caddy", "name": "caddy", "config_paths": [str(paths["caddy"] / "etc")],
+         "data_dir": str(paths["caddy"] / "data")},
+    ]  # fmt: skip
+    if pm2 is not None:
+        eco = [str(paths["ecosystem"])]
+        sources.append(
+            {"kind": "pm2", "name": "pm2", "user": pm2.user, "pm2_home": str(pm2.home),
+             "ecosystem": eco}
+        )  # fmt: skip
     return write_policy(
-        tmp / "vultr.toml", "vultr", {"url": (tmp / "repo").as_uri()}, [keys.recipient],
-        [
-            {"kind": "postgres", "name": "callmeback", "database": db, "host": "127.0.0.1",
-             "port": pg.port, "user": "postgres", "globals": globals_},
-            {"kind": "env", "name": "env", "paths": [f"{paths['root']}/*/.env"]},
-            {"kind": "files", "name": "apps", "paths": [str(paths["root"])],
-             "exclude": [".env"]},
-            {"kind": "caddy", "name": "caddy", "config_paths": [str(paths["caddy"] / "etc")],
-             "data_dir": str(paths["caddy"] / "data")},
-        ],
-    )  # fmt: skip
+        tmp / "vultr.toml", "vultr", {"url": (tmp / "repo").as_uri()}, [keys.recipient], sources
+    )
 
 
 def write_spec(directory: Path, root: Path, extra: str = "") -> Path:
@@ -118,10 +156,16 @@ def test_vultr_drill_passes_then_fails_for_the_right_reasons(
 ) -> None:
     db = f"callmeback_{uniq}"
     load_callmeback(pg, db, f"cmb_user_{uniq}", "pw")
-    paths = vultr_like(tmp_path, pg, uniq, cert_days=60)
-    policy = make_policy(tmp_path, pg, db, keys, paths)
-    drkit("backup", "--policy", str(policy), check=True)
-    specs = write_spec(tmp_path / "drills", paths["root"])
+    # Two PM2 apps online, and one an operator had stopped (`pm2 stop log-query-service`).
+    paths = vultr_like(tmp_path, pg, uniq, cert_days=60, apps=(*PM2_APPS, "log-query-service"))
+    with start_pm2_apps(tmp_path, paths, stopped=("log-query-service",)) as pm2:
+        policy = make_policy(tmp_path, pg, db, keys, paths, pm2=pm2)
+        # The policy says `pm2`: the test's pm2 comes from npm, so it is put on PATH.
+        drkit("backup", "--policy", str(policy), env=bin_path_env(), check=True)
+    # The apps answer inside the drill container, with PORT and APP_NAME from PM2's dump.
+    port = paths["ports"]["db-proxy"]
+    health = f'[[http]]\nname = "db-proxy answers"\nurl = "http://127.0.0.1:{port}/health"\n'
+    specs = write_spec(tmp_path / "drills", paths["root"], health + 'contains = "db-proxy ok"\n')
     res = drkit("drill", "--policy", str(policy), "--drills-dir", str(specs),
                 "--identity", str(keys.identity_file), "--report", str(tmp_path / "report"),
                 "--junit", str(tmp_path / "junit.xml"), "--json")  # fmt: skip
@@ -134,6 +178,11 @@ def test_vultr_drill_passes_then_fails_for_the_right_reasons(
     assert names[("drill", f"env {paths['root']}/db-proxy/.env")] == "pass"
     assert any(n.startswith("certificate db.example.invalid") and s == "pass"
                for (_, n), s in names.items())  # fmt: skip
+    # PM2 apps online: the pm2 source's checks, and an app answering over HTTP.
+    assert names[("pm2", "app voice-pipeline")] == "pass"
+    assert names[("pm2", "app db-proxy")] == "pass"
+    assert names[("pm2", "app log-query-service")] == "pass"  # stopped, as at backup time
+    assert names[("drill", "db-proxy answers")] == "pass"
     assert report["rto_seconds"] > 0 and report["rpo_seconds"] >= 0
     md = (tmp_path / "report" / "drill-summary.md").read_text()
     assert "RTO" in md and "RPO" in md and "| vultr | **PASS**" in md
@@ -149,7 +198,7 @@ def test_vultr_drill_passes_then_fails_for_the_right_reasons(
     assert res.returncode == 4, res.output
     [report] = json.loads(res.stdout)["drills"]
     failed = [c for c in report["checks"] if c["status"] == "fail"]
-    assert [c["name"] for c in failed] == [f"env {paths['root']}/billing/.env"]
+    assert [c["name"] for c in failed] == [f"env {paths['root']}/billing/.env"], report
 
 
 def test_drill_fails_on_flipped_byte_missing_globals_and_expired_cert(
