@@ -137,6 +137,12 @@ class Progress:
         tmp.write_text(json.dumps({"done": self.done}))
         tmp.replace(self.path)
 
+    def finish(self) -> None:
+        """Every step is applied: forget the progress, so that a later ``--resume`` of the
+        same snapshot and target is a new restore rather than a no-op."""
+        self.done = []
+        self.path.unlink(missing_ok=True)
+
 
 class Executor:
     """Plans, applies and checks a restore of one snapshot onto one target."""
@@ -208,6 +214,7 @@ class Executor:
                 result.steps.append(f"{rec.name}: {action}")
                 log(f"{self.manifest.host}: {rec.name}: {action}")
             self.progress.mark(rec.name)
+        self.progress.finish()
         if check:
             result.checks = self.check()
         result.seconds = time.monotonic() - t0

@@ -132,6 +132,10 @@ def test_killed_restore_resumes_without_redoing_steps(pg: PgServer, host, keys, 
     assert out["verdict"] == "pass"
     assert table_checksums(pg, str(host["db"])) == before
     assert (Path(str(host["root"])) / "db-proxy" / ".env").exists()
+    # Complete now: the progress is forgotten, so a later --resume is a new restore
+    # (refused here, the data being live), never a silent no-op.
+    again = drkit("restore", "--yes", "--resume", "--policy", policy, *ident(keys), "--json")
+    assert again.returncode != 0 and "--force" in again.output, again.output
 
 
 def test_at_picks_the_right_snapshot(pg: PgServer, host, keys, tmp_path: Path) -> None:
