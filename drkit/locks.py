@@ -186,7 +186,7 @@ class HostLock:
                     )
                     return
                 self.info = replace(self.info, heartbeat=_utcnow())
-                self.repo.store.put_bytes(self.key, self.info.to_json())
+                self.repo.store.put_bytes(self.key, self.info.to_json(), retain=False)
             except DrkitError as exc:  # transient: retried at the next beat
                 self._log(f"warning: host {self.info.host}: could not refresh lock: {exc}")
 
@@ -347,7 +347,7 @@ def host_lock(
                 token=secrets.token_hex(8),
                 pidns=_pid_namespace(),
             )
-            repo.store.put_bytes(key, mine.to_json())
+            repo.store.put_bytes(key, mine.to_json(), retain=False)
             time.sleep(confirm_delay)
             try:
                 confirmed = _read(repo, key)

@@ -112,12 +112,20 @@ class _ObjectLockGuard(Store):
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def put(self, key: str, stream: BinaryIO) -> int:
+    def _require(self, key: str) -> None:
         if not _object_lock_enabled(self.inner, self._config):
             # Keys are "<host>/...": name the host whose run is refused.
             host = key.split("/", 1)[0] if "/" in key else None
             raise RepositoryError(object_lock_missing(self.url, self._config, host))
+
+    def put(self, key: str, stream: BinaryIO) -> int:
+        self._require(key)
         return self.inner.put(key, stream)
+
+    def put_without_retention(self, key: str, stream: BinaryIO) -> int:
+        # Checked too: a run on a bucket without Object Lock must not even take its lock.
+        self._require(key)
+        return self.inner.put_without_retention(key, stream)
 
     def get(self, key: str) -> BinaryIO:
         return self.inner.get(key)

@@ -1,26 +1,52 @@
 """The artifact codec ``zstd+age/v1``: plain -> sha256 -> zstd -> age -> sha256 -> sink.
 
-Encoding runs compression and encryption in a worker thread while the
-caller's thread feeds the store; decoding mirrors it. Both keep the original
-exception when a stage fails, so a source error reaches the user unwrapped.
+The format is one zstd stream (one frame) encrypted as one age file. Decoding
+reads across zstd frames, so a stream of several frames decodes too.
+
+Each stage runs in a thread of its own, joined by bounded ThreadPipes, so on
+two CPUs compression (zstandard releases the GIL) overlaps encryption and
+the upload instead of taking turns with them:
+
+- encode: ``drkit-compress`` reads and hashes the plain stream in
+  ``BLOCK``-sized pieces and compresses them; ``drkit-encrypt`` runs age over
+  the compressed stream; the caller's thread feeds the store (``sink``).
+- decode: ``drkit-decrypt`` authenticates and decrypts; ``drkit-decompress``
+  decompresses and hashes; the caller's thread runs ``consume``.
+
+Both keep the original exception when a stage fails, so a source error
+reaches the user unwrapped, and a consumer never sees a clean EOF for data
+whose digests do not match.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import pyrage
 import zstandard
 
 from drkit.errors import CryptoError, IntegrityError
 from drkit.pipeline.age import Identity, Recipient
+from drkit.pipeline.memory import fix_mmap_threshold
 from drkit.pipeline.streams import CHUNK, HashingReader, PipeClosed, ThreadPipe
 
 FORMAT = "zstd+age/v1"
+
+# Plain bytes per zstd call: big enough that per-call overhead (Python, the
+# GIL hand-over, the pipe) is noise; small enough to keep memory flat.
+BLOCK = 1 << 20
+# Decoded bytes per piece handed to the consumer (which reads CHUNK at a time).
+_DECODE_BLOCK = CHUNK
+# pyrage reads its input 8 KiB at a time, each read a Python call: a C
+# buffer in front of it turns that into one pipe read per _PYRAGE_BUFFER.
+_PYRAGE_BUFFER = 1 << 20
+# Chunks in flight between two stages (compressed chunks are ~BLOCK/4).
+_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -29,6 +55,25 @@ class Digests:
     plain_sha256: str
     stored_size: int
     stored_sha256: str
+
+
+class _Stage:
+    """A daemon thread running one stage; remembers the exception it ended with."""
+
+    def __init__(self, name: str, target: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self._target = target
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        except BaseException as exc:  # reported by the stage's pipe; kept for precedence
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 def encode(
@@ -41,69 +86,62 @@ def encode(
 ) -> Digests:
     """Compress and encrypt ``plain`` into ``sink`` (which reads a stream to its end).
 
-    Raises whatever ``plain.read`` raised (e.g. SourceError) or what ``sink``
+    ``threads`` > 0 gives zstd worker threads of its own (more memory).
+    Returns the sizes and sha256 of the plain and the stored bytes. Raises
+    whatever ``plain.read`` raised (e.g. SourceError) or what ``sink``
     raised; in both cases the sink saw an exception instead of EOF.
     """
+    fix_mmap_threshold()
     plain_h = HashingReader(plain)
-    cctx = zstandard.ZstdCompressor(level=level, threads=threads)
-    compressed = io.BufferedReader(
-        cctx.stream_reader(cast(BinaryIO, plain_h), read_size=CHUNK, closefd=False),
-        buffer_size=CHUNK,
-    )
-    pipe = ThreadPipe()
+    compressed = ThreadPipe(max_chunks=_DEPTH)
+    encrypted = ThreadPipe(max_chunks=_DEPTH)
+    first_error: list[BaseException] = []  # the compressor's, set before it fails the pipe
 
-    def work() -> None:
+    def compress() -> None:
+        cobj = zstandard.ZstdCompressor(level=level, threads=threads).compressobj()
         try:
-            out = pipe.writer()
-            pyrage.encrypt_io(compressed, out, recipients)
-            out.flush()
-            pipe.close()
+            while block := plain_h.read(BLOCK):
+                out = cobj.compress(block)
+                if out:
+                    compressed.write(out)
+            compressed.write(cobj.flush())
+            compressed.close()
+        except PipeClosed:
+            pass  # a later stage failed; its error is the one raised
         except BaseException as exc:
-            pipe.fail(plain_h.error or exc)
+            first_error.append(plain_h.error or exc)
+            compressed.fail(first_error[0])
+            raise
 
-    worker = threading.Thread(target=work, name="drkit-encode", daemon=True)
-    worker.start()
-    stored_h = HashingReader(pipe.reader())
+    def encrypt() -> None:
+        source = io.BufferedReader(cast(Any, compressed.reader()), buffer_size=_PYRAGE_BUFFER)
+        try:
+            out = encrypted.writer()
+            pyrage.encrypt_io(source, out, recipients)
+            out.flush()
+            encrypted.close()
+        except BaseException as exc:
+            compressed.abort()  # stop the compressor if it is still running
+            # pyrage wraps a reader's exception: report the stage's original one.
+            encrypted.fail(first_error[0] if first_error else exc)
+            raise
+
+    compress_stage = _Stage("drkit-compress", compress)
+    encrypt_stage = _Stage("drkit-encrypt", encrypt)
+    stored_h = HashingReader(encrypted.reader())
     try:
         sink(cast(BinaryIO, stored_h))
+        if not stored_h.eof:
+            raise IntegrityError("store returned before reading the whole artifact")
     except BaseException:
-        pipe.abort()
-        worker.join()
+        encrypted.abort()
+        compressed.abort()
+        encrypt_stage.join()
+        compress_stage.join()
         raise
-    worker.join()
-    if not stored_h.eof:
-        raise IntegrityError("store returned before reading the whole artifact")
+    encrypt_stage.join()
+    compress_stage.join()
     return Digests(plain_h.size, plain_h.hexdigest(), stored_h.size, stored_h.hexdigest())
-
-
-class _VerifyingReader(io.RawIOBase):
-    """Plain bytes out; at EOF checks size and sha256 before reporting EOF."""
-
-    def __init__(self, raw: BinaryIO, expected: Digests | None, label: str) -> None:
-        super().__init__()
-        self._h = HashingReader(raw)
-        self._expected = expected
-        self._label = label
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        data = self._h.read(n)
-        if not data and n != 0 and self._expected is not None:
-            exp = self._expected
-            if self._h.size != exp.plain_size or self._h.hexdigest() != exp.plain_sha256:
-                raise IntegrityError(f"{self._label}: content digest does not match the manifest")
-        return data
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    @property
-    def hashed(self) -> HashingReader:
-        return self._h
 
 
 def decode(
@@ -116,53 +154,80 @@ def decode(
 ) -> Digests:
     """Decrypt and decompress ``stored`` into ``consume`` (which must read to EOF).
 
-    Raises CryptoError when no identity matches, IntegrityError when the data
-    fails authentication or its digests differ from ``expected``.
+    ``consume`` reads plain bytes; if they do not match ``expected``, its
+    last read raises IntegrityError instead of returning EOF. Returns the
+    digests seen. Raises CryptoError when no identity matches, IntegrityError
+    when the data fails authentication or its digests differ from ``expected``.
     """
+    fix_mmap_threshold()
     stored_h = HashingReader(stored)
-    pipe = ThreadPipe()
+    decrypted = ThreadPipe(max_chunks=_DEPTH)
+    plain = ThreadPipe(max_chunks=_DEPTH)
+    plain_sha = hashlib.sha256()
+    plain_size = 0
 
-    def work() -> None:
+    def decrypt() -> None:
+        # pyrage reads 8 KiB at a time: serve those reads from a C buffer.
+        source = io.BufferedReader(cast(Any, stored_h), buffer_size=_PYRAGE_BUFFER)
         try:
-            out = pipe.writer()
-            pyrage.decrypt_io(stored_h, out, identities)
+            out = decrypted.writer()
+            pyrage.decrypt_io(source, out, identities)
             out.flush()
-            pipe.close()
+            decrypted.close()
         except PipeClosed:
             pass  # the consumer failed and aborted; its error is the one raised
-        except Exception as exc:
-            pipe.fail(stored_h.error or _decrypt_error(exc, label))
+        except BaseException as exc:
+            decrypted.fail(stored_h.error or _decrypt_error(exc, label))
+            raise
 
-    worker = threading.Thread(target=work, name="drkit-decode", daemon=True)
-    worker.start()
-    dctx = zstandard.ZstdDecompressor()
-    plain = _VerifyingReader(
-        dctx.stream_reader(pipe.reader(), read_size=CHUNK, read_across_frames=True),
-        expected,
-        label,
-    )
-    try:
+    def decompress() -> None:
+        nonlocal plain_size
+        dctx = zstandard.ZstdDecompressor()
+        reader = dctx.stream_reader(decrypted.reader(), read_size=CHUNK, read_across_frames=True)
         try:
-            consume(plain)  # type: ignore[arg-type]
-            # A consumer that stopped early must not pass for a full read.
-            while plain.read(CHUNK):
-                pass
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"{label}: compressed data is corrupt ({exc})") from None
+            try:
+                while block := reader.read(_DECODE_BLOCK):
+                    plain_sha.update(block)
+                    plain_size += len(block)
+                    plain.write(block)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"{label}: compressed data is corrupt ({exc})") from None
+            if expected is not None and (
+                plain_size != expected.plain_size or plain_sha.hexdigest() != expected.plain_sha256
+            ):
+                raise IntegrityError(f"{label}: content digest does not match the manifest")
+            plain.close()
+        except PipeClosed:
+            pass
+        except BaseException as exc:
+            decrypted.abort()  # stop the decrypter if it is still running
+            plain.fail(exc)
+            raise
+
+    decrypt_stage = _Stage("drkit-decrypt", decrypt)
+    decompress_stage = _Stage("drkit-decompress", decompress)
+    reader = plain.reader()
+    try:
+        consume(reader)
+        # A consumer that stopped early must not pass for a full read.
+        while reader.read(CHUNK):
+            pass
     except BaseException:
-        pipe.abort()
-        worker.join()
+        plain.abort()
+        decrypted.abort()
+        decompress_stage.join()
+        decrypt_stage.join()
         raise
-    worker.join()
+    decompress_stage.join()
+    decrypt_stage.join()
     if expected is not None and (
         stored_h.size != expected.stored_size or stored_h.hexdigest() != expected.stored_sha256
     ):
         raise IntegrityError(f"{label}: stored digest does not match the manifest")
-    h = plain.hashed
-    return Digests(h.size, h.hexdigest(), stored_h.size, stored_h.hexdigest())
+    return Digests(plain_size, plain_sha.hexdigest(), stored_h.size, stored_h.hexdigest())
 
 
-def _decrypt_error(exc: Exception, label: str) -> Exception:
+def _decrypt_error(exc: BaseException, label: str) -> BaseException:
     text = str(exc).lower()
     if "no matching keys" in text or "no identity matched" in text:
         return CryptoError(f"{label}: the identity does not match any recipient of this backup")

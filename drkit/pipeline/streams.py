@@ -67,9 +67,10 @@ _EOF = object()
 class ThreadPipe:
     """A bounded in-memory pipe: one writer thread, one reader thread.
 
-    The writer calls ``write``/``close``/``fail``; the reader calls ``read``
-    and ``abort`` (which makes the writer's next ``write`` raise PipeClosed).
-    At most ``max_chunks`` chunks are in flight.
+    The writer calls ``write``/``close``/``fail``; the reader calls ``read``.
+    ``abort`` (from either side, or a third thread) makes the writer's next
+    ``write`` and a blocked ``read`` raise PipeClosed. At most ``max_chunks``
+    chunks are in flight.
     """
 
     def __init__(self, max_chunks: int = 4) -> None:
@@ -114,7 +115,7 @@ class ThreadPipe:
         while not self._buf:
             if self._done:
                 return b""
-            item = self._q.get()
+            item = self._get()
             if item is _EOF:
                 self._done = True
                 return b""
@@ -126,7 +127,19 @@ class ThreadPipe:
         self._buf = self._buf[n:]
         return out
 
+    def _get(self) -> object:
+        # A reader that is itself a middle stage (a thread between two pipes)
+        # must not wait forever once the consumer downstream has aborted.
+        while True:
+            if self._aborted.is_set():
+                raise PipeClosed("pipe was aborted")
+            try:
+                return self._q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+
     def abort(self) -> None:
+        """Either side gives up: pending and later writes and reads raise PipeClosed."""
         self._aborted.set()
         # Unblock a writer waiting on a full queue.
         while True:

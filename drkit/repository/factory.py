@@ -24,7 +24,7 @@ class StoreOptions:
     path_style: bool = True
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
-    part_size: int = 8 << 20
+    part_size: int = 5 << 20  # S3 minimum: 3 parts in memory at concurrency 2
     concurrency: int = 2
     object_lock_days: int = 0
     object_lock_mode: str = "GOVERNANCE"  # or COMPLIANCE (nobody can shorten it)

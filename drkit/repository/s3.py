@@ -1,12 +1,15 @@
 """A repository in an S3 bucket (AWS S3, SeaweedFS, MinIO, B2, R2, Wasabi, ...).
 
-Writes use drkit's own multipart upload so memory stays bounded at about
+Requests go through drkit's own small S3 client (s3_client.py, SigV4 in
+s3_sign.py): boto3 costs ~39 MiB of memory for the dozen calls we make.
+
+Writes use our own multipart upload so memory stays bounded at about
 ``part_size * (concurrency + 1)`` whatever the object size. Every part (and
 every single-request object) carries a Content-MD5, so the server refuses
 data corrupted in transit (``BadDigest``). On any exception the multipart
 upload is aborted, so no partial object or orphaned upload is left behind.
 
-Error messages name the store URL, the key and the AWS error code; they never
+Error messages name the store URL, the key and the S3 error code; they never
 contain credentials or an endpoint's ``user:password@``.
 """
 
@@ -16,20 +19,22 @@ import base64
 import builtins
 import contextlib
 import datetime as dt
+import email.utils
 import hashlib
 import io
 import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import unquote
+from xml.sax.saxutils import escape
 
 from drkit.errors import ObjectNotFound, RepositoryError
 from drkit.repository.factory import StoreOptions, safe_url
+from drkit.repository.s3_client import Response, S3Client, S3Error, StreamingBody, text
+from drkit.repository.s3_sign import Credentials, CredentialSource, NoCredentials
 from drkit.repository.store import ObjectInfo, Store
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3.client import S3Client
 
 MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum part count
@@ -37,7 +42,11 @@ DEFAULT_REGION = "us-east-1"
 _READ_BUFFER = 1 << 20
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _NO_BUCKET_CODES = frozenset({"404", "NoSuchBucket", "NotFound"})
+_NO_LOCK_CODES = frozenset(
+    {"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"}
+)
 _USERINFO = re.compile(r"//[^/@\s]*@")
+_FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 T = TypeVar("T")
 
@@ -57,57 +66,42 @@ class S3Store(Store):
         self._endpoint = safe_url(options.endpoint) if options.endpoint else None
         self._part_size = max(int(options.part_size), MIN_PART_SIZE)
         self._concurrency = max(int(options.concurrency), 1)
-        self.max_attempts = 5  # per request (botocore "standard" retries); before first use
+        self.max_attempts = 5  # per request (as botocore "standard" retries); before first use
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
+        self._lock_enabled: bool | None = None
+        self.list_page_size = 1000  # keys per listing request (S3's maximum)
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r}, endpoint={self._endpoint!r})"
 
     # -- plumbing ----------------------------------------------------------
 
     @property
     def client(self) -> S3Client:
-        """The boto3 client, created on first use (boto3 is imported lazily)."""
+        """drkit's S3 client, created on first use."""
         with self._client_lock:
             if self._client is None:
                 self._client = self._make_client()
             return self._client
 
     def _make_client(self) -> S3Client:
-        import boto3.session
-        from botocore.config import Config
-
         opts = self.options
-        settings: dict[str, Any] = {
-            "retries": {"mode": "standard", "max_attempts": self.max_attempts},
-            "connect_timeout": 10,
-            "read_timeout": 120,
-            "max_pool_connections": self._concurrency + 4,
-            "s3": {"addressing_style": "path" if opts.path_style else "auto"},
-            # We send Content-MD5 ourselves; the newer default trailing CRC
-            # checksums are refused by several S3-compatible services.
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-        }
-        try:
-            config = Config(**settings)
-        except TypeError:  # botocore < 1.36 has no checksum settings
-            del settings["request_checksum_calculation"]
-            del settings["response_checksum_validation"]
-            config = Config(**settings)
-        kwargs: dict[str, Any] = {
-            "region_name": opts.region or DEFAULT_REGION,
-            "endpoint_url": self._endpoint,
-            "config": config,
-        }
+        explicit = None
         if opts.access_key_id and opts.secret_access_key:
-            kwargs["aws_access_key_id"] = opts.access_key_id
-            kwargs["aws_secret_access_key"] = opts.secret_access_key
+            explicit = Credentials(opts.access_key_id, opts.secret_access_key)
         try:
-            # A private session: boto3's default session is not thread-safe.
-            return boto3.session.Session().client("s3", **kwargs)
-        except Exception as exc:
+            return S3Client(
+                self._endpoint,
+                opts.region or DEFAULT_REGION,
+                CredentialSource(explicit),
+                path_style=opts.path_style,
+                max_attempts=self.max_attempts,
+                pool_size=self._concurrency + 2,
+            )
+        except ValueError as exc:
             raise RepositoryError(
-                f"{self.url}: cannot configure S3 client ({type(exc).__name__}: "
-                f"{self._scrub(str(exc))})"
+                f"{self.url}: cannot configure S3 client ({self._scrub(str(exc))})"
             ) from None
 
     def close(self) -> None:
@@ -133,95 +127,92 @@ class S3Store(Store):
         return _USERINFO.sub("//", text)
 
     def _error(self, action: str, key: str | None, exc: BaseException) -> RepositoryError:
-        """A RepositoryError naming url, key and the AWS error code (no secrets)."""
-        from botocore.exceptions import ClientError
-
+        """A RepositoryError naming url, key and the S3 error code (no secrets)."""
         where = f"{self.url}/{key}" if key else self.url
-        if isinstance(exc, ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code") or "Unknown")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = self._scrub(str(err.get("Message") or "")).strip()
-            detail = f"{code} (HTTP {status})" if status else code
-            if message and message != code:
-                detail += f": {message}"
-            cls = ObjectNotFound if code in _NOT_FOUND_CODES else RepositoryError
-            return cls(f"{where}: {action} failed: {detail}")
+        if isinstance(exc, S3Error):
+            cls = ObjectNotFound if exc.code in _NOT_FOUND_CODES else RepositoryError
+            return cls(f"{where}: {action} failed: {self._scrub(str(exc))}")
         return RepositoryError(
             f"{where}: {action} failed: {type(exc).__name__}: {self._scrub(str(exc))}"
         )
 
-    def _call(self, action: str, key: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
-        """Run one boto3 call; every botocore error becomes a RepositoryError."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _call(self, action: str, key: str | None, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run one client call; every S3, network or credential error becomes a RepositoryError."""
         try:
-            return fn(**kwargs)
-        except (BotoCoreError, ClientError) as exc:
+            return fn(*args, **kw)
+        except (S3Error, NoCredentials, OSError, ValueError) as exc:
             raise self._error(action, key, exc) from None
+        except Exception as exc:  # http.client.HTTPException and the like
+            if type(exc).__module__ in ("http.client", "ssl", "socket"):
+                raise self._error(action, key, exc) from None
+            raise
 
-    def _lock_args(self) -> dict[str, Any]:
+    def _request(self, action: str, key: str | None, method: str, **kw: Any) -> Response:
+        full = self._full(key) if key is not None else None
+        result: Response = self._call(
+            action, key, self.client.request, method, self.bucket, full, **kw
+        )
+        return result
+
+    def _lock_headers(self, retain: bool) -> dict[str, str]:
         days = self.options.object_lock_days
-        if days <= 0:
+        if days <= 0 or not retain:
             return {}
         until = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
         mode = self.options.object_lock_mode.upper()
         if mode not in ("GOVERNANCE", "COMPLIANCE"):
             raise RepositoryError(f"{self.url}: unknown Object Lock mode {mode!r}")
-        return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": until}
+        return {
+            "x-amz-object-lock-mode": mode,
+            "x-amz-object-lock-retain-until-date": until.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        }
 
     # -- Store -------------------------------------------------------------
 
-    def put(self, key: str, stream: BinaryIO) -> int:
-        full = self._full(key)
+    def put_without_retention(self, key: str, stream: BinaryIO) -> int:
+        return self.put(key, stream, retain=False)
+
+    def put(self, key: str, stream: BinaryIO, *, retain: bool = True) -> int:
+        """See Store.put; ``retain=False`` writes without Object Lock retention (lock objects)."""
+        self._full(key)
         first = _read_full(stream, self._part_size)
         if len(first) < self._part_size:
-            self._call(
-                "put",
-                key,
-                self.client.put_object,
-                Bucket=self.bucket,
-                Key=full,
-                Body=first,
-                ContentLength=len(first),
-                ContentMD5=_md5_b64(first),
-                **self._lock_args(),
-            )
+            self._request(
+                "put", key, "PUT", body=first,
+                headers={"content-md5": _md5_b64(first), **self._lock_headers(retain)},
+            )  # fmt: skip
             return len(first)
         head = [first]
         del first  # ``head`` owns the first part now; _upload_parts lets go of it
-        return self._put_multipart(key, full, head, stream)
+        return self._put_multipart(key, self._full(key), head, stream, retain)
 
-    def _put_multipart(self, key: str, full: str, head: list[bytes], stream: BinaryIO) -> int:
-        created = self._call(
-            "start upload of",
-            key,
-            self.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=full,
-            **self._lock_args(),
-        )
-        upload_id = created["UploadId"]
+    def _put_multipart(
+        self, key: str, full: str, head: list[bytes | bytearray], stream: BinaryIO, retain: bool
+    ) -> int:
+        created = self._request(
+            "start upload of", key, "POST", params=[("uploads", "")],
+            headers=self._lock_headers(retain),
+        )  # fmt: skip
+        upload_id = text(created.xml(), "UploadId")
+        if not upload_id:
+            raise RepositoryError(f"{self.url}/{key}: start upload of failed: no UploadId")
         try:
             total, parts = self._upload_parts(key, full, upload_id, head, stream)
-            self._call(
-                "complete upload of",
-                key,
-                self.client.complete_multipart_upload,
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(parts.items())]
-                },
+            doc = "".join(
+                f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
+                for n, etag in sorted(parts.items())
             )
+            self._request(
+                "complete upload of", key, "POST", params=[("uploadId", upload_id)],
+                body=f"<CompleteMultipartUpload>{doc}</CompleteMultipartUpload>".encode(),
+            )  # fmt: skip
         except BaseException as exc:
             self._abort_after_failure(key, full, upload_id, exc)
             raise
         return total
 
     def _upload_parts(
-        self, key: str, full: str, upload_id: str, head: list[bytes], stream: BinaryIO
+        self, key: str, full: str, upload_id: str, head: list[bytes | bytearray], stream: BinaryIO
     ) -> tuple[int, dict[int, str]]:
         """Upload the part in ``head`` and the rest of ``stream``, ``concurrency`` at a time.
 
@@ -270,21 +261,17 @@ class S3Store(Store):
         return total, parts
 
     def _upload_part(
-        self, key: str, full: str, upload_id: str, number: int, data: bytes
+        self, key: str, full: str, upload_id: str, number: int, data: bytes | bytearray
     ) -> tuple[int, str]:
-        result = self._call(
-            f"upload part {number} of",
-            key,
-            self.client.upload_part,
-            Bucket=self.bucket,
-            Key=full,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=data,
-            ContentLength=len(data),
-            ContentMD5=_md5_b64(data),
-        )
-        return number, result["ETag"]
+        result = self._request(
+            f"upload part {number} of", key, "PUT",
+            params=[("partNumber", str(number)), ("uploadId", upload_id)],
+            body=data, headers={"content-md5": _md5_b64(data)},
+        )  # fmt: skip
+        etag = result.headers.get("etag")
+        if not etag:
+            raise RepositoryError(f"{self.url}/{key}: upload part {number} failed: no ETag")
+        return number, etag
 
     def _abort_after_failure(
         self, key: str, full: str, upload_id: str, cause: BaseException
@@ -295,93 +282,91 @@ class S3Store(Store):
             cause.add_note(f"also: could not abort the multipart upload: {exc}")
 
     def _abort(self, key: str, full: str, upload_id: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code"))
-            if code not in _NOT_FOUND_CODES and code != "NoSuchUpload":
-                raise self._error("abort upload of", key, exc) from None
-        except BotoCoreError as exc:
-            raise self._error("abort upload of", key, exc) from None
+            self._request("abort upload of", key, "DELETE", params=[("uploadId", upload_id)])
+        except ObjectNotFound:
+            pass
+        except RepositoryError as exc:
+            if "NoSuchUpload" not in str(exc):
+                raise
 
     def get(self, key: str) -> BinaryIO:
-        full = self._full(key)
         try:
-            response = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=full)
+            body = self._request("read", key, "GET", stream=True)
         except ObjectNotFound:
             raise ObjectNotFound(f"{self.url}: no object {key}") from None
-        raw = _BodyReader(response["Body"], self, key)
+        raw = _BodyReader(body, self, key)  # type: ignore[arg-type]
         return io.BufferedReader(raw, buffer_size=_READ_BUFFER)
 
     def stat(self, key: str) -> ObjectInfo | None:
-        full = self._full(key)
         try:
-            head = self._call("stat", key, self.client.head_object, Bucket=self.bucket, Key=full)
+            head = self._request("stat", key, "HEAD")
         except ObjectNotFound:
             return None
-        return ObjectInfo(key, int(head["ContentLength"]), head["LastModified"])
+        return ObjectInfo(key, int(head.headers.get("content-length", 0)), _http_date(head))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Sorted here: some S3-compatible servers (SeaweedFS) list in directory
         # walk order, not in the byte order AWS S3 guarantees.
         found: list[ObjectInfo] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._base + prefix)
-        for page in self._pages("list", prefix or None, pages):
-            for obj in page.get("Contents", []):
-                full = obj["Key"]
+        token = ""
+        while True:
+            params = [
+                ("list-type", "2"),
+                ("prefix", self._base + prefix),
+                ("encoding-type", "url"),
+                ("max-keys", str(self.list_page_size)),
+            ]
+            if token:
+                params.append(("continuation-token", token))
+            page = self._bucket_request("list", prefix or None, "GET", params=params).xml()
+            for obj in page.findall("Contents"):
+                full = unquote(text(obj, "Key"))
                 if not full.startswith(self._base) or full.endswith("/"):
                     continue
-                found.append(ObjectInfo(full[len(self._base) :], obj["Size"], obj["LastModified"]))
+                modified = _iso_date(text(obj, "LastModified"))
+                found.append(ObjectInfo(full[len(self._base) :], int(text(obj, "Size")), modified))
+            token = text(page, "NextContinuationToken")
+            if text(page, "IsTruncated") != "true" or not token:
+                break
         found.sort(key=lambda o: o.key)
         yield from found
 
-    def _pages(self, action: str, key: str | None, pages: Any) -> Iterator[Any]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        iterator = iter(pages)
-        while True:
-            try:
-                page = next(iterator)
-            except StopIteration:
-                return
-            except (BotoCoreError, ClientError) as exc:
-                raise self._error(action, key, exc) from None
-            yield page
+    def _bucket_request(self, action: str, key: str | None, method: str, **kw: Any) -> Response:
+        result: Response = self._call(action, key, self.client.request, method, self.bucket, **kw)
+        return result
 
     def delete(self, key: str) -> None:
-        full = self._full(key)
         with contextlib.suppress(ObjectNotFound):  # absent key: nothing to do
-            self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=full)
+            self._request("delete", key, "DELETE")
 
     # -- maintenance (init, prune) -------------------------------------------
 
     def ensure_bucket(self) -> bool:
         """Create the bucket if missing (with Object Lock if configured); True if created."""
-        from botocore.exceptions import ClientError
-
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.client.request("HEAD", self.bucket)
             return False
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code"))
-            if code not in _NO_BUCKET_CODES:
+        except S3Error as exc:
+            if exc.code not in _NO_BUCKET_CODES:
                 raise self._error("open bucket", None, exc) from None
         except Exception as exc:
             raise self._error("open bucket", None, exc) from None
-        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        headers: dict[str, str] = {}
+        body = b""
         region = self.options.region or DEFAULT_REGION
         if region != DEFAULT_REGION:
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            body = (
+                '<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                f"<LocationConstraint>{escape(region)}</LocationConstraint>"
+                "</CreateBucketConfiguration>"
+            ).encode()
         if self.options.object_lock_days > 0:
-            kwargs["ObjectLockEnabledForBucket"] = True
+            headers["x-amz-bucket-object-lock-enabled"] = "true"
         try:
-            self.client.create_bucket(**kwargs)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code"))
-            if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            self.client.request("PUT", self.bucket, headers=headers, body=body)
+        except S3Error as exc:
+            if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return False
             raise self._error("create bucket", None, exc) from None
         except Exception as exc:
@@ -390,33 +375,78 @@ class S3Store(Store):
 
     def object_lock_enabled(self) -> bool:
         """True if the bucket has Object Lock enabled (so retention can be set on writes)."""
-        from botocore.exceptions import ClientError
-
         try:
-            conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code"))
-            if code in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"):
+            conf = self.client.request("GET", self.bucket, params=[("object-lock", "")])
+        except S3Error as exc:
+            if exc.code in _NO_LOCK_CODES:
                 return False
             raise self._error("read Object Lock configuration of", None, exc) from None
         except Exception as exc:
             raise self._error("read Object Lock configuration of", None, exc) from None
-        enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
-        return bool(enabled == "Enabled")
+        return text(conf.xml(), "ObjectLockEnabled") == "Enabled"
+
+    def object_retention(self, key: str) -> dt.datetime | None:
+        """When ``key``'s Object Lock retention ends (datetime.max under legal hold), or None.
+
+        Used by prune. Reads the bucket's configuration once: in a bucket
+        without Object Lock nothing is locked and no object is asked.
+        Raises RepositoryError naming the object if the server cannot say.
+        """
+        if self._lock_enabled is None:
+            try:
+                self._lock_enabled = self.object_lock_enabled()
+            except RepositoryError:
+                self._lock_enabled = True  # cannot tell: ask each object rather than assume
+        if not self._lock_enabled:
+            return None
+        head = self._request("read retention of", key, "HEAD")
+        if head.headers.get("x-amz-object-lock-legal-hold", "").upper() == "ON":
+            return _FOREVER
+        until = head.headers.get("x-amz-object-lock-retain-until-date")
+        if not until:
+            # Some servers leave the lock headers out of HEAD: ask for retention itself.
+            try:
+                answer = self._request("read retention of", key, "GET", params=[("retention", "")])
+            except RepositoryError as exc:
+                if any(code in str(exc) for code in _NO_LOCK_CODES):
+                    return None
+                raise
+            until = text(answer.xml(), "RetainUntilDate")
+        return _iso_date(until) if until else None
 
     def list_incomplete_uploads(self, prefix: str = "") -> builtins.list[IncompleteUpload]:
         """Open multipart uploads under this store: (key, upload id, initiated), key order."""
         seen: set[tuple[str, str]] = set()
         found: list[IncompleteUpload] = []
-        paginator = self.client.get_paginator("list_multipart_uploads")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._base + prefix)
-        for page in self._pages("list uploads", prefix or None, pages):
-            for upload in page.get("Uploads", []):
-                full, upload_id = upload["Key"], upload["UploadId"]
-                if not full.startswith(self._base) or (full, upload_id) in seen:
+        key_marker = upload_marker = ""
+        while True:
+            params = [
+                ("uploads", ""),
+                ("prefix", self._base + prefix),
+                ("encoding-type", "url"),
+                ("max-uploads", str(self.list_page_size)),
+            ]
+            if key_marker:
+                params.append(("key-marker", key_marker))
+            if upload_marker:
+                params.append(("upload-id-marker", upload_marker))
+            page = self._bucket_request("list uploads", prefix or None, "GET", params=params)
+            doc = page.xml()
+            new = 0
+            for upload in doc.findall("Upload"):
+                full, upload_id = unquote(text(upload, "Key")), text(upload, "UploadId")
+                if (full, upload_id) in seen:
                     continue
                 seen.add((full, upload_id))
-                found.append((full[len(self._base) :], upload_id, upload["Initiated"]))
+                new += 1
+                if full.startswith(self._base):
+                    initiated = _iso_date(text(upload, "Initiated"))
+                    found.append((full[len(self._base) :], upload_id, initiated))
+            # SeaweedFS pages by upload id and sends no NextKeyMarker: follow what is given.
+            key_marker = unquote(text(doc, "NextKeyMarker"))
+            upload_marker = text(doc, "NextUploadIdMarker")
+            if text(doc, "IsTruncated") != "true" or not new or not (key_marker or upload_marker):
+                break
         found.sort(key=lambda u: (u[0], u[2], u[1]))
         return found
 
@@ -426,9 +456,9 @@ class S3Store(Store):
 
 
 class _BodyReader(io.RawIOBase):
-    """A botocore StreamingBody as a raw binary stream (errors become RepositoryError)."""
+    """A streaming GET body as a raw binary stream (errors become RepositoryError)."""
 
-    def __init__(self, body: Any, store: S3Store, key: str) -> None:
+    def __init__(self, body: StreamingBody, store: S3Store, key: str) -> None:
         self._body = body
         self._store = store
         self._key = key
@@ -437,16 +467,11 @@ class _BodyReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        from botocore.exceptions import BotoCoreError
-
         view = memoryview(buffer).cast("B")
         try:
-            data = self._body.read(len(view))
-        except (BotoCoreError, OSError) as exc:
+            return self._body.readinto(view)
+        except Exception as exc:
             raise self._store._error("read", self._key, exc) from None
-        n = len(data)
-        view[:n] = data
-        return n
 
     def close(self) -> None:
         if not self.closed:
@@ -456,22 +481,44 @@ class _BodyReader(io.RawIOBase):
                 super().close()
 
 
-def _read_full(stream: BinaryIO, size: int) -> bytes:
-    """Up to ``size`` bytes; fewer only at end of stream."""
+def _read_full(stream: BinaryIO, size: int) -> bytes | bytearray:
+    """Up to ``size`` bytes; fewer only at end of stream.
+
+    A stream that returns the whole part at once hands over its buffer; one
+    that returns pieces (a pipe) is assembled in a preallocated buffer, so a
+    part never exists twice (pieces + joined copy) in memory.
+    """
     data = stream.read(size)
     if not data or len(data) == size:
-        return bytes(data or b"")
-    pieces = [data]
+        return data or b""
+    buf = bytearray(size)
     got = len(data)
+    buf[:got] = data
+    del data
     while got < size:
         more = stream.read(size - got)
         if not more:
             break
-        pieces.append(more)
+        buf[got : got + len(more)] = more
         got += len(more)
-    return b"".join(pieces)
+    if got < size:
+        del buf[got:]
+    return buf
 
 
-def _md5_b64(data: bytes) -> str:
+def _md5_b64(data: bytes | bytearray) -> str:
     """Content-MD5 value: integrity check in transit, not a security digest."""
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+def _iso_date(value: str) -> dt.datetime:
+    """S3's ``2026-11-22T04:36:34.000Z`` (XML bodies, lock headers) as an aware datetime."""
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _http_date(head: Response) -> dt.datetime:
+    raw = head.headers.get("last-modified")
+    if not raw:
+        return dt.datetime.now(dt.UTC)
+    return email.utils.parsedate_to_datetime(raw).astimezone(dt.UTC)

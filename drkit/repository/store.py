@@ -58,10 +58,21 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; removing an absent key is not an error."""
 
-    def put_bytes(self, key: str, data: bytes) -> int:
+    def put_without_retention(self, key: str, stream: BinaryIO) -> int:
+        """``put``, skipping the store's write protection (S3 Object Lock retention).
+
+        For objects that are rewritten and deleted soon (the host lock
+        object). The default, for stores without such protection, is ``put``.
+        """
+        return self.put(key, stream)
+
+    def put_bytes(self, key: str, data: bytes, *, retain: bool = True) -> int:
+        """``put`` of an in-memory object; ``retain=False``: ``put_without_retention``."""
         import io
 
-        return self.put(key, io.BytesIO(data))
+        if retain:
+            return self.put(key, io.BytesIO(data))
+        return self.put_without_retention(key, io.BytesIO(data))
 
     def get_bytes(self, key: str) -> bytes:
         with self.get(key) as f:

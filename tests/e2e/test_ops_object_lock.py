@@ -106,6 +106,14 @@ def test_init_creates_the_bucket_with_object_lock_and_backups_are_retained(
     restored = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file),
                      env=env)  # fmt: skip
     assert restored.returncode == 0, restored.output
+    # The host's lock object is rewritten by heartbeats and deleted at the end of the
+    # run: none of its versions may be held by retention (they would pile up, locked).
+    listing = client.list_object_versions(Bucket=bucket, Prefix=f"{PREFIX}/")
+    lock_versions = [v for v in listing.get("Versions", []) if "/locks/" in v["Key"]]
+    assert lock_versions, listing
+    for v in lock_versions:
+        head = client.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+        assert "ObjectLockMode" not in head, v["Key"]
 
 
 def test_a_fleet_run_checks_each_bucket_once_and_refuses_every_host(

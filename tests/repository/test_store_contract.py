@@ -400,3 +400,71 @@ def test_s3_incomplete_uploads(seaweed: SeaweedServer, s3_store: S3Store) -> Non
     s3_store.abort_upload("host/x", ours)
     assert s3_store.list_incomplete_uploads() == []
     s3_store.abort_upload("host/x", ours)  # already gone: not an error
+
+
+def test_s3_lock_objects_can_skip_retention(seaweed: SeaweedServer) -> None:
+    """``retain=False`` (the host lock object) writes without Object Lock, so it can be deleted."""
+    store = make_s3_store(seaweed, object_lock_days=1)
+    client = seaweed.client()
+    store.put_bytes("h/locks/backup.json", b"{}", retain=False)
+    store.put("h/big", io.BytesIO(payload(PART_SIZE + 1, seed=9)), retain=False)
+    for key in ("h/locks/backup.json", "h/big"):
+        head = client.head_object(Bucket=store.bucket, Key=f"repo/sub/{key}")
+        assert "ObjectLockMode" not in head
+        assert store.object_retention(key) is None
+    store.delete("h/locks/backup.json")
+    assert store.stat("h/locks/backup.json") is None
+    store.put_bytes("h/artifact", b"kept")
+    until = store.object_retention("h/artifact")
+    assert until is not None and until > dt.datetime.now(dt.UTC) + dt.timedelta(hours=23)
+    # A bucket without Object Lock: nothing is retained, and objects are not asked one by one.
+    plain = make_s3_store(seaweed)
+    plain.put_bytes("x", b"1")
+    assert plain.object_retention("x") is None
+
+
+def test_local_store_accepts_retain(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "repo")
+    store.put_bytes("h/locks/backup.json", b"{}", retain=False)
+    assert store.get_bytes("h/locks/backup.json") == b"{}"
+
+
+def test_s3_listings_follow_continuation(s3_store: S3Store, seaweed: SeaweedServer) -> None:
+    s3_store.list_page_size = 2
+    names = [f"h/k{i}" for i in range(5)]
+    for name in names:
+        s3_store.put_bytes(name, b"x")
+    assert keys(s3_store) == names
+    client = seaweed.client()
+    ids = [
+        client.create_multipart_upload(Bucket=s3_store.bucket, Key=f"repo/sub/u{i}")["UploadId"]
+        for i in range(3)
+    ]
+    found = s3_store.list_incomplete_uploads()
+    assert sorted(upload for _key, upload, _ in found) == sorted(ids)
+    for key, upload, _ in found:
+        s3_store.abort_upload(key, upload)
+
+
+def test_s3_reprs_and_errors_hold_no_secret(seaweed: SeaweedServer, s3_store: S3Store) -> None:
+    secret = seaweed.secret_key
+    with_userinfo = S3Store(
+        s3_store.bucket, "p", s3_options(seaweed, endpoint=f"http://u:{secret}@127.0.0.1:9")
+    )
+    with_userinfo.max_attempts = 1
+    with pytest.raises(RepositoryError) as err:
+        with_userinfo.put_bytes("k", b"x")
+    for text in (
+        repr(s3_store),
+        repr(s3_store.client),
+        repr(s3_store.options),
+        str(err.value),
+        repr(with_userinfo),
+        repr(with_userinfo.client),
+    ):
+        assert secret not in text, text
+    # A signed request's failure (wrong key id) carries the server's code, not the request.
+    unknown = S3Store(s3_store.bucket, "p", s3_options(seaweed, access_key_id="AKIDUNKNOWN"))
+    with pytest.raises(RepositoryError) as err:
+        unknown.put_bytes("k", b"x")
+    assert secret not in str(err.value) and "Signature=" not in str(err.value)
