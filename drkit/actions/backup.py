@@ -271,10 +271,13 @@ def _record(
 
 
 def _with_context(exc: DrkitError, context: str) -> DrkitError:
-    """Name host and source once; low-level errors that already do are kept as they are."""
-    if str(exc).startswith(context.split(":")[0] + ":") or hasattr(exc, "problems"):
+    """Name host and source once: an error naming both is kept as it is; one naming only
+    the host (a runner's: connection lost, sudo needs a password) gets the source too."""
+    text = str(exc)
+    if hasattr(exc, "problems") or text.startswith((context + ":", context + " (")):
         return exc
-    return type(exc)(f"{context}: {exc}")
+    host = context.split(": ", 1)[0] + ": "
+    return type(exc)(f"{context}: {text.removeprefix(host)}")
 
 
 def _discard(repo: Repository, host: str, snapshot: str, log: Log) -> None:

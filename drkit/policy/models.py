@@ -108,6 +108,12 @@ class PostgresSource(SourceBase):
     flavor: Literal["plain", "supabase"] = Field("plain", description="supabase: its 3-part recipe")
     container: str | None = Field(None, description="run pg_dump inside this Docker container")
     bin_dir: str | None = Field(None, description="directory holding pg_dump and friends")
+    restore_jobs: int | None = Field(
+        None,
+        ge=1,
+        description="pg_restore -j for indexes and constraints when restoring into a fresh "
+        "database; default min(4, target CPUs); 1 = one stream in one transaction",
+    )
 
 
 class FilesSource(SourceBase):
@@ -160,23 +166,38 @@ class CertbotSource(SourceBase):
 
 
 class NatsSource(SourceBase):
-    """(not yet implemented) JetStream streams through the snapshot API."""
+    """JetStream streams (KV and object-store buckets included) through the snapshot API,
+    or a stop-copy-start of the store directory; facts: messages, bytes, first/last
+    sequence per stream."""
 
     kind: Literal["nats"]
-    url: str = "nats://127.0.0.1:4222"
-    streams: list[str] | Literal["all"] = "all"
-    mode: Literal["snapshot", "stop-copy"] = "snapshot"
-    store_dir: str | None = None
-    container: str | None = None
-    credentials: SecretRef | None = None
+    url: str = Field("nats://127.0.0.1:4222", description="server URL as seen from the host")
+    streams: list[str] | Literal["all"] = Field("all", description="stream names, or all")
+    mode: Literal["snapshot", "stop-copy"] = Field(
+        "snapshot", description="snapshot: JetStream API; stop-copy: stop, tar store_dir, start"
+    )
+    store_dir: str | None = Field(None, description="stop-copy: the JetStream store directory")
+    container: str | None = Field(None, description="stop-copy: the nats-server container")
+    credentials: SecretRef | None = Field(None, description="a .creds file reference")
 
 
 class DockerVolumeSource(SourceBase):
-    """(not yet implemented) a named Docker volume's contents."""
+    """A named Docker volume's contents, tarred from its mountpoint on the host (needs root
+    or ``sudo_user = "root"``); facts: each file's size and sha256, a content digest."""
 
     kind: Literal["docker_volume"]
-    volume: str
-    stop_label: str | None = Field(None, description="stop containers with this label meanwhile")
+    volume: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the volume's name (docker volume ls)"
+    )
+    stop_label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=/:-]*$",
+        description="stop running containers with this label (key or key=value) while the "
+        "volume is read or restored; they are always started again",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="tar --exclude patterns, relative to the volume"
+    )
 
 
 class SnapshotSource(SourceBase):

@@ -311,7 +311,7 @@ class PostgresSource(Source):
     def restore_jobs(self, opts: RestoreOptions) -> int | None:
         """pg_restore -j for a fresh database: the restore option, else the policy's, else
         None (then min(4, the target's CPUs))."""
-        for value in (getattr(opts, "pg_jobs", None), getattr(self.config, "restore_jobs", None)):
+        for value in (opts.pg_jobs, self.config.restore_jobs):
             if value:
                 return int(value)
         return None

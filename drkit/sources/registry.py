@@ -12,6 +12,7 @@ from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, So
 from drkit.sources.caddy import CaddySource
 from drkit.sources.certbot import CertbotSource
 from drkit.sources.command import CommandSource
+from drkit.sources.docker_volume import DockerVolumeSource
 from drkit.sources.env import EnvSource
 from drkit.sources.files import FilesSource
 from drkit.sources.nats import NatsSource
@@ -60,6 +61,7 @@ SOURCES: dict[str, type[Source]] = {
     "caddy": CaddySource,
     "certbot": CertbotSource,
     "nats": NatsSource,
+    "docker_volume": DockerVolumeSource,
     "snapshot": ProviderSnapshotStep,
 }
 

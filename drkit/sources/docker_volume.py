@@ -1,0 +1,385 @@
+"""``docker_volume``: a named Docker volume's contents, read from its mountpoint on the host.
+
+Backup: ``docker volume inspect`` gives the volume's ``Mountpoint``
+(``/var/lib/docker/volumes/NAME/_data`` with the ``local`` driver), and the
+host's own GNU tar reads it: ``tar -C MOUNTPOINT -cf - --numeric-owner .``.
+Reading the mountpoint rather than running ``docker run -v NAME:/v IMAGE tar``
+needs no image on the host (drkit can't rely on any image being present, and
+a missing one would be pulled from a registry in the middle of a backup),
+starts no container, and keeps the numeric owners that matter inside the
+containers. It needs root on the host: log in as root or set
+``sudo_user = "root"``. Volumes of other drivers (NFS, plugins) have no host
+mountpoint while unused; they are refused with the driver named.
+
+``stop_label``: running containers carrying that label are stopped while the
+volume is read (a consistent copy of a database's files, say) and always
+started again, also when reading or storing fails.
+
+Facts: the volume's driver and labels, each entry (path, type, mode, uid/gid,
+size and sha256), file count, total bytes, and ``digest``: a sha256 over the
+sorted entry lines, which ``check`` recomputes on the target from a ``find``
+listing and ``sha256sum`` (no second transfer of the data).
+
+Restore: into the volume of the same name (created with the same labels if
+missing, so Docker Compose adopts it); a volume holding files is refused
+unless ``--force``, which empties it first so the result equals the backup.
+``--dest DIR`` extracts into ``DIR/<volume>`` instead and touches no volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+from drkit.errors import RestoreError, SourceError
+from drkit.policy.models import DockerVolumeSource as DockerVolumeConfig
+from drkit.remote.base import exit_text, tail_text
+from drkit.sources.base import (
+    Artifact,
+    Check,
+    Feed,
+    RestoreOptions,
+    RestoreReport,
+    Source,
+    StepPlan,
+    pipe_into,
+)
+from drkit.sources.tarscan import Member, TarScanner
+
+ARTIFACT = "volume.tar"
+
+# One NUL-separated record per entry: "type mode uid gid size", relative path, link target.
+_SHA_MARK = b"#sha256"
+_LIST_SCRIPT = (
+    'cd "$1" && find . -printf "%y %m %U %G %s\\0%P\\0%l\\0" && printf "#sha256\\0" && '
+    "find . -type f -print0 | xargs -0 -r sha256sum --zero --"
+)
+_FIND_TYPES = {"f": "file", "d": "dir", "l": "symlink", "p": "other", "c": "other", "b": "other"}
+
+
+def entry_line(e: dict[str, Any]) -> str:
+    """One entry as the digest sees it: type, path, mode, owner ids, size, sha256, link."""
+    is_file = e["type"] == "file"
+    fields = [
+        e["type"],
+        e["path"],
+        e["mode"],
+        f"{e['uid']}:{e['gid']}",
+        str(e.get("size", 0)) if is_file else "",
+        e.get("sha256", "") if is_file else "",
+        e.get("link", "") if e["type"] == "symlink" else "",
+    ]
+    return "\0".join(fields)
+
+
+def listing_digest(entries: list[dict[str, Any]]) -> str:
+    """sha256 over the sorted entry lines: equal iff the trees are equal (order-free)."""
+    return hashlib.sha256("\n".join(sorted(map(entry_line, entries))).encode()).hexdigest()
+
+
+def member_entries(members: list[Member]) -> list[dict[str, Any]]:
+    """Facts entries from a tar listing; a hard link becomes the file it links to
+    (``find`` on the target sees two equal files, not a link)."""
+    files = {m.path: m for m in members if m.type == "file"}
+    out = []
+    for m in members:
+        entry = {**m.fact(), "uid": m.uid, "gid": m.gid}
+        target = files.get("/" + m.link.removeprefix("./").strip("/")) if m.link else None
+        if m.type == "hardlink" and target is not None:
+            entry.update(type="file", size=target.size, sha256=target.sha256)
+            del entry["link"]
+        out.append(entry)
+    return out
+
+
+def parse_listing(out: bytes) -> list[dict[str, Any]]:
+    """Entries (as ``member_entries`` makes them) from ``_LIST_SCRIPT``'s output."""
+    listing, _, sums = out.rpartition(b"\0" + _SHA_MARK + b"\0")
+    digests: dict[str, str] = {}
+    for record in sums.split(b"\0"):
+        digest, _, path = record.decode("utf-8", "surrogateescape").partition("  ")
+        if path:
+            digests["/" + path.removeprefix("./")] = digest
+    parts = (listing + b"\0").split(b"\0")
+    entries: list[dict[str, Any]] = []
+    i = 0
+    while i + 2 < len(parts):
+        kind, mode, uid, gid, size = parts[i].decode().split(" ")
+        rel = parts[i + 1].decode("utf-8", "surrogateescape")
+        link = parts[i + 2].decode("utf-8", "surrogateescape")
+        i += 3
+        if kind == "s":
+            continue  # tar skips sockets too
+        entry: dict[str, Any] = {
+            "path": "/" + rel if rel else "/",
+            "type": _FIND_TYPES.get(kind, "other"),
+            "mode": f"{int(mode, 8):04o}",
+            "uid": int(uid),
+            "gid": int(gid),
+        }
+        if entry["type"] == "file":
+            entry["size"] = int(size)
+        if entry["type"] == "symlink":
+            entry["link"] = link
+        entries.append(entry)
+    for entry in entries:
+        if entry["type"] == "file":
+            entry["sha256"] = digests.get(entry["path"], "unreadable")
+    return entries
+
+
+class DockerVolumeSource(Source):
+    kind = "docker_volume"
+    config: DockerVolumeConfig
+
+    @property
+    def volume(self) -> str:
+        return self.config.volume
+
+    # ---- docker on the host -------------------------------------------
+    def _docker(self, *args: str, what: str, error: type[Exception] = SourceError) -> str:
+        try:
+            res = self.runner.run(["docker", *args], user=self.run_as)
+        except OSError as exc:  # no docker client at all (local runner)
+            raise error(f"{self.label}: {what}: {exc}") from None
+        if res.returncode != 0:
+            raise error(
+                f"{self.label}: {what}: `{shlex.join(['docker', *args])}` "
+                f"{exit_text(res.returncode)}{tail_text(res.stderr)}"
+            )
+        return res.stdout.decode()
+
+    def inspect(self, volume: str) -> dict[str, Any] | None:
+        """``docker volume inspect``'s record, or None when the volume does not exist."""
+        argv = ["docker", "volume", "inspect", "--format", "{{json .}}", volume]
+        try:
+            res = self.runner.run(argv, user=self.run_as)
+        except OSError as exc:
+            raise SourceError(f"{self.label}: inspecting volume {volume}: {exc}") from None
+        if res.returncode != 0:
+            if "no such volume" in res.stderr.lower():
+                return None
+            raise SourceError(
+                f"{self.label}: inspecting volume {volume}: `{shlex.join(argv)}` "
+                f"{exit_text(res.returncode)}{tail_text(res.stderr)}"
+            )
+        record: dict[str, Any] = json.loads(res.stdout)
+        return record
+
+    def mountpoint(self, volume: str, record: dict[str, Any]) -> str:
+        mp = str(record.get("Mountpoint") or "")
+        if not mp.startswith("/"):
+            raise SourceError(
+                f"{self.label}: volume {volume} (driver {record.get('Driver')}) has no "
+                "mountpoint on the host; only volumes with a host directory can be read"
+            )
+        return mp
+
+    def running(self, *filters: str) -> dict[str, str]:
+        """Running containers matching every ``docker ps --filter``: id -> name."""
+        args = ["ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}"]
+        for f in filters:
+            args += ["--filter", f]
+        out = self._docker(*args, what="listing containers")
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    @contextmanager
+    def labelled_stopped(self, error: type[Exception] = SourceError) -> Iterator[list[str]]:
+        """Stop running containers labelled ``stop_label`` for the block; start them again
+        afterwards whatever happened. Yields their names."""
+        label = self.config.stop_label
+        found = self.running(f"label={label}") if label else {}
+        if not found:
+            yield []
+            return
+        names = sorted(found.values())
+        try:
+            self._docker("stop", *found, what=f"stopping container(s) {', '.join(names)}")
+            yield names
+        except BaseException as exc:
+            self._start_again(found, error, pending=exc)
+            raise
+        self._start_again(found, error)
+
+    def _start_again(
+        self, found: dict[str, str], error: type[Exception], pending: BaseException | None = None
+    ) -> None:
+        names = ", ".join(sorted(found.values()))
+        try:
+            # docker start on a container that runs is a no-op: a partial stop is safe too.
+            self._docker("start", *found, what=f"starting container(s) {names} again", error=error)
+        except Exception as exc:
+            if pending is None:
+                raise
+            raise error(f"{exc} (after: {pending})") from pending
+
+    # ---- backup -------------------------------------------------------
+    def artifacts(self) -> Iterator[Artifact]:
+        record = self.inspect(self.volume)
+        if record is None:
+            raise SourceError(f"{self.label}: volume {self.volume} does not exist")
+        mp = self.mountpoint(self.volume, record)
+        self.facts.update(
+            volume=self.volume,
+            driver=record.get("Driver"),
+            labels=record.get("Labels") or {},
+            stop_label=self.config.stop_label,
+        )
+        excl = [f"--exclude={e}" for e in self.config.exclude]
+        argv = ["tar", "-C", mp, "-c", "-f", "-", "--numeric-owner", *excl, "."]
+        scanner = TarScanner()
+        stopped: list[str] = []
+
+        @contextmanager
+        def opener() -> Iterator[BinaryIO]:
+            with self.labelled_stopped() as names, self.command_stream(argv) as stream:
+                stopped.extend(names)
+                yield stream
+
+        yield Artifact(ARTIFACT, opener, scanner.feed)
+        entries = member_entries(scanner.members)
+        files = [e for e in entries if e["type"] == "file"]  # hard links count, as find sees them
+        self.facts.update(
+            entries=entries,
+            files=scanner.total_files if scanner.truncated else len(files),
+            bytes=scanner.total_bytes if scanner.truncated else sum(e["size"] for e in files),
+            truncated=scanner.truncated,
+            # A truncated listing (huge trees) cannot vouch for the whole volume.
+            digest=None if scanner.truncated else listing_digest(entries),
+            stopped=stopped,
+        )
+
+    # ---- restore ------------------------------------------------------
+    def _target(self, facts: dict[str, Any], opts: RestoreOptions) -> tuple[str, str | None]:
+        """(volume name, directory it is written to; None: a volume yet to be created)."""
+        volume = str(facts.get("volume") or self.volume)
+        if opts.dest:
+            return volume, opts.dest.rstrip("/") + "/" + volume
+        record = self.inspect(volume)
+        return volume, None if record is None else self.mountpoint(volume, record)
+
+    def _has_files(self, directory: str) -> bool:
+        script = 'test ! -d "$1" || find "$1" -mindepth 1 -maxdepth 1 -print -quit'
+        argv = ["sh", "-c", script, "sh", directory]
+        out = self.runner.check(argv, what=f"{self.label}: reading {directory}", user=self.run_as)
+        return bool(out.strip())
+
+    def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
+        volume, directory = self._target(facts, opts)
+        n = facts.get("files", 0)
+        where = f"directory {directory}" if opts.dest else f"volume {volume}"
+        actions = []
+        if directory is None:
+            labels = facts.get("labels") or {}
+            actions.append(
+                f"create volume {volume} with label(s) {', '.join(sorted(labels))}"
+                if labels
+                else f"create volume {volume}"
+            )
+            directory_has_files = False
+        else:
+            directory_has_files = self._has_files(directory)
+        if self.config.stop_label and not opts.dest:
+            label = self.config.stop_label
+            actions.append(f"stop containers labelled {label} meanwhile, start them again after")
+        write = f"write {n} file(s) into {where}, modes and owners as backed up"
+        if directory_has_files and not opts.force:
+            return StepPlan(
+                [*actions, write],
+                f"{where} holds files; use --force to replace its contents or --dest to "
+                "restore into a directory",
+            )
+        if directory_has_files:
+            actions.append(f"EMPTY {where} (--force)")
+        actions.append(write)
+        if directory is not None and not opts.dest:
+            busy = self._busy(volume)
+            if busy:
+                return StepPlan(
+                    actions,
+                    f"running container(s) {', '.join(busy)} use volume {volume}; stop them "
+                    "first (or set stop_label on this source)",
+                )
+        return StepPlan(actions)
+
+    def _busy(self, volume: str) -> list[str]:
+        """Running containers using ``volume`` that ``stop_label`` will not stop."""
+        users = self.running(f"volume={volume}")
+        if self.config.stop_label:
+            for cid in self.running(f"label={self.config.stop_label}"):
+                users.pop(cid, None)
+        return sorted(users.values())
+
+    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        blocked = self.describe(facts, opts).blocked
+        if blocked:
+            raise RestoreError(f"{self.label}: {blocked}")
+        volume, directory = self._target(facts, opts)
+        report = RestoreReport()
+        stop = self.labelled_stopped(RestoreError) if not opts.dest else _nothing()
+        with stop as stopped:
+            if stopped:
+                report.actions.append(f"stopped container(s) {', '.join(stopped)}")
+            if directory is None:
+                labels = facts.get("labels") or {}
+                args = [a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")]
+                what = f"creating volume {volume}"
+                self._docker("volume", "create", *args, volume, what=what, error=RestoreError)
+                report.actions.append(f"created volume {volume}")
+                record = self.inspect(volume) or {}
+                directory = self.mountpoint(volume, record)
+            where = f"{self.label}: restore into {directory}"
+            if self._has_files(directory):  # allowed by describe: --force
+                script = 'find "$1" -mindepth 1 -delete'
+                argv = ["sh", "-c", script, "sh", directory]
+                self.runner.check(argv, what=where, user=self.run_as)
+                report.actions.append(f"emptied {directory} (--force)")
+            self.runner.check(["mkdir", "-p", "--", directory], what=where, user=self.run_as)
+            tar = ["tar", "-C", directory, "-x", "-p", "--same-owner", "--numeric-owner", "-f", "-"]
+
+            def consume(stream: BinaryIO) -> None:
+                pipe_into(self.runner, tar, stream, what=where, user=self.run_as)
+
+            feed(ARTIFACT, consume)
+            report.actions.append(f"extracted {facts.get('files', '?')} file(s) into {directory}")
+        if stopped:
+            report.actions.append(f"started container(s) {', '.join(stopped)} again")
+        return report
+
+    def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        """The restored tree's listing digest (or, for a truncated listing, its file count
+        and bytes) equals the backup's; names up to five differing paths."""
+        volume, directory = self._target(facts, opts)
+        if directory is None:
+            return [Check(self.name, "volume restored", "fail", f"volume {volume} is missing")]
+        out = self.runner.check(
+            ["sh", "-c", _LIST_SCRIPT, "sh", directory],
+            what=f"{self.label}: listing {directory}",
+            user=self.run_as,
+        )
+        got = parse_listing(out)
+        files = [e for e in got if e["type"] == "file"]
+        totals = f"{len(files)} file(s), {sum(e['size'] for e in files)} bytes"
+        if facts.get("digest") is None:
+            size = sum(e["size"] for e in files)
+            ok = len(files) == facts.get("files") and size == facts.get("bytes")
+            detail = f"{totals}; backup: {facts.get('files')} file(s), {facts.get('bytes')} bytes"
+            return [Check(self.name, f"{volume} restored", "pass" if ok else "fail", detail)]
+        if listing_digest(got) == facts["digest"]:
+            detail = f"{totals} identical to the backup (content, modes, owners, links)"
+            return [Check(self.name, f"{volume} restored", "pass", detail)]
+        want = {entry_line(e): e["path"] for e in facts.get("entries", [])}
+        have = {entry_line(e): e["path"] for e in got}
+        missing = {want[k] for k in want.keys() - have.keys()}
+        differ = sorted(missing | {have[k] for k in have.keys() - want.keys()})
+        shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+        return [Check(self.name, f"{volume} restored", "fail", f"{totals}; differ: {shown}")]
+
+
+@contextmanager
+def _nothing() -> Iterator[list[str]]:
+    yield []

@@ -1,0 +1,242 @@
+"""``docker_volume`` against the real Docker engine: a volume with files, modes, owners,
+links and binary content, read while its labelled container is stopped, then removed
+and restored through the CLI.
+
+Volumes and containers get unique names and are removed by name in ``finally``.
+Off CI the tests skip when no engine can be started; in CI that is a failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drkit.errors import SourceError
+from drkit.policy.models import DockerVolumeSource as VolumeConfig
+from drkit.remote.local import LocalRunner
+from drkit.sources.docker_volume import DockerVolumeSource
+from tests.helpers import drkit, write_policy
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def base_image() -> Iterator[str]:
+    """A running engine and the drill base image (built once, then found by its hash)."""
+    from drkit.drills.engine import DockerError, ensure_engine, stop_engine
+    from drkit.drills.images import ensure_base_image
+
+    try:
+        running = ensure_engine()
+        tag = ensure_base_image().tag
+    except DockerError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Docker tests, but: {exc}")
+        pytest.skip(f"no Docker engine or base image here: {exc}")
+    yield tag
+    stop_engine(running)
+
+
+def docker(*args: str, check: bool = True) -> str:
+    from drkit.drills.engine import docker as run
+
+    return run(*args, check=check, timeout=300).stdout.decode().strip()
+
+
+def mountpoint(volume: str) -> Path:
+    return Path(docker("volume", "inspect", "--format", "{{.Mountpoint}}", volume))
+
+
+def state(container: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(docker("inspect", "--format", "{{json .State}}", container))
+    return out
+
+
+def moment(text: str) -> dt.datetime:
+    """Docker's RFC 3339 times carry nanoseconds; Python parses microseconds."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    return dt.datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def tree(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry under ``root``: type, mode, owner ids and content or link target."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        st = path.lstat()
+        rel = "/" + path.relative_to(root).as_posix() if path != root else "/"
+        if stat.S_ISLNK(st.st_mode):
+            body: Any = ("link", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            body = ("dir",)
+        else:
+            body = ("file", path.read_bytes())
+        out[rel] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, *body)
+    return out
+
+
+@pytest.fixture
+def volume(base_image: str) -> Iterator[dict[str, Any]]:
+    """A volume with varied content and a running container labelled to be stopped."""
+    uniq = secrets.token_hex(4)
+    names = {
+        "volume": f"drkit-test-vol-{uniq}",
+        "container": f"drkit-test-app-{uniq}",
+        "label": f"org.drkit.test.stop={uniq}",
+    }
+    try:
+        docker("volume", "create", "--label", "com.docker.compose.project=shop",
+               "--label", "com.docker.compose.volume=data", names["volume"])  # fmt: skip
+        root = mountpoint(names["volume"])
+        (root / "conf").mkdir(mode=0o750)
+        (root / "conf" / "app.ini").write_text("[db]\nname = shop\n")
+        (root / "conf" / "app.ini").chmod(0o640)
+        (root / "pgdata" / "base").mkdir(parents=True)
+        os.chown(root / "pgdata", 999, 999)
+        (root / "pgdata").chmod(0o700)
+        (root / "pgdata" / "base" / "16384").write_bytes(os.urandom(3 * MB) + bytes(range(256)))
+        os.chown(root / "pgdata" / "base" / "16384", 999, 999)
+        (root / "pgdata" / "base" / "16384").chmod(0o600)
+        (root / "bin").mkdir()
+        (root / "bin" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+        (root / "bin" / "run.sh").chmod(0o4755)
+        (root / "empty").write_bytes(b"")
+        (root / "current").symlink_to("pgdata/base/16384")
+        (root / "dangling").symlink_to("/nowhere/at/all")
+        (root / "name with spaces\tand tab").write_text("odd name\n")
+        root.chmod(0o1777)
+        docker("run", "--detach", "--init", "--name", names["container"],
+               "--label", names["label"], "-v", f"{names['volume']}:/data",
+               base_image, "sleep", "infinity")  # fmt: skip
+        yield names
+    finally:
+        docker("rm", "--force", names["container"], check=False)
+        docker("volume", "rm", "--force", names["volume"], check=False)
+
+
+def policy_for(tmp_path: Path, keys: Any, names: dict[str, Any], **extra: Any) -> Path:
+    source = {"kind": "docker_volume", "name": "shopdata", "volume": names["volume"],
+              "stop_label": names["label"], **extra}  # fmt: skip
+    return write_policy(
+        tmp_path / "dockerbox.toml", "dockerbox", {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient], [source],
+    )  # fmt: skip
+
+
+def test_backup_remove_restore_round_trip(
+    tmp_path: Path, keys: Any, volume: dict[str, Any], snapshot_facts: Any
+) -> None:
+    policy = policy_for(tmp_path, keys, volume)
+    root = mountpoint(volume["volume"])
+    before = tree(root)
+    started_before = moment(state(volume["container"])["StartedAt"])
+
+    t0 = dt.datetime.now(dt.UTC)
+    drkit("backup", "--policy", str(policy), check=True)
+    t1 = dt.datetime.now(dt.UTC)
+    # Stopped during the read, running again after.
+    after = state(volume["container"])
+    assert after["Running"]
+    assert t0 < moment(after["FinishedAt"]) < t1
+    assert moment(after["StartedAt"]) > max(moment(after["FinishedAt"]), started_before)
+
+    facts = snapshot_facts(policy, "shopdata")
+    assert facts["stopped"] == [volume["container"]]
+    files = [v for v in before.values() if v[3] == "file"]
+    assert facts["files"] == len(files) == 5
+    assert facts["bytes"] == sum(len(v[4]) for v in files)
+    assert facts["labels"]["com.docker.compose.project"] == "shop"
+    assert facts["digest"] and not facts["truncated"]
+
+    docker("rm", "--force", volume["container"])
+    docker("volume", "rm", volume["volume"])
+    res = drkit("--json", "restore", "--policy", str(policy), "--yes",
+                "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    out = json.loads(res.stdout)
+    assert out["verdict"] == "pass", out
+    assert any("identical to the backup" in c["detail"] for c in out["checks"])
+
+    assert tree(mountpoint(volume["volume"])) == before
+    labels = json.loads(docker("volume", "inspect", "--format", "{{json .Labels}}",
+                               volume["volume"]))  # fmt: skip
+    assert labels == {"com.docker.compose.project": "shop", "com.docker.compose.volume": "data"}
+
+    # A volume holding files is refused without --force; --force makes it equal the backup.
+    (mountpoint(volume["volume"]) / "stray.log").write_text("written after the backup\n")
+    (mountpoint(volume["volume"]) / "conf" / "app.ini").write_text("changed\n")
+    refused = drkit("restore", "--policy", str(policy), "--yes",
+                    "--identity", str(keys.identity_file))  # fmt: skip
+    assert refused.returncode != 0
+    assert "holds files" in refused.stderr and "--force" in refused.stderr
+    assert (mountpoint(volume["volume"]) / "stray.log").exists()
+    drkit("restore", "--policy", str(policy), "--yes", "--force",
+          "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    assert tree(mountpoint(volume["volume"])) == before
+
+
+def test_check_names_a_file_that_differs(
+    tmp_path: Path, keys: Any, volume: dict[str, Any], snapshot_facts: Any
+) -> None:
+    policy = policy_for(tmp_path, keys, volume)
+    drkit("backup", "--policy", str(policy), check=True)
+    dest = tmp_path / "elsewhere"
+    res = drkit("--json", "restore", "--policy", str(policy), "--yes", "--dest", str(dest),
+                "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    assert json.loads(res.stdout)["verdict"] == "pass"
+    assert tree(dest / volume["volume"]) == tree(mountpoint(volume["volume"]))
+
+    # The restore check is computed on the target: a changed byte shows, with its path.
+    blob = dest / volume["volume"] / "pgdata" / "base" / "16384"
+    data = bytearray(blob.read_bytes())
+    data[MB] ^= 1
+    blob.write_bytes(bytes(data))
+    from drkit.policy.loader import load_policy
+    from drkit.sources.base import RestoreOptions
+
+    config = load_policy(policy).source[0]
+    source = DockerVolumeSource("shopdata", config, LocalRunner("dockerbox"))
+    facts = snapshot_facts(policy, "shopdata")
+    [check] = source.check(facts, RestoreOptions(dest=str(dest)))
+    assert check.status == "fail" and "/pgdata/base/16384" in check.detail
+
+
+def test_failure_mid_read_starts_the_container_again(volume: dict[str, Any]) -> None:
+    config = VolumeConfig(kind="docker_volume", volume=volume["volume"],
+                          stop_label=volume["label"])  # fmt: skip
+    source = DockerVolumeSource("shopdata", config, LocalRunner("dockerbox"))
+    artifact = next(source.artifacts())
+    with pytest.raises(RuntimeError, match="upload failed"), artifact.open() as stream:
+        assert stream.read(64 << 10)  # tar is mid-stream: 3 MiB are still to come
+        assert not state(volume["container"])["Running"]
+        raise RuntimeError("upload failed")
+    assert state(volume["container"])["Running"]
+
+
+def test_timeout_mid_read_through_the_cli_commits_nothing_and_restarts(
+    tmp_path: Path, keys: Any, volume: dict[str, Any]
+) -> None:
+    # A sparse 64 GiB file: no disk used, but far more than tar reads in 2 s.
+    with open(mountpoint(volume["volume"]) / "huge.img", "wb") as fh:
+        fh.truncate(64 << 30)
+    policy = policy_for(tmp_path, keys, volume, timeout="2s")
+    res = drkit("backup", "--policy", str(policy))
+    assert res.returncode == 1, res.output
+    assert "host dockerbox" in res.stderr and "shopdata" in res.stderr
+    assert "timed out" in res.stderr
+    assert state(volume["container"])["Running"]
+    assert not list((tmp_path / "repo").rglob("manifest.json"))
+
+
+def test_missing_volume_is_a_clear_error(volume: dict[str, Any]) -> None:
+    config = VolumeConfig(kind="docker_volume", volume=volume["volume"] + "-gone")
+    source = DockerVolumeSource("shopdata", config, LocalRunner("dockerbox"))
+    with pytest.raises(SourceError, match=r"host dockerbox: source shopdata .*does not exist"):
+        next(source.artifacts())
