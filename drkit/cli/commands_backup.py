@@ -183,6 +183,19 @@ def verify(
     "--target", help="ssh://user@host[:port] to restore onto (default: this machine, --local)"
 )
 @click.option("--local", "local_target", is_flag=True, help="restore onto this machine")
+@click.option(
+    "--target-identity", type=click.Path(dir_okay=False), help="--target: SSH key to log in with"
+)
+@click.option(
+    "--target-known-hosts",
+    type=click.Path(dir_okay=False),
+    help="--target: known_hosts file (default: the policy's)",
+)
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="--target: trust an unknown host key once and record it (a changed key is refused)",
+)
 @click.option("--database", help="postgres: restore into this database name")
 @click.option("--rename-db", "rename_db", metavar="SUFFIX", help="postgres: database name + SUFFIX")
 @click.option("--pg-host", help="postgres: target server host (default: the policy's)")
@@ -190,6 +203,11 @@ def verify(
 @click.option("--pg-user", help="postgres: target server user")
 @click.option(
     "--pg-password-env", metavar="VAR", help="postgres: read the target password from $VAR"
+)
+@click.option(
+    "--pg-jobs",
+    type=click.IntRange(min=1),
+    help="postgres: parallel pg_restore jobs into a fresh database (1 = one stream)",
 )
 @click.option("--dest", help="files/env: restore under this directory instead of /")
 @click.option("--force", is_flag=True, help="overwrite existing databases and differing files")
@@ -221,12 +239,16 @@ def restore(
     only: tuple[str, ...],
     target: str | None,
     local_target: bool,
+    target_identity: str | None,
+    target_known_hosts: str | None,
+    accept_new_host_key: bool,
     database: str | None,
     rename_db: str | None,
     pg_host: str | None,
     pg_port: int | None,
     pg_user: str | None,
     pg_password_env: str | None,
+    pg_jobs: int | None,
     dest: str | None,
     force: bool,
     plan_only: bool,
@@ -295,8 +317,15 @@ def restore(
     opts = RestoreOptions(
         database=database, db_suffix=rename_db or "", pg_host=pg_host, pg_port=pg_port,
         pg_user=pg_user, pg_password=password, dest=dest, force=force, log=log,
+        pg_jobs=pg_jobs,
     )  # fmt: skip
-    runner, target_label = target_runner(policy, target)
+    runner, target_label = target_runner(
+        policy,
+        target,
+        identity_file=target_identity,
+        known_hosts=target_known_hosts,
+        accept_new_host_key=accept_new_host_key,
+    )
     executor = Executor(
         policy, repo, manifest, identities, runner, opts,
         only=list(only) or None, target=target_label, resume=resume,

@@ -10,8 +10,24 @@ from drkit.policy.models import Connection, Policy
 from drkit.remote.base import Runner
 
 
-def target_runner(policy: Policy, target: str | None) -> tuple[Runner, str]:
-    """The runner for ``--target`` (default: local), and a label safe to print."""
+def target_runner(
+    policy: Policy,
+    target: str | None,
+    *,
+    identity_file: str | None = None,
+    known_hosts: str | None = None,
+    accept_new_host_key: bool = False,
+) -> tuple[Runner, str]:
+    """The runner for ``--target`` (default: local), and a label safe to print.
+
+    The SSH settings default to the policy's [connection]; a fresh machine usually
+    has another key pair and an unknown host key, hence the overrides. Accepting a
+    new host key stays explicit (it is then recorded in the known_hosts file).
+    """
+    if not target and (identity_file or known_hosts or accept_new_host_key):
+        raise UsageError(
+            "--target-identity, --target-known-hosts and --accept-new-host-key need --target"
+        )
     if not target:
         return open_runner(policy.host, Connection(type="local")), "local"
     parts = urlsplit(target)
@@ -23,9 +39,9 @@ def target_runner(policy: Policy, target: str | None) -> tuple[Runner, str]:
         address=parts.hostname,
         user=parts.username or conn.user,
         port=parts.port or 22,
-        identity_file=conn.identity_file,
-        known_hosts=conn.known_hosts,
-        accept_new_host_key=conn.accept_new_host_key,
+        identity_file=identity_file or conn.identity_file,
+        known_hosts=known_hosts or conn.known_hosts,
+        accept_new_host_key=accept_new_host_key or conn.accept_new_host_key,
     )
     label = f"ssh://{connection.user}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return open_runner(policy.host, connection), label

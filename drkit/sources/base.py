@@ -51,6 +51,7 @@ class RestoreOptions:
     pg_password: str | None = None  # resolved value: never logged
     dest: str | None = None  # files/env: restore under this directory instead of /
     force: bool = False
+    pg_jobs: int | None = None  # postgres: pg_restore -j for a fresh database (--pg-jobs)
     log: Callable[[str], None] = print
 
 

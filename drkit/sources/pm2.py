@@ -81,8 +81,11 @@ class Pm2Source(TarSource):
 
     def pm2_argv(self, home: str, *args: str) -> list[str]:
         # PM2_HOME goes in argv through env(1): it is not secret, and sudo may
-        # refuse --preserve-env where env(1) always works.
-        return ["env", f"PM2_HOME={home}", self.pm2_bin, *args]
+        # refuse --preserve-env where env(1) always works. -C /: under sudo the
+        # command inherits the login user's cwd, which the app user may not be
+        # allowed to enter; node's spawn then fails with EACCES (and a daemon
+        # started here would keep that cwd).
+        return ["env", "-C", "/", f"PM2_HOME={home}", self.pm2_bin, *args]
 
     def pm2_home(self) -> str:
         """The policy's ``pm2_home``, else ``~user/.pm2`` from the host's passwd."""

@@ -156,15 +156,22 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         source_sums = checksums(lambda q: pg.psql(db, q))
 
         box = target.result()
-        with open(known_hosts, "a") as fh:
-            fh.write(box.known_hosts_line())
         dest = f"ssh://root@127.0.0.1:{box.port(22)}"
         # The fresh host's PostgreSQL is the distribution's (socket, port 5432, peer auth).
         pg_target = ["--pg-host", "/var/run/postgresql", "--pg-port", "5432"]
-        args = ["restore", "--host", HOST, "--target", dest, *pg_target, *ident]
+        # The fresh machine's host key is in no known_hosts file yet: refused, with its
+        # fingerprint, until the person accepts it explicitly (then it is recorded).
+        target_hosts = tmp_path / "target_known_hosts"
+        args = ["restore", "--host", HOST, "--target", dest, *pg_target, *ident,
+                "--target-known-hosts", str(target_hosts)]  # fmt: skip
+        refused = drkit(*args, "--plan", env=env)
+        assert refused.returncode == 1 and "unknown host key" in refused.output, refused.output
+        assert "SHA256:" in refused.output and not target_hosts.exists()
 
         # ---- the plan, step by step, touching nothing -------------------------------
-        plan = json.loads(drkit(*args, "--plan", "--json", env=env, check=True).stdout)
+        accepted = drkit(*args, "--accept-new-host-key", "--plan", "--json", env=env, check=True)
+        plan = json.loads(accepted.stdout)
+        assert box.known_hosts_line().split()[:3] == target_hosts.read_text().split()[:3]
         assert plan["target"] == dest
         steps = plan["steps"]
         assert [(s["step"], s["source"], s["kind"]) for s in steps] == [

@@ -101,7 +101,9 @@ class Pm2Home:
         argv = ["env", f"PM2_HOME={self.home}", str(self.pm2), *args]
         if pwd.getpwuid(os.getuid()).pw_name != self.user:
             argv = ["runuser", "-u", self.user, "--", *argv]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        # cwd: the user may not enter ours (a checkout under a 0700 directory), and node's
+        # spawn fails with EACCES then.
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd="/")
         if check and res.returncode != 0:
             raise RuntimeError(f"pm2 {' '.join(args)} failed: {res.stderr[-2000:]}")
         return res
