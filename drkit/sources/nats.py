@@ -24,14 +24,12 @@ message count, sequences and consumers are checked against the backup's.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -41,118 +39,27 @@ from drkit.policy.models import NatsSource as NatsConfig
 from drkit.remote.base import Process, exit_text
 from drkit.sources import jetstream
 from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
+from drkit.sources.nats_helper import Counter, HelperStream, Prefixed, kill_after
+from drkit.sources.nats_streams import (
+    INDEX,
+    artifact_name,
+    auth_fields,
+    read_index,
+    restore_order,
+    state_diff,
+    store_streams,
+    stream_facts,
+    summary,
+)
 from drkit.sources.tarball import TarSource
 
-INDEX = "streams.json"
 STORE_TAR = "store.tar"
 SNAPSHOT_CHUNK = 128 * 1024
 # After a stop-copy restore the container needs a moment before NATS answers.
 SERVER_WAIT = 30.0
-_MAX_INDEX = 64 << 20
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 # The helper travels on stdin; argv holds only this bootstrap (short error messages).
 _BOOT = "import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv[1])),'drkit-jetstream','exec'))"
 _HELPER = Path(jetstream.__file__).read_bytes()
-_COMPARED = ("messages", "first_seq", "last_seq")
-
-
-def auth_fields(value: str) -> dict[str, str]:
-    """CONNECT fields for a resolved credential: ``USER:PASSWORD`` (as in a NATS URL's
-    ``user:pass@``) or else a token. Raises UsageError for .creds / nkey material."""
-    if "-----BEGIN" in value:
-        raise UsageError(
-            "NATS .creds (JWT + nkey) credentials are not supported by the drkit helper yet; "
-            "use a token or USER:PASSWORD"
-        )
-    user, sep, password = value.partition(":")
-    return {"user": user, "pass": password} if sep else {"auth_token": value}
-
-
-def stream_kind(name: str) -> tuple[str, str | None]:
-    """("kv" | "object_store" | "stream", bucket name or None) of a stream name."""
-    if name.startswith("KV_"):
-        return "kv", name[3:]
-    if name.startswith("OBJ_"):
-        return "object_store", name[4:]
-    return "stream", None
-
-
-def artifact_name(stream: str) -> str:
-    """``<stream>.snapshot``; names outside [A-Za-z0-9_-] get a digest-based name."""
-    if _SAFE_NAME.match(stream):
-        return f"{stream}.snapshot"
-    return f"stream-{hashlib.sha256(stream.encode()).hexdigest()[:16]}.snapshot"
-
-
-def origins(entry: dict[str, Any]) -> list[str]:
-    """Streams that ``entry`` mirrors or sources, from its config (index) or facts."""
-    if "config" not in entry:
-        return list(entry.get("origins", []))
-    cfg = entry["config"] or {}
-    names = [s.get("name") for s in (cfg.get("sources") or [])]
-    if cfg.get("mirror"):
-        names.append(cfg["mirror"].get("name"))
-    return [n for n in names if n]
-
-
-def restore_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Streams ordered so a mirror or sourcing stream comes after the streams it reads
-    (when those are in the backup too); otherwise by name. Cycles keep name order."""
-    by_name = {e["name"]: e for e in entries}
-    deps = {n: {o for o in origins(e) if o in by_name and o != n} for n, e in by_name.items()}
-    ordered: list[dict[str, Any]] = []
-    done: set[str] = set()
-    while len(done) < len(by_name):
-        ready = sorted(n for n in by_name if n not in done and deps[n] <= done)
-        for name in ready or sorted(n for n in by_name if n not in done):  # else a cycle
-            ordered.append(by_name[name])
-            done.add(name)
-    return ordered
-
-
-def stream_facts(entry: dict[str, Any], snapshot_bytes: int | None = None) -> dict[str, Any]:
-    """What a drill can check about one stream, from its config and state."""
-    cfg, state = entry.get("config") or {}, entry.get("state") or {}
-    kind, bucket = stream_kind(entry["name"])
-    out = {
-        "name": entry["name"],
-        "type": kind,
-        "kv": kind == "kv",
-        "object_store": kind == "object_store",
-        "bucket": bucket,
-        "storage": cfg.get("storage"),
-        "subjects": cfg.get("subjects") or [],
-        "origins": origins(entry),
-        "messages": state.get("messages", 0),
-        "bytes": state.get("bytes", 0),
-        "first_seq": state.get("first_seq", 0),
-        "last_seq": state.get("last_seq", 0),
-        "num_subjects": state.get("num_subjects", 0),
-        "num_deleted": state.get("num_deleted", 0),
-        "consumers": state.get("consumer_count", 0),
-    }
-    if snapshot_bytes is not None:
-        out["snapshot_bytes"] = snapshot_bytes
-    return out
-
-
-def state_diff(expected: dict[str, Any], state: dict[str, Any]) -> list[str]:
-    """How a live stream ``state`` differs from a stream's facts (empty: it matches).
-
-    Consumers are not compared: ephemeral ones (watchers, ordered consumers) come
-    and go, and a snapshot's durable consumers are restored with it."""
-    return [
-        f"{key} {state.get(key, 0)}, expected {expected.get(key, 0)}"
-        for key in _COMPARED
-        if state.get(key, 0) != expected.get(key, 0)
-    ]
-
-
-def summary(s: dict[str, Any]) -> str:
-    return (
-        f"{s['messages']} messages, seq {s['first_seq']}-{s['last_seq']}, "
-        f"{s['consumers']} consumer(s)"
-    )
 
 
 class NatsSource(TarSource):
@@ -220,7 +127,7 @@ class NatsSource(TarSource):
         for name in sorted(chosen):
             stream = HelperStream(self, "snapshot", name, str(SNAPSHOT_CHUNK))
             artifact = artifact_name(name)
-            counter = _Counter()
+            counter = Counter()
             yield Artifact(artifact, lambda s=stream: s, counter.add)  # type: ignore[misc]
             entry = {"name": name, "artifact": artifact, **stream.header}
             index.append(entry)
@@ -314,7 +221,7 @@ class NatsSource(TarSource):
         if self._stopcopy(facts):
             return self._restore_store(feed, facts, opts)
         holder: list[dict[str, Any]] = []
-        feed(INDEX, lambda s: holder.append(_read_index(s, self.label)))
+        feed(INDEX, lambda s: holder.append(read_index(s, self.label)))
         entries = restore_order(holder[0]["streams"])
         existing = self._existing([e["name"] for e in entries], RestoreError)
         if existing and not opts.force:
@@ -336,7 +243,7 @@ class NatsSource(TarSource):
                 header: bytes = header,
                 result: list[dict[str, Any]] = result,
             ) -> None:
-                data = cast(BinaryIO, _Prefixed(header + b"\n", stream))
+                data = cast(BinaryIO, Prefixed(header + b"\n", stream))
                 out = self.helper("restore", name, data=data, error=RestoreError)
                 result.append(json.loads(out))
 
@@ -504,7 +411,7 @@ class NatsSource(TarSource):
         out: list[bytes] = []
         reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
         reader.start()
-        timer = _kill_after(self.timeout_seconds, proc)
+        timer = kill_after(self.timeout_seconds, proc)
         try:
             try:
                 if data is not None:
@@ -537,170 +444,3 @@ class NatsSource(TarSource):
         except ValueError:
             raise error(f"{self.label}: jetstream {op} printed no JSON") from None
         return out
-
-
-class HelperStream(AbstractContextManager[BinaryIO]):
-    """The helper's ``snapshot`` output as a reader: ``header`` holds its first JSON line,
-    reads return the snapshot bytes after it, and EOF raises SourceError if the helper
-    failed (the artifact then fails, nothing is committed)."""
-
-    def __init__(self, source: NatsSource, op: str, *args: str) -> None:
-        self._source, self._op, self._args = source, op, args
-        self._proc: Process | None = None
-        self._buf = b""
-        self._done = False
-        self._timer: _Timer | None = None
-        self.header: dict[str, Any] = {}
-
-    def __enter__(self) -> BinaryIO:
-        proc = self._proc = self._source.start_helper(self._op, *self._args)
-        assert proc.stdin is not None
-        with suppress(BrokenPipeError):
-            proc.stdin.close()
-        self._timer = _kill_after(self._source.timeout_seconds, proc)
-        try:
-            self._read_header(proc)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self  # type: ignore[return-value]
-
-    def _read_header(self, proc: Process) -> None:
-        label = f"{self._source.label}: jetstream {self._op} of {self._args[0]}"
-        while b"\n" not in self._buf:
-            chunk = proc.stdout.read(65536)
-            if not chunk:
-                self._finish()  # raises if the helper failed
-                raise SourceError(f"{label} ended without its metadata line")
-            self._buf += chunk
-            if len(self._buf) > _MAX_INDEX:
-                raise SourceError(f"{label}: metadata line too long")
-        line, _, self._buf = self._buf.partition(b"\n")
-        try:
-            self.header = json.loads(line)
-        except ValueError:
-            raise SourceError(f"{label}: metadata line is not JSON") from None
-
-    def read(self, n: int = -1) -> bytes:
-        assert self._proc is not None
-        if n == 0:
-            return b""
-        if self._buf:
-            data, self._buf = (self._buf, b"") if n < 0 else (self._buf[:n], self._buf[n:])
-            return data
-        if self._done:
-            return b""
-        data = self._proc.stdout.read(n) if n > 0 else self._proc.stdout.read()
-        if not data or n < 0:
-            self._finish()
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def _finish(self) -> None:
-        assert self._proc is not None
-        self._done = True
-        rc = self._proc.wait()
-        if self._timer:
-            self._timer.cancel()
-            if self._timer.fired:
-                raise SourceError(
-                    f"{self._source.label}: jetstream {self._op} of {self._args[0]} timed out "
-                    f"after {self._source.config.timeout} and was stopped"
-                )
-        if rc != 0:
-            raise self._source.helper_error(self._op, self._args, self._proc, rc, SourceError)
-
-    def __exit__(self, *exc: object) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if self._timer:
-            self._timer.cancel()
-        if not self._done:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-
-
-class _Timer:
-    def __init__(self, seconds: float, proc: Process) -> None:
-        self.fired = False
-        self._proc = proc
-        self._t = threading.Timer(seconds, self._fire)
-        self._t.daemon = True
-        self._t.start()
-
-    def _fire(self) -> None:
-        self.fired = True
-        self._proc.kill()
-
-    def cancel(self) -> None:
-        self._t.cancel()
-
-
-def _kill_after(seconds: float | None, proc: Process) -> _Timer | None:
-    return _Timer(seconds, proc) if seconds else None
-
-
-class _Counter:
-    """Counts an artifact's plain bytes (the ``observe`` hook)."""
-
-    def __init__(self) -> None:
-        self.size = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-
-
-class _Prefixed:
-    """``prefix`` then everything ``stream`` holds."""
-
-    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
-        self._prefix, self._stream = prefix, stream
-
-    def read(self, n: int = -1) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            return data
-        return self._stream.read(n)
-
-
-def _read_index(stream: BinaryIO, label: str) -> dict[str, Any]:
-    """The index artifact's JSON (read to its end: one read may return part of it)."""
-    raw = b""
-    while len(raw) <= _MAX_INDEX and (chunk := stream.read(1 << 20)):
-        raw += chunk
-    if len(raw) > _MAX_INDEX:
-        raise RestoreError(f"{label}: {INDEX} is larger than 64 MiB; refusing")
-    try:
-        index: dict[str, Any] = json.loads(raw)
-    except ValueError:
-        raise RestoreError(f"{label}: {INDEX} is not JSON") from None
-    if index.get("format") != "drkit-nats-index" or index.get("version") != 1:
-        raise RestoreError(f"{label}: {INDEX} has an unknown format")
-    return index
-
-
-_STORE_PATH = re.compile(r"/jetstream/([^/]+)/streams/([^/]+)/")
-
-
-def store_streams(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Streams found in a store dir's tar listing: account, name, files and bytes."""
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for e in entries:
-        m = _STORE_PATH.search(e["path"])
-        if not m:
-            continue
-        item = found.setdefault(
-            (m.group(1), m.group(2)),
-            {"account": m.group(1), "name": m.group(2), "files": 0, "bytes": 0},
-        )
-        if e.get("type") == "file":
-            item["files"] += 1
-            item["bytes"] += e.get("size", 0)
-    for item in found.values():
-        kind, bucket = stream_kind(item["name"])
-        item.update(type=kind, bucket=bucket)
-    return sorted(found.values(), key=lambda i: (i["account"], i["name"]))

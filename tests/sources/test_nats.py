@@ -40,14 +40,9 @@ from drkit.remote.local import LocalRunner
 from drkit.remote.ssh import SshRunner
 from drkit.sources import jetstream, registry
 from drkit.sources.base import RestoreOptions
-from drkit.sources.nats import (
-    HelperStream,
-    NatsSource,
-    artifact_name,
-    auth_fields,
-    restore_order,
-    store_streams,
-)
+from drkit.sources.nats import NatsSource
+from drkit.sources.nats_helper import HelperStream
+from drkit.sources.nats_streams import artifact_name, auth_fields, restore_order, store_streams
 from tests.helpers import drkit, write_policy
 from tests.servers.nats import NatsServer, nats_server
 from tests.servers.sshd import sshd_server
