@@ -7,8 +7,15 @@ server (local socket, as the postgres user) whatever address the policy
 gives for the live host. Then it runs every source's fact checks, the
 certificate expiry checks, and the declared checks of
 ``restore_drills/<host>.toml``; the verdict, RTO (container start -> checks
-done; the image build is reported apart) and RPO (snapshot age at drill
-start) are stored in the repository and the catalog.
+done; the image build is reported apart) and RPO are stored in the
+repository and the catalog.
+
+A drill restores what an incident restore would (``select_sources``): each
+source from the newest complete snapshot holding it (as of ``--snapshot``, if
+given). Its RPO is the age, at drill start, of the OLDEST snapshot used (the
+data an incident now would lose the most of), and its "restore point" check
+names that snapshot and where every source came from; the report's
+``snapshot`` is the newest one used.
 
 Each host's drill is independent: ``drill_hosts()`` drills hosts one after
 the other, and whatever goes wrong with one (no snapshot, no image, a broken
@@ -36,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drkit.actions.common import data_sources, open_repository, select_snapshot
+from drkit.actions.common import Assembly, data_sources, open_repository, select_sources
 from drkit.actions.restore import Executor
 from drkit.drills.checks import certificate_checks, declared_checks, verdict
 from drkit.drills.report import DrillReport
@@ -46,7 +53,7 @@ from drkit.pipeline.age import Identity
 from drkit.policy.models import Connection, NatsSource, Policy, PostgresSource, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import Repository
-from drkit.repository.manifest import Manifest, snapshot_time
+from drkit.repository.manifest import snapshot_time
 from drkit.sources.base import Check, RestoreOptions
 from drkit.sources.pgsql import PgConn
 
@@ -167,13 +174,15 @@ def run_drill(
     report = _report(policy.host, started)
     t0: float | None = None
     try:
-        manifest = select_snapshot(repo, policy.host, snapshot, holding=data_sources(policy))
-        report.snapshot = manifest.snapshot
-        report.rpo_seconds = (started - snapshot_time(manifest.snapshot)).total_seconds()
+        assembly = select_sources(repo, policy.host, data_sources(policy), snapshot)
+        report.snapshot = assembly.newest.snapshot
+        oldest = assembly.oldest.snapshot
+        report.rpo_seconds = (started - snapshot_time(oldest)).total_seconds()
         image = _image(policy.host, report, log)
         t0 = time.monotonic()
-        report.checks = _in_container(
-            policy, repo, manifest, identities, spec, image, started, keep, log
+        report.checks = [restore_point(assembly, report.rpo_seconds)]
+        report.checks += _in_container(
+            policy, repo, assembly, identities, spec, image, started, keep, log
         )
     except DrkitError as exc:
         report.error = str(exc)
@@ -188,6 +197,21 @@ def run_drill(
     if report.snapshot:
         _store(repo, report, catalog, log)
     return report
+
+
+def restore_point(assembly: Assembly, rpo_seconds: float) -> Check:
+    """A report line saying which snapshot each source came from, and that the RPO is
+    the age of the oldest of them (always "pass": the data is what it is)."""
+    oldest = assembly.oldest.snapshot
+    from_oldest = sorted(n for n in assembly.picks if assembly.snapshot_of(n) == oldest)
+    each = "; ".join(f"{n} from {assembly.snapshot_of(n)}" for n in sorted(assembly.picks))
+    return Check(
+        "drill",
+        "restore point",
+        "pass",
+        f"RPO {rpo_seconds / 3600:.1f} h = age of the oldest source snapshot used, {oldest} "
+        f"({', '.join(from_oldest)}); each source from its newest snapshot: {each}",
+    )
 
 
 def _image(host: str, report: DrillReport, log: Log) -> str:
@@ -208,7 +232,7 @@ def _image(host: str, report: DrillReport, log: Log) -> str:
 def _in_container(
     policy: Policy,
     repo: Repository,
-    manifest: Manifest,
+    assembly: Assembly,
     identities: list[Identity],
     spec: DrillSpec,
     image: str,
@@ -240,7 +264,7 @@ def _in_container(
             runner = SshRunner(policy.host, conn)
             try:
                 return _restore_and_check(
-                    drill_policy(policy), repo, manifest, identities, runner, spec, started,
+                    drill_policy(policy), repo, assembly, identities, runner, spec, started,
                     box.label, log,
                 )  # fmt: skip
             finally:
@@ -250,7 +274,7 @@ def _in_container(
 def _restore_and_check(
     policy: Policy,
     repo: Repository,
-    manifest: Manifest,
+    assembly: Assembly,
     identities: list[Identity],
     runner: Runner,
     spec: DrillSpec,
@@ -259,9 +283,8 @@ def _restore_and_check(
     log: Log,
 ) -> list[Check]:
     opts = RestoreOptions(log=log)
-    executor = Executor(policy, repo, manifest, identities, runner, opts, target=label)
-    # Snapshot-kind records (provider snapshots) are not data to restore into a container.
-    executor.records = [r for r in executor.records if r.kind != "snapshot"]
+    # Only data sources are assembled: provider snapshots are not restored into a container.
+    executor = Executor(policy, repo, assembly, identities, runner, opts, target=label)
     result = executor.run(log)
     checks = list(result.checks)
     checks += certificate_checks(executor.facts, started, spec.cert_warn_days)

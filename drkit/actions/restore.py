@@ -1,14 +1,18 @@
-"""The restore executor: one for incident restores and (later) drills.
+"""The restore executor: one for incident restores and drills.
 
-It takes a snapshot, a target runner and a set of sources and runs one step
-per source in dependency order: roles and databases -> env and files ->
-certificates -> data services -> apps. Before anything is applied, every
-artifact to be used is checked against the manifest's stored digest (one
-cheap read), so a tampered or truncated object stops the restore before it
-touches the target; while applying, age authenticates every chunk and the
-plain digest is checked at the end. Progress is recorded per step so an
-interrupted restore can ``resume``. Afterwards each source checks the target
-against the facts recorded at backup time.
+It takes an assembly (per source, the snapshot it comes from: with ``backup
+--due`` schedules the newest database dump and the newest certificates are
+often in different snapshots), a target runner, and runs one step per source
+in dependency order: roles and databases -> env and files -> certificates ->
+data services -> apps. Before anything is applied, every artifact to be used
+is checked against its manifest's stored digest (one read), so a tampered or
+truncated object stops the restore before it touches the target; artifacts
+whose source applies nothing before verifying them itself (a PostgreSQL dump
+loaded into a staging database: ``Source.staged_artifacts``) skip that second
+read. While applying, age authenticates every chunk and the plain digest is
+checked at the end. Progress is recorded per step so an interrupted restore
+can ``resume``. Afterwards each source checks the target against the facts
+recorded at backup time in its own snapshot.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from drkit.actions.common import digests_of, object_label, read_facts
+from drkit.actions.common import Assembly, digests_of, object_label, read_facts
 from drkit.errors import IntegrityError, RestoreError
 from drkit.paths import state_dir
 from drkit.pipeline.age import Identity
@@ -58,10 +62,14 @@ class Step:
     source: str
     kind: str
     plan: StepPlan
+    snapshot: str  # the snapshot this source comes from
+    taken: str  # when that snapshot was taken (its manifest's ``finished``)
     done: bool = False  # completed by an earlier, interrupted run (--resume)
+    note: str | None = None  # e.g. "not in snapshot X: from an older one"
 
     def as_dict(self) -> dict[str, Any]:
         return {"step": self.number, "source": self.source, "kind": self.kind,
+                "snapshot": self.snapshot, "taken": self.taken, "note": self.note,
                 "actions": self.plan.actions, "blocked": self.plan.blocked,
                 "already_done": self.done}  # fmt: skip
 
@@ -69,7 +77,8 @@ class Step:
 @dataclass
 class RestoreResult:
     host: str
-    snapshot: str
+    snapshot: str  # the newest snapshot used
+    sources: dict[str, str] = field(default_factory=dict)  # source -> its snapshot
     steps: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
@@ -81,18 +90,9 @@ class RestoreResult:
         return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
 
 
-def order_sources(manifest: Manifest, only: list[str] | None) -> list[SourceRecord]:
-    """The sources to restore, in dependency order. Unknown names in ``only`` are an error."""
-    names = {s.name for s in manifest.sources}
-    if only:
-        unknown = sorted(set(only) - names)
-        if unknown:
-            raise RestoreError(
-                f"host {manifest.host}: snapshot {manifest.snapshot} has no source "
-                f"{', '.join(unknown)} (it has: {', '.join(sorted(names))})"
-            )
-    chosen = [s for s in manifest.sources if not only or s.name in only]
-    return sorted(chosen, key=lambda s: ORDER.get(s.kind, 8))
+def order_sources(records: list[SourceRecord]) -> list[SourceRecord]:
+    """``records`` in dependency order (stable within a rank)."""
+    return sorted(records, key=lambda s: ORDER.get(s.kind, 8))
 
 
 def written_paths(facts: dict[str, Any]) -> list[str]:
@@ -104,37 +104,57 @@ def written_paths(facts: dict[str, Any]) -> list[str]:
     ]
 
 
-def precheck(repo: Repository, manifest: Manifest, sources: list[SourceRecord]) -> None:
-    """Hash every stored object to be used; raise IntegrityError naming the first bad one."""
-    for src in sources:
-        for record in src.artifacts:
-            key = object_key(manifest.host, manifest.snapshot, record.key)
-            with repo.store.get(key) as stored:
-                h = HashingReader(stored)
-                while h.read(CHUNK):
-                    pass
-            if h.size != record.stored_size or h.hexdigest() != record.stored_sha256:
-                raise IntegrityError(
-                    f"{object_label(repo, manifest, record)}: stored digest does not match the "
-                    "manifest; nothing was restored"
-                )
+def precheck(repo: Repository, objects: list[tuple[Manifest, ArtifactRecord]]) -> None:
+    """Hash every stored object in ``objects`` (each in its own snapshot); raise
+    IntegrityError naming the first bad one."""
+    for manifest, record in objects:
+        key = object_key(manifest.host, manifest.snapshot, record.key)
+        with repo.store.get(key) as stored:
+            h = HashingReader(stored)
+            while h.read(CHUNK):
+                pass
+        if h.size != record.stored_size or h.hexdigest() != record.stored_sha256:
+            raise IntegrityError(
+                f"{object_label(repo, manifest, record)}: stored digest does not match the "
+                "manifest; nothing was restored"
+            )
 
 
 class Progress:
-    """Completed steps of one restore (host, snapshot, target), kept in the state dir."""
+    """Completed steps of one restore onto one target, kept in the state dir.
 
-    def __init__(self, manifest: Manifest, target: str, resume: bool) -> None:
-        ident = hashlib.sha256(f"{manifest.host}|{manifest.snapshot}|{target}".encode())
-        self.path = state_dir() / "restores" / f"{manifest.host}-{ident.hexdigest()[:16]}.json"
+    One file per (host, target), holding the (source, snapshot) pairs of the
+    restore: ``--resume`` of a different assembly (a backup ran since, another
+    ``--at`` or ``--only``) is refused, naming both, instead of skipping steps
+    that restored other data. Raises RestoreError then.
+    """
+
+    def __init__(self, assembly: Assembly, target: str, resume: bool) -> None:
+        host = assembly.host
+        ident = hashlib.sha256(f"{host}|{target}".encode()).hexdigest()[:16]
+        self.path = state_dir() / "restores" / f"{host}-{ident}.json"
+        self.sources = {name: m.snapshot for name, (m, _r) in sorted(assembly.picks.items())}
         self.done: list[str] = []
-        if resume and self.path.exists():
-            self.done = list(json.loads(self.path.read_text()).get("done", []))
+        if not (resume and self.path.exists()):
+            return
+        saved = json.loads(self.path.read_text())
+        before: dict[str, str] = saved.get("sources", {})
+        if before != self.sources:
+            was = ", ".join(f"{n} from {sid}" for n, sid in before.items())
+            now = ", ".join(f"{n} from {sid}" for n, sid in self.sources.items())
+            newest = max(before.values(), default="?")
+            raise RestoreError(
+                f"host {host}: --resume: the interrupted restore onto {target} was of {was}; "
+                f"this one would be of {now}. Resume it as of the same point (--snapshot "
+                f"{newest}, and the same --only), or restore without --resume"
+            )
+        self.done = list(saved.get("done", []))
 
     def mark(self, source: str) -> None:
         self.done.append(source)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"done": self.done}))
+        tmp.write_text(json.dumps({"sources": self.sources, "done": self.done}))
         tmp.replace(self.path)
 
     def finish(self) -> None:
@@ -145,13 +165,19 @@ class Progress:
 
 
 class Executor:
-    """Plans, applies and checks a restore of one snapshot onto one target."""
+    """Plans, applies and checks a restore of an assembly of snapshots onto one target.
+
+    ``what`` is an Assembly (``select_sources``), or one Manifest meaning every
+    source of that snapshot (or those in ``only``). Raises RestoreError when a
+    source has no policy entry; CryptoError/IntegrityError when the identity does
+    not fit or a snapshot's facts are damaged.
+    """
 
     def __init__(
         self,
         policy: Policy,
         repo: Repository,
-        manifest: Manifest,
+        what: Assembly | Manifest,
         identities: list[Identity],
         runner: Runner,
         opts: RestoreOptions,
@@ -160,26 +186,38 @@ class Executor:
         target: str = "local",
         resume: bool = False,
     ) -> None:
-        self.policy, self.repo, self.manifest = policy, repo, manifest
+        assembly = what if isinstance(what, Assembly) else Assembly.of(what, only)
+        self.policy, self.repo, self.assembly = policy, repo, assembly
         self.identities, self.runner, self.opts = identities, runner, opts
-        self.records = order_sources(manifest, only)
+        self.records = order_sources(
+            [rec for name, (_m, rec) in assembly.picks.items() if not only or name in only]
+        )
         configs = {source_name(c): c for c in policy.source}
         missing = [s.name for s in self.records if s.name not in configs]
         if missing:
             raise RestoreError(
-                f"host {manifest.host}: source(s) {', '.join(missing)} are in the snapshot but "
+                f"host {assembly.host}: source(s) {', '.join(missing)} are in the snapshot but "
                 "not in the policy; restoring needs their policy entry"
             )
         self.sources: dict[str, Source] = {
             s.name: build_source(configs[s.name], runner) for s in self.records
         }
-        self.facts = read_facts(repo, manifest, identities)  # also proves the identity fits
-        self.progress = Progress(manifest, target, resume)
+        # Each source's facts come from its own snapshot; reading them also proves the
+        # identity fits every snapshot used.
+        per_snapshot = {m.snapshot: read_facts(repo, m, identities) for m in assembly.manifests}
+        self.facts: dict[str, Any] = {
+            s.name: per_snapshot[assembly.snapshot_of(s.name)].get(s.name, {}) for s in self.records
+        }
+        self.progress = Progress(assembly, target, resume)
+
+    def manifest_of(self, source: str) -> Manifest:
+        return self.assembly.picks[source][0]
 
     def plan(self) -> list[Step]:
         """The ordered steps, each with what it would do; touches nothing."""
         steps = []
         incoming: dict[str, str] = {}  # path -> the earlier step that writes it
+        anchor = self.assembly.anchor
         for n, rec in enumerate(self.records, 1):
             done = rec.name in self.progress.done
             source, facts = self.sources[rec.name], self.facts.get(rec.name, {})
@@ -191,34 +229,72 @@ class Executor:
                 plan = StepPlan(["already done (resume)"])
             else:
                 plan = source.describe(facts, self.opts)
-            steps.append(Step(n, rec.name, rec.kind, plan, done))
+            manifest = self.manifest_of(rec.name)
+            note = None
+            if anchor and manifest.snapshot != anchor:
+                note = f"not in snapshot {anchor}: from the newest older snapshot holding it"
+            steps.append(
+                Step(n, rec.name, rec.kind, plan, manifest.snapshot, manifest.finished, done, note)
+            )
             if not done and (self.opts.dest or "/") == "/":
                 incoming.update(dict.fromkeys(written_paths(facts), f"step {n} ({rec.name})"))
         return steps
 
     def run(self, log: Log = lambda _m: None, *, check: bool = True) -> RestoreResult:
         t0 = time.monotonic()
+        host = self.assembly.host
         todo = [r for r in self.records if r.name not in self.progress.done]
-        precheck(self.repo, self.manifest, todo)
-        result = RestoreResult(self.manifest.host, self.manifest.snapshot)
+        objects: list[tuple[Manifest, ArtifactRecord]] = []
+        staged: dict[str, frozenset[str]] = {}
+        for rec in todo:
+            facts = self.facts.get(rec.name, {})
+            staged[rec.name] = self.sources[rec.name].staged_artifacts(facts, self.opts)
+            for artifact in rec.artifacts:
+                if artifact.name in staged[rec.name]:
+                    log(f"{host}: {rec.name}/{artifact.name}: verified while it loads into a "
+                        "staging area, applied only after (no second read)")  # fmt: skip
+                else:
+                    objects.append((self.manifest_of(rec.name), artifact))
+        precheck(self.repo, objects)
+        sources = {r.name: self.manifest_of(r.name).snapshot for r in self.records}
+        result = RestoreResult(host, self.assembly.newest.snapshot, sources)
         for rec in self.records:
             if rec.name in self.progress.done:
                 result.skipped.append(rec.name)
-                log(f"{self.manifest.host}: {rec.name}: already restored (resume), skipped")
+                log(f"{host}: {rec.name}: already restored (resume), skipped")
                 continue
-            log(f"{self.manifest.host}: restoring {rec.name} ({rec.kind}) ...")
-            report = self.sources[rec.name].restore(
-                self._feeder(rec), self.facts.get(rec.name, {}), self.opts
-            )
+            log(f"{host}: restoring {rec.name} ({rec.kind}) from snapshot {sources[rec.name]} ...")
+            try:
+                report = self.sources[rec.name].restore(
+                    self._feeder(rec), self.facts.get(rec.name, {}), self.opts
+                )
+            except IntegrityError as exc:
+                if not staged[rec.name]:
+                    raise
+                # The source verified while loading: say what it had (not) applied.
+                raise IntegrityError(f"{exc}; {self._applied(rec, staged[rec.name])}") from exc
             for action in report.actions:
                 result.steps.append(f"{rec.name}: {action}")
-                log(f"{self.manifest.host}: {rec.name}: {action}")
+                log(f"{host}: {rec.name}: {action}")
             self.progress.mark(rec.name)
         self.progress.finish()
         if check:
             result.checks = self.check()
         result.seconds = time.monotonic() - t0
         return result
+
+    def _applied(self, rec: SourceRecord, staged: frozenset[str]) -> str:
+        """What a restore that failed verifying a staged artifact of ``rec`` had applied."""
+        before = [r.name for r in self.records if r.name in self.progress.done]
+        others = sorted(a.name for a in rec.artifacts if a.name not in staged)
+        if not before and not others:
+            return "nothing was restored (it was loaded into a staging area, now discarded)"
+        text = f"nothing of {', '.join(sorted(staged))} was applied (staging area discarded)"
+        if others:
+            text += f"; {rec.name}'s {', '.join(others)} had been applied"
+        if before:
+            text += f"; restored before it: {', '.join(before)}"
+        return text
 
     def check(self) -> list[Check]:
         checks: list[Check] = []
@@ -228,7 +304,7 @@ class Executor:
 
     def _feeder(self, rec: SourceRecord) -> Callable[[str, Callable[[BinaryIO], object]], None]:
         records: dict[str, ArtifactRecord] = {a.name: a for a in rec.artifacts}
-        manifest, repo = self.manifest, self.repo
+        manifest, repo = self.manifest_of(rec.name), self.repo  # its own snapshot
 
         def feed(name: str, consume: Callable[[BinaryIO], object]) -> None:
             record = records.get(name)
@@ -247,13 +323,23 @@ class Executor:
         return feed
 
 
-def format_plan(manifest: Manifest, target: str, steps: list[Step]) -> str:
-    lines = [
-        f"Restore plan: host {manifest.host}, snapshot {manifest.snapshot} "
-        f"(taken {manifest.finished}), onto {target}"
-    ]
+def format_plan(assembly: Assembly, target: str, steps: list[Step]) -> str:
+    """The plan as text: a header saying which snapshot(s), then each step with its own."""
+    used = assembly.manifests
+    if len(used) == 1:
+        head = f"snapshot {used[0].snapshot} (taken {used[0].finished})"
+    else:
+        head = (
+            f"{len(used)} snapshots, each source from the newest complete snapshot holding "
+            f"it as of {assembly.as_of}"
+        )
+    lines = [f"Restore plan: host {assembly.host}, {head}, onto {target}"]
     for s in steps:
-        lines.append(f" {s.number}. {s.source} ({s.kind})")
+        # One snapshot: the header names it. Several: each step names its own.
+        origin = f" from snapshot {s.snapshot} (taken {s.taken})" if len(used) > 1 else ""
+        lines.append(f" {s.number}. {s.source} ({s.kind}){origin}")
+        if s.note:
+            lines.append(f"    ({s.note})")
         lines += [f"    - {a}" for a in s.plan.actions]
         if s.plan.blocked:
             lines.append(f"    ! REFUSED: {s.plan.blocked}")

@@ -176,8 +176,12 @@ def verify(
 @cli.command(epilog=EXIT_CODES)
 @click.option("--host", help="host whose snapshot to restore")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="policy file")
-@click.option("--snapshot", help="snapshot id (default: the newest)")
-@click.option("--at", "at_text", help="newest snapshot at or before: '2 days ago', 36h, ISO time")
+@click.option(
+    "--snapshot",
+    help="restore as of this snapshot: its sources, and what it lacks from older ones "
+    "(default: each source's newest)",
+)
+@click.option("--at", "at_text", help="each source as of this time: '2 days ago', 36h, ISO time")
 @click.option("--only", multiple=True, help="restore only this source (repeatable)")
 @click.option(
     "--target", help="ssh://user@host[:port] to restore onto (default: this machine, --local)"
@@ -259,17 +263,25 @@ def restore(
     size: str | None,
     identity_file: str | None,
 ) -> None:
-    """Restore a snapshot: roles and databases first, then env and files, then services.
+    """Restore a host: roles and databases first, then env and files, then services.
 
-    Shows the plan and asks unless --yes; refuses to overwrite live data unless
-    --force; checks the result against the facts recorded at backup time.
+    Each source comes from the newest complete snapshot holding it (at or before
+    --at, or as of --snapshot): with per-source schedules (backup --due) the
+    database and the certificates are often in different snapshots. The plan
+    names each step's snapshot; a needed source that no snapshot holds is
+    refused (restore the others with --only). Shows the plan and asks unless
+    --yes; refuses to overwrite live data unless --force; checks the result
+    against the facts recorded at backup time (each source's own snapshot).
 
     With --from-provider-snapshot, creates a new machine from the provider's
     snapshot of the host instead (the original machine is not touched).
     """
-    import datetime as dt
-
-    from drkit.actions.common import data_sources, open_repository, select_snapshot
+    from drkit.actions.common import (
+        data_sources,
+        open_repository,
+        provider_snapshots,
+        select_sources,
+    )
     from drkit.actions.restore import Executor, format_plan
     from drkit.cli.targets import target_runner
     from drkit.durations import parse_when
@@ -301,13 +313,15 @@ def restore(
     at = None
     if at_text:
         try:
-            at = parse_when(at_text, dt.datetime.now(dt.UTC))
+            at = parse_when(at_text, ctx.now())
         except ValueError as exc:
             raise UsageError(f"--at: {exc}") from None
     identities = load_identity(identity_file)
     repo = open_repository(policy.repository)
-    holding = data_sources(policy, list(only) or None)
-    manifest = select_snapshot(repo, policy.host, snapshot, at, holding=holding)
+    needed = data_sources(policy, list(only) or None)
+    # A whole-host plan also points to the provider snapshot, if one was recorded.
+    optional = set() if only else provider_snapshots(policy)
+    assembly = select_sources(repo, policy.host, needed, snapshot, at, optional=optional)
     password = None
     if pg_password_env:
         password = os.environ.get(pg_password_env)
@@ -327,23 +341,23 @@ def restore(
         accept_new_host_key=accept_new_host_key,
     )
     executor = Executor(
-        policy, repo, manifest, identities, runner, opts,
-        only=list(only) or None, target=target_label, resume=resume,
+        policy, repo, assembly, identities, runner, opts, target=target_label, resume=resume,
     )  # fmt: skip
     steps = executor.plan()
-    plan_text = format_plan(manifest, target_label, steps)
+    plan_text = format_plan(assembly, target_label, steps)
     blocked = [s for s in steps if s.plan.blocked]
     if plan_only:
         ctx.emit(
-            {"host": manifest.host, "snapshot": manifest.snapshot, "target": target_label,
-             "steps": [s.as_dict() for s in steps]},
+            {"host": assembly.host, "snapshot": assembly.newest.snapshot,
+             "snapshots": [m.snapshot for m in assembly.manifests], "as_of": assembly.as_of,
+             "target": target_label, "steps": [s.as_dict() for s in steps]},
             lambda: click.echo(plan_text),
         )  # fmt: skip
         return
     if blocked:
         click.echo(plan_text, err=True)
         raise RestoreError(
-            f"host {manifest.host}: step {blocked[0].number} ({blocked[0].source}) would "
+            f"host {assembly.host}: step {blocked[0].number} ({blocked[0].source}) would "
             f"overwrite live data: {blocked[0].plan.blocked}; nothing was restored"
         )
     if not yes:
@@ -354,16 +368,19 @@ def restore(
             raise UsageError("restore cancelled")
     result = executor.run(log)
     data = {
-        "host": result.host, "snapshot": result.snapshot, "target": target_label,
-        "steps": result.steps, "skipped": result.skipped, "verdict": result.verdict,
+        "host": result.host, "snapshot": result.snapshot, "sources": result.sources,
+        "target": target_label, "steps": result.steps, "skipped": result.skipped,
+        "verdict": result.verdict,
         "checks": [c.__dict__ for c in result.checks], "seconds": round(result.seconds, 2),
     }  # fmt: skip
 
     def text() -> None:
         for c in result.checks:
             click.echo(f"  [{c.status}] {c.source}: {c.name}: {c.detail}")
+        used = sorted(set(result.sources.values()), reverse=True)
+        what = f"snapshot {used[0]}" if len(used) == 1 else f"snapshots {', '.join(used)}"
         click.echo(
-            f"{result.host}: restored snapshot {result.snapshot} onto {target_label} in "
+            f"{result.host}: restored {what} onto {target_label} in "
             f"{result.seconds:.1f}s ({len(result.steps)} actions); verdict: {result.verdict}"
         )
 

@@ -57,6 +57,18 @@ class HashingReader(io.RawIOBase):
         return self._sha.hexdigest()
 
 
+def read_limited(stream: BinaryIO, limit: int) -> bytes:
+    """All of ``stream`` up to ``limit + 1`` bytes (so a caller can tell "too large").
+
+    One ``read(n)`` is not enough: a raw stream (a pipe reader) returns what one
+    block holds, and a caller taking that for the whole would silently lose the rest.
+    """
+    out = bytearray()
+    while len(out) <= limit and (chunk := stream.read(limit + 1 - len(out))):
+        out += chunk
+    return bytes(out)
+
+
 class PipeClosed(Exception):
     """The reading side of a ThreadPipe went away."""
 

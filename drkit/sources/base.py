@@ -119,6 +119,14 @@ class Source(ABC):
         """Compare the restored target with the facts recorded at backup time."""
         return []
 
+    def staged_artifacts(self, facts: dict[str, Any], opts: RestoreOptions) -> frozenset[str]:
+        """Names of the artifacts whose restore onto this target applies nothing before the
+        artifact's digests were verified (e.g. loaded into a staging area renamed only
+        after the feed returned without an IntegrityError). The executor skips its
+        read-everything-first check for those: a second full read (a second download
+        from S3). May query the target; changes nothing. Default: none."""
+        return frozenset()
+
     def finish(self) -> None:  # noqa: B027 - optional hook
         """Called after every artifact was stored (e.g. to close a helper session)."""
 

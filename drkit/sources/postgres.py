@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 from drkit import secrets
 from drkit.errors import RestoreError, SourceError, UsageError
-from drkit.pipeline.streams import CHUNK
+from drkit.pipeline.streams import CHUNK, read_limited
 from drkit.policy.models import PostgresSource as PostgresConfig
 from drkit.remote.base import Process, Runner, exit_text, tail_text
 from drkit.sources.base import (
@@ -316,6 +316,32 @@ class PostgresSource(Source):
                 return int(value)
         return None
 
+    def staged_artifacts(self, facts: dict[str, Any], opts: RestoreOptions) -> frozenset[str]:
+        """The custom dump, when ``restore`` will take the ParallelRestore path (a fresh
+        database, a spool and two CPUs on the target): it loads into a staging database
+        renamed only once the feed verified the dump's digests, so no read ahead of it
+        is needed. ``globals.sql`` is never staged (roles apply as they are read).
+
+        Mirrors the decisions of ``ParallelRestore.run``; probing the spool creates and
+        removes its directory on the target."""
+        if facts.get("format", "custom") != "custom" or self.restore_jobs(opts) == 1:
+            return frozenset()
+        conn, database = self.target_conn(opts), self.target_database(opts)
+        if self._table_count(conn, database) is not None:
+            return frozenset()  # it exists: one pg_restore into it, as it streams
+        probe = ParallelRestore(self, conn, database, facts, opts, RestoreReport())
+        spool = probe._open_spool()
+        if spool is None:
+            return frozenset()
+        try:
+            jobs = self.restore_jobs(opts) or min(4, spool.cpus)
+            need = min(int(facts.get("database_size") or TOC_SPOOL_MAX), TOC_SPOOL_MAX)
+            if jobs < 2 or spool_budget(spool, need) is None:
+                return frozenset()
+        finally:
+            probe._remove(spool)
+        return frozenset({dump_artifact("custom")})
+
     def _sql(self, conn: PgConn, database: str, sql: str) -> str:
         out = self.runner.check(
             conn.psql(database),
@@ -367,7 +393,7 @@ class PostgresSource(Source):
     def _restore_globals(
         self, conn: PgConn, stream: BinaryIO, opts: RestoreOptions, report: RestoreReport
     ) -> None:
-        raw = stream.read(_MAX_GLOBALS + 1)
+        raw = read_limited(stream, _MAX_GLOBALS)
         if len(raw) > _MAX_GLOBALS:
             raise RestoreError(f"{self.label}: {GLOBALS} is larger than 64 MiB; refusing")
         existing = self._roles(conn)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from drkit.errors import RestoreError
-from drkit.pipeline.streams import CHUNK
+from drkit.pipeline.streams import CHUNK, read_limited
 from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, StepPlan
 from drkit.sources.pgsql import quote_literal
@@ -47,6 +47,7 @@ RESERVED_ROLES = frozenset((
     "pgsodium_keyholder", "pgsodium_keyiduser", "pgsodium_keymaker", "pgtle_admin",
 ))  # fmt: skip
 PARTS = ("roles.sql", "schema.sql", "data.sql")
+MAX_ROLES = 64 << 20
 
 _ROLE_LINE = re.compile(r'^(CREATE|ALTER) ROLE "((?:[^"]|"")+)"')
 
@@ -185,7 +186,10 @@ class SupabaseSource(PostgresSource):
 
         def copy_roles(stream: BinaryIO) -> None:
             # Roles the target already has are left as they are (like globals).
-            text = stream.read(64 << 20).decode("utf-8", "surrogateescape")
+            raw = read_limited(stream, MAX_ROLES)
+            if len(raw) > MAX_ROLES:
+                raise RestoreError(f"{self.label}: roles.sql is larger than 64 MiB; refusing")
+            text = raw.decode("utf-8", "surrogateescape")
             sql, _created, _kept = filter_globals(text, existing, replace=False)
             stdin.write(sql.encode("utf-8", "surrogateescape"))
 

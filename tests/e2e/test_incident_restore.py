@@ -169,9 +169,10 @@ def test_restore_without_yes_off_a_terminal_refuses(host, keys) -> None:
     assert "Restore plan: host vultr" in res.stderr  # it showed what it would do
 
 
-def test_whole_host_restore_skips_a_newer_snapshot_missing_sources(host, keys) -> None:
-    """With per-source schedules the newest snapshot may hold one source only: a whole-host
-    restore takes the newest snapshot that holds them all, --only the newest with that one."""
+def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(host, keys) -> None:
+    """With per-source schedules the newest snapshot may hold some sources only (here the
+    files and the command): a whole-host restore takes those from it and the others from
+    the older snapshot."""
     policy = str(host["policy"])
     drkit("backup", "--policy", policy, check=True)
     full = json.loads(drkit("snapshots", "--policy", policy, "--json").stdout)["snapshots"][0]
@@ -180,8 +181,17 @@ def test_whole_host_restore_skips_a_newer_snapshot_missing_sources(host, keys) -
     partial_policy.write_text(text[: text.index("[[source]]")] + text[text.index(
         '[[source]]\nkind = "files"'):])  # fmt: skip
     drkit("backup", "--policy", str(partial_policy), check=True)
-    plan = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True)
-    assert json.loads(plan.stdout)["snapshot"] == full["snapshot"]
+    plan = json.loads(
+        drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True).stdout
+    )
+    newest = plan["snapshot"]
+    assert newest != full["snapshot"] and plan["snapshots"] == [newest, full["snapshot"]]
+    assert {s["source"]: s["snapshot"] for s in plan["steps"]} == {
+        "callmeback": full["snapshot"], "env-files": full["snapshot"], "apps": newest,
+        "pm2-stub": newest,
+    }  # fmt: skip
     plan = drkit("restore", "--policy", policy, "--only", "apps", "--plan", "--json",
                  *ident(keys), check=True)  # fmt: skip
-    assert json.loads(plan.stdout)["snapshot"] != full["snapshot"]
+    assert [s["snapshot"] for s in json.loads(plan.stdout)["steps"]] == [newest]
+    bad = drkit("restore", "--policy", policy, "--only", "nosuch", "--plan", *ident(keys))
+    assert bad.returncode == 2 and "--only nosuch: not a data source" in bad.stderr

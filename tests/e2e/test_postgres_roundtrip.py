@@ -97,3 +97,39 @@ def test_roundtrip_drop_restore(
         check=True,
     )
     assert json.loads(verify.stdout)["results"][0]["ok"] is True
+
+
+def test_globals_larger_than_one_block_restore_every_role(
+    pg: PgServer, callmeback, keys, tmp_path: Path
+) -> None:
+    """Roles SQL of several pipeline blocks (~360 KB): every role comes back, the last
+    one included (a single read of a pipe returns one block, not the whole artifact)."""
+    db, _role, _password = callmeback
+    prefix = f"r{secrets.token_hex(3)}_" + "x" * 48  # long names: ~240 bytes of SQL each
+    count = 1500
+    make = (
+        f"DO $$ BEGIN FOR i IN 1..{count} LOOP "
+        f"EXECUTE format('CREATE ROLE %I', '{prefix}' || i); END LOOP; END $$;"
+    )
+    drop = (
+        f"DO $$ BEGIN FOR i IN 1..{count} LOOP "
+        f"EXECUTE format('DROP ROLE IF EXISTS %I', '{prefix}' || i); END LOOP; END $$;"
+    )
+    pg.psql("postgres", make)
+    try:
+        policy = write_policy(
+            tmp_path / "vultr.toml",
+            "vultr",
+            {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [pg_source(pg, db)],
+        )
+        drkit("backup", "--policy", str(policy), check=True)
+        pg.psql("postgres", drop)
+        drkit("restore", "--yes", "--policy", str(policy), "--rename-db", "_roles",
+              "--identity", str(keys.identity_file), check=True)  # fmt: skip
+        back = pg.psql("postgres", f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{prefix}%';")
+        assert int(back.strip()) == count
+    finally:
+        pg.psql("postgres", f"DROP DATABASE IF EXISTS {db}_roles WITH (FORCE);", check=False)
+        pg.psql("postgres", drop, check=False)
