@@ -9,9 +9,15 @@ from __future__ import annotations
 
 
 class DrkitError(Exception):
-    """Base of every error drkit reports to a user."""
+    """Base of every error drkit reports to a user.
+
+    ``source``: the name of the policy source the error happened in, when one
+    did (set by the backup action, which knows it), so callers need not parse
+    the message for it.
+    """
 
     exit_code = 1
+    source: str | None = None
 
 
 class UsageError(DrkitError):

@@ -180,7 +180,7 @@ def _back_up_source(
                 f"-> {records[-1].stored_size} stored"
             )
     except DrkitError as exc:
-        wrapped = _with_context(exc, f"host {host}: source {source.name}")
+        wrapped = _with_context(exc, host, source.name)
         if wrapped is exc:
             raise
         raise wrapped from exc
@@ -270,14 +270,21 @@ def _record(
         log(f"{host}: {what} the catalog was not updated: {exc}")
 
 
-def _with_context(exc: DrkitError, context: str) -> DrkitError:
+def _with_context(exc: DrkitError, host: str, source: str) -> DrkitError:
     """Name host and source once: an error naming both is kept as it is; one naming only
-    the host (a runner's: connection lost, sudo needs a password) gets the source too."""
+    the host (a runner's: connection lost, sudo needs a password) gets the source too.
+
+    Either way the returned error's ``source`` is ``source``, for callers that list
+    failed sources (drkit.actions.fleet) without parsing the message.
+    """
+    context = f"host {host}: source {source}"
     text = str(exc)
     if hasattr(exc, "problems") or text.startswith((context + ":", context + " (")):
+        exc.source = source
         return exc
-    host = context.split(": ", 1)[0] + ": "
-    return type(exc)(f"{context}: {text.removeprefix(host)}")
+    wrapped = type(exc)(f"{context}: {text.removeprefix(f'host {host}: ')}")
+    wrapped.source = source
+    return wrapped
 
 
 def _discard(repo: Repository, host: str, snapshot: str, log: Log) -> None:

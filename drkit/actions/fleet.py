@@ -49,7 +49,12 @@ def utcnow() -> dt.datetime:
 @dataclass(frozen=True)
 class HostResult:
     """One host's run. ``status``: success, partial (committed, but a provider snapshot
-    failed), failed, locked (another run holds the host; nothing done) or not-due."""
+    failed), failed, locked (another run holds the host; nothing done) or not-due.
+
+    ``failed_sources``: names of the sources that failed, in run order: for a partial
+    run those the manifest lists as missing, for a failed one the source the error
+    was raised in (empty when the run failed outside any source).
+    """
 
     host: str
     status: str
@@ -61,6 +66,7 @@ class HostResult:
     seconds: float = 0.0
     sources: tuple[str, ...] = ()
     error: str | None = None
+    failed_sources: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -71,6 +77,8 @@ class HostResult:
         out = {k: v for k, v in self.__dict__.items() if v is not None and v != ()}
         if self.sources:
             out["sources"] = list(self.sources)
+        if self.failed_sources:
+            out["failed_sources"] = list(self.failed_sources)
         return out
 
 
@@ -138,7 +146,8 @@ def backup_one(
         # Also before the run started (repository unreachable): the monitor hears of it.
         error = str(exc) if isinstance(exc, DrkitError) else f"host {host}: internal error: {exc!r}"
         reporter.failed(started or clock(), error)
-        result = HostResult(host, "failed", error=error)
+        source = exc.source if isinstance(exc, DrkitError) else None
+        result = HostResult(host, "failed", error=error, failed_sources=(source,) if source else ())
     finally:
         reporter.close()
     if repo is not None:
@@ -159,7 +168,16 @@ def _result(repo: Repository, res: BackupResult) -> HostResult:
         seconds=round(res.seconds, 2),
         sources=tuple(s.name for s in m.sources),
         error="; ".join(res.failed) or None,
+        failed_sources=_names(m.extra.get("failed_sources")),
     )
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """The manifest's ``failed_sources`` (a list of names, as drkit.actions.backup writes
+    it), each once, in order; anything else (a foreign or older manifest): none."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(dict.fromkeys(str(v) for v in value))
 
 
 def backup_fleet(

@@ -31,7 +31,8 @@ def host_status(
     policy: Policy, catalog: Catalog | None, now: dt.datetime | None = None
 ) -> dict[str, Any]:
     """Freshness from the repository itself, RPO breach, the last failed run (from the
-    catalog) and the last drill (``last_drill``: repository reports and catalog).
+    catalog) and the last drill (``last_drill``: repository reports and catalog;
+    ``drill_failed``: that drill's verdict was fail; never drilled is not a failure).
 
     ``age`` is that of the stalest source on the host's schedule: the time since
     the newest complete snapshot holding it (a snapshot taken for a weekly
@@ -66,6 +67,7 @@ def host_status(
         if run is not None and run.status in ("failed", "partial"):
             row["last_error"] = run.error
     drill = last_drill(repo, policy.host, catalog)
+    row["drill_failed"] = drill is not None and not drill.passed
     if drill is not None:
         row["last_drill"] = drill.as_dict(now)
     return row

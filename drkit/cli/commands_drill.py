@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,7 +19,10 @@ from drkit.cli.context import (
     log_to_stderr,
 )
 from drkit.cli.main import cli, json_option
-from drkit.errors import UsageError
+from drkit.errors import DrkitError, UsageError
+
+if TYPE_CHECKING:
+    from drkit.policy.models import Policy
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
@@ -58,8 +63,10 @@ def drill(
     Hosts are drilled one after the other; one host failing (no snapshot, a
     broken artifact, a failed check) never hides or stops the others, and every
     report (--report, --junit, --json) holds every host. Exits 4 when any drill
-    failed. The container cannot reach beyond this machine (DRKIT_DRILL_NETWORK,
-    docker/README.md) and is logged into as the policy's SSH user.
+    failed. Each host's Prometheus textfile (notify.prometheus_textfile), if
+    its policy names one, is rewritten after its drill. The container cannot
+    reach beyond this machine (DRKIT_DRILL_NETWORK, docker/README.md) and is
+    logged into as the policy's SSH user.
     """
     from drkit.actions.drill import drill_hosts, load_specs
     from drkit.drills.report import junit_xml, markdown
@@ -75,6 +82,7 @@ def drill(
     reports = drill_hosts(
         policies, identities, specs, snapshot=snapshot, keep=keep, catalog=ctx.catalog, log=log
     )
+    rewrite_metrics(policies, log)
     if report_dir:
         out = Path(report_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -101,3 +109,25 @@ def drill(
     ctx.emit({"drills": [json.loads(r.to_json()) for r in reports]}, text)
     if any(r.verdict == "fail" for r in reports):
         sys.exit(4)
+
+
+def rewrite_metrics(policies: list[Policy], log: Callable[[str], None]) -> None:
+    """Rewrite the Prometheus textfile of each policy that names one, so
+    ``drkit_last_drill_success`` follows the drill just stored, not the next backup.
+
+    Read from the repository like after a backup. Problems only warn (a
+    repository that cannot be opened, an unwritable file): metrics never change
+    a drill's verdict or exit code.
+    """
+    from drkit.actions.common import open_repository
+    from drkit.actions.fleet import write_metrics
+
+    for policy in policies:
+        if policy.notify is None or not policy.notify.prometheus_textfile:
+            continue
+        try:
+            repo = open_repository(policy.repository)
+        except DrkitError as exc:
+            log(f"warning: host {policy.host}: metrics not rewritten: {exc}")
+            continue
+        write_metrics(policy, repo, log)

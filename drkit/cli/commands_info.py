@@ -195,7 +195,11 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
 @handle_errors
 def status(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> None:
     """Freshness of each host's newest backup against its RPO, and its last restore drill
-    (time, verdict); exits 1 on an RPO breach."""
+    (time, verdict).
+
+    Exits 1 when any host breaches its RPO or its last drill failed (a host never
+    drilled does not), so it can run as a monitor.
+    """
     from drkit.actions.status import host_status
 
     now = ctx.now()
@@ -218,7 +222,7 @@ def status(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> N
                 click.echo(f"  last run failed: {r['last_error']}")
 
     ctx.emit({"hosts": rows, "checked": now.isoformat()}, text)
-    if any(r["breach"] for r in rows):
+    if any(r["breach"] or r["drill_failed"] for r in rows):
         sys.exit(1)
 
 

@@ -6,7 +6,6 @@ sources were committed) or FAILED, with the failed sources named.
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -15,17 +14,10 @@ import click
 if TYPE_CHECKING:
     from drkit.actions.fleet import HostResult
 
-# Every source error starts "host H: source S: ..." or "host H: source S (kind): ..."
-# (data sources: drkit.sources; provider snapshots: drkit.providers.factory.source_label);
-# a run's errors are joined with "; ".
-_FAILED_SOURCE = re.compile(
-    r"(?:^|; )host [^\s:]+: source ([A-Za-z0-9][A-Za-z0-9_.-]*)(?: \([a-z0-9_]+\))?:"
-)
-
 
 def failed_sources(result: HostResult) -> list[str]:
     """Names of the sources that failed in ``result``'s run, in order, each once."""
-    return list(dict.fromkeys(_FAILED_SOURCE.findall(result.error or "")))
+    return list(result.failed_sources)
 
 
 def state_of(result: HostResult) -> str:

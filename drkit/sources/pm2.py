@@ -19,6 +19,11 @@ in no step: the latter is the finding. The check after the restore asks
 ``pm2 jlist`` again: each app online passes; an app whose script exists but
 is not online fails, except one that was stopped at backup time (resurrect
 keeps it stopped).
+
+The facts also keep the installed pm2's version (read from its package.json:
+``pm2 -v`` would spawn a daemon). A target where ``pm2_bin`` is not found for
+the owner blocks the plan, naming the package to install: found only at
+``pm2 resurrect``, the earlier steps would already have run.
 """
 
 from __future__ import annotations
@@ -55,6 +60,12 @@ SETTLE = 1.0  # an app that crashes on start shows "online" between restarts
 _DOTENV = re.compile(rb"""require\(\s*['"]dotenv['"]\s*\)""")
 # Exit 0 when the daemon of this PM2_HOME runs (as the owner, kill -0 is allowed).
 _ALIVE = 'p=$(cat "$1/pm2.pid" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null'
+# Prints the version of the pm2 package behind the command "$1" (its package.json):
+# `pm2 -v` would spawn a daemon for a PM2_HOME that has none.
+_VERSION = (
+    'p=$(command -v "$1") && d=$(dirname "$(readlink -f "$p")") && '
+    'sed -n \'s/^ *"version": *"\\([^"]*\\)".*/\\1/p\' "$d/../package.json" | head -n 1'
+)
 # Prints, NUL-separated, the arguments that exist.
 _EXISTING = 'for f; do [ -e "$f" ] && printf "%s\\0" "$f"; done; true'
 # Prints, NUL-separated, the arguments that do not exist (or the user cannot see).
@@ -125,6 +136,9 @@ class Pm2Source(TarSource):
         )
         if not saved:
             facts["save_skipped"] = note
+        version = self._version()
+        if version:
+            facts["pm2_version"] = version  # what to install on a fresh host
         self.facts.update(facts)
 
     def _save(self, home: str) -> tuple[bool, str]:
@@ -140,6 +154,12 @@ class Pm2Source(TarSource):
         if b"not managing any process" in out:
             return False, f"the PM2 daemon (PM2_HOME={home}) manages no process, pm2 save skipped"
         return True, ""
+
+    def _version(self) -> str | None:
+        """The installed pm2's version as the owner sees it, or None (best effort)."""
+        out = self.runner.run(["sh", "-c", _VERSION, "sh", self.pm2_bin], user=self.config.user)
+        text = out.stdout.decode("utf-8", "replace").strip()
+        return text if out.returncode == 0 and re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", text) else None
 
     def _existing(self, paths: list[str]) -> list[str]:
         out = self.runner.check(
@@ -164,6 +184,9 @@ class Pm2Source(TarSource):
             actions.append(f"pm2 resurrect not run: files go under {opts.dest}")
             return StepPlan(actions, base.blocked)
         user, home = self.config.user, self._restore_home(facts)
+        # Found only at `pm2 resurrect`, exit 127 would come after the earlier steps
+        # (databases, files) already ran: refuse the whole plan up front instead.
+        blocked = base.blocked or self._pm2_missing(facts)
         states = backup_states(facts)
         start = [name for name, state in states.items() if state != "stopped"]
         line = f"pm2 resurrect as {user} (PM2_HOME={home}): start {', '.join(start) or 'no app'}"
@@ -185,7 +208,7 @@ class Pm2Source(TarSource):
                     f"app {name}: script {script} is neither on the target nor in this "
                     "restore: PM2 cannot start it (restore the app's code)"
                 )
-        return StepPlan(actions, base.blocked)
+        return StepPlan(actions, blocked)
 
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
         report = super().restore(feed, facts, opts)
@@ -252,6 +275,22 @@ class Pm2Source(TarSource):
                 detail = "/".join(sorted(got)) if got else "not running"
                 checks.append(Check(self.name, f"app {name}", "fail", detail))
         return checks
+
+    def _pm2_missing(self, facts: dict[str, Any]) -> str | None:
+        """Why pm2 cannot run as the owner on the target (``pm2_bin`` not found by
+        ``command -v`` as that user, with the PATH sudo gives it), or None if it can."""
+        user, pm2 = self.config.user, self.pm2_bin
+        found = self.runner.run(["sh", "-c", 'command -v "$1"', "sh", pm2], user=user)
+        if found.returncode == 0 and found.stdout.strip():
+            return None
+        if pm2.startswith("/") and posixpath.normpath(pm2) in self.incoming:
+            return None  # an earlier step of this restore brings it (e.g. nvm's tree)
+        version = facts.get("pm2_version")
+        package = f"pm2@{version}" if isinstance(version, str) and version else "pm2"
+        return (
+            f"{self.label}: pm2 ({pm2}) is not installed for {user} on the target: install "
+            f"it (npm install -g {package}) or set pm2_bin to its path, then restore again"
+        )
 
     def _restore_home(self, facts: dict[str, Any]) -> str:
         return str(facts.get("pm2_home") or self.pm2_home())

@@ -178,3 +178,71 @@ def test_prometheus_textfile_follows_the_newest_drill(tmp_path: Path, keys: Keys
     drill_report(repo, "vultr", "d2", snapshot, "2030-01-02T00:00:00Z", "fail")
     assert drkit("backup", "--policy", str(policy)).returncode == 0
     assert drill_samples() == {"db": 0.0, "env": 0.0}
+
+
+def test_the_drill_command_rewrites_the_textfile_after_a_drill(tmp_path: Path, keys: Keys) -> None:
+    """What `drkit drill` calls once its reports are stored: the textfile follows the drill
+    at once (a real drill needs Docker images: tests/drills covers the drill itself)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from drkit.cli.commands_drill import rewrite_metrics
+    from drkit.policy.loader import load_policy
+
+    repo = tmp_path / "repo"
+    prom = tmp_path / "metrics" / "drkit.prom"
+    policy = write_policy(
+        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
+        extra=f'notify = {{ prometheus_textfile = "{prom}" }}',
+    )  # fmt: skip
+    plain = write_policy(
+        tmp_path / "e2i.toml", "e2i", {"url": repo.as_uri()}, [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
+    )  # fmt: skip
+    res = drkit("backup", "--policy", str(policy), "--json")
+    assert res.returncode == 0, res.output
+    snapshot = json.loads(res.stdout)["results"][0]["snapshot"]
+
+    def drill_success() -> list[float]:
+        families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+        family = families.get("drkit_last_drill_success")
+        return [s.value for s in family.samples] if family else []
+
+    assert drill_success() == []
+    logged: list[str] = []
+    for verdict, want in (("fail", 0.0), ("pass", 1.0)):
+        drill_report(repo, "vultr", f"d-{verdict}", snapshot, dt.datetime.now(dt.UTC).isoformat(),
+                     verdict)  # fmt: skip
+        rewrite_metrics([load_policy(policy), load_policy(plain)], logged.append)
+        assert drill_success() == [want], verdict
+    assert logged == []
+    assert 'host="e2i"' not in prom.read_text()  # its policy names no textfile
+
+
+def test_status_exits_1_when_the_last_drill_failed(tmp_path: Path, keys: Keys) -> None:
+    """A monitor hears of a failed drill; never drilled (no rpo, no breach) stays exit 0."""
+    repo = tmp_path / "repo"
+    policy = write_policy(
+        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
+    )  # fmt: skip
+    res = drkit("backup", "--policy", str(policy), "--json")
+    assert res.returncode == 0, res.output
+    snapshot = json.loads(res.stdout)["results"][0]["snapshot"]
+
+    never = drkit("status", "--policy", str(policy), "--json")
+    assert never.returncode == 0, never.output
+    assert json.loads(never.stdout)["hosts"][0]["drill_failed"] is False
+
+    drill_report(repo, "vultr", "d1", snapshot, "2030-01-01T00:00:00Z", "fail")
+    failed = drkit("status", "--policy", str(policy))
+    assert failed.returncode == 1, failed.output
+    assert "ok     drill FAIL 2030-01-01 00:00" in failed.stdout  # fresh, yet exit 1
+    as_json = drkit("status", "--policy", str(policy), "--json")
+    assert as_json.returncode == 1
+    row = json.loads(as_json.stdout)["hosts"][0]
+    assert row["breach"] is False and row["drill_failed"] is True
+
+    # A later drill that passes with warnings clears it.
+    drill_report(repo, "vultr", "d2", snapshot, "2030-01-02T00:00:00Z", "warn")
+    assert drkit("status", "--policy", str(policy)).returncode == 0

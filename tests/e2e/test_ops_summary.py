@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from drkit.actions.fleet import HostResult
+from drkit.actions.fleet import HostResult, backup_one
 from drkit.cli.summary import print_summary
+from drkit.policy.loader import load_policy
 from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
@@ -65,10 +66,12 @@ def test_the_terminal_table_shows_partial_and_failed(
     results = [
         HostResult("vultr", "partial", snapshot="20300101T030000Z-aaaaaa", artifacts=1,
                    plain_bytes=10, stored_bytes=20, seconds=1.0, sources=("db",),
-                   error="host vultr: source droplet: digitalocean 4242: snapshot: errored"),
+                   error="host vultr: source droplet: digitalocean 4242: snapshot: errored",
+                   failed_sources=("droplet",)),
         HostResult("hetzner", "success", snapshot="20300101T030000Z-bbbbbb", artifacts=1,
                    plain_bytes=10, stored_bytes=20, seconds=1.0, sources=("db",)),
-        HostResult("e2i", "failed", error="host e2i: source pgdump: command sh exited 7"),
+        # The table reads failed_sources, not the error text (which need not name it).
+        HostResult("e2i", "failed", error="host e2i: connection lost", failed_sources=("pgdump",)),
     ]  # fmt: skip
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setenv("COLUMNS", "160")
@@ -79,3 +82,18 @@ def test_the_terminal_table_shows_partial_and_failed(
     assert "PARTIAL" in rows["vultr"] and "droplet" in rows["vultr"] and " ok " not in rows["vultr"]
     assert "FAILED" in rows["e2i"] and "pgdump" in rows["e2i"]
     assert " ok " in rows["hetzner"]
+
+
+def test_host_results_carry_their_failed_sources(tmp_path: Path, keys: Keys) -> None:
+    """Structured, from the run itself: the manifest's missing provider snapshot for a
+    partial run, the source the error was raised in for a failed one."""
+    results = {}
+    for path in fleet(tmp_path, keys):
+        policy = load_policy(path)
+        results[policy.host] = backup_one(policy, None, lambda _m: None)
+    assert results["vultr"].status == "partial"
+    assert results["vultr"].failed_sources == ("droplet",)
+    assert results["e2i"].status == "failed" and results["e2i"].failed_sources == ("pgdump",)
+    assert results["hetzner"].status == "success" and results["hetzner"].failed_sources == ()
+    assert results["e2i"].as_dict()["failed_sources"] == ["pgdump"]
+    assert "failed_sources" not in results["hetzner"].as_dict()

@@ -214,3 +214,53 @@ def test_pm2_restore_refuses_to_overwrite_a_newer_dump(
         assert f"{pm2.home}/dump.pm2" in res.stderr and "--force" in res.stderr
         assert (pm2.home / "dump.pm2").read_bytes() == newer
         assert pm2.states() == {"voice-pipeline": "online"}
+
+
+def test_pm2_missing_on_the_target_refuses_the_restore_before_any_step(
+    tmp_path: Path, open_dir: Path, keys: Any, snapshot_facts: Any
+) -> None:
+    """pm2 not installed for the owner: the plan is REFUSED naming host, source and what
+    to install (the version recorded at backup), and nothing is restored, not even the
+    steps before pm2's (found only at `pm2 resurrect`, exit 127 came after them)."""
+    home = open_dir / "pm2-home"
+    home.mkdir()
+    app = {"name": "web", "pm_exec_path": "/srv/web/server.js", "pm_cwd": "/srv/web",
+           "status": "online", "env": {"API_KEY": SECRET}}  # fmt: skip
+    (home / "dump.pm2").write_text(json.dumps([app]))
+    site = open_dir / "site.conf"
+    site.write_text("server_name example;\n")
+    repo = {"url": (tmp_path / "repo").as_uri()}
+
+    def policy(name: str, **pm2: str) -> Path:
+        source = {"kind": "pm2", "user": "root", "pm2_home": str(home), **pm2}
+        files = {"kind": "files", "name": "site", "paths": [str(site)]}
+        return write_policy(tmp_path / name, "vultr", repo, [keys.recipient], [files, source])
+
+    # Backed up where pm2 is installed (no daemon runs: none is started).
+    drkit("backup", "--policy", str(policy("vultr.toml")), env=bin_path_env(), check=True)
+    version = snapshot_facts(tmp_path / "vultr.toml", "pm2")["pm2_version"]
+    assert version and version[0].isdigit()
+
+    # The fresh host lacks pm2: the policy names where it would be.
+    missing = policy("target.toml", pm2_bin=str(open_dir / "nvm" / "bin" / "pm2"))
+    shutil.rmtree(home)
+    site.unlink()
+    identity = ("--identity", str(keys.identity_file))
+    plan = drkit("restore", "--policy", str(missing), *identity, "--plan", env=bin_path_env())
+    assert plan.returncode == 0, plan.output
+    refused = [ln.strip() for ln in plan.stdout.splitlines() if "REFUSED" in ln]
+    assert len(refused) == 1, plan.stdout
+    assert refused[0].startswith("! REFUSED: host ") and "source pm2 (pm2)" in refused[0]
+    assert f"{open_dir}/nvm/bin/pm2" in refused[0] and "not installed for root" in refused[0]
+    assert f"npm install -g pm2@{version}" in refused[0]
+
+    res = drkit("restore", "--policy", str(missing), *identity, "--yes", env=bin_path_env())
+    assert res.returncode == 1, res.output
+    assert "nothing was restored" in res.stderr and f"pm2@{version}" in res.stderr
+    assert not site.exists() and not home.exists()
+    assert SECRET not in res.output
+
+    # With pm2 found (the default, on PATH) the same snapshot's plan is not refused.
+    ok = drkit("restore", "--policy", str(policy("vultr.toml")), *identity, "--plan",
+               env=bin_path_env())  # fmt: skip
+    assert ok.returncode == 0 and "REFUSED" not in ok.stdout, ok.output
