@@ -95,11 +95,9 @@ def backup(
 
 def _as_dict(r: HostResult) -> dict[str, Any]:
     """A host's result for --json: a partial or failed one names its failed sources."""
-    from drkit.cli.summary import failed_sources
-
     out = r.as_dict()
     if r.status in ("partial", "failed"):
-        out["failed_sources"] = failed_sources(r)
+        out["failed_sources"] = list(r.failed_sources)
     return out
 
 
@@ -357,8 +355,8 @@ def restore(
     if blocked:
         click.echo(plan_text, err=True)
         raise RestoreError(
-            f"host {assembly.host}: step {blocked[0].number} ({blocked[0].source}) would "
-            f"overwrite live data: {blocked[0].plan.blocked}; nothing was restored"
+            f"host {assembly.host}: step {blocked[0].number} ({blocked[0].source}) is "
+            f"refused: {blocked[0].plan.blocked}; nothing was restored"
         )
     if not yes:
         click.echo(plan_text, err=True)

@@ -230,7 +230,7 @@ def test_restore_refuses_existing_stream_unless_forced(
 
     res = restore(policy, keys)
     assert res.returncode == 1
-    assert "host platform: step 1 (nats) would overwrite live data" in res.stderr
+    assert "host platform: step 1 (nats) is refused" in res.stderr
     assert "ORDERS already exist" in res.stderr and "--force" in res.stderr
     assert "KV_config" not in run(stream_names(server.url))  # nothing was touched
 
