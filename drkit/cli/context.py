@@ -24,7 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes:
   0  success
-  1  failure (a backup, prune, verify or restore failed)
+  1  failure (a backup, prune, verify or restore failed;
+     status: an RPO breach or a failed last drill)
   2  usage or policy error
   3  partial (some hosts or sources failed)
   4  a drill ran and failed its checks
