@@ -10,7 +10,10 @@ memory stays flat.
 (``cat``: real data, near-zero generation cost). Standalone, this script
 streams synthetic pg_dump-like text (bench/gen_dump.py):
 
-    python bench/backup_rss.py --size-mb 110 --size-mb 1100 [--s3]
+    python bench/backup_rss.py --size-mb 110 --size-mb 1100 [--s3 | --s3-only]
+
+It prints one JSON line per repository and size, with the drkit process's
+peak RSS (``backup_peak_rss_mib``, ``restore_peak_rss_mib``).
 """
 
 from __future__ import annotations
@@ -123,16 +126,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size-mb", type=int, action="append", required=True)
     ap.add_argument("--s3", action="store_true", help="also measure against SeaweedFS S3")
+    ap.add_argument("--s3-only", action="store_true", help="only S3 (skip the local repository)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="drkit-bench-"))
     env = dict(
         os.environ, DRKIT_STATE_DIR=str(work / "state"), DRKIT_CONFIG_DIR=str(work / "config")
     )
     try:
-        for size in args.size_mb:
+        for size in [] if args.s3_only else args.size_mb:
             res = _standalone(size, {"url": (work / f"repo{size}").as_uri()}, work, env)
             print(json.dumps({"repository": "local", **res}), flush=True)
-        if args.s3:
+        if args.s3 or args.s3_only:
             from tests.servers.seaweed import seaweed_server
 
             with seaweed_server() as s3:

@@ -12,7 +12,7 @@ zones), so values compare and sort the same everywhere.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Final, Literal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -30,22 +30,32 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-RunStatus = Literal["running", "success", "failed", "partial"]
-DrillVerdict = Literal["pass", "fail", "warn"]
+# Re-exported: these used to live here and callers import them from here.
+from drkit.catalog.rows import (
+    DRILL_VERDICTS,
+    RUN_STATUSES,
+    DrillVerdict,
+    RunStatus,
+    to_utc,
+)
 
-RUN_STATUSES: Final = ("running", "success", "failed", "partial")
-DRILL_VERDICTS: Final = ("pass", "fail", "warn")
+__all__ = [
+    "DRILL_VERDICTS",
+    "RUN_STATUSES",
+    "Artifact",
+    "Base",
+    "Drill",
+    "DrillVerdict",
+    "Run",
+    "RunStatus",
+    "Snapshot",
+    "UTCDateTime",
+    "to_utc",
+]
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-def to_utc(value: dt.datetime) -> dt.datetime:
-    """An aware datetime in UTC; naive datetimes are refused (their zone is unknown)."""
-    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        raise ValueError(f"naive datetime {value.isoformat()} given to the catalog")
-    return value.astimezone(dt.UTC)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

@@ -1,7 +1,13 @@
-"""Source kinds register here, explicitly: adding a kind is one module and one line."""
+"""Source kinds register here, explicitly: adding a kind is one module and one line.
+
+Each kind maps to ``"module:Class"`` and its module is imported the first
+time a policy uses that kind: a backup of one ``command`` source does not
+pay for ``cryptography.x509`` (caddy/certbot facts), NATS or Docker code.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,16 +15,6 @@ from drkit.errors import UsageError
 from drkit.policy.models import SourceBase, source_name
 from drkit.remote.base import Runner
 from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, StepPlan
-from drkit.sources.caddy import CaddySource
-from drkit.sources.certbot import CertbotSource
-from drkit.sources.command import CommandSource
-from drkit.sources.docker_volume import DockerVolumeSource
-from drkit.sources.env import EnvSource
-from drkit.sources.files import FilesSource
-from drkit.sources.nats import NatsSource
-from drkit.sources.pm2 import Pm2Source
-from drkit.sources.postgres import PostgresSource
-from drkit.sources.supabase import SupabaseSource
 
 
 class ProviderSnapshotStep(Source):
@@ -52,26 +48,40 @@ class ProviderSnapshotStep(Source):
         )
 
 
-SOURCES: dict[str, type[Source]] = {
-    "postgres": PostgresSource,
-    "files": FilesSource,
-    "env": EnvSource,
-    "command": CommandSource,
-    "pm2": Pm2Source,
-    "caddy": CaddySource,
-    "certbot": CertbotSource,
-    "nats": NatsSource,
-    "docker_volume": DockerVolumeSource,
+# kind -> "module:Class" (a class is used as is: tests substitute one).
+SOURCES: dict[str, str | type[Source]] = {
+    "postgres": "drkit.sources.postgres:PostgresSource",
+    "files": "drkit.sources.files:FilesSource",
+    "env": "drkit.sources.env:EnvSource",
+    "command": "drkit.sources.command:CommandSource",
+    "pm2": "drkit.sources.pm2:Pm2Source",
+    "caddy": "drkit.sources.caddy:CaddySource",
+    "certbot": "drkit.sources.certbot:CertbotSource",
+    "nats": "drkit.sources.nats:NatsSource",
+    "docker_volume": "drkit.sources.docker_volume:DockerVolumeSource",
     "snapshot": ProviderSnapshotStep,
 }
+SUPABASE = "drkit.sources.supabase:SupabaseSource"  # postgres with flavor = "supabase"
+
+
+def source_class(kind: str, flavor: str = "plain") -> type[Source] | None:
+    """The Source class of ``kind`` (importing its module now), or None if unknown."""
+    entry = SOURCES.get(kind)
+    if kind == "postgres" and flavor == "supabase":
+        entry = SUPABASE
+    if entry is None or isinstance(entry, type):
+        return entry
+    module, _, name = entry.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise TypeError(f"source registry: {entry} is not a Source class")
+    return cls
 
 
 def build_source(config: SourceBase, runner: Runner) -> Source:
     """The Source object for one policy entry; unimplemented kinds are a clear error."""
     kind = str(getattr(config, "kind"))  # noqa: B009
-    cls = SOURCES.get(kind)
-    if kind == "postgres" and getattr(config, "flavor", "plain") == "supabase":
-        cls = SupabaseSource
+    cls = source_class(kind, str(getattr(config, "flavor", "plain")))
     if cls is None:
         raise UsageError(
             f"host {runner.host}: source {source_name(config)}: kind {kind!r} is declared "
