@@ -176,6 +176,7 @@ def run_drill(
     try:
         assembly = select_sources(repo, policy.host, data_sources(policy), snapshot)
         report.snapshot = assembly.newest.snapshot
+        report.snapshots = [m.snapshot for m in assembly.manifests]
         oldest = assembly.oldest.snapshot
         report.rpo_seconds = (started - snapshot_time(oldest)).total_seconds()
         image = _image(policy.host, report, log)

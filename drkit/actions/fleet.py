@@ -343,7 +343,7 @@ def prune_one(
     """Prune one host by its retention, under the host lock unless ``dry_run``; then sync
     the catalog for that host. Raises LockHeld, RepositoryError (listing)."""
     from drkit.actions.prune import prune
-    from drkit.actions.status import drilled_snapshots
+    from drkit.actions.status import drilled_snapshots, newest_drill_used
 
     repo = open_repository(policy.repository)
     # A provider snapshot's retention is for the provider's copies, not for data.
@@ -355,7 +355,8 @@ def prune_one(
     def run() -> PruneResult:
         return prune(
             repo, policy.host, policy.retention, now=now, dry_run=dry_run,
-            drilled=drilled_snapshots(repo, policy.host, catalog), grace=grace,
+            drilled=drilled_snapshots(repo, policy.host, catalog),
+            drilled_with=newest_drill_used(repo, policy.host), grace=grace,
             sources=sources, log=log,
         )  # fmt: skip
 

@@ -104,13 +104,15 @@ def prune(
     now: dt.datetime,
     dry_run: bool,
     drilled: AbstractSet[str] = frozenset(),
+    drilled_with: AbstractSet[str] = frozenset(),
     grace: dt.timedelta = DEFAULT_GRACE,
     sources: Mapping[str, RetentionLike | None] | None = None,
     log: Log = lambda _msg: None,
 ) -> PruneResult:
     """Apply ``retention`` to ``host``'s snapshots in ``repo``.
 
-    ``drilled``: ids of snapshots that passed a drill. ``sources``: the
+    ``drilled``: ids of snapshots that passed a drill. ``drilled_with``: the older
+    snapshots the newest passing drill also restored from (all kept). ``sources``: the
     policy's source names with their own retention (or None): the newest
     complete snapshot holding each source is kept, and a source's retention
     keeps the snapshots it selects among those holding it (it can lengthen
@@ -140,6 +142,9 @@ def prune(
         snaps.append(SnapInfo.of(ref.snapshot, complete=manifest.status == "complete"))
 
     pinned = _source_pins(snaps, manifests, sources or {}, now)
+    for snap in snaps:
+        if snap.id in drilled_with:
+            pinned.setdefault(snap.id, []).append("also restored by the newest passing drill")
     first = decide(snaps, retention, now, drilled=drilled, pinned=pinned)
     # Only snapshots retention would remove need their Object Lock read.
     locks = ObjectLocks(repo.store)

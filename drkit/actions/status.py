@@ -205,6 +205,7 @@ class DrillSummary:
     verdict: str
     started: dt.datetime  # timezone-aware
     rto_seconds: float | None = None
+    used: tuple[str, ...] = ()  # every snapshot the drill restored from (reports since 0.1)
 
     @property
     def passed(self) -> bool:
@@ -238,6 +239,7 @@ def drill_reports(repo: Repository, host: str) -> list[DrillSummary]:
             data = json.loads(repo.store.get_bytes(info.key))
             started = _aware(dt.datetime.fromisoformat(str(data["started"])))
             rto = data.get("rto_seconds")
+            used = data.get("snapshots")
             out.append(
                 DrillSummary(
                     drill=str(data.get("drill_id") or info.key.rsplit("/", 1)[-1][:-5]),
@@ -245,6 +247,7 @@ def drill_reports(repo: Repository, host: str) -> list[DrillSummary]:
                     verdict=str(data["verdict"]),
                     started=started,
                     rto_seconds=float(rto) if isinstance(rto, int | float) else None,
+                    used=tuple(str(u) for u in used) if isinstance(used, list) else (),
                 )
             )
         except (RepositoryError, ValueError, KeyError, TypeError, AttributeError):
@@ -284,6 +287,13 @@ def drilled_snapshots(
         if drill is not None and drill.verdict in PASSED_DRILL:
             ids.add(drill.snapshot_id)
     return frozenset(ids)
+
+
+def newest_drill_used(repo: Repository, host: str) -> frozenset[str]:
+    """The older snapshots the newest passing drill also restored from (a drill takes
+    each source from the newest snapshot holding it; its ``snapshot`` is the newest)."""
+    passed = [d for d in drill_reports(repo, host) if d.passed]
+    return frozenset(passed[-1].used) - {passed[-1].snapshot} if passed else frozenset()
 
 
 def last_drill_passed(repo: Repository, host: str) -> bool | None:

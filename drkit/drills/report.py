@@ -19,12 +19,15 @@ class DrillReport:
     finished: str
     verdict: str
     rto_seconds: float  # container start -> all checks done
-    rpo_seconds: float  # snapshot age when the drill started
+    rpo_seconds: float  # age of the oldest source snapshot used when the drill started
     image_build_seconds: float  # reported apart from the RTO
     image: str
     image_built: bool = False  # False: the image's Dockerfile was unchanged, nothing was built
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
+    # Every snapshot the restore took a source from (``snapshot`` is the newest):
+    # a passing drill proves them all, so prune keeps them all.
+    snapshots: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = asdict(self)

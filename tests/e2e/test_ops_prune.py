@@ -88,6 +88,32 @@ def test_prune_keeps_the_newest_and_the_drilled_and_reports_why(tmp_path: Path, 
         catalog.close()
 
 
+def test_prune_keeps_every_snapshot_the_newest_passing_drill_restored_from(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """A drill assembles sources from several snapshots: it proved them all."""
+    policy, ids = backed_up_daily(tmp_path, keys)
+    drills = tmp_path / "repo" / HOST / "drills"
+    drills.mkdir()
+    older = {"format": "drkit-drill", "version": 1, "host": HOST, "drill_id": "d0",
+             "snapshot": ids[0], "snapshots": [ids[0]], "started": "2030-01-01T05:00Z",
+             "verdict": "pass"}  # fmt: skip
+    # The newest drill took the database from ids[2] and the env files from ids[1].
+    newest = {**older, "drill_id": "d1", "snapshot": ids[2], "snapshots": [ids[1], ids[2]],
+              "started": "2030-01-03T05:00Z"}  # fmt: skip
+    (drills / "d0.json").write_text(json.dumps(older))
+    (drills / "d1.json").write_text(json.dumps(newest))
+    res = drkit("prune", "--policy", str(policy), "--dry-run", "--json",
+                env={"DRKIT_NOW": "2030-01-06T00:00:00Z"})  # fmt: skip
+    assert res.returncode == 0, res.output
+    (result,) = json.loads(res.stdout)["results"]
+    reasons = {s["snapshot"]: (s["keep"], s["reasons"]) for s in result["snapshots"]}
+    assert reasons[ids[2]] == (True, ["newest snapshot that passed a drill"])
+    assert reasons[ids[1]] == (True, ["also restored by the newest passing drill"])
+    # An older drill's snapshot is not protected once a newer drill passed.
+    assert reasons[ids[0]] == (False, ["matched no rule (keep_last=2)"])
+
+
 def test_prune_needs_a_host_and_checks_its_flags(tmp_path: Path, keys: Keys) -> None:
     policy = write_policy(
         tmp_path / "p.toml", HOST, {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
