@@ -78,6 +78,16 @@ def test_format_is_one_zstd_stream_inside_one_age_file() -> None:
     assert zstandard.ZstdDecompressor().decompressobj().decompress(compressed) == data
 
 
+def test_zstd_worker_threads_write_the_same_format() -> None:
+    """threads=1 (1 MiB jobs) still writes one zstd frame that any reader decodes."""
+    data = sample(3 * MiB + 17, seed=3)
+    out = io.BytesIO()
+    digests = encode(io.BytesIO(data), [RECIPIENT], lambda s: out.write(s.read()), threads=1)
+    compressed = pyrage.decrypt(out.getvalue(), [IDENTITY])
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(compressed) == data
+    assert decode_bytes(out.getvalue(), digests) == data
+
+
 def test_snapshots_written_by_the_previous_encoder_still_decode() -> None:
     """The encoder before issue 8 (zstd stream_reader inside pyrage.encrypt_io)."""
     data = sample(MiB + 3, seed=2)
