@@ -328,7 +328,7 @@ class PostgresSource(Source):
         renamed only once the feed verified the dump's digests, so no read ahead of it
         is needed. ``globals.sql`` is never staged (roles apply as they are read).
 
-        Mirrors the decisions of ``ParallelRestore.run``; probing the spool creates and
+        Asks ``ParallelRestore.choose``, as ``run`` does; probing the spool creates and
         removes its directory on the target."""
         if facts.get("format", "custom") != "custom" or self.restore_jobs(opts) == 1:
             return frozenset()
@@ -340,9 +340,7 @@ class PostgresSource(Source):
         if spool is None:
             return frozenset()
         try:
-            jobs = self.restore_jobs(opts) or min(4, spool.cpus)
-            need = min(int(facts.get("database_size") or TOC_SPOOL_MAX), TOC_SPOOL_MAX)
-            if jobs < 2 or spool_budget(spool, need) is None:
+            if isinstance(probe.choose(spool), str):
                 return frozenset()
         finally:
             probe._remove(spool)
@@ -499,32 +497,38 @@ class ParallelRestore:
         """Restore and return True; or return False, with a note in the report saying
         why, when the caller should stream into one pg_restore instead. Raises
         RestoreError/SourceError/IntegrityError when the restore itself failed."""
-        jobs = self.source.restore_jobs(self.opts)
-        if jobs == 1:
+        if self.source.restore_jobs(self.opts) == 1:
             return False
         spool = self._open_spool()
         if spool is None:
             return False
         try:
-            jobs = jobs or min(4, spool.cpus)
-            if jobs < 2:
-                self._note(f"the target has {spool.cpus} CPU: streamed into one pg_restore")
+            chosen = self.choose(spool)
+            if isinstance(chosen, str):
+                self._note(chosen)
                 return False
-            size = int(self.facts.get("database_size") or TOC_SPOOL_MAX)
-            need = min(size, TOC_SPOOL_MAX)
-            budget = spool_budget(spool, need)
-            if budget is None:
-                self._note(
-                    f"only {_mib(spool.free_bytes)} free in {spool.path} on the target, the "
-                    f"spool needs {_mib(need)} plus a reserve of "
-                    f"{_mib(spool_reserve(spool.total_bytes))}: streamed into one pg_restore "
-                    "instead of a parallel restore"
-                )
-                return False
-            self._restore(feed, spool, jobs, min(budget, TOC_SPOOL_MAX))
+            jobs, budget = chosen
+            self._restore(feed, spool, jobs, budget)
             return True
         finally:
             self._remove(spool)
+
+    def choose(self, spool: SpoolDir) -> tuple[int, int] | str:
+        """(pg_restore jobs, spool byte limit) for a parallel restore on this target, or
+        why it streams into one pg_restore instead (shared with the precheck decision)."""
+        jobs = self.source.restore_jobs(self.opts) or min(4, spool.cpus)
+        if jobs < 2:
+            return f"the target has {spool.cpus} CPU: streamed into one pg_restore"
+        need = min(int(self.facts.get("database_size") or TOC_SPOOL_MAX), TOC_SPOOL_MAX)
+        budget = spool_budget(spool, need)
+        if budget is None:
+            return (
+                f"only {_mib(spool.free_bytes)} free in {spool.path} on the target, the "
+                f"spool needs {_mib(need)} plus a reserve of "
+                f"{_mib(spool_reserve(spool.total_bytes))}: streamed into one pg_restore "
+                "instead of a parallel restore"
+            )
+        return jobs, min(budget, TOC_SPOOL_MAX)
 
     def _restore(self, feed: Feed, spool: SpoolDir, jobs: int, limit: int) -> None:
         src, conn = self.source, self.conn
