@@ -3,8 +3,10 @@
 Requests go through drkit's own small S3 client (s3_client.py, SigV4 in
 s3_sign.py): boto3 costs ~39 MiB of memory for the dozen calls we make.
 
-Writes use our own multipart upload so memory stays bounded at about
-``part_size * (concurrency + 1)`` whatever the object size. Every part (and
+Writes use our own multipart upload; each part is spooled to an unlinked
+temporary file (``TMPDIR``) before it is sent, so memory stays flat whatever
+the object size, part size or concurrency (disk: ``part_size * (concurrency
++ 1)`` at most). Every part (and
 every single-request object) carries a Content-MD5, so the server refuses
 data corrupted in transit (``BadDigest``). On any exception the multipart
 upload is aborted, so no partial object or orphaned upload is left behind.
@@ -23,6 +25,7 @@ import email.utils
 import hashlib
 import io
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -40,6 +43,7 @@ MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum part count
 DEFAULT_REGION = "us-east-1"
 _READ_BUFFER = 1 << 20
+_SPOOL_BLOCK = 1 << 18  # bytes read from the encoder per write to a part spool
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _NO_BUCKET_CODES = frozenset({"404", "NoSuchBucket", "NotFound"})
 _NO_LOCK_CODES = frozenset(
@@ -175,29 +179,33 @@ class S3Store(Store):
     def put(self, key: str, stream: BinaryIO, *, retain: bool = True) -> int:
         """See Store.put; ``retain=False`` writes without Object Lock retention (lock objects)."""
         self._full(key)
-        first = _read_full(stream, self._part_size)
-        if len(first) < self._part_size:
-            self._request(
-                "put", key, "PUT", body=first,
-                headers={"content-md5": _md5_b64(first), **self._lock_headers(retain)},
-            )  # fmt: skip
-            return len(first)
-        head = [first]
-        del first  # ``head`` owns the first part now; _upload_parts lets go of it
-        return self._put_multipart(key, self._full(key), head, stream, retain)
+        first = _spool_part(stream, self._part_size)
+        if first.size < self._part_size:
+            with first:
+                self._request(
+                    "put", key, "PUT", body=first.file,
+                    headers={"content-md5": first.md5, **self._lock_headers(retain)},
+                )  # fmt: skip
+                return first.size
+        return self._put_multipart(key, self._full(key), first, stream, retain)
 
     def _put_multipart(
-        self, key: str, full: str, head: list[bytes | bytearray], stream: BinaryIO, retain: bool
+        self, key: str, full: str, first: _SpooledPart, stream: BinaryIO, retain: bool
     ) -> int:
-        created = self._request(
-            "start upload of", key, "POST", params=[("uploads", "")],
-            headers=self._lock_headers(retain),
-        )  # fmt: skip
+        try:
+            created = self._request(
+                "start upload of", key, "POST", params=[("uploads", "")],
+                headers=self._lock_headers(retain),
+            )  # fmt: skip
+        except BaseException:
+            first.close()
+            raise
         upload_id = text(created.xml(), "UploadId")
         if not upload_id:
+            first.close()
             raise RepositoryError(f"{self.url}/{key}: start upload of failed: no UploadId")
         try:
-            total, parts = self._upload_parts(key, full, upload_id, head, stream)
+            total, parts = self._upload_parts(key, full, upload_id, first, stream)
             doc = "".join(
                 f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
                 for n, etag in sorted(parts.items())
@@ -212,34 +220,37 @@ class S3Store(Store):
         return total
 
     def _upload_parts(
-        self, key: str, full: str, upload_id: str, head: list[bytes | bytearray], stream: BinaryIO
+        self, key: str, full: str, upload_id: str, first: _SpooledPart, stream: BinaryIO
     ) -> tuple[int, dict[int, str]]:
-        """Upload the part in ``head`` and the rest of ``stream``, ``concurrency`` at a time.
+        """Upload ``first`` and the rest of ``stream``, ``concurrency`` parts at a time.
 
-        Memory: at most ``concurrency`` parts in flight plus the one being
-        read (no other reference to a part is kept). Returns (bytes uploaded,
-        part number -> ETag). On exception, cancels queued part uploads and
-        waits for running ones before returning, so an abort comes after them.
+        Each part is spooled to an unlinked temporary file before it is sent,
+        so memory does not grow with part size or concurrency: at most
+        ``concurrency`` parts uploading plus the one being filled exist, on
+        disk (page cache the kernel can write back or drop), each deleted as
+        soon as it is sent. Returns (bytes uploaded, part number -> ETag). On
+        exception, cancels queued part uploads and waits for running ones
+        before returning, so an abort comes after them.
         """
         part_size = self._part_size
         parts: dict[int, str] = {}
-        inflight: set[Future[tuple[int, str]]] = set()
+        inflight: dict[Future[tuple[int, str]], _SpooledPart] = {}
         total = 0
         number = 0
-        chunk = head.pop()
+        part: _SpooledPart | None = first
 
         def collect(block_until: int) -> None:
             # Wait until at most ``block_until`` uploads are still running.
             while len(inflight) > block_until:
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    inflight.discard(fut)
+                    inflight.pop(fut).close()
                     n, etag = fut.result()  # re-raises the part's error
                     parts[n] = etag
 
         pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="drkit-s3-put")
         try:
-            while True:
+            while part is not None:
                 number += 1
                 if number > MAX_PARTS:
                     raise RepositoryError(
@@ -247,26 +258,32 @@ class S3Store(Store):
                         f"{part_size} bytes; raise part_size"
                     )
                 collect(self._concurrency - 1)
-                inflight.add(pool.submit(self._upload_part, key, full, upload_id, number, chunk))
-                total += len(chunk)
-                if len(chunk) < part_size:
-                    break  # a short read means end of stream
-                chunk = b""  # drop our reference before reading the next part
-                chunk = _read_full(stream, part_size)
-                if not chunk:
+                fut = pool.submit(self._upload_part, key, upload_id, number, part)
+                inflight[fut] = part
+                total += part.size
+                if part.size < part_size:
+                    part = None  # a short part means end of stream
                     break
+                part = _spool_part(stream, part_size)
+                if part.size == 0:
+                    part.close()
+                    part = None
             collect(0)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            for spooled in inflight.values():
+                spooled.close()
+            if part is not None:
+                part.close()
         return total, parts
 
     def _upload_part(
-        self, key: str, full: str, upload_id: str, number: int, data: bytes | bytearray
+        self, key: str, upload_id: str, number: int, part: _SpooledPart
     ) -> tuple[int, str]:
         result = self._request(
             f"upload part {number} of", key, "PUT",
             params=[("partNumber", str(number)), ("uploadId", upload_id)],
-            body=data, headers={"content-md5": _md5_b64(data)},
+            body=part.file, headers={"content-md5": part.md5},
         )  # fmt: skip
         etag = result.headers.get("etag")
         if not etag:
@@ -481,34 +498,52 @@ class _BodyReader(io.RawIOBase):
                 super().close()
 
 
-def _read_full(stream: BinaryIO, size: int) -> bytes | bytearray:
-    """Up to ``size`` bytes; fewer only at end of stream.
+class _SpooledPart:
+    """One part's bytes in an unlinked temporary file, with its size and Content-MD5."""
 
-    A stream that returns the whole part at once hands over its buffer; one
-    that returns pieces (a pipe) is assembled in a preallocated buffer, so a
-    part never exists twice (pieces + joined copy) in memory.
+    def __init__(self, file: BinaryIO, size: int, md5: str) -> None:
+        self.file = file
+        self.size = size
+        self.md5 = md5
+
+    def close(self) -> None:
+        self.file.close()  # an unlinked file: closing frees its blocks
+
+    def __enter__(self) -> _SpooledPart:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _spool_part(stream: BinaryIO, size: int) -> _SpooledPart:
+    """Up to ``size`` bytes of ``stream`` in a temporary file; fewer only at end of stream.
+
+    Why a file and not memory: a part is 5 MiB or more and two or three exist
+    at once; in the page cache they cost the process nothing, and the kernel
+    may drop them under pressure (restic spools its packs the same way).
     """
-    data = stream.read(size)
-    if not data or len(data) == size:
-        return data or b""
-    buf = bytearray(size)
-    got = len(data)
-    buf[:got] = data
-    del data
-    while got < size:
-        more = stream.read(size - got)
-        if not more:
-            break
-        buf[got : got + len(more)] = more
-        got += len(more)
-    if got < size:
-        del buf[got:]
-    return buf
+    spool = tempfile.TemporaryFile(prefix="drkit-part-")  # noqa: SIM115 (closed by the part)
+    try:
+        md5 = hashlib.md5(usedforsecurity=False)  # integrity in transit, not security
+        got = 0
+        while got < size:
+            data = stream.read(min(_SPOOL_BLOCK, size - got))
+            if not data:
+                break
+            md5.update(data)
+            spool.write(data)
+            got += len(data)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return _SpooledPart(spool, got, _content_md5(md5))
 
 
-def _md5_b64(data: bytes | bytearray) -> str:
-    """Content-MD5 value: integrity check in transit, not a security digest."""
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+def _content_md5(md5: Any) -> str:
+    """Content-MD5 header value of a finished md5 hash object."""
+    return base64.b64encode(md5.digest()).decode("ascii")
 
 
 def _iso_date(value: str) -> dt.datetime:

@@ -13,6 +13,7 @@ status and the server's message; the endpoint is kept without userinfo.
 from __future__ import annotations
 
 import http.client
+import os
 import random
 import socket
 import threading
@@ -20,7 +21,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from drkit.repository.s3_sign import (
@@ -42,6 +43,10 @@ _RETRY_CODES = frozenset(
      "ThrottlingException", "InternalError", "ServiceUnavailable"}
 )  # fmt: skip
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
+_SEND_BLOCK = 1 << 18  # http.client reads a file body in pieces of this size (default 8 KiB)
+
+Body = bytes | bytearray | memoryview | BinaryIO
+"""A request body: bytes, or a file sent from its start (its size from fstat)."""
 
 
 class S3Error(Exception):
@@ -124,9 +129,11 @@ class S3Client:
 
                 self._ssl = ssl.create_default_context()
             return http.client.HTTPSConnection(
-                host, self._port, timeout=connect_timeout, context=self._ssl
+                host, self._port, timeout=connect_timeout, context=self._ssl, blocksize=_SEND_BLOCK
             )
-        return http.client.HTTPConnection(host, self._port, timeout=connect_timeout)
+        return http.client.HTTPConnection(
+            host, self._port, timeout=connect_timeout, blocksize=_SEND_BLOCK
+        )
 
     def _take(self, host: str) -> tuple[http.client.HTTPConnection, bool]:
         """A connection to ``host`` (an idle one if any); True if it was reused."""
@@ -172,13 +179,14 @@ class S3Client:
         *,
         params: list[tuple[str, str]] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: bytes | bytearray | memoryview = b"",
+        body: Body = b"",
         stream: bool = False,
     ) -> Any:
         """Send one request (retrying transient failures); raise S3Error for any non-2xx.
 
         Returns a Response, or with ``stream`` a StreamingBody of a 2xx answer
-        (whose connection goes back to the pool when read to the end).
+        (whose connection goes back to the pool when read to the end). A file
+        ``body`` is sent from its start on every attempt.
         """
         params = params or []
         host, path = self._target(bucket, key)
@@ -213,7 +221,7 @@ class S3Client:
         url: str,
         params: list[tuple[str, str]],
         extra: Mapping[str, str],
-        body: bytes | bytearray | memoryview,
+        body: Body,
         stream: bool,
     ) -> Any:
         creds = self._creds.get()
@@ -231,12 +239,13 @@ class S3Client:
             creds, method, path, params, signed, UNSIGNED_PAYLOAD,
             region=self.region, service="s3", amz_date=amz_date,
         )  # fmt: skip
-        if body or method in ("PUT", "POST"):
-            headers["content-length"] = str(len(body))
+        length = _body_length(body)
+        if length or method in ("PUT", "POST"):
+            headers["content-length"] = str(length)
         conn, reused = self._take(host)
         try:
             try:
-                conn.request(method, url, body=body if body else None, headers=headers)
+                conn.request(method, url, body=_rewound(body, length), headers=headers)
                 if conn.sock is not None:
                     conn.sock.settimeout(self._timeouts[1])
                 resp = conn.getresponse()
@@ -246,7 +255,7 @@ class S3Client:
                 # The server closed an idle keep-alive connection: one fresh try, no backoff.
                 conn.close()
                 conn = self._connect(host)
-                conn.request(method, url, body=body if body else None, headers=headers)
+                conn.request(method, url, body=_rewound(body, length), headers=headers)
                 if conn.sock is not None:
                     conn.sock.settimeout(self._timeouts[1])
                 resp = conn.getresponse()
@@ -267,6 +276,21 @@ class S3Client:
             # CompleteMultipartUpload can fail with 200 and an error document.
             raise _error_of(answer)
         return answer
+
+
+def _body_length(body: Body) -> int:
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return len(body)
+    return os.fstat(body.fileno()).st_size
+
+
+def _rewound(body: Body, length: int) -> Body | None:
+    """What http.client should send: None for no body, a file from its start."""
+    if not length:
+        return None
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        body.seek(0)
+    return body
 
 
 class StreamingBody:
