@@ -5,16 +5,23 @@ run removes what it wrote for this snapshot, records the failure and
 re-raises: a failed dump never looks like a good backup.
 
 Provider snapshots (``snapshot`` sources) are not streamed: each is started
-through the provider's API before the data sources and collected after them,
-so a slow one never holds the data up. Its outcome goes into the encrypted
-facts; a successful one is also listed in the manifest (no artifacts). A
-failed or timed-out one leaves the data snapshot committed and makes the run
-*partial*; it is not listed in the manifest, so ``backup --due`` retries it.
+through the provider's API before the data sources and runs beside them. The
+data snapshot is committed as soon as the data sources are done, whether or
+not the provider snapshots are (a Vultr snapshot can take 30 minutes: the
+data must not wait for it, nor be lost with the run if it is killed
+meanwhile). The provider snapshots are then awaited (each bounded by its
+``wait_timeout``) and committed in a snapshot of their own, holding one
+source without artifacts per provider snapshot, its outcome in the
+encrypted facts and its provider id, name, size and creation time in the
+manifest (``extra.provider_snapshots``). A failed or timed-out one makes the
+run *partial*; it is in no manifest's sources, so ``backup --due`` retries it.
+A run with only provider snapshots commits one snapshot, as any other.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import time
@@ -26,15 +33,17 @@ from drkit import __version__
 from drkit.actions.common import open_runner, policy_digest, require_object_lock
 
 if TYPE_CHECKING:
-    from drkit.actions.provider_snapshot import SnapshotJob
+    from drkit.actions.provider_snapshot import SnapshotJob, SnapshotOutcome
     from drkit.catalog.db import Catalog
     from drkit.catalog.models import RunStatus
 from drkit.errors import DrkitError, UsageError
-from drkit.pipeline.age import read_recipients
+from drkit.pipeline import chunked
+from drkit.pipeline.age import Recipient, parse_recipient, recipient_lines
 from drkit.pipeline.codec import FORMAT, Digests, encode
 from drkit.pipeline.streams import TeeReader
 from drkit.policy.models import Policy, SnapshotSource, SourceBase, source_name
 from drkit.remote.base import Runner
+from drkit.repository.chunks import Chunks, recipient_set
 from drkit.repository.layout import FACTS, Repository, object_key, snapshot_prefix
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
 from drkit.sources.registry import build_source
@@ -51,14 +60,59 @@ class LockCheck(Protocol):
 
 @dataclass(frozen=True)
 class BackupResult:
+    """One run: ``manifest`` is the first snapshot it committed (the data's, if any);
+    ``provider_manifest`` the provider snapshots' when they were committed after it."""
+
     host: str
     manifest: Manifest
     seconds: float
     failed: tuple[str, ...] = ()  # errors of sources that failed without stopping the commit
+    failed_sources: tuple[str, ...] = ()  # their names, in policy order
+    provider_manifest: Manifest | None = None
 
     @property
     def partial(self) -> bool:
         return bool(self.failed)
+
+    @property
+    def manifests(self) -> tuple[Manifest, ...]:
+        """Every snapshot the run committed, in commit order."""
+        later = () if self.provider_manifest is None else (self.provider_manifest,)
+        return (self.manifest, *later)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Names of the sources committed, over every snapshot of the run."""
+        return tuple(s.name for m in self.manifests for s in m.sources)
+
+
+def _store_chunked(
+    repo: Repository,
+    key: str,
+    relative: str,
+    plain: BinaryIO,
+    recipients: list[Recipient],
+    chunks: Chunks,
+    log: Log,
+) -> ArtifactRecord:
+    """Store an artifact as deduplicated chunks plus its index (the index is the artifact)."""
+    done = chunked.encode(plain, recipients, chunks)
+    repo.store.put_bytes(key, done.index)  # only after every chunk it names is stored
+    log(
+        f"{relative}: {done.new_chunks} new chunk(s) ({done.new_bytes} bytes stored), "
+        f"{done.reused_chunks} reused"
+    )
+    return ArtifactRecord(
+        source=relative.split("/", 1)[0],
+        name=relative.split("/", 1)[-1],
+        key=relative,
+        format=chunked.FORMAT,
+        plain_size=done.plain_size,
+        plain_sha256=done.plain_sha256,
+        stored_size=len(done.index),
+        stored_sha256=hashlib.sha256(done.index).hexdigest(),
+        new_bytes=done.new_bytes,
+    )
 
 
 def backup(
@@ -75,11 +129,12 @@ def backup(
     """Back up ``policy``'s sources (``sources``: only these names) into ``repo``.
 
     ``started``: the run's start time, which names the snapshot (default now).
-    ``lock``: checked just before the commit, so a run that lost its host
+    ``lock``: checked just before each commit, so a run that lost its host
     lock refuses to commit. Raises RepositoryError before writing anything if
     the policy sets ``immutable_days`` and the bucket has no Object Lock;
     DrkitError when a data source fails (or every source failed); returns a
-    partial result when only provider snapshots failed.
+    partial result when only provider snapshots failed (or only their commit,
+    after the data's).
     """
     host = policy.host
     configs = [c for c in policy.source if sources is None or source_name(c) in sources]
@@ -88,41 +143,39 @@ def backup(
     require_object_lock(repo, policy.repository, host)  # fail closed before any write
     machines = [c for c in configs if isinstance(c, SnapshotSource)]
     data = [c for c in configs if not isinstance(c, SnapshotSource)]
-    recipients = read_recipients(policy.encryption.recipients, policy.encryption.recipients_file)
+    lines = recipient_lines(policy.encryption.recipients, policy.encryption.recipients_file)
+    recipients = [parse_recipient(line) for line in lines]
     if data and runner is None:
         runner = open_runner(host, policy.connection)
     repo.init()
     started = started or dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
-    snapshot = new_snapshot_id(started)
 
-    def store(relative: str, plain: BinaryIO) -> ArtifactRecord:
-        key = object_key(host, snapshot, relative)
-        digests: Digests = encode(plain, recipients, lambda s: repo.store.put(key, s))
-        return ArtifactRecord(
-            source=relative.split("/", 1)[0],
-            name=relative.split("/", 1)[-1],
-            key=relative,
-            format=FORMAT,
-            plain_size=digests.plain_size,
-            plain_sha256=digests.plain_sha256,
-            stored_size=digests.stored_size,
-            stored_sha256=digests.stored_sha256,
-        )
+    chunks = Chunks(repo.store, host, recipient_set(lines)) if policy.repository.dedup else None
 
-    jobs = _start_machines(policy, machines, started, log)
-    failed: list[str] = []
-    try:
-        records: list[SourceRecord] = []
-        facts: dict[str, Any] = {}
-        for config in data:
-            assert runner is not None
-            records.append(_back_up_source(host, config, runner, store, facts, log))
-        records += _collect_machines(jobs, facts, failed)
-        if not records:
-            raise DrkitError(f"host {host}: nothing to commit: {'; '.join(failed)}")
+    def storer(snapshot: str) -> Callable[[str, BinaryIO], ArtifactRecord]:
+        def store(relative: str, plain: BinaryIO) -> ArtifactRecord:
+            key = object_key(host, snapshot, relative)
+            if chunks is not None and relative != FACTS:
+                return _store_chunked(repo, key, relative, plain, recipients, chunks, log)
+            digests: Digests = encode(plain, recipients, lambda s: repo.store.put(key, s))
+            return ArtifactRecord(
+                source=relative.split("/", 1)[0],
+                name=relative.split("/", 1)[-1],
+                key=relative,
+                format=FORMAT,
+                plain_size=digests.plain_size,
+                plain_sha256=digests.plain_sha256,
+                stored_size=digests.stored_size,
+                stored_sha256=digests.stored_sha256,
+            )
+
+        return store
+
+    def commit(
+        snapshot: str, records: list[SourceRecord], facts: dict[str, Any], extra: dict[str, Any]
+    ) -> Manifest:
         facts_json = json.dumps(facts, sort_keys=True).encode()
-        facts_record = store(FACTS, io.BytesIO(facts_json))
         manifest = Manifest(
             host=host,
             snapshot=snapshot,
@@ -132,29 +185,77 @@ def backup(
             policy_sha256=policy_digest(policy),
             recipients=list(policy.encryption.recipients),
             sources=records,
-            facts=facts_record,
-            # Names only (the errors are in the encrypted facts): listings show the gap.
-            extra={"failed_sources": _failed_names(jobs)} if failed else {},
+            facts=storer(snapshot)(FACTS, io.BytesIO(facts_json)),
+            extra=extra,
         )
         if lock is not None:
             lock.check()  # a run that lost its lock must not commit
         repo.write_manifest(manifest)  # the commit
+        seconds = time.monotonic() - t0
+        log(
+            f"{host}: snapshot {snapshot} committed ({manifest.stored_bytes} bytes, {seconds:.1f}s)"
+        )
+        return manifest
+
+    jobs = _start_machines(policy, machines, started, log)
+    committed: list[Manifest] = []
+    failed: list[str] = []
+    writing: str | None = None  # the snapshot being written, removed if the run fails
+    try:
+        if data:
+            assert runner is not None
+            writing = new_snapshot_id(started)
+            facts: dict[str, Any] = {}
+            records = [
+                _back_up_source(host, config, runner, storer(writing), facts, log)
+                for config in data
+            ]
+            committed.append(commit(writing, records, facts, {}))
+            writing = None
+            if any(not job.done() for job in jobs):
+                names = ", ".join(source_name(j.config) for j in jobs if not j.done())
+                log(f"{host}: data committed; waiting for provider snapshot(s) {names}")
+        if jobs:
+            outcomes = [job.result() for job in jobs]  # each bounded by its wait_timeout
+            for o in outcomes:
+                if not o.ok:
+                    failed.append(o.error or f"host {host}: source {o.source}: failed")
+            if any(o.ok for o in outcomes):
+                # Same start time as the data: the provider's disk image is from then.
+                writing = new_snapshot_id(started)
+                committed.append(commit(writing, *_machine_records(outcomes)))
+                writing = None
+            elif not committed:
+                raise DrkitError(f"host {host}: nothing to commit: {'; '.join(failed)}")
     except BaseException as exc:
         for job in jobs:
             job.cancel()
-        _discard(repo, host, snapshot, log)
-        if catalog:
-            error = str(exc) or type(exc).__name__
-            _record(catalog, repo, host, started, None, "failed", error, log)
-        raise
+        if writing is not None:
+            _discard(repo, host, writing, log)
+        if not committed or not isinstance(exc, DrkitError):
+            if catalog:
+                error = str(exc) or type(exc).__name__
+                _record(catalog, repo, host, started, committed, "failed", error, log)
+            raise
+        # The data is committed; only committing the provider snapshots failed.
+        failed.append(str(exc))
+    done = {s.name for m in committed for s in m.sources}
+    failed_names = tuple(source_name(c) for c in configs if source_name(c) not in done)
     status: RunStatus = "partial" if failed else "success"
     if catalog:
-        _record(catalog, repo, host, started, manifest, status, "; ".join(failed) or None, log)
-    _prune_machines(policy, [j.config for j in jobs if j.result().ok], started, log)
+        _record(catalog, repo, host, started, committed, status, "; ".join(failed) or None, log)
+    _prune_machines(policy, [j.config for j in jobs if source_name(j.config) in done], started, log)
     seconds = time.monotonic() - t0
-    state = f"committed with {len(failed)} failed source(s)" if failed else "committed"
-    log(f"{host}: snapshot {snapshot} {state} ({manifest.stored_bytes} bytes, {seconds:.1f}s)")
-    return BackupResult(host, manifest, seconds, tuple(failed))
+    if failed:
+        log(f"{host}: run partial: failed source(s) {', '.join(failed_names)}")
+    return BackupResult(
+        host,
+        committed[0],
+        seconds,
+        tuple(failed),
+        failed_names,
+        committed[1] if len(committed) > 1 else None,
+    )
 
 
 def _back_up_source(
@@ -203,23 +304,26 @@ def _start_machines(
     return [start_snapshot(policy, c, started, log=log) for c in configs]
 
 
-def _collect_machines(
-    jobs: list[SnapshotJob], facts: dict[str, Any], failed: list[str]
-) -> list[SourceRecord]:
-    """Wait for each provider snapshot (its own ``wait_timeout`` bounds the wait)."""
+def _machine_records(
+    outcomes: list[SnapshotOutcome],
+) -> tuple[list[SourceRecord], dict[str, Any], dict[str, Any]]:
+    """The provider snapshots' snapshot: a source without artifacts per success, every
+    outcome in the (encrypted) facts, and what identifies each provider snapshot in the
+    manifest: provider, id, name, size, creation time (no resource id, no secret)."""
     records: list[SourceRecord] = []
-    for job in jobs:
-        outcome = job.result()
+    facts: dict[str, Any] = {}
+    listed: dict[str, Any] = {}
+    for outcome in outcomes:
         facts[outcome.source] = outcome.facts()
-        if outcome.ok:
+        if outcome.snapshot is not None:
             records.append(SourceRecord(outcome.source, "snapshot", [], outcome.seconds))
-        else:
-            failed.append(outcome.error or f"host {outcome.host}: source {outcome.source}: failed")
-    return records
-
-
-def _failed_names(jobs: list[SnapshotJob]) -> list[str]:
-    return [source_name(j.config) for j in jobs if not j.result().ok]
+            listed[outcome.source] = {"provider": outcome.provider, **outcome.snapshot.facts()}
+    extra: dict[str, Any] = {"provider_snapshots": listed}
+    failed = [o.source for o in outcomes if not o.ok]
+    if failed:
+        # Names only (the errors are in the encrypted facts): listings show the gap.
+        extra["failed_sources"] = failed
+    return records, facts, extra
 
 
 def _prune_machines(
@@ -246,7 +350,7 @@ def _record(
     repo: Repository,
     host: str,
     started: dt.datetime,
-    manifest: Manifest | None,
+    manifests: list[Manifest],
     status: RunStatus,
     error: str | None,
     log: Log,
@@ -261,12 +365,15 @@ def _record(
     try:
         cat = catalog()
         run_id = cat.start_run(host, repo.url, started=started)
-        if manifest is not None:
+        for manifest in manifests:
             cat.record_snapshot(repo.url, manifest)
-        cat.finish_run(run_id, status, manifest.snapshot if manifest else None, error)
+        # The run points at its first snapshot (the data's, when there is one).
+        first = manifests[0].snapshot if manifests else None
+        cat.finish_run(run_id, status, first, error)
         cat.close()
     except DrkitError as exc:
-        what = f"snapshot {manifest.snapshot} committed, but" if manifest else "the run failed and"
+        ids = ", ".join(m.snapshot for m in manifests)
+        what = f"snapshot {ids} committed, but" if manifests else "the run failed and"
         log(f"{host}: {what} the catalog was not updated: {exc}")
 
 

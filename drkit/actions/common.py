@@ -7,17 +7,19 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from drkit import secrets
 from drkit.errors import DrkitError, ObjectNotFound, RepositoryError, RestoreError, UsageError
+from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
 from drkit.pipeline.codec import Digests, decode
 from drkit.policy.models import Connection, Policy, RepositoryConfig, source_name
 from drkit.remote.base import Runner
+from drkit.repository.chunks import Chunks
 from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, snapshot_time
@@ -310,6 +312,34 @@ def digests_of(record: ArtifactRecord) -> Digests:
 
 def object_label(repo: Repository, manifest: Manifest, record: ArtifactRecord) -> str:
     return f"{repo.url}/{object_key(manifest.host, manifest.snapshot, record.key)}"
+
+
+def read_artifact(
+    repo: Repository,
+    manifest: Manifest,
+    record: ArtifactRecord,
+    identities: list[Identity],
+    consume: Callable[[BinaryIO], object],
+) -> Digests:
+    """Decrypt one artifact into ``consume``, whatever its format; checks every digest.
+
+    Raises CryptoError when the identity does not fit, IntegrityError naming the
+    object (or chunk) when anything was altered or is missing.
+    """
+    key = object_key(manifest.host, manifest.snapshot, record.key)
+    label = object_label(repo, manifest, record)
+    if record.format == chunked.FORMAT:
+        index = repo.store.get_bytes(key)
+        return chunked.decode(
+            index,
+            lambda rset: Chunks(repo.store, manifest.host, rset),
+            identities,
+            consume,
+            expected=digests_of(record),
+            label=label,
+        )
+    with repo.store.get(key) as stored:
+        return decode(stored, identities, consume, expected=digests_of(record), label=label)
 
 
 def read_facts(repo: Repository, manifest: Manifest, identities: list[Identity]) -> dict[str, Any]:

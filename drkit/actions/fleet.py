@@ -52,7 +52,7 @@ class HostResult:
     failed), failed, locked (another run holds the host; nothing done) or not-due.
 
     ``failed_sources``: names of the sources that failed, in run order: for a partial
-    run those the manifest lists as missing, for a failed one the source the error
+    run those no committed snapshot holds, for a failed one the source the error
     was raised in (empty when the run failed outside any source).
     """
 
@@ -67,6 +67,8 @@ class HostResult:
     sources: tuple[str, ...] = ()
     error: str | None = None
     failed_sources: tuple[str, ...] = ()
+    # Every snapshot committed, when provider snapshots were committed after the data's.
+    snapshots: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -79,6 +81,8 @@ class HostResult:
             out["sources"] = list(self.sources)
         if self.failed_sources:
             out["failed_sources"] = list(self.failed_sources)
+        if self.snapshots:
+            out["snapshots"] = list(self.snapshots)
         return out
 
 
@@ -156,28 +160,21 @@ def backup_one(
 
 
 def _result(repo: Repository, res: BackupResult) -> HostResult:
-    m = res.manifest
+    artifacts = [a for m in res.manifests for a in m.artifacts]
     return HostResult(
         res.host,
         "partial" if res.partial else "success",
-        snapshot=m.snapshot,
+        snapshot=res.manifest.snapshot,
         repository=repo.url,
-        artifacts=len(m.artifacts),
-        plain_bytes=sum(a.plain_size for a in m.artifacts),
-        stored_bytes=m.stored_bytes,
+        artifacts=len(artifacts),
+        plain_bytes=sum(a.plain_size for a in artifacts),
+        stored_bytes=sum(m.stored_bytes for m in res.manifests),
         seconds=round(res.seconds, 2),
-        sources=tuple(s.name for s in m.sources),
+        sources=res.sources,
         error="; ".join(res.failed) or None,
-        failed_sources=_names(m.extra.get("failed_sources")),
+        failed_sources=res.failed_sources,
+        snapshots=tuple(m.snapshot for m in res.manifests) if res.provider_manifest else (),
     )
-
-
-def _names(value: object) -> tuple[str, ...]:
-    """The manifest's ``failed_sources`` (a list of names, as drkit.actions.backup writes
-    it), each once, in order; anything else (a foreign or older manifest): none."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(dict.fromkeys(str(v) for v in value))
 
 
 def backup_fleet(
@@ -269,8 +266,8 @@ class Reporter:
             snapshot=m.snapshot,
             started=started,
             finished=utcnow(),
-            stored_bytes=m.stored_bytes,
-            sources=tuple(s.name for s in m.sources),
+            stored_bytes=sum(x.stored_bytes for x in res.manifests),
+            sources=res.sources,
             error="; ".join(res.failed) or None,
             log_tail=self._tail(),
         )

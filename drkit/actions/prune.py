@@ -26,6 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from drkit.actions.chunk_gc import collect_chunks
 from drkit.durations import format_duration
 from drkit.errors import DrkitError
 from drkit.repository.layout import Repository, snapshot_prefix
@@ -60,6 +61,7 @@ class PruneResult:
     incomplete_removed: list[str] = field(default_factory=list)
     incomplete_kept: list[tuple[str, str]] = field(default_factory=list)
     uploads_aborted: list[str] = field(default_factory=list)
+    chunks_removed: int = 0  # deduplicated chunks no kept snapshot references
     skipped: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -91,6 +93,7 @@ class PruneResult:
             "incomplete_removed": self.incomplete_removed,
             "incomplete_kept": [{"snapshot": s, "reason": r} for s, r in self.incomplete_kept],
             "uploads_aborted": self.uploads_aborted,
+            "chunks_removed": self.chunks_removed,
             "skipped": [{"snapshot": s, "reason": r} for s, r in self.skipped],
             "errors": self.errors,
         }
@@ -145,7 +148,7 @@ def prune(
     for snap in snaps:
         if snap.id in drilled_with:
             pinned.setdefault(snap.id, []).append("also restored by the newest passing drill")
-    first = decide(snaps, retention, now, drilled=drilled, pinned=pinned)
+    first = _decide(snaps, manifests, retention, now, drilled=drilled, pinned=pinned)
     # Only snapshots retention would remove need their Object Lock read.
     locks = ObjectLocks(repo.store)
     locked: dict[str, dt.datetime] = {}
@@ -161,7 +164,9 @@ def prune(
             pinned.setdefault(sid, []).append("object lock legal hold")
         elif until is not None:
             locked[sid] = until
-    result.decisions = decide(snaps, retention, now, drilled=drilled, locked=locked, pinned=pinned)
+    result.decisions = _decide(
+        snaps, manifests, retention, now, drilled=drilled, locked=locked, pinned=pinned
+    )
 
     verb = "would remove" if dry_run else "removing"
     for d in sorted(result.decisions, key=lambda d: d.snapshot):  # oldest first
@@ -171,11 +176,43 @@ def prune(
         log(f"{host}: {verb} snapshot {sid}: {d.reasons[0]}")
         if _remove(repo, host, sid, dry_run, result):
             result.removed.append(sid)
-            result.freed_bytes += manifests[sid].stored_bytes
+            # Chunks it shares are freed (and counted) by collect_chunks, if at all.
+            shared = sum(a.new_bytes for a in manifests[sid].artifacts)
+            result.freed_bytes += manifests[sid].stored_bytes - shared
 
     _prune_incomplete(repo, host, incomplete, locks, now, grace, dry_run, result, log)
     _abort_uploads(repo.store, host, now, grace, dry_run, result, log)
+    if any(reason.startswith("unreadable manifest") for _sid, reason in result.skipped):
+        result.errors.append(f"host {host}: chunks not collected: a manifest is unreadable")
+    else:
+        kept = [manifests[d.snapshot.id] for d in result.decisions if d.keep]
+        gc = collect_chunks(repo, host, kept, now=now, grace=grace, dry_run=dry_run, log=log)
+        result.chunks_removed, result.errors = gc.removed, result.errors + gc.errors
+        result.freed_bytes += gc.freed_bytes
     return result
+
+
+def _decide(
+    snaps: list[SnapInfo],
+    manifests: Mapping[str, Manifest],
+    retention: RetentionLike,
+    now: dt.datetime,
+    **guards: Any,
+) -> list[Decision]:
+    """``decide`` for snapshots holding data, and apart for those holding only provider
+    snapshots (a backup commits those after its data snapshot): the host's rules apply
+    to each group alone, so a provider snapshot's record never takes a data snapshot's
+    place in ``keep_last`` or in a calendar bucket. Newest first."""
+    records = [s for s in snaps if _provider_only(manifests[s.id])]
+    data = [s for s in snaps if s not in records]
+    out = decide(data, retention, now, **guards)
+    if records:
+        out += decide(records, retention, now, **guards)
+    return sorted(out, key=lambda d: d.snapshot, reverse=True)
+
+
+def _provider_only(manifest: Manifest) -> bool:
+    return bool(manifest.sources) and all(s.kind == "snapshot" for s in manifest.sources)
 
 
 def _source_pins(

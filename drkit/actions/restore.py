@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from drkit.actions.common import Assembly, digests_of, object_label, read_facts
+from drkit.actions.common import Assembly, object_label, read_artifact, read_facts
 from drkit.errors import IntegrityError, RestoreError
 from drkit.paths import state_dir
+from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
-from drkit.pipeline.codec import decode
 from drkit.pipeline.streams import CHUNK, HashingReader
 from drkit.policy.models import Policy, source_name
 from drkit.remote.base import Runner
@@ -104,10 +104,21 @@ def written_paths(facts: dict[str, Any]) -> list[str]:
     ]
 
 
-def precheck(repo: Repository, objects: list[tuple[Manifest, ArtifactRecord]]) -> None:
+def _drain(stream: BinaryIO) -> None:
+    while stream.read(CHUNK):
+        pass
+
+
+def precheck(
+    repo: Repository, objects: list[tuple[Manifest, ArtifactRecord]], identities: list[Identity]
+) -> None:
     """Hash every stored object in ``objects`` (each in its own snapshot); raise
-    IntegrityError naming the first bad one."""
+    IntegrityError naming the first bad one. A chunked artifact is read whole
+    (its chunks are only checked by decrypting them)."""
     for manifest, record in objects:
+        if record.format == chunked.FORMAT:
+            read_artifact(repo, manifest, record, identities, _drain)
+            continue
         key = object_key(manifest.host, manifest.snapshot, record.key)
         with repo.store.get(key) as stored:
             h = HashingReader(stored)
@@ -255,7 +266,7 @@ class Executor:
                         "staging area, applied only after (no second read)")  # fmt: skip
                 else:
                     objects.append((self.manifest_of(rec.name), artifact))
-        precheck(self.repo, objects)
+        precheck(self.repo, objects, self.identities)
         sources = {r.name: self.manifest_of(r.name).snapshot for r in self.records}
         result = RestoreResult(host, self.assembly.newest.snapshot, sources)
         for rec in self.records:
@@ -310,15 +321,7 @@ class Executor:
             record = records.get(name)
             if record is None:
                 raise RestoreError(f"host {manifest.host}: source {rec.name}: no artifact {name}")
-            key = object_key(manifest.host, manifest.snapshot, record.key)
-            with repo.store.get(key) as stored:
-                decode(
-                    stored,
-                    self.identities,
-                    consume,
-                    expected=digests_of(record),
-                    label=object_label(repo, manifest, record),
-                )
+            read_artifact(repo, manifest, record, self.identities, consume)
 
         return feed
 

@@ -29,6 +29,11 @@ def parse_recipient(text: str) -> Recipient:
 
 def read_recipients(recipients: list[str], recipients_file: str | None) -> list[Recipient]:
     """Recipients from the policy list plus a file (one per line, # comments)."""
+    return [parse_recipient(ln) for ln in recipient_lines(recipients, recipients_file)]
+
+
+def recipient_lines(recipients: list[str], recipients_file: str | None) -> list[str]:
+    """The recipient keys as text: the policy list plus the file's lines."""
     lines = list(recipients)
     if recipients_file:
         path = Path(recipients_file).expanduser()
@@ -39,7 +44,7 @@ def read_recipients(recipients: list[str], recipients_file: str | None) -> list[
         lines += [ln for ln in content.splitlines() if ln.strip() and not ln.startswith("#")]
     if not lines:
         raise CryptoError("no recipients: backups need at least one public key")
-    return [parse_recipient(ln) for ln in lines]
+    return lines
 
 
 def load_identities(path: Path) -> list[Identity]:

@@ -187,7 +187,7 @@ def decode(
         except PipeClosed:
             pass  # the consumer failed and aborted; its error is the one raised
         except BaseException as exc:
-            decrypted.fail(stored_h.error or _decrypt_error(exc, label))
+            decrypted.fail(stored_h.error or decrypt_error(exc, label))
             raise
 
     def decompress() -> None:
@@ -237,7 +237,7 @@ def decode(
     return Digests(plain_size, plain_sha.hexdigest(), stored_h.size, stored_h.hexdigest())
 
 
-def _decrypt_error(exc: BaseException, label: str) -> BaseException:
+def decrypt_error(exc: BaseException, label: str) -> BaseException:
     text = str(exc).lower()
     if "no matching keys" in text or "no identity matched" in text:
         return CryptoError(f"{label}: the identity does not match any recipient of this backup")

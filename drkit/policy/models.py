@@ -12,6 +12,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from drkit.policy.checks import (
+    AbsolutePath,
+    ApiEndpoint,
+    Cron,
+    Duration,
+    PositiveDuration,
+    RecipientKey,
+)
 from drkit.secrets import check_reference
 
 SecretRef = Annotated[str, AfterValidator(check_reference)]
@@ -53,6 +61,13 @@ class RepositoryConfig(Model):
         "GOVERNANCE",
         description="Object Lock mode: COMPLIANCE cannot be lifted by anyone before its date",
     )
+    dedup: bool = Field(
+        False,
+        description=(
+            "store artifacts as content-defined chunks, each stored once per host "
+            "(docs/repository-format.md); not with immutable_days yet"
+        ),
+    )
 
     @field_validator("url")
     @classmethod
@@ -67,7 +82,9 @@ class RepositoryConfig(Model):
 class Encryption(Model):
     """Public recipients: backing up never needs the identity."""
 
-    recipients: list[str] = Field(default_factory=list, description="age1... or ssh-ed25519 keys")
+    recipients: list[RecipientKey] = Field(
+        default_factory=list, description="age1... or ssh-ed25519 keys"
+    )
     recipients_file: str | None = Field(None, description="file with one recipient per line")
 
 
@@ -82,15 +99,17 @@ class Retention(Model):
     keep_weekly: int | None = Field(None, ge=0, description="... of each of N weeks")
     keep_monthly: int | None = Field(None, ge=0, description="... of each of N months")
     keep_yearly: int | None = Field(None, ge=0, description="... of each of N years")
-    keep_within: str | None = Field(None, description="duration such as 7d or 36h")
+    keep_within: Duration | None = Field(None, description="duration such as 7d or 36h")
 
 
 class SourceBase(Model):
     name: str | None = Field(None, pattern=NAME_RE, description="defaults to the kind")
-    schedule: str | None = Field(None, description="cron expression overriding the host's")
+    schedule: Cron | None = Field(None, description="cron expression overriding the host's")
     retention: Retention | None = Field(None, description="overrides the host's retention")
     sudo_user: str | None = Field(None, description="run this source's commands as this user")
-    timeout: str | None = Field(None, description="fail the source after this duration")
+    timeout: PositiveDuration | None = Field(
+        None, description="fail the source after this duration"
+    )
 
 
 class PostgresSource(SourceBase):
@@ -120,7 +139,7 @@ class FilesSource(SourceBase):
     """A tar of paths keeping modes, owners and symlinks; facts: each file's size and sha256."""
 
     kind: Literal["files"]
-    paths: list[str] = Field(min_length=1, description="absolute paths")
+    paths: list[AbsolutePath] = Field(min_length=1, description="absolute paths")
     exclude: list[str] = Field(default_factory=list, description="tar --exclude patterns")
 
 
@@ -128,7 +147,7 @@ class EnvSource(SourceBase):
     """.env files; every pattern must match; facts: key names and digests, never values."""
 
     kind: Literal["env"]
-    paths: list[str] = Field(min_length=1, description="files or globs, e.g. /root/*/.env")
+    paths: list[AbsolutePath] = Field(min_length=1, description="files or globs, e.g. /root/*/.env")
 
 
 class CommandSource(SourceBase):
@@ -208,12 +227,18 @@ class SnapshotSource(SourceBase):
     provider: Literal["digitalocean", "vultr", "hetzner"] = Field(description="whose API")
     resource_id: str = Field(description="droplet id, instance id or server id")
     token: SecretRef = Field(description="the provider API token")
-    wait_timeout: str = Field("45m", description="fail the snapshot if not complete by then")
+    wait_timeout: PositiveDuration = Field(
+        "45m", description="fail the snapshot if not complete by then"
+    )
     region: str | None = Field(None, description="restore: region of the new machine")
     size: str | None = Field(None, description="restore: size/plan/type of the new machine")
-    restore_timeout: str = Field("15m", description="restore: wait this long for the machine")
-    poll_interval: str | None = Field(None, description="how often to poll (provider default)")
-    endpoint: str | None = Field(
+    restore_timeout: PositiveDuration = Field(
+        "15m", description="restore: wait this long for the machine"
+    )
+    poll_interval: PositiveDuration | None = Field(
+        None, description="how often to poll (provider default)"
+    )
+    endpoint: ApiEndpoint | None = Field(
         None, description="API base URL (a proxy; plain http only to loopback)"
     )
 
@@ -249,10 +274,12 @@ class Notify(Model):
     webhook_events: tuple[EventName, ...] = Field(
         ("success", "fail"), description="events sent to the webhook"
     )
-    prometheus_textfile: str | None = Field(
+    prometheus_textfile: AbsolutePath | None = Field(
         None, description="node_exporter textfile (*.prom) rewritten after each run"
     )
-    timeout: str = Field("10s", description="per request; a failed notification only warns")
+    timeout: PositiveDuration = Field(
+        "10s", description="per request; a failed notification only warns"
+    )
 
     @property
     def has_channels(self) -> bool:
@@ -266,14 +293,16 @@ class Policy(Model):
     host: str = Field(pattern=NAME_RE, description="host name: the key in the repository")
     description: str | None = Field(None, description="free text")
     connection: Connection = Connection()
-    schedule: str | None = Field(
+    schedule: Cron | None = Field(
         None, description="cron expression (UTC) for backup --due; none: never due"
     )
-    jitter: str | None = Field(
+    jitter: Duration | None = Field(
         None, description="delay every slot by a fixed per-host offset below this, e.g. 15m"
     )
-    rpo: str | None = Field(None, description="alert when the newest backup is older, e.g. 26h")
-    lock_ttl: str = Field(
+    rpo: PositiveDuration | None = Field(
+        None, description="alert when the newest backup is older, e.g. 26h"
+    )
+    lock_ttl: PositiveDuration = Field(
         "15m", description="a run's lock is taken over when its heartbeat is older"
     )
     repository: RepositoryConfig

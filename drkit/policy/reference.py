@@ -28,11 +28,29 @@ Durations are written like `90s`, `45m`, `26h`, `7d`, `2w`; schedules are
 """
 
 
+# Value checks (policy/checks.py) by the name the reference shows for their type.
+_CHECKED = {
+    "check_duration": "duration",
+    "check_positive_duration": "duration",
+    "check_cron": "cron",
+    "check_absolute_path": "absolute path",
+    "check_recipient": "recipient",
+    "check_api_endpoint": "URL",
+}
+_ANNOTATED = re.compile(r"Annotated\[str, AfterValidator\(func=<function (\w+) at 0x[0-9a-f]+>\)\]")
+
+
 def _type_name(info: FieldInfo) -> str:
     text = str(info.annotation).replace("typing.", "").replace("drkit.policy.models.", "")
     text = text.replace("<class '", "").replace("'>", "")
     if any(getattr(m, "__name__", "") == "check_reference" for m in _metadata(info)):
         return "*secret* reference"
+    text = _ANNOTATED.sub(lambda m: _CHECKED.get(m.group(1), "str"), text)
+    text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text)
+    direct = [getattr(m, "func", m) for m in info.metadata]  # a non-optional Annotated field
+    names = [_CHECKED[n] for f in direct if (n := getattr(f, "__name__", "")) in _CHECKED]
+    if names and text == "str":
+        return names[0]
     if text.startswith("list[Annotated[PostgresSource"):
         return "array of tables (below)"
     choices = re.fullmatch(r"tuple\[Literal\[(.*)\], \.\.\.\]", text)

@@ -39,6 +39,9 @@ class ArtifactRecord:
     plain_sha256: str
     stored_size: int
     stored_sha256: str
+    # Chunked formats: stored bytes of the chunks this artifact stored first
+    # (chunks it shares with earlier snapshots are theirs); 0 otherwise.
+    new_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Manifest:
 
     @property
     def stored_bytes(self) -> int:
-        total = sum(a.stored_size for a in self.artifacts)
+        total = sum(a.stored_size + a.new_bytes for a in self.artifacts)
         return total + (self.facts.stored_size if self.facts else 0)
 
     def source(self, name: str) -> SourceRecord | None:

@@ -6,7 +6,10 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
+
+import pyrage
 
 from tests.e2e.repos import RepoTarget
 from tests.helpers import drkit, write_policy
@@ -23,9 +26,80 @@ def test_init_creates_private_identity_and_sample_policy(drkit_home: Path) -> No
     sample = Path(data["sample_policy"])
     assert data["recipient"] in sample.read_text()
     drkit("policy", "validate", str(sample), check=True)
+    # The identity is a real age identity whose public key is the recipient printed.
+    secret_line = next(ln for ln in ident.read_text().splitlines() if ln.startswith("AGE-SECRET"))
+    assert str(pyrage.x25519.Identity.from_str(secret_line).to_public()) == data["recipient"]
     # A second init keeps the identity: losing it would orphan every backup.
     again = json.loads(drkit("init", "--json", check=True).stdout)
     assert again["recipient"] == data["recipient"] and again["identity_created"] is False
+    # Without --json the recipient is printed for a person to copy into policies.
+    text = drkit("init", check=True).stdout
+    assert f"recipient (public, put it in policies): {data['recipient']}" in text
+    assert "AGE-SECRET" not in text
+
+
+def test_ssh_ed25519_recipient_backs_up_and_restores(
+    repo: RepoTarget, tmp_path: Path, other_keys
+) -> None:
+    """An ssh-ed25519 public key is a recipient for backup; its private key verifies
+    and restores; another key is refused."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    recipient = (tmp_path / "id_ed25519.pub").read_text().strip()
+    assert recipient.startswith("ssh-ed25519 ")
+    app = tmp_path / "root" / "app"
+    app.mkdir(parents=True)
+    (app / ".env").write_text("TOKEN=ssh-recipient-test\n")
+    policy = write_policy(
+        tmp_path / "vultr.toml",
+        "vultr",
+        repo.policy,
+        [recipient],
+        [{"kind": "env", "name": "env-files", "paths": [f"{app}/.env"]}],
+    )
+    drkit("backup", "--policy", str(policy), env=repo.env, check=True)
+    verify = drkit("verify", "--policy", str(policy), "--identity", str(key), "--json",
+                   env=repo.env, check=True)  # fmt: skip
+    assert json.loads(verify.stdout)["results"][0]["ok"] is True
+    refused = drkit("verify", "--policy", str(policy), "--identity",
+                    str(other_keys.identity_file), env=repo.env)  # fmt: skip
+    assert refused.returncode == 1 and "does not match any recipient" in refused.output
+    dest = tmp_path / "dest"
+    drkit("restore", "--yes", "--policy", str(policy), "--dest", str(dest),
+          "--identity", str(key), env=repo.env, check=True)  # fmt: skip
+    assert (dest / str(app).lstrip("/") / ".env").read_text() == "TOKEN=ssh-recipient-test\n"
+
+
+def test_every_reporting_command_speaks_json(keys, tmp_path: Path) -> None:
+    """--json on each command that reports: stdout is one JSON document."""
+    (tmp_path / "p").mkdir()
+    policy = write_policy(
+        tmp_path / "p" / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "hello", "command": ["echo", "hello"]}],
+        extra='schedule = "17 3 * * *"\nrpo = "26h"',
+    )
+    p, ident = str(policy), str(keys.identity_file)
+    commands = [
+        ["init"],
+        ["policy", "validate", p],
+        ["backup", "--policy", p],
+        ["snapshots", "--policy", p],
+        ["verify", "--policy", p, "--identity", ident],
+        ["restore", "--policy", p, "--plan", "--identity", ident],
+        ["status", "--policy", p],
+        ["catalog", "sync", "--policy", p],
+        ["schedule", "--policy", p],
+        ["prune", "--policy", p, "--dry-run"],
+    ]
+    for argv in commands:
+        res = drkit(*argv, "--json", check=True)
+        assert isinstance(json.loads(res.stdout), dict), argv
+    # A failure reports in JSON too (and still exits non-zero).
+    bad = drkit("policy", "validate", "--json", str(tmp_path / "missing.toml"))
+    assert bad.returncode == 2 and json.loads(bad.stdout)["ok"] is False
 
 
 def test_status_flags_rpo_breach_and_last_failure(
@@ -89,9 +163,27 @@ def test_catalog_sync_and_restore_from_nothing(
     laptop = {**repo.env, "DRKIT_STATE_DIR": str(tmp_path / "laptop-state")}
     res = drkit("catalog", "sync", "--policy", str(policy), "--json", env=laptop, check=True)
     assert json.loads(res.stdout)["synced"][0]["added"] == 2
-    catalog = tmp_path / "laptop-state" / "catalog.sqlite"
-    rows = sqlite3.connect(catalog).execute("SELECT count(*) FROM snapshots").fetchone()
-    assert rows == (2,)
+    # The rebuilt catalog holds the same snapshots and artifacts as the catalog of the
+    # machine that ran the backups (snapshots, digests and sizes from the manifests).
+    snaps = (
+        "SELECT host, snapshot_id, status, stored_bytes, plain_bytes, policy_sha256 "
+        "FROM snapshots ORDER BY snapshot_id"
+    )
+    arts = (
+        "SELECT s.snapshot_id, a.source, a.kind, a.name, a.key, a.format, a.plain_size, "
+        "a.plain_sha256, a.stored_size, a.stored_sha256 FROM artifacts a "
+        "JOIN snapshots s ON s.id = a.snapshot_pk ORDER BY 1, 2, 4"
+    )
+    laptop_db = sqlite3.connect(tmp_path / "laptop-state" / "catalog.sqlite")
+    origin_db = sqlite3.connect(drkit_home / "state" / "catalog.sqlite")
+    rebuilt = laptop_db.execute(snaps).fetchall()
+    assert len(rebuilt) == 2 and rebuilt == origin_db.execute(snaps).fetchall()
+    rebuilt_artifacts = laptop_db.execute(arts).fetchall()
+    assert len(rebuilt_artifacts) == 2
+    assert rebuilt_artifacts == origin_db.execute(arts).fetchall()
+    # A second sync adds nothing.
+    again = drkit("catalog", "sync", "--policy", str(policy), "--json", env=laptop, check=True)
+    assert json.loads(again.stdout)["synced"][0]["added"] == 0
     drkit(
         "restore",
         "--yes",
@@ -169,16 +261,38 @@ def test_no_secret_in_logs_manifests_or_catalog(
         ],
     )
     outputs.append(drkit("backup", "--policy", str(bad), env=env).output)
+    outputs.append(drkit("backup", "--policy", str(bad), "--json", env=env).output)
+    dest = tmp_path / "restored"
+    outputs.append(
+        drkit(
+            "restore", "--yes", "--json", "--policy", str(policy), "--only", "env-files",
+            "--dest", str(dest), "--identity", str(keys.identity_file), env=env, check=True,
+        ).output
+    )  # fmt: skip
+    # The restore did bring the values back (so the greps below look for real data).
+    restored = (dest / str(app).lstrip("/") / ".env").read_text()
+    assert env_values[0] in restored and env_values[1] in restored
     secrets = [*env_values, pg_password]
-    secrets += [v for k, v in repo.env.items() if k == "AWS_SECRET_ACCESS_KEY"]
-    manifests = b"".join(repo.read(k) for k in repo.keys("manifest.json"))
-    catalog = (drkit_home / "state" / "catalog.sqlite").read_bytes()
+    if repo.kind == "s3":
+        secrets += [repo.env["AWS_SECRET_ACCESS_KEY"], repo.env["AWS_ACCESS_KEY_ID"]]
+        # Refused credentials: the error names the bucket and S3's code, never a key.
+        wrong = {**env, "AWS_SECRET_ACCESS_KEY": "wrong-" + repo.env["AWS_SECRET_ACCESS_KEY"]}
+        refused = drkit("backup", "--policy", str(policy), env=wrong)
+        assert refused.returncode == 1
+        outputs.append(refused.output)
+        secrets.append(wrong["AWS_SECRET_ACCESS_KEY"])
+    # Every object in the repository (manifests, facts, artifacts, markers, locks) and
+    # every file drkit keeps locally (config, catalog and its journals, state).
+    stored = {key: repo.read(key) for key in repo.keys("")}
+    assert any(k.endswith("manifest.json") for k in stored)
+    assert any("/env-files/" in k for k in stored)
+    local = {p: p.read_bytes() for p in drkit_home.rglob("*") if p.is_file()}
+    assert drkit_home / "state" / "catalog.sqlite" in local
     for secret in secrets:
         for out in outputs:
             assert secret not in out
-        assert secret.encode() not in manifests
-        assert secret.encode() not in catalog
-        # Stored artifacts are encrypted: not even the env file's values appear in them.
-        for key in repo.keys("/env-files/"):
-            assert secret.encode() not in repo.read(key)
+        for key, data in stored.items():
+            assert secret.encode() not in data, key
+        for path, data in local.items():
+            assert secret.encode() not in data, path
     assert os.environ.get("TEST_PGPASSWORD") is None

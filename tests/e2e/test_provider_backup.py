@@ -1,17 +1,24 @@
 """Provider snapshots through the real CLI: a `snapshot` source beside a data source.
 
-The DigitalOcean API is the fake in tests/providers (a local HTTP server that
-speaks the documented API); the client under test is the real pydo code,
-pointed at it through the policy's ``endpoint``.
+The provider APIs are the fakes in tests/providers (local HTTP servers that
+speak each documented API, started here on free loopback ports); the clients
+under test are the real ones (pydo, hcloud, drkit's Vultr client), pointed at
+the fakes through the policy's ``endpoint``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +28,9 @@ from drkit.policy.loader import load_policy
 from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 from tests.providers.fake_digitalocean import FakeDigitalOcean
-from tests.providers.fake_http import serve
+from tests.providers.fake_hetzner import FakeHetzner
+from tests.providers.fake_http import FakeApi, serve
+from tests.providers.fake_vultr import FakeVultr
 
 HOST = "e2i"
 DROPLET = 544907207
@@ -44,8 +53,21 @@ def do_api(token: str) -> Iterator[FakeDigitalOcean]:
         yield api
 
 
+def snapshot_source(provider: str, resource_id: str, endpoint: str, **more: str) -> dict[str, str]:
+    return {"kind": "snapshot", "name": "droplet", "provider": provider,
+            "resource_id": resource_id, "token": f"env:{TOKEN_ENV}", "endpoint": endpoint,
+            "poll_interval": "1s", "wait_timeout": "1m", "region": "nyc3",
+            "size": "s-2vcpu-4gb", **more}  # fmt: skip
+
+
 def policy_file(
-    tmp_path: Path, keys: Keys, api: FakeDigitalOcean, *, retention: str = "", extra: str = ""
+    tmp_path: Path,
+    keys: Keys,
+    api: FakeDigitalOcean,
+    *,
+    retention: str = "",
+    extra: str = "",
+    **source: str,
 ) -> Path:
     out = tmp_path / "restored.txt"
     path = write_policy(
@@ -56,57 +78,106 @@ def policy_file(
         [
             {"kind": "command", "name": "app", "command": ["echo", "app-data"],
              "restore_command": ["sh", "-c", f"cat > {out}"]},
-            {"kind": "snapshot", "name": "droplet", "provider": "digitalocean",
-             "resource_id": str(DROPLET), "token": f"env:{TOKEN_ENV}", "endpoint": api.url,
-             "poll_interval": "1s", "wait_timeout": "1m", "region": "nyc3",
-             "size": "s-2vcpu-4gb"},
+            snapshot_source("digitalocean", str(DROPLET), api.url, **source),
         ],
         extra=extra,
     )  # fmt: skip
     if retention:
+        # The source's retention sits inside its [[source]] table (the last one written).
         path.write_text(path.read_text() + f"retention = {retention}\n")
     return path
 
 
-def facts_of(policy: Path, keys: Keys, snapshot: str) -> dict:
+def facts_of(policy: Path, keys: Keys, snapshot: str) -> dict[str, Any]:
     loaded = load_policy(policy)
     repo = open_repository(loaded.repository)
     return read_facts(repo, repo.manifest(HOST, snapshot), load_identities(keys.identity_file))
 
 
-def manifest_of(tmp_path: Path, snapshot: str) -> dict:
-    path = tmp_path / "repo" / HOST / "snapshots" / snapshot / "manifest.json"
-    return json.loads(path.read_text())
+def manifest_path(tmp_path: Path, snapshot: str) -> Path:
+    return tmp_path / "repo" / HOST / "snapshots" / snapshot / "manifest.json"
 
 
-def test_backup_commits_data_and_records_the_provider_snapshot(
+def manifest_of(tmp_path: Path, snapshot: str) -> dict[str, Any]:
+    return dict(json.loads(manifest_path(tmp_path, snapshot).read_text()))
+
+
+def committed(tmp_path: Path) -> list[str]:
+    return sorted(
+        p.parent.name for p in (tmp_path / "repo" / HOST).glob("snapshots/*/manifest.json")
+    )
+
+
+def wait_for(check: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_data_commits_while_the_provider_snapshot_is_pending_then_it_is_recorded(
     tmp_path: Path, keys: Keys, do_api: FakeDigitalOcean, token: str
 ) -> None:
+    do_api.action_result = "in-progress"  # the droplet snapshot runs until released below
     policy = policy_file(tmp_path, keys, do_api)
-    res = drkit("backup", "--policy", str(policy), "--json")
-    assert res.returncode == 0, res.output
-    (result,) = json.loads(res.stdout)["results"]
+    argv = [sys.executable, "-m", "drkit", "backup", "--policy", str(policy), "--json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))  # fmt: skip
+    try:
+        # The data snapshot is committed while the provider still answers in-progress.
+        wait_for(lambda: committed(tmp_path), "the data snapshot's manifest")
+        (data_snapshot,) = committed(tmp_path)
+        assert proc.poll() is None  # the run goes on: it waits for the provider snapshot
+        wait_for(lambda: do_api.actions, "the snapshot action")  # (pydo may start late)
+        (action,) = do_api.actions.values()
+        assert action["status"] == "in-progress" and do_api.snapshots == {}
+        data_manifest = manifest_of(tmp_path, data_snapshot)
+        assert [s["name"] for s in data_manifest["sources"]] == ["app"]
+        assert data_manifest["extra"] == {}
+        do_api.action_result = "completed"  # the provider finishes: the next poll sees it
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stdout + stderr
+    assert token not in stdout + stderr
+    (result,) = json.loads(stdout)["results"]
     assert result["status"] == "success" and result["sources"] == ["app", "droplet"]
-    snapshot = result["snapshot"]
+    assert result["snapshot"] == data_snapshot
+    (later,) = set(committed(tmp_path)) - {data_snapshot}
+    assert result["snapshots"] == [data_snapshot, later]
 
     # The API saw exactly one snapshot action for this droplet, authenticated.
     (post,) = do_api.calls("POST", f"/v2/droplets/{DROPLET}/actions")
-    assert post.body["type"] == "snapshot"
-    assert post.body["name"] == f"drkit:host={HOST}:source=droplet:{snapshot[:16]}"
+    name = f"drkit:host={HOST}:source=droplet:{data_snapshot[:16]}"
+    assert post.body == {"type": "snapshot", "name": name}
     assert all(r.headers["authorization"] == f"Bearer {token}" for r in do_api.calls())
-    assert token not in res.output
 
-    manifest = manifest_of(tmp_path, snapshot)
+    # The provider snapshot's own snapshot: no artifacts, its facts in the manifest.
+    manifest = manifest_of(tmp_path, later)
     kinds = {s["name"]: (s["kind"], len(s["artifacts"])) for s in manifest["sources"]}
-    assert kinds == {"app": ("command", 1), "droplet": ("snapshot", 0)}
-    assert str(DROPLET) not in json.dumps(manifest)  # provider ids only in encrypted facts
-    facts = facts_of(policy, keys, snapshot)["droplet"]
+    assert kinds == {"droplet": ("snapshot", 0)}
     (made,) = do_api.snapshots.values()
+    assert manifest["extra"] == {
+        "provider_snapshots": {
+            "droplet": {
+                "provider": "digitalocean",
+                "id": str(made["id"]),
+                "name": post.body["name"],
+                "size_gb": 12.34,
+                "created": dt.datetime.fromisoformat(made["created_at"]).isoformat(),
+                "status": "complete",
+            }
+        }
+    }
+    assert str(DROPLET) not in json.dumps(manifest)  # the machine's id only in the facts
+    facts = facts_of(policy, keys, later)["droplet"]
     assert facts["provider"] == "digitalocean" and facts["resource_id"] == str(DROPLET)
-    assert facts["id"] == str(made["id"]) and facts["name"] == post.body["name"]
-    assert facts["size_gb"] == 12.34 and facts["status"] == "complete" and facts["created"]
+    assert facts["id"] == str(made["id"]) and facts["size_gb"] == 12.34
 
-    # A data restore skips the provider snapshot step and restores the data.
+    # A data restore takes each source from its snapshot, skips the provider snapshot step.
     plan = drkit("restore", "--policy", str(policy), "--plan", "--identity",
                  str(keys.identity_file))  # fmt: skip
     assert plan.returncode == 0, plan.output
@@ -117,27 +188,38 @@ def test_backup_commits_data_and_records_the_provider_snapshot(
     assert (tmp_path / "restored.txt").read_text() == "app-data\n"
 
 
-def test_a_failed_provider_snapshot_still_commits_the_data_and_exits_3(
-    tmp_path: Path, keys: Keys, do_api: FakeDigitalOcean, token: str
+@pytest.mark.parametrize("failure", ["errored", "timeout"])
+def test_a_failed_or_timed_out_provider_snapshot_fails_only_that_source(
+    failure: str, tmp_path: Path, keys: Keys, do_api: FakeDigitalOcean, token: str
 ) -> None:
-    do_api.action_result = "errored"
-    policy = policy_file(tmp_path, keys, do_api, extra='schedule = "0 3 * * *"')
+    do_api.action_result = "errored" if failure == "errored" else "in-progress"
+    policy = policy_file(tmp_path, keys, do_api, extra='schedule = "0 3 * * *"',
+                         wait_timeout="2s")  # fmt: skip
     t1 = "2030-01-01T03:05:00Z"
     res = drkit("backup", "--policy", str(policy), "--due", "--json", env={"DRKIT_NOW": t1})
     assert res.returncode == 3, res.output
     (result,) = json.loads(res.stdout)["results"]
     assert result["status"] == "partial" and result["sources"] == ["app"]
-    prefix = f"error: host {HOST}: source droplet: digitalocean droplet {DROPLET}: snapshot drkit:"
-    assert prefix in res.stderr and "errored" in res.stderr
+    assert result["failed_sources"] == ["droplet"]
+    (action,) = do_api.actions
+    prefix = (f"error: host {HOST}: source droplet: digitalocean droplet {DROPLET}: "
+              f"snapshot drkit:host={HOST}:source=droplet:")  # fmt: skip
+    assert prefix in res.stderr
+    if failure == "errored":
+        assert f"Z: action {action} errored" in res.stderr
+    else:
+        assert (
+            "Z: timed out after 2s (last status: in-progress); the provider may still finish it"
+            in res.stderr
+        )
     assert token not in res.output
 
-    snapshot = result["snapshot"]
+    # The data is committed (one snapshot, without the failed source); nothing else is.
+    (snapshot,) = committed(tmp_path)
+    assert snapshot == result["snapshot"]
     manifest = manifest_of(tmp_path, snapshot)
     assert [s["name"] for s in manifest["sources"]] == ["app"]
-    assert manifest["extra"] == {"failed_sources": ["droplet"]}
-    facts = facts_of(policy, keys, snapshot)
-    assert facts["app"]["kind"] == "command"
-    assert "errored" in facts["droplet"]["error"]
+    assert facts_of(policy, keys, snapshot)["app"]["kind"] == "command"
 
     # The data source is done for this slot; the failed snapshot is retried at the next
     # tick, alone, and once it succeeds nothing is due until the next slot.
@@ -147,6 +229,7 @@ def test_a_failed_provider_snapshot_still_commits_the_data_and_exits_3(
     assert retry.returncode == 0, retry.output
     (again,) = json.loads(retry.stdout)["results"]
     assert again["status"] == "success" and again["sources"] == ["droplet"]
+    assert "snapshots" not in again  # one snapshot: the provider snapshot's
     t3 = "2030-01-01T03:25:00Z"
     idle = drkit("backup", "--policy", str(policy), "--due", "--json", env={"DRKIT_NOW": t3})
     assert idle.returncode == 0 and json.loads(idle.stdout)["results"][0]["status"] == "not-due"
@@ -166,7 +249,6 @@ def test_provider_snapshots_are_pruned_by_the_source_retention_only_among_drkits
         DROPLET, "drkit:host=vultr:source=droplet:20260101T040000Z", base
     )
     policy = policy_file(tmp_path, keys, do_api, retention="{ keep_last = 2 }")
-    # The source's retention sits inside its [[source]] table (the last one written).
     res = drkit("backup", "--policy", str(policy))
     assert res.returncode == 0, res.output
     left = set(do_api.snapshots)
@@ -179,29 +261,157 @@ def test_provider_snapshots_are_pruned_by_the_source_retention_only_among_drkits
     assert f"deleting snapshot {old[0]}" in res.stderr
 
 
-def test_restore_from_provider_snapshot_plans_then_creates_a_machine(
+def test_data_snapshots_keep_their_places_in_the_host_retention(
     tmp_path: Path, keys: Keys, do_api: FakeDigitalOcean
 ) -> None:
+    """Each run commits a data snapshot and a provider snapshot's one: the host's
+    keep_last counts each kind apart, so the data history is not halved."""
     policy = policy_file(tmp_path, keys, do_api)
-    drkit("backup", "--policy", str(policy), check=True)
-    (made,) = do_api.snapshots
+    policy.write_text(policy.read_text().replace("[repository]", "[retention]\nkeep_last = 2\n"
+                                                  "[repository]"))  # fmt: skip
+    runs = []
+    for day in (1, 2, 3):
+        res = drkit("backup", "--policy", str(policy), "--json",
+                    env={"DRKIT_NOW": f"2030-01-0{day}T03:00:00Z"})  # fmt: skip
+        assert res.returncode == 0, res.output
+        runs.append(json.loads(res.stdout)["results"][0]["snapshots"])
+    pruned = drkit("prune", "--policy", str(policy), "--json")
+    assert pruned.returncode == 0, pruned.output
+    left = committed(tmp_path)
+    data = [m for m in left if manifest_of(tmp_path, m)["sources"][0]["name"] == "app"]
+    records = [m for m in left if m not in data]
+    assert sorted(data) == sorted(run[0] for run in runs[1:])
+    assert sorted(records) == sorted(run[1] for run in runs[1:])
 
-    plan = drkit("restore", "--policy", str(policy), "--from-provider-snapshot")
-    assert plan.returncode == 0, plan.output
-    assert f"use snapshot {made} drkit:host={HOST}:source=droplet:" in plan.stdout
-    assert "region nyc3, size s-2vcpu-4gb" in plan.stdout
-    assert "Nothing was changed" in plan.stdout
-    assert do_api.calls("POST", "/v2/droplets") == []
 
-    res = drkit("restore", "--policy", str(policy), "--from-provider-snapshot", str(made),
-                "--size", "s-1vcpu-1gb", "--yes", "--json")  # fmt: skip
-    assert res.returncode == 0, res.output
-    data = json.loads(res.stdout)
-    (create,) = do_api.calls("POST", "/v2/droplets")
-    assert create.body["image"] == made and create.body["region"] == "nyc3"
-    assert create.body["size"] == "s-1vcpu-1gb"
-    assert data["instance"]["address"] == "192.0.2.55"
-    assert do_api.droplets[DROPLET]["status"] == "active"  # the original is untouched
+# -- restore --from-provider-snapshot, each provider ---------------------------------
+
+INSTANCE = {"digitalocean": str(DROPLET), "vultr": "cb676a46-66fd-4dfb-b839-443f2e6c0b60",
+            "hetzner": "42"}  # fmt: skip
+
+
+def provider_fake(kind: str, token: str) -> FakeApi:
+    if kind == "digitalocean":
+        do = FakeDigitalOcean(token)
+        do.add_droplet(DROPLET)
+        return do
+    if kind == "vultr":
+        vultr = FakeVultr(token)
+        vultr.add_instance(INSTANCE[kind])
+        return vultr
+    hetzner = FakeHetzner(token)
+    hetzner.add_server(int(INSTANCE[kind]))
+    return hetzner
+
+
+def seed(api: FakeApi, name: str, created: dt.datetime) -> str:
+    """A snapshot of the machine, as the provider lists it."""
+    if isinstance(api, FakeDigitalOcean):
+        return str(api.add_snapshot(DROPLET, name, created, size=24.5))
+    if isinstance(api, FakeVultr):
+        return api.add_snapshot(name, created)
+    assert isinstance(api, FakeHetzner)
+    labels = {"drkit/host": HOST, "drkit/source": "droplet"} if name.startswith("drkit:") else {}
+    return str(api.add_image(int(INSTANCE["hetzner"]), name, created, labels))
+
+
+def create_request(kind: str, snapshot_id: str) -> tuple[str, dict[str, Any]]:
+    """The exact request each provider's client sends to boot the copy."""
+    name = "e2i-restore-20300102-030000"
+    if kind == "digitalocean":
+        return "/v2/droplets", {"name": name, "region": "fra1", "size": "s-2vcpu-4gb",
+                                "image": int(snapshot_id)}  # fmt: skip
+    if kind == "vultr":
+        return "/v2/instances", {"region": "fra1", "plan": "s-2vcpu-4gb",
+                                 "snapshot_id": snapshot_id, "label": name}  # fmt: skip
+    return "/v1/servers", {"name": name, "server_type": "s-2vcpu-4gb", "image": int(snapshot_id),
+                           "location": "fra1", "start_after_create": True}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["digitalocean", "vultr", "hetzner"])
+def test_restore_from_provider_snapshot_plans_then_creates_a_machine(
+    kind: str, tmp_path: Path, keys: Keys, token: str
+) -> None:
+    with serve(provider_fake(kind, token)) as api:
+        base = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+        older = seed(api, f"drkit:host={HOST}:source=droplet:20300101T030000Z", base)
+        newest = seed(api, f"drkit:host={HOST}:source=droplet:20300101T150000Z",
+                      base + dt.timedelta(hours=12))  # fmt: skip
+        seed(api, "made-by-hand-later", base + dt.timedelta(hours=20))  # never chosen by default
+        endpoint = api.url + ("/v1" if kind == "hetzner" else "")
+        policy = write_policy(
+            tmp_path / f"{HOST}.toml", HOST, {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient], [snapshot_source(kind, INSTANCE[kind], endpoint)],
+        )  # fmt: skip
+        now = {"DRKIT_NOW": "2030-01-02T03:00:00Z"}
+
+        # As a person runs it in an incident: the host's name, its policy in the policy dir.
+        by_host = ["--policy-dir", str(policy.parent), "restore", "--host", HOST]
+        plan = drkit(*by_host, "--from-provider-snapshot", env=now)
+        assert plan.returncode == 0, plan.output
+        assert f"use snapshot {newest} drkit:host={HOST}:source=droplet:20300101T150000Z" in (
+            plan.stdout
+        )
+        assert "region nyc3, size s-2vcpu-4gb" in plan.stdout  # from the policy
+        assert "Nothing was changed" in plan.stdout
+        assert api.calls("POST") == []
+
+        res = drkit(*by_host, "--from-provider-snapshot", older,
+                    "--region", "fra1", "--yes", env=now)  # fmt: skip
+        assert res.returncode == 0, res.output
+        path, body = create_request(kind, older)
+        (create,) = api.calls("POST")
+        assert (create.path, create.body) == (path, body)
+        assert create.headers["authorization"] == f"Bearer {token}"
+        (instance,) = {
+            m[1] for r in api.calls("GET") if (m := re.fullmatch(f"{path}/([^/]+)", r.path))
+        }
+        if kind == "hetzner":
+            assert isinstance(api, FakeHetzner)
+            address = api.servers[int(instance)]["public_net"]["ipv4"]["ip"]
+        else:
+            address = {"digitalocean": "192.0.2.55", "vultr": "192.0.2.77"}[kind]
+        assert f"use snapshot {older} " in res.stdout and "region fra1" in res.stdout
+        assert (
+            f"{HOST}: created {kind} machine {instance} (e2i-restore-20300102-030000) "
+            f"at {address}, " in res.stdout
+        )
+        assert api.calls("DELETE") == []  # the original machine and snapshots untouched
+        assert token not in res.output + plan.output
 
     wrong = drkit("restore", "--policy", str(policy), "--from-provider-snapshot", "--at", "1h")
     assert wrong.returncode == 2 and "excludes --at" in wrong.stderr
+
+
+# -- the token ----------------------------------------------------------------------
+
+
+def test_the_token_is_in_no_output_manifest_facts_catalog_or_file(
+    tmp_path: Path, keys: Keys, do_api: FakeDigitalOcean, token: str
+) -> None:
+    """A run that succeeds and one whose API error quotes the token back: the token
+    reaches the API (header) and nothing else: not the output, not any file under the
+    test's directory (repository, catalog, state), not the decrypted facts."""
+    policy = policy_file(tmp_path, keys, do_api)
+    ok = drkit("backup", "--policy", str(policy), "--json")
+    assert ok.returncode == 0, ok.output
+    echo = {"id": "forbidden", "message": f"token {token} lacks write scope"}
+    do_api.inject((403, {}, echo), method="POST")
+    bad = drkit("backup", "--policy", str(policy), "--json")
+    assert bad.returncode == 3, bad.output
+    assert "forbidden: token *** lacks write scope" in bad.stderr
+    listed = drkit("snapshots", "--policy", str(policy), "--json")
+    assert listed.returncode == 0, listed.output
+
+    requests = do_api.calls()
+    assert requests and all(r.headers["authorization"] == f"Bearer {token}" for r in requests)
+    for res in (ok, bad, listed):
+        assert token not in res.output
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    catalogs = [p for p in files if p.name == "catalog.sqlite"]
+    assert catalogs and any(b"token *** lacks write scope" in p.read_bytes() for p in catalogs)
+    assert len([p for p in files if p.name == "manifest.json"]) == 3
+    for path in files:
+        assert token.encode() not in path.read_bytes(), path
+    for snapshot in committed(tmp_path):
+        assert token not in json.dumps(facts_of(policy, keys, snapshot))

@@ -52,8 +52,19 @@ def delete_path(kind: str, sid: str) -> str:
     ] + sid
 
 
+@pytest.mark.parametrize(
+    ("rules", "why_newest"),
+    [
+        ({"keep_last": 1}, "last 1 of 1"),
+        ({"keep_within": "5d"}, "within 5d of the newest"),
+    ],
+)
 def test_five_snapshots_two_not_drkits_those_two_untouched(
-    kind: str, any_api: FakeApi, env_for: EnvFactory
+    kind: str,
+    any_api: FakeApi,
+    env_for: EnvFactory,
+    rules: dict[str, Any],
+    why_newest: str,
 ) -> None:
     own_labels = OWNER.labels()
     newest = seed(any_api, kind, own_name(1), 1, own_labels)
@@ -65,16 +76,17 @@ def test_five_snapshots_two_not_drkits_those_two_untouched(
     other_host = seed(
         any_api, kind, other.snapshot_name(NOW - dt.timedelta(30)), 30, other.labels()
     )
-    env = env_for(any_api, kind, retention={"keep_last": 1})
+    env = env_for(any_api, kind, retention=rules)
+    rule = ", ".join(f"{k}={v}" for k, v in rules.items())
 
     report = prune_provider_snapshots(env.policy, env.source, now=NOW, connect=env.connect)
 
     assert report.ok
     assert sorted(d.snapshot.id for d in report.removed) == sorted([older, oldest])
-    assert all(d.reasons == ["matched no rule (keep_last=1)"] for d in report.removed)
+    assert all(d.reasons == [f"matched no rule ({rule})"] for d in report.removed)
     kept = {d.snapshot.id: d.reasons for d in report.kept}
     assert kept == {
-        newest: ["last 1 of 1", "newest complete snapshot"],
+        newest: [why_newest, "newest complete snapshot"],
         by_hand: ["not made by drkit for this host and source"],
         other_host: ["not made by drkit for this host and source"],
     }

@@ -1,0 +1,74 @@
+"""Checks of single policy values, used as pydantic ``AfterValidator``s.
+
+They run in the schema pass, so a bad duration, cron expression, path or
+recipient is reported together with missing fields and literal secrets (one
+``policy validate`` shows every mistake), not only once the rest parses.
+Each returns the value unchanged or raises ValueError with the message the
+user sees after ``<file>: <key path>:``. Heavy imports stay inside the
+functions: loading a policy must not load croniter or pyrage for nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+from drkit.durations import parse_duration
+
+
+def check_duration(text: str) -> str:
+    parse_duration(text)  # raises ValueError "not a duration: ..."
+    return text
+
+
+def check_positive_duration(text: str) -> str:
+    if parse_duration(text).total_seconds() <= 0:
+        raise ValueError("must be longer than 0s")
+    return text
+
+
+def check_cron(expr: str) -> str:
+    from drkit.schedule import check_schedule
+
+    try:
+        check_schedule(expr)
+    except ValueError:
+        raise ValueError(
+            f"not a valid cron expression: {expr!r} (five fields: minute hour "
+            "day-of-month month day-of-week, evaluated in UTC, or @hourly/@daily/@weekly/"
+            "@monthly/@yearly)"
+        ) from None
+    return expr
+
+
+def check_absolute_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return path
+
+
+def check_recipient(text: str) -> str:
+    from drkit.errors import CryptoError
+    from drkit.pipeline.age import parse_recipient
+
+    try:
+        parse_recipient(text)
+    except CryptoError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+def check_api_endpoint(url: str) -> str:
+    from drkit.providers.base import check_endpoint
+
+    check_endpoint(url)  # raises ValueError naming the problem
+    return url
+
+
+Duration = Annotated[str, AfterValidator(check_duration)]
+PositiveDuration = Annotated[str, AfterValidator(check_positive_duration)]
+Cron = Annotated[str, AfterValidator(check_cron)]
+AbsolutePath = Annotated[str, AfterValidator(check_absolute_path)]
+RecipientKey = Annotated[str, AfterValidator(check_recipient)]
+ApiEndpoint = Annotated[str, AfterValidator(check_api_endpoint)]

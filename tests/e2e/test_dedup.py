@@ -1,0 +1,209 @@
+"""``repository.dedup``: chunks stored once, shared across snapshots, checked, collected.
+
+Runs on the local repository and on S3 (SeaweedFS). The data is a command
+source streaming a file, restored by a command writing it back, so every
+byte is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tests.conftest import Keys
+from tests.e2e.repos import RepoTarget
+from tests.e2e.test_postgres_roundtrip import callmeback, full_schema, pg_source  # noqa: F401
+from tests.helpers import drkit, table_checksums, write_policy
+from tests.servers.postgres import PgServer
+
+HOST = "dd1"
+MiB = 1 << 20
+
+
+def dump_like(seed: int, size: int) -> bytes:
+    """Text rows with some repetition, like a dump: compressible, not trivially."""
+    rnd = random.Random(seed)
+    words = [f"w{rnd.randrange(10**6)}" for _ in range(5000)]
+    rows, n = [], 0
+    while n < size:
+        row = f"{n}\t{' '.join(rnd.choice(words) for _ in range(12))}\t{rnd.random()}\n"
+        rows.append(row)
+        n += len(row)
+    return "".join(rows).encode()[:size]
+
+
+def setup(tmp_path: Path, keys: Keys, repo: RepoTarget, data: bytes) -> tuple[Path, Path, Path]:
+    src, out = tmp_path / "data.bin", tmp_path / "restored.bin"
+    src.write_bytes(data)
+    policy = write_policy(
+        tmp_path / f"{HOST}.toml", HOST, {**repo.policy, "dedup": True}, [keys.recipient],
+        [{"kind": "command", "name": "db", "artifact": "dump", "command": ["cat", str(src)],
+          "restore_command": ["sh", "-c", f"cat > {out}"]}],
+    )  # fmt: skip
+    return policy, src, out
+
+
+def backup(policy: Path, repo: RepoTarget, now: str | None = None) -> dict:
+    env = {**repo.env, "DRKIT_NOW": now} if now else repo.env
+    res = drkit("backup", "--policy", str(policy), "--json", env=env)
+    assert res.returncode == 0, res.output
+    return json.loads(res.stdout)["results"][0]
+
+
+def restore(policy: Path, keys: Keys, repo: RepoTarget, *extra: str) -> object:
+    return drkit("restore", "--yes", "--policy", str(policy),
+                 "--identity", str(keys.identity_file), *extra, env=repo.env)  # fmt: skip
+
+
+def chunk_keys(repo: RepoTarget) -> list[str]:
+    return repo.keys(f"{HOST}/chunks/")
+
+
+def test_second_backup_stores_only_changed_chunks_and_both_restore(
+    tmp_path: Path, keys: Keys, repo: RepoTarget
+) -> None:
+    data = dump_like(1, 12 * MiB)
+    policy, src, out = setup(tmp_path, keys, repo, data)
+    first = backup(policy, repo)
+    chunks_1 = chunk_keys(repo)
+    assert len(chunks_1) >= 8  # ~1 MiB chunks
+    stored_1 = sum(len(repo.read(k)) for k in chunks_1)
+
+    # A few rows changed in the middle, a few appended: most chunks are unchanged.
+    changed = bytearray(data)
+    changed[6 * MiB : 6 * MiB + 100] = b"X" * 100
+    changed += dump_like(2, 64 << 10)
+    src.write_bytes(bytes(changed))
+    second = backup(policy, repo)
+    new = sorted(set(chunk_keys(repo)) - set(chunks_1))
+    assert 1 <= len(new) <= 4, new
+    assert sum(len(repo.read(k)) for k in new) < stored_1 / 3
+
+    # The second restores to the changed data, the first to the original: shared chunks
+    # serve both. (Snapshots named: two backups can start within the same second.)
+    res = restore(policy, keys, repo, "--snapshot", second["snapshot"])
+    assert res.returncode == 0, res.output
+    assert out.read_bytes() == bytes(changed)
+    res = restore(policy, keys, repo, "--snapshot", first["snapshot"])
+    assert res.returncode == 0, res.output
+    assert out.read_bytes() == data
+
+    ok = drkit("verify", "--policy", str(policy), "--all-snapshots",
+               "--identity", str(keys.identity_file), env=repo.env)  # fmt: skip
+    assert ok.returncode == 0, ok.output
+
+
+def test_altered_or_missing_chunk_fails_verify_and_restore_naming_it(
+    tmp_path: Path, keys: Keys, repo: RepoTarget
+) -> None:
+    policy, _src, _out = setup(tmp_path, keys, repo, dump_like(3, 4 * MiB))
+    backup(policy, repo)
+    victim, gone = chunk_keys(repo)[:2]
+    repo.flip_byte(victim)
+    bad = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file),
+                env=repo.env)  # fmt: skip
+    assert bad.returncode != 0
+    assert victim in bad.output
+    res = restore(policy, keys, repo)
+    assert res.returncode != 0 and victim in res.output, res.output
+
+    # Without the identity, verify still finds a chunk that is gone.
+    data = repo.read(gone)
+    if repo.root is not None:
+        (repo.root / gone).unlink()
+    else:
+        repo.s3.delete_object(Bucket=repo.bucket, Key=f"{repo.prefix}/{gone}")
+    no_id = drkit("verify", "--policy", str(policy), "--no-decrypt", env=repo.env)
+    assert no_id.returncode != 0 and gone in no_id.output, no_id.output
+    repo.write(gone, data)
+
+
+def test_failed_source_commits_nothing_and_prune_collects_its_chunks(
+    tmp_path: Path, keys: Keys, repo: RepoTarget
+) -> None:
+    data = dump_like(4, 6 * MiB)
+    policy, src, out = setup(tmp_path, keys, repo, data)
+    good = backup(policy, repo)
+    kept_chunks = chunk_keys(repo)
+
+    # A source that streams new data then fails: chunks were stored, nothing committed.
+    fail = tmp_path / "fail.sh"
+    fail.write_text(f"#!/bin/sh\nhead -c 3000000 {src}; echo NEW; head -c 20000000 /dev/urandom;"
+                    " exit 3\n")  # fmt: skip
+    fail.chmod(0o755)
+    policy.write_text(policy.read_text().replace(f'["cat", "{src}"]', f'["{fail}"]'))
+    res = drkit("backup", "--policy", str(policy), env=repo.env)
+    assert res.returncode != 0 and "db" in res.output
+    assert len(repo.keys("manifest.json")) == 1
+    orphans = sorted(set(chunk_keys(repo)) - set(kept_chunks))
+    assert orphans, "the failed run stored chunks before failing"
+
+    # prune (no grace) removes the orphans and keeps every chunk the snapshot names.
+    res = drkit("prune", "--policy", str(policy), "--grace", "0s", "--json", env=repo.env)
+    assert res.returncode == 0, res.output
+    assert json.loads(res.stdout)["results"][0]["chunks_removed"] == len(orphans)
+    assert chunk_keys(repo) == kept_chunks
+    res = restore(policy, keys, repo, "--snapshot", good["snapshot"])
+    assert res.returncode == 0, res.output
+    assert out.read_bytes() == data
+
+
+def test_prune_removes_chunks_only_the_removed_snapshot_used(
+    tmp_path: Path, keys: Keys, repo: RepoTarget
+) -> None:
+    policy, src, out = setup(tmp_path, keys, repo, dump_like(5, 4 * MiB))
+    policy.write_text(policy.read_text() + "[retention]\nkeep_last = 1\n")
+    backup(policy, repo, now="2030-01-01T03:00Z")
+    first_chunks = set(chunk_keys(repo))
+    newer = dump_like(6, 4 * MiB)  # all different
+    src.write_bytes(newer)
+    backup(policy, repo, now="2030-01-02T03:00Z")
+    second_only = set(chunk_keys(repo)) - first_chunks
+    res = drkit("prune", "--policy", str(policy), "--grace", "0s", "--json",
+                env={**repo.env, "DRKIT_NOW": "2030-01-03T00:00Z"})  # fmt: skip
+    assert res.returncode == 0, res.output
+    (result,) = json.loads(res.stdout)["results"]
+    assert len(result["removed"]) == 1
+    assert set(chunk_keys(repo)) == second_only
+    res = restore(policy, keys, repo)
+    assert res.returncode == 0, res.output
+    assert out.read_bytes() == newer
+
+
+def test_dedup_with_object_lock_is_refused_by_validation(tmp_path: Path, keys: Keys) -> None:
+    policy = write_policy(
+        tmp_path / "p.toml", HOST,
+        {"url": "s3://bucket/x", "endpoint": "http://127.0.0.1:9", "dedup": True,
+         "immutable_days": 7},
+        [keys.recipient], [{"kind": "command", "name": "db", "command": ["true"]}],
+    )  # fmt: skip
+    res = drkit("policy", "validate", str(policy))
+    assert res.returncode == 2
+    assert "repository.dedup" in res.output and "immutable_days" in res.output
+
+
+def test_postgres_roundtrip_with_dedup(
+    pg: PgServer,
+    callmeback: tuple[str, str, str],  # noqa: F811 (the fixture)
+    repo: RepoTarget,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """The PostgreSQL dump (staged restore, parallel post-data) through chunks: drop the
+    database and its role, restore, same schema and table contents."""
+    db, role, _password = callmeback
+    policy = write_policy(
+        tmp_path / "vultr.toml", "vultr", {**repo.policy, "dedup": True}, [keys.recipient],
+        [pg_source(pg, db)],
+    )  # fmt: skip
+    schema, sums = full_schema(pg, db), table_checksums(pg, db)
+    drkit("backup", "--policy", str(policy), env=repo.env, check=True)
+    assert repo.keys("vultr/chunks/")
+    pg.psql("postgres", f"DROP DATABASE {db};")
+    pg.psql("postgres", f"DROP ROLE {role};")
+    res = drkit("restore", "--yes", "--policy", str(policy),
+                "--identity", str(keys.identity_file), env=repo.env)  # fmt: skip
+    assert res.returncode == 0, res.output
+    assert full_schema(pg, db) == schema
+    assert table_checksums(pg, db) == sums
