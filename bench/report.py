@@ -494,7 +494,8 @@ def markdown(res: Results, chart: str | None) -> str:
     parts = [
         f"Run {meta.get('started', '')} on drkit {meta.get('git', '')}: "
         f"{meta.get('runs')} run(s) per figure, medians with (min{DASH}max); tools alternate "
-        f"run by run. Workload: {meta.get('workload_text', '')}.",
+        f"run by run. Workload: {meta.get('workload_text', '')}. drkit repositories: "
+        + ("`dedup = true` (chunks)." if meta.get("drkit_dedup") else "whole artifacts."),
         "",
         f"Machine: {mach.get('os')}, {mach.get('nproc')} CPUs ({mach.get('cpu')}), "
         f"{mach.get('mem_gib')} GiB, kernel {mach.get('kernel')}; load average "

@@ -166,8 +166,14 @@ class Bench:
                 "port": pg.port, "user": pg.user}  # fmt: skip
 
     def drkit_policy(self, path: Path, host: str, bucket: str) -> Path:
-        repo = {"url": f"s3://{bucket}/drkit", "endpoint": self.s3.endpoint}
-        return write_policy(path, host, repo, [self.recipient], [self.pg_source()])
+        return write_policy(
+            path, host, self.drkit_repo(bucket), [self.recipient], [self.pg_source()]
+        )
+
+    def drkit_repo(self, bucket: str) -> dict[str, Any]:
+        """drkit's repository in ``bucket``; ``--dedup``: deduplicated chunks."""
+        repo: dict[str, Any] = {"url": f"s3://{bucket}/drkit", "endpoint": self.s3.endpoint}
+        return {**repo, "dedup": True} if self.args.dedup else repo
 
     def drkit_backup(self, policy: Path) -> Command:
         return Command.one(
@@ -358,7 +364,7 @@ class Bench:
         for r in range(self.args.runs):
             for k in rotated([1, factor], r):
                 bucket = self.new_bucket(f"stream-{k}x")
-                repo = {"url": f"s3://{bucket}/drkit", "endpoint": self.s3.endpoint}
+                repo = self.drkit_repo(bucket)
                 stream = ["sh", "-c", f"for i in $(seq {k}); do cat {plain}; done"]
                 policy = stream_policy(self.work / f"stream-{k}x.toml", f"stream-{k}x", repo,
                                        self.recipient, stream, out)  # fmt: skip
@@ -487,6 +493,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                     help="py-spy profile of a full backup (default: on, not --quick)")  # fmt: skip
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="built workloads")
+    ap.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True,
+                    help="drkit's repositories with dedup = true (default; --no-dedup: whole "
+                    "artifacts)")  # fmt: skip
     args = ap.parse_args(argv)
     args.only = "".join(sorted(set(args.only.replace(",", "")) & set(PHASES)))
     if not args.only or args.runs < 1:
@@ -526,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs=args.runs, quick=args.quick, phases=args.only, machine=machine_facts(),
                 loadavg_start=round(os.getloadavg()[0], 2), workload={**facts, **spec.__dict__},
                 versions=versions(), fleet_runner="local", rss_factor=args.rss_factor,
-                fleet_hosts=args.fleet_hosts,
+                fleet_hosts=args.fleet_hosts, drkit_dedup=args.dedup,
                 workload_text=(
                     f"pgbench -i -s {spec.scale} + {spec.conversations} conversations, "
                     f"database {facts['database_bytes'] / 1e6:.0f} MB, "

@@ -48,7 +48,7 @@ from drkit.actions.restore import Executor
 from drkit.drills.checks import certificate_checks, declared_checks, verdict
 from drkit.drills.report import DrillReport
 from drkit.drills.spec import DrillSpec, spec_for
-from drkit.errors import DrkitError, PolicyError
+from drkit.errors import DrkitError, PolicyError, RestoreError
 from drkit.pipeline.age import Identity
 from drkit.policy.models import Connection, NatsSource, Policy, PostgresSource, source_name
 from drkit.remote.base import Runner
@@ -286,6 +286,7 @@ def _restore_and_check(
     opts = RestoreOptions(log=log)
     # Only data sources are assembled: provider snapshots are not restored into a container.
     executor = Executor(policy, repo, assembly, identities, runner, opts, target=label)
+    refuse_blocked(assembly.host, executor)
     result = executor.run(log)
     checks = list(result.checks)
     checks += certificate_checks(executor.facts, started, spec.cert_warn_days)
@@ -298,6 +299,22 @@ def _restore_and_check(
             )
     checks += declared_checks(spec, runner, pg, sql_user="postgres")
     return checks
+
+
+def refuse_blocked(host: str, executor: Executor) -> None:
+    """Refuse the drill before any step runs when the plan on the drill target is blocked
+    (e.g. no pm2 there for a pm2 source), as ``drkit restore`` does: otherwise it fails
+    late (``pm2 resurrect``) after the earlier steps ran, with a less clear cause.
+
+    Raises RestoreError naming the host, the first refused step, its source and why.
+    """
+    blocked = [s for s in executor.plan() if s.plan.blocked]
+    if blocked:
+        first = blocked[0]
+        raise RestoreError(
+            f"host {host}: step {first.number} ({first.source}) is refused: "
+            f"{first.plan.blocked}; nothing was restored"
+        )
 
 
 def _store(repo: Repository, report: DrillReport, catalog: Callable[[], Catalog] | None,

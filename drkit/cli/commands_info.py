@@ -175,6 +175,7 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
                     "sources": [s.name for s in m.sources],
                     "stored_bytes": m.stored_bytes,
                     "status": m.status,
+                    "provider_snapshots": _provider_snapshots(m.extra),
                 }
             )
 
@@ -182,10 +183,27 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
         for r in rows:
             sources = ",".join(r["sources"])
             click.echo(f"{r['host']:<12} {r['snapshot']}  {r['stored_bytes']:>12}  {sources}")
+            for name, p in r["provider_snapshots"].items():
+                click.echo(f"  {name}: {p['provider']} snapshot {p['id']} ({p['name']})")
         if not rows:
             click.echo("no snapshots")
 
     ctx.emit({"snapshots": rows}, text)
+
+
+# What a listing shows of a provider snapshot: the manifest records no secret, but
+# a whitelist keeps anything a later manifest field might add out of the output.
+_PROVIDER_SNAPSHOT_FIELDS = ("provider", "id", "name", "size_gb", "created", "status")
+
+
+def _provider_snapshots(extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per source, the provider snapshot a snapshot's manifest records (empty if none)."""
+    listed = extra.get("provider_snapshots") or {}
+    return {
+        str(source): {k: info.get(k) for k in _PROVIDER_SNAPSHOT_FIELDS}
+        for source, info in listed.items()
+        if isinstance(info, dict)
+    }
 
 
 @cli.command(epilog=EXIT_CODES)

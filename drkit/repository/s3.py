@@ -189,6 +189,18 @@ class S3Store(Store):
                 return first.size
         return self._put_multipart(key, self._full(key), first, stream, retain)
 
+    def put_bytes(self, key: str, data: bytes, *, retain: bool = True) -> int:
+        """An object already in memory (a chunk, a manifest): below a part, sent as is."""
+        if len(data) >= self._part_size:
+            return super().put_bytes(key, data, retain=retain)
+        self._full(key)
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        self._request(
+            "put", key, "PUT", body=data,
+            headers={"content-md5": _content_md5(md5), **self._lock_headers(retain)},
+        )  # fmt: skip
+        return len(data)
+
     def _put_multipart(
         self, key: str, full: str, first: _SpooledPart, stream: BinaryIO, retain: bool
     ) -> int:

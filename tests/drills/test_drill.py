@@ -244,3 +244,45 @@ def test_drill_fails_on_flipped_byte_missing_globals_and_expired_cert(
     err = report["error"]
     assert "callmeback/database.pgdump" in err, err
     assert "digest" in err or "authentication" in err, err
+
+
+def test_drill_refuses_a_blocked_plan_before_restoring_anything(
+    engine: None, keys: Any, tmp_path: Path
+) -> None:
+    """pm2 runs here through a path the drill container does not have: the drill is
+    refused up front, as `drkit restore` would be, not after the earlier steps ran and
+    `pm2 resurrect` exited 127."""
+    root = tmp_path / "root"
+    ports = {"db-proxy": free_port()}
+    ecosystem = write_apps(root, ports)
+    link = tmp_path / "pm2-here-only" / "pm2"  # this machine's pm2, under the test's dir
+    link.parent.mkdir()
+    with pm2_home(tmp_path) as pm2:
+        link.symlink_to(pm2.pm2)
+        pm2.run("start", str(ecosystem))
+        pm2.wait_online(set(ports))
+        sources: list[dict[str, Any]] = [
+            {"kind": "files", "name": "apps", "paths": [str(root)]},
+            {"kind": "pm2", "name": "pm2", "user": pm2.user, "pm2_home": str(pm2.home),
+             "ecosystem": [str(ecosystem)], "pm2_bin": str(link)},
+        ]  # fmt: skip
+        policy = write_policy(
+            tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient], sources,
+        )  # fmt: skip
+        drkit("backup", "--policy", str(policy), check=True)
+    specs = tmp_path / "drills"
+    specs.mkdir()
+    res = drkit("drill", "--policy", str(policy), "--drills-dir", str(specs),
+                "--identity", str(keys.identity_file), "--json")  # fmt: skip
+    assert res.returncode == 4, res.output
+    [report] = json.loads(res.stdout)["drills"]
+    assert report["verdict"] == "fail", report
+    error = report["error"]
+    assert error.startswith("host vultr: step 2 (pm2) is refused: "), error
+    assert f"pm2 ({link}) is not installed for {pm2.user} on the target" in error
+    assert error.endswith("; nothing was restored"), error
+    # Refused before step 1: no source was restored, so no source's check ran.
+    assert [c["source"] for c in report["checks"]] == ["drill"], report["checks"]
+    # The failed verdict is stored like any other drill's.
+    assert list((tmp_path / "repo" / "vultr" / "drills").glob("*.json"))

@@ -173,6 +173,20 @@ def test_data_commits_while_the_provider_snapshot_is_pending_then_it_is_recorded
         }
     }
     assert str(DROPLET) not in json.dumps(manifest)  # the machine's id only in the facts
+
+    # The listing names the provider snapshot under its snapshot, never the data one's.
+    listed = drkit("snapshots", "--policy", str(policy), "--json")
+    assert listed.returncode == 0, listed.output
+    rows = {r["snapshot"]: r for r in json.loads(listed.stdout)["snapshots"]}
+    assert rows[data_snapshot]["provider_snapshots"] == {}
+    assert rows[later]["sources"] == ["droplet"]
+    assert rows[later]["provider_snapshots"] == manifest["extra"]["provider_snapshots"]
+    shown = drkit("snapshots", "--policy", str(policy))
+    assert shown.returncode == 0, shown.output
+    line = f"  droplet: digitalocean snapshot {made['id']} ({post.body['name']})"
+    assert shown.stdout.splitlines().count(line) == 1, shown.stdout
+    for res in (listed, shown):
+        assert token not in res.output and str(DROPLET) not in res.output
     facts = facts_of(policy, keys, later)["droplet"]
     assert facts["provider"] == "digitalocean" and facts["resource_id"] == str(DROPLET)
     assert facts["id"] == str(made["id"]) and facts["size_gb"] == 12.34
