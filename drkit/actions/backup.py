@@ -21,7 +21,6 @@ A run with only provider snapshots commits one snapshot, as any other.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import time
@@ -97,7 +96,11 @@ def _store_chunked(
 ) -> ArtifactRecord:
     """Store an artifact as deduplicated chunks plus its index (the index is the artifact)."""
     done = chunked.encode(plain, recipients, chunks)
-    repo.store.put_bytes(key, done.index)  # only after every chunk it names is stored
+    index = done.index
+    try:
+        repo.store.put(key, index.file)  # only after every chunk it names is stored
+    finally:
+        index.file.close()
     log(
         f"{relative}: {done.new_chunks} new chunk(s) ({done.new_bytes} bytes stored), "
         f"{done.reused_chunks} reused"
@@ -107,10 +110,10 @@ def _store_chunked(
         name=relative.split("/", 1)[-1],
         key=relative,
         format=chunked.FORMAT,
-        plain_size=done.plain_size,
-        plain_sha256=done.plain_sha256,
-        stored_size=len(done.index),
-        stored_sha256=hashlib.sha256(done.index).hexdigest(),
+        plain_size=index.plain_size,
+        plain_sha256=index.tree_digest,
+        stored_size=index.stored_size,
+        stored_sha256=index.stored_sha256,
         new_bytes=done.new_bytes,
     )
 

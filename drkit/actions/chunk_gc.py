@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from drkit.errors import DrkitError
 from drkit.pipeline import chunked
+from drkit.pipeline.chunk_index import IndexReader
 from drkit.repository.chunks import chunk_key, list_chunks
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import Manifest
@@ -54,11 +55,12 @@ def collect_chunks(
                 continue
             key = object_key(manifest.host, manifest.snapshot, record.key)
             try:
-                index = chunked.parse_index(repo.store.get_bytes(key), f"{repo.url}/{key}")
+                with repo.store.get(key) as stored:
+                    index = IndexReader(stored, f"{repo.url}/{key}")
+                    referenced.update(chunk_key(host, index.rset, ref.id) for ref in index)
             except DrkitError as exc:
                 out.errors.append(f"host {host}: chunks not collected: {exc}")
                 return out
-            referenced.update(chunk_key(host, index.rset, ref.id) for ref in index.refs)
     verb = "would remove" if dry_run else "removing"
     garbage = []
     for info in list_chunks(repo.store, host):

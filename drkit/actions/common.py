@@ -13,9 +13,17 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from drkit import secrets
-from drkit.errors import DrkitError, ObjectNotFound, RepositoryError, RestoreError, UsageError
+from drkit.errors import (
+    DrkitError,
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryError,
+    RestoreError,
+    UsageError,
+)
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
+from drkit.pipeline.chunk_index import IndexReader
 from drkit.pipeline.codec import Digests, decode
 from drkit.policy.models import Connection, Policy, RepositoryConfig, source_name
 from drkit.remote.base import Runner
@@ -329,16 +337,24 @@ def read_artifact(
     key = object_key(manifest.host, manifest.snapshot, record.key)
     label = object_label(repo, manifest, record)
     if record.format == chunked.FORMAT:
-        index = repo.store.get_bytes(key)
-        return chunked.decode(
-            index,
-            lambda rset: Chunks(repo.store, manifest.host, rset),
-            identities,
-            consume,
-            expected=digests_of(record),
-            label=label,
-        )
+        # The index is small (~70 bytes per chunk): check it whole before any chunk
+        # is read, so that an altered index is named as such and feeds nothing.
+        with repo.store.get(key) as stored:
+            index = IndexReader(stored, label)
+            for _ref in index:
+                pass
+        if index.stored_size != record.stored_size or index.stored_sha256 != record.stored_sha256:
+            raise IntegrityError(f"{label}: stored digest does not match the manifest")
     with repo.store.get(key) as stored:
+        if record.format == chunked.FORMAT:
+            return chunked.decode(
+                stored,
+                lambda rset: Chunks(repo.store, manifest.host, rset),
+                identities,
+                consume,
+                expected=digests_of(record),
+                label=label,
+            )
         return decode(stored, identities, consume, expected=digests_of(record), label=label)
 
 

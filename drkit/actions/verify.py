@@ -8,6 +8,7 @@ from drkit.actions.common import object_label, read_artifact
 from drkit.errors import DrkitError
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
+from drkit.pipeline.chunk_index import IndexReader
 from drkit.pipeline.streams import CHUNK, HashingReader
 from drkit.repository.chunks import Chunks
 from drkit.repository.layout import Repository, object_key
@@ -38,18 +39,19 @@ def _check_stored(repo: Repository, manifest: Manifest, record: ArtifactRecord, 
     chunk it names exists (its content is only checked by decrypting it)."""
     key = object_key(manifest.host, manifest.snapshot, record.key)
     with repo.store.get(key) as stored:
-        h = HashingReader(stored)
-        _drain(h)
-    if h.size != record.stored_size or h.hexdigest() != record.stored_sha256:
+        if record.format == chunked.FORMAT:
+            index = IndexReader(stored, label)
+            chunks = Chunks(repo.store, manifest.host, index.rset)
+            missing = [ref.id for ref in index if not chunks.has(ref.id)]
+            size, digest = index.stored_size, index.stored_sha256
+        else:
+            h = HashingReader(stored)
+            _drain(h)
+            missing, size, digest = [], h.size, h.hexdigest()
+    if size != record.stored_size or digest != record.stored_sha256:
         raise DrkitError(f"{label}: stored digest does not match the manifest")
-    if record.format == chunked.FORMAT:
-        index = chunked.parse_index(repo.store.get_bytes(key), label)
-        chunks = Chunks(repo.store, manifest.host, index.rset)
-        missing = [ref.id for ref in index.refs if not chunks.has(ref.id)]
-        if missing:
-            raise DrkitError(
-                f"{chunks.label(missing[0])}: chunk is missing ({len(missing)} in all)"
-            )
+    if missing:
+        raise DrkitError(f"{chunks.label(missing[0])}: chunk is missing ({len(missing)} in all)")
 
 
 def verify_snapshot(

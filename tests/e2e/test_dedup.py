@@ -118,6 +118,15 @@ def test_altered_or_missing_chunk_fails_verify_and_restore_naming_it(
     assert no_id.returncode != 0 and gone in no_id.output, no_id.output
     repo.write(gone, data)
 
+    # An altered index (a chunk size changed) is refused, named, with or without the identity.
+    (index_key,) = repo.keys("/db/dump")
+    raw = repo.read(index_key)
+    line = raw.split(b"\n")[1]
+    repo.write(index_key, raw.replace(line, line[:-1] + bytes([line[-1] ^ 1]), 1))
+    for extra in (["--no-decrypt"], ["--identity", str(keys.identity_file)]):
+        res = drkit("verify", "--policy", str(policy), *extra, env=repo.env)
+        assert res.returncode != 0 and index_key in res.output, res.output
+
 
 def test_failed_source_commits_nothing_and_prune_collects_its_chunks(
     tmp_path: Path, keys: Keys, repo: RepoTarget

@@ -1,0 +1,162 @@
+"""The index of a ``cdc+zstd+age/v1`` artifact, written and read as a stream.
+
+A text object, one line each, so that neither side ever holds the chunk
+list in memory (a 100 GB dump has ~200 000 chunks)::
+
+    drkit-chunk-index 1 <codec> <recipient set>
+    <chunk id, 64 hex> <plain size>
+    ...
+    end <plain size> <tree digest>
+
+The tree digest is the sha256 of the chunk ids' 32-byte values in order:
+each id is the sha256 of its chunk, so it commits to every plain byte in
+order without hashing the data a second time. It is what the manifest
+records as the artifact's ``plain_sha256``. The index is plain (not
+encrypted) so that prune can tell which chunks are referenced without the
+identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from drkit.errors import IntegrityError
+from drkit.pipeline.streams import HashingReader
+
+MAGIC = "drkit-chunk-index"
+VERSION = 1
+_MAX_LINE = 256
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    id: bytes  # sha256 of the plain chunk
+    size: int  # plain bytes
+
+
+@dataclass(frozen=True)
+class WrittenIndex:
+    """A finished index: the file to store (at its start) and its digests."""
+
+    file: BinaryIO
+    stored_size: int
+    stored_sha256: str
+    plain_size: int
+    tree_digest: str
+    chunks: int
+
+
+class IndexWriter:
+    """Lines go to an unlinked temporary file as chunks are cut."""
+
+    def __init__(self, codec: str, rset: str) -> None:
+        self._file = tempfile.TemporaryFile(prefix="drkit-index-")  # noqa: SIM115 (returned)
+        self._sha = hashlib.sha256()
+        self._tree = hashlib.sha256()
+        self._size = 0
+        self.plain_size = 0
+        self.chunks = 0
+        self._line(f"{MAGIC} {VERSION} {codec} {rset}\n")
+
+    def _line(self, text: str) -> None:
+        data = text.encode("ascii")
+        self._sha.update(data)
+        self._size += len(data)
+        self._file.write(data)
+
+    def add(self, chunk_id: bytes, size: int) -> None:
+        self._tree.update(chunk_id)
+        self.plain_size += size
+        self.chunks += 1
+        self._line(f"{chunk_id.hex()} {size}\n")
+
+    def finish(self) -> WrittenIndex:
+        tree = self._tree.hexdigest()
+        self._line(f"end {self.plain_size} {tree}\n")
+        self._file.flush()
+        self._file.seek(0)
+        return WrittenIndex(
+            self._file,
+            self._size,
+            self._sha.hexdigest(),
+            self.plain_size,
+            tree,
+            self.chunks,
+        )
+
+    def discard(self) -> None:
+        self._file.close()
+
+
+class IndexReader:
+    """Reads an index stream: ``rset`` and ``codec`` at once, chunks by iterating.
+
+    After a complete iteration ``plain_size``, ``tree_digest``, ``stored_size``
+    and ``stored_sha256`` hold what was read. A malformed index, one whose
+    trailer disagrees with its lines, or one that ends early raises
+    IntegrityError naming ``label``.
+    """
+
+    def __init__(self, stream: BinaryIO, label: str) -> None:
+        self.label = label
+        self._h = HashingReader(stream)
+        self._in = io.BufferedReader(self._h, buffer_size=1 << 16)
+        head = self._read_line().split(" ")
+        if len(head) != 4 or head[0] != MAGIC or head[1] != str(VERSION) or not _hex(head[3]):
+            raise self._bad("not a drkit chunk index of a known version")
+        self.codec, self.rset = head[2], head[3]
+        self.plain_size = 0
+        self.tree_digest = ""
+        self.stored_size = 0
+        self.stored_sha256 = ""
+
+    def _bad(self, why: str) -> IntegrityError:
+        return IntegrityError(f"{self.label}: unreadable chunk index ({why})")
+
+    def _read_line(self) -> str:
+        raw = self._in.readline(_MAX_LINE)
+        if not raw.endswith(b"\n"):
+            raise self._bad("truncated" if len(raw) < _MAX_LINE else "line too long")
+        try:
+            return raw[:-1].decode("ascii")
+        except UnicodeDecodeError:
+            raise self._bad("not text") from None
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        tree = hashlib.sha256()
+        total = 0
+        while True:
+            fields = self._read_line().split(" ")
+            if fields[0] == "end":
+                break
+            if len(fields) != 2 or len(fields[0]) != 64 or not _hex(fields[0]):
+                raise self._bad("bad chunk line")
+            chunk_id, size = bytes.fromhex(fields[0]), _int(fields[1])
+            if size is None:
+                raise self._bad("bad chunk size")
+            tree.update(chunk_id)
+            total += size
+            yield ChunkRef(chunk_id, size)
+        if len(fields) != 3 or _int(fields[1]) != total or fields[2] != tree.hexdigest():
+            raise self._bad("its end line does not match its chunks")
+        if self._in.read(1):
+            raise self._bad("data after its end line")
+        self.plain_size, self.tree_digest = total, fields[2]
+        self.stored_size, self.stored_sha256 = self._h.size, self._h.hexdigest()
+
+
+def _hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return bool(text)
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
