@@ -30,7 +30,7 @@ from drkit.errors import IntegrityError, RestoreError
 from drkit.paths import state_dir
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
-from drkit.pipeline.streams import CHUNK, HashingReader
+from drkit.pipeline.streams import HashingReader, drain
 from drkit.policy.models import Policy, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import Repository, object_key
@@ -104,11 +104,6 @@ def written_paths(facts: dict[str, Any]) -> list[str]:
     ]
 
 
-def _drain(stream: BinaryIO) -> None:
-    while stream.read(CHUNK):
-        pass
-
-
 def precheck(
     repo: Repository, objects: list[tuple[Manifest, ArtifactRecord]], identities: list[Identity]
 ) -> None:
@@ -117,13 +112,12 @@ def precheck(
     (its chunks are only checked by decrypting them)."""
     for manifest, record in objects:
         if record.format == chunked.FORMAT:
-            read_artifact(repo, manifest, record, identities, _drain)
+            read_artifact(repo, manifest, record, identities, drain)
             continue
         key = object_key(manifest.host, manifest.snapshot, record.key)
         with repo.store.get(key) as stored:
             h = HashingReader(stored)
-            while h.read(CHUNK):
-                pass
+            drain(h)
         if h.size != record.stored_size or h.hexdigest() != record.stored_sha256:
             raise IntegrityError(
                 f"{object_label(repo, manifest, record)}: stored digest does not match the "

@@ -9,7 +9,7 @@ from drkit.errors import DrkitError
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
 from drkit.pipeline.chunk_index import IndexReader
-from drkit.pipeline.streams import CHUNK, HashingReader
+from drkit.pipeline.streams import HashingReader, drain
 from drkit.repository.chunks import Chunks
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest
@@ -29,11 +29,6 @@ class VerifyResult:
         return not self.problems
 
 
-def _drain(stream: object) -> None:
-    while stream.read(CHUNK):  # type: ignore[attr-defined]
-        pass
-
-
 def _check_stored(repo: Repository, manifest: Manifest, record: ArtifactRecord, label: str) -> None:
     """Without the identity: the stored digest, and for a chunked artifact that every
     chunk it names exists (its content is only checked by decrypting it)."""
@@ -46,7 +41,7 @@ def _check_stored(repo: Repository, manifest: Manifest, record: ArtifactRecord, 
             size, digest = index.stored_size, index.stored_sha256
         else:
             h = HashingReader(stored)
-            _drain(h)
+            drain(h)
             missing, size, digest = [], h.size, h.hexdigest()
     if size != record.stored_size or digest != record.stored_sha256:
         raise DrkitError(f"{label}: stored digest does not match the manifest")
@@ -68,7 +63,7 @@ def verify_snapshot(
         label = object_label(repo, manifest, record)
         try:
             if identities is not None:
-                read_artifact(repo, manifest, record, identities, _drain)
+                read_artifact(repo, manifest, record, identities, drain)
             else:
                 _check_stored(repo, manifest, record, label)
         except DrkitError as exc:

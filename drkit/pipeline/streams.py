@@ -57,6 +57,12 @@ class HashingReader(io.RawIOBase):
         return self._sha.hexdigest()
 
 
+def drain(stream: BinaryIO | io.RawIOBase) -> None:
+    """Read ``stream`` to its end, discarding the bytes (they are checked on the way)."""
+    while stream.read(CHUNK):
+        pass
+
+
 def read_limited(stream: BinaryIO, limit: int) -> bytes:
     """All of ``stream`` up to ``limit + 1`` bytes (so a caller can tell "too large").
 
