@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,13 +21,25 @@ MANIFEST_FORMAT = "drkit-manifest"
 MANIFEST_VERSION = 1
 
 
+_SNAPSHOT_ID = re.compile(r"(?P<second>\d{8}T\d{6})(?:\.(?P<ms>\d{3}))?Z-[0-9A-Za-z]+")
+
+
 def new_snapshot_id(now: dt.datetime) -> str:
-    """``20261122T032444Z-1a2b3c``: sorts by time; the suffix keeps concurrent runs apart."""
-    return now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    """``20261122T032444.318Z-1a2b3c``: sorts by start time to the millisecond (two runs
+    started in the same second, e.g. a `--due` tick running two schedules back to back,
+    must not be ordered by chance); the random suffix keeps concurrent runs apart."""
+    utc = now.astimezone(dt.UTC)
+    return f"{utc:%Y%m%dT%H%M%S}.{utc.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def snapshot_time(snapshot_id: str) -> dt.datetime:
-    return dt.datetime.strptime(snapshot_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    """The start time a snapshot id names; ids written before milliseconds were added
+    (``20261122T032444Z-1a2b3c``) still parse and sort (to the second)."""
+    m = _SNAPSHOT_ID.fullmatch(snapshot_id)
+    if m is None:
+        raise ValueError(f"not a snapshot id: {snapshot_id!r}")
+    when = dt.datetime.strptime(m["second"], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+    return when + dt.timedelta(milliseconds=int(m["ms"] or 0))
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,9 @@ def test_each_slot_runs_once_and_missed_slots_run_once(tmp_path: Path, keys: Key
     assert ran(tick(pdir, "2030-01-06T04:10:00Z")) == {}
 
     # Snapshot ids name each run's start: exactly one per slot.
-    assert [s[:16] for s in snapshot_ids(repo, "daily")] == [
-        "20300101T020000Z", "20300101T030000Z", "20300105T120000Z",
-        "20300106T030000Z", "20300106T040000Z",
+    assert [s[:20] for s in snapshot_ids(repo, "daily")] == [
+        "20300101T020000.000Z", "20300101T030000.000Z", "20300105T120000.000Z",
+        "20300106T030000.000Z", "20300106T040000.000Z",
     ]  # fmt: skip
     assert not (repo / "manual").exists()
     # An explicit backup still backs up a host without a schedule, every source.

@@ -151,7 +151,7 @@ def test_data_commits_while_the_provider_snapshot_is_pending_then_it_is_recorded
 
     # The API saw exactly one snapshot action for this droplet, authenticated.
     (post,) = do_api.calls("POST", f"/v2/droplets/{DROPLET}/actions")
-    name = f"drkit:host={HOST}:source=droplet:{data_snapshot[:16]}"
+    name = f"drkit:host={HOST}:source=droplet:{data_snapshot[:15]}Z"
     assert post.body == {"type": "snapshot", "name": name}
     assert all(r.headers["authorization"] == f"Bearer {token}" for r in do_api.calls())
 

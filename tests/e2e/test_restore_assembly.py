@@ -6,6 +6,7 @@ and a tampered one still leaves no database behind."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import subprocess
@@ -18,7 +19,7 @@ from drkit.actions.restore import Progress
 from drkit.errors import RestoreError
 from drkit.pipeline.age import parse_recipient
 from drkit.pipeline.codec import encode
-from drkit.repository.manifest import Manifest, SourceRecord
+from drkit.repository.manifest import Manifest, SourceRecord, snapshot_time
 from tests.conftest import Keys
 from tests.helpers import drkit, load_callmeback, table_checksums, write_policy
 from tests.servers.postgres import PG_BIN, PgServer
@@ -37,9 +38,10 @@ def tick(pdir: Path, when: str) -> list[str]:
     return list(result["sources"]) if result["status"] == "success" else []
 
 
-def snapshot_at(repo: Path, host: str, stamp: str) -> str:
-    """The id of the committed snapshot taken at ``stamp`` (YYYYmmddTHHMMSSZ)."""
-    [sid] = [p.name for p in (repo / host / "snapshots").iterdir() if p.name.startswith(stamp)]
+def snapshot_at(repo: Path, host: str, when: str) -> str:
+    """The id of the committed snapshot started at ``when`` (an ISO time)."""
+    at = dt.datetime.fromisoformat(when)
+    [sid] = [p.name for p in (repo / host / "snapshots").iterdir() if snapshot_time(p.name) == at]
     return sid
 
 
@@ -90,7 +92,12 @@ def test_mixed_schedules_restore_the_newest_of_each_source(
     assert tick(pdir, "2030-01-06T06:00:00Z") == ["db"]
     s0, s1, s2, s3 = (
         snapshot_at(repo, "mixed", t)
-        for t in ("20300105T230000Z", "20300106T000000Z", "20300106T040000Z", "20300106T060000Z")
+        for t in (
+            "2030-01-05T23:00Z",
+            "2030-01-06T00:00Z",
+            "2030-01-06T04:00Z",
+            "2030-01-06T06:00Z",
+        )
     )
 
     # Default: the database from the newest snapshot, the env files from the weekly one.

@@ -66,9 +66,9 @@ def test_data_then_the_provider_snapshots_own_snapshot(
     data, later = result.manifests
     assert [s.name for s in data.sources] == ["app"] and data.extra == {}
     assert [(s.name, s.kind, s.artifacts) for s in later.sources] == [("machine", "snapshot", [])]
-    assert data.started == later.started and data.snapshot[:16] == later.snapshot[:16]
+    assert data.started == later.started and data.snapshot[:19] == later.snapshot[:19]
     listed = later.extra["provider_snapshots"]["machine"]
-    name = f"drkit:host={HOST}:source=machine:{data.snapshot[:16]}"
+    name = f"drkit:host={HOST}:source=machine:{data.snapshot[:15]}Z"
     assert {k: listed[k] for k in ("provider", "name", "size_gb", "status")} == {
         "provider": kind,
         "name": name,
