@@ -189,9 +189,13 @@ class Results:
 FLOOR, DRKIT, PEER, DERIVED = "floor", "drkit", "peer", "derived"
 
 
-def declare_all(res: Results, phases: str, factor: int = 10, hosts: int = 4) -> None:
-    """Declare every measurement (display order), ratio and target of ``phases``."""
+def declare_all(
+    res: Results, phases: str, factor: int = 10, hosts: int = 4, *, dedup: bool = False
+) -> None:
+    """Declare every measurement (display order), ratio and target of ``phases``;
+    ``dedup``: (a), (b) and (d) also measure drkit with ``dedup = true``."""
     k = f"{factor}x"
+    dd = "drkit (`dedup = true`)"
     rows = {
         "a": [
             ("floor-dump", "`pg_dump -Fp | wc -c`", FLOOR),
@@ -199,12 +203,14 @@ def declare_all(res: Results, phases: str, factor: int = 10, hosts: int = 4) -> 
             ("floor-pipeline", "`pg_dump | zstd -3 | age -r KEY` (pipeline floor)", FLOOR),
             ("floor-pipeline-fc", "`pg_dump -Fc -Z0 | zstd -3 | age` (drkit's dump format)", FLOOR),
             ("drkit", "drkit → S3, full", DRKIT),
+            *([("drkit-dedup", f"{dd} → S3, full", DRKIT)] if dedup else []),
             ("restic", "restic → S3, full", PEER),
             ("borg", "borg → local, full", PEER),
         ],
         "b": [
             ("floor-pipeline", "pipeline floor, after churn", FLOOR),
             ("drkit", "drkit → S3, incremental", DRKIT),
+            *([("drkit-dedup", f"{dd} → S3, incremental", DRKIT)] if dedup else []),
             ("restic", "restic → S3, incremental", PEER),
             ("borg", "borg → local, incremental", PEER),
         ],
@@ -221,6 +227,7 @@ def declare_all(res: Results, phases: str, factor: int = 10, hosts: int = 4) -> 
         ],
         "d": [
             ("drkit", "`drkit verify` (newest snapshot, S3)", DRKIT),
+            *([("drkit-dedup", f"`drkit verify`, {dd}", DRKIT)] if dedup else []),
             ("restic", "`restic check --read-data` (S3)", PEER),
             ("borg", "`borg check --verify-data` (local)", PEER),
         ],
@@ -273,9 +280,49 @@ def declare_all(res: Results, phases: str, factor: int = 10, hosts: int = 4) -> 
         RatioSpec("f", "CPU-bound limit / slowest alone (no tool can beat this here)",
                   "cpu-bound", "slowest-alone"),
     ]  # fmt: skip
+    if dedup:
+        ratios += [
+            RatioSpec(
+                "a",
+                "full, dedup: drkit / pipeline floor",
+                "drkit-dedup",
+                "floor-pipeline",
+                limit=1.15,
+                target="≤ 1.15",
+            ),
+            RatioSpec(
+                "a",
+                "full, dedup: drkit / restic",
+                "drkit-dedup",
+                "restic",
+                limit=0.65,
+                target="≤ 0.65",
+            ),
+            RatioSpec(
+                "b",
+                "incremental, dedup: drkit / pipeline floor",
+                "drkit-dedup",
+                "floor-pipeline",
+                limit=1.0,
+                target="≤ 1 (time ≤ the floor)",
+            ),
+            RatioSpec(
+                "b",
+                "incremental stored bytes, dedup: drkit / restic",
+                "drkit-dedup",
+                "restic",
+                field="stored_bytes",
+                limit=1.0,
+                target="≤ 1 (≤ restic's)",
+            ),
+            RatioSpec(
+                "d", "verify, dedup: drkit / borg", "drkit-dedup", "borg", limit=1.0, target="≤ 1"
+            ),
+        ]
     res.ratio_specs += [r for r in ratios if r.phase in phases]
-    ceilings = [("a", "drkit"), ("c", "drkit"), ("e", "backup-1x"), ("e", "backup-kx"),
-                ("e", "restore-1x"), ("e", "restore-kx")]  # fmt: skip
+    ceilings = [("a", "drkit"), *([("a", "drkit-dedup")] if dedup else []), ("c", "drkit"),
+                ("e", "backup-1x"), ("e", "backup-kx"), ("e", "restore-1x"),
+                ("e", "restore-kx")]  # fmt: skip
     res.ceilings += [
         Ceiling(p, key, "main_rss_mib", 64.0, "≤ 64 MiB") for p, key in ceilings if p in phases
     ]
@@ -488,6 +535,37 @@ def _short_version(text: str) -> str:
     return m.group(0) if m else text
 
 
+def _repositories_text(meta: dict[str, Any]) -> str:
+    if meta.get("drkit_dedup"):  # runs before 2026-12-05 measured one configuration
+        return "`dedup = true` (chunks)."
+    if meta.get("dedup_variant"):
+        return (
+            "whole artifacts (the policy default); rows marked `dedup = true` back up and "
+            "verify with deduplicated chunks instead."
+        )
+    return "whole artifacts (the policy default)."
+
+
+def restore_steps_section(steps: list[dict[str, Any]] | None) -> str:
+    """The restore floor taken apart: each pg_restore step of the custom dump alone."""
+    if not steps:
+        return ""
+    serial = sum(float(s["seconds"]) for s in steps)
+    lines = [
+        "### Where a restore spends its time (pg_restore of the custom dump, one step at a time)",
+        "",
+        "One fresh database, steps in order: schema, each table's data alone (`-L` with one "
+        "TABLE DATA entry), then indexes and constraints with `-j2`. Whatever a tool does, "
+        "table data cannot load faster than its largest table's COPY: one backend's work.",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {s['step']} | {float(s['seconds']):.2f} |" for s in steps],
+        f"| all steps one after the other | {serial:.2f} |",
+    ]
+    return "\n".join(lines)
+
+
 def markdown(res: Results, chart: str | None) -> str:
     meta = res.meta
     mach = meta.get("machine", {})
@@ -495,7 +573,7 @@ def markdown(res: Results, chart: str | None) -> str:
         f"Run {meta.get('started', '')} on drkit {meta.get('git', '')}: "
         f"{meta.get('runs')} run(s) per figure, medians with (min{DASH}max); tools alternate "
         f"run by run. Workload: {meta.get('workload_text', '')}. drkit repositories: "
-        + ("`dedup = true` (chunks)." if meta.get("drkit_dedup") else "whole artifacts."),
+        + _repositories_text(meta),
         "",
         f"Machine: {mach.get('os')}, {mach.get('nproc')} CPUs ({mach.get('cpu')}), "
         f"{mach.get('mem_gib')} GiB, kernel {mach.get('kernel')}; load average "
@@ -513,6 +591,9 @@ def markdown(res: Results, chart: str | None) -> str:
     if chart:
         parts += ["", f"![benchmark chart]({chart})"]
     prof = profile_section(res.profile)
+    steps = restore_steps_section(res.meta.get("restore_steps"))
+    if steps:
+        parts += ["", steps]
     if prof:
         parts += ["", prof]
     notes = meta.get("notes", [])
@@ -621,6 +702,7 @@ def load(path: Path) -> Results:
         str(data.get("phases", "abcdef")),
         int(data.get("rss_factor", 10)),
         int(data.get("fleet_hosts", 4)),
+        dedup=bool(data.get("dedup_variant")),
     )
     for m in data["measurements"]:
         res.declare(m["phase"], m["key"], m["label"], m["role"], m["command"])

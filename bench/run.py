@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ def log(msg: str) -> None:
 
 @dataclass
 class Round:
-    """What one round of (a)-(d) writes: a drkit bucket, a restic bucket, a borg repo."""
+    """What one round of (a)-(d) writes: drkit buckets (whole artifacts, and with
+    ``dedup = true`` unless ``--no-dedup-variant``), a restic bucket, a borg repo."""
 
     index: int
     dir: Path
@@ -89,6 +91,8 @@ class Round:
     drkit_policy: Path
     restic: peers.Restic
     borg: peers.Borg
+    dedup_bucket: str | None = None
+    dedup_policy: Path | None = None
     borg_archive: str = ""
 
 
@@ -165,15 +169,16 @@ class Bench:
         return {"kind": "postgres", "name": "db", "database": DATABASE, "host": pg.host,
                 "port": pg.port, "user": pg.user}  # fmt: skip
 
-    def drkit_policy(self, path: Path, host: str, bucket: str) -> Path:
+    def drkit_policy(self, path: Path, host: str, bucket: str, *, dedup: bool = False) -> Path:
         return write_policy(
-            path, host, self.drkit_repo(bucket), [self.recipient], [self.pg_source()]
+            path, host, self.drkit_repo(bucket, dedup=dedup), [self.recipient], [self.pg_source()]
         )
 
-    def drkit_repo(self, bucket: str) -> dict[str, Any]:
-        """drkit's repository in ``bucket``; ``--dedup``: deduplicated chunks."""
+    def drkit_repo(self, bucket: str, *, dedup: bool = False) -> dict[str, Any]:
+        """drkit's repository in ``bucket``: whole artifacts (the policy default), or
+        deduplicated chunks (``dedup = true``)."""
         repo: dict[str, Any] = {"url": f"s3://{bucket}/drkit", "endpoint": self.s3.endpoint}
-        return {**repo, "dedup": True} if self.args.dedup else repo
+        return {**repo, "dedup": True} if dedup else repo
 
     def drkit_backup(self, policy: Path) -> Command:
         return Command.one(
@@ -196,18 +201,32 @@ class Bench:
         borg = peers.Borg(d / "borg-repo", d / "borg-home", "bench-borg-passphrase")
         restic.init()
         borg.init()
-        return Round(
+        rnd = Round(
             index, d, bucket, self.drkit_policy(d / "bench.toml", "bench", bucket), restic, borg
         )
+        if self.args.dedup_variant:
+            rnd.dedup_bucket = self.new_bucket(f"drkit-dedup-r{index}")
+            rnd.dedup_policy = self.drkit_policy(
+                d / "bench-dedup.toml", "bench", rnd.dedup_bucket, dedup=True
+            )
+        return rnd
 
     def end_round(self, rnd: Round) -> None:
-        for bucket in (rnd.drkit_bucket, rnd.restic.bucket):
-            peers.drop_bucket(self.client, bucket)
+        for bucket in (rnd.drkit_bucket, rnd.dedup_bucket, rnd.restic.bucket):
+            if bucket:
+                peers.drop_bucket(self.client, bucket)
         shutil.rmtree(rnd.dir, ignore_errors=True)
+
+    def drkit_tools(self, rnd: Round) -> list[tuple[str, Path]]:
+        """(measurement key, policy) of each drkit configuration measured in (a), (b), (d)."""
+        tools = [("drkit", rnd.drkit_policy)]
+        return tools + ([("drkit-dedup", rnd.dedup_policy)] if rnd.dedup_policy else [])
 
     def stored(self, tool: str, rnd: Round) -> int:
         if tool == "drkit":
             return peers.bucket_bytes(self.client, rnd.drkit_bucket)
+        if tool == "drkit-dedup" and rnd.dedup_bucket:
+            return peers.bucket_bytes(self.client, rnd.dedup_bucket)
         if tool == "restic":
             return peers.bucket_bytes(self.client, rnd.restic.bucket)
         return rnd.borg.stored_bytes()
@@ -215,7 +234,8 @@ class Bench:
     def backups(self, phase: str, rnd: Round, *, record: bool) -> None:
         """drkit, restic and borg back up the database into this round's repositories."""
         c, r = self.cluster, rnd.index
-        before = {t: self.stored(t, rnd) for t in ("drkit", "restic", "borg")}
+        drkits = self.drkit_tools(rnd)
+        before = {t: self.stored(t, rnd) for t in (*(k for k, _ in drkits), "restic", "borg")}
         archive = f"{phase}-r{r}"
 
         def tool(name: str, cmd: Command) -> Callable[[], None]:
@@ -235,7 +255,7 @@ class Bench:
             return go
 
         entries = [
-            tool("drkit", self.drkit_backup(rnd.drkit_policy)),
+            *(tool(key, self.drkit_backup(policy)) for key, policy in drkits),
             tool("restic", rnd.restic.backup(c)),
             tool("borg", rnd.borg.backup(c, archive)),
         ]
@@ -269,14 +289,10 @@ class Bench:
 
     def verify(self, rnd: Round) -> None:
         r = rnd.index
-        verify = [
-            *DRKIT,
-            "verify",
-            "--policy",
-            str(rnd.drkit_policy),
-            "--identity",
-            str(self.identity),
-        ]
+
+        def verify(policy: Path) -> Command:
+            argv = [*DRKIT, "verify", "--policy", str(policy), "--identity", str(self.identity)]
+            return Command.one([*argv, "--json"], capture=True)
 
         def drkit_after(s: Sample) -> dict[str, Any]:
             out = self.drkit_json(s)["results"][0]
@@ -285,8 +301,8 @@ class Bench:
             return {"stored_bytes": out["bytes"]}
 
         entries: list[Callable[[], Sample]] = [
-            lambda: self.measure("d", "drkit", r, Command.one([*verify, "--json"], capture=True),
-                                 drkit_after),
+            *(partial(self.measure, "d", key, r, verify(policy), drkit_after)
+              for key, policy in self.drkit_tools(rnd)),
             lambda: self.measure("d", "restic", r, rnd.restic.check(),
                                  lambda s: {"stored_bytes": self.stored("restic", rnd)}),
             lambda: self.measure("d", "borg", r, rnd.borg.check(),
@@ -433,6 +449,39 @@ class Bench:
         peers.drop_bucket(self.client, bucket)
         shutil.rmtree(d, ignore_errors=True)
 
+    # ---- restore steps --------------------------------------------------------
+
+    def restore_steps(self) -> list[dict[str, Any]]:
+        """Untimed by the rounds: the custom dump restored step by step into one database
+        (schema, each table's data alone, post-data with -j2), each step's wall time."""
+        c = self.cluster
+        custom = self.work / "steps.dump"
+        subprocess.run(peers.pg_dump(c, "-Fc", "-Z0", "-f", str(custom)).argv, check=True)
+        toc = subprocess.run(
+            [c.tool("pg_restore"), "-l", str(custom)], check=True, capture_output=True, text=True
+        ).stdout
+        data = [ln for ln in toc.splitlines() if " TABLE DATA " in ln]
+        db = "restored_steps"
+        c.server.psql("postgres", f"CREATE DATABASE {db};")
+        base = [c.tool("pg_restore"), "--exit-on-error", "--no-comments", *c.pg_args(db)]
+        steps = [("schema (--section=pre-data)", ["--section=pre-data"])]
+        for n, line in enumerate(data):
+            listing = self.work / f"steps-{n}.list"
+            listing.write_text(line + "\n")
+            table = " ".join(line.split(" ")[6:-1])
+            steps.append((f"data of {table}", ["--section=data", "-L", str(listing)]))
+        steps.append(("indexes, constraints (--section=post-data -j2)",
+                      ["--section=post-data", "-j2"]))  # fmt: skip
+        out = []
+        for name, args in steps:
+            t0 = time.monotonic()
+            subprocess.run([*base, *args, str(custom)], check=True)
+            out.append({"step": name, "seconds": round(time.monotonic() - t0, 3)})
+        c.server.psql("postgres", f"DROP DATABASE {db};")
+        custom.unlink()
+        log("restore steps: " + ", ".join(f"{s['step']} {s['seconds']:.2f}s" for s in out))
+        return out
+
     # ---- profile ------------------------------------------------------------
 
     def profile(self, out_dir: Path, stem: str) -> dict[str, Any] | None:
@@ -493,9 +542,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                     help="py-spy profile of a full backup (default: on, not --quick)")  # fmt: skip
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="built workloads")
-    ap.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True,
-                    help="drkit's repositories with dedup = true (default; --no-dedup: whole "
-                    "artifacts)")  # fmt: skip
+    ap.add_argument("--dedup-variant", action=argparse.BooleanOptionalAction, default=True,
+                    help="(a), (b), (d): drkit also with `dedup = true` (default: on); every "
+                    "other drkit figure uses whole artifacts, the policy default")  # fmt: skip
     args = ap.parse_args(argv)
     args.only = "".join(sorted(set(args.only.replace(",", "")) & set(PHASES)))
     if not args.only or args.runs < 1:
@@ -519,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkloadSpec.quick() if args.quick else WorkloadSpec(scale=args.scale)
     started = dt.datetime.now().astimezone()
     res = Results()
-    declare_all(res, args.only, args.rss_factor, args.fleet_hosts)
+    declare_all(res, args.only, args.rss_factor, args.fleet_hosts, dedup=args.dedup_variant)
     stem = output_stem(args.results_dir, args.quick)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="drkit-bench-"))
@@ -535,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs=args.runs, quick=args.quick, phases=args.only, machine=machine_facts(),
                 loadavg_start=round(os.getloadavg()[0], 2), workload={**facts, **spec.__dict__},
                 versions=versions(), fleet_runner="local", rss_factor=args.rss_factor,
-                fleet_hosts=args.fleet_hosts, drkit_dedup=args.dedup,
+                fleet_hosts=args.fleet_hosts, dedup_variant=args.dedup_variant,
                 workload_text=(
                     f"pgbench -i -s {spec.scale} + {spec.conversations} conversations, "
                     f"database {facts['database_bytes'] / 1e6:.0f} MB, "
@@ -544,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             if set("abcd") & set(args.only):
                 bench.rounds(args.only)
+            if "c" in args.only:
+                res.meta["restore_steps"] = bench.restore_steps()
             if "e" in args.only:
                 bench.rss_scaling(args.rss_factor)
             if "f" in args.only:

@@ -87,10 +87,15 @@ def test_quick_bench_runs_every_phase(tmp_path: Path) -> None:
         for phase in "abcd":
             runs = by_key[(phase, tool)]["runs"]
             assert len(runs) == 1 and runs[0]["wall_s"] > 0, (phase, tool)
+    # drkit with dedup = true in (a), (b), (d): its incremental adds less than a full dump.
+    for phase in "abd":
+        assert by_key[(phase, "drkit-dedup")]["runs"][0]["wall_s"] > 0, phase
+    added = {t: by_key[("b", t)]["runs"][0]["stored_bytes"] for t in ("drkit", "drkit-dedup")}
+    assert added["drkit-dedup"] < added["drkit"] / 2, added
     # Stored bytes are real: the full backups hold about a zstd-compressed dump.
     dump = data["workload"]["dump_bytes"]
     assert by_key[("a", "floor-dump")]["runs"][0]["stored_bytes"] == dump
-    for tool in ("drkit", "restic", "borg", "floor-pipeline"):
+    for tool in ("drkit", "drkit-dedup", "restic", "borg", "floor-pipeline"):
         stored = by_key[("a", tool)]["runs"][0]["stored_bytes"]
         assert dump / 20 < stored < dump, (tool, stored)
     # (e) streamed k times the data and got every byte back.
@@ -112,6 +117,10 @@ def test_quick_bench_runs_every_phase(tmp_path: Path) -> None:
     assert json_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = json_file.with_suffix(".md").read_text()
     assert "| measurement | wall s |" in table and "restic → S3, full" in table
+    assert "incremental stored bytes, dedup: drkit / restic" in table
+    steps = {s["step"]: s["seconds"] for s in data["restore_steps"]}
+    assert "data of conversations" in steps and "schema (--section=pre-data)" in steps, steps
+    assert "| data of conversations |" in table
     text = docs.read_text()
     assert "hand-written intro" in text and "hand-written notes" in text
     assert "stale" not in text and "borg check --verify-data" in text
