@@ -362,6 +362,11 @@ _WAITING = ("read", "poll", "select", "epoll_wait", "recv", "accept", "wait4", "
             "PyThread_acquire_lock_timed", "pthread_cond_timedwait", "pthread_cond_wait",
             "__futex_abstimed_wait_common", "sem_timedwait", "sem_wait", "clock_nanosleep",
             "nanosleep")  # fmt: skip
+# Without native frames (py-spy's fallback) a thread blocked in C (a queue get, a
+# sleep, a pipe or socket read) shows its innermost Python frame: these only wait.
+_WAITING_PY = ("Condition.wait", "Event.wait", "Thread.join", "Thread._wait_for_tstate_lock",
+               "SocketIO.readinto", "_worker", "LocalProcess._drain_stderr",
+               "HostLock._beat")  # fmt: skip
 # (category, substrings any frame may hold), checked in order after "waiting".
 _CATEGORIES = (
     ("start-up: imports", ("_find_and_load", "<frozen importlib")),
@@ -377,7 +382,9 @@ _CATEGORIES = (
 
 def _category(frames: list[str]) -> str:
     # The blocking call may sit under a few unnamed libc frames (futex waits).
-    if any(f.rpartition(" (")[0] in _WAITING for f in frames[-3:]):
+    if any(f.rpartition(" (")[0] in _WAITING for f in frames[-3:]) or (
+        frames[-1].rpartition(" (")[0] in _WAITING_PY
+    ):
         return "waiting (blocked in read/poll/lock: not CPU)"
     for name, needles in _CATEGORIES:
         if any(n in f for f in frames for n in needles):

@@ -74,6 +74,13 @@ from tests.servers.seaweed import SeaweedServer, seaweed_server  # noqa: E402
 
 DRKIT = [sys.executable, "-m", "drkit"]
 PHASES = "abcdef"
+_SPY_RATE = 100  # py-spy samples per second
+
+
+def _samples(raw: Path) -> int:
+    """Samples in py-spy's ``raw`` output (collapsed stacks, a count per line)."""
+    lines = raw.read_text().splitlines() if raw.exists() else []
+    return sum(int(c) for ln in lines if (c := ln.rpartition(" ")[2]).isdigit())
 
 
 def log(msg: str) -> None:
@@ -496,13 +503,20 @@ class Bench:
         backup = [*DRKIT, "backup", "--policy", str(policy), "-q"]
         native = ["--native"]
         for fmt, path in (("raw", raw), ("flamegraph", svg)):
-            argv = [str(spy), "record", "--full-filenames", "--rate", "100", "--format", fmt,
-                    "-o", str(path), "--", *backup]  # fmt: skip
+            # --idle: waiting threads are sampled too, so shares are of wall time.
+            argv = [str(spy), "record", "--idle", "--full-filenames", "--rate", str(_SPY_RATE),
+                    "--format", fmt, "-o", str(path), "--", *backup]  # fmt: skip
+            t0 = time.monotonic()
             done = subprocess.run(
                 [*argv[:2], *native, *argv[2:]], env=self.env, capture_output=True
             )
+            # Native unwinding is not available everywhere, and where it is slow py-spy
+            # drops samples (2026-12-05: 53 samples of a 9 s backup): Python frames only.
+            expected = (time.monotonic() - t0) * _SPY_RATE / 2  # the main thread alone
+            if native and fmt == "raw" and done.returncode == 0 and _samples(raw) < expected:
+                log(f"py-spy --native took {_samples(raw)} samples; retrying without")
+                done = subprocess.CompletedProcess(done.args, 1, b"", b"too few samples")
             if done.returncode != 0 and native:
-                # Native unwinding is not available everywhere: Python frames only.
                 log(f"py-spy --native failed ({done.stderr.decode()[-200:]}); retrying without")
                 native = []
                 peers.drop_bucket(self.client, bucket)
@@ -520,7 +534,7 @@ class Bench:
         packed.write_bytes(gzip.compress(raw.read_bytes()))
         raw.unlink()
         raw = packed
-        shown = Command.one(["py-spy", "record", *native, "--", *backup])
+        shown = Command.one(["py-spy", "record", "--idle", *native, "--", *backup])
         summary.update(command=self.command_text(shown), svg=svg.name, raw=raw.name)
         return summary
 
