@@ -328,8 +328,11 @@ def read_artifact(
     record: ArtifactRecord,
     identities: list[Identity],
     consume: Callable[[BinaryIO], object],
+    fetched: Callable[[int], object] | None = None,
 ) -> Digests:
     """Decrypt one artifact into ``consume``, whatever its format; checks every digest.
+
+    ``fetched``: told the stored size of each chunk object read (chunked artifacts).
 
     Raises CryptoError when the identity does not fit, IntegrityError naming the
     object (or chunk) when anything was altered or is missing.
@@ -354,6 +357,7 @@ def read_artifact(
                 consume,
                 expected=digests_of(record),
                 label=label,
+                fetched=fetched,
             )
         return decode(stored, identities, consume, expected=digests_of(record), label=label)
 

@@ -20,7 +20,7 @@ class VerifyResult:
     host: str
     snapshot: str
     checked: int = 0
-    bytes: int = 0
+    bytes: int = 0  # stored bytes read and checked (a chunked artifact: its index + chunks)
     problems: list[str] = field(default_factory=list)
     decrypted: bool = True
 
@@ -61,14 +61,15 @@ def verify_snapshot(
         records.append(manifest.facts)
     for record in records:
         label = object_label(repo, manifest, record)
+        chunk_sizes: list[int] = []  # appended from fetching threads (list.append is atomic)
         try:
             if identities is not None:
-                read_artifact(repo, manifest, record, identities, drain)
+                read_artifact(repo, manifest, record, identities, drain, chunk_sizes.append)
             else:
                 _check_stored(repo, manifest, record, label)
         except DrkitError as exc:
             result.problems.append(str(exc))
             continue
         result.checked += 1
-        result.bytes += record.stored_size + record.new_bytes
+        result.bytes += record.stored_size + sum(chunk_sizes)
     return result

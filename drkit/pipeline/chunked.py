@@ -171,6 +171,7 @@ def decode(
     *,
     expected: Digests | None,
     label: str,
+    fetched: Callable[[int], object] | None = None,
 ) -> Digests:
     """Fetch, decrypt and check each chunk the ``index`` stream names, in order, into ``consume``.
 
@@ -178,7 +179,8 @@ def decode(
     whose bytes do not hash to its id makes the next read raise
     IntegrityError naming the chunk object, as does an index whose digests
     differ from ``expected``. ``chunks_of`` opens the chunk store of a
-    recipient set. Returns the digests seen (stored: the index object's).
+    recipient set; ``fetched`` is told each chunk object's stored size (from
+    the fetching threads). Returns the digests seen (stored: the index object's).
     """
     fix_mmap_threshold()
     reader = IndexReader(index, label)
@@ -190,6 +192,8 @@ def decode(
     def fetch(ref: ChunkRef) -> bytes:
         where = chunks.label(ref.id)
         blob = chunks.get(ref.id)
+        if fetched is not None:
+            fetched(len(blob))
         try:
             compressed = pyrage.decrypt(blob, identities)
         except Exception as exc:

@@ -89,9 +89,12 @@ def test_second_backup_stores_only_changed_chunks_and_both_restore(
     assert res.returncode == 0, res.output
     assert out.read_bytes() == data
 
-    ok = drkit("verify", "--policy", str(policy), "--all-snapshots",
+    ok = drkit("verify", "--policy", str(policy), "--all-snapshots", "--json",
                "--identity", str(keys.identity_file), env=repo.env)  # fmt: skip
     assert ok.returncode == 0, ok.output
+    # Each snapshot's figure is what verify read: every chunk it names, shared or new.
+    for result in json.loads(ok.stdout)["results"]:
+        assert result["bytes"] > 0.9 * stored_1, result
 
 
 def test_altered_or_missing_chunk_fails_verify_and_restore_naming_it(
