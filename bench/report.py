@@ -20,7 +20,7 @@ import platform
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,43 +281,11 @@ def declare_all(
                   "cpu-bound", "slowest-alone"),
     ]  # fmt: skip
     if dedup:
+        # drkit with dedup is held to the same targets as drkit in (a), (b), (d).
         ratios += [
-            RatioSpec(
-                "a",
-                "full, dedup: drkit / pipeline floor",
-                "drkit-dedup",
-                "floor-pipeline",
-                limit=1.15,
-                target="≤ 1.15",
-            ),
-            RatioSpec(
-                "a",
-                "full, dedup: drkit / restic",
-                "drkit-dedup",
-                "restic",
-                limit=0.65,
-                target="≤ 0.65",
-            ),
-            RatioSpec(
-                "b",
-                "incremental, dedup: drkit / pipeline floor",
-                "drkit-dedup",
-                "floor-pipeline",
-                limit=1.0,
-                target="≤ 1 (time ≤ the floor)",
-            ),
-            RatioSpec(
-                "b",
-                "incremental stored bytes, dedup: drkit / restic",
-                "drkit-dedup",
-                "restic",
-                field="stored_bytes",
-                limit=1.0,
-                target="≤ 1 (≤ restic's)",
-            ),
-            RatioSpec(
-                "d", "verify, dedup: drkit / borg", "drkit-dedup", "borg", limit=1.0, target="≤ 1"
-            ),
+            replace(r, name=r.name.replace(": drkit", ", dedup: drkit", 1), num="drkit-dedup")
+            for r in ratios
+            if r.num == "drkit" and r.limit is not None and r.phase in "abd"
         ]
     res.ratio_specs += [r for r in ratios if r.phase in phases]
     ceilings = [("a", "drkit"), *([("a", "drkit-dedup")] if dedup else []), ("c", "drkit"),

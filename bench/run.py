@@ -77,12 +77,6 @@ PHASES = "abcdef"
 _SPY_RATE = 100  # py-spy samples per second
 
 
-def _samples(raw: Path) -> int:
-    """Samples in py-spy's ``raw`` output (collapsed stacks, a count per line)."""
-    lines = raw.read_text().splitlines() if raw.exists() else []
-    return sum(int(c) for ln in lines if (c := ln.rpartition(" ")[2]).isdigit())
-
-
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -513,11 +507,16 @@ class Bench:
             # Native unwinding is not available everywhere, and where it is slow py-spy
             # drops samples (2026-12-05: 53 samples of a 9 s backup): Python frames only.
             expected = (time.monotonic() - t0) * _SPY_RATE / 2  # the main thread alone
-            if native and fmt == "raw" and done.returncode == 0 and _samples(raw) < expected:
-                log(f"py-spy --native took {_samples(raw)} samples; retrying without")
-                done = subprocess.CompletedProcess(done.args, 1, b"", b"too few samples")
-            if done.returncode != 0 and native:
-                log(f"py-spy --native failed ({done.stderr.decode()[-200:]}); retrying without")
+            why = (
+                (done.stderr.decode()[-200:] or f"exit {done.returncode}")
+                if done.returncode
+                else ""
+            )
+            if native and fmt == "raw" and not why:
+                got = summarize_profile(raw.read_text())["samples"]
+                why = f"{got} samples, expected {expected:.0f}" if got < expected else ""
+            if why and native:
+                log(f"py-spy --native failed ({why}); retrying without")
                 native = []
                 peers.drop_bucket(self.client, bucket)
                 self.client.create_bucket(Bucket=bucket)
