@@ -114,6 +114,20 @@ class Sample:
         }
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds ``pid`` has used so far (0 when it is gone or unknown):
+    the S3 server's share of a run is its difference before and after."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields after the command name start at field 3 (state): utime, stime are 14, 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _hwm_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:

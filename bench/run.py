@@ -49,7 +49,7 @@ from bench.backup_rss import (  # noqa: E402
     restore_command,
     stream_policy,
 )
-from bench.measure import Command, Sample, rotated, run  # noqa: E402
+from bench.measure import Command, Sample, process_cpu_s, rotated, run  # noqa: E402
 from bench.report import (  # noqa: E402
     Results,
     declare_all,
@@ -94,6 +94,7 @@ class Round:
     borg: peers.Borg
     dedup_bucket: str | None = None
     dedup_policy: Path | None = None
+    local_policy: Path | None = None
     borg_archive: str = ""
 
 
@@ -142,8 +143,10 @@ class Bench:
         cmd: Command,
         after: Callable[[Sample], dict[str, Any]] | None = None,
     ) -> Sample:
+        server0 = process_cpu_s(self.s3.pid)
         sample = run(cmd, env=self.env)
-        extra = after(sample) if after else {}
+        extra = {"server_cpu_s": round(process_cpu_s(self.s3.pid) - server0, 2)}
+        extra.update(after(sample) if after else {})
         self.res.declare(phase, key, "", "", self.command_text(cmd))
         self.res.record(phase, key, index, sample, **extra)
         m = self.res.measurements[(phase, key)]
@@ -205,6 +208,12 @@ class Bench:
         rnd = Round(
             index, d, bucket, self.drkit_policy(d / "bench.toml", "bench", bucket), restic, borg
         )
+        # The embedded default: a repository in a local directory, no S3 server
+        # sharing the CPUs (measured in (a) only).
+        local = {"url": f"file://{d / 'drkit-local'}"}
+        rnd.local_policy = write_policy(
+            d / "bench-local.toml", "bench", local, [self.recipient], [self.pg_source()]
+        )
         if self.args.dedup_variant:
             rnd.dedup_bucket = self.new_bucket(f"drkit-dedup-r{index}")
             rnd.dedup_policy = self.drkit_policy(
@@ -230,12 +239,16 @@ class Bench:
             return peers.bucket_bytes(self.client, rnd.dedup_bucket)
         if tool == "restic":
             return peers.bucket_bytes(self.client, rnd.restic.bucket)
+        if tool == "drkit-local":
+            return peers.tree_bytes(rnd.dir / "drkit-local")
         return rnd.borg.stored_bytes()
 
     def backups(self, phase: str, rnd: Round, *, record: bool) -> None:
         """drkit, restic and borg back up the database into this round's repositories."""
         c, r = self.cluster, rnd.index
         drkits = self.drkit_tools(rnd)
+        if phase == "a" and record and rnd.local_policy:
+            drkits.append(("drkit-local", rnd.local_policy))
         before = {t: self.stored(t, rnd) for t in (*(k for k, _ in drkits), "restic", "borg")}
         archive = f"{phase}-r{r}"
 

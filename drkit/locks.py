@@ -14,15 +14,20 @@ Two layers, because they fail differently:
   taken over with a warning (its holder died or lost the network); one whose
   owner is this machine and whose process is gone is taken over at once.
 
-S3 offers no compare-and-swap here, so the repository lock is write, wait
-``confirm_delay``, re-read: whoever reads their own token back holds it. The
-residual race: if a competitor read "no lock" and then stalled for longer
-than ``confirm_delay`` before writing, both runs may believe they hold it
-until the loser's next heartbeat sees a foreign token and marks the lock
-lost (``HostLock.lost``; ``HostLock.check()`` raises). The local flock
-covers the same-machine case fully; the repository lock only has to catch
-rare cross-machine overlaps, where two snapshots of one host in parallel
-are wasteful but not corrupting (each writes its own snapshot id).
+The repository lock is taken with a compare-and-swap where the store has
+one (``Store.put_bytes_if``): S3 conditional writes (``If-None-Match: *`` to
+create, ``If-Match`` on the ETag read to take over a stale lock), a hard link
+in a local directory. Exactly one competitor wins, at once. Stores that
+cannot check (an S3 server that ignores the headers, which the S3 store
+detects) fall back to write, wait ``confirm_delay``, re-read: whoever reads
+their own token back holds it. The residual race there: if a competitor
+read "no lock" and then stalled for longer than ``confirm_delay`` before
+writing, both runs may believe they hold it until the loser's next
+heartbeat sees a foreign token and marks the lock lost (``HostLock.lost``;
+``HostLock.check()`` raises). The local flock covers the same-machine case
+fully; the repository lock only has to catch rare cross-machine overlaps,
+where two snapshots of one host in parallel are wasteful but not corrupting
+(each writes its own snapshot id).
 
 A held lock raises ``LockHeld`` (exit code 5) naming the holder.
 """
@@ -47,6 +52,7 @@ from drkit.durations import format_duration
 from drkit.errors import DrkitError, ObjectNotFound
 from drkit.paths import state_dir
 from drkit.repository.layout import Repository
+from drkit.repository.store import Written
 
 Log = Callable[[str], None]
 
@@ -205,6 +211,22 @@ class HostLock:
             self._log(f"warning: host {self.info.host}: could not remove lock: {exc}")
 
 
+def _fetch(repo: Repository, key: str) -> tuple[bytes, str | None] | None:
+    """The lock object's bytes and version tag, None if absent."""
+    try:
+        return repo.store.get_bytes_tagged(key)
+    except ObjectNotFound:
+        return None
+
+
+def _token(repo: Repository, key: str) -> str | None:
+    try:
+        current = _read(repo, key)
+    except ValueError:
+        return None
+    return current.token if current else None
+
+
 def _read(repo: Repository, key: str) -> LockInfo | None:
     """The lock object at ``key``, None if absent. An unreadable one raises ValueError."""
     try:
@@ -319,23 +341,26 @@ def host_lock(
     with _local_lock(host, wait, poll, operation):
         while True:
             now = _utcnow()
-            try:
-                current = _read(repo, key)
-            except ValueError as exc:
-                log(f"warning: host {host}: replacing unreadable lock {repo.url}/{key}: {exc}")
-                current = None
-            if current is not None:
-                reason = _stale_reason(current, owner, now)
-                if reason is None:
+            found = _fetch(repo, key)
+            tag = found[1] if found else None
+            if found is not None:
+                try:
+                    current = LockInfo.from_json(found[0])
+                    reason = _stale_reason(current, owner, now)
+                except ValueError as exc:
+                    log(f"warning: host {host}: replacing unreadable lock {repo.url}/{key}: {exc}")
+                    current, reason = None, None
+                if current is not None and reason is None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise LockHeld(_held_message(host, repo, current, now), host, current)
                     time.sleep(min(poll, remaining))
                     continue
-                log(
-                    f"warning: host {host}: taking over the lock held by {current.owner} "
-                    f"pid {current.pid} since {_stamp(current.started)}: {reason}"
-                )
+                if current is not None:
+                    log(
+                        f"warning: host {host}: taking over the lock held by {current.owner} "
+                        f"pid {current.pid} since {_stamp(current.started)}: {reason}"
+                    )
             mine = LockInfo(
                 host=host,
                 owner=owner,
@@ -347,15 +372,20 @@ def host_lock(
                 token=secrets.token_hex(8),
                 pidns=_pid_namespace(),
             )
-            repo.store.put_bytes(key, mine.to_json(), retain=False)
-            time.sleep(confirm_delay)
-            try:
-                confirmed = _read(repo, key)
-            except ValueError:
-                confirmed = None
-            if confirmed is not None and confirmed.token == mine.token:
+            if found is not None and tag is None:  # nothing to compare against
+                repo.store.put_bytes(key, mine.to_json(), retain=False)
+                written = Written.UNCHECKED
+            else:
+                written = repo.store.put_bytes_if(key, mine.to_json(), tag=tag)
+            if written is Written.YES:
                 break
-            # Someone wrote after us: theirs stands; loop to wait or report them.
+            if written is Written.UNCHECKED:
+                time.sleep(confirm_delay)
+            # REFUSED: another run wrote between our read and our write (or a retry
+            # of our own request found our first attempt already there).
+            if _token(repo, key) == mine.token:
+                break
+            # Someone else's lock stands: loop to wait for it or report it.
         held = HostLock(repo, mine, log, interval=ttl / 4)
         held._start()
         try:

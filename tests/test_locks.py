@@ -1,4 +1,4 @@
-"""Host locks: real processes contending on a real local repository.
+"""Host locks: real processes contending on a real local repository (and on S3).
 
 Each "run" is a separate Python process taking ``host_lock``; a separate state
 dir and owner name stand for a separate machine (then only the repository
@@ -7,6 +7,7 @@ lock object is shared, as between two servers writing to one bucket).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -30,29 +31,40 @@ from drkit.locks import (
     host_lock,
     lock_key,
 )
+from drkit.repository.factory import StoreOptions
 from drkit.repository.layout import Repository
 from drkit.repository.local import LocalStore
+from drkit.repository.s3 import S3Store
+from drkit.repository.store import Store, Written
+from tests.servers.seaweed import SeaweedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "vultr"
 
 # One run: take the lock, report on stdout as JSON lines, hold it until stdin
 # says "release" (or closes), then exit 0. LockHeld -> its exit code.
+# RUNNER REPO HOST OWNER TTL WAIT [CONFIRM_DELAY [START_AT]]: REPO a directory or an
+# s3:// URL (endpoint in DRKIT_TEST_S3_ENDPOINT, keys in AWS_*); START_AT: an epoch
+# time to sleep until, so that racing runs ask at the same moment.
 RUNNER = r"""
-import json, sys
+import json, os, sys, time
 from drkit.locks import LockHeld, host_lock
+from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository
-from drkit.repository.local import LocalStore
 
-repo_dir, host, owner, ttl, wait = sys.argv[1:6]
+repo_url, host, owner, ttl, wait = sys.argv[1:6]
+confirm_delay = float(sys.argv[6]) if len(sys.argv) > 6 else 0.2
+start_at = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
 
 def say(event, **kw):
     print(json.dumps({"event": event, **kw}), flush=True)
 
-repo = Repository(LocalStore(__import__("pathlib").Path(repo_dir)))
+endpoint = os.environ.get("DRKIT_TEST_S3_ENDPOINT")
+repo = Repository(open_store(repo_url, StoreOptions(endpoint=endpoint)))
+time.sleep(max(0.0, start_at - time.time()))
 try:
     with host_lock(repo, host, ttl=float(ttl), wait=float(wait), owner=owner,
-                   log=lambda m: say("log", message=m), confirm_delay=0.2, poll=0.1):
+                   log=lambda m: say("log", message=m), confirm_delay=confirm_delay, poll=0.1):
         say("acquired")
         sys.stdin.readline()
 except LockHeld as exc:
@@ -65,10 +77,19 @@ say("released")
 class Run:
     """One contending process; always stopped by PID."""
 
-    def __init__(self, repo: Path, state: Path, owner: str, ttl: float, wait: float) -> None:
-        env = dict(os.environ, DRKIT_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
+    def __init__(
+        self,
+        repo: Path | str,
+        state: Path,
+        owner: str,
+        ttl: float,
+        wait: float,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        env = dict(os.environ, **(env or {}), DRKIT_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(repo), HOST, owner, str(ttl), str(wait)],
+            [sys.executable, "-c", RUNNER, str(repo), HOST, owner, str(ttl), str(wait), *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -144,9 +165,16 @@ def runs(tmp_path: Path) -> Iterator[Any]:
     repo = tmp_path / "repo"
 
     def start(
-        machine: str = "a", owner: str | None = None, ttl: float = 30, wait: float = 0
+        machine: str = "a",
+        owner: str | None = None,
+        ttl: float = 30,
+        wait: float = 0,
+        *extra: str,
+        at: Path | str = repo,
+        env: dict[str, str] | None = None,
     ) -> Run:
-        run = Run(repo, tmp_path / f"state-{machine}", owner or f"machine-{machine}", ttl, wait)
+        state = tmp_path / f"state-{machine}"
+        run = Run(at, state, owner or f"machine-{machine}", ttl, wait, *extra, env=env)
         started.append(run)
         return run
 
@@ -252,6 +280,100 @@ def test_a_dead_holder_on_this_machine_is_taken_over_at_once(runs: Any) -> None:
     second.release()
 
 
+def _s3_repository(seaweed: SeaweedServer) -> tuple[Repository, str, dict[str, str]]:
+    """A repository on a fresh bucket: itself, its URL and the environment a run needs."""
+    bucket = seaweed.new_bucket_name("locks")
+    seaweed.client().create_bucket(Bucket=bucket)
+    options = StoreOptions(
+        endpoint=seaweed.endpoint,
+        access_key_id=seaweed.access_key,
+        secret_access_key=seaweed.secret_key,
+    )
+    env = {
+        "DRKIT_TEST_S3_ENDPOINT": seaweed.endpoint,
+        "AWS_ACCESS_KEY_ID": seaweed.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+    }
+    return Repository(S3Store(bucket, "drkit", options)), f"s3://{bucket}/drkit", env
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_racing_machines_exactly_one_takes_the_lock(
+    runs: Any, tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """Eight machines ask at the same moment with no confirm delay: the store's
+    compare-and-swap (a hard link; S3 If-None-Match) lets exactly one win. Write,
+    re-read at once (what a store without one falls back to) lets several."""
+    at: Path | str = tmp_path / "repo"
+    env: dict[str, str] = {}
+    if kind == "s3":
+        _, at, env = _s3_repository(request.getfixturevalue("seaweed"))
+    start_at = str(time.time() + 3.0)  # every run has started and sleeps until then
+    racers = [runs(f"m{i}", None, 30, 0, "0", start_at, at=at, env=env) for i in range(8)]
+    events = [r.next_event(timeout=60)["event"] for r in racers]
+    assert events.count("acquired") == 1, events
+    assert events.count("held") == 7, events
+    winner = racers[events.index("acquired")]
+    for r in racers:
+        if r is not winner:
+            assert r.proc.wait(timeout=30) == EXIT_LOCK_HELD
+            assert f"pid {winner.pid}" in r.events[-1]["message"]
+    winner.release()
+
+
+def test_s3_lock_is_taken_without_the_confirm_delay(
+    seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a compare-and-swap there is nothing to wait for: a backup to S3 does not
+    start a second later than it must (it did: 1 s per run)."""
+    repo, _, _ = _s3_repository(seaweed)
+    slept: list[float] = []
+    monkeypatch.setattr("drkit.locks.time.sleep", slept.append)
+    with host_lock(repo, HOST, confirm_delay=30, owner="machine-a"):
+        assert LockInfo.from_json(repo.store.get_bytes(lock_key(HOST))).owner == "machine-a"
+    assert 30 not in slept
+    assert repo.store.stat(lock_key(HOST)) is None
+
+
+def test_s3_takeover_of_a_stale_lock_loses_to_a_rival_who_came_first(
+    seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines find the same dead holder's lock; one takes it over first. The
+    other's replace is conditional on the version it read (If-Match), so it is
+    refused and reports the rival instead of overwriting it."""
+    repo, _, _ = _s3_repository(seaweed)
+    key = lock_key(HOST)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    dead = LockInfo(HOST, "machine-dead", 4242, "backup", old, old, 60.0, "d")
+    repo.store.put_bytes(key, dead.to_json(), retain=False)
+    now = dt.datetime.now(dt.UTC)
+    rival = LockInfo(HOST, "machine-z", 777, "backup", now, now, 600.0, "z")
+    read = repo.store.get_bytes_tagged
+
+    def read_then_rival_takes_over(k: str) -> tuple[bytes, str | None]:
+        found = read(k)
+        if LockInfo.from_json(found[0]).owner == "machine-dead":
+            repo.store.put_bytes(key, rival.to_json(), retain=False)
+        return found
+
+    monkeypatch.setattr(repo.store, "get_bytes_tagged", read_then_rival_takes_over)
+    messages: list[str] = []
+    with (
+        pytest.raises(LockHeld, match="machine-z pid 777"),
+        host_lock(repo, HOST, confirm_delay=0, owner="machine-a", log=messages.append),
+    ):
+        pass
+    assert any("taking over the lock held by machine-dead" in m for m in messages)
+    assert LockInfo.from_json(repo.store.get_bytes(key)).owner == "machine-z"
+
+
+class _UncheckedStore(LocalStore):
+    """A store with no compare-and-swap (as an S3 server that ignores If-None-Match)."""
+
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
+        return Store.put_bytes_if(self, key, data, tag=tag)
+
+
 # -- in-process details ----------------------------------------------------------------
 
 
@@ -307,8 +429,9 @@ def test_lock_held_is_a_drkit_error_with_exit_code_5(tmp_path: Path) -> None:
 
 
 def test_a_competitor_writing_during_the_confirm_delay_wins(tmp_path: Path) -> None:
-    """No compare-and-swap on S3: write, wait, re-read; whoever reads their own token holds it."""
-    repo = repository(tmp_path)
+    """No compare-and-swap in the store: write, wait, re-read; whoever reads their own
+    token holds it."""
+    repo = Repository(_UncheckedStore(tmp_path / "repo"))
     outcome: list[BaseException | str] = []
 
     def contender() -> None:

@@ -31,7 +31,7 @@ from drkit.repository.chunks import Chunks
 from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, snapshot_time
-from drkit.repository.store import ObjectInfo, Store
+from drkit.repository.store import ObjectInfo, Store, Written
 
 
 def open_repository(config: RepositoryConfig) -> Repository:
@@ -138,8 +138,15 @@ class _ObjectLockGuard(Store):
         self._require(key)
         return self.inner.put_without_retention(key, stream)
 
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
+        self._require(key)
+        return self.inner.put_bytes_if(key, data, tag=tag)
+
     def get(self, key: str) -> BinaryIO:
         return self.inner.get(key)
+
+    def get_bytes_tagged(self, key: str) -> tuple[bytes, str | None]:
+        return self.inner.get_bytes_tagged(key)
 
     def stat(self, key: str) -> ObjectInfo | None:
         return self.inner.stat(key)

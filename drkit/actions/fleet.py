@@ -91,9 +91,10 @@ def lock_host(
 ) -> AbstractContextManager[HostLock]:
     """``host_lock`` for ``policy``'s host with its ``lock_ttl``. Raises LockHeld (exit 5).
 
-    The confirm delay must outlast a competitor's gap between reading "no
-    lock" and writing its own: milliseconds on a local filesystem, up to a
-    second against a remote S3 service.
+    The confirm delay is only waited where the store cannot compare-and-swap
+    (an S3 server that ignores conditional writes); it must outlast a
+    competitor's gap between reading "no lock" and writing its own:
+    milliseconds on a local filesystem, up to a second against remote S3.
     """
     return host_lock(
         repo,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from drkit.errors import ObjectNotFound, RepositoryError
-from drkit.repository.store import ObjectInfo, Store
+from drkit.repository.store import ObjectInfo, Store, Written
 
 _CHUNK = 1 << 20
 _TMP_PREFIX = ".drkit-tmp-"
@@ -48,6 +48,28 @@ class LocalStore(Store):
             raise
         _fsync_dir(path.parent)
         return written
+
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
+        """Create-if-absent is exact here (a hard link fails on an existing name, also
+        over NFS); files carry no version tag, so a replace is UNCHECKED."""
+        if tag is not None:
+            return super().put_bytes_if(key, data, tag=tag)
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return Written.REFUSED
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+        return Written.YES
 
     def get(self, key: str) -> BinaryIO:
         try:

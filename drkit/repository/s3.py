@@ -37,7 +37,7 @@ from drkit.errors import ObjectNotFound, RepositoryError
 from drkit.repository.factory import StoreOptions, safe_url
 from drkit.repository.s3_client import Response, S3Client, S3Error, StreamingBody, text
 from drkit.repository.s3_sign import Credentials, CredentialSource, NoCredentials
-from drkit.repository.store import ObjectInfo, Store
+from drkit.repository.store import ObjectInfo, Store, Written
 
 MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum part count
@@ -58,6 +58,10 @@ IncompleteUpload = tuple[str, str, dt.datetime]
 """An open multipart upload: (key relative to the store, upload id, initiated)."""
 
 
+class _ConditionsUnsupported(Exception):
+    """The server rejects conditional writes (501): write unconditionally instead."""
+
+
 class S3Store(Store):
     """Objects are S3 keys under ``prefix/`` in ``bucket``."""
 
@@ -74,6 +78,7 @@ class S3Store(Store):
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
         self._lock_enabled: bool | None = None
+        self._conditional: bool | None = None  # does the server check If-(None-)Match?
         self.list_page_size = 1000  # keys per listing request (S3's maximum)
 
     def __repr__(self) -> str:
@@ -200,6 +205,53 @@ class S3Store(Store):
             headers={"content-md5": _content_md5(md5), **self._lock_headers(retain)},
         )  # fmt: skip
         return len(data)
+
+    def get_bytes_tagged(self, key: str) -> tuple[bytes, str | None]:
+        try:
+            answer = self._request("read", key, "GET")
+        except ObjectNotFound:
+            raise ObjectNotFound(f"{self.url}: no object {key}") from None
+        return answer.body, answer.headers.get("etag")
+
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
+        """A PUT with ``If-None-Match: *`` (create) or ``If-Match: tag`` (replace).
+
+        Servers that do not know these headers ignore them and write anyway, so
+        the first conditional write of this store proves the server checks
+        them: it asks to create again what it just wrote, which such a server
+        must refuse. Where it does not (or answers 501), writes are UNCHECKED.
+        """
+        if self._conditional is False:
+            return super().put_bytes_if(key, data, tag=tag)
+        condition = {"if-none-match": "*"} if tag is None else {"if-match": tag}
+        try:
+            if not self._put_condition(key, data, condition):
+                return Written.REFUSED
+            if self._conditional is None:
+                self._conditional = not self._put_condition(key, data, {"if-none-match": "*"})
+        except _ConditionsUnsupported:
+            self._conditional = False
+            return super().put_bytes_if(key, data, tag=tag)
+        return Written.YES if self._conditional else Written.UNCHECKED
+
+    def _put_condition(self, key: str, data: bytes, condition: dict[str, str]) -> bool:
+        """PUT ``data`` without retention under ``condition``; False if the server refused
+        (412; 409 while another conditional write of the key is in flight)."""
+        md5 = _content_md5(hashlib.md5(data, usedforsecurity=False))
+        headers = {"content-md5": md5, **condition}
+
+        def put() -> bool:
+            try:
+                self.client.request("PUT", self.bucket, self._full(key), body=data, headers=headers)
+            except S3Error as exc:
+                if exc.status in (409, 412):
+                    return False
+                if exc.status == 501 or exc.code == "NotImplemented":
+                    raise _ConditionsUnsupported from None
+                raise
+            return True
+
+        return self._call("put", key, put)
 
     def _put_multipart(
         self, key: str, full: str, first: _SpooledPart, stream: BinaryIO, retain: bool

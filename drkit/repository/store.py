@@ -9,6 +9,7 @@ wrappers, not here.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,14 @@ class ObjectInfo:
     key: str
     size: int
     modified: dt.datetime
+
+
+class Written(enum.Enum):
+    """What a conditional write (``Store.put_bytes_if``) did."""
+
+    YES = "written"  # the condition held: the object is the one written
+    REFUSED = "refused"  # the condition failed: nothing was written
+    UNCHECKED = "unchecked"  # written, but the store could not check the condition
 
 
 class Store(ABC):
@@ -77,6 +86,21 @@ class Store(ABC):
     def get_bytes(self, key: str) -> bytes:
         with self.get(key) as f:
             return f.read()
+
+    def get_bytes_tagged(self, key: str) -> tuple[bytes, str | None]:
+        """``get_bytes`` and the object's version tag (S3: its ETag) for ``put_bytes_if``;
+        None where the store has no tags. Raises ``ObjectNotFound`` if absent."""
+        return self.get_bytes(key), None
+
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
+        """Write ``data`` (without retention) only if ``key`` is absent (``tag`` None)
+        or still has the version tag ``tag``: a compare-and-swap, for the host lock.
+
+        The default, for stores that cannot check, writes unconditionally and
+        says UNCHECKED: the caller must confirm some other way (re-read later).
+        """
+        self.put_bytes(key, data, retain=False)
+        return Written.UNCHECKED
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""

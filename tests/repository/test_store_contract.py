@@ -24,7 +24,7 @@ from drkit.repository import s3 as s3_module
 from drkit.repository.factory import open_store
 from drkit.repository.local import LocalStore
 from drkit.repository.s3 import S3Store
-from drkit.repository.store import Store
+from drkit.repository.store import Store, Written
 from tests.repository.conftest import PART_SIZE, make_s3_store, s3_options
 from tests.servers.seaweed import SeaweedServer
 
@@ -423,6 +423,62 @@ def test_s3_lock_objects_can_skip_retention(seaweed: SeaweedServer) -> None:
     plain = make_s3_store(seaweed)
     plain.put_bytes("x", b"1")
     assert plain.object_retention("x") is None
+
+
+def test_create_if_absent_is_exclusive(store: Store) -> None:
+    """The host lock's compare-and-swap: one create wins, a second changes nothing."""
+    key = "h/locks/backup.json"
+    assert store.put_bytes_if(key, b"first", tag=None) is Written.YES
+    assert store.put_bytes_if(key, b"second", tag=None) is Written.REFUSED
+    assert store.get_bytes(key) == b"first"
+    store.delete(key)
+    assert store.put_bytes_if(key, b"third", tag=None) is Written.YES
+    assert store.get_bytes_tagged(key)[0] == b"third"
+    assert [o.key for o in store.list("h/")] == [key]  # no temp file left behind
+
+
+def test_s3_replace_only_the_version_read(s3_store: S3Store) -> None:
+    key = "h/locks/backup.json"
+    s3_store.put_bytes_if(key, b"stale", tag=None)
+    data, tag = s3_store.get_bytes_tagged(key)
+    assert data == b"stale" and tag
+    s3_store.put_bytes(key, b"rival", retain=False)  # someone replaced it after our read
+    assert s3_store.put_bytes_if(key, b"mine", tag=tag) is Written.REFUSED
+    assert s3_store.get_bytes(key) == b"rival"
+    _, tag = s3_store.get_bytes_tagged(key)
+    assert s3_store.put_bytes_if(key, b"mine", tag=tag) is Written.YES
+    assert s3_store.get_bytes(key) == b"mine"
+
+
+def test_s3_conditions_on_an_object_lock_bucket(seaweed: SeaweedServer) -> None:
+    """Lock buckets are versioned: create-if-absent still sees the current version, and
+    the lock object gets no retention (it must stay deletable)."""
+    store = make_s3_store(seaweed, object_lock_days=1)
+    key = "h/locks/backup.json"
+    assert store.put_bytes_if(key, b"1", tag=None) is Written.YES
+    assert store.put_bytes_if(key, b"2", tag=None) is Written.REFUSED
+    assert store.object_retention(key) is None
+    store.delete(key)
+    assert store.put_bytes_if(key, b"3", tag=None) is Written.YES
+
+
+def test_s3_server_ignoring_conditions_is_detected(
+    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that does not know If-None-Match writes anyway; the store must not
+    claim a compare-and-swap it did not get. Modelled by dropping the headers
+    before they are signed and sent (the server then sees a plain PUT)."""
+    request = s3_store.client.request
+
+    def without_conditions(*args: Any, headers: Any = None, **kw: Any) -> Any:
+        kept = {k: v for k, v in (headers or {}).items() if not k.startswith("if-")}
+        return request(*args, headers=kept, **kw)
+
+    monkeypatch.setattr(s3_store.client, "request", without_conditions)
+    key = "h/locks/backup.json"
+    assert s3_store.put_bytes_if(key, b"first", tag=None) is Written.UNCHECKED
+    assert s3_store.put_bytes_if(key, b"second", tag=None) is Written.UNCHECKED
+    assert s3_store.get_bytes(key) == b"second"
 
 
 def test_local_store_accepts_retain(tmp_path: Path) -> None:
