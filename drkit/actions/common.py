@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import io
@@ -153,6 +154,9 @@ class _ObjectLockGuard(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        return self.inner.list_dirs(prefix)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

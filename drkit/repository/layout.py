@@ -87,10 +87,9 @@ class Repository:
             )
 
     def hosts(self) -> list[str]:
-        hosts = {
-            info.key.split("/", 1)[0] for info in self.store.list() if "/snapshots/" in info.key
-        }
-        return sorted(hosts)
+        """Hosts with at least one snapshot directory (two listings per host, not one
+        of every object in the repository)."""
+        return [h for h in self.store.list_dirs() if "snapshots" in self.store.list_dirs(f"{h}/")]
 
     def snapshots(self, host: str) -> list[SnapshotRef]:
         """Every snapshot directory of ``host``, committed or not, oldest first."""

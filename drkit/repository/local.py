@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import os
 import shutil
@@ -100,6 +101,14 @@ class LocalStore(Store):
                     st = full.stat()
                     found.append(ObjectInfo(key, st.st_size, _mtime(st.st_mtime)))
         yield from sorted(found, key=lambda o: o.key)
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        # Directories hold objects: delete() removes the ones it leaves empty.
+        base = self._path(prefix) if prefix.strip("/") else self.root
+        try:
+            return sorted(e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
 
     def delete(self, key: str) -> None:
         path = self._path(key)

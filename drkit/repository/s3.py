@@ -27,6 +27,7 @@ import io
 import re
 import tempfile
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO, TypeVar
@@ -390,28 +391,40 @@ class S3Store(Store):
         # Sorted here: some S3-compatible servers (SeaweedFS) list in directory
         # walk order, not in the byte order AWS S3 guarantees.
         found: list[ObjectInfo] = []
-        token = ""
-        while True:
-            params = [
-                ("list-type", "2"),
-                ("prefix", self._base + prefix),
-                ("encoding-type", "url"),
-                ("max-keys", str(self.list_page_size)),
-            ]
-            if token:
-                params.append(("continuation-token", token))
-            page = self._bucket_request("list", prefix or None, "GET", params=params).xml()
+        for page in self._list_pages(prefix):
             for obj in page.findall("Contents"):
                 full = unquote(text(obj, "Key"))
                 if not full.startswith(self._base) or full.endswith("/"):
                     continue
                 modified = _iso_date(text(obj, "LastModified"))
                 found.append(ObjectInfo(full[len(self._base) :], int(text(obj, "Size")), modified))
-            token = text(page, "NextContinuationToken")
-            if text(page, "IsTruncated") != "true" or not token:
-                break
         found.sort(key=lambda o: o.key)
         yield from found
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        """One delimiter listing: the common prefixes, not every object below them."""
+        found: set[str] = set()
+        for page in self._list_pages(prefix, delimiter="/"):
+            for common in page.findall("CommonPrefixes"):
+                name = unquote(text(common, "Prefix"))[len(self._base + prefix) :].strip("/")
+                if name:
+                    found.add(name)
+        return sorted(found)
+
+    def _list_pages(self, prefix: str, delimiter: str = "") -> Iterator[ET.Element]:
+        """Every page of a ListObjectsV2 of ``prefix``, following continuation tokens."""
+        token = ""
+        while True:
+            params = [("list-type", "2"), ("prefix", self._base + prefix)]
+            params += [("delimiter", delimiter)] if delimiter else []
+            params += [("encoding-type", "url"), ("max-keys", str(self.list_page_size))]
+            if token:
+                params.append(("continuation-token", token))
+            page = self._bucket_request("list", prefix or None, "GET", params=params).xml()
+            yield page
+            token = text(page, "NextContinuationToken")
+            if text(page, "IsTruncated") != "true" or not token:
+                return
 
     def _bucket_request(self, action: str, key: str | None, method: str, **kw: Any) -> Response:
         result: Response = self._call(action, key, self.client.request, method, self.bucket, **kw)

@@ -8,6 +8,7 @@ wrappers, not here.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import enum
 from abc import ABC, abstractmethod
@@ -62,6 +63,13 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in key order."""
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        """The names one level below ``prefix`` ("" or ending in "/") that hold objects,
+        sorted: ``ls`` of a directory. Stores override it to avoid listing every object
+        below (a dedup repository holds thousands of chunks per host)."""
+        return sorted({o.key[len(prefix) :].split("/", 1)[0] for o in self.list(prefix)
+                       if "/" in o.key[len(prefix) :]})  # fmt: skip
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -22,6 +22,7 @@ import pytest
 from drkit.errors import ObjectNotFound, RepositoryError
 from drkit.repository import s3 as s3_module
 from drkit.repository.factory import open_store
+from drkit.repository.layout import Repository
 from drkit.repository.local import LocalStore
 from drkit.repository.s3 import S3Store
 from drkit.repository.store import Store, Written
@@ -423,6 +424,19 @@ def test_s3_lock_objects_can_skip_retention(seaweed: SeaweedServer) -> None:
     plain = make_s3_store(seaweed)
     plain.put_bytes("x", b"1")
     assert plain.object_retention("x") is None
+
+
+def test_list_dirs_is_one_level(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("a/snapshots/s1/manifest.json", "a/chunks/ab/cd", "b/locks/backup.json",
+                "c/snapshots/s2/x", "top.json"):  # fmt: skip
+        store.put_bytes(key, b"x")
+    assert store.list_dirs() == ["a", "b", "c"]
+    assert store.list_dirs("a/") == ["chunks", "snapshots"]
+    assert store.list_dirs("nobody/") == []
+    # Hosts are the top-level names with snapshots, found without listing every
+    # object of the repository (chunks included).
+    monkeypatch.setattr(store, "list", lambda prefix="": pytest.fail(f"listed {prefix!r}"))
+    assert Repository(store).hosts() == ["a", "c"]
 
 
 def test_create_if_absent_is_exclusive(store: Store) -> None:
