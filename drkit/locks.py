@@ -177,24 +177,43 @@ class HostLock:
             )
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self.lost and not self._stop.wait(self._interval):
             try:
-                try:
-                    current = _read(self.repo, self.key)
-                except ValueError:  # overwritten with something else: not ours any more
-                    current = None
-                if current is None or current.token != self.info.token:
-                    self.lost = True
-                    holder = current.describe(_utcnow()) if current else "nobody (deleted)"
-                    self._log(
-                        f"warning: host {self.info.host}: lost the lock "
-                        f"{self.repo.url}/{self.key}; now held by {holder}"
-                    )
-                    return
-                self.info = replace(self.info, heartbeat=_utcnow())
-                self.repo.store.put_bytes(self.key, self.info.to_json(), retain=False)
+                self._refresh()
             except DrkitError as exc:  # transient: retried at the next beat
                 self._log(f"warning: host {self.info.host}: could not refresh lock: {exc}")
+
+    def _refresh(self) -> None:
+        """One heartbeat: the lock gets a fresh time, only while it is still ours (where
+        the store can compare-and-swap, also when a takeover lands between our read
+        and our write)."""
+        found = _fetch(self.repo, self.key)
+        if found is None or _token_of(found[0]) != self.info.token:
+            self._lose()
+            return
+        beat = replace(self.info, heartbeat=_utcnow())
+        tag = found[1]
+        if tag is None:
+            self.repo.store.put_bytes(self.key, beat.to_json(), retain=False)
+        else:
+            written = self.repo.store.put_bytes_if(self.key, beat.to_json(), tag=tag)
+            # Refused: replaced since we read it, by a takeover or by a retry of this write.
+            if written is Written.REFUSED and _token(self.repo, self.key) != beat.token:
+                self._lose()
+                return
+        self.info = beat
+
+    def _lose(self) -> None:
+        self.lost = True
+        try:
+            current = _read(self.repo, self.key)
+        except ValueError:  # overwritten with something else: not ours any more
+            current = None
+        holder = current.describe(_utcnow()) if current else "nobody (deleted)"
+        self._log(
+            f"warning: host {self.info.host}: lost the lock "
+            f"{self.repo.url}/{self.key}; now held by {holder}"
+        )
 
     def _start(self) -> None:
         self._thread.start()
@@ -220,11 +239,16 @@ def _fetch(repo: Repository, key: str) -> tuple[bytes, str | None] | None:
 
 
 def _token(repo: Repository, key: str) -> str | None:
+    found = _fetch(repo, key)
+    return _token_of(found[0]) if found else None
+
+
+def _token_of(raw: bytes) -> str | None:
+    """The token of a lock object's bytes; None if they are not a lock."""
     try:
-        current = _read(repo, key)
+        return LockInfo.from_json(raw).token
     except ValueError:
         return None
-    return current.token if current else None
 
 
 def _read(repo: Repository, key: str) -> LockInfo | None:

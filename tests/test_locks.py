@@ -367,6 +367,41 @@ def test_s3_takeover_of_a_stale_lock_loses_to_a_rival_who_came_first(
     assert LockInfo.from_json(repo.store.get_bytes(key)).owner == "machine-z"
 
 
+def test_s3_heartbeat_does_not_overwrite_a_takeover(
+    seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A takeover that lands between a heartbeat's read and its write: the heartbeat's
+    write is conditional on the version it read, so it is refused, the run learns it
+    lost the lock, and the new holder's lock stands."""
+    repo, _, _ = _s3_repository(seaweed)
+    key = lock_key(HOST)
+    messages: list[str] = []
+    read = repo.store.get_bytes_tagged
+    taken = threading.Event()
+    with host_lock(repo, HOST, ttl=0.4, confirm_delay=0, log=messages.append) as held:
+        mine = held.info
+        now = dt.datetime.now(dt.UTC)
+        thief = LockInfo(HOST, "machine-z", 777, "backup", now, now, 600.0, "z")
+
+        def read_then_taken_over(k: str) -> tuple[bytes, str | None]:
+            found = read(k)
+            if not taken.is_set():  # the next heartbeat's read: then the takeover
+                taken.set()
+                repo.store.put_bytes(key, thief.to_json(), retain=False)
+            return found
+
+        monkeypatch.setattr(repo.store, "get_bytes_tagged", read_then_taken_over)
+        deadline = time.monotonic() + 10
+        while not held.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.lost and taken.is_set()
+        assert held.info.token == mine.token
+        with pytest.raises(LockLost):
+            held.check()
+    assert LockInfo.from_json(repo.store.get_bytes(key)).owner == "machine-z"
+    assert any("lost the lock" in m and "machine-z" in m for m in messages)
+
+
 class _UncheckedStore(LocalStore):
     """A store with no compare-and-swap (as an S3 server that ignores If-None-Match)."""
 
