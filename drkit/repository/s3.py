@@ -79,7 +79,7 @@ class S3Store(Store):
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
         self._lock_enabled: bool | None = None
-        self._conditional: bool | None = None  # does the server check If-(None-)Match?
+        self._checks: dict[str, bool] = {}  # does the server check If-None-Match, If-Match?
         self.list_page_size = 1000  # keys per listing request (S3's maximum)
 
     def __repr__(self) -> str:
@@ -217,23 +217,25 @@ class S3Store(Store):
     def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
         """A PUT with ``If-None-Match: *`` (create) or ``If-Match: tag`` (replace).
 
-        Servers that do not know these headers ignore them and write anyway, so
-        the first conditional write of this store proves the server checks
-        them: it asks to create again what it just wrote, which such a server
-        must refuse. Where it does not (or answers 501), writes are UNCHECKED.
+        Servers that do not know a header ignore it and write anyway, so the
+        first write with each header proves the server checks it, with a write
+        it must refuse: create again what it just wrote, or replace it under an
+        ETag it cannot have. Where it does not (or answers 501), that kind of
+        write is UNCHECKED.
         """
-        if self._conditional is False:
+        header, value = ("if-none-match", "*") if tag is None else ("if-match", tag)
+        if self._checks.get(header) is False:
             return super().put_bytes_if(key, data, tag=tag)
-        condition = {"if-none-match": "*"} if tag is None else {"if-match": tag}
         try:
-            if not self._put_condition(key, data, condition):
+            if not self._put_condition(key, data, {header: value}):
                 return Written.REFUSED
-            if self._conditional is None:
-                self._conditional = not self._put_condition(key, data, {"if-none-match": "*"})
+            if header not in self._checks:
+                refused = {header: "*" if tag is None else '"drkit-not-an-etag"'}
+                self._checks[header] = not self._put_condition(key, data, refused)
         except _ConditionsUnsupported:
-            self._conditional = False
+            self._checks[header] = False
             return super().put_bytes_if(key, data, tag=tag)
-        return Written.YES if self._conditional else Written.UNCHECKED
+        return Written.YES if self._checks[header] else Written.UNCHECKED
 
     def _put_condition(self, key: str, data: bytes, condition: dict[str, str]) -> bool:
         """PUT ``data`` without retention under ``condition``; False if the server refused

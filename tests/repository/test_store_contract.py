@@ -476,23 +476,30 @@ def test_s3_conditions_on_an_object_lock_bucket(seaweed: SeaweedServer) -> None:
     assert store.put_bytes_if(key, b"3", tag=None) is Written.YES
 
 
+@pytest.mark.parametrize("ignored", [("if-none-match", "if-match"), ("if-match",)])
 def test_s3_server_ignoring_conditions_is_detected(
-    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
+    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch, ignored: tuple[str, ...]
 ) -> None:
-    """A server that does not know If-None-Match writes anyway; the store must not
-    claim a compare-and-swap it did not get. Modelled by dropping the headers
-    before they are signed and sent (the server then sees a plain PUT)."""
+    """A server that does not know If-None-Match (or If-Match) writes anyway; the store
+    must not claim a compare-and-swap it did not get. Modelled by dropping those
+    headers before they are signed and sent (the server then sees a plain PUT)."""
     request = s3_store.client.request
 
     def without_conditions(*args: Any, headers: Any = None, **kw: Any) -> Any:
-        kept = {k: v for k, v in (headers or {}).items() if not k.startswith("if-")}
+        kept = {k: v for k, v in (headers or {}).items() if k not in ignored}
         return request(*args, headers=kept, **kw)
 
     monkeypatch.setattr(s3_store.client, "request", without_conditions)
     key = "h/locks/backup.json"
-    assert s3_store.put_bytes_if(key, b"first", tag=None) is Written.UNCHECKED
-    assert s3_store.put_bytes_if(key, b"second", tag=None) is Written.UNCHECKED
-    assert s3_store.get_bytes(key) == b"second"
+    create = Written.UNCHECKED if "if-none-match" in ignored else Written.YES
+    assert s3_store.put_bytes_if(key, b"first", tag=None) is create
+    assert s3_store.put_bytes_if(key, b"second", tag=None) is (
+        Written.UNCHECKED if "if-none-match" in ignored else Written.REFUSED
+    )
+    _, tag = s3_store.get_bytes_tagged(key)
+    assert s3_store.put_bytes_if(key, b"third", tag=tag) is Written.UNCHECKED
+    assert s3_store.put_bytes_if(key, b"fourth", tag='"stale"') is Written.UNCHECKED
+    assert s3_store.get_bytes(key) == b"fourth"
 
 
 def test_local_store_accepts_retain(tmp_path: Path) -> None:
