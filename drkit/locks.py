@@ -192,15 +192,11 @@ class HostLock:
             self._lose()
             return
         beat = replace(self.info, heartbeat=_utcnow())
-        tag = found[1]
-        if tag is None:
-            self.repo.store.put_bytes(self.key, beat.to_json(), retain=False)
-        else:
-            written = self.repo.store.put_bytes_if(self.key, beat.to_json(), tag=tag)
-            # Refused: replaced since we read it, by a takeover or by a retry of this write.
-            if written is Written.REFUSED and _token(self.repo, self.key) != beat.token:
-                self._lose()
-                return
+        written = _replace(self.repo, self.key, beat.to_json(), found[1])
+        # Refused: replaced since we read it, by a takeover or by a retry of this write.
+        if written is Written.REFUSED and _token(self.repo, self.key) != beat.token:
+            self._lose()
+            return
         self.info = beat
 
     def _lose(self) -> None:
@@ -238,6 +234,15 @@ def _fetch(repo: Repository, key: str) -> tuple[bytes, str | None] | None:
         return None
 
 
+def _replace(repo: Repository, key: str, data: bytes, tag: str | None) -> Written:
+    """Overwrite the lock object read with version ``tag``: only that version where the
+    store has tags, unconditionally (UNCHECKED) where it has none."""
+    if tag is None:
+        repo.store.put_bytes(key, data, retain=False)
+        return Written.UNCHECKED
+    return repo.store.put_bytes_if(key, data, tag=tag)
+
+
 def _token(repo: Repository, key: str) -> str | None:
     found = _fetch(repo, key)
     return _token_of(found[0]) if found else None
@@ -253,11 +258,8 @@ def _token_of(raw: bytes) -> str | None:
 
 def _read(repo: Repository, key: str) -> LockInfo | None:
     """The lock object at ``key``, None if absent. An unreadable one raises ValueError."""
-    try:
-        raw = repo.store.get_bytes(key)
-    except ObjectNotFound:
-        return None
-    return LockInfo.from_json(raw)
+    found = _fetch(repo, key)
+    return LockInfo.from_json(found[0]) if found else None
 
 
 def _process_gone(pid: int) -> bool:
@@ -366,25 +368,24 @@ def host_lock(
         while True:
             now = _utcnow()
             found = _fetch(repo, key)
-            tag = found[1] if found else None
+            current = None
             if found is not None:
                 try:
                     current = LockInfo.from_json(found[0])
-                    reason = _stale_reason(current, owner, now)
                 except ValueError as exc:
                     log(f"warning: host {host}: replacing unreadable lock {repo.url}/{key}: {exc}")
-                    current, reason = None, None
-                if current is not None and reason is None:
+            if current is not None:
+                reason = _stale_reason(current, owner, now)
+                if reason is None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise LockHeld(_held_message(host, repo, current, now), host, current)
                     time.sleep(min(poll, remaining))
                     continue
-                if current is not None:
-                    log(
-                        f"warning: host {host}: taking over the lock held by {current.owner} "
-                        f"pid {current.pid} since {_stamp(current.started)}: {reason}"
-                    )
+                log(
+                    f"warning: host {host}: taking over the lock held by {current.owner} "
+                    f"pid {current.pid} since {_stamp(current.started)}: {reason}"
+                )
             mine = LockInfo(
                 host=host,
                 owner=owner,
@@ -396,11 +397,10 @@ def host_lock(
                 token=secrets.token_hex(8),
                 pidns=_pid_namespace(),
             )
-            if found is not None and tag is None:  # nothing to compare against
-                repo.store.put_bytes(key, mine.to_json(), retain=False)
-                written = Written.UNCHECKED
+            if found is None:
+                written = repo.store.put_bytes_if(key, mine.to_json(), tag=None)
             else:
-                written = repo.store.put_bytes_if(key, mine.to_json(), tag=tag)
+                written = _replace(repo, key, mine.to_json(), found[1])
             if written is Written.YES:
                 break
             if written is Written.UNCHECKED:

@@ -64,12 +64,11 @@ class Store(ABC):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in key order."""
 
+    @abstractmethod
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """The names one level below ``prefix`` ("" or ending in "/") that hold objects,
-        sorted: ``ls`` of a directory. Stores override it to avoid listing every object
-        below (a dedup repository holds thousands of chunks per host)."""
-        return sorted({o.key[len(prefix) :].split("/", 1)[0] for o in self.list(prefix)
-                       if "/" in o.key[len(prefix) :]})  # fmt: skip
+        sorted: ``ls`` of a directory, without listing every object below (a dedup
+        repository holds thousands of chunks per host)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
