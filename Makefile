@@ -1,7 +1,10 @@
 # drkit: the two commands that do all set-up on a fresh machine are
 #   make demo   back up a throwaway PostgreSQL + .env files to the local repository, verify, restore
 #   make test   install what the tests need and run them
-.PHONY: setup docker-setup test lint demo bench rss clean
+#   make drills the Docker scenario suites beyond the vultr end to end (CI runs them when
+#               their files changed: scripts/drills-stamp.sh)
+#   make faults the fault campaign (tests/faults/); writes docs/reliability.md
+.PHONY: setup docker-setup test drills faults lint demo bench rss clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +13,20 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup docker-setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not drills and not faults"
+
+drills: setup docker-setup
+	$(PY) -m pytest -q -m drills
+	@bash scripts/drills-stamp.sh write
+
+# Every scenario (the quick ones `make test` runs too); DRKIT_FAULTS_ITERATIONS (default 2)
+# and DRKIT_FAULTS_SEED choose how many runs and where the faults land.
+FAULTS_ROWS := .faults-rows.jsonl
+faults: setup
+	@rm -f $(FAULTS_ROWS)
+	DRKIT_FAULTS_REPORT=$(CURDIR)/$(FAULTS_ROWS) $(PY) -m pytest -q tests/faults; \
+	  rc=$$?; $(PY) -m tests.faults.report $(FAULTS_ROWS) docs/reliability.md || rc=1; \
+	  rm -f $(FAULTS_ROWS); exit $$rc
 
 docker-setup:
 	@# Drills need an engine; off CI a machine without one skips the drill tests.

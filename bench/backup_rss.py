@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 import pyrage  # noqa: E402
 
 from bench.measure import Command, Sample, run  # noqa: E402
-from tests.helpers import write_policy  # noqa: E402
+from tests.helpers import ensure_signing_key, write_policy  # noqa: E402
 
 DRKIT = [sys.executable, "-m", "drkit"]
 
@@ -53,9 +53,16 @@ class StreamRun:
 
 
 def stream_policy(
-    path: Path, host: str, repo: dict[str, Any], recipient: str, stream: list[str], out: Path
+    path: Path,
+    host: str,
+    repo: dict[str, Any],
+    recipient: str,
+    stream: list[str],
+    out: Path,
+    env: dict[str, str],
 ) -> Path:
-    """A policy whose one ``command`` source runs ``stream``; restore writes its size to ``out``."""
+    """A policy whose one ``command`` source runs ``stream``; restore writes its size to
+    ``out``. Trusts the signing key of the config dir ``env`` names (made if missing)."""
     return write_policy(
         path,
         host,
@@ -70,6 +77,7 @@ def stream_policy(
                 "restore_command": ["sh", "-c", f"wc -c > {shlex.quote(str(out))}"],
             }
         ],
+        signers=[ensure_signing_key(Path(env["DRKIT_CONFIG_DIR"]))],
     )
 
 
@@ -109,6 +117,7 @@ def _standalone(
         str(identity.to_public()),
         stream,
         out,
+        env,
     )
     res = backup_and_restore(policy, ident_file, out, env)
     return {

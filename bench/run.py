@@ -68,7 +68,7 @@ from bench.workload import (  # noqa: E402
     churn,
     describe,
 )
-from tests.helpers import write_policy  # noqa: E402
+from tests.helpers import ensure_signing_key, write_policy  # noqa: E402
 from tests.servers.postgres import PG_BIN  # noqa: E402
 from tests.servers.seaweed import SeaweedServer, seaweed_server  # noqa: E402
 
@@ -175,7 +175,12 @@ class Bench:
 
     def drkit_policy(self, path: Path, host: str, bucket: str, *, dedup: bool = False) -> Path:
         return write_policy(
-            path, host, self.drkit_repo(bucket, dedup=dedup), [self.recipient], [self.pg_source()]
+            path,
+            host,
+            self.drkit_repo(bucket, dedup=dedup),
+            [self.recipient],
+            [self.pg_source()],
+            signers=[ensure_signing_key(Path(self.env["DRKIT_CONFIG_DIR"]))],
         )
 
     def drkit_repo(self, bucket: str, *, dedup: bool = False) -> dict[str, Any]:
@@ -212,7 +217,12 @@ class Bench:
         # sharing the CPUs (measured in (a) only).
         local = {"url": f"file://{d / 'drkit-local'}"}
         rnd.local_policy = write_policy(
-            d / "bench-local.toml", "bench", local, [self.recipient], [self.pg_source()]
+            d / "bench-local.toml",
+            "bench",
+            local,
+            [self.recipient],
+            [self.pg_source()],
+            signers=[ensure_signing_key(Path(self.env["DRKIT_CONFIG_DIR"]))],
         )
         if self.args.dedup_variant:
             rnd.dedup_bucket = self.new_bucket(f"drkit-dedup-r{index}")
@@ -397,7 +407,7 @@ class Bench:
                 repo = self.drkit_repo(bucket)
                 stream = ["sh", "-c", f"for i in $(seq {k}); do cat {plain}; done"]
                 policy = stream_policy(self.work / f"stream-{k}x.toml", f"stream-{k}x", repo,
-                                       self.recipient, stream, out)  # fmt: skip
+                                       self.recipient, stream, out, self.env)  # fmt: skip
                 res = backup_and_restore(policy, self.identity, out, self.env)
                 tag = "1x" if k == 1 else "kx"
                 cmds = (backup_command(policy), restore_command(policy, self.identity))

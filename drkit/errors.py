@@ -3,9 +3,13 @@
 Low-level code raises the most specific class and names the object involved;
 the CLI turns any ``DrkitError`` into one line and its ``exit_code``.
 Messages must never contain a secret value: callers pass names, never values.
+A command's stderr quoted in a message may still hold one it printed, so
+``str()`` of any DrkitError is scrubbed of every resolved secret (redact.py).
 """
 
 from __future__ import annotations
+
+from drkit.redact import scrub
 
 
 class DrkitError(Exception):
@@ -18,6 +22,9 @@ class DrkitError(Exception):
 
     exit_code = 1
     source: str | None = None
+
+    def __str__(self) -> str:
+        return scrub(super().__str__())
 
 
 class UsageError(DrkitError):

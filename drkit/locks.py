@@ -29,7 +29,12 @@ fully; the repository lock only has to catch rare cross-machine overlaps,
 where two snapshots of one host in parallel are wasteful but not corrupting
 (each writes its own snapshot id).
 
-A held lock raises ``LockHeld`` (exit code 5) naming the holder.
+A held lock raises ``LockHeld`` (exit code 5) naming the holder. A lock object
+that does not parse as a lock (``LockInfo``: types, fields and bounds) is never
+taken over at once, since it may be a newer drkit's live lock: while it is
+younger than our TTL (by the store's modification time, which heartbeats keep
+fresh) it bars the run like a held lock, then raises ``MalformedLock`` (exit
+1) naming the object; once older, it is replaced with a warning.
 """
 
 from __future__ import annotations
@@ -44,13 +49,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import StringConstraints as Text
+from pydantic.dataclasses import dataclass
 
 from drkit.durations import format_duration
-from drkit.errors import DrkitError, ObjectNotFound
+from drkit.errors import DrkitError, ObjectNotFound, RepositoryError, UsageError
 from drkit.paths import state_dir
+from drkit.repository.documents import describe
 from drkit.repository.layout import Repository
 from drkit.repository.store import Written
 
@@ -58,7 +68,13 @@ Log = Callable[[str], None]
 
 EXIT_LOCK_HELD = 5
 DEFAULT_TTL = 15 * 60.0  # seconds; heartbeats every TTL/4
-LOCK_FORMAT = "drkit-lock"
+# A lock claiming a longer TTL would keep others out for that long after its holder died.
+MAX_TTL = 7 * 24 * 3600.0
+LOCK_FORMAT: Final = "drkit-lock"
+_MAX_LOCK_BYTES = 64 << 10  # ours are ~400 bytes; anything far larger is not a lock
+# Writes tried before the deadline may end a takeover: the second covers a rival
+# who won our first race and already left.
+_MIN_ATTEMPTS = 2
 
 
 class LockHeld(DrkitError):
@@ -74,6 +90,18 @@ class LockHeld(DrkitError):
 
 class LockLost(DrkitError):
     """Another run took over this run's repository lock while it was running."""
+
+
+class MalformedLock(RepositoryError):
+    """The lock object is not a lock this drkit can read (exit code 1): ``origin`` is its
+    URL, ``problem`` what is wrong with it (never its content), ``advice`` what now."""
+
+    def __init__(self, origin: str, problem: str, advice: str = "") -> None:
+        super().__init__(
+            f"{origin}: unreadable lock ({problem})" + (f"; {advice}" if advice else "")
+        )
+        self.origin = origin
+        self.problem = problem
 
 
 def lock_key(host: str) -> str:
@@ -100,46 +128,52 @@ def _pid_namespace() -> str | None:
         return None
 
 
-@dataclass(frozen=True)
-class LockInfo:
-    """The content of a repository lock object."""
+_Name = Annotated[str, Text(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+"""A printable name from a lock object: it ends up in messages and on terminals."""
 
-    host: str  # the policy host the lock is for
-    owner: str  # the machine holding it (its host name)
-    pid: int
-    operation: str
-    started: dt.datetime
-    heartbeat: dt.datetime
-    ttl: float  # seconds: stale when the heartbeat is older
-    token: str
-    pidns: str | None = None
+
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
+class LockInfo:
+    """The content of a repository lock object, checked field by field when read.
+
+    Bounds keep a well-formed lock from blocking forever or crashing the reader:
+    a TTL of at most ``MAX_TTL``, a pid ``os.kill`` accepts, aware times with the
+    heartbeat not before the start.
+    """
+
+    host: _Name  # the policy host the lock is for
+    owner: _Name  # the machine holding it (its host name)
+    pid: Annotated[int, Field(gt=0, le=2**31 - 1)]
+    operation: _Name
+    started: AwareDatetime
+    heartbeat: AwareDatetime
+    ttl: Annotated[float, Field(gt=0, le=MAX_TTL, allow_inf_nan=False)]  # seconds
+    token: _Name
+    pidns: _Name | None = None
+    format: Literal["drkit-lock"] = LOCK_FORMAT
+    version: Literal[1] = 1
+
+    @model_validator(mode="after")
+    def _beats_after_start(self) -> LockInfo:
+        if self.heartbeat < self.started:
+            raise ValueError("heartbeat is before started")
+        return self
 
     def to_json(self) -> bytes:
-        data: dict[str, Any] = {"format": LOCK_FORMAT, "version": 1, **asdict(self)}
+        data: dict[str, Any] = asdict(self)
         data["started"] = self.started.isoformat()
         data["heartbeat"] = self.heartbeat.isoformat()
         return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def from_json(cls, raw: bytes) -> LockInfo:
-        """Raises ValueError for anything that is not a lock object."""
+    def from_json(cls, raw: bytes, origin: str) -> LockInfo:
+        """Raises MalformedLock naming ``origin`` for anything that is not a lock object."""
+        if len(raw) > _MAX_LOCK_BYTES:
+            raise MalformedLock(origin, f"{len(raw)} bytes, a lock is under {_MAX_LOCK_BYTES}")
         try:
-            data = json.loads(raw)
-            if data.get("format") != LOCK_FORMAT:
-                raise ValueError("not a drkit lock")
-            return cls(
-                host=str(data["host"]),
-                owner=str(data["owner"]),
-                pid=int(data["pid"]),
-                operation=str(data.get("operation", "backup")),
-                started=dt.datetime.fromisoformat(data["started"]),
-                heartbeat=dt.datetime.fromisoformat(data["heartbeat"]),
-                ttl=float(data["ttl"]),
-                token=str(data["token"]),
-                pidns=data.get("pidns"),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"unreadable lock ({exc})") from None
+            return _LOCK.validate_json(raw)
+        except ValidationError as exc:
+            raise MalformedLock(origin, describe(exc)) from None
 
     def describe(self, now: dt.datetime) -> str:
         beat = format_duration(max(now - self.heartbeat, dt.timedelta(0)))
@@ -148,6 +182,9 @@ class LockInfo:
             f"(last heartbeat {beat} ago, stale after "
             f"{format_duration(dt.timedelta(seconds=self.ttl))})"
         )
+
+
+_LOCK: TypeAdapter[LockInfo] = TypeAdapter(LockInfo)
 
 
 class HostLock:
@@ -167,6 +204,10 @@ class HostLock:
     @property
     def key(self) -> str:
         return lock_key(self.info.host)
+
+    @property
+    def _where(self) -> str:
+        return f"{self.repo.url}/{self.key}"
 
     def check(self) -> None:
         """Raise LockLost if another run took over (call before committing)."""
@@ -188,7 +229,7 @@ class HostLock:
         the store can compare-and-swap, also when a takeover lands between our read
         and our write)."""
         found = _fetch(self.repo, self.key)
-        if found is None or _token_of(found[0]) != self.info.token:
+        if found is None or _token_of(found[0], self._where) != self.info.token:
             self._lose()
             return
         beat = replace(self.info, heartbeat=_utcnow())
@@ -203,12 +244,11 @@ class HostLock:
         self.lost = True
         try:
             current = _read(self.repo, self.key)
-        except ValueError:  # overwritten with something else: not ours any more
-            current = None
-        holder = current.describe(_utcnow()) if current else "nobody (deleted)"
+            holder = current.describe(_utcnow()) if current else "nobody (deleted)"
+        except MalformedLock as exc:  # overwritten with something else: not ours any more
+            holder = f"nobody drkit can name ({exc.problem})"
         self._log(
-            f"warning: host {self.info.host}: lost the lock "
-            f"{self.repo.url}/{self.key}; now held by {holder}"
+            f"warning: host {self.info.host}: lost the lock {self._where}; now held by {holder}"
         )
 
     def _start(self) -> None:
@@ -222,7 +262,7 @@ class HostLock:
             current = _read(self.repo, self.key)
             if current is not None and current.token == self.info.token:
                 self.repo.store.delete(self.key)
-        except DrkitError as exc:  # the TTL frees it for the next run anyway
+        except DrkitError as exc:  # the TTL frees it for the next run anyway (also unreadable)
             self._log(f"warning: host {self.info.host}: could not remove lock: {exc}")
 
 
@@ -245,21 +285,21 @@ def _replace(repo: Repository, key: str, data: bytes, tag: str | None) -> Writte
 
 def _token(repo: Repository, key: str) -> str | None:
     found = _fetch(repo, key)
-    return _token_of(found[0]) if found else None
+    return _token_of(found[0], f"{repo.url}/{key}") if found else None
 
 
-def _token_of(raw: bytes) -> str | None:
+def _token_of(raw: bytes, origin: str) -> str | None:
     """The token of a lock object's bytes; None if they are not a lock."""
     try:
-        return LockInfo.from_json(raw).token
-    except ValueError:
+        return LockInfo.from_json(raw, origin).token
+    except MalformedLock:
         return None
 
 
 def _read(repo: Repository, key: str) -> LockInfo | None:
-    """The lock object at ``key``, None if absent. An unreadable one raises ValueError."""
+    """The lock object at ``key``, None if absent. An unreadable one raises MalformedLock."""
     found = _fetch(repo, key)
-    return LockInfo.from_json(found[0]) if found else None
+    return LockInfo.from_json(found[0], f"{repo.url}/{key}") if found else None
 
 
 def _process_gone(pid: int) -> bool:
@@ -336,6 +376,85 @@ def _held_message(host: str, repo: Repository, current: LockInfo, now: dt.dateti
     )
 
 
+def _blocker(
+    repo: Repository,
+    host: str,
+    found: tuple[bytes, str | None],
+    owner: str,
+    ttl: float,
+    now: dt.datetime,
+    log: Log,
+) -> DrkitError | None:
+    """The error to raise if the lock object ``found`` still bars us once the wait is
+    over (LockHeld: a live holder; MalformedLock: an unreadable object written within
+    our TTL), or None if it may be taken over (the warning saying why is logged).
+
+    An unreadable object is not taken over at once: it may be a lock of a newer drkit
+    whose run is alive. It is judged by its modification time, which a live holder's
+    heartbeats keep recent, against our own TTL.
+    """
+    where = f"{repo.url}/{lock_key(host)}"
+    try:
+        current = LockInfo.from_json(found[0], where)
+        if current.host != host:
+            raise MalformedLock(where, f"it is for host {current.host}")
+    except MalformedLock as exc:
+        info = repo.store.stat(lock_key(host))
+        if info is None:  # deleted meanwhile
+            return None
+        age, limit = now - info.modified, dt.timedelta(seconds=ttl)
+        if age <= limit:
+            return MalformedLock(
+                where,
+                exc.problem,
+                f"written {format_duration(max(age, dt.timedelta(0)))} ago, it is replaced "
+                f"once unchanged for {format_duration(limit)} (the lock TTL); if no drkit run "
+                "holds it (a newer drkit version could), delete it",
+            )
+        log(
+            f"warning: host {host}: replacing the unreadable lock {where}, unchanged for "
+            f"{format_duration(age)} (TTL {format_duration(limit)}): {exc.problem}"
+        )
+        return None
+    reason = _stale_reason(current, owner, now)
+    if reason is None:
+        return LockHeld(_held_message(host, repo, current, now), host, current)
+    log(
+        f"warning: host {host}: taking over the lock held by {current.owner} "
+        f"pid {current.pid} since {_stamp(current.started)}: {reason}"
+    )
+    return None
+
+
+def _wait_or_raise(deadline: float, poll: float, error: DrkitError) -> None:
+    """Sleep a poll interval, or raise ``error`` if the wait is over."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise error
+    time.sleep(min(poll, remaining))
+
+
+def _take(
+    repo: Repository,
+    key: str,
+    mine: LockInfo,
+    found: tuple[bytes, str | None] | None,
+    confirm_delay: float,
+) -> bool:
+    """Write ``mine`` over what was ``found``; True if the lock object is now ours."""
+    if found is None:
+        written = repo.store.put_bytes_if(key, mine.to_json(), tag=None)
+    else:
+        written = _replace(repo, key, mine.to_json(), found[1])
+    if written is Written.YES:
+        return True
+    if written is Written.UNCHECKED:
+        time.sleep(confirm_delay)
+    # REFUSED: another run wrote between our read and our write (or a retry
+    # of our own request found our first attempt already there).
+    return _token(repo, key) == mine.token
+
+
 @contextlib.contextmanager
 def host_lock(
     repo: Repository,
@@ -356,36 +475,41 @@ def host_lock(
     lock before raising ``LockHeld`` (0: fail at once). ``owner``: this
     machine's name in the lock (default the host name). Warnings (stale lock
     taken over, lost lock, refresh failures) go to ``log``. The lock object is
-    removed on exit, also when the body raises. Raises LockHeld (exit code 5)
-    naming the holder; RepositoryError if the repository cannot be written.
+    removed on exit, also when the body raises. Every way of waiting ends
+    after ``wait`` seconds (plus one more write attempt at most). Raises
+    LockHeld (exit code 5) naming the holder; MalformedLock (exit 1) for an
+    unreadable lock object written within ``ttl``; RepositoryError if the
+    repository cannot be written or does not keep the lock; UsageError for a
+    ``ttl`` out of range.
     """
-    if ttl <= 0:
-        raise ValueError("ttl must be positive")
+    if not 0 < ttl <= MAX_TTL:
+        raise UsageError(
+            f"host {host}: lock TTL of {ttl:g}s is out of range (above 0, at most "
+            f"{format_duration(dt.timedelta(seconds=MAX_TTL))})"
+        )
     owner = owner or socket.gethostname()
     deadline = time.monotonic() + wait
     key = lock_key(host)
     with _local_lock(host, wait, poll, operation):
+        attempts = 0
         while True:
             now = _utcnow()
             found = _fetch(repo, key)
-            current = None
-            if found is not None:
-                try:
-                    current = LockInfo.from_json(found[0])
-                except ValueError as exc:
-                    log(f"warning: host {host}: replacing unreadable lock {repo.url}/{key}: {exc}")
-            if current is not None:
-                reason = _stale_reason(current, owner, now)
-                if reason is None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise LockHeld(_held_message(host, repo, current, now), host, current)
-                    time.sleep(min(poll, remaining))
-                    continue
-                log(
-                    f"warning: host {host}: taking over the lock held by {current.owner} "
-                    f"pid {current.pid} since {_stamp(current.started)}: {reason}"
+            blocker = _blocker(repo, host, found, owner, ttl, now, log) if found else None
+            if blocker is not None:
+                _wait_or_raise(deadline, poll, blocker)
+                continue
+            # Free, stale or given up: take it. Every pass ends in the deadline too,
+            # also when the writes do not stick (a server answering 200 to anything).
+            if attempts >= _MIN_ATTEMPTS and time.monotonic() >= deadline:
+                raise RepositoryError(
+                    f"host {host}: could not take the lock {repo.url}/{key}: {attempts} "
+                    "writes of it did not read back as written (does the repository's "
+                    "server keep what it accepts?)"
                 )
+            if attempts:
+                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            attempts += 1
             mine = LockInfo(
                 host=host,
                 owner=owner,
@@ -397,19 +521,9 @@ def host_lock(
                 token=secrets.token_hex(8),
                 pidns=_pid_namespace(),
             )
-            if found is None:
-                written = repo.store.put_bytes_if(key, mine.to_json(), tag=None)
-            else:
-                written = _replace(repo, key, mine.to_json(), found[1])
-            if written is Written.YES:
+            if _take(repo, key, mine, found, confirm_delay):
                 break
-            if written is Written.UNCHECKED:
-                time.sleep(confirm_delay)
-            # REFUSED: another run wrote between our read and our write (or a retry
-            # of our own request found our first attempt already there).
-            if _token(repo, key) == mine.token:
-                break
-            # Someone else's lock stands: loop to wait for it or report it.
+            # Not ours: loop to wait for whoever wrote it, report it, or try again.
         held = HostLock(repo, mine, log, interval=ttl / 4)
         held._start()
         try:

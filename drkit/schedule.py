@@ -153,7 +153,33 @@ def next_runs(
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def shortest_gap(schedule: str) -> dt.timedelta:
+    """The shortest time between two slots of ``schedule`` over a week (a week if it
+    fires once or never in a week). Raises ValueError for an invalid expression."""
+    check_schedule(schedule)
+    start = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)  # a Monday
+    week = dt.timedelta(days=7)
+    it = croniter(schedule, start)
+    gap, prev = week, None
+    for _ in range(7 * 24 * 60 + 1):
+        try:
+            t: dt.datetime = it.get_next(dt.datetime)
+        except CroniterBadDateError:
+            break
+        if t - start > week:
+            break
+        if prev is not None:
+            gap = min(gap, t - prev)
+        prev = t
+    return gap
+
+
 # -- emitting cron and systemd entries ---------------------------------------
+
+# How often the emitted entries run `backup --due`: slots closer than this are
+# taken at most once per interval (policy validate warns about such schedules).
+DUE_EVERY_MINUTES = 10
 
 
 def _cron_every(every_minutes: int) -> str:
@@ -164,7 +190,7 @@ def _cron_every(every_minutes: int) -> str:
 
 def emit_cron(
     *,
-    every_minutes: int = 10,
+    every_minutes: int = DUE_EVERY_MINUTES,
     command: Sequence[str] = DEFAULT_COMMAND,
     user: str | None = None,
 ) -> str:
@@ -196,7 +222,7 @@ def _systemd_quote(arg: str) -> str:
 
 def emit_systemd(
     *,
-    every_minutes: int = 10,
+    every_minutes: int = DUE_EVERY_MINUTES,
     command: Sequence[str] = DEFAULT_COMMAND,
     user: str | None = None,
     environment_file: str | None = None,

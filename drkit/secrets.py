@@ -2,7 +2,8 @@
 
 A reference is ``env:NAME`` (an environment variable) or ``file:PATH`` (a
 file whose content, stripped of the final newline, is the value). Errors name
-the reference, never the value.
+the reference, never the value; every resolved value is remembered by
+``redact`` so that output, errors and notifications are scrubbed of it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 import re
 from pathlib import Path
 
+from drkit import redact
 from drkit.errors import SecretError
+from drkit.keyfiles import read_text_file
 
 _REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
 
@@ -30,7 +33,14 @@ def check_reference(value: str) -> str:
 
 
 def resolve(ref: str) -> str:
-    """The secret value ``ref`` points to. Raises SecretError naming the reference."""
+    """The secret value ``ref`` points to (remembered by ``redact``). Raises SecretError
+    naming the reference."""
+    value = _lookup(ref)
+    redact.remember(value)
+    return value
+
+
+def _lookup(ref: str) -> str:
     if ref.startswith("env:"):
         name = ref[4:]
         value = os.environ.get(name)
@@ -40,7 +50,9 @@ def resolve(ref: str) -> str:
     if ref.startswith("file:"):
         path = Path(ref[5:]).expanduser()
         try:
-            return path.read_text().rstrip("\n")
+            return read_text_file(path).rstrip("\n")
         except OSError as exc:
             raise SecretError(f"secret {ref}: cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise SecretError(f"secret {ref}: {exc}") from None
     raise SecretError("secret reference must be env:NAME or file:PATH")

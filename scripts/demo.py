@@ -87,6 +87,7 @@ def main() -> None:
                     },
                     {"kind": "env", "name": "env-files", "paths": [f"{work}/apps/*/.env"]},
                 ],
+                signers=[init["signer"]],
             )
             print(drkit(env, "backup", "--policy", str(policy)), end="")
             print(drkit(env, "snapshots", "--policy", str(policy)), end="")

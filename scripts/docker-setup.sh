@@ -11,19 +11,18 @@
 # picks another driver where the kernel allows it. See docker/README.md.
 set -euo pipefail
 
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-
 need_apt=()
 command -v dockerd >/dev/null || need_apt+=(docker.io)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_apt+=(debian-archive-keyring)
 if [ ${#need_apt[@]} -gt 0 ]; then
+    # apt_get waits (up to DRKIT_APT_LOCK_WAIT, 300 s) for another apt or dpkg to finish.
+    source "$(dirname "$0")/apt-lock.sh"
     echo "docker-setup: installing ${need_apt[*]}"
-    $SUDO apt-get update -qq
+    apt_get update -qq
     # docker.io's postinst tries to start the service; without an init system
     # that only warns, and we start dockerd ourselves below.
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        "${need_apt[@]}" >/dev/null
+    apt_get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # Same rule as drkit.paths.state_dir().

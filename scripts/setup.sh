@@ -25,11 +25,12 @@ command -v age >/dev/null || need_apt+=(age)
 id postgres >/dev/null 2>&1 || need_apt+=(postgresql-15)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    # apt_get waits (up to DRKIT_APT_LOCK_WAIT, 300 s) for another apt or dpkg to finish.
+    source scripts/apt-lock.sh
     echo "setup: installing ${need_apt[*]}"
-    $SUDO apt-get update -qq
+    apt_get update -qq
     # The package's postinst may try to start a cluster; our tests start their own.
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    apt_get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # pm2 as the hosts have it: global, so the tests' other users can run it too (a

@@ -9,8 +9,36 @@ from pathlib import Path
 import pyrage
 import pytest
 
+from drkit.signing import SigningKey
 from tests.servers.postgres import PgServer, postgres_server
 from tests.servers.seaweed import SeaweedServer, seaweed_server
+
+# Docker scenario suites beyond the vultr end to end (which stays in `make test`): they
+# build three more host images, slow on a fresh machine. `make drills` runs them; CI runs
+# it when the drill files changed since the last passing run (scripts/drills-stamp.sh).
+DRILL_SUITES = {
+    "tests/drills/test_drill_all.py": None,  # None: every test of the file
+    "tests/e2e/test_postgres_container.py": None,
+    "tests/drills/test_images.py": ("test_isolated_", "test_bridge_mode_"),
+    "tests/e2e/test_shipped_visualkit_hetzner.py": None,
+    "tests/e2e/test_shipped_conversational_platform.py": None,
+    "tests/e2e/test_shipped_e2i_droplet.py": None,
+    "tests/drills/test_drill_supabase.py": None,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parent.parent
+    for item in items:
+        try:
+            rel = item.path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if rel not in DRILL_SUITES:
+            continue
+        prefixes = DRILL_SUITES[rel]
+        if prefixes is None or item.name.startswith(prefixes):
+            item.add_marker(pytest.mark.drills)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +64,10 @@ def drkit_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("DRKIT_CATALOG_URL", raising=False)
     monkeypatch.delenv("DRKIT_IDENTITY", raising=False)
     monkeypatch.delenv("DRKIT_POLICY_DIR", raising=False)
+    monkeypatch.delenv("DRKIT_SIGNING_KEY", raising=False)
+    # This machine's signing key, as `drkit init` makes it: policies written by the
+    # tests pin its public half (tests.helpers.local_signer).
+    SigningKey.create(home / "config" / "signing.key")
     return home
 
 

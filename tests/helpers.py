@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drkit.repository.trust import Trust
+from drkit.signing import Signers, SigningKey
 from tests.servers.postgres import PG_BIN, PgServer
 
 DATA = Path(__file__).parent / "data"
@@ -55,6 +58,48 @@ def toml_value(v: Any) -> str:
     return f'"{s}"'
 
 
+def local_signer() -> str:
+    """The public half of this machine's signing key (the test's own, see conftest)."""
+    return SigningKey.load().public
+
+
+class _EveryHost(dict[str, Signers]):
+    def __init__(self, signers: Signers) -> None:
+        super().__init__()
+        self.signers = signers
+
+    def get(self, key: str, default: Any = None) -> Signers:  # type: ignore[override]
+        return self.signers
+
+
+def ensure_signing_key(config_dir: Path) -> str:
+    """The public half of the signing key in ``config_dir`` (made if missing): for
+    scripts whose drkit runs with another ``$DRKIT_CONFIG_DIR`` (bench, demo)."""
+    path = config_dir / "signing.key"
+    key = SigningKey.load(path) if path.exists() else SigningKey.create(path)
+    return key.public
+
+
+def signed_drill_report(report: dict[str, Any]) -> str:
+    """``report`` signed by this machine's key, as `drkit drill` stores it."""
+    return json.dumps(SigningKey.load().sign("drill-report", report))
+
+
+def signed_manifest(document: dict[str, Any]) -> str:
+    """A manifest document signed by this machine's key, as a backup stores it."""
+    return json.dumps(SigningKey.load().sign("manifest", document))
+
+
+def trust_for(*hosts: str, signing: bool = True) -> Trust:
+    """Trust in this machine's key for ``hosts`` (none named: every host), with the key
+    to sign (for tests that drive a Repository directly rather than through a policy)."""
+    signers = Signers([local_signer()])
+    key = SigningKey.load() if signing else None
+    if not hosts:
+        return Trust(_EveryHost(signers), _EveryHost(signers), signing_key=key)
+    return Trust({h: signers for h in hosts}, {h: signers for h in hosts}, signing_key=key)
+
+
 def write_policy(
     path: Path,
     host: str,
@@ -62,10 +107,12 @@ def write_policy(
     recipients: list[str],
     sources: list[dict[str, Any]],
     extra: str = "",
+    signers: list[str] | None = None,
 ) -> Path:
     lines = [f'host = "{host}"', extra, "[repository]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in repo.items()]
     lines += ["[encryption]", f"recipients = {toml_value(recipients)}"]
+    lines += [f"signers = {toml_value(signers if signers is not None else [local_signer()])}"]
     for src in sources:
         lines.append("[[source]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in src.items()]

@@ -38,6 +38,7 @@ from drkit.repository.layout import Repository
 from drkit.repository.local import LocalStore
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, snapshot_time
 from tests.conftest import Keys
+from tests.helpers import local_signer, trust_for
 from tests.servers.ports import free_port
 
 PING_UUID = "5b1c9e0e-secret-ping-key-7f3a"
@@ -117,7 +118,7 @@ def command_policy(tmp_path: Path, keys: Keys, command: list[str]) -> Policy:
         {
             "host": "vultr",
             "repository": {"url": (tmp_path / "repo").as_uri()},
-            "encryption": {"recipients": [keys.recipient]},
+            "encryption": {"recipients": [keys.recipient], "signers": [local_signer()]},
             "source": [{"kind": "command", "name": "app", "command": command}],
         }
     )
@@ -130,7 +131,7 @@ def run_backup_with_notifications(
     run_id = new_run_id()
     started = dt.datetime.now(dt.UTC)
     notifier.send(RunEvent("start", policy.host, run_id, started=started))
-    repo = Repository(LocalStore(Path(policy.repository.url.removeprefix("file://"))))
+    repo = Repository(LocalStore(Path(policy.repository.url.removeprefix("file://"))), trust_for())
     try:
         result = backup(policy, repo, log=tail)
     except DrkitError as exc:

@@ -30,6 +30,7 @@ from drkit.repository.s3 import S3Store
 from drkit.repository.store import Store
 from drkit.retention import Policy
 from tests.conftest import Keys
+from tests.helpers import local_signer, trust_for
 from tests.servers.seaweed import SeaweedServer
 
 HOST = "vultr"
@@ -89,7 +90,7 @@ def all_dirs(repo: Repository, host: str = HOST) -> list[str]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
-    return Repository(LocalStore(tmp_path / "repo"))
+    return Repository(LocalStore(tmp_path / "repo"), trust_for())
 
 
 def reasons_of(result: Any) -> dict[str, list[str]]:
@@ -229,7 +230,7 @@ def test_snapshots_made_by_the_backup_action(repo: Repository, keys: Keys) -> No
         {
             "host": HOST,
             "repository": {"url": "file:///unused"},
-            "encryption": {"recipients": [keys.recipient]},
+            "encryption": {"recipients": [keys.recipient], "signers": [local_signer()]},
             "source": [{"kind": "command", "name": "app", "command": ["printf", "x"]}],
         }
     )
@@ -265,7 +266,7 @@ def test_prune_respects_object_lock_on_seaweedfs(seaweed: SeaweedServer) -> None
     locked_store = s3_store(seaweed, bucket, lock_days=1)
     assert locked_store.ensure_bucket()  # created with Object Lock enabled
     plain_store = s3_store(seaweed, bucket, lock_days=0)  # same bucket, writes without retention
-    locked_repo, repo = Repository(locked_store), Repository(plain_store)
+    locked_repo, repo = Repository(locked_store, trust_for()), Repository(plain_store, trust_for())
     try:
         locked_ids = [sid(5), sid(4)]
         for s in locked_ids:
@@ -335,7 +336,7 @@ def test_prune_respects_object_lock_on_seaweedfs(seaweed: SeaweedServer) -> None
 def test_prune_on_s3_without_object_lock(seaweed: SeaweedServer) -> None:
     store: Store = s3_store(seaweed, seaweed.new_bucket_name("plain"), lock_days=0)
     assert isinstance(store, S3Store) and store.ensure_bucket()
-    repo = Repository(store)
+    repo = Repository(store, trust_for())
     try:
         for d in (3, 2, 1):
             write_snapshot(repo, sid(d))

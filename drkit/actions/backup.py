@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from drkit.actions.provider_snapshot import SnapshotJob, SnapshotOutcome
     from drkit.catalog.db import Catalog
     from drkit.catalog.models import RunStatus
-from drkit.errors import DrkitError, UsageError
+from drkit.errors import DrkitError, RepositoryError, UsageError
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Recipient, parse_recipient, recipient_lines
 from drkit.pipeline.codec import FORMAT, Digests, encode
@@ -68,6 +68,9 @@ class BackupResult:
     failed: tuple[str, ...] = ()  # errors of sources that failed without stopping the commit
     failed_sources: tuple[str, ...] = ()  # their names, in policy order
     provider_manifest: Manifest | None = None
+    # What a source wants seen although it succeeded (facts' "warnings"): files that
+    # vanished while read, NATS memory streams left out...
+    warnings: tuple[str, ...] = ()
 
     @property
     def partial(self) -> bool:
@@ -92,10 +95,11 @@ def _store_chunked(
     plain: BinaryIO,
     recipients: list[Recipient],
     chunks: Chunks,
+    id_key: bytes,
     log: Log,
 ) -> ArtifactRecord:
     """Store an artifact as deduplicated chunks plus its index (the index is the artifact)."""
-    done = chunked.encode(plain, recipients, chunks)
+    done = chunked.encode(plain, recipients, chunks, id_key=id_key)
     index = done.index
     try:
         repo.store.put(key, index.file)  # only after every chunk it names is stored
@@ -144,6 +148,7 @@ def backup(
     if not configs:
         raise UsageError(f"host {host}: no source selected")
     require_object_lock(repo, policy.repository, host)  # fail closed before any write
+    signing_key = repo.trust.signer_for(host)  # a snapshot restore would not trust: refused
     machines = [c for c in configs if isinstance(c, SnapshotSource)]
     data = [c for c in configs if not isinstance(c, SnapshotSource)]
     lines = recipient_lines(policy.encryption.recipients, policy.encryption.recipients_file)
@@ -155,12 +160,17 @@ def backup(
     t0 = time.monotonic()
 
     chunks = Chunks(repo.store, host, recipient_set(lines)) if policy.repository.dedup else None
+    # Keyed chunk ids: the key is derived from this machine's signing key (one secret
+    # per machine; per host by its purpose) and sealed to the recipients in the
+    # manifest, so only restorers learn it.
+    id_key = signing_key.derive(f"chunk-ids/{host}") if chunks is not None else b""
+    sealed = {chunked.ID_KEY_EXTRA: chunked.seal_id_key(id_key, recipients)} if chunks else {}
 
     def storer(snapshot: str) -> Callable[[str, BinaryIO], ArtifactRecord]:
         def store(relative: str, plain: BinaryIO) -> ArtifactRecord:
             key = object_key(host, snapshot, relative)
             if chunks is not None and relative != FACTS:
-                return _store_chunked(repo, key, relative, plain, recipients, chunks, log)
+                return _store_chunked(repo, key, relative, plain, recipients, chunks, id_key, log)
             digests: Digests = encode(plain, recipients, lambda s: repo.store.put(key, s))
             return ArtifactRecord(
                 source=relative.split("/", 1)[0],
@@ -179,21 +189,26 @@ def backup(
         snapshot: str, records: list[SourceRecord], facts: dict[str, Any], extra: dict[str, Any]
     ) -> Manifest:
         facts_json = json.dumps(facts, sort_keys=True).encode()
-        manifest = Manifest(
-            host=host,
-            snapshot=snapshot,
-            started=started.isoformat(timespec="seconds"),
-            finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            drkit_version=__version__,
-            policy_sha256=policy_digest(policy),
-            recipients=list(policy.encryption.recipients),
-            sources=records,
-            facts=storer(snapshot)(FACTS, io.BytesIO(facts_json)),
-            extra=extra,
-        )
-        if lock is not None:
-            lock.check()  # a run that lost its lock must not commit
-        repo.write_manifest(manifest)  # the commit
+        try:
+            manifest = Manifest(
+                host=host,
+                snapshot=snapshot,
+                started=started.isoformat(timespec="seconds"),
+                finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                drkit_version=__version__,
+                policy_sha256=policy_digest(policy),
+                recipients=list(policy.encryption.recipients),
+                sources=records,
+                facts=storer(snapshot)(FACTS, io.BytesIO(facts_json)),
+                extra=extra,
+            )
+            if lock is not None:
+                lock.check()  # a run that lost its lock must not commit
+            repo.write_manifest(manifest)  # the commit
+        except RepositoryError as exc:  # the store names the object; say whose and what
+            raise RepositoryError(
+                f"host {host}: snapshot {snapshot} not committed: {exc}"
+            ) from None
         seconds = time.monotonic() - t0
         log(
             f"{host}: snapshot {snapshot} committed ({manifest.stored_bytes} bytes, {seconds:.1f}s)"
@@ -204,16 +219,16 @@ def backup(
     committed: list[Manifest] = []
     failed: list[str] = []
     writing: str | None = None  # the snapshot being written, removed if the run fails
+    facts: dict[str, Any] = {}
     try:
         if data:
             assert runner is not None
             writing = new_snapshot_id(started)
-            facts: dict[str, Any] = {}
             records = [
                 _back_up_source(host, config, runner, storer(writing), facts, log)
                 for config in data
             ]
-            committed.append(commit(writing, records, facts, {}))
+            committed.append(commit(writing, records, facts, dict(sealed)))
             writing = None
             if any(not job.done() for job in jobs):
                 names = ", ".join(source_name(j.config) for j in jobs if not j.done())
@@ -251,6 +266,12 @@ def backup(
     seconds = time.monotonic() - t0
     if failed:
         log(f"{host}: run partial: failed source(s) {', '.join(failed_names)}")
+    warnings = tuple(
+        f"source {name}: {text}"
+        for name, f in facts.items()
+        if isinstance(f, dict)
+        for text in f.get("warnings", [])
+    )
     return BackupResult(
         host,
         committed[0],
@@ -258,6 +279,7 @@ def backup(
         tuple(failed),
         failed_names,
         committed[1] if len(committed) > 1 else None,
+        warnings,
     )
 
 

@@ -51,7 +51,7 @@ def collect_chunks(
     referenced: set[str] = set()
     for manifest in kept:
         for record in manifest.artifacts:
-            if record.format != chunked.FORMAT:
+            if not chunked.is_chunked(record.format):
                 continue
             key = object_key(manifest.host, manifest.snapshot, record.key)
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -29,14 +30,46 @@ from drkit.pipeline.codec import Digests, decode
 from drkit.policy.models import Connection, Policy, RepositoryConfig, source_name
 from drkit.remote.base import Runner
 from drkit.repository.chunks import Chunks
+from drkit.repository.documents import lazy_adapter, parse_document
 from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, snapshot_time
 from drkit.repository.store import ObjectInfo, Store, Written
+from drkit.repository.trust import Trust
+from drkit.signing import Signers, SigningKey, read_signers
 
 
-def open_repository(config: RepositoryConfig) -> Repository:
-    """The repository a policy names, credentials resolved from their references."""
+def policy_trust(policy: Policy, *, signing: bool = False) -> Trust:
+    """Whom ``policy``'s host's snapshots and drill reports are trusted from: the keys
+    the local policy pins, never anything the repository says. ``signing``: also load
+    this machine's signing key (backup and drill write signed documents)."""
+    enc = policy.encryption
+    snapshots = Signers(read_signers(enc.signers, enc.signers_file))
+    drills = Signers([*snapshots.keys, *enc.drill_signers])
+    key = SigningKey.load() if signing else None
+    return Trust({policy.host: snapshots}, {policy.host: drills}, signing_key=key)
+
+
+def open_repository(policy: Policy, *, signing: bool = False) -> Repository:
+    """The repository ``policy`` names, credentials resolved from their references, read
+    with the trust the policy pins (``policy_trust``)."""
+    return open_repository_at(policy.repository, policy_trust(policy, signing=signing))
+
+
+def with_signing_key(repo: Repository, log: Callable[[str], None]) -> Repository:
+    """``repo`` with this machine's signing key, if it has one; else ``repo`` as it is,
+    after saying why what it writes will not be stored (a drill still runs and reports
+    locally without a key; its report is just not trusted in the repository)."""
+    try:
+        key = SigningKey.load()
+    except DrkitError as exc:
+        log(f"warning: {exc}")
+        return repo
+    return Repository(repo.store, dataclasses.replace(repo.trust, signing_key=key))
+
+
+def open_repository_at(config: RepositoryConfig, trust: Trust | None = None) -> Repository:
+    """The repository ``config`` names; without ``trust`` it reads no snapshot."""
     key_id = secrets.resolve(config.access_key_id) if config.access_key_id else None
     secret = secrets.resolve(config.secret_access_key) if config.secret_access_key else None
     options = StoreOptions(
@@ -53,7 +86,7 @@ def open_repository(config: RepositoryConfig) -> Repository:
         # Every write (lock object, format marker, artifacts) first proves the bucket can
         # hold retention; reads (restore, verify, status) never pay for the check.
         store = _ObjectLockGuard(store, config)
-    return Repository(store)
+    return Repository(store, trust)
 
 
 # -- Object Lock capability ------------------------------------------------------
@@ -191,13 +224,13 @@ def select_snapshot(
     """
     if snapshot:
         return repo.manifest(host, snapshot)
-    candidates = [r.snapshot for r in repo.snapshots(host) if r.committed]
+    candidates = repo.read_host(host).trusted
     if at is not None:
-        candidates = [s for s in candidates if snapshot_time(s) <= at]
+        candidates = [m for m in candidates if snapshot_time(m.snapshot) <= at]
     if candidates:
-        return repo.manifest(host, candidates[-1])
+        return candidates[-1]
     when = f" at or before {at.isoformat()}" if at else ""
-    raise ObjectNotFound(f"{repo.url}: host {host} has no committed snapshot{when}")
+    raise ObjectNotFound(f"{repo.url}: host {host} has no trusted committed snapshot{when}")
 
 
 Pick = tuple[Manifest, SourceRecord]
@@ -271,8 +304,9 @@ def select_sources(
     """
     if not needed:
         raise UsageError(f"host {host}: the policy has no data source to restore")
-    ids = [r.snapshot for r in repo.snapshots(host) if r.committed]
-    anchor = repo.manifest(host, snapshot) if snapshot else None  # raises if not committed
+    anchor = repo.manifest(host, snapshot) if snapshot else None  # raises if not trusted
+    trusted = {m.snapshot: m for m in repo.read_host(host).trusted}
+    ids = sorted(trusted)
     if snapshot:
         ids, as_of = [s for s in ids if s <= snapshot], f"snapshot {snapshot}"
     elif at is not None:
@@ -281,11 +315,11 @@ def select_sources(
         as_of = "now"
     when = f" at or before {as_of}" if snapshot or at else ""
     if not ids:
-        raise ObjectNotFound(f"{repo.url}: host {host} has no committed snapshot{when}")
+        raise ObjectNotFound(f"{repo.url}: host {host} has no trusted committed snapshot{when}")
     picks: dict[str, Pick] = {}
     wanted = needed | (optional or set())
     for sid in reversed(ids):
-        manifest = anchor if anchor and sid == snapshot else repo.manifest(host, sid)
+        manifest = anchor if anchor and sid == snapshot else trusted[sid]
         if manifest.status != "complete":
             continue
         for record in manifest.sources:
@@ -350,7 +384,10 @@ def read_artifact(
     """
     key = object_key(manifest.host, manifest.snapshot, record.key)
     label = object_label(repo, manifest, record)
+    id_key = None
     if record.format == chunked.FORMAT:
+        id_key = chunked.open_id_key(manifest.extra.get(chunked.ID_KEY_EXTRA), identities, label)
+    if chunked.is_chunked(record.format):
         # The index is small (~70 bytes per chunk): check it whole before any chunk
         # is read, so that an altered index is named as such and feeds nothing.
         with repo.store.get(key) as stored:
@@ -360,7 +397,7 @@ def read_artifact(
         if index.stored_size != record.stored_size or index.stored_sha256 != record.stored_sha256:
             raise IntegrityError(f"{label}: stored digest does not match the manifest")
     with repo.store.get(key) as stored:
-        if record.format == chunked.FORMAT:
+        if chunked.is_chunked(record.format):
             return chunked.decode(
                 stored,
                 lambda rset: Chunks(repo.store, manifest.host, rset),
@@ -368,6 +405,7 @@ def read_artifact(
                 consume,
                 expected=digests_of(record),
                 label=label,
+                id_key=id_key,
                 fetched=fetched,
             )
         return decode(stored, identities, consume, expected=digests_of(record), label=label)
@@ -388,8 +426,14 @@ def read_facts(repo: Repository, manifest: Manifest, identities: list[Identity])
             expected=digests_of(record),
             label=object_label(repo, manifest, record),
         )
+    label = object_label(repo, manifest, record)
     try:
-        facts: dict[str, Any] = json.loads(out.getvalue())
+        data = json.loads(out.getvalue())
     except ValueError:
-        raise DrkitError(f"{object_label(repo, manifest, record)}: facts are not JSON") from None
+        raise RepositoryError(f"{label}: unreadable facts (not JSON)") from None
+    facts: dict[str, Any] = parse_document(_FACTS(), data, label, "facts")
     return facts
+
+
+# Facts: one object per source name (what restore and drill compare against).
+_FACTS = lazy_adapter(lambda: dict[str, dict[str, Any]])

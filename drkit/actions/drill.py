@@ -21,6 +21,11 @@ Each host's drill is independent: ``drill_hosts()`` drills hosts one after
 the other, and whatever goes wrong with one (no snapshot, no image, a broken
 artifact, a failed check, an unexpected exception) becomes that host's
 failed report naming the cause; the others still run and are reported.
+A drill that could not be set up on this machine (no Docker engine, an image
+build or the container's start failed: ``DrillSetupError``) has the verdict
+``error``: nothing about the backup was checked, so it is not stored in the
+repository or the catalog (status and prune never count it) and the CLI exits
+with its own code, not the one of a failed check.
 
 Login: the drill connects as the policy's SSH user (``connection.user``);
 when that is not root, the container creates it with passwordless sudo, as
@@ -30,11 +35,21 @@ as on the real host. Local-connection policies drill as root.
 Network: the container cannot reach anything beyond this machine and
 resolves no names (``drills/container.py``): a restored Caddy must not ask
 Let's Encrypt for the real site names, a restored app must not call out.
+
+Image: ``docker/hosts/<image>/``, where the image is ``--image``, else the
+drill file's ``image``, else the host's own name (``DrillSpec.image_for``), so
+a policy for ``vultr-2`` drills in the vultr image when its drill file says
+``image = "vultr"``. The container is ``drkit-drill-<host>-<snapshot>`` (the
+newest snapshot used; ``drills/container.py`` on names already taken), and its
+hostname is the policy's host. The report names the image, what chose it and
+the container.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import secrets
 import subprocess
 import tempfile
@@ -43,12 +58,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drkit.actions.common import Assembly, data_sources, open_repository, select_sources
+from drkit.actions.common import (
+    Assembly,
+    data_sources,
+    open_repository,
+    select_sources,
+    with_signing_key,
+)
 from drkit.actions.restore import Executor
 from drkit.drills.checks import certificate_checks, declared_checks, verdict
 from drkit.drills.report import DrillReport
 from drkit.drills.spec import DrillSpec, spec_for
-from drkit.errors import DrkitError, PolicyError, RestoreError
+from drkit.errors import DrkitError, PolicyError, RestoreError, UsageError
 from drkit.pipeline.age import Identity
 from drkit.policy.models import Connection, NatsSource, Policy, PostgresSource, source_name
 from drkit.remote.base import Runner
@@ -64,6 +85,13 @@ Log = Callable[[str], None]
 
 
 CONTAINER_NATS = "nats://127.0.0.1:4222"  # docker/hosts/common/drkit-svc
+
+SETUP_ERROR = "error"  # the verdict of a drill that could not be set up (never stored)
+
+
+class DrillSetupError(DrkitError):
+    """The drill could not be set up on this machine: no Docker engine, an image build
+    or the container's start failed. Nothing of the backup was restored or checked."""
 
 
 def drill_policy(policy: Policy) -> Policy:
@@ -114,15 +142,18 @@ def drill_hosts(
     specs: dict[str, DrillSpec],
     *,
     snapshot: str | None = None,
+    image: str | None = None,
     keep: bool = False,
     catalog: Callable[[], Catalog] | None = None,
     log: Log = lambda _m: None,
 ) -> list[DrillReport]:
-    """Drill each host in turn; one report per host, in order, whatever fails."""
+    """Drill each host in turn; one report per host, in order, whatever fails.
+    ``image`` overrides each host's drill image (``--image``)."""
     reports = []
     for policy in policies:
         try:
-            repo = open_repository(policy.repository)
+            repo = open_repository(policy)
+            repo = with_signing_key(repo, log)
         except DrkitError as exc:
             report = _report(policy.host, dt.datetime.now(dt.UTC))
             report.error = f"repository {policy.repository.url}: {exc}"
@@ -132,8 +163,9 @@ def drill_hosts(
             continue
         spec = specs.get(policy.host) or DrillSpec(host=policy.host)
         report = run_drill(
-            policy, repo, identities, spec, snapshot=snapshot, keep=keep, catalog=catalog, log=log
-        )
+            policy, repo, identities, spec, snapshot=snapshot, image=image, keep=keep,
+            catalog=catalog, log=log,
+        )  # fmt: skip
         reports.append(report)
     return reports
 
@@ -163,37 +195,47 @@ def run_drill(
     spec: DrillSpec,
     *,
     snapshot: str | None = None,
+    image: str | None = None,
     keep: bool = False,
     catalog: Callable[[], Catalog] | None = None,
     log: Log = lambda _m: None,
 ) -> DrillReport:
-    """Drill one host. Never raises for a failed drill: the report's ``error`` names
-    the cause (no snapshot, image build, restore, unexpected exception) and its
-    checks say which failed. Only KeyboardInterrupt and the like propagate."""
+    """Drill one host in ``image`` (default: ``spec.image_for``). Never raises for a
+    failed drill: the report's ``error`` names the cause (no image, no snapshot, image
+    build, restore, unexpected exception) and its checks say which failed; a drill
+    that could not be set up (``DrillSetupError``) has the verdict ``error`` and is
+    not stored. Only KeyboardInterrupt and the like propagate."""
     started = dt.datetime.now(dt.UTC)
     report = _report(policy.host, started)
     t0: float | None = None
     try:
+        report.image_name, report.image_from = spec.image_for(policy.host, image)
         assembly = select_sources(repo, policy.host, data_sources(policy), snapshot)
         report.snapshot = assembly.newest.snapshot
         report.snapshots = [m.snapshot for m in assembly.manifests]
         oldest = assembly.oldest.snapshot
         report.rpo_seconds = (started - snapshot_time(oldest)).total_seconds()
-        image = _image(policy.host, report, log)
+        tag = _image(policy.host, report, log)
         t0 = time.monotonic()
         report.checks = [restore_point(assembly, report.rpo_seconds)]
         report.checks += _in_container(
-            policy, repo, assembly, identities, spec, image, started, keep, log
+            policy, repo, assembly, identities, spec, tag, started, report, keep, log
         )
+    except DrillSetupError as exc:
+        report.error = f"drill could not be set up: {exc}"
+        report.verdict = SETUP_ERROR
     except DrkitError as exc:
         report.error = str(exc)
     except Exception as exc:  # one host's bug must not abort the other drills
         report.error = f"unexpected {type(exc).__name__}: {exc}"
-    if report.error:
-        log(f"{policy.host}: drill failed: {report.error}")
     if t0 is not None:
         report.rto_seconds = round(time.monotonic() - t0, 1)
     report.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if report.verdict == SETUP_ERROR:
+        log(f"{policy.host}: {report.error}; nothing was checked or recorded")
+        return report
+    if report.error:
+        log(f"{policy.host}: drill failed: {report.error}")
     report.verdict = "fail" if report.error else verdict(report.checks)
     if report.snapshot:
         _store(repo, report, catalog, log)
@@ -216,17 +258,23 @@ def restore_point(assembly: Assembly, rpo_seconds: float) -> Check:
 
 
 def _image(host: str, report: DrillReport, log: Log) -> str:
-    """Build (or find) the host's image; its time goes to the report, not the RTO."""
+    """Build (or find) ``report.image_name``; its time goes to the report, not the RTO.
+    Raises ``DrillSetupError`` when there is no engine or a build fails."""
+    from drkit.drills.engine import DockerError
     from drkit.drills.images import ensure_base_image, ensure_host_image
 
     t_build = time.monotonic()
-    base = ensure_base_image()
-    image = ensure_host_image(host, base_tag=base.tag)
+    try:
+        base = ensure_base_image()
+        image = ensure_host_image(report.image_name, base_tag=base.tag)
+    except (DockerError, UsageError) as exc:  # UsageError: DRKIT_BUILD_CA names no file
+        raise DrillSetupError(str(exc)) from exc
     report.image = image.tag
     report.image_built = base.built or image.built
     report.image_build_seconds = round(time.monotonic() - t_build, 1)
-    log(f"{host}: image {image.tag} ({'built' if report.image_built else 'cached'}, "
-        f"{report.image_build_seconds}s)")  # fmt: skip
+    state = "built" if report.image_built else "cached"
+    log(f"{host}: image {image.tag} (chosen by {report.image_from}; "
+        f"{state}, {report.image_build_seconds}s)")  # fmt: skip
     return image.tag
 
 
@@ -238,38 +286,46 @@ def _in_container(
     spec: DrillSpec,
     image: str,
     started: dt.datetime,
+    report: DrillReport,
     keep: bool,
     log: Log,
 ) -> list[Check]:
     """Start the container, restore over SSH as the policy's user, run every check."""
-    from drkit.drills.container import host_container
+    from drkit.drills.container import container_name, host_container
+    from drkit.drills.engine import DockerError
     from drkit.remote.ssh import SshRunner
 
     user = login_user(policy)
-    with tempfile.TemporaryDirectory(prefix="drkit-drill-") as tmp:
+    name = container_name(policy.host, report.snapshot)
+    with tempfile.TemporaryDirectory(prefix="drkit-drill-") as tmp, contextlib.ExitStack() as stack:
         key, public = _keypair(Path(tmp))
-        with host_container(
-            image, host=policy.host, authorized_keys=public, ssh_user=user, keep=keep
-        ) as box:
-            where = f" on {box.network} at {box.network_address}" if box.network else ""
-            log(f"{policy.host}: {box.label} ready in {box.ready_seconds:.1f}s{where}, "
-                f"logging in as {user}")  # fmt: skip
-            if keep:
-                log(f"{policy.host}: kept: docker exec -it {box.id[:12]} bash")
-            known = Path(tmp) / "known_hosts"
-            known.write_text(box.known_hosts_line())
-            conn = Connection(
-                type="ssh", address=box.address, port=box.port(22), user=user,
-                identity_file=str(key), known_hosts=str(known),
+        container = host_container(
+            image, host=policy.host, authorized_keys=public, ssh_user=user, keep=keep, name=name
+        )
+        try:
+            box = stack.enter_context(container)
+        except DockerError as exc:  # before anything of the backup reached it
+            raise DrillSetupError(f"container {name}: {exc}") from exc
+        report.container = box.name
+        where = f" on {box.network} at {box.network_address}" if box.network else ""
+        log(f"{policy.host}: {box.label} ready in {box.ready_seconds:.1f}s{where}, "
+            f"logging in as {user}")  # fmt: skip
+        if keep:
+            log(f"{policy.host}: kept: docker exec -it {box.name} bash")
+        known = Path(tmp) / "known_hosts"
+        known.write_text(box.known_hosts_line())
+        conn = Connection(
+            type="ssh", address=box.address, port=box.port(22), user=user,
+            identity_file=str(key), known_hosts=str(known),
+        )  # fmt: skip
+        runner = SshRunner(policy.host, conn)
+        try:
+            return _restore_and_check(
+                drill_policy(policy), repo, assembly, identities, runner, spec, started,
+                box.label, log,
             )  # fmt: skip
-            runner = SshRunner(policy.host, conn)
-            try:
-                return _restore_and_check(
-                    drill_policy(policy), repo, assembly, identities, runner, spec, started,
-                    box.label, log,
-                )  # fmt: skip
-            finally:
-                runner.close()
+        finally:
+            runner.close()
 
 
 def _restore_and_check(
@@ -319,9 +375,8 @@ def refuse_blocked(host: str, executor: Executor) -> None:
 
 def _store(repo: Repository, report: DrillReport, catalog: Callable[[], Catalog] | None,
            log: Log) -> None:  # fmt: skip
-    key = f"{report.host}/drills/{report.drill_id}.json"
     try:
-        repo.store.put_bytes(key, report.to_json())
+        key = repo.write_drill_report(report.host, report.drill_id, json.loads(report.to_json()))
     except DrkitError as exc:
         log(f"{report.host}: drill report not stored in the repository: {exc}")
         key = ""

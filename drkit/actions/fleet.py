@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -69,6 +69,7 @@ class HostResult:
     failed_sources: tuple[str, ...] = ()
     # Every snapshot committed, when provider snapshots were committed after the data's.
     snapshots: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # BackupResult.warnings
 
     @property
     def ok(self) -> bool:
@@ -119,11 +120,13 @@ def backup_one(
     clock: Clock = utcnow,
     due: bool = False,
     wait: float = 0.0,
+    only: Collection[str] | None = None,
 ) -> HostResult:
     """Back up one host under its lock; every error becomes a result naming the host.
 
     ``due``: only the sources whose schedule came due (none: status not-due).
     ``wait``: seconds to wait for a held lock before giving up (status locked).
+    ``only``: only these sources (with ``due``: those of them that came due).
     """
     host = policy.host
     reporter = Reporter(policy, log)
@@ -131,12 +134,14 @@ def backup_one(
     repo: Repository | None = None
     started: dt.datetime | None = None
     try:
-        repo = open_repository(policy.repository)
-        if due and not due_names(policy, repo, clock()):
+        repo = open_repository(policy, signing=True)
+        if due and not [n for n in due_names(policy, repo, clock()) if only is None or n in only]:
             return HostResult(host, "not-due")
         with lock_host(policy, repo, "backup", wait, log) as held:
             started = clock()
             names = due_names(policy, repo, started) if due else None
+            if only is not None:
+                names = [n for n in (names if names is not None else only) if n in only]
             if names is not None and not names:  # another run did it meanwhile
                 return HostResult(host, "not-due")
             reporter.start(started)
@@ -175,6 +180,7 @@ def _result(repo: Repository, res: BackupResult) -> HostResult:
         error="; ".join(res.failed) or None,
         failed_sources=res.failed_sources,
         snapshots=tuple(m.snapshot for m in res.manifests) if res.provider_manifest else (),
+        warnings=res.warnings,
     )
 
 
@@ -188,12 +194,13 @@ def backup_fleet(
     clock: Clock = utcnow,
     due: bool = False,
     wait: float = 0.0,
+    only: Collection[str] | None = None,
 ) -> list[HostResult]:
     """Run ``backup_one`` for every policy, at most ``jobs`` at a time, in policy order."""
     lock = threading.Lock()
 
     def run(policy: Policy) -> HostResult:
-        result = backup_one(policy, catalog, log, clock=clock, due=due, wait=wait)
+        result = backup_one(policy, catalog, log, clock=clock, due=due, wait=wait, only=only)
         with lock:
             on_done(result)
         return result
@@ -343,7 +350,7 @@ def prune_one(
     from drkit.actions.prune import prune
     from drkit.actions.status import drilled_snapshots, newest_drill_used
 
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy)
     # A provider snapshot's retention is for the provider's copies, not for data.
     sources = {
         source_name(s): (None if isinstance(s, SnapshotSource) else s.retention)

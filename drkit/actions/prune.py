@@ -99,6 +99,9 @@ class PruneResult:
         }
 
 
+UNTRUSTED = "unreadable or untrusted"
+
+
 def prune(
     repo: Repository,
     host: str,
@@ -135,14 +138,14 @@ def prune(
             continue
         if not ref.committed:
             incomplete.append(ref.snapshot)
-            continue
-        try:
-            manifest = repo.manifest(host, ref.snapshot)
-        except DrkitError as exc:
-            result.skipped.append((ref.snapshot, f"unreadable manifest, left alone: {exc}"))
-            continue
-        manifests[ref.snapshot] = manifest
-        snaps.append(SnapInfo.of(ref.snapshot, complete=manifest.status == "complete"))
+    # Only trusted snapshots count for retention or are removed; the others are left
+    # alone and named (a planted snapshot must neither push out nor shield real ones).
+    view = repo.read_host(host)
+    for rejected in view.untrusted:
+        result.skipped.append((rejected.snapshot, f"{UNTRUSTED}, left alone: {rejected.reason}"))
+    for manifest in view.trusted:
+        manifests[manifest.snapshot] = manifest
+        snaps.append(SnapInfo.of(manifest.snapshot, complete=manifest.status == "complete"))
 
     pinned = _source_pins(snaps, manifests, sources or {}, now)
     for snap in snaps:
@@ -182,8 +185,12 @@ def prune(
 
     _prune_incomplete(repo, host, incomplete, locks, now, grace, dry_run, result, log)
     _abort_uploads(repo.store, host, now, grace, dry_run, result, log)
-    if any(reason.startswith("unreadable manifest") for _sid, reason in result.skipped):
-        result.errors.append(f"host {host}: chunks not collected: a manifest is unreadable")
+    if any(reason.startswith(UNTRUSTED) for _sid, reason in result.skipped):
+        # Its chunk references are unknown or not to be believed: remove no chunk.
+        result.errors.append(
+            f"host {host}: chunks not collected: a snapshot is unreadable or untrusted "
+            "(`drkit verify` names it)"
+        )
     else:
         kept = [manifests[d.snapshot.id] for d in result.decisions if d.keep]
         gc = collect_chunks(repo, host, kept, now=now, grace=grace, dry_run=dry_run, log=log)
@@ -251,6 +258,59 @@ def _remove(repo: Repository, host: str, sid: str, dry_run: bool, result: PruneR
     return True
 
 
+@dataclass(frozen=True)
+class Incomplete:
+    """A snapshot directory without a manifest: left by an interrupted backup (or one
+    still running). ``age``: since its newest object; prune removes it once that is
+    over the grace period, at ``prunable_after``."""
+
+    snapshot: str
+    age: dt.timedelta
+    grace: dt.timedelta
+    prunable_after: dt.datetime
+
+    @property
+    def why(self) -> str:
+        return (
+            f"no manifest (an interrupted or running backup), {format_duration(self.age)} "
+            f"old: younger than the grace period {format_duration(self.grace)}, "
+            f"prune removes it after {_stamp(self.prunable_after)}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot,
+            "age": format_duration(self.age),
+            "age_seconds": int(self.age.total_seconds()),
+            "prunable_after": _stamp(self.prunable_after),
+        }
+
+
+def incomplete_snapshot(
+    repo: Repository, host: str, sid: str, now: dt.datetime, grace: dt.timedelta = DEFAULT_GRACE
+) -> Incomplete:
+    """How old the uncommitted snapshot ``sid`` is and when prune will take it."""
+    objects = list(repo.store.list(snapshot_prefix(host, sid)))
+    newest = max([snapshot_time(sid), *(o.modified for o in objects)])
+    return Incomplete(sid, now - newest, grace, newest + grace)
+
+
+def incomplete_snapshots(
+    repo: Repository, host: str, now: dt.datetime, grace: dt.timedelta = DEFAULT_GRACE
+) -> list[Incomplete]:
+    """Every uncommitted snapshot directory of ``host`` named like a drkit snapshot."""
+    out = []
+    for ref in repo.snapshots(host):
+        if ref.committed:
+            continue
+        try:
+            snapshot_time(ref.snapshot)
+        except ValueError:
+            continue  # not a drkit snapshot id: prune leaves it alone too
+        out.append(incomplete_snapshot(repo, host, ref.snapshot, now, grace))
+    return out
+
+
 def _prune_incomplete(
     repo: Repository,
     host: str,
@@ -264,12 +324,9 @@ def _prune_incomplete(
 ) -> None:
     """Remove snapshot directories without a manifest once they are older than ``grace``."""
     for sid in incomplete:
-        objects = list(repo.store.list(snapshot_prefix(host, sid)))
-        newest = max([snapshot_time(sid), *(o.modified for o in objects)])
-        age = now - newest
-        if age <= grace:
-            why = f"no manifest, but younger than the grace period {format_duration(grace)}"
-            result.incomplete_kept.append((sid, why))
+        left = incomplete_snapshot(repo, host, sid, now, grace)
+        if left.age <= grace:
+            result.incomplete_kept.append((sid, left.why))
             continue
         until, problem = _snapshot_lock(locks, repo, host, sid, now)
         if problem is not None:

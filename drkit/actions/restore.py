@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from drkit.actions.common import Assembly, object_label, read_artifact, read_facts
-from drkit.errors import IntegrityError, RestoreError
+from drkit.errors import DrkitError, IntegrityError, RestoreError
 from drkit.paths import state_dir
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
@@ -36,6 +36,7 @@ from drkit.remote.base import Runner
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord
 from drkit.sources.base import Check, RestoreOptions, Source, StepPlan
+from drkit.sources.confine import escaping_links, written_through
 from drkit.sources.pm2 import Pm2Source
 from drkit.sources.registry import build_source
 
@@ -81,13 +82,24 @@ class RestoreResult:
     sources: dict[str, str] = field(default_factory=dict)  # source -> its snapshot
     steps: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # --keep-going: source -> error
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def verdict(self) -> str:
         statuses = {c.status for c in self.checks}
-        return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+        if self.failed or "fail" in statuses:
+            return "fail"
+        return "warn" if "warn" in statuses else "pass"
+
+    def outcomes(self, names: list[str]) -> dict[str, str]:
+        """Each source of the restore: restored / failed / done earlier (resume)."""
+        return {
+            n: "failed" if n in self.failed else "done earlier" if n in self.skipped
+            else "restored"
+            for n in names
+        }  # fmt: skip
 
 
 def order_sources(records: list[SourceRecord]) -> list[SourceRecord]:
@@ -111,7 +123,7 @@ def precheck(
     IntegrityError naming the first bad one. A chunked artifact is read whole
     (its chunks are only checked by decrypting them)."""
     for manifest, record in objects:
-        if record.format == chunked.FORMAT:
+        if chunked.is_chunked(record.format):
             read_artifact(repo, manifest, record, identities, drain)
             continue
         key = object_key(manifest.host, manifest.snapshot, record.key)
@@ -140,6 +152,9 @@ class Progress:
         self.path = state_dir() / "restores" / f"{host}-{ident}.json"
         self.sources = {name: m.snapshot for name, (m, _r) in sorted(assembly.picks.items())}
         self.done: list[str] = []
+        # --resume, but no interrupted restore was recorded: none ran (or it was killed
+        # in its first step), or the last one completed. Every step runs; callers say so.
+        self.nothing_to_resume = resume and not self.path.exists()
         if not (resume and self.path.exists()):
             return
         saved = json.loads(self.path.read_text())
@@ -222,6 +237,8 @@ class Executor:
         """The ordered steps, each with what it would do; touches nothing."""
         steps = []
         incoming: dict[str, str] = {}  # path -> the earlier step that writes it
+        planted: dict[str, str] = {}  # under --dest: symlinks earlier steps write, leading out
+        planted_by: dict[str, str] = {}
         anchor = self.assembly.anchor
         for n, rec in enumerate(self.records, 1):
             done = rec.name in self.progress.done
@@ -241,11 +258,31 @@ class Executor:
             steps.append(
                 Step(n, rec.name, rec.kind, plan, manifest.snapshot, manifest.finished, done, note)
             )
-            if not done and (self.opts.dest or "/") == "/":
+            dest = self.opts.dest or "/"
+            if not done and dest == "/":
                 incoming.update(dict.fromkeys(written_paths(facts), f"step {n} ({rec.name})"))
+            elif not done:
+                # Predicted from the facts (the archive filter decides at the step): refused
+                # in the plan rather than after the earlier steps were applied.
+                entries = facts.get("entries", [])
+                path, up = written_through(entries, planted)
+                if up and not plan.blocked:
+                    steps[-1].plan = StepPlan(plan.actions, (
+                        f"{path} would be written through {dest.rstrip('/')}{up}, a symlink "
+                        f"that {planted_by[up]} writes, to {planted[up]}: outside --dest {dest}"
+                    ))  # fmt: skip
+                links = escaping_links(entries, dest)
+                planted.update(links)
+                planted_by.update(dict.fromkeys(links, f"step {n} ({rec.name})"))
         return steps
 
-    def run(self, log: Log = lambda _m: None, *, check: bool = True) -> RestoreResult:
+    def run(
+        self, log: Log = lambda _m: None, *, check: bool = True, keep_going: bool = False
+    ) -> RestoreResult:
+        """Apply every step, reload services, check. A failing step stops the restore
+        with an error that says what was restored, what failed and what did not run;
+        with ``keep_going`` the other steps still run (each source is its own data) and
+        the failure is in ``RestoreResult.failed`` (the verdict fails)."""
         t0 = time.monotonic()
         host = self.assembly.host
         todo = [r for r in self.records if r.name not in self.progress.done]
@@ -260,7 +297,13 @@ class Executor:
                         "staging area, applied only after (no second read)")  # fmt: skip
                 else:
                     objects.append((self.manifest_of(rec.name), artifact))
-        precheck(self.repo, objects, self.identities)
+        try:
+            precheck(self.repo, objects, self.identities)
+        except DrkitError as exc:  # the object is named; say whose, and that nothing changed
+            said = (
+                str(exc) if "nothing was restored" in str(exc) else f"{exc}; nothing was restored"
+            )
+            raise type(exc)(f"host {host}: {said}") from exc
         sources = {r.name: self.manifest_of(r.name).snapshot for r in self.records}
         result = RestoreResult(host, self.assembly.newest.snapshot, sources)
         for rec in self.records:
@@ -270,23 +313,54 @@ class Executor:
                 continue
             log(f"{host}: restoring {rec.name} ({rec.kind}) from snapshot {sources[rec.name]} ...")
             try:
-                report = self.sources[rec.name].restore(
-                    self._feeder(rec), self.facts.get(rec.name, {}), self.opts
-                )
-            except IntegrityError as exc:
-                if not staged[rec.name]:
-                    raise
-                # The source verified while loading: say what it had (not) applied.
-                raise IntegrityError(f"{exc}; {self._applied(rec, staged[rec.name])}") from exc
+                report = self._apply(rec, staged[rec.name])
+            except DrkitError as exc:
+                if not keep_going:
+                    raise type(exc)(f"{exc}; {self._stopped_at(rec, result)}") from exc
+                result.failed[rec.name] = str(exc)
+                log(f"{host}: {rec.name}: FAILED: {exc} (--keep-going: going on)")
+                continue
             for action in report.actions:
                 result.steps.append(f"{rec.name}: {action}")
                 log(f"{host}: {rec.name}: {action}")
             self.progress.mark(rec.name)
-        self.progress.finish()
+        if not result.failed:
+            self.progress.finish()  # else --resume retries the failed steps only
+        services = self.reload(log)
+        failures = [Check(n, "restored", "fail", e) for n, e in result.failed.items()]
         if check:
-            result.checks = self.check()
+            result.checks = failures + services + self.check(skip=set(result.failed))
+        else:
+            result.checks = failures
         result.seconds = time.monotonic() - t0
         return result
+
+    def _apply(self, rec: SourceRecord, staged: frozenset[str]) -> Any:
+        try:
+            return self.sources[rec.name].restore(
+                self._feeder(rec), self.facts.get(rec.name, {}), self.opts
+            )
+        except IntegrityError as exc:
+            if not staged:
+                raise
+            # The source verified while loading: say what it had (not) applied.
+            raise IntegrityError(f"{exc}; {self._applied(rec, staged)}") from exc
+
+    def _stopped_at(self, failed: SourceRecord, result: RestoreResult) -> str:
+        """What a restore stopped by ``failed`` had done and had not: the sources
+        restored (this run or before), and those not run, with how to get them."""
+        names = [r.name for r in self.records]
+        at = names.index(failed.name)
+        restored = [n for n in names[:at] if n not in result.failed]
+        rest = names[at + 1 :]
+        text = f"step {at + 1} ({failed.name}) failed"
+        text += f"; restored before it: {', '.join(restored)}" if restored else ""
+        if rest:
+            text += (
+                f"; not run: {', '.join(rest)} (restore them with --only {','.join(rest)}, "
+                "or rerun with --keep-going; --resume retries from this step)"
+            )
+        return text
 
     def _applied(self, rec: SourceRecord, staged: frozenset[str]) -> str:
         """What a restore that failed verifying a staged artifact of ``rec`` had applied."""
@@ -301,10 +375,22 @@ class Executor:
             text += f"; restored before it: {', '.join(before)}"
         return text
 
-    def check(self) -> list[Check]:
+    def reload(self, log: Log) -> list[Check]:
+        """Bring back the services of every source of this restore (also those restored
+        by an earlier, interrupted run: their service was never reloaded)."""
         checks: list[Check] = []
         for rec in self.records:
-            checks += self.sources[rec.name].check(self.facts.get(rec.name, {}), self.opts)
+            for c in self.sources[rec.name].reload(self.facts.get(rec.name, {}), self.opts):
+                log(f"{self.assembly.host}: {rec.name}: {c.name}: {c.detail}")
+                checks.append(c)
+        return checks
+
+    def check(self, skip: set[str] | None = None) -> list[Check]:
+        """Each source's checks against its facts (not those of ``skip``: failed steps)."""
+        checks: list[Check] = []
+        for rec in self.records:
+            if rec.name not in (skip or set()):
+                checks += self.sources[rec.name].check(self.facts.get(rec.name, {}), self.opts)
         return checks
 
     def _feeder(self, rec: SourceRecord) -> Callable[[str, Callable[[BinaryIO], object]], None]:

@@ -8,19 +8,21 @@ fresh machine agree with the machine that made the backups.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from drkit.actions.common import open_repository
 from drkit.errors import RepositoryError
+from drkit.repository.documents import lazy_adapter, parse_document
 
 if TYPE_CHECKING:
     from drkit.catalog.db import Catalog
 from drkit.durations import format_duration, parse_duration
 from drkit.policy.models import Policy, source_name
-from drkit.repository.layout import Repository
+from drkit.repository.layout import HostSnapshots, Repository
 from drkit.repository.manifest import Manifest, snapshot_time
 
 # A drill that passed with warnings still proves the backup restores.
@@ -41,11 +43,12 @@ def host_status(
     unless every source has its own.
     """
     now = now or dt.datetime.now(dt.UTC)
-    repo = open_repository(policy.repository)
-    committed = [r.snapshot for r in repo.snapshots(policy.host) if r.committed]
+    repo = open_repository(policy)
+    view = repo.read_host(policy.host)
+    committed = view.ids
     names = [source_name(s) for s in policy.source]
     regular = [source_name(s) for s in policy.source if not s.schedule] or names
-    newest = newest_holding(repo, policy.host, names) if committed else {}
+    newest = newest_holding(repo, policy.host, names, view) if committed else {}
     times = [snapshot_time(newest[n].snapshot) if n in newest else None for n in regular]
     stalest = None if None in times else min(t for t in times if t is not None)
     age = now - stalest if stalest is not None else None
@@ -61,6 +64,8 @@ def host_status(
         "rpo": policy.rpo,
         "breach": breach,
         "sources": {n: newest[n].snapshot if n in newest else None for n in names},
+        # Reported, never counted: unsigned, wrongly signed or future-dated snapshots.
+        "untrusted": [{"snapshot": r.snapshot, "reason": r.reason} for r in view.untrusted],
     }
     if catalog is not None:
         run = catalog.last_run(policy.host)
@@ -76,30 +81,28 @@ def host_status(
 # -- what ran last, per source ------------------------------------------------
 
 
-def complete_manifests(repo: Repository, host: str) -> Iterator[Manifest]:
-    """The host's complete snapshots' manifests, newest first, read one at a time.
+def complete_manifests(
+    repo: Repository, host: str, view: HostSnapshots | None = None
+) -> Iterator[Manifest]:
+    """The host's trusted complete snapshots' manifests, newest first.
 
-    Foreign directories and unreadable manifests are skipped: a corrupt
-    manifest must not stop the next backup (it makes the host look due).
-    Listing errors raise RepositoryError.
+    Foreign directories, unreadable and untrusted manifests are skipped: a
+    corrupt or planted manifest must not stop the next backup (it makes the
+    host look due, never fresh). Listing errors raise RepositoryError.
     """
-    for ref in reversed(repo.snapshots(host)):
-        if not ref.committed:
-            continue
-        try:
-            snapshot_time(ref.snapshot)
-            manifest = repo.manifest(host, ref.snapshot)
-        except (ValueError, RepositoryError):
-            continue
+    # ``view``: the host's snapshots already read (status reads every manifest once).
+    for manifest in (view or repo.read_host(host)).newest_first():
         if manifest.status == "complete":
             yield manifest
 
 
-def newest_holding(repo: Repository, host: str, names: Iterable[str]) -> dict[str, Manifest]:
+def newest_holding(
+    repo: Repository, host: str, names: Iterable[str], view: HostSnapshots | None = None
+) -> dict[str, Manifest]:
     """For each source name, the newest complete manifest holding it (absent: none)."""
     wanted = set(names)
     found: dict[str, Manifest] = {}
-    for manifest in complete_manifests(repo, host):
+    for manifest in complete_manifests(repo, host, view):
         for record in manifest.sources:
             if record.name in wanted and record.name not in found:
                 found[record.name] = manifest
@@ -225,33 +228,46 @@ class DrillSummary:
         return out
 
 
-def drill_reports(repo: Repository, host: str) -> list[DrillSummary]:
-    """Each drill report of ``host`` in the repository, oldest first.
+class _DrillDoc(BaseModel):
+    """The fields of a drill report that status and prune decide from."""
 
-    Reports are ``<host>/drills/<id>.json``; unreadable ones are skipped.
-    Listing errors raise RepositoryError.
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+    drill_id: StrictStr
+    snapshot: Annotated[StrictStr, Field(max_length=64)]
+    verdict: Annotated[StrictStr, Field(max_length=16)]
+    started: dt.datetime
+    rto_seconds: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    snapshots: list[StrictStr] = []
+
+
+_DRILL_DOC = lazy_adapter(lambda: _DrillDoc)
+
+
+def drill_reports(repo: Repository, host: str) -> list[DrillSummary]:
+    """Each trusted drill report of ``host`` in the repository, oldest first.
+
+    Reports are ``<host>/drills/<id>.json``, signed by a machine the policy trusts
+    for drill reports (Repository.drill_reports); unsigned, wrongly signed,
+    malformed and future-dated ones are left out: prune and status never decide
+    from them. Listing errors raise RepositoryError.
     """
     out: list[DrillSummary] = []
-    for info in repo.store.list(f"{host}/drills/"):
-        if not info.key.endswith(".json"):
-            continue
+    trusted, _rejected = repo.drill_reports(host)
+    latest = repo.trust.latest_acceptable()
+    for data in trusted:
         try:
-            data = json.loads(repo.store.get_bytes(info.key))
-            started = _aware(dt.datetime.fromisoformat(str(data["started"])))
-            rto = data.get("rto_seconds")
-            used = data.get("snapshots")
-            out.append(
-                DrillSummary(
-                    drill=str(data.get("drill_id") or info.key.rsplit("/", 1)[-1][:-5]),
-                    snapshot=str(data["snapshot"]),
-                    verdict=str(data["verdict"]),
-                    started=started,
-                    rto_seconds=float(rto) if isinstance(rto, int | float) else None,
-                    used=tuple(str(u) for u in used) if isinstance(used, list) else (),
-                )
+            doc: _DrillDoc = parse_document(
+                _DRILL_DOC(), data, f"{repo.url}/{host}/drills", "drill report"
             )
-        except (RepositoryError, ValueError, KeyError, TypeError, AttributeError):
+        except RepositoryError:
             continue
+        started = _aware(doc.started)
+        if started > latest:
+            continue
+        out.append(
+            DrillSummary(doc.drill_id, doc.snapshot, doc.verdict, started, doc.rto_seconds,
+                         tuple(doc.snapshots))
+        )  # fmt: skip
     return sorted(out, key=lambda d: (d.started, d.drill))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from drkit.actions.common import object_label, read_artifact
+from drkit.actions.common import object_label, read_artifact, select_snapshot
 from drkit.errors import DrkitError
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
@@ -34,7 +34,7 @@ def _check_stored(repo: Repository, manifest: Manifest, record: ArtifactRecord, 
     chunk it names exists (its content is only checked by decrypting it)."""
     key = object_key(manifest.host, manifest.snapshot, record.key)
     with repo.store.get(key) as stored:
-        if record.format == chunked.FORMAT:
+        if chunked.is_chunked(record.format):
             index = IndexReader(stored, label)
             chunks = Chunks(repo.store, manifest.host, index.rset)
             missing = [ref.id for ref in index if not chunks.has(ref.id)]
@@ -73,3 +73,33 @@ def verify_snapshot(
         result.checked += 1
         result.bytes += record.stored_size + sum(chunk_sizes)
     return result
+
+
+def verify_host(
+    repo: Repository,
+    host: str,
+    identities: list[Identity] | None,
+    *,
+    snapshot: str | None = None,
+    every: bool = False,
+) -> list[VerifyResult]:
+    """Verify ``host``'s newest trusted snapshot (or ``snapshot``, or ``every`` trusted
+    one), and report every committed snapshot that is not trusted as a failure naming
+    it and why: a planted or altered snapshot is never skipped silently.
+
+    Raises ObjectNotFound when there is nothing trusted to verify and nothing
+    untrusted to report; UntrustedError when ``snapshot`` itself is not trusted.
+    """
+    view = repo.read_host(host)
+    untrusted = [
+        VerifyResult(host, r.snapshot, problems=[r.reason], decrypted=False)
+        for r in view.untrusted
+        if snapshot is None or r.snapshot == snapshot
+    ]
+    if every:
+        manifests = view.trusted
+    elif snapshot is not None or view.trusted or not untrusted:
+        manifests = [select_snapshot(repo, host, snapshot)]
+    else:
+        manifests = []
+    return [verify_snapshot(repo, m, identities) for m in manifests] + untrusted

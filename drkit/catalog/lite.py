@@ -32,6 +32,7 @@ from drkit.catalog.rows import (
     now,
     to_utc,
 )
+from drkit.paths import private_file
 
 if TYPE_CHECKING:
     from drkit.repository.manifest import Manifest
@@ -172,6 +173,10 @@ class SqliteRunLog:
             raise CatalogError(
                 f"catalog {url}: cannot create {path.parent}: {exc.strerror}"
             ) from None
+        try:
+            private_file(path)  # run errors name hosts and failures: owner only
+        except OSError as exc:
+            raise CatalogError(f"catalog {url}: cannot create {path}: {exc.strerror}") from None
         try:
             self._ensure_schema()
         except sqlite3.Error as exc:

@@ -38,6 +38,7 @@ from drkit.catalog.rows import (
 )
 from drkit.catalog.rows import now as _now
 from drkit.errors import UsageError
+from drkit.paths import private_file
 from drkit.repository.manifest import Manifest
 
 
@@ -80,9 +81,10 @@ class OrmCatalog:
         if sqlite_file is not None:
             try:
                 sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+                private_file(sqlite_file)  # run errors name hosts and failures: owner only
             except OSError as exc:
                 raise CatalogError(
-                    f"catalog {self.url}: cannot create {sqlite_file.parent}: {exc.strerror}"
+                    f"catalog {self.url}: cannot create {exc.filename}: {exc.strerror}"
                 ) from None
         try:
             self._engine: Engine = create_engine(parsed, **kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from drkit.catalog.db import Catalog
-from drkit.errors import ObjectNotFound, RepositoryError
 from drkit.repository.layout import Repository, manifest_key
 
 
@@ -19,7 +18,7 @@ class SyncResult:
     added: int  # committed snapshots that were not in the catalog
     removed: int  # catalogued snapshots no longer committed in the repository
     hosts: list[str]  # the hosts that were synced
-    problems: list[str] = field(default_factory=list)  # unreadable manifests, one line each
+    problems: list[str] = field(default_factory=list)  # untrusted snapshots, one line each
 
 
 def sync(catalog: Catalog, repo: Repository, hosts: list[str] | None = None) -> SyncResult:
@@ -31,8 +30,11 @@ def sync(catalog: Catalog, repo: Repository, hosts: list[str] | None = None) -> 
       With ``hosts`` given, only those hosts are synced and only their rows removed;
       without it, every host in the repository is synced and rows of hosts that have
       disappeared from it are removed too.
-    - An unreadable manifest is reported in ``problems`` and does not stop the sync.
-      Its snapshot still exists, so a row it already has in the catalog is kept.
+    - Only trusted snapshots are imported (their manifest's signature checks against
+      the keys the local policy pins; Repository.read_host). An unreadable or
+      untrusted one is reported in ``problems`` and does not stop the sync; a row
+      the catalog had for it is removed (the catalog never holds what restore
+      would refuse).
 
     Repository listing errors propagate before anything is removed.
     """
@@ -47,25 +49,12 @@ def sync(catalog: Catalog, repo: Repository, hosts: list[str] | None = None) -> 
     problems: list[str] = []
     added = 0
     for host in selected:
-        for ref in repo.snapshots(host):
-            if not ref.committed:
-                continue
-            try:
-                manifest = repo.manifest(host, ref.snapshot)
-            except ObjectNotFound:
-                continue  # removed (pruned) since it was listed: no longer committed
-            except RepositoryError as exc:
-                committed.add((host, ref.snapshot))
-                problems.append(str(exc))
-                continue
-            committed.add((host, ref.snapshot))
-            origin = f"{url}/{manifest_key(host, ref.snapshot)}"
-            if (manifest.host, manifest.snapshot) != (host, ref.snapshot):
-                problems.append(
-                    f"{origin}: manifest names host {manifest.host!r} snapshot "
-                    f"{manifest.snapshot!r}, not where it is stored; skipped"
-                )
-                continue
+        view = repo.read_host(host)
+        for rejected in view.untrusted:
+            problems.append(f"{rejected.reason}; not imported")
+        for manifest in view.trusted:
+            committed.add((host, manifest.snapshot))
+            origin = f"{url}/{manifest_key(host, manifest.snapshot)}"
             try:
                 created = catalog.record_snapshot(url, manifest)
             except ValueError as exc:

@@ -10,6 +10,7 @@ import click
 
 from drkit.cli.context import (
     EXIT_CODES,
+    EXIT_PLAN_REFUSED,
     Ctx,
     handle_errors,
     identity_option,
@@ -47,6 +48,13 @@ NEWEST = "@newest"  # --from-provider-snapshot without an id
     show_default=True,
     help="hosts backed up at the same time",
 )
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="SOURCE",
+    help="only this source (repeatable; one host): the snapshot holds just these, and a "
+    "restore takes the others from older snapshots",
+)
 @wait_option
 @click.option("-q", "--quiet", is_flag=True, help="print nothing unless something failed")
 @json_option
@@ -59,6 +67,7 @@ def backup(
     all_hosts: bool,
     due: bool,
     jobs: int,
+    only: tuple[str, ...],
     wait_text: str | None,
     quiet: bool,
 ) -> None:
@@ -74,6 +83,18 @@ def backup(
         raise UsageError("name hosts (--host), policy files (--policy), --all or --due")
     wait = parse_wait(wait_text)
     policies = ctx.policies(policy_files, hosts)
+    if only:
+        from drkit.policy.models import source_name
+
+        if len(policies) != 1:
+            raise UsageError("--only names sources of one host: give one --host or --policy")
+        known = {source_name(c) for c in policies[0].source}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise UsageError(
+                f"host {policies[0].host}: --only: no source {', '.join(unknown)} in the policy "
+                f"(sources: {', '.join(sorted(known))})"
+            )
     log = log_to_stderr(quiet or ctx.as_json)
 
     def done(r: HostResult) -> None:
@@ -84,11 +105,15 @@ def backup(
 
     results = backup_fleet(
         policies, jobs=jobs, catalog=ctx.catalog, log=log, on_done=done,
-        clock=ctx.now, due=due, wait=wait,
+        clock=ctx.now, due=due, wait=wait, only=set(only) or None,
     )  # fmt: skip
     code = exit_code(results)
     if ctx.as_json or not (quiet and code == 0):
         ctx.emit({"results": [_as_dict(r) for r in results]}, lambda: _summary(results))
+    else:  # -q for cron: a warning is still worth a mail
+        from drkit.cli.summary import print_warnings
+
+        print_warnings(results)
     if code:
         sys.exit(code)
 
@@ -135,17 +160,13 @@ def verify(
     identity_file: str | None,
 ) -> None:
     """Read, authenticate and hash every object of a snapshot, without restoring."""
-    from drkit.actions.common import open_repository, select_snapshot
-    from drkit.actions.verify import verify_snapshot
+    from drkit.actions.common import open_repository
+    from drkit.actions.verify import verify_host
 
     policy = ctx.one_policy(policy_file, host)
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy)
     identities = None if no_decrypt else load_identity(identity_file)
-    if all_snapshots:
-        manifests = list(repo.manifests(policy.host))
-    else:
-        manifests = [select_snapshot(repo, policy.host, snapshot)]
-    results = [verify_snapshot(repo, m, identities) for m in manifests]
+    results = verify_host(repo, policy.host, identities, snapshot=snapshot, every=all_snapshots)
     data = [
         {
             "host": r.host,
@@ -212,7 +233,29 @@ def verify(
     help="postgres: parallel pg_restore jobs into a fresh database (1 = one stream)",
 )
 @click.option("--dest", help="files/env: restore under this directory instead of /")
-@click.option("--force", is_flag=True, help="overwrite existing databases and differing files")
+@click.option(
+    "--force-files",
+    is_flag=True,
+    help="overwrite differing files (files, env, caddy, certbot, pm2); unmodified package "
+    "defaults are replaced without it",
+)
+@click.option(
+    "--force-db",
+    is_flag=True,
+    help="replace existing databases and data stores (PostgreSQL, NATS, docker volumes)",
+)
+@click.option("--force", is_flag=True, help="both --force-files and --force-db")
+@click.option(
+    "--no-reload",
+    is_flag=True,
+    help="do not reload or start the restored services (Caddy, nginx); they are then not "
+    "probed and the verdict is at best warn",
+)
+@click.option(
+    "--keep-going",
+    is_flag=True,
+    help="after a step fails, restore the other sources anyway (exit 3, verdict fail)",
+)
 @click.option("--plan", "plan_only", is_flag=True, help="print the ordered steps; change nothing")
 @click.option("--yes", is_flag=True, help="do not ask before restoring")
 @click.option("--resume", is_flag=True, help="continue an interrupted restore after its last step")
@@ -252,7 +295,11 @@ def restore(
     pg_password_env: str | None,
     pg_jobs: int | None,
     dest: str | None,
+    force_files: bool,
+    force_db: bool,
     force: bool,
+    no_reload: bool,
+    keep_going: bool,
     plan_only: bool,
     yes: bool,
     resume: bool,
@@ -268,7 +315,8 @@ def restore(
     database and the certificates are often in different snapshots. The plan
     names each step's snapshot; a needed source that no snapshot holds is
     refused (restore the others with --only). Shows the plan and asks unless
-    --yes; refuses to overwrite live data unless --force; checks the result
+    --yes; refuses to overwrite differing files unless --force-files and live
+    databases unless --force-db (--force: both); checks the result
     against the facts recorded at backup time (each source's own snapshot).
 
     With --from-provider-snapshot, creates a new machine from the provider's
@@ -315,7 +363,7 @@ def restore(
         except ValueError as exc:
             raise UsageError(f"--at: {exc}") from None
     identities = load_identity(identity_file)
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy)
     needed = data_sources(policy, list(only) or None)
     # A whole-host plan also points to the provider snapshot, if one was recorded.
     optional = set() if only else provider_snapshots(policy)
@@ -328,7 +376,8 @@ def restore(
     log = log_to_stderr(ctx.as_json)
     opts = RestoreOptions(
         database=database, db_suffix=rename_db or "", pg_host=pg_host, pg_port=pg_port,
-        pg_user=pg_user, pg_password=password, dest=dest, force=force, log=log,
+        pg_user=pg_user, pg_password=password, dest=dest, log=log,
+        force_files=force or force_files, force_db=force or force_db, reload=not no_reload,
         pg_jobs=pg_jobs,
     )  # fmt: skip
     runner, target_label = target_runner(
@@ -341,6 +390,13 @@ def restore(
     executor = Executor(
         policy, repo, assembly, identities, runner, opts, target=target_label, resume=resume,
     )  # fmt: skip
+    if executor.progress.nothing_to_resume:
+        click.echo(
+            f"warning: host {assembly.host}: --resume: nothing to resume onto {target_label} "
+            "(no interrupted restore is recorded: none ran, or the last one completed); "
+            "every step is planned",
+            err=True,
+        )
     steps = executor.plan()
     plan_text = format_plan(assembly, target_label, steps)
     blocked = [s for s in steps if s.plan.blocked]
@@ -348,9 +404,19 @@ def restore(
         ctx.emit(
             {"host": assembly.host, "snapshot": assembly.newest.snapshot,
              "snapshots": [m.snapshot for m in assembly.manifests], "as_of": assembly.as_of,
-             "target": target_label, "steps": [s.as_dict() for s in steps]},
+             "target": target_label, "steps": [s.as_dict() for s in steps],
+             "refused": [s.source for s in blocked],
+             "nothing_to_resume": executor.progress.nothing_to_resume},
             lambda: click.echo(plan_text),
         )  # fmt: skip
+        if blocked:
+            names = ", ".join(f"{s.number} ({s.source})" for s in blocked)
+            click.echo(
+                f"error: host {assembly.host}: refused: step {names}; as planned, a restore "
+                f"would restore nothing",
+                err=True,
+            )
+            sys.exit(EXIT_PLAN_REFUSED)
         return
     if blocked:
         click.echo(plan_text, err=True)
@@ -364,15 +430,19 @@ def restore(
             raise UsageError("restore needs --yes when not run from a terminal")
         if not click.confirm("Restore now?", err=True):
             raise UsageError("restore cancelled")
-    result = executor.run(log)
+    result = executor.run(log, keep_going=keep_going)
+    outcomes = result.outcomes([s.source for s in steps])
     data = {
         "host": result.host, "snapshot": result.snapshot, "sources": result.sources,
         "target": target_label, "steps": result.steps, "skipped": result.skipped,
-        "verdict": result.verdict,
+        "outcomes": outcomes, "failed": result.failed, "verdict": result.verdict,
         "checks": [c.__dict__ for c in result.checks], "seconds": round(result.seconds, 2),
+        "nothing_to_resume": executor.progress.nothing_to_resume,
     }  # fmt: skip
 
     def text() -> None:
+        if result.failed:
+            click.echo("  " + ", ".join(f"{n}: {o}" for n, o in outcomes.items()))
         for c in result.checks:
             click.echo(f"  [{c.status}] {c.source}: {c.name}: {c.detail}")
         used = sorted(set(result.sources.values()), reverse=True)
@@ -383,5 +453,7 @@ def restore(
         )
 
     ctx.emit(data, text)
+    if result.failed:
+        sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
     if result.verdict == "fail":
         sys.exit(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import click
 
 from drkit.cli.context import (
     EXIT_CODES,
+    EXIT_DRILL_SETUP,
     Ctx,
     handle_errors,
     identity_option,
@@ -32,10 +34,22 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--policy", "policy_files", multiple=True, type=click.Path(dir_okay=False))
 @click.option("--all", "all_hosts", is_flag=True, help="every host in the policy directory")
 @click.option("--snapshot", help="snapshot id (default: the newest)")
+@click.option(
+    "--image", "image", metavar="NAME",
+    help="drill image docker/hosts/NAME/ (default: the drill file's image, else the host name)",
+)  # fmt: skip
 @click.option("--keep", is_flag=True, help="keep the container for inspection")
 @click.option(
-    "--drills-dir", type=click.Path(file_okay=False), default="restore_drills", show_default=True,
-    help="directory of <host>.toml drill checks",
+    "--drills-dir",
+    type=click.Path(file_okay=False),
+    envvar="DRKIT_DRILLS_DIR",
+    help="directory of <host>.toml drill files (or $DRKIT_DRILLS_DIR; default: the first of "
+    "./restore_drills, <config dir>/restore_drills and the shipped ones holding any)",
+)
+@click.option(
+    "--docker-dir", type=click.Path(file_okay=False, exists=True), envvar="DRKIT_DOCKER_DIR",
+    help="drill image files laid out like docker/ (or $DRKIT_DOCKER_DIR; default: the "
+    "shipped ones)",
 )  # fmt: skip
 @click.option(
     "--report", "report_dir", type=click.Path(file_okay=False), help="write JSON + Markdown here"
@@ -51,8 +65,10 @@ def drill(
     policy_files: tuple[str, ...],
     all_hosts: bool,
     snapshot: str | None,
+    image: str | None,
     keep: bool,
-    drills_dir: str,
+    drills_dir: str | None,
+    docker_dir: str | None,
     report_dir: str | None,
     junit_file: str | None,
     identity_file: str | None,
@@ -66,22 +82,39 @@ def drill(
     failed. Each host's Prometheus textfile (notify.prometheus_textfile), if
     its policy names one, is rewritten after its drill. The container cannot
     reach beyond this machine (DRKIT_DRILL_NETWORK, docker/README.md) and is
-    logged into as the policy's SSH user.
+    logged into as the policy's SSH user. It runs the image docker/hosts/<image>/
+    that --image names, else the drill file's `image`, else the one named like
+    the host, and is named drkit-drill-<host>-<snapshot>. A drill that could not be
+    set up (no Docker engine, an image build or the container's start failed) has
+    the verdict ERROR, is not recorded, and exits 7 unless another drill failed.
     """
-    from drkit.actions.drill import drill_hosts, load_specs
+    from drkit.actions.drill import SETUP_ERROR, drill_hosts, load_specs
+    from drkit.drills.images import DOCKER_DIR_ENV
     from drkit.drills.report import junit_xml, markdown
+    from drkit.drills.spec import drills_dir as choose_drills_dir
+
+    if docker_dir:  # read by drkit.drills.images.docker_dir()
+        os.environ[DOCKER_DIR_ENV] = str(Path(docker_dir).resolve())
 
     if not (hosts or policy_files or all_hosts):
         raise UsageError("name hosts (--host), policy files (--policy) or --all")
-    if snapshot and (all_hosts or len(hosts) + len(policy_files) > 1):
-        raise UsageError("--snapshot applies to one host")
+    for flag, value in (("--snapshot", snapshot), ("--image", image)):
+        if value and (all_hosts or len(hosts) + len(policy_files) > 1):
+            raise UsageError(f"{flag} applies to one host")
+    if image is not None:
+        from drkit.drills.spec import check_image
+
+        check_image(image, "--image")
     policies = ctx.policies(policy_files, hosts)
-    specs = load_specs(policies, Path(drills_dir))  # every drill file's problems at once
+    directory = choose_drills_dir(drills_dir)
+    specs = load_specs(policies, directory)  # every drill file's problems at once
     identities = load_identity(identity_file)
     log = log_to_stderr(ctx.as_json)
+    log(f"drill files: {directory}")
     reports = drill_hosts(
-        policies, identities, specs, snapshot=snapshot, keep=keep, catalog=ctx.catalog, log=log
-    )
+        policies, identities, specs, snapshot=snapshot, image=image, keep=keep,
+        catalog=ctx.catalog, log=log,
+    )  # fmt: skip
     rewrite_metrics(policies, log)
     if report_dir:
         out = Path(report_dir)
@@ -99,16 +132,22 @@ def drill(
                     click.echo(f"  [{c.status}] {r.host} {c.source}: {c.name}: {c.detail}")
             if r.error:
                 click.echo(f"  [error] {r.host}: {r.error}")
+            if r.verdict == SETUP_ERROR:
+                click.echo(f"{r.host}: drill ERROR: not set up, nothing checked or recorded")
+                continue
             click.echo(
                 f"{r.host}: drill {r.verdict.upper()} (snapshot {r.snapshot or 'none'}; RTO "
                 f"{r.rto_seconds:.1f}s, RPO {r.rpo_seconds / 3600:.1f}h; image "
-                f"{'built' if r.image_built else 'cached'} {r.image_build_seconds:.1f}s; "
+                f"{r.image_name or 'none'} {'built' if r.image_built else 'cached'} "
+                f"{r.image_build_seconds:.1f}s; "
                 f"{len(r.checks)} checks)"
             )
 
     ctx.emit({"drills": [json.loads(r.to_json()) for r in reports]}, text)
     if any(r.verdict == "fail" for r in reports):
         sys.exit(4)
+    if any(r.verdict == SETUP_ERROR for r in reports):
+        sys.exit(EXIT_DRILL_SETUP)
 
 
 def rewrite_metrics(policies: list[Policy], log: Callable[[str], None]) -> None:
@@ -126,7 +165,7 @@ def rewrite_metrics(policies: list[Policy], log: Callable[[str], None]) -> None:
         if policy.notify is None or not policy.notify.prometheus_textfile:
             continue
         try:
-            repo = open_repository(policy.repository)
+            repo = open_repository(policy)
         except DrkitError as exc:
             log(f"warning: host {policy.host}: metrics not rewritten: {exc}")
             continue

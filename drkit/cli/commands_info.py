@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,11 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from drkit.cli.context import EXIT_CODES, Ctx, handle_errors, policy_options
+from drkit.cli.context import (
+    EXIT_CODES,
+    EXIT_PARTIAL,
+    Ctx,
+    each_host,
+    handle_errors,
+    policy_options,
+)
 from drkit.cli.main import cli, json_option
 from drkit.errors import PolicyError, UsageError
 from drkit.paths import config_dir, default_identity_file
 from drkit.policy.loader import load_policy
+from drkit.signing import SigningKey, default_signing_key_file
 
 if TYPE_CHECKING:
     from drkit.policy.models import Policy
@@ -33,6 +42,9 @@ url = "{repo}"
 [encryption]
 # Public keys only: the matching identity is needed to restore, never to back up.
 recipients = ["{recipient}"]
+# Only snapshots signed by these keys are listed, restored, drilled or pruned
+# (docs/security.md). `drkit init` prints this machine's.
+signers = ["{signer}"]
 
 [retention]
 keep_daily = 7
@@ -76,6 +88,9 @@ def init(ctx: Ctx, repo: str | None, host: str, policy_file: str | None) -> None
     identity = default_identity_file()
     created_identity = not identity.exists()
     recipient = generate_identity(identity) if created_identity else recipient_of(identity)
+    signing_file = default_signing_key_file()
+    created_signing = not signing_file.exists()
+    signing = SigningKey.create(signing_file) if created_signing else SigningKey.load(signing_file)
     sample: Path | None = None
     if policy_file:
         repository, bucket_created = _init_policy_repository(load_policy(Path(policy_file)))
@@ -91,11 +106,18 @@ def init(ctx: Ctx, repo: str | None, host: str, policy_file: str | None) -> None
         policy_dir.mkdir(parents=True, exist_ok=True)
         if not (policy_dir / f"{host}.toml").exists():
             sample = policy_dir / f"{host}.toml"
-            sample.write_text(SAMPLE_POLICY.format(host=host, repo=repo_url, recipient=recipient))
+            sample.write_text(
+                SAMPLE_POLICY.format(
+                    host=host, repo=repo_url, recipient=recipient, signer=signing.public
+                )
+            )
     data = {
         "identity_file": str(identity),
         "identity_created": created_identity,
         "recipient": recipient,
+        "signing_key_file": str(signing_file),
+        "signing_key_created": created_signing,
+        "signer": signing.public,
         "repository": repository.url,
         "bucket_created": bucket_created,
         "sample_policy": str(sample) if sample else None,
@@ -105,6 +127,9 @@ def init(ctx: Ctx, repo: str | None, host: str, policy_file: str | None) -> None
         verb = "created" if created_identity else "kept existing"
         click.echo(f"identity: {identity} ({verb}; keep it offline, it restores everything)")
         click.echo(f"recipient (public, put it in policies): {recipient}")
+        verb = "created" if created_signing else "kept existing"
+        click.echo(f"signing key: {signing_file} ({verb}; signs this machine's backups)")
+        click.echo(f"signer (public, pin it in [encryption] signers): {signing.public}")
         click.echo(f"repository: {repository.url}{' (bucket created)' if bucket_created else ''}")
         if sample:
             click.echo(f"sample policy: {sample}")
@@ -118,7 +143,7 @@ def _init_policy_repository(policy: Policy) -> tuple[Repository, bool]:
     policy asks for, and write the format marker. Returns (repository, bucket created)."""
     from drkit.actions.common import open_repository, require_object_lock
 
-    repository = open_repository(policy.repository)
+    repository = open_repository(policy)
     ensure = getattr(repository.store, "ensure_bucket", None)
     created = bool(ensure()) if callable(ensure) else False
     require_object_lock(repository, policy.repository, policy.host)
@@ -137,21 +162,39 @@ def policy() -> None:
 @pass_ctx
 @handle_errors
 def policy_validate(ctx: Ctx, files: tuple[str, ...]) -> None:
-    """Check policy files (default: all in the policy directory); report every error."""
-    from drkit.policy.loader import load_policies
+    """Check policy files (default: all in the policy directory); report every error.
 
-    paths = [Path(f) for f in files] or ctx.all_policy_files()
-    try:
-        policies = load_policies(paths)
-    except PolicyError as exc:
-        if ctx.as_json:
-            click.echo(__import__("json").dumps({"ok": False, "problems": exc.problems}, indent=2))
-            sys.exit(exc.exit_code)
-        raise
-    ctx.emit(
-        {"ok": True, "hosts": [p.host for p in policies]},
-        lambda: click.echo(f"{len(policies)} policies ok: {', '.join(p.host for p in policies)}"),
-    )
+    Besides the schema: what a backup would refuse that this machine can tell without
+    contacting the host (repository URL, recipients/signers files, SSH identity_file
+    and known_hosts, secret references; an unset env: variable is a warning).
+    """
+    from drkit.policy.loader import load_each
+    from drkit.policy.local_checks import local_problems
+
+    paths = [Path(f) for f in files] or ctx.found_policy_files()
+    loaded, problems = load_each(paths)
+    warnings: list[str] = []
+    for path, policy in loaded:
+        found = local_problems(policy)
+        problems += [f"{path}: {p}" for p in found.errors]
+        warnings += [f"{path}: {w}" for w in found.warnings]
+    hosts = [p.host for _path, p in loaded]
+    if ctx.as_json:
+        click.echo(
+            json.dumps(
+                {"ok": not problems, "hosts": hosts, "problems": problems, "warnings": warnings},
+                indent=2,
+            )
+        )
+    else:
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+        for p in problems:
+            click.echo(f"error: {p}", err=True)
+        if not problems:
+            click.echo(f"{len(hosts)} policies ok: {', '.join(hosts)}")
+    if problems:
+        sys.exit(PolicyError(problems).exit_code)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -160,35 +203,70 @@ def policy_validate(ctx: Ctx, files: tuple[str, ...]) -> None:
 @pass_ctx
 @handle_errors
 def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> None:
-    """List committed snapshots per host, from the repository."""
+    """List committed snapshots per host, from the repository; snapshots that are not
+    signed by a key the policy trusts are shown as UNTRUSTED, with the reason; snapshot
+    directories without a manifest (an interrupted backup) as INCOMPLETE, with their age
+    and when `drkit prune` removes them. A host that cannot be read is reported in its
+    row and the others are listed (exit 3)."""
     from drkit.actions.common import open_repository
+    from drkit.actions.prune import incomplete_snapshots
 
+    now = ctx.now()
     rows: list[dict[str, Any]] = []
-    for policy in ctx.policies(policy_files, hosts):
-        repo = open_repository(policy.repository)
-        for m in repo.manifests(policy.host):
-            rows.append(
-                {
-                    "host": m.host,
-                    "snapshot": m.snapshot,
-                    "finished": m.finished,
-                    "sources": [s.name for s in m.sources],
-                    "stored_bytes": m.stored_bytes,
-                    "status": m.status,
-                    "provider_snapshots": _provider_snapshots(m.extra),
-                }
-            )
+    untrusted: list[dict[str, Any]] = []
+    incomplete: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+
+    def read(policy: Policy) -> None:
+        repo = open_repository(policy)
+        view = repo.read_host(policy.host)
+        left = incomplete_snapshots(repo, policy.host, now)
+        rows.extend(_snapshot_row(m) for m in view.trusted)
+        untrusted.extend(
+            {"host": r.host, "snapshot": r.snapshot, "reason": r.reason} for r in view.untrusted
+        )
+        incomplete.extend({"host": policy.host, **i.as_dict()} for i in left)
+
+    for policy, _none, error in each_host(ctx.policies(policy_files, hosts), read):
+        if error is not None:
+            errors.append({"host": policy.host, "error": error})
 
     def text() -> None:
+        if rows:
+            click.echo(f"{'HOST':<12} {'SNAPSHOT':<24}  {'STORED BYTES':>12}  SOURCES")
         for r in rows:
             sources = ",".join(r["sources"])
-            click.echo(f"{r['host']:<12} {r['snapshot']}  {r['stored_bytes']:>12}  {sources}")
+            click.echo(f"{r['host']:<12} {r['snapshot']:<24}  {r['stored_bytes']:>12}  {sources}")
             for name, p in r["provider_snapshots"].items():
                 click.echo(f"  {name}: {p['provider']} snapshot {p['id']} ({p['name']})")
         if not rows:
             click.echo("no snapshots")
+        for u in untrusted:
+            click.echo(f"{u['host']:<12} {u['snapshot']}  UNTRUSTED: {u['reason']}")
+        for i in incomplete:
+            click.echo(
+                f"{i['host']:<12} {i['snapshot']}  INCOMPLETE: no manifest (an interrupted or "
+                f"running backup), {i['age']} old; prune removes it after {i['prunable_after']}"
+            )
+        for e in errors:
+            click.echo(f"{e['host']:<12} ERROR: {e['error']}")
 
-    ctx.emit({"snapshots": rows}, text)
+    data = {"snapshots": rows, "untrusted": untrusted, "incomplete": incomplete}
+    ctx.emit({**data, "errors": errors}, text)
+    if errors:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _snapshot_row(m: Any) -> dict[str, Any]:
+    return {
+        "host": m.host,
+        "snapshot": m.snapshot,
+        "finished": m.finished,
+        "sources": [s.name for s in m.sources],
+        "stored_bytes": m.stored_bytes,
+        "status": m.status,
+        "provider_snapshots": _provider_snapshots(m.extra),
+    }
 
 
 # What a listing shows of a provider snapshot: the manifest records no secret, but
@@ -216,19 +294,25 @@ def status(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> N
     (time, verdict).
 
     Exits 1 when any host breaches its RPO or its last drill failed (a host never
-    drilled does not), so it can run as a monitor.
+    drilled does not), so it can run as a monitor; else 3 when a host could not be
+    read (its secrets, its repository: the row says why; the other hosts are reported).
     """
     from drkit.actions.status import host_status
 
     now = ctx.now()
+    policies = ctx.policies(policy_files, hosts)
     catalog = ctx.catalog()
     try:
-        rows = [host_status(p, catalog, now) for p in ctx.policies(policy_files, hosts)]
+        read = each_host(policies, lambda p: host_status(p, catalog, now))
     finally:
         catalog.close()
+    rows = [row if row is not None else _unread_row(p, error) for p, row, error in read]
 
     def text() -> None:
         for r in rows:
+            if r.get("error"):
+                click.echo(f"{r['host']:<12} ERROR: {r['error']}")
+                continue
             age = r["age"] or "never"
             state = "BREACH" if r["breach"] else "ok"
             rpo = r["rpo"] or "-"
@@ -238,10 +322,24 @@ def status(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> N
             )
             if r.get("last_error"):
                 click.echo(f"  last run failed: {r['last_error']}")
+            if r.get("untrusted"):
+                click.echo(
+                    f"  {len(r['untrusted'])} untrusted snapshot(s) not counted "
+                    "(`drkit snapshots` shows why)"
+                )
 
     ctx.emit({"hosts": rows, "checked": now.isoformat()}, text)
     if any(r["breach"] or r["drill_failed"] for r in rows):
         sys.exit(1)
+    if any(r.get("error") for r in rows):
+        sys.exit(EXIT_PARTIAL)
+
+
+def _unread_row(policy: Policy, error: str | None) -> dict[str, Any]:
+    """A status row for a host whose repository could not be read: neither fresh nor a
+    breach, just unknown (exit 3 unless another host breached)."""
+    return {"host": policy.host, "error": error, "rpo": policy.rpo, "breach": False,
+            "drill_failed": False}  # fmt: skip
 
 
 def _drill_text(drill: dict[str, Any] | None) -> str:
@@ -266,23 +364,33 @@ def catalog_sync(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]
     from drkit.actions.common import open_repository
     from drkit.catalog.sync import sync
 
+    policies = ctx.policies(policy_files, hosts)
     cat = ctx.catalog()
-    out: list[dict[str, Any]] = []
-    for p in ctx.policies(policy_files, hosts):
-        repo = open_repository(p.repository)
+
+    def one(p: Policy) -> dict[str, Any]:
+        repo = open_repository(p)
         res = sync(cat, repo, hosts=[p.host])
-        out.append(
-            {
-                "host": p.host,
-                "repository": repo.url,
-                "added": res.added,
-                "removed": res.removed,
-                "problems": res.problems,
-            }
-        )
+        return {
+            "host": p.host,
+            "repository": repo.url,
+            "added": res.added,
+            "removed": res.removed,
+            "problems": res.problems,
+        }
+
+    try:
+        read = each_host(policies, one)
+    finally:
+        cat.close()
+    out: list[dict[str, Any]] = [
+        row if row is not None else {"host": p.host, "error": err} for p, row, err in read
+    ]
 
     def text() -> None:
         for r in out:
+            if r.get("error"):
+                click.echo(f"{r['host']}: ERROR: {r['error']}")
+                continue
             click.echo(
                 f"{r['host']}: {r['added']} added, {r['removed']} removed ({r['repository']})"
             )
@@ -290,3 +398,5 @@ def catalog_sync(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]
                 click.echo(f"  {prob}")
 
     ctx.emit({"synced": out}, text)
+    if any(r.get("error") for r in out):
+        sys.exit(EXIT_PARTIAL)

@@ -125,7 +125,8 @@ def _print_prune(res: PruneResult) -> None:
     verb = "would remove" if res.dry_run else "removed"
     click.echo(
         f"{res.host}: {verb} {len(res.removed)} snapshot(s) ({res.freed_bytes} bytes), "
-        f"{len(res.incomplete_removed)} incomplete, {len(res.uploads_aborted)} upload(s); "
+        f"{len(res.incomplete_removed)} incomplete (kept {len(res.incomplete_kept)}), "
+        f"{len(res.uploads_aborted)} upload(s); "
         f"kept {len(res.kept)}"
     )
 

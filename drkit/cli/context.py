@@ -20,6 +20,7 @@ from drkit.policy.loader import load_policies, load_policy
 from drkit.policy.models import Policy
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 EXIT_CODES = """\b
 Exit codes:
@@ -27,9 +28,23 @@ Exit codes:
   1  failure (a backup, prune, verify or restore failed;
      status: an RPO breach or a failed last drill)
   2  usage or policy error
-  3  partial (some hosts or sources failed)
+  3  partial (some hosts or sources failed; status, snapshots,
+     catalog sync: a host could not be read, its row says why)
   4  a drill ran and failed its checks
-  5  another run holds a host's lock; nothing was done"""
+  5  another run holds a host's lock; nothing was done
+  6  restore --plan: a step is refused (see "refused" in --json)
+  7  a drill could not be set up (no Docker engine, an image build
+     failed); nothing was checked"""
+
+# Some hosts or sources failed; a fleet report (status, snapshots, catalog sync) could
+# not read a host (its row says why) and reported the others.
+EXIT_PARTIAL = 3
+
+# restore --plan: the plan has a REFUSED step, so a restore would do nothing.
+EXIT_PLAN_REFUSED = 6
+
+# drill: a drill could not be set up (and none failed its checks, which is 4).
+EXIT_DRILL_SETUP = 7
 
 # For tests of schedules only: an ISO 8601 time that replaces the clock.
 NOW_ENV = "DRKIT_NOW"
@@ -53,14 +68,19 @@ class Ctx:
                 return files
         return []
 
-    def policies(self, files: tuple[str, ...] = (), hosts: tuple[str, ...] = ()) -> list[Policy]:
-        """Policies named by file, by host, or all in the policy directory."""
-        if files:
-            return load_policies(Path(f) for f in files)
+    def found_policy_files(self) -> list[Path]:
+        """``all_policy_files``; raises UsageError naming where it looked when there is none."""
         candidates = self.all_policy_files()
         if not candidates:
             searched = ", ".join(str(d) for d in self.policy_dirs())
             raise UsageError(f"no policy files found (looked in {searched}); see `drkit init`")
+        return candidates
+
+    def policies(self, files: tuple[str, ...] = (), hosts: tuple[str, ...] = ()) -> list[Policy]:
+        """Policies named by file, by host, or all in the policy directory."""
+        if files:
+            return load_policies(Path(f) for f in files)
+        candidates = self.found_policy_files()
         if not hosts:
             return load_policies(candidates)
         chosen: list[Policy] = []
@@ -106,6 +126,22 @@ class Ctx:
             text()
 
 
+def each_host(
+    policies: list[Policy], read: Callable[[Policy], T]
+) -> list[tuple[Policy, T | None, str | None]]:
+    """``read`` of each policy's host, going on past a host that cannot be read (its
+    secrets, its repository, its signers; said on stderr): (policy, result or None,
+    error or None)."""
+    out: list[tuple[Policy, T | None, str | None]] = []
+    for policy in policies:
+        try:
+            out.append((policy, read(policy), None))
+        except (DrkitError, OSError) as exc:
+            click.echo(f"error: host {policy.host}: {exc}", err=True)
+            out.append((policy, None, str(exc)))
+    return out
+
+
 def identity_option(f: F) -> F:
     return click.option(
         "--identity",
@@ -144,15 +180,31 @@ def handle_errors(f: F) -> F:
         except PolicyError as exc:
             for problem in exc.problems:
                 click.echo(f"error: {problem}", err=True)
+            _json_usage_error(exc.problems, exc.exit_code)
             sys.exit(exc.exit_code)
         except DrkitError as exc:
             click.echo(f"error: {exc}", err=True)
+            _json_usage_error([str(exc)], exc.exit_code)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_json_errors(errors: list[str], exit_code: int) -> None:
+    """A failure as the JSON document ``--json`` promises on stdout."""
+    click.echo(json.dumps({"ok": False, "exit_code": exit_code, "errors": errors}, indent=2))
+
+
+def _json_usage_error(errors: list[str], exit_code: int) -> None:
+    """Usage and policy errors (exit 2) come before a command printed anything: with
+    ``--json`` they are also printed as JSON on stdout."""
+    click_ctx = click.get_current_context(silent=True)
+    ctx = click_ctx.find_object(Ctx) if click_ctx is not None else None
+    if exit_code == UsageError.exit_code and ctx is not None and ctx.as_json:
+        print_json_errors(errors, exit_code)
 
 
 def make_ctx(policy_dir: str | None, catalog: str | None, as_json: bool) -> Ctx:

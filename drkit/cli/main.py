@@ -7,10 +7,37 @@ from typing import Any
 import click
 
 from drkit import __version__
-from drkit.cli.context import EXIT_CODES, Ctx, make_ctx
+from drkit.cli.context import EXIT_CODES, Ctx, make_ctx, print_json_errors
 
 
-@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The root group: a usage error of a command line asking for ``--json`` is also
+    printed as JSON on stdout (a script reading stdout gets a document, not nothing)."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:  # fmt: skip
+        wants_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            if wants_json:
+                print_json_errors([exc.format_message()], exc.exit_code)
+            raise
+        ctx.meta["drkit.wants_json"] = wants_json
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if ctx.meta.get("drkit.wants_json"):
+                print_json_errors([exc.format_message()], exc.exit_code)
+            raise
+
+
+@click.group(cls=_Cli, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="drkit")
 @click.option(
     "--policy-dir",
@@ -42,6 +69,11 @@ def json_option(f: Any) -> Any:
 
 
 def main() -> None:
+    from drkit.redact import guard_std_streams
+
+    # Last net under the scrubbing done where errors are made: nothing drkit prints
+    # (text, --json, warnings, tracebacks) carries a resolved secret value.
+    guard_std_streams()
     from drkit.cli import (  # noqa: F401 - registers commands
         commands_backup,
         commands_drill,

@@ -59,9 +59,17 @@ def print_summary(results: list[HostResult]) -> None:
                 f"{r.seconds:.1f}s" if r.ok else "-",
             )
         Console().print(table)
-        return
+    else:
+        for r in results:
+            click.echo(summary_line(r))
+    print_warnings(results)
+
+
+def print_warnings(results: list[HostResult]) -> None:
+    """What a source wants seen although the backup succeeded (also under -q)."""
     for r in results:
-        click.echo(summary_line(r))
+        for text in r.warnings:
+            click.echo(f"{r.host}: warning: {text}")
 
 
 def summary_line(r: HostResult) -> str:

@@ -22,7 +22,8 @@ def target_runner(
 
     The SSH settings default to the policy's [connection]; a fresh machine usually
     has another key pair and an unknown host key, hence the overrides. Accepting a
-    new host key stays explicit (it is then recorded in the known_hosts file).
+    new host key stays explicit (it is then recorded in the known_hosts file), and a
+    refused one is explained in terms of these flags, not the policy's settings.
     """
     if not target and (identity_file or known_hosts or accept_new_host_key):
         raise UsageError(
@@ -44,4 +45,12 @@ def target_runner(
         accept_new_host_key=accept_new_host_key or conn.accept_new_host_key,
     )
     label = f"ssh://{connection.user}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return open_runner(policy.host, connection), label
+    from drkit.remote.ssh import SshRunner
+    from drkit.remote.ssh_hostkeys import SshAdvice
+
+    advice = SshAdvice(
+        accept_new="pass --accept-new-host-key",
+        known_hosts="--target-known-hosts FILE",
+        identity="--target-identity FILE",
+    )
+    return SshRunner(policy.host, connection, advice), label

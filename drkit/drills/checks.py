@@ -16,8 +16,16 @@ from drkit.sources.pgsql import PgConn
 INSPECT_AS = "root"  # file/env/HTTP checks: sudo when the drill logs in as another user
 
 
+# A certificate living this long or less is short-lived by design (Caddy's internal
+# issuer: 12 hours; short-lived ACME profiles: days): its ACME client renews it when a
+# third of its life is left, so a backup's copy is routinely near or past its end.
+SHORT_LIVED = dt.timedelta(days=7)
+
+
 def certificate_checks(facts: dict[str, Any], now: dt.datetime, warn_days: int) -> list[Check]:
-    """Every certificate in caddy/certbot facts: expired -> fail, within ``warn_days`` -> warn."""
+    """Every certificate in caddy/certbot facts: expired -> fail, within ``warn_days`` ->
+    warn. Short-lived ones (see SHORT_LIVED) are judged by their own lifetime: past its
+    end -> warn (the client must renew it at start), else pass."""
     out: list[Check] = []
     for source, f in sorted(facts.items()):
         certs = list(f.get("certificates", [])) + list(f.get("lineages", []))
@@ -26,16 +34,34 @@ def certificate_checks(facts: dict[str, Any], now: dt.datetime, warn_days: int) 
             if not not_after:
                 continue
             names = ", ".join(cert.get("names", [])) or cert.get("name", "?")
-            left = dt.datetime.fromisoformat(not_after.replace("Z", "+00:00")) - now
-            days = left.total_seconds() / 86400
-            status = "fail" if days < 0 else "warn" if days < warn_days else "pass"
-            detail = (
-                f"expired {-days:.0f} day(s) ago ({not_after})"
-                if days < 0
-                else f"valid {days:.0f} more day(s), until {not_after}"
-            )
+            end = _when(not_after)
+            days = (end - now).total_seconds() / 86400
+            life = end - _when(cert["not_before"]) if cert.get("not_before") else None
+            if life is not None and life <= SHORT_LIVED:
+                status, detail = _short_lived(end, now, life, not_after)
+            else:
+                status = "fail" if days < 0 else "warn" if days < warn_days else "pass"
+                detail = (
+                    f"expired {-days:.0f} day(s) ago ({not_after})"
+                    if days < 0
+                    else f"valid {days:.0f} more day(s), until {not_after}"
+                )
             out.append(Check(source, f"certificate {names}", status, detail))
     return out
+
+
+def _when(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _short_lived(
+    end: dt.datetime, now: dt.datetime, life: dt.timedelta, not_after: str
+) -> tuple[str, str]:
+    hours = life.total_seconds() / 3600
+    kind = f"short-lived ({hours:.0f} h lifetime), renewed by its ACME client"
+    if end < now:
+        return "warn", f"{kind}: expired since ({not_after}); the client must renew it at start"
+    return "pass", f"{kind}: valid until {not_after}"
 
 
 def declared_checks(

@@ -18,15 +18,27 @@ default bridge and its ``-p 127.0.0.1::<port>`` publishing, with only the
 DNS cut: for engines whose container addresses this machine cannot reach
 (Docker Desktop).
 
-Everything acts on the container id that ``docker run`` printed, never on
-names or label patterns, so two drills (or a user's own containers) never
-touch each other.
+Name (``name=``): a drill names its container ``drkit-drill-<host>-<snapshot>``
+(``container_name()``: only the characters Docker allows). A container that
+already holds the name is removed first only when its labels say it is a
+drill's of the same host, not kept (``--keep``), and that drill is over: the
+container stopped, or the drkit process on this machine that started it has
+gone (a killed run: ``org.drkit.owner`` is the boot id, pid and start time of
+that process). Any other (kept, still in use, another machine's, not a
+drill's) is left alone and this container gets the name with ``-2``
+(``-3``...) appended.
+
+Otherwise everything acts on the container id that ``docker run`` printed,
+never on names or label patterns, so two drills (or a user's own containers)
+never touch each other.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -34,6 +46,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from drkit.drills.engine import DockerError, docker, tail
 from drkit.drills.forward import PortForwarder
@@ -45,6 +59,10 @@ NETWORK_MODES = ("isolated", "bridge")
 READY_MARKER = "/run/drkit/ready"  # written by docker/hosts/common/entrypoint.sh
 SSH_PORT = 22
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
+DRILL_LABEL = "org.drkit.drill"
+HOST_LABEL = "org.drkit.host"
+OWNER_LABEL = "org.drkit.owner"  # <boot id>:<pid>:<start time> of the drkit that started it
+KEEP_LABEL = "org.drkit.keep"  # started with --keep: never removed by another drill
 
 
 @dataclass
@@ -62,6 +80,7 @@ class HostContainer:
     host: str
     image: str
     ports: dict[int, int]
+    name: str = ""
     ssh_user: str = "root"
     ready_seconds: float = 0.0
     address: str = field(default=LOOPBACK)
@@ -72,7 +91,7 @@ class HostContainer:
 
     @property
     def label(self) -> str:
-        return f"drill container for {self.host} ({self.id[:12]})"
+        return f"drill container for {self.host} ({self.name or self.id[:12]})"
 
     def port(self, container_port: int) -> int:
         """The 127.0.0.1 port publishing ``container_port``; ``DockerError`` if none does."""
@@ -169,8 +188,8 @@ def create_network(host: str) -> str:
     """A new ``--internal`` network for one drill container; returns its name."""
     name = f"drkit-drill-{secrets.token_hex(4)}"
     docker(
-        "network", "create", "--internal", "--label", "org.drkit.drill=1",
-        "--label", f"org.drkit.host={host}", name,
+        "network", "create", "--internal", "--label", f"{DRILL_LABEL}=1",
+        "--label", f"{HOST_LABEL}={host}", name,
         what=f"create the drill network for {host}",
     )  # fmt: skip
     return name
@@ -179,7 +198,8 @@ def create_network(host: str) -> str:
 def remove_network(name: str) -> None:
     """Remove a drill network; a missing one is not an error."""
     done = docker("network", "rm", name, check=False, timeout=60)
-    if done.returncode != 0 and b"No such network" not in done.stderr:
+    missing = re.search(rb"No such network|network \S+ not found", done.stderr)
+    if done.returncode != 0 and not missing:
         raise DockerError(f"docker network rm {name}: {tail(done.stderr)}")
 
 
@@ -203,6 +223,8 @@ def start_container(
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 300,
     network: str | None = None,
+    name: str | None = None,
+    keep: bool = False,
 ) -> HostContainer:
     """Start ``image`` as ``host``'s drill container and wait until it is ready.
 
@@ -210,7 +232,10 @@ def start_container(
     (created with passwordless sudo when not root). ``ports``: container
     ports to publish on 127.0.0.1 (default: all the image exposes). ``env``:
     extra environment for the entrypoint. ``network``: ``isolated`` or
-    ``bridge`` (default: ``network_mode()``; see the module doc). The time
+    ``bridge`` (default: ``network_mode()``; see the module doc). ``name``:
+    the container's name, or a suffixed one when another container holds it
+    (``claim_name()``); None lets Docker choose. ``keep``: labelled as kept,
+    so that no later drill removes it as a leftover. The time
     limit covers the engine's copy of the image, which takes most of it
     with vfs.
 
@@ -227,27 +252,27 @@ def start_container(
         "DRKIT_SSH_USER": ssh_user,
     }
     args = ["run", "--detach", "--init", "--hostname", host, "--dns", LOOPBACK]
-    args += ["--label", "org.drkit.drill=1", "--label", f"org.drkit.host={host}"]
+    args += ["--label", f"{DRILL_LABEL}=1", "--label", f"{HOST_LABEL}={host}"]
+    args += ["--label", f"{OWNER_LABEL}={owner()}"]
+    if keep:
+        args += ["--label", f"{KEEP_LABEL}=1"]
     net = create_network(host) if mode == "isolated" else None
     if net is not None:
         args += ["--network", net]
     else:
         for port in publish:
             args += ["--publish", f"{LOOPBACK}::{port}"]
-    for name in variables:
-        args += ["--env", name]
+    for variable in variables:
+        args += ["--env", variable]
     started = time.monotonic()
     try:
-        done = docker(
-            *args, image, env=variables, timeout=ready_timeout,
-            what=f"start {host}'s drill container",
-        )  # fmt: skip
+        container_id, chosen = _run(args, image, name, host, variables, ready_timeout)
     except BaseException:
         if net is not None:
             remove_network(net)
         raise
     container = HostContainer(
-        id=done.stdout.decode().strip(), host=host, image=image, ports={}, ssh_user=ssh_user,
+        id=container_id, host=host, image=image, ports={}, name=chosen, ssh_user=ssh_user,
         network=net, publish=publish,
     )  # fmt: skip
     try:
@@ -271,6 +296,7 @@ def host_container(
     ready_timeout: float = 300,
     keep: bool = False,
     network: str | None = None,
+    name: str | None = None,
 ) -> Iterator[HostContainer]:
     """``start_container()``, then remove the container on exit unless ``keep``."""
     container = start_container(
@@ -282,12 +308,118 @@ def host_container(
         env=env,
         ready_timeout=ready_timeout,
         network=network,
+        name=name,
+        keep=keep,
     )
     try:
         yield container
     finally:
         if not keep:
             container.remove()
+
+
+def container_name(host: str, snapshot: str) -> str:
+    """``drkit-drill-<host>-<snapshot>``, each run of characters Docker does not allow in a
+    name (``[a-zA-Z0-9][a-zA-Z0-9_.-]*``) replaced by ``-``."""
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", f"drkit-drill-{host}-{snapshot}")
+
+
+def _run(
+    args: list[str], image: str, name: str | None, host: str, env: dict[str, str],
+    timeout: float,
+) -> tuple[str, str]:  # fmt: skip
+    """``docker run ARGS [--name N] IMAGE``: (container id, name or "")."""
+    what = f"start {host}'s drill container"
+    if name is None:
+        return docker(*args, image, env=env, timeout=timeout, what=what).stdout.decode().strip(), ""
+    for _attempt in range(3):  # another drill may take the name between claim and run
+        chosen = claim_name(name, host)
+        try:
+            done = docker(*args, "--name", chosen, image, env=env, timeout=timeout, what=what)
+        except DockerError as exc:
+            if "is already in use" in str(exc):
+                continue
+            raise
+        return done.stdout.decode().strip(), chosen
+    raise DockerError(f"{what}: the names {name}(-N) were taken as fast as they were freed")
+
+
+def claim_name(name: str, host: str) -> str:
+    """``name`` when no container holds it or a killed drill of ``host`` on this machine
+    left the one that does (removed here, with its drill network); else the first
+    free ``name-2``, ``name-3``... (see the module doc)."""
+    for n in itertools.count(1):
+        candidate = name if n == 1 else f"{name}-{n}"
+        done = docker("container", "inspect", candidate, check=False, timeout=30)
+        if done.returncode != 0:
+            if b"No such container" in done.stderr:
+                return candidate
+            raise DockerError(f"docker container inspect {candidate}: {tail(done.stderr)}")
+        [info] = json.loads(done.stdout)
+        if _left_by_killed_drill(info, host):
+            _remove_leftover(info, host)
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def _left_by_killed_drill(info: Mapping[str, Any], host: str) -> bool:
+    """Whether ``docker container inspect``'s ``info`` is a drill container of ``host``,
+    not kept, whose drill is over: it stopped, or the drkit on this machine that
+    started it has gone."""
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    if labels.get(DRILL_LABEL) != "1" or labels.get(HOST_LABEL) != host or KEEP_LABEL in labels:
+        return False
+    if (info.get("State") or {}).get("Status") in ("exited", "dead"):
+        return True  # e.g. after a reboot: nothing uses a stopped drill container
+    machine, _, rest = str(labels.get(OWNER_LABEL, "")).partition(":")
+    pid, _, start = rest.partition(":")
+    if machine != _machine() or not pid.isdigit():
+        return False  # another machine's drill, or not ours to judge: leave it
+    return _process_start(int(pid)) != start
+
+
+def _remove_leftover(info: Mapping[str, Any], host: str) -> None:
+    """Remove a killed drill's container and its drill network."""
+    networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    drill_networks = [n for n in networks if _drill_network(n)]
+    name = str(info.get("Name", "")).lstrip("/")
+    network = drill_networks[0] if drill_networks else None
+    HostContainer(str(info["Id"]), host, "", {}, name=name, network=network).remove()
+
+
+def _drill_network(name: str) -> bool:
+    done = docker("network", "inspect", "--format", "{{json .Labels}}", name, check=False)
+    return done.returncode == 0 and (json.loads(done.stdout) or {}).get(DRILL_LABEL) == "1"
+
+
+def owner() -> str:
+    """``<machine>:<pid>:<start>`` of this process (``OWNER_LABEL``)."""
+    return f"{_machine()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
+
+
+def _machine() -> str:
+    """This boot of this machine: the kernel's boot id (the host name without /proc)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, from /proc), "" when it runs
+    but /proc does not say, None when no such process runs."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        if Path("/proc/self/stat").exists():
+            return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
 
 
 def published_ports(container: HostContainer) -> dict[int, int]:

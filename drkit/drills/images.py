@@ -4,11 +4,13 @@
   mirror this machine's apt uses, then ``docker import``); the script tags the
   image with a content hash of itself and the mirror, and builds only when
   no image has that tag.
-- ``ensure_host_image(host)`` builds ``docker/hosts/<host>/Dockerfile`` FROM
+- ``ensure_host_image(name)`` builds ``docker/hosts/<name>/Dockerfile`` FROM
   that base. Its context is ``docker/hosts/common/`` (entrypoint, service
-  helper, shared set-up) overlaid with ``docker/hosts/<host>/``, plus
-  ``build-ca.crt``. The tag ``drkit-host-<host>:<hash>`` hashes that context,
+  helper, shared set-up) overlaid with ``docker/hosts/<name>/``, plus
+  ``build-ca.crt``. The tag ``drkit-host-<name>:<hash>`` hashes that context,
   the base tag and the CA bundle, so an unchanged Dockerfile is never rebuilt.
+  The image names are the seed hosts' (``image_names()``); a drill uses the
+  one its drill file or ``--image`` names, else its host's own.
 
 Extra CA bundle (``DRKIT_BUILD_CA``): a PEM file whose certificates the image
 trusts in addition to Debian's, during the build (``npm install -g pm2``
@@ -17,6 +19,10 @@ over https) and in the drill container. Unset: this machine's own bundle,
 running the drill trusts (a TLS-inspecting proxy's CA, as on our CI
 machines, or a company's); only certificates the image lacks are added.
 ``none`` or empty: no extra CA. Any other value: that file.
+
+The files (``docker/``) are the ones drkit ships (package data in an installed
+wheel, the checkout's ``docker/`` in a source tree) or, with ``DRKIT_DOCKER_DIR``
+(``drkit drill --docker-dir``), a directory of one's own laid out the same way.
 
 Each result is an ``ImageBuild(tag, built, seconds)``; build output is kept
 in ``<state dir>/docker/build-<name>.log`` and its tail is in any error.
@@ -39,8 +45,9 @@ from typing import Literal, NamedTuple
 
 from drkit.drills.engine import DockerError, docker, docker_binary, ensure_engine, tail
 from drkit.errors import UsageError
-from drkit.paths import state_dir
+from drkit.paths import shipped, state_dir
 
+DOCKER_DIR_ENV = "DRKIT_DOCKER_DIR"  # a directory laid out like docker/ (base/, hosts/)
 CA_ENV = "DRKIT_BUILD_CA"
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_NAME = "build-ca.crt"  # the context file setup-image.sh reads
@@ -58,15 +65,27 @@ class ImageBuild(NamedTuple):
 
 
 def docker_dir() -> Path:
-    """``$DRKIT_DOCKER_DIR`` or the ``docker/`` directory next to the drkit package."""
-    override = os.environ.get("DRKIT_DOCKER_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "docker"
+    """The drill image files: ``$DRKIT_DOCKER_DIR`` (``drkit drill --docker-dir`` sets
+    it), else the ``docker/`` directory drkit ships (``drkit.paths.shipped``: package
+    data in an installed wheel, the checkout's ``docker/`` in a source tree)."""
+    override = os.environ.get(DOCKER_DIR_ENV)
+    return Path(override).expanduser() if override else shipped("docker")
 
 
-def host_names() -> list[str]:
-    """Hosts with a ``docker/hosts/<host>/Dockerfile``, sorted."""
+def image_names() -> list[str]:
+    """Drill images: the names with a ``docker/hosts/<name>/Dockerfile``, sorted."""
     hosts = docker_dir() / "hosts"
     return sorted(p.parent.name for p in hosts.glob("*/Dockerfile") if p.parent.name != COMMON)
+
+
+def unknown_image(name: str) -> str | None:
+    """None when ``name`` is a drill image, else why not, listing the images there are."""
+    names = image_names()
+    if name in names:
+        return None
+    hosts = docker_dir() / "hosts"
+    have = ", ".join(names) or "none"
+    return f"unknown drill image {name!r}: no {hosts}/{name}/Dockerfile (images: {have})"
 
 
 def build_ca_bundle() -> Path | None:
@@ -99,6 +118,12 @@ def ensure_base_image(timeout: float = BASE_BUILD_TIMEOUT) -> ImageBuild:
     """Build the Debian base image unless its tag exists. Raises ``DockerError``."""
     ensure_engine()
     script = docker_dir() / "base" / "build.sh"
+    if not script.is_file():
+        raise DockerError(
+            f"base image: no {script}: {DOCKER_DIR_ENV} (or --docker-dir) must name a "
+            "directory laid out like drkit's docker/ (base/build.sh, hosts/common/, "
+            "hosts/<image>/Dockerfile); see docker/README.md"
+        )
     log_file = _log_file("base")
     started = time.monotonic()
     with open(log_file, "wb") as log:
@@ -123,16 +148,14 @@ def ensure_base_image(timeout: float = BASE_BUILD_TIMEOUT) -> ImageBuild:
 
 
 def context_files(host: str) -> dict[str, Path]:
-    """Build-context name -> file: ``docker/hosts/common/`` overlaid with the host's directory.
+    """Build-context name -> file: ``docker/hosts/common/`` overlaid with the image's directory.
 
-    Raises ``UsageError`` when the host has no Dockerfile.
+    Raises ``UsageError`` when ``host`` is not an image (``unknown_image()``).
     """
+    problem = unknown_image(host)
+    if problem is not None:
+        raise UsageError(problem)
     hosts = docker_dir() / "hosts"
-    if not (hosts / host / "Dockerfile").is_file():
-        known = ", ".join(host_names()) or "none"
-        raise UsageError(
-            f"no drill image for host {host!r}: {hosts / host}/Dockerfile (have: {known})"
-        )
     files: dict[str, Path] = {}
     for directory in (hosts / COMMON, hosts / host):
         for path in sorted(directory.rglob("*")):
@@ -243,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = ensure_base_image()
     print(_line("base", base))
-    for host in args.hosts or host_names():
+    for host in args.hosts or image_names():
         print(_line(host, ensure_host_image(host, base_tag=base.tag)), flush=True)
     return 0
 

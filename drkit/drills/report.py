@@ -21,8 +21,11 @@ class DrillReport:
     rto_seconds: float  # container start -> all checks done
     rpo_seconds: float  # age of the oldest source snapshot used when the drill started
     image_build_seconds: float  # reported apart from the RTO
-    image: str
+    image: str  # the tag, drkit-host-<image_name>:<hash>
     image_built: bool = False  # False: the image's Dockerfile was unchanged, nothing was built
+    image_name: str = ""  # docker/hosts/<image_name>/
+    image_from: str = ""  # what chose it: "--image", the drill file's path, "the host name"
+    container: str = ""  # the container's name, drkit-drill-<host>-<snapshot>[-N]
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
     # Every snapshot the restore took a source from (``snapshot`` is the newest):
@@ -47,7 +50,9 @@ def junit_xml(reports: list[DrillReport]) -> bytes:
         props = ET.SubElement(suite, "properties")
         for k, v in (("snapshot", r.snapshot), ("rto_seconds", f"{r.rto_seconds:.1f}"),
                      ("rpo_seconds", f"{r.rpo_seconds:.0f}"), ("verdict", r.verdict),
-                     ("image", r.image), ("image_build_seconds", f"{r.image_build_seconds:.1f}"),
+                     ("image", r.image), ("image_name", r.image_name),
+                     ("image_from", r.image_from), ("container", r.container),
+                     ("image_build_seconds", f"{r.image_build_seconds:.1f}"),
                      ("image_built", str(r.image_built).lower())):  # fmt: skip
             ET.SubElement(props, "property", name=k, value=v)
         if r.error:
@@ -65,17 +70,23 @@ def junit_xml(reports: list[DrillReport]) -> bytes:
 def markdown(reports: list[DrillReport]) -> str:
     lines = ["# drkit restore drills", ""]
     lines += [
-        "| host | verdict | snapshot | RTO | RPO | image build |",
-        "|---|---|---|---|---|---|",
+        "| host | verdict | snapshot | RTO | RPO | image | image build |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         lines.append(
             f"| {r.host} | **{r.verdict.upper()}** | {r.snapshot} | {r.rto_seconds:.1f} s | "
-            f"{r.rpo_seconds / 3600:.1f} h | {r.image_build_seconds:.1f} s "
-            f"({'built' if r.image_built else 'cached'}) |"
+            f"{r.rpo_seconds / 3600:.1f} h | {r.image_name or '-'} | "
+            f"{r.image_build_seconds:.1f} s ({'built' if r.image_built else 'cached'}) |"
         )
     for r in reports:
         lines += ["", f"## {r.host}: {r.verdict}", ""]
+        if r.image_name:
+            lines += [
+                f"Image `{r.image_name}` ({r.image or 'not built'}; chosen by {r.image_from}), "
+                f"container `{r.container or 'none'}`.",
+                "",
+            ]
         if r.error:
             lines += [f"**Error:** {r.error}", ""]
         if not r.checks:

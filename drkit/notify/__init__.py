@@ -18,7 +18,7 @@ import collections
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
@@ -28,6 +28,7 @@ from drkit import __version__
 from drkit.durations import parse_duration
 from drkit.errors import SecretError
 from drkit.notify import http
+from drkit.redact import scrub
 from drkit.secrets import resolve
 
 Log = Callable[[str], None]
@@ -194,6 +195,12 @@ class Notifier:
         results: dict[str, bool] = {}
         if t.empty:
             return results
+        # Errors and the log tail quote commands' stderr: no resolved secret leaves here.
+        event = replace(
+            event,
+            error=scrub(event.error) if event.error else event.error,
+            log_tail=scrub(event.log_tail),
+        )
         try:
             if t.healthchecks:
                 body = event.log_tail if event.event != "start" else ""
@@ -254,7 +261,7 @@ class LogTail:
         self._lines: collections.deque[str] = collections.deque(maxlen=lines)
 
     def __call__(self, message: str) -> None:
-        self._lines.append(message)
+        self._lines.append(scrub(message))
         if self._forward is not None:
             self._forward(message)
 

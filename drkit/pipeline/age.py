@@ -9,6 +9,7 @@ from typing import Any
 import pyrage
 
 from drkit.errors import CryptoError
+from drkit.keyfiles import key_file_lines
 
 Recipient = Any  # pyrage.x25519.Recipient | pyrage.ssh.Recipient (no stubs)
 Identity = Any
@@ -36,12 +37,7 @@ def recipient_lines(recipients: list[str], recipients_file: str | None) -> list[
     """The recipient keys as text: the policy list plus the file's lines."""
     lines = list(recipients)
     if recipients_file:
-        path = Path(recipients_file).expanduser()
-        try:
-            content = path.read_text()
-        except OSError as exc:
-            raise CryptoError(f"recipients file {path}: {exc.strerror}") from None
-        lines += [ln for ln in content.splitlines() if ln.strip() and not ln.startswith("#")]
+        lines += [text for _n, text in key_file_lines("recipients file", recipients_file)]
     if not lines:
         raise CryptoError("no recipients: backups need at least one public key")
     return lines

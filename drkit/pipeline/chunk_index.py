@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,16 @@ from drkit.pipeline.streams import HashingReader
 
 MAGIC = "drkit-chunk-index"
 VERSION = 1
+# The largest chunk a line may claim: the chunker's maximum (pipeline/chunked.py
+# MAX_CHUNK, a test keeps them equal). A larger claim would make the reader size
+# a decompression buffer by it.
+MAX_CHUNK_SIZE = 1 << 20
 _MAX_LINE = 256
+# Exactly what IndexWriter writes: lower-case hex, decimal without sign or leading zeros
+# (int() alone would take "-1", "+1", "1_0", "0x..").
+_RSET = re.compile(r"[0-9a-f]{1,64}")
+_CHUNK_LINE = re.compile(r"([0-9a-f]{64}) (0|[1-9][0-9]{0,18})")
+_END_LINE = re.compile(r"end (0|[1-9][0-9]{0,18}) ([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,10 @@ class IndexReader:
         self._h = HashingReader(stream)
         self._in = io.BufferedReader(self._h, buffer_size=1 << 16)
         head = self._read_line().split(" ")
-        if len(head) != 4 or head[0] != MAGIC or head[1] != str(VERSION) or not _hex(head[3]):
+        if len(head) != 4 or head[0] != MAGIC or head[1] != str(VERSION):
             raise self._bad("not a drkit chunk index of a known version")
+        if not head[2] or not _RSET.fullmatch(head[3]):
+            raise self._bad("bad header")
         self.codec, self.rset = head[2], head[3]
         self.plain_size = 0
         self.tree_digest = ""
@@ -130,33 +142,25 @@ class IndexReader:
     def __iter__(self) -> Iterator[ChunkRef]:
         tree = hashlib.sha256()
         total = 0
+        count = 0
         while True:
-            fields = self._read_line().split(" ")
-            if fields[0] == "end":
+            line = self._read_line()
+            if line.startswith("end"):
                 break
-            if len(fields) != 2 or len(fields[0]) != 64 or not _hex(fields[0]):
-                raise self._bad("bad chunk line")
-            chunk_id, size = bytes.fromhex(fields[0]), _int(fields[1])
-            if size is None:
-                raise self._bad("bad chunk size")
+            count += 1
+            chunk = _CHUNK_LINE.fullmatch(line)
+            if chunk is None:
+                raise self._bad(f"bad chunk line {count}")
+            chunk_id, size = bytes.fromhex(chunk[1]), int(chunk[2])
+            if size > MAX_CHUNK_SIZE:
+                raise self._bad(f"chunk {count} claims {size} bytes, over {MAX_CHUNK_SIZE}")
             tree.update(chunk_id)
             total += size
             yield ChunkRef(chunk_id, size)
-        if len(fields) != 3 or _int(fields[1]) != total or fields[2] != tree.hexdigest():
+        end = _END_LINE.fullmatch(line)
+        if end is None or int(end[1]) != total or end[2] != tree.hexdigest():
             raise self._bad("its end line does not match its chunks")
         if self._in.read(1):
             raise self._bad("data after its end line")
-        self.plain_size, self.tree_digest = total, fields[2]
+        self.plain_size, self.tree_digest = total, end[2]
         self.stored_size, self.stored_sha256 = self._h.size, self._h.hexdigest()
-
-
-def _hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return bool(text)
-
-
-def _int(text: str) -> int | None:
-    return int(text) if text.isdigit() else None

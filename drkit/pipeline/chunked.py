@@ -2,7 +2,8 @@
 
 The plain stream is cut into content-defined chunks (FastCDC: cut points
 follow the content, so an insertion or a changed row moves only the chunks
-around it). Each chunk is named by the sha256 of its plain bytes and stored
+around it). Each chunk is named by a keyed hash of its plain bytes (v2:
+HMAC-SHA256 under a per-host id key; v1: sha256) and stored
 once per host and recipient set, compressed and encrypted on its own
 (``zstd`` then ``age``); a chunk a previous backup already stored is not
 compressed, encrypted or uploaded again. The artifact itself is the index
@@ -25,7 +26,9 @@ threads upload them. Memory is bounded by the chunks in flight (see
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,7 +47,53 @@ from drkit.pipeline.codec import Digests, decrypt_error
 from drkit.pipeline.memory import fix_mmap_threshold
 from drkit.pipeline.streams import CHUNK, PipeClosed, ThreadPipe
 
-FORMAT = "cdc+zstd+age/v1"
+# v2: chunk ids are keyed (HMAC-SHA256 under a per-host secret), so no one without
+# that secret can predict where a chunk of given content would be stored and plant
+# one there. v1 ids were the plain sha256 of the chunk; still read.
+FORMAT = "cdc+zstd+age/v2"
+FORMAT_V1 = "cdc+zstd+age/v1"
+FORMATS = (FORMAT, FORMAT_V1)
+
+
+def is_chunked(fmt: str) -> bool:
+    return fmt in FORMATS
+
+
+ID_KEY_EXTRA = "chunk_id_key"  # manifest ``extra`` member: the id key, sealed to the recipients
+
+
+def seal_id_key(id_key: bytes, recipients: list[Recipient]) -> str:
+    """The id key encrypted to ``recipients`` (base64), for the signed manifest: the
+    restorer needs it to check each chunk against its id; bucket readers must not
+    have it (they could then confirm guessed content)."""
+    return base64.b64encode(pyrage.encrypt(id_key, recipients)).decode()
+
+
+def open_id_key(sealed: object, identities: list[Identity], label: str) -> bytes:
+    """The id key from a manifest's ``extra``. Raises IntegrityError naming ``label``
+    when it is missing or malformed, CryptoError when the identity does not fit."""
+    if not isinstance(sealed, str):
+        raise IntegrityError(f"{label}: the manifest holds no chunk id key")
+    try:
+        blob = base64.b64decode(sealed, validate=True)
+    except ValueError:
+        raise IntegrityError(f"{label}: the manifest's chunk id key is not base64") from None
+    try:
+        key = bytes(pyrage.decrypt(blob, identities))
+    except Exception as exc:
+        raise decrypt_error(exc, f"{label} (chunk id key)") from None
+    if len(key) != 32:
+        raise IntegrityError(f"{label}: the manifest's chunk id key is not 32 bytes")
+    return key
+
+
+def chunk_id(data: bytes, id_key: bytes | None) -> bytes:
+    """A chunk's id: HMAC-SHA256 of its plain bytes under ``id_key`` (v2), or their
+    sha256 (v1, ``id_key`` None). Both release the GIL on large inputs."""
+    if id_key is None:
+        return hashlib.sha256(data).digest()
+    return hmac.digest(id_key, data, "sha256")
+
 
 # Small enough that a changed row costs ~512 KiB and that the cutter's buffer
 # (2 x MAX) and the chunks in flight stay a few MiB; a 1 GB dump is ~2000
@@ -84,6 +133,7 @@ def encode(
     recipients: list[Recipient],
     chunks: ChunkStore,
     *,
+    id_key: bytes,
     level: int = 3,
     workers: int = 2,
     uploads: int = 3,
@@ -137,16 +187,16 @@ def encode(
     try:
         for piece in cutter.cut_stream(plain):
             data = bytes(piece.data)  # the view is only valid until the next cut
-            chunk_id = hashlib.sha256(data).digest()
-            index.add(chunk_id, len(data))
-            if chunk_id in submitted or chunks.has(chunk_id):
+            cid = chunk_id(data, id_key)
+            index.add(cid, len(data))
+            if cid in submitted or chunks.has(cid):
                 reused += 1
                 continue
-            submitted.add(chunk_id)
+            submitted.add(cid)
             while len(sealing) >= workers:
                 storing.append(sealing.popleft().result())
                 settle(block=False)
-            sealing.append(seal_pool.submit(seal, chunk_id, data))
+            sealing.append(seal_pool.submit(seal, cid, data))
             del data
         while sealing:
             storing.append(sealing.popleft().result())
@@ -171,6 +221,7 @@ def decode(
     *,
     expected: Digests | None,
     label: str,
+    id_key: bytes | None = None,
     fetched: Callable[[int], object] | None = None,
 ) -> Digests:
     """Fetch, decrypt and check each chunk the ``index`` stream names, in order, into ``consume``.
@@ -184,8 +235,12 @@ def decode(
     """
     fix_mmap_threshold()
     reader = IndexReader(index, label)
-    if reader.codec != FORMAT:
+    if reader.codec not in FORMATS:
         raise IntegrityError(f"{label}: unreadable chunk index (codec {reader.codec!r})")
+    if (reader.codec == FORMAT) != (id_key is not None):
+        # A v2 index read without its key (or a v1 index passed off with one) would
+        # skip or misapply the check that ties each chunk to the signed index.
+        raise IntegrityError(f"{label}: chunk index {reader.codec} without its id key")
     chunks = chunks_of(reader.rset)
     plain = ThreadPipe(max_chunks=4)
 
@@ -202,7 +257,7 @@ def decode(
             data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=ref.size)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{where}: compressed data is corrupt ({exc})") from None
-        if len(data) != ref.size or hashlib.sha256(data).digest() != ref.id:
+        if len(data) != ref.size or chunk_id(data, id_key) != ref.id:
             raise IntegrityError(f"{where}: chunk content does not match its id")
         return data
 

@@ -28,6 +28,17 @@ def check_positive_duration(text: str) -> str:
     return text
 
 
+def check_lock_ttl(text: str) -> str:
+    """Positive and at most the lock files' own cap (a longer one is refused when the
+    lock is taken: here it is refused with the policy's other errors)."""
+    from drkit.locks import MAX_TTL
+
+    seconds = parse_duration(text).total_seconds()
+    if not 0 < seconds <= MAX_TTL:
+        raise ValueError(f"must be longer than 0s and at most {MAX_TTL / 86400:.0f}d")
+    return text
+
+
 def check_cron(expr: str) -> str:
     from drkit.schedule import check_schedule
 
@@ -59,6 +70,13 @@ def check_recipient(text: str) -> str:
     return text
 
 
+def check_signer(text: str) -> str:
+    from drkit.signing import parse_public
+
+    parse_public(text)  # raises ValueError naming the problem
+    return text
+
+
 def check_api_endpoint(url: str) -> str:
     from drkit.providers.base import check_endpoint
 
@@ -68,7 +86,9 @@ def check_api_endpoint(url: str) -> str:
 
 Duration = Annotated[str, AfterValidator(check_duration)]
 PositiveDuration = Annotated[str, AfterValidator(check_positive_duration)]
+LockTtl = Annotated[str, AfterValidator(check_lock_ttl)]
 Cron = Annotated[str, AfterValidator(check_cron)]
 AbsolutePath = Annotated[str, AfterValidator(check_absolute_path)]
 RecipientKey = Annotated[str, AfterValidator(check_recipient)]
 ApiEndpoint = Annotated[str, AfterValidator(check_api_endpoint)]
+SignerKey = Annotated[str, AfterValidator(check_signer)]

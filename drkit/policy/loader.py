@@ -9,6 +9,7 @@ parsed.
 
 from __future__ import annotations
 
+import stat
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,33 +55,68 @@ def _message(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def schema_problems(exc: ValidationError, origin: str) -> list[str]:
+    """``<origin>: <key path>: <message>`` for each error of a schema (policies and drill
+    files word their problems alike)."""
+    return [f"{origin}: {_loc_to_path(e['loc'])}: {_message(e)}" for e in exc.errors()]
+
+
 def parse_policy(data: dict[str, Any], origin: str) -> Policy:
     """Validate already-parsed TOML. Raises PolicyError listing every problem."""
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{origin}: {_loc_to_path(e['loc'])}: {_message(e)}" for e in exc.errors()]
-        raise PolicyError(problems) from None
+        raise PolicyError(schema_problems(exc, origin)) from None
     problems = [f"{origin}: {p}" for p in cross_field_problems(policy)]
     if problems:
         raise PolicyError(problems)
     return policy
 
 
-def load_policy(path: Path) -> Policy:
-    """Read and validate one policy file. Raises PolicyError."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """The table in a TOML file (a policy or a drill file).
+
+    Raises PolicyError naming the file when it cannot be opened, is not a regular
+    file (a directory, a FIFO, a device: refused without reading, so a FIFO never
+    hangs the command), is not UTF-8 (the byte and its line) or is not TOML.
+    """
     try:
-        data = tomllib.loads(path.read_text())
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise PolicyError([f"{path}: cannot read: {kind}"])
+        raw = path.read_bytes()
     except OSError as exc:
         raise PolicyError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark, as some editors write, is fine
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        byte = raw[exc.start]
+        problem = f"not UTF-8 text: byte 0x{byte:02x} on line {line} (TOML files must be UTF-8)"
+        raise PolicyError([f"{path}: {problem}"]) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError([f"{path}: invalid TOML: {exc}"]) from None
-    return parse_policy(data, str(path))
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate one policy file. Raises PolicyError."""
+    return parse_policy(read_toml(path), str(path))
 
 
 def load_policies(paths: Iterable[Path]) -> list[Policy]:
     """Load several files; collects problems across all of them before raising."""
-    policies: list[Policy] = []
+    loaded, problems = load_each(paths)
+    if problems:
+        raise PolicyError(problems)
+    return [policy for _path, policy in loaded]
+
+
+def load_each(paths: Iterable[Path]) -> tuple[list[tuple[Path, Policy]], list[str]]:
+    """(each file that loaded with its policy, every problem found in all of them)."""
+    loaded: list[tuple[Path, Policy]] = []
     problems: list[str] = []
     hosts: dict[str, Path] = {}
     for path in paths:
@@ -94,10 +130,8 @@ def load_policies(paths: Iterable[Path]) -> list[Policy]:
                 f"{path}: host: {policy.host!r} is also defined in {hosts[policy.host]}"
             )
         hosts[policy.host] = path
-        policies.append(policy)
-    if problems:
-        raise PolicyError(problems)
-    return policies
+        loaded.append((path, policy))
+    return loaded, problems
 
 
 def cross_field_problems(policy: Policy) -> list[str]:
@@ -117,6 +151,11 @@ def cross_field_problems(policy: Policy) -> list[str]:
     enc = policy.encryption
     if not enc.recipients and not enc.recipients_file:
         problems.append("encryption.recipients: at least one recipient (or recipients_file)")
+    if not enc.signers and not enc.signers_file:
+        problems.append(
+            "encryption.signers: at least one signing key (or signers_file): the public key "
+            "`drkit init` prints on the machine that backs this host up"
+        )
     if policy.connection.type == "ssh" and not policy.connection.address:
         problems.append("connection.address: required when connection.type is 'ssh'")
     notify = policy.notify

@@ -17,8 +17,10 @@ from drkit.policy.checks import (
     ApiEndpoint,
     Cron,
     Duration,
+    LockTtl,
     PositiveDuration,
     RecipientKey,
+    SignerKey,
 )
 from drkit.secrets import check_reference
 
@@ -76,16 +78,38 @@ class RepositoryConfig(Model):
             raise ValueError("must start with file:// or s3://")
         if re.match(r"^s3://[^/]*@", v):
             raise ValueError("credentials in the URL are refused; use access_key_id references")
+        from drkit.errors import UsageError
+        from drkit.repository.factory import check_url
+
+        try:
+            check_url(v)  # what opening the repository would refuse (e.g. file://relative)
+        except UsageError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
         return v
 
 
 class Encryption(Model):
-    """Public recipients: backing up never needs the identity."""
+    """Public recipients: backing up never needs the identity. Public signing keys: only
+    snapshots and drill reports signed by one of them are trusted (docs/security.md)."""
 
     recipients: list[RecipientKey] = Field(
         default_factory=list, description="age1... or ssh-ed25519 keys"
     )
     recipients_file: str | None = Field(None, description="file with one recipient per line")
+    signers: list[SignerKey] = Field(
+        default_factory=list,
+        description=(
+            "ed25519:... public keys (printed by `drkit init`) of the machines that back up "
+            "or drill this host; several for key rotation"
+        ),
+    )
+    signers_file: str | None = Field(None, description="file with one signing key per line")
+    drill_signers: list[SignerKey] = Field(
+        default_factory=list,
+        description=(
+            "keys of machines that only run drills: trusted for drill reports, not snapshots"
+        ),
+    )
 
 
 class Retention(Model):
@@ -135,7 +159,23 @@ class PostgresSource(SourceBase):
     )
 
 
-class FilesSource(SourceBase):
+class ArchiveSource(SourceBase):
+    """A source stored as a tar archive: restores check every member (docs/security.md)."""
+
+    allow_setid: bool = Field(
+        False,
+        description="restore files with set-user/group-id bits (refused by default: "
+        "a restore of a compromised host's snapshot must not plant setuid binaries)",
+    )
+    symlinks_to: list[AbsolutePath] = Field(
+        default_factory=list,
+        description="directories outside this source's paths that restored symlinks may "
+        'point into (e.g. ["/usr/bin"] for a virtualenv\'s bin/python -> /usr/bin/python3); '
+        "other outward symlinks are refused, and nothing is ever written through one",
+    )
+
+
+class FilesSource(ArchiveSource):
     """A tar of paths keeping modes, owners and symlinks; facts: each file's size and sha256."""
 
     kind: Literal["files"]
@@ -143,7 +183,7 @@ class FilesSource(SourceBase):
     exclude: list[str] = Field(default_factory=list, description="tar --exclude patterns")
 
 
-class EnvSource(SourceBase):
+class EnvSource(ArchiveSource):
     """.env files; every pattern must match; facts: key names and digests, never values."""
 
     kind: Literal["env"]
@@ -157,9 +197,16 @@ class CommandSource(SourceBase):
     command: list[str] = Field(min_length=1, description="argv whose stdout is the artifact")
     restore_command: list[str] | None = Field(None, description="argv that reads it on stdin")
     artifact: str = Field("output", pattern=NAME_RE, description="artifact name")
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], SecretRef] = Field(
+        default_factory=dict,
+        description="environment of command and restore_command, e.g. "
+        '`{ API_TOKEN = "env:DB_API_TOKEN" }`: each value a secret reference, resolved by '
+        "drkit and sent the way PGPASSWORD is (never in argv); output, errors, the catalog "
+        "and notifications are scrubbed of the values",
+    )
 
 
-class Pm2Source(SourceBase):
+class Pm2Source(ArchiveSource):
     """`pm2 save` dump and ecosystem files; facts: app names, cwd and script (never env)."""
 
     kind: Literal["pm2"]
@@ -169,7 +216,7 @@ class Pm2Source(SourceBase):
     ecosystem: list[str] = Field(default_factory=list, description="ecosystem.config.js paths")
 
 
-class CaddySource(SourceBase):
+class CaddySource(ArchiveSource):
     """Caddyfile(s) and the data dir (certificates, ACME account); facts: certificates."""
 
     kind: Literal["caddy"]
@@ -177,14 +224,14 @@ class CaddySource(SourceBase):
     data_dir: str = "/var/lib/caddy/.local/share/caddy"
 
 
-class CertbotSource(SourceBase):
+class CertbotSource(ArchiveSource):
     """/etc/letsencrypt with its symlinks intact; facts: each certificate's names and expiry."""
 
     kind: Literal["certbot"]
     dir: str = "/etc/letsencrypt"
 
 
-class NatsSource(SourceBase):
+class NatsSource(ArchiveSource):
     """JetStream streams (KV and object-store buckets included) through the snapshot API,
     or a stop-copy-start of the store directory; facts: messages, bytes, first/last
     sequence per stream."""
@@ -198,9 +245,15 @@ class NatsSource(SourceBase):
     store_dir: str | None = Field(None, description="stop-copy: the JetStream store directory")
     container: str | None = Field(None, description="stop-copy: the nats-server container")
     credentials: SecretRef | None = Field(None, description="a .creds file reference")
+    memory_streams: Literal["skip", "export"] = Field(
+        "skip",
+        description="snapshot mode: memory-storage streams, which JetStream cannot snapshot: "
+        "skip (reported at backup and in the plan) or export (their messages are read through "
+        "an ordered consumer and published again on restore, with new sequence numbers)",
+    )
 
 
-class DockerVolumeSource(SourceBase):
+class DockerVolumeSource(ArchiveSource):
     """A named Docker volume's contents, tarred from its mountpoint on the host (needs root
     or ``sudo_user = "root"``); facts: each file's size and sha256, a content digest."""
 
@@ -302,7 +355,7 @@ class Policy(Model):
     rpo: PositiveDuration | None = Field(
         None, description="alert when the newest backup is older, e.g. 26h"
     )
-    lock_ttl: PositiveDuration = Field(
+    lock_ttl: LockTtl = Field(
         "15m", description="a run's lock is taken over when its heartbeat is older"
     )
     repository: RepositoryConfig

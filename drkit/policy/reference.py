@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -25,6 +25,16 @@ A literal value there is refused by `drkit policy validate`.
 
 Durations are written like `90s`, `45m`, `26h`, `7d`, `2w`; schedules are
 5-field cron expressions.
+
+`drkit policy validate` reports every problem at once (exit 2 if any): the
+schema, then what `backup` would refuse that this machine can tell without
+contacting the host: the repository URL's shape, `recipients_file` and
+`signers_file` (readable UTF-8, every line a key), the SSH `identity_file`
+and `known_hosts` (present, unless `accept_new_host_key`), and each secret
+reference (a `file:` one must be readable UTF-8). Warnings do not fail it: an
+`env:` variable unset here (cron may set it), a schedule that comes due more
+often than the 10 minutes `backup --due` runs at, and this machine's signing
+key missing from `signers` (right on a machine that only restores).
 """
 
 
@@ -44,7 +54,8 @@ def _type_name(info: FieldInfo) -> str:
     text = str(info.annotation).replace("typing.", "").replace("drkit.policy.models.", "")
     text = text.replace("<class '", "").replace("'>", "")
     if any(getattr(m, "__name__", "") == "check_reference" for m in _metadata(info)):
-        return "*secret* reference"
+        table = get_origin(info.annotation) is dict  # written in TOML as an inline table
+        return "table of *secret* references" if table else "*secret* reference"
     text = _ANNOTATED.sub(lambda m: _CHECKED.get(m.group(1), "str"), text)
     text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text)
     direct = [getattr(m, "func", m) for m in info.metadata]  # a non-optional Annotated field

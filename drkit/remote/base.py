@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from drkit.errors import SourceError
+from drkit.redact import drop_partial_secret, scrub
 
 STDERR_TAIL = 2000
 
@@ -110,7 +111,8 @@ def exit_text(rc: int) -> str:
 
 
 def tail_text(stderr: str) -> str:
-    stderr = stderr.strip()
+    """``": <stderr>"`` for an error message (scrubbed of secrets), or "" if there is none."""
+    stderr = scrub(stderr.strip())
     return f": {stderr}" if stderr else ""
 
 
@@ -121,13 +123,19 @@ class TailBuffer:
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._limit = limit
+        self._cut = False  # something was dropped: the first line may be partial
 
     def add(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
         while self._size - len(self._chunks[0]) >= self._limit:
             self._size -= len(self._chunks.popleft())
+            self._cut = True
 
     def text(self) -> str:
-        raw = b"".join(self._chunks)[-self._limit :]
-        return raw.decode("utf-8", "replace")
+        """The tail as text, scrubbed of secrets before it is cut to ``limit``."""
+        raw = b"".join(self._chunks)
+        text = scrub(raw.decode("utf-8", "replace"))
+        if self._cut or len(raw) > self._limit:
+            text = drop_partial_secret(text[-self._limit :])
+        return text

@@ -27,9 +27,9 @@ import asyncssh
 from drkit.errors import SourceError, UsageError
 from drkit.policy.models import Connection
 from drkit.remote.base import Process, Runner
-from drkit.remote.loop_thread import LoopThread
+from drkit.remote.loop_thread import LoopStopped, LoopThread
 from drkit.remote.ssh_command import env_preamble, remote_command
-from drkit.remote.ssh_hostkeys import HostKeyCheck, HostKeyClient
+from drkit.remote.ssh_hostkeys import HostKeyCheck, HostKeyClient, SshAdvice
 from drkit.remote.ssh_process import PACKET, WINDOW, SshProcess, SshSession, why
 
 CONNECT_TIMEOUT = 20.0  # TCP connect + key exchange + authentication
@@ -59,13 +59,17 @@ def parse_jump(jump: str, default_user: str) -> tuple[str, str, int]:
 
 
 class SshRunner(Runner):
-    """Runs commands on ``connection.address`` over one reused SSH connection."""
+    """Runs commands on ``connection.address`` over one reused SSH connection.
 
-    def __init__(self, host: str, connection: Connection) -> None:
+    ``advice``: how the command in use trusts a host key (named when one is refused).
+    """
+
+    def __init__(self, host: str, connection: Connection, advice: SshAdvice | None = None) -> None:
         if not connection.address:
             raise UsageError(f"host {host}: [connection] type ssh needs an address")
         self.host = host
         self.config = connection
+        self.advice = advice or SshAdvice()
         self.target = f"{connection.user}@{connection.address}:{connection.port}"
         self._loop: LoopThread | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -101,7 +105,7 @@ class SshRunner(Runner):
         loop = self._running_loop()
         try:
             session = loop.call(self._open_session(conn, command, preamble, stdin), CONNECT_TIMEOUT)
-        except (asyncssh.Error, OSError, FutureTimeout) as exc:
+        except (asyncssh.Error, OSError, FutureTimeout, LoopStopped) as exc:
             raise SourceError(
                 f"host {self.host}: cannot start `{shlex.join(argv)}` over ssh {self.target}: "
                 f"{why(exc, CONNECT_TIMEOUT)}"
@@ -136,6 +140,8 @@ class SshRunner(Runner):
                     raise SourceError(
                         f"host {self.host}: ssh {self.target}: cannot connect: timed out"
                     ) from None
+                except LoopStopped as exc:
+                    raise SourceError(f"host {self.host}: ssh {self.target}: {exc}") from None
             return self._conn
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
@@ -158,7 +164,7 @@ class SshRunner(Runner):
         what: str,
     ) -> asyncssh.SSHClientConnection:
         label = f"host {self.host}: {what}"
-        check = HostKeyCheck(self.known_hosts, self.config.accept_new_host_key, label)
+        check = HostKeyCheck(self.known_hosts, self.config.accept_new_host_key, label, self.advice)
         keys: list[str] | tuple[()] = ()
         if self.config.identity_file:
             identity = Path(self.config.identity_file).expanduser()
@@ -186,14 +192,18 @@ class SshRunner(Runner):
             raise SourceError(check.problem or f"{label}: host key refused: {exc}") from None
         except asyncssh.PermissionDenied:
             which = self.config.identity_file or "the default keys or ssh-agent"
-            raise SourceError(f"{label}: login as {user} refused (key: {which})") from None
+            raise SourceError(
+                f"{label}: login as {user} refused (key: {which}; another: {self.advice.identity})"
+            ) from None
         except asyncssh.KeyImportError as exc:
             raise SourceError(
                 f"{label}: cannot load identity_file {self.config.identity_file}: {exc} "
                 f"(a passphrase-protected key must be loaded into ssh-agent instead)"
             ) from None
         except (TimeoutError, asyncssh.Error, OSError) as exc:
-            raise SourceError(f"{label}: cannot connect: {why(exc, CONNECT_TIMEOUT)}") from None
+            raise SourceError(
+                f"{label}: cannot connect: {why(exc, CONNECT_TIMEOUT)}{check.lost_hint(exc)}"
+            ) from None
         return conn
 
     def close(self) -> None:

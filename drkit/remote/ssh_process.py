@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 import asyncssh
 
 from drkit.errors import SourceError
+from drkit.redact import scrub
 from drkit.remote.base import Process, TailBuffer
 from drkit.remote.loop_thread import LoopThread
 from drkit.remote.ssh_command import KILL_SCRIPT, PID_LINE, remote_command
@@ -191,7 +192,7 @@ class SshSession(asyncssh.SSHClientSession[bytes]):
     def stderr_tail(self) -> str:
         with self._tail_lock:
             pending = self._pid_scan or b""
-            return self._tail.text() + pending.decode("utf-8", "replace")
+            return scrub(self._tail.text() + pending.decode("utf-8", "replace"))
 
 
 class SshProcess(Process):
@@ -237,6 +238,11 @@ class SshProcess(Process):
         return 0
 
     def write(self, data: bytes) -> None:
+        if self._killed or self._session.closed.is_set():
+            # Like a local pipe whose reader is gone. Checked before making the
+            # coroutine: a buffered writer flushed at exit, after the runner closed
+            # its loop, must not leave one "never awaited".
+            raise BrokenPipeError(f"{self.what}: the command's input is closed")
         try:
             self._loop.call(self._session.send(data))
         except BrokenPipeError:
@@ -247,8 +253,8 @@ class SshProcess(Process):
 
     def write_eof(self) -> None:
         chan = self._session.chan
-        if chan is not None:
-            self._loop.loop.call_soon_threadsafe(_quietly, chan.write_eof)
+        if chan is not None and not self._session.closed.is_set():
+            self._loop.call_soon(lambda: _quietly(chan.write_eof))
 
     def wait(self, timeout: float | None = None) -> int:
         if self._rc is not None:

@@ -13,12 +13,18 @@ import json
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, Strict, StrictInt, StrictStr, with_config
 
 from drkit.errors import RepositoryError
+from drkit.repository.documents import lazy_adapter, parse_document
 
 MANIFEST_FORMAT = "drkit-manifest"
-MANIFEST_VERSION = 1
+# 2: signed (drkit.signing). Version 1 manifests were unsigned: they are read for
+# listing as untrusted, never used.
+MANIFEST_VERSION = 2
+SIGNED_KIND = "manifest"
 
 
 _SNAPSHOT_ID = re.compile(r"(?P<second>\d{8}T\d{6})(?:\.(?P<ms>\d{3}))?Z-[0-9A-Za-z]+")
@@ -42,42 +48,57 @@ def snapshot_time(snapshot_id: str) -> dt.datetime:
     return when + dt.timedelta(milliseconds=int(m["ms"] or 0))
 
 
+_Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+_Size = Annotated[StrictInt, Field(ge=0)]
+_Name = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")]
+# Relative to the snapshot directory: names only, no "..", no absolute path.
+_Key = Annotated[
+    StrictStr,
+    Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9._+-]{0,127})?$"),
+]
+_Host = Annotated[StrictStr, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+_Text = Annotated[StrictStr, Field(max_length=256)]
+
+
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class ArtifactRecord:
-    source: str
-    name: str
-    key: str  # relative to the snapshot directory
-    format: str  # e.g. "zstd+age/v1"; new formats (chunked) get new names
-    plain_size: int
-    plain_sha256: str
-    stored_size: int
-    stored_sha256: str
+    source: _Name
+    name: _Name
+    key: _Key  # relative to the snapshot directory
+    format: _Text  # e.g. "zstd+age/v1"; new formats (chunked) get new names
+    plain_size: _Size
+    plain_sha256: _Sha256
+    stored_size: _Size
+    stored_sha256: _Sha256
     # Chunked formats: stored bytes of the chunks this artifact stored first
     # (chunks it shares with earlier snapshots are theirs); 0 otherwise.
-    new_bytes: int = 0
+    new_bytes: _Size = 0
 
 
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class SourceRecord:
-    name: str
-    kind: str
+    name: _Name
+    kind: _Text
     artifacts: list[ArtifactRecord]
-    seconds: float
+    seconds: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] = 0.0
 
 
+@with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class Manifest:
-    host: str
-    snapshot: str
-    started: str
-    finished: str
-    drkit_version: str
-    policy_sha256: str
-    recipients: list[str]
+    host: _Host
+    snapshot: Annotated[StrictStr, Field(pattern=_SNAPSHOT_ID.pattern)]
+    started: _Text
+    finished: _Text
+    drkit_version: _Text
+    policy_sha256: _Text
+    recipients: list[StrictStr]
     sources: list[SourceRecord]
     facts: ArtifactRecord | None
-    status: str = "complete"
-    extra: dict[str, Any] = field(default_factory=dict)
+    status: Annotated[StrictStr, Field(pattern=r"^[a-z]{1,20}$")] = "complete"
+    extra: dict[StrictStr, Any] = field(default_factory=dict)
 
     @property
     def artifacts(self) -> list[ArtifactRecord]:
@@ -91,40 +112,58 @@ class Manifest:
     def source(self, name: str) -> SourceRecord | None:
         return next((s for s in self.sources if s.name == name), None)
 
+    def document(self) -> dict[str, Any]:
+        """The manifest as the JSON object that is signed and stored (without signature)."""
+        return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **asdict(self)}
+
     def to_json(self) -> bytes:
-        data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **asdict(self)}
-        return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+        """Unsigned: what documentation and tests show. Repositories store the signed
+        form (Repository.write_manifest)."""
+        return dump_document(self.document())
+
+    @classmethod
+    def from_document(cls, data: object, origin: str) -> Manifest:
+        """Check ``data`` (parsed JSON) against the manifest schema.
+
+        Raises RepositoryError naming ``origin`` and every field that is wrong. Says
+        nothing of trust: Repository.manifest checks the signature first.
+        """
+        check_envelope(data, origin)
+        assert isinstance(data, dict)
+        body = {k: v for k, v in data.items() if k not in ("format", "version", "signature")}
+        manifest: Manifest = parse_document(_MANIFEST(), body, origin, "manifest")
+        return manifest
 
     @classmethod
     def from_json(cls, raw: bytes, origin: str) -> Manifest:
-        try:
-            data = json.loads(raw)
-            if data.get("format") != MANIFEST_FORMAT:
-                raise ValueError("not a drkit manifest")
-            if data.get("version") != MANIFEST_VERSION:
-                raise ValueError(f"manifest version {data.get('version')} is not supported")
-            sources = [
-                SourceRecord(
-                    name=s["name"],
-                    kind=s["kind"],
-                    seconds=float(s.get("seconds", 0.0)),
-                    artifacts=[ArtifactRecord(**a) for a in s["artifacts"]],
-                )
-                for s in data["sources"]
-            ]
-            facts = ArtifactRecord(**data["facts"]) if data.get("facts") else None
-            return cls(
-                host=data["host"],
-                snapshot=data["snapshot"],
-                started=data["started"],
-                finished=data["finished"],
-                drkit_version=data["drkit_version"],
-                policy_sha256=data["policy_sha256"],
-                recipients=list(data.get("recipients", [])),
-                sources=sources,
-                facts=facts,
-                status=data.get("status", "complete"),
-                extra=dict(data.get("extra", {})),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RepositoryError(f"{origin}: unreadable manifest ({exc})") from None
+        return cls.from_document(load_json(raw, origin, "manifest"), origin)
+
+
+_MANIFEST = lazy_adapter(lambda: Manifest)
+
+
+def dump_document(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def load_json(raw: bytes, origin: str, what: str) -> object:
+    """Parsed JSON of a repository document. Raises RepositoryError naming ``origin``."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{origin}: unreadable {what} (not JSON: {exc})") from None
+
+
+def check_envelope(data: object, origin: str) -> None:
+    """A manifest's format and version. Raises RepositoryError naming ``origin``."""
+    if not isinstance(data, dict):
+        raise RepositoryError(f"{origin}: unreadable manifest (not a JSON object)")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise RepositoryError(f"{origin}: unreadable manifest (not a drkit manifest)")
+    version = data.get("version")
+    if version == 1:
+        raise RepositoryError(
+            f"{origin}: manifest version 1 (written before drkit signed its snapshots); not trusted"
+        )
+    if version != MANIFEST_VERSION:
+        raise RepositoryError(f"{origin}: manifest version {version!r} is not supported")

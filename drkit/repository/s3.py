@@ -24,9 +24,11 @@ import datetime as dt
 import email.utils
 import hashlib
 import io
+import random
 import re
 import tempfile
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -36,7 +38,15 @@ from xml.sax.saxutils import escape
 
 from drkit.errors import ObjectNotFound, RepositoryError
 from drkit.repository.factory import StoreOptions, safe_url
-from drkit.repository.s3_client import Response, S3Client, S3Error, StreamingBody, text
+from drkit.repository.s3_client import (
+    MalformedAnswer,
+    Response,
+    S3Client,
+    S3Error,
+    StreamingBody,
+    is_network_error,
+    text,
+)
 from drkit.repository.s3_sign import Credentials, CredentialSource, NoCredentials
 from drkit.repository.store import ObjectInfo, Store, Written
 
@@ -76,6 +86,7 @@ class S3Store(Store):
         self._part_size = max(int(options.part_size), MIN_PART_SIZE)
         self._concurrency = max(int(options.concurrency), 1)
         self.max_attempts = 5  # per request (as botocore "standard" retries); before first use
+        self.read_timeout = 120.0  # seconds an answer may keep silent; before first use
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
         self._lock_enabled: bool | None = None
@@ -107,6 +118,7 @@ class S3Store(Store):
                 CredentialSource(explicit),
                 path_style=opts.path_style,
                 max_attempts=self.max_attempts,
+                read_timeout=self.read_timeout,
                 pool_size=self._concurrency + 2,
             )
         except ValueError as exc:
@@ -139,6 +151,9 @@ class S3Store(Store):
     def _error(self, action: str, key: str | None, exc: BaseException) -> RepositoryError:
         """A RepositoryError naming url, key and the S3 error code (no secrets)."""
         where = f"{self.url}/{key}" if key else self.url
+        if isinstance(exc, MalformedAnswer):  # which server said it matters here
+            server = self._endpoint or f"AWS S3 ({self.options.region or DEFAULT_REGION})"
+            return RepositoryError(f"{where}: {action} failed: {server}: {self._scrub(str(exc))}")
         if isinstance(exc, S3Error):
             cls = ObjectNotFound if exc.code in _NOT_FOUND_CODES else RepositoryError
             return cls(f"{where}: {action} failed: {self._scrub(str(exc))}")
@@ -163,6 +178,12 @@ class S3Store(Store):
             action, key, self.client.request, method, self.bucket, full, **kw
         )
         return result
+
+    def _document(self, action: str, key: str | None, answer: Response, root: str) -> ET.Element:
+        """``answer``'s body as the S3 document ``root``; RepositoryError naming the server,
+        the object and ``action`` if it is anything else."""
+        doc: ET.Element = self._call(action, key, answer.xml, root)
+        return doc
 
     def _lock_headers(self, retain: bool) -> dict[str, str]:
         days = self.options.object_lock_days
@@ -264,25 +285,31 @@ class S3Store(Store):
                 "start upload of", key, "POST", params=[("uploads", "")],
                 headers=self._lock_headers(retain),
             )  # fmt: skip
+            answer = self._document(
+                "start upload of", key, created, "InitiateMultipartUploadResult"
+            )
+            upload_id = text(answer, "UploadId")
+            if not upload_id:
+                raise RepositoryError(f"{self.url}/{key}: start upload of failed: no UploadId")
         except BaseException:
             first.close()
             raise
-        upload_id = text(created.xml(), "UploadId")
-        if not upload_id:
-            first.close()
-            raise RepositoryError(f"{self.url}/{key}: start upload of failed: no UploadId")
         try:
             total, parts = self._upload_parts(key, full, upload_id, first, stream)
             doc = "".join(
                 f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
                 for n, etag in sorted(parts.items())
             )
-            self._request(
+            completed = self._request(
                 "complete upload of", key, "POST", params=[("uploadId", upload_id)],
                 body=f"<CompleteMultipartUpload>{doc}</CompleteMultipartUpload>".encode(),
             )  # fmt: skip
+            # Anything but the result document is no proof the object was assembled.
+            self._document("complete upload of", key, completed, "CompleteMultipartUploadResult")
         except BaseException as exc:
-            self._abort_after_failure(key, full, upload_id, exc)
+            left = self._abort_after_failure(key, full, upload_id, exc)
+            if left and isinstance(exc, RepositoryError):  # say it, whoever re-words the error
+                raise RepositoryError(f"{exc}; {left}") from exc
             raise
         return total
 
@@ -359,11 +386,19 @@ class S3Store(Store):
 
     def _abort_after_failure(
         self, key: str, full: str, upload_id: str, cause: BaseException
-    ) -> None:
+    ) -> str:
+        """Abort the upload after ``cause``; if that fails too, a sentence saying the
+        upload is left over (also noted on ``cause``), else ''."""
         try:
             self._abort(key, full, upload_id)
         except Exception as exc:  # keep the original error; say the upload is left over
-            cause.add_note(f"also: could not abort the multipart upload: {exc}")
+            left = (
+                f"also: could not abort the multipart upload ({exc}); `drkit prune` aborts "
+                "it once it is older than the grace period"
+            )
+            cause.add_note(left)
+            return left
+        return ""
 
     def _abort(self, key: str, full: str, upload_id: str) -> None:
         try:
@@ -387,21 +422,30 @@ class S3Store(Store):
             head = self._request("stat", key, "HEAD")
         except ObjectNotFound:
             return None
-        return ObjectInfo(key, int(head.headers.get("content-length", 0)), _http_date(head))
+        size = self._call("stat", key, _number, head.headers.get("content-length", "0"), "size")
+        return ObjectInfo(key, size, self._call("stat", key, _http_date, head))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Sorted here: some S3-compatible servers (SeaweedFS) list in directory
         # walk order, not in the byte order AWS S3 guarantees.
         found: list[ObjectInfo] = []
         for page in self._list_pages(prefix):
-            for obj in page.findall("Contents"):
-                full = unquote(text(obj, "Key"))
-                if not full.startswith(self._base) or full.endswith("/"):
-                    continue
-                modified = _iso_date(text(obj, "LastModified"))
-                found.append(ObjectInfo(full[len(self._base) :], int(text(obj, "Size")), modified))
+            found += self._call("list", prefix or None, self._listed, page)
         found.sort(key=lambda o: o.key)
         yield from found
+
+    def _listed(self, page: ET.Element) -> builtins.list[ObjectInfo]:
+        """The objects of one listing page under this store; MalformedAnswer if a size or
+        time in it is not one."""
+        found = []
+        for obj in page.findall("Contents"):
+            full = unquote(text(obj, "Key"))
+            if not full.startswith(self._base) or full.endswith("/"):
+                continue
+            size = _number(text(obj, "Size"), "<Size>")
+            modified = _iso_date(text(obj, "LastModified"), "<LastModified>")
+            found.append(ObjectInfo(full[len(self._base) :], size, modified))
+        return found
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """One delimiter listing: the common prefixes, not every object below them."""
@@ -416,17 +460,26 @@ class S3Store(Store):
     def _list_pages(self, prefix: str, delimiter: str = "") -> Iterator[ET.Element]:
         """Every page of a ListObjectsV2 of ``prefix``, following continuation tokens."""
         token = ""
+        seen: set[str] = set()
         while True:
             params = [("list-type", "2"), ("prefix", self._base + prefix)]
             params += [("delimiter", delimiter)] if delimiter else []
             params += [("encoding-type", "url"), ("max-keys", str(self.list_page_size))]
             if token:
                 params.append(("continuation-token", token))
-            page = self._bucket_request("list", prefix or None, "GET", params=params).xml()
+            answer = self._bucket_request("list", prefix or None, "GET", params=params)
+            page = self._document("list", prefix or None, answer, "ListBucketResult")
             yield page
             token = text(page, "NextContinuationToken")
             if text(page, "IsTruncated") != "true" or not token:
                 return
+            if token in seen:  # a server going round in circles would list forever
+                raise self._error(
+                    "list",
+                    prefix or None,
+                    MalformedAnswer("its listing repeats a continuation token"),
+                )
+            seen.add(token)
 
     def _bucket_request(self, action: str, key: str | None, method: str, **kw: Any) -> Response:
         result: Response = self._call(action, key, self.client.request, method, self.bucket, **kw)
@@ -471,15 +524,17 @@ class S3Store(Store):
 
     def object_lock_enabled(self) -> bool:
         """True if the bucket has Object Lock enabled (so retention can be set on writes)."""
+        action = "read Object Lock configuration of"
         try:
             conf = self.client.request("GET", self.bucket, params=[("object-lock", "")])
         except S3Error as exc:
             if exc.code in _NO_LOCK_CODES:
                 return False
-            raise self._error("read Object Lock configuration of", None, exc) from None
+            raise self._error(action, None, exc) from None
         except Exception as exc:
-            raise self._error("read Object Lock configuration of", None, exc) from None
-        return text(conf.xml(), "ObjectLockEnabled") == "Enabled"
+            raise self._error(action, None, exc) from None
+        doc = self._document(action, None, conf, "ObjectLockConfiguration")
+        return text(doc, "ObjectLockEnabled") == "Enabled"
 
     def object_retention(self, key: str) -> dt.datetime | None:
         """When ``key``'s Object Lock retention ends (datetime.max under legal hold), or None.
@@ -507,11 +562,15 @@ class S3Store(Store):
                 if any(code in str(exc) for code in _NO_LOCK_CODES):
                     return None
                 raise
-            until = text(answer.xml(), "RetainUntilDate")
-        return _iso_date(until) if until else None
+            doc = self._document("read retention of", key, answer, "Retention")
+            until = text(doc, "RetainUntilDate")
+        if not until:
+            return None
+        return self._call("read retention of", key, _iso_date, until, "retain-until date")
 
     def list_incomplete_uploads(self, prefix: str = "") -> builtins.list[IncompleteUpload]:
         """Open multipart uploads under this store: (key, upload id, initiated), key order."""
+        action = "list uploads"
         seen: set[tuple[str, str]] = set()
         found: list[IncompleteUpload] = []
         key_marker = upload_marker = ""
@@ -526,8 +585,8 @@ class S3Store(Store):
                 params.append(("key-marker", key_marker))
             if upload_marker:
                 params.append(("upload-id-marker", upload_marker))
-            page = self._bucket_request("list uploads", prefix or None, "GET", params=params)
-            doc = page.xml()
+            page = self._bucket_request(action, prefix or None, "GET", params=params)
+            doc = self._document(action, prefix or None, page, "ListMultipartUploadsResult")
             new = 0
             for upload in doc.findall("Upload"):
                 full, upload_id = unquote(text(upload, "Key")), text(upload, "UploadId")
@@ -536,7 +595,8 @@ class S3Store(Store):
                 seen.add((full, upload_id))
                 new += 1
                 if full.startswith(self._base):
-                    initiated = _iso_date(text(upload, "Initiated"))
+                    when = text(upload, "Initiated")
+                    initiated = self._call(action, prefix or None, _iso_date, when, "<Initiated>")
                     found.append((full[len(self._base) :], upload_id, initiated))
             # SeaweedFS pages by upload id and sends no NextKeyMarker: follow what is given.
             key_marker = unquote(text(doc, "NextKeyMarker"))
@@ -552,22 +612,60 @@ class S3Store(Store):
 
 
 class _BodyReader(io.RawIOBase):
-    """A streaming GET body as a raw binary stream (errors become RepositoryError)."""
+    """A streaming GET body as a raw binary stream (errors become RepositoryError).
+
+    A body that breaks off (connection reset, fewer bytes than its
+    Content-Length, read timeout) is resumed where it stopped with a ranged
+    GET of the same version (``If-Match`` on the first answer's ETag), as
+    the client retries whole requests: up to the store's attempts in all.
+    """
 
     def __init__(self, body: StreamingBody, store: S3Store, key: str) -> None:
         self._body = body
         self._store = store
         self._key = key
+        self._offset = 0
+        self._etag = body.headers.get("etag")
+        self._attempt = 1
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        try:
-            return self._body.readinto(view)
-        except Exception as exc:
-            raise self._store._error("read", self._key, exc) from None
+        while True:
+            try:
+                n = self._body.readinto(view)
+            except Exception as exc:
+                if not self._etag or not is_network_error(exc):
+                    raise self._store._error("read", self._key, exc) from None
+                if self._attempt >= self._store.max_attempts:
+                    raise self._store._error(
+                        f"read (at byte {self._offset}, {self._attempt} attempts)", self._key, exc
+                    ) from None
+                self._resume()
+                continue
+            self._offset += n
+            return n
+
+    def _resume(self) -> None:
+        """Read on from ``_offset``: a ranged GET of the version first read."""
+        self._body.close()
+        time.sleep(random.uniform(0, min(20.0, 0.5 * 2 ** (self._attempt - 1))))
+        self._attempt += 1
+        assert self._etag is not None
+        headers = {"range": f"bytes={self._offset}-", "if-match": self._etag}
+        body: StreamingBody = self._store._request(
+            "read", self._key, "GET", headers=headers, stream=True
+        )  # type: ignore[assignment]
+        self._body = body
+        got = body.headers.get("content-range", "")
+        if body.status != 206 or not got.startswith(f"bytes {self._offset}-"):
+            body.close()
+            raise RepositoryError(
+                f"{self._store.url}/{self._key}: read failed: resuming at byte {self._offset} "
+                f"was answered HTTP {body.status} {got or '(no Content-Range)'}"
+            )
 
     def close(self) -> None:
         if not self.closed:
@@ -625,14 +723,28 @@ def _content_md5(md5: Any) -> str:
     return base64.b64encode(md5.digest()).decode("ascii")
 
 
-def _iso_date(value: str) -> dt.datetime:
-    """S3's ``2026-11-22T04:36:34.000Z`` (XML bodies, lock headers) as an aware datetime."""
-    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+def _iso_date(value: str, what: str) -> dt.datetime:
+    """S3's ``2026-11-22T04:36:34.000Z`` (XML bodies, lock headers) as an aware datetime;
+    MalformedAnswer naming ``what`` if it is not one."""
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedAnswer(f"{what} {value[:40]!r} is not an ISO 8601 time") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _number(value: str, what: str) -> int:
+    """A byte count from an answer; MalformedAnswer naming ``what`` if it is not one."""
+    if not value.isascii() or not value.isdigit():
+        raise MalformedAnswer(f"{what} {value[:40]!r} is not a byte count")
+    return int(value)
 
 
 def _http_date(head: Response) -> dt.datetime:
     raw = head.headers.get("last-modified")
     if not raw:
         return dt.datetime.now(dt.UTC)
-    return email.utils.parsedate_to_datetime(raw).astimezone(dt.UTC)
+    try:
+        return email.utils.parsedate_to_datetime(raw).astimezone(dt.UTC)
+    except (ValueError, TypeError):
+        raise MalformedAnswer(f"Last-Modified {raw[:40]!r} is not an HTTP date") from None

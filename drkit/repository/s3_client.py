@@ -62,6 +62,14 @@ class S3Error(Exception):
         super().__init__(detail)
 
 
+class MalformedAnswer(ValueError):
+    """A 2xx answer that is not what S3 sends there (a proxy's page, a broken server).
+
+    The message says what was expected and what came (status, content type, size),
+    never the body: it is the server's, and could be anything.
+    """
+
+
 @dataclass
 class Response:
     """A finished request: status, headers (lower-case names) and the whole body."""
@@ -70,8 +78,22 @@ class Response:
     headers: dict[str, str]
     body: bytes
 
-    def xml(self) -> ET.Element:
-        return _strip_ns(ET.fromstring(self.body))
+    def xml(self, root: str) -> ET.Element:
+        """The body as the S3 document ``root`` (namespace stripped); else MalformedAnswer."""
+        doc = _parse(self.body)
+        if doc is None:
+            kind = self.headers.get("content-type") or "no content type"
+            raise MalformedAnswer(
+                f"HTTP {self.status} answer is not XML ({kind}, {len(self.body)} bytes) "
+                f"where S3 sends <{root}>"
+            )
+        tag = doc.tag.rpartition("}")[2]  # a foreign namespace too: the name says enough
+        if tag != root:
+            code = f" {text(doc, 'Code')}" if tag == "Error" and text(doc, "Code") else ""
+            raise MalformedAnswer(
+                f"HTTP {self.status} answer is <{tag}>{code}, where S3 sends <{root}>"
+            )
+        return doc
 
 
 class S3Client:
@@ -302,15 +324,20 @@ class StreamingBody:
         self._resp = resp
         self._conn: http.client.HTTPConnection | None = conn
         self._client = client
+        self.status = resp.status
         self.headers = {k.lower(): v for k, v in resp.getheaders()}
 
     def readinto(self, buffer: memoryview) -> int:
+        owed = self._resp.length  # bytes the Content-Length still promises (None: unknown)
         try:
             n = self._resp.readinto(buffer)
         except BaseException:
             self._discard()
             raise
         if n == 0 and len(buffer):
+            if owed:  # http.client ends a body cut short as if it were whole
+                self._discard()
+                raise http.client.IncompleteRead(b"", owed)
             self._finish()
         return n
 
@@ -335,6 +362,14 @@ class StreamingBody:
             self._discard()  # unread rest: dropping the connection is cheaper than draining
 
 
+def _parse(body: bytes) -> ET.Element | None:
+    """``body`` as XML with S3's namespace stripped; None if it is not XML."""
+    try:
+        return _strip_ns(ET.fromstring(body))
+    except ET.ParseError:
+        return None
+
+
 def _strip_ns(root: ET.Element) -> ET.Element:
     for el in root.iter():
         if el.tag.startswith(S3_NS):
@@ -344,14 +379,10 @@ def _strip_ns(root: ET.Element) -> ET.Element:
 
 def _error_of(answer: Response) -> S3Error:
     code, message = str(answer.status), http.client.responses.get(answer.status, "")
-    if answer.body:
-        try:
-            root = answer.xml()
-        except ET.ParseError:
-            pass
-        else:
-            code = (root.findtext("Code") or code).strip()
-            message = (root.findtext("Message") or "").strip()
+    root = _parse(answer.body) if answer.body else None
+    if root is not None:  # else a proxy's page or nothing: the status says it
+        code = (root.findtext("Code") or code).strip()
+        message = (root.findtext("Message") or "").strip()
     return S3Error(code, answer.status, message)
 
 

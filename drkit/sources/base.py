@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar
 
@@ -50,8 +50,15 @@ class RestoreOptions:
     pg_user: str | None = None
     pg_password: str | None = None  # resolved value: never logged
     dest: str | None = None  # files/env: restore under this directory instead of /
-    force: bool = False
+    # --force-files: overwrite differing files (files, env, caddy, certbot, pm2).
+    force_files: bool = False
+    # --force-db: replace databases and data stores (PostgreSQL, roles' attributes, NATS
+    # streams and store dirs, docker volumes). --force means both.
+    force_db: bool = False
     pg_jobs: int | None = None  # postgres: pg_restore -j for a fresh database (--pg-jobs)
+    # Reload/restart the services a step restored (Caddy, nginx, ...) and probe them
+    # (--no-reload: neither; the checks then say the services were not probed).
+    reload: bool = True
     log: Callable[[str], None] = print
 
 
@@ -117,6 +124,13 @@ class Source(ABC):
 
     def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
         """Compare the restored target with the facts recorded at backup time."""
+        return []
+
+    def reload(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        """After every step was applied: make the service that uses this source's files
+        load them (reload or start it the way the target runs it). A service that cannot
+        be brought back is a failed check naming what it no longer serves, not an
+        exception: the data is restored either way. Default: nothing to reload."""
         return []
 
     def staged_artifacts(self, facts: dict[str, Any], opts: RestoreOptions) -> frozenset[str]:
@@ -206,7 +220,7 @@ class CommandStream(AbstractContextManager[BinaryIO]):
                 f"{self._source.label}: command `{shlex.join(self._argv)}` timed out after "
                 f"{self._source.config.timeout} and was stopped"
             )
-        if rc != 0:
+        if rc != 0 and not self.status_ok(rc):
             raise SourceError(
                 f"{self._source.label}: command `{shlex.join(self._argv)}` {exit_text(rc)}"
                 f"{tail_text(self._proc.stderr_tail())}"
@@ -215,6 +229,11 @@ class CommandStream(AbstractContextManager[BinaryIO]):
             raise SourceError(
                 f"{self._source.label}: command `{shlex.join(self._argv)}` wrote nothing"
             )
+
+    def status_ok(self, rc: int) -> bool:
+        """Whether a non-zero exit status still means a good stream (a subclass that
+        knows the command's warnings decides); default: never."""
+        return False
 
     def readable(self) -> bool:
         return True
@@ -229,6 +248,16 @@ class CommandStream(AbstractContextManager[BinaryIO]):
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def differs_from_policy(facts: dict[str, Any], policy: Mapping[str, object]) -> list[str]:
+    """Plan lines for each fact that names another target than the policy does: facts
+    are for comparison only, the policy's value is what the restore uses."""
+    return [
+        f"the snapshot says {key} = {facts[key]!r}, the policy {value!r}: the policy's is used"
+        for key, value in policy.items()
+        if key in facts and facts[key] != value
+    ]
 
 
 def pipe_into(
@@ -250,7 +279,14 @@ def pipe_into(
     proc = runner.start(argv, stdin=True, env=env, user=user)
     assert proc.stdin is not None
     out: list[bytes] = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+
+    def read_output() -> None:
+        # A lost connection fails this read too: ``proc.wait()`` reports it, once, so
+        # the thread must not print its own traceback.
+        with suppress(SourceError, OSError):
+            out.append(proc.stdout.read())
+
+    reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
     try:
         while chunk := stream.read(CHUNK):

@@ -15,6 +15,11 @@ and SHA-256 fingerprint.
 
 Restore: to the same absolute paths (the renewal files require it), then
 the live links on the target are read back and compared with the backup.
+When the target has nginx, its configuration is tested (``nginx -t``) and it
+is reloaded (or started) so it serves the restored certificates; then every
+TLS server block of the restored configuration (``nginx -T``) whose
+``ssl_certificate`` is one of these lineages is probed by name on the target:
+it must serve that lineage's certificate (``services``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 from drkit.policy.models import CertbotSource as CertbotConfig
 from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
 from drkit.sources.certs import certificate_fact
+from drkit.sources.nginxconf import tls_servers
+from drkit.sources.services import Outcome, attempt, has_systemd_unit, installed, probe_certificate
 from drkit.sources.tarball import TarSource
 from drkit.sources.tarscan import Member
 
@@ -46,8 +53,11 @@ class CertbotSource(TarSource):
     def root(self) -> str:
         return posixpath.normpath(self.config.dir)
 
+    def policy_paths(self) -> list[str]:
+        return [self.root]
+
     def artifacts(self) -> Iterator[Artifact]:
-        yield self.tar_artifact([self.root], [])
+        yield from self.tar_artifacts([self.root], [])
         facts = self.listing_facts()
         members = self._scanner.members
         try:
@@ -71,7 +81,74 @@ class CertbotSource(TarSource):
         if note:
             actions.append(note)
         actions += [lineage_line(lin) for lin in facts.get("lineages", [])]
+        actions.append(self._service_plan(opts))
         return StepPlan(actions, base.blocked)
+
+    def _service_plan(self, opts: RestoreOptions) -> str:
+        if (opts.dest or "/") != "/":
+            return "restored under --dest: nginx is not reloaded, sites are not probed"
+        if not installed(self.runner, "nginx", user=self.run_as):
+            return "no nginx on the target: no web server is reloaded for these certificates"
+        if not opts.reload:
+            return "nginx is not reloaded (--no-reload): sites are not probed"
+        how = (
+            "systemctl reload-or-restart nginx.service"
+            if has_systemd_unit(self.runner, "nginx.service")
+            else "nginx -s reload (start it if not running)"
+        )
+        return (
+            f"reload nginx: nginx -t, then {how}; then probe each TLS server of its "
+            "configuration that uses these certificates"
+        )
+
+    def reload(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        if (opts.dest or "/") != "/" or not installed(self.runner, "nginx", user=self.run_as):
+            return []
+        if not opts.reload:
+            detail = "not reloaded (--no-reload): its TLS sites were not probed"
+            return [Check(self.name, "nginx reloaded", "warn", detail)]
+        outcome = self._reload_nginx()
+        if outcome.ok:
+            return [Check(self.name, "nginx reloaded", "pass", outcome.detail)]
+        detail = f"{outcome.detail}: the restored certificates are not served"
+        return [Check(self.name, "nginx reloaded", "fail", detail)]
+
+    def _reload_nginx(self) -> Outcome:
+        runner, user = self.runner, self.run_as
+        tested = attempt(runner, ["nginx", "-t", "-q"], user=user)
+        if not tested.ok:
+            return tested  # a broken configuration is never loaded
+        if has_systemd_unit(runner, "nginx.service"):
+            return attempt(runner, ["systemctl", "reload-or-restart", "nginx.service"], user=user)
+        tried = attempt(runner, ["nginx", "-s", "reload"], user=user)
+        if tried.ok:
+            return tried
+        started = attempt(runner, ["nginx"], user=user)  # daemonizes; not running before
+        if started.ok:
+            return Outcome(True, f"nginx was not running: started ({started.detail})")
+        return Outcome(False, f"{tried.detail}; then {started.detail}")
+
+    def _probes(self, facts: dict[str, Any]) -> list[Check]:
+        """Each name of each restored TLS server block that uses one of these lineages
+        must be served that lineage's certificate."""
+        dumped = self.runner.run(["nginx", "-T", "-q"], user=self.run_as)
+        if dumped.returncode != 0:
+            return []  # the reload check already failed on `nginx -t`
+        live = self.root.rstrip("/") + "/live/"
+        by_name = {lin["name"]: lin for lin in facts.get("lineages", []) if lin.get("sha256")}
+        checks = []
+        for server in tls_servers(dumped.stdout.decode("utf-8", "replace")):
+            if not server.certificate.startswith(live):
+                continue
+            lineage = by_name.get(server.certificate[len(live) :].split("/", 1)[0])
+            if lineage is None:
+                continue
+            for name in server.names:
+                status, detail = probe_certificate(
+                    self.runner, name, lineage["sha256"], port=server.port
+                )
+                checks.append(Check(self.name, f"https {name}", status, detail))
+        return checks
 
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
         report = super().restore(feed, facts, opts)
@@ -103,10 +180,16 @@ class CertbotSource(TarSource):
                 checks.append(Check(self.name, f"lineage {lin.get('name')}", "warn", detail))
             for warning in lin.get("warnings", []):
                 checks.append(Check(self.name, f"lineage {lin.get('name')}", "warn", warning))
+        if (
+            (opts.dest or "/") == "/"
+            and opts.reload
+            and installed(self.runner, "nginx", user=self.run_as)
+        ):
+            checks += self._probes(facts)
         return checks
 
     def _links(self, facts: dict[str, Any]) -> dict[str, str]:
-        live = str(facts.get("dir") or self.root).rstrip("/") + "/live/"
+        live = self.root.rstrip("/") + "/live/"
         return {
             e["path"]: e["link"]
             for e in facts.get("entries", [])
@@ -116,7 +199,7 @@ class CertbotSource(TarSource):
     def _dest_note(self, facts: dict[str, Any], opts: RestoreOptions) -> str | None:
         if (opts.dest or "/") == "/":
             return None
-        root = str(facts.get("dir") or self.root)
+        root = self.root
         return (
             f"renewal files name absolute paths under {root}: certbot renews these "
             f"certificates only once the tree is back at {root}"

@@ -22,14 +22,22 @@ listing and ``sha256sum`` (no second transfer of the data).
 
 Restore: into the volume of the same name (created with the same labels if
 missing, so Docker Compose adopts it); a volume holding files is refused
-unless ``--force``, which empties it first so the result equals the backup.
-``--dest DIR`` extracts into ``DIR/<volume>`` instead and touches no volume.
+unless ``--force-db``, and then the result equals the backup. Staged: the
+archive is extracted into ``.drkit-staging-<id>/new`` beside the volume's
+directory (``/var/lib/docker/volumes/NAME/``: the same filesystem), and only
+after it was read whole and its digest checked is the old directory renamed
+aside, the new one renamed into place and the old removed. A killed restore
+leaves the old contents or the new ones; the next restore of the source first
+puts back an old directory whose place is empty, then removes the staging
+directory. ``--dest DIR`` extracts into ``DIR/<volume>`` instead and touches
+no volume.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,11 +54,28 @@ from drkit.sources.base import (
     RestoreReport,
     Source,
     StepPlan,
+    differs_from_policy,
     pipe_into,
 )
+from drkit.sources.confine import confine
+from drkit.sources.staging import PREFIX as STAGING_PREFIX
+from drkit.sources.staging import human
+from drkit.sources.tarfilter import MemberRules, TarFilter
 from drkit.sources.tarscan import Member, TarScanner
 
 ARTIFACT = "volume.tar"
+
+# Staged restores (see the module doc): $1 staging dir, $2 the volume's directory.
+# An old directory whose place is empty goes back; then the staging dir goes.
+_RECOVER = r"""s=$1 d=$2; [ -d "$s" ] || exit 0
+if [ -d "$s/old" ] && [ ! -e "$d" ] && [ ! -L "$d" ]; then mv -T -- "$s/old" "$d" || exit 1; fi
+rm -rf -- "$s"
+"""
+_PREPARE = 'mkdir -p -- "$(dirname -- "$1")" && mkdir -m 700 -- "$1" "$1/new"'
+_SWAP = r"""s=$1 d=$2
+if [ -e "$d" ] || [ -L "$d" ]; then mv -T -- "$d" "$s/old" || exit 1; fi
+mv -T -- "$s/new" "$d" && rm -rf -- "$s/old"
+"""
 
 # One NUL-separated record per entry: "type mode uid gid size", relative path, link target.
 _SHA_MARK = b"#sha256"
@@ -256,7 +281,7 @@ class DockerVolumeSource(Source):
     # ---- restore ------------------------------------------------------
     def _target(self, facts: dict[str, Any], opts: RestoreOptions) -> tuple[str, str | None]:
         """(volume name, directory it is written to; None: a volume yet to be created)."""
-        volume = str(facts.get("volume") or self.volume)
+        volume = self.volume
         if opts.dest:
             return volume, opts.dest.rstrip("/") + "/" + volume
         record = self.inspect(volume)
@@ -272,7 +297,7 @@ class DockerVolumeSource(Source):
         volume, directory = self._target(facts, opts)
         n = facts.get("files", 0)
         where = f"directory {directory}" if opts.dest else f"volume {volume}"
-        actions = []
+        actions = differs_from_policy(facts, {"volume": volume})
         if directory is None:
             labels = facts.get("labels") or {}
             actions.append(
@@ -287,15 +312,27 @@ class DockerVolumeSource(Source):
             label = self.config.stop_label
             actions.append(f"stop containers labelled {label} meanwhile, start them again after")
         write = f"write {n} file(s) into {where}, modes and owners as backed up"
-        if directory_has_files and not opts.force:
+        if directory_has_files and not opts.force_db:
             return StepPlan(
                 [*actions, write],
-                f"{where} holds files; use --force to replace its contents or --dest to "
+                f"{where} holds files; use --force-db to replace its contents or --dest to "
                 "restore into a directory",
             )
         if directory_has_files:
-            actions.append(f"EMPTY {where} (--force)")
+            actions.append(f"REPLACE the contents of {where} (--force-db)")
         actions.append(write)
+        if directory is not None:
+            stage, need = self._staging(directory), int(facts.get("bytes") or 0)
+            free = self._free(posixpath.dirname(stage))
+            actions.append(
+                f"stage {human(need)} in {stage} ({human(free)} free there), then rename into place"
+            )
+            if need > free:
+                return StepPlan(
+                    actions,
+                    f"staging needs {human(need)} free beside {directory}, which has "
+                    f"{human(free)}: free space or restore with --dest elsewhere",
+                )
         if directory is not None and not opts.dest:
             busy = self._busy(volume)
             if busy:
@@ -333,22 +370,56 @@ class DockerVolumeSource(Source):
                 record = self.inspect(volume) or {}
                 directory = self.mountpoint(volume, record)
             where = f"{self.label}: restore into {directory}"
-            if self._has_files(directory):  # allowed by describe: --force
-                script = 'find "$1" -mindepth 1 -delete'
-                argv = ["sh", "-c", script, "sh", directory]
-                self.runner.check(argv, what=where, user=self.run_as)
-                report.actions.append(f"emptied {directory} (--force)")
-            self.runner.check(["mkdir", "-p", "--", directory], what=where, user=self.run_as)
-            tar = ["tar", "-C", directory, "-x", "-p", "--same-owner", "--numeric-owner", "-f", "-"]
+            replaced = self._has_files(directory)  # allowed by describe: --force-db
+            stage = self._staging(directory)
+            self._sh(_RECOVER, [stage, directory], where)  # what a killed run left
+            self._sh(_PREPARE, [stage], where)
+            new = stage + "/new"
+            tar = ["tar", "-C", new, "-x", "-p", "--same-owner", "--numeric-owner", "-f", "-"]
+            rules = self._rules(directory)
 
             def consume(stream: BinaryIO) -> None:
-                pipe_into(self.runner, tar, stream, what=where, user=self.run_as)
+                checked = TarFilter(stream, rules, self.label)
+                pipe_into(self.runner, tar, checked, what=where, user=self.run_as)  # type: ignore[arg-type]
 
-            feed(ARTIFACT, consume)
-            report.actions.append(f"extracted {facts.get('files', '?')} file(s) into {directory}")
+            try:
+                feed(ARTIFACT, consume)  # raises on a bad digest: nothing swapped yet
+                self._sh(_SWAP, [stage, directory], where)
+            finally:
+                self._sh(_RECOVER, [stage, directory], where)
+            if replaced:
+                report.actions.append(f"replaced the contents of {directory} (--force-db)")
+            report.actions.append(
+                f"extracted {facts.get('files', '?')} file(s) into {directory} (staged, renamed "
+                "into place)"
+            )
         if stopped:
             report.actions.append(f"started container(s) {', '.join(stopped)} again")
         return report
+
+    def _staging(self, directory: str) -> str:
+        ident = hashlib.sha256(f"docker_volume/{self.name}".encode()).hexdigest()[:12]
+        parent = posixpath.dirname(directory.rstrip("/")) or "/"
+        return posixpath.join(parent, f"{STAGING_PREFIX}{ident}")
+
+    def _free(self, directory: str) -> int:
+        """Bytes free on the filesystem of ``directory`` (or its deepest existing parent)."""
+        script = 'q=$1; while [ ! -e "$q" ]; do q=$(dirname -- "$q"); done; df -Pk -- "$q"'
+        out = self.runner.check(
+            ["sh", "-c", script, "sh", directory], what=f"{self.label}: df", user=self.run_as
+        )
+        lines = out.decode("utf-8", "replace").splitlines()
+        return int(lines[-1].split()[3]) * 1024 if len(lines) > 1 else 0
+
+    def _sh(self, script: str, args: list[str], what: str) -> None:
+        self.runner.check(["sh", "-c", script, "sh", *args], what=what, user=self.run_as)
+
+    def _rules(self, directory: str) -> MemberRules:
+        """Members anywhere in the volume, none through a symlink leading out of it."""
+        conf = confine(self.runner, directory, ["/"], label=self.label, user=self.run_as)
+        return MemberRules(
+            ("/",), self.config.allow_setid, conf.escapes, tuple(self.config.symlinks_to)
+        )
 
     def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
         """The restored tree's listing digest (or, for a truncated listing, its file count

@@ -39,6 +39,9 @@ class EnvSource(TarSource):
     ARTIFACT = "env.tar"
     keep_content = True
 
+    def policy_paths(self) -> list[str]:
+        return list(self.config.paths)
+
     def expand(self) -> list[str]:
         """Every file the patterns match on the host; a pattern matching nothing fails."""
         out = self.runner.check(
@@ -57,7 +60,7 @@ class EnvSource(TarSource):
         return sorted({p for paths in found.values() for p in paths})
 
     def artifacts(self) -> Iterator[Artifact]:
-        yield self.tar_artifact(self.expand(), [])
+        yield from self.tar_artifacts(self.expand(), [])
         facts = self.listing_facts()
         files: list[dict[str, Any]] = []
         for member in self._scanner.members:

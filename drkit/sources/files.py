@@ -13,6 +13,9 @@ class FilesSource(TarSource):
     kind = "files"
     config: FilesConfig
 
+    def policy_paths(self) -> list[str]:
+        return list(self.config.paths)
+
     def artifacts(self) -> Iterator[Artifact]:
-        yield self.tar_artifact(self.config.paths, self.config.exclude)
+        yield from self.tar_artifacts(self.config.paths, self.config.exclude)
         self.facts.update(self.listing_facts())

@@ -17,6 +17,14 @@ Usage (argv after the bootstrap): ``OP URL [ARGS]``
 - ``restore URL NAME``: stdin is the same JSON line and bytes; stdout is the
   restored stream's info (JSON).
 - ``delete URL NAME``.
+- ``export URL NAME``: for streams the snapshot API cannot take (memory storage):
+  stdout is one JSON line ``{"config", "state"}`` (the state before reading),
+  then one record per message read through an ordered consumer (ack none,
+  flow control, recreated after a gap) up to that state's last sequence, then
+  an end record holding the count (see ``EXPORT_FORMAT``).
+- ``import URL NAME``: stdin is an export; creates the stream from its config
+  and publishes every message to its subject again (new sequence numbers);
+  stdout is the stream's info (JSON).
 
 Credentials come in the environment (``DRKIT_NATS_AUTH``: JSON fields merged
 into CONNECT, e.g. ``{"auth_token": ...}``), never in argv. Errors: one line
@@ -29,6 +37,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -48,6 +57,13 @@ RESTORE_WINDOW = 16
 MAX_CONTROL_LINE = 64 * 1024
 # Snapshot bytes held in memory when stdout is slower than the server; the rest spills to disk.
 SPOOL_MEMORY = 8 << 20
+# An export record: type 1, stream sequence, timestamp (ns), then the lengths of subject,
+# headers and data, then those bytes. The end record: type 0 and the message count.
+EXPORT_RECORD = struct.Struct(">BQqIII")
+EXPORT_END = struct.Struct(">BQ")
+EXPORT_WINDOW = 256
+HEARTBEAT_NS = 1_000_000_000
+EXPORT_SID = "3"
 
 
 class HelperError(Exception):
@@ -55,10 +71,13 @@ class HelperError(Exception):
 
 
 class Msg:
-    __slots__ = ("headers", "payload", "reply", "subject")
+    __slots__ = ("headers", "payload", "reply", "sid", "subject")
 
-    def __init__(self, subject: str, reply: str, headers: bytes, payload: bytes) -> None:
+    def __init__(
+        self, subject: str, reply: str, headers: bytes, payload: bytes, sid: str = ""
+    ) -> None:
         self.subject = subject
+        self.sid = sid
         self.reply = reply
         self.headers = headers
         self.payload = payload
@@ -150,6 +169,11 @@ class Client:
         )
         self._send(head.encode() + payload + b"\r\n")
 
+    def hpublish(self, subject: str, headers: bytes, payload: bytes, reply: str) -> None:
+        total = len(headers) + len(payload)
+        head = f"HPUB {subject} {reply} {len(headers)} {total}\r\n".encode()
+        self._send(head + headers + payload + b"\r\n")
+
     def _control(self) -> bytes:
         try:
             line = self.rf.readline(MAX_CONTROL_LINE)
@@ -181,13 +205,19 @@ class Client:
                 parts = line.split(b" ")
                 reply = parts[3] if len(parts) == 5 else b""
                 data = self._exact(int(parts[-1]) + 2)
-                return Msg(parts[1].decode(), reply.decode(), b"", data[:-2])
+                return Msg(parts[1].decode(), reply.decode(), b"", data[:-2], parts[2].decode())
             if line.startswith(b"HMSG "):
                 parts = line.split(b" ")
                 reply = parts[3] if len(parts) == 6 else b""
                 hlen, total = int(parts[-2]), int(parts[-1])
                 data = self._exact(total + 2)
-                return Msg(parts[1].decode(), reply.decode(), data[:hlen], data[hlen:total])
+                return Msg(
+                    parts[1].decode(),
+                    reply.decode(),
+                    data[:hlen],
+                    data[hlen:total],
+                    parts[2].decode(),
+                )
             if line == b"PING":
                 self._send(b"PONG\r\n")
             elif line.startswith(b"-ERR"):
@@ -468,6 +498,199 @@ def op_restore(c: Client, name: str, inp: BinaryIO, out: BinaryIO) -> None:
     out.write(json.dumps(info).encode() + b"\n")
 
 
+def op_export(c: Client, name: str, out: BinaryIO) -> None:
+    """Every message of a stream up to its last sequence at the start, through an
+    ordered consumer: the way to copy a stream the snapshot API refuses (memory)."""
+    try:
+        info = c.request(f"{API}.STREAM.INFO.{name}", None)
+    except ApiError as exc:
+        raise HelperError(f"stream {name}: {exc}") from None
+    state = info.get("state") or {}
+    out.write(json.dumps({"config": info.get("config"), "state": state}).encode() + b"\n")
+    count = 0
+    if int(state.get("messages", 0)) > 0:
+        count = _export(c, name, int(state["first_seq"]), int(state["last_seq"]), out)
+    out.write(EXPORT_END.pack(0, count))
+    out.flush()
+
+
+def _ack_fields(reply: str) -> tuple[str, int, int, int, int]:
+    """(consumer, stream seq, consumer seq, timestamp, pending) of a ``$JS.ACK`` subject
+    (the 9-token form, or the 12-token one with domain and account hash)."""
+    t = reply.split(".")
+    if len(t) == 9:
+        t = [*t[:2], "_", "_", *t[2:], "_"]
+    if len(t) < 12 or t[0] != "$JS" or t[1] != "ACK":
+        raise HelperError(f"unexpected ack subject {reply!r} in an export")
+    return t[5], int(t[7]), int(t[8]), int(t[9]), int(t[10])
+
+
+def _export(c: Client, name: str, first: int, last: int, out: BinaryIO) -> int:
+    deliver = "_DRKIT_EXPORT." + uuid.uuid4().hex
+    c.subscribe(deliver, int(EXPORT_SID))
+    count, expect, start = 0, 1, first
+    consumer = _ordered_consumer(c, name, deliver, start)
+    try:
+        while True:
+            msg = c.next_msg(STREAM_TIMEOUT)
+            if msg.sid != EXPORT_SID:  # the deliver subscription; subjects are the messages'
+                continue
+            code, text = msg.status
+            if code == 100:
+                if msg.reply:  # flow control: answer, or the server stops sending
+                    c.publish(msg.reply, b"")
+                elif _drained(c, name, consumer):  # idle heartbeat: nothing left?
+                    return count
+                continue
+            if code:
+                raise HelperError(f"stream {name}: export failed: {code} {text}".rstrip())
+            who, sseq, dseq, ts, pending = _ack_fields(msg.reply)
+            if who != consumer:
+                continue  # a replaced consumer's message still in flight
+            if dseq != expect:  # a gap: start a new consumer after the last one written
+                _delete_consumer(c, name, consumer)
+                consumer, expect = _ordered_consumer(c, name, deliver, start), 1
+                continue
+            subject = msg.subject.encode()
+            out.write(
+                EXPORT_RECORD.pack(1, sseq, ts, len(subject), len(msg.headers), len(msg.payload))
+            )
+            out.write(subject + msg.headers + msg.payload)
+            count, expect, start = count + 1, expect + 1, sseq + 1
+            if sseq >= last or pending == 0:
+                return count
+    finally:
+        _delete_consumer(c, name, consumer)
+
+
+def _ordered_consumer(c: Client, name: str, deliver: str, start: int) -> str:
+    config = {
+        "deliver_subject": deliver,
+        "deliver_policy": "by_start_sequence",
+        "opt_start_seq": start,
+        "ack_policy": "none",
+        "max_deliver": 1,
+        "replay_policy": "instant",
+        "flow_control": True,
+        "idle_heartbeat": HEARTBEAT_NS,
+        "mem_storage": True,
+        "inactive_threshold": 60 * HEARTBEAT_NS,
+    }
+    try:
+        resp = c.request(f"{API}.CONSUMER.CREATE.{name}", {"stream_name": name, "config": config})
+    except ApiError as exc:
+        raise HelperError(f"stream {name}: export consumer refused: {exc}") from None
+    return str(resp["name"])
+
+
+def _drained(c: Client, name: str, consumer: str) -> bool:
+    info = c.request(f"{API}.CONSUMER.INFO.{name}.{consumer}", None)
+    return int(info.get("num_pending", 0)) == 0
+
+
+def _delete_consumer(c: Client, name: str, consumer: str) -> None:
+    with contextlib.suppress(HelperError):
+        c.request(f"{API}.CONSUMER.DELETE.{name}.{consumer}", None)
+
+
+def read_export_record(inp: BinaryIO) -> tuple[int, int, bytes, bytes, bytes]:
+    """(seq, timestamp, subject, headers, data) of the next export record; raises
+    _ExportEnd (holding the count it records) at the end record."""
+    kind = inp.read(1)
+    if not kind:
+        raise HelperError("the export ends without its end record")
+    if kind == b"\0":
+        rest = _read_exact(inp, EXPORT_END.size - 1)
+        raise _ExportEnd(EXPORT_END.unpack(kind + rest)[1])
+    if kind != b"\1":
+        raise HelperError("the export holds an unknown record type")
+    rest = _read_exact(inp, EXPORT_RECORD.size - 1)
+    _, seq, ts, slen, hlen, dlen = EXPORT_RECORD.unpack(kind + rest)
+    body = _read_exact(inp, slen + hlen + dlen)
+    return seq, ts, body[:slen], body[slen : slen + hlen], body[slen + hlen :]
+
+
+class _ExportEnd(Exception):
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
+
+
+def _read_exact(inp: BinaryIO, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = inp.read(n - len(data))
+        if not chunk:
+            raise HelperError("the export is truncated")
+        data += chunk
+    return data
+
+
+def _strip_expectations(headers: bytes) -> bytes:
+    """Headers without ``Nats-Expected-*`` (publish-time conditions, not message data)."""
+    if not headers:
+        return b""
+    lines = headers.split(b"\r\n")
+    kept = [ln for ln in lines[1:] if ln and not ln.lower().startswith(b"nats-expected-")]
+    if not kept:
+        return b""
+    return b"\r\n".join([lines[0], *kept]) + b"\r\n\r\n"
+
+
+def op_import(c: Client, name: str, inp: BinaryIO, out: BinaryIO) -> None:
+    """Create a stream from an export's config and publish its messages again."""
+    try:
+        header = json.loads(inp.readline(64 << 20))
+        config = header["config"]
+    except (ValueError, KeyError, TypeError):
+        raise HelperError(f"stream {name}: import input does not start with its metadata") from None
+    try:
+        c.request(f"{API}.STREAM.CREATE.{name}", config)
+    except ApiError as exc:
+        raise HelperError(f"stream {name}: create refused: {exc}") from None
+    acks = f"{c.inbox}.pub"
+    pending = 0
+
+    def take_ack() -> None:
+        nonlocal pending
+        msg = c.next_msg(STREAM_TIMEOUT)
+        if msg.subject != acks:
+            return
+        pending -= 1
+        code, text = msg.status
+        if code >= 400:
+            raise HelperError(f"stream {name}: publish failed: {code} {text}".rstrip())
+        err = _failure_text(msg.payload) if b'"error"' in msg.payload else ""
+        if err:
+            raise HelperError(f"stream {name}: publish failed: {err}")
+
+    sent = 0
+    while True:
+        try:
+            record = read_export_record(inp)
+        except _ExportEnd as end:
+            if end.count != sent:
+                raise HelperError(
+                    f"stream {name}: the export holds {sent} messages, its end record says "
+                    f"{end.count}"
+                ) from None
+            break
+        _seq, _ts, subject, headers, data = record
+        headers = _strip_expectations(headers)
+        if headers:
+            c.hpublish(subject.decode(), headers, data, acks)
+        else:
+            c.publish(subject.decode(), data, acks)
+        sent += 1
+        pending += 1
+        while pending >= EXPORT_WINDOW:
+            take_ack()
+    while pending:
+        take_ack()
+    info = c.request(f"{API}.STREAM.INFO.{name}", None)
+    out.write(json.dumps(info).encode() + b"\n")
+
+
 def op_delete(c: Client, name: str, out: BinaryIO) -> None:
     try:
         resp = c.request(f"{API}.STREAM.DELETE.{name}", None)
@@ -496,6 +719,10 @@ def main(argv: list[str]) -> int:
                 op_restore(c, args[0], sys.stdin.buffer, out)
             elif op == "delete":
                 op_delete(c, args[0], out)
+            elif op == "export":
+                op_export(c, args[0], out)
+            elif op == "import":
+                op_import(c, args[0], sys.stdin.buffer, out)
             else:
                 raise HelperError(f"unknown operation {op!r}")
         finally:

@@ -6,19 +6,22 @@ host's ``python3`` through the runner, because NATS listens on the host's
 loopback and drkit reaches hosts only through runners. Artifacts:
 ``<stream>.snapshot`` per stream (the server's snapshot bytes, consumers
 included) and ``streams.json`` (each stream's config and state from its
-snapshot response: what a restore needs). Memory streams cannot be
-snapshotted: named ones fail the backup, ``streams = "all"`` skips them and
-lists them under ``skipped`` in the facts (a restore check warns about them).
+snapshot response: what a restore needs). The recorded state is the one at
+the snapshot's start, a lower bound (``nats_streams.GUARANTEE``). Memory
+streams cannot be snapshotted: named ones fail the backup unless
+``memory_streams = "export"`` (an ordered consumer copies their messages,
+republished on restore); otherwise ``streams = "all"`` skips them, reported
+in the facts, the backup summary and the plan.
 
 ``mode = "stop-copy"``: ``docker stop`` the NATS container, tar ``store_dir``,
 ``docker start`` it again (also when the tar fails). Stream counts are read
 first, while the server still runs, so a restore can be checked.
 
-Restore refuses streams (or a non-empty store dir) that already exist unless
-forced; a forced restore deletes each existing stream first (a store dir is
-moved aside, never deleted). Streams are restored origins first (mirrors and
-sourcing streams after the streams they read), and each restored stream's
-message count, sequences and consumers are checked against the backup's.
+Snapshot restores are all or nothing (``nats_restore``): every artifact is
+checked first, existing streams (``--force-db``) are copied before they are
+replaced, and a failure puts back every stream the step touched. A store dir
+is moved aside, never deleted. Streams are restored origins first, and each
+restored stream must hold at least the recorded state.
 """
 
 from __future__ import annotations
@@ -26,27 +29,40 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import posixpath
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from drkit import secrets
 from drkit.errors import DrkitError, RestoreError, SourceError, UsageError
 from drkit.policy.models import NatsSource as NatsConfig
 from drkit.remote.base import Process, exit_text
 from drkit.sources import jetstream
-from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
-from drkit.sources.nats_helper import Counter, HelperStream, Prefixed, kill_after
+from drkit.sources.base import (
+    Artifact,
+    Check,
+    Feed,
+    RestoreOptions,
+    RestoreReport,
+    StepPlan,
+    differs_from_policy,
+)
+from drkit.sources.nats_check import ExportRecords
+from drkit.sources.nats_helper import Counter, HelperStream, kill_after
+from drkit.sources.nats_restore import SNAPSHOT_CHUNK, StreamsRestore
 from drkit.sources.nats_streams import (
+    GUARANTEE,
     INDEX,
     artifact_name,
     auth_fields,
-    read_index,
+    export_compare,
+    memory_warnings,
     restore_order,
-    state_diff,
+    state_compare,
     store_streams,
     stream_facts,
     summary,
@@ -54,7 +70,6 @@ from drkit.sources.nats_streams import (
 from drkit.sources.tarball import TarSource
 
 STORE_TAR = "store.tar"
-SNAPSHOT_CHUNK = 128 * 1024
 # After a stop-copy restore the container needs a moment before NATS answers.
 SERVER_WAIT = 30.0
 # The helper travels on stdin; argv holds only this bootstrap (short error messages).
@@ -92,8 +107,13 @@ class NatsSource(TarSource):
             raise UsageError(f"{self.label}: credentials {ref}: {exc}") from None
         return {"DRKIT_NATS_AUTH": json.dumps(fields)}
 
+    def policy_paths(self) -> list[str]:
+        if not self.config.store_dir:
+            raise RestoreError(f"{self.label}: the policy names no store_dir to restore into")
+        return [posixpath.normpath(self.config.store_dir)]
+
     def _stopcopy(self, facts: dict[str, Any]) -> bool:
-        return bool(facts.get("mode", self.config.mode) == "stop-copy")
+        return self.config.mode == "stop-copy"
 
     # ---- backup -------------------------------------------------------
     def artifacts(self) -> Iterator[Artifact]:
@@ -104,35 +124,50 @@ class NatsSource(TarSource):
 
     def _snapshot_artifacts(self) -> Iterator[Artifact]:
         wanted = self.config.streams
+        export = self.config.memory_streams == "export"
         info = self.helper_json("info", *(["--all"] if wanted == "all" else wanted))
         if info["missing"]:
             raise SourceError(
                 f"{self.label}: stream(s) {', '.join(info['missing'])} not found at {self.url}"
             )
-        chosen, skipped = [], []
+        chosen, skipped, memory = [], [], []
         for s in info["streams"]:
             name = s["config"]["name"]
             if s["config"].get("storage") != "memory":
-                chosen.append(name)
+                chosen.append((name, "snapshot"))
+                continue
+            state = s.get("state") or {}
+            memory.append({"name": name, "messages": state.get("messages", 0),
+                           "exported": export})  # fmt: skip
+            if export:
+                chosen.append((name, "export"))
             elif wanted == "all":
                 skipped.append({"name": name, "reason": "memory storage cannot be snapshotted"})
             else:
                 raise SourceError(
                     f"{self.label}: stream {name} at {self.url} uses memory storage, which "
-                    "JetStream cannot snapshot; remove it from streams"
+                    "JetStream cannot snapshot; remove it from streams, or set "
+                    'memory_streams = "export"'
                 )
         self.facts.update(mode="snapshot", url=self.url, server=info.get("server", {}))
-        self.facts.update(streams=[], skipped=skipped)
+        self.facts.update(streams=[], skipped=skipped, guarantee=GUARANTEE)
+        self.facts.update(memory_streams=memory, warnings=memory_warnings(memory, self.url))
         index: list[dict[str, Any]] = []
-        for name in sorted(chosen):
-            stream = HelperStream(self, "snapshot", name, str(SNAPSHOT_CHUNK))
-            artifact = artifact_name(name)
-            counter = Counter()
-            yield Artifact(artifact, lambda s=stream: s, counter.add)  # type: ignore[misc]
+        for name, how in sorted(chosen):
+            if how == "snapshot":
+                stream = HelperStream(self, "snapshot", name, str(SNAPSHOT_CHUNK))
+                walker: Any = Counter()
+            else:
+                stream, walker = HelperStream(self, "export", name), ExportRecords()
+            artifact = artifact_name(name, how)
+            yield Artifact(artifact, lambda s=stream: s, walker.feed)  # type: ignore[misc]
             entry = {"name": name, "artifact": artifact, **stream.header}
+            if how == "export":
+                entry.update(how="export", exported=walker.messages)
             index.append(entry)
-            self.facts["streams"].append(stream_facts(entry, counter.size))
-        body = json.dumps({"format": "drkit-nats-index", "version": 1, "streams": index})
+            self.facts["streams"].append(stream_facts(entry, walker.size))
+        version = 2 if any(e.get("how") == "export" for e in index) else 1
+        body = json.dumps({"format": "drkit-nats-index", "version": version, "streams": index})
         yield Artifact(INDEX, lambda: io.BytesIO(body.encode()))
 
     def _store_artifacts(self) -> Iterator[Artifact]:
@@ -199,64 +234,64 @@ class NatsSource(TarSource):
 
     # ---- restore plan, restore, check ---------------------------------
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
+        mismatch = self._mode_mismatch(facts)
+        if mismatch:
+            return StepPlan([f"restore a {facts['mode']} backup"], mismatch)
         if self._stopcopy(facts):
             return self._describe_store(facts, opts)
         streams = restore_order(facts.get("streams", []))
+        notes = [f"memory stream {s['name']}: NOT in the backup ({s['reason']})"
+                 for s in facts.get("skipped", [])]  # fmt: skip
         if not streams:
-            return StepPlan(["the snapshot holds no streams"])
+            return StepPlan(["the snapshot holds no streams", *notes])
         existing = self._existing([s["name"] for s in streams], RestoreError)
         actions = []
         for s in streams:
-            verb = "DELETE and replace (--force)" if s["name"] in existing else "create"
+            verb = "DELETE and replace (--force-db)" if s["name"] in existing else "create"
+            if s.get("how") == "export":
+                verb += (f" from memory, republishing {s['exported']} exported message(s) "
+                         "(new sequence numbers, no consumers)")  # fmt: skip
+                actions.append(f"stream {s['name']} at {self.url}: {verb}")
+                continue
             actions.append(f"stream {s['name']} at {self.url}: {verb}, {summary(s)}")
-        if existing and not opts.force:
+        if existing:
+            actions.append(
+                "existing streams are copied first; if any stream fails, every stream this "
+                "step touched is put back as it was"
+            )
+        actions += notes
+        if existing and not opts.force_db:
             return StepPlan(
                 actions,
                 f"stream(s) {', '.join(sorted(existing))} already exist at {self.url}; "
-                "use --force to delete and replace them",
+                "use --force-db to delete and replace them",
             )
         return StepPlan(actions)
 
+    def _mode_mismatch(self, facts: dict[str, Any]) -> str | None:
+        """The policy decides the format: a snapshot of another mode is refused."""
+        if facts.get("mode", self.config.mode) == self.config.mode:
+            return None
+        return (
+            f"the snapshot was taken in mode {facts['mode']}, the policy says "
+            f"{self.config.mode}: restore with a policy of that mode"
+        )
+
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        mismatch = self._mode_mismatch(facts)
+        if mismatch:
+            raise RestoreError(f"{self.label}: {mismatch}")
         if self._stopcopy(facts):
             return self._restore_store(feed, facts, opts)
-        holder: list[dict[str, Any]] = []
-        feed(INDEX, lambda s: holder.append(read_index(s, self.label)))
-        entries = restore_order(holder[0]["streams"])
-        existing = self._existing([e["name"] for e in entries], RestoreError)
-        if existing and not opts.force:
-            raise RestoreError(
-                f"{self.label}: stream(s) {', '.join(sorted(existing))} already exist at "
-                f"{self.url}; use --force to delete and replace them"
-            )
-        report = RestoreReport()
-        for entry in entries:
-            name = entry["name"]
-            if name in existing:
-                self.helper_json("delete", name, error=RestoreError)
-            header = json.dumps({"config": entry["config"], "state": entry["state"]}).encode()
-            result: list[dict[str, Any]] = []
+        return StreamsRestore(self, feed, opts).run()
 
-            def consume(
-                stream: BinaryIO,
-                name: str = name,
-                header: bytes = header,
-                result: list[dict[str, Any]] = result,
-            ) -> None:
-                data = cast(BinaryIO, Prefixed(header + b"\n", stream))
-                out = self.helper("restore", name, data=data, error=RestoreError)
-                result.append(json.loads(out))
-
-            feed(entry["artifact"], consume)
-            got = stream_facts({"name": name, **result[0]})
-            wrong = state_diff(stream_facts(entry), got)
-            if wrong:
-                raise RestoreError(f"{self.label}: stream {name} restored with {'; '.join(wrong)}")
-            verb = "replaced" if name in existing else "restored"
-            report.actions.append(f"{verb} stream {name}: {summary(got)}")
-        if not entries:
-            report.actions.append("the snapshot holds no streams")
-        return report
+    def staged_artifacts(self, facts: dict[str, Any], opts: RestoreOptions) -> frozenset[str]:
+        """Snapshot mode: the restore reads and checks every artifact (digests, framing)
+        before it replaces the first stream (``nats_restore``)."""
+        if self._stopcopy(facts) or self._mode_mismatch(facts):
+            return frozenset()
+        names = {s.get("artifact") or artifact_name(s["name"]) for s in facts.get("streams", [])}
+        return frozenset({INDEX, *names})
 
     def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
         """Each stream's message count and first/last sequence as at backup time."""
@@ -291,9 +326,13 @@ class NatsSource(TarSource):
         checks = []
         for s in expected:
             got = live.get(s["name"])
-            wrong = ["missing"] if got is None else state_diff(s, got)
-            status, detail = ("fail", "; ".join(wrong)) if wrong else ("pass", summary(got or s))
-            checks.append(Check(self.name, f"stream {s['name']}", status, detail))
+            compare = export_compare if s.get("how") == "export" else state_compare
+            wrong, extra = (["missing"], "") if got is None else compare(s, got)
+            if wrong:
+                checks.append(Check(self.name, f"stream {s['name']}", "fail", "; ".join(wrong)))
+                continue
+            detail = summary(got or s) + (f" ({extra})" if extra else "")
+            checks.append(Check(self.name, f"stream {s['name']}", "pass", detail))
         return checks
 
     def _existing(self, names: list[str], error: type[DrkitError] = SourceError) -> set[str]:
@@ -305,9 +344,7 @@ class NatsSource(TarSource):
     # ---- stop-copy restore ---------------------------------------------
     def _store_target(self, facts: dict[str, Any], opts: RestoreOptions) -> str:
         """Where the store dir goes: its backup-time path, under ``--dest`` if given."""
-        store_dir = facts.get("store_dir") or self.config.store_dir
-        if not store_dir:
-            raise RestoreError(f"{self.label}: the snapshot does not name its store_dir")
+        store_dir = self.policy_paths()[0]
         return (opts.dest or "").rstrip("/") + "/" + store_dir.strip("/")
 
     def _store_in_use(self, target: str) -> bool:
@@ -320,18 +357,19 @@ class NatsSource(TarSource):
 
     def _describe_store(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
         target = self._store_target(facts, opts)
-        container = facts.get("container") or self.config.container
-        actions = []
+        container = self.config.container
+        want = {"store_dir": self.policy_paths()[0], "container": container}
+        actions = differs_from_policy(facts, want)
         if opts.dest is None and container:
             actions.append(f"stop container {container} if it runs (start it again after)")
         if self._store_in_use(target):
-            if not opts.force:
+            if not opts.force_db:
                 return StepPlan(
                     actions,
-                    f"store dir {target} is not empty; use --force to move it aside and "
+                    f"store dir {target} is not empty; use --force-db to move it aside and "
                     "restore the backup, or --dest to restore elsewhere",
                 )
-            actions.append(f"move the existing store dir {target} aside (--force)")
+            actions.append(f"move the existing store dir {target} aside (--force-db)")
         actions.append(f"write {facts.get('files', 0)} file(s) of the store dir under {target}")
         return StepPlan(actions)
 
@@ -339,7 +377,7 @@ class NatsSource(TarSource):
         self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions
     ) -> RestoreReport:
         target = self._store_target(facts, opts)
-        container = facts.get("container") or self.config.container
+        container = self.config.container
         report = RestoreReport()
         in_place = opts.dest is None and bool(container)
         if container and in_place and self.container_running(container, missing_ok=True):
@@ -347,16 +385,16 @@ class NatsSource(TarSource):
         restart = self._restart
         try:
             if self._store_in_use(target):
-                if not opts.force:
+                if not opts.force_db:
                     raise RestoreError(
-                        f"{self.label}: store dir {target} is not empty; use --force to move it "
+                        f"{self.label}: store dir {target} is not empty; use --force-db to move it "
                         "aside and restore the backup, or --dest to restore elsewhere"
                     )
                 aside = f"{target}.drkit-replaced-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
                 what = f"{self.label}: moving {target} aside"
                 self.runner.check(["mv", "--", target, aside], what=what, user=self.run_as)
                 report.actions.append(f"moved the existing store dir to {aside}")
-            inner = RestoreOptions(dest=opts.dest, force=True, log=opts.log)
+            inner = RestoreOptions(dest=opts.dest, force_files=True, log=opts.log)
             report.actions += super().restore(feed, facts, inner).actions
         finally:
             self.finish()

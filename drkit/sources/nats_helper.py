@@ -130,6 +130,8 @@ class Counter:
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
 
+    feed = add
+
 
 class Prefixed:
     """``prefix`` then everything ``stream`` holds."""

@@ -14,7 +14,12 @@ from drkit.errors import RestoreError, UsageError
 INDEX = "streams.json"
 _MAX_INDEX = 64 << 20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
-_COMPARED = ("messages", "first_seq", "last_seq")
+# What a snapshot guarantees (nats-server records the state first, then streams the
+# blocks: messages stored meanwhile may be in it, none are removed from it).
+GUARANTEE = (
+    "each stream's state as the snapshot started: a restored stream holds at least these "
+    "messages and sequences; messages written while the snapshot ran may be in it too"
+)
 
 
 def auth_fields(value: str) -> dict[str, str]:
@@ -38,11 +43,12 @@ def stream_kind(name: str) -> tuple[str, str | None]:
     return "stream", None
 
 
-def artifact_name(stream: str) -> str:
-    """``<stream>.snapshot``; names outside [A-Za-z0-9_-] get a digest-based name."""
+def artifact_name(stream: str, suffix: str = "snapshot") -> str:
+    """``<stream>.snapshot`` (``.export``); names outside [A-Za-z0-9_-] get a digest-based
+    name."""
     if _SAFE_NAME.match(stream):
-        return f"{stream}.snapshot"
-    return f"stream-{hashlib.sha256(stream.encode()).hexdigest()[:16]}.snapshot"
+        return f"{stream}.{suffix}"
+    return f"stream-{hashlib.sha256(stream.encode()).hexdigest()[:16]}.{suffix}"
 
 
 def origins(entry: dict[str, Any]) -> list[str]:
@@ -91,21 +97,80 @@ def stream_facts(entry: dict[str, Any], snapshot_bytes: int | None = None) -> di
         "num_subjects": state.get("num_subjects", 0),
         "num_deleted": state.get("num_deleted", 0),
         "consumers": state.get("consumer_count", 0),
+        # Limits that remove old messages (KV history too) may move first_seq on.
+        "discards_old": discards_old(cfg),
     }
     if snapshot_bytes is not None:
         out["snapshot_bytes"] = snapshot_bytes
+    if entry.get("artifact"):
+        out["artifact"] = entry["artifact"]
+    if entry.get("how") == "export":
+        out.update(how="export", exported=int(entry.get("exported", 0)))
     return out
 
 
-def state_diff(expected: dict[str, Any], state: dict[str, Any]) -> list[str]:
-    """How a live stream ``state`` differs from a stream's facts (empty: it matches).
+def export_compare(expected: dict[str, Any], state: dict[str, Any]) -> tuple[list[str], str]:
+    """A republished export: sequence numbers are new, so only the count is compared."""
+    want = int(expected.get("exported", 0))
+    got = int(state.get("messages") or 0)
+    if got < want:
+        return [f"messages {got}, expected at least the {want} exported"], ""
+    return [], f"{got - want} message(s) more than exported" if got > want else ""
 
-    Consumers are not compared: ephemeral ones (watchers, ordered consumers) come
-    and go, and a snapshot's durable consumers are restored with it."""
+
+def discards_old(cfg: dict[str, Any]) -> bool:
+    """Whether a stream's limits remove messages on their own (max_msgs, max_bytes,
+    max_age, per-subject history) rather than refusing new ones."""
+    if cfg.get("discard", "old") != "old":
+        return False
+    return any(
+        int(cfg.get(k) or 0) > 0
+        for k in ("max_msgs", "max_bytes", "max_age", "max_msgs_per_subject")
+    )
+
+
+def state_diff(expected: dict[str, Any], state: dict[str, Any]) -> list[str]:
+    """How a live stream ``state`` falls short of a stream's facts (empty: it holds at
+    least what the snapshot guarantees). See ``state_compare``."""
+    return state_compare(expected, state)[0]
+
+
+def state_compare(expected: dict[str, Any], state: dict[str, Any]) -> tuple[list[str], str]:
+    """(what is wrong, what is extra) of a live stream ``state`` against the facts.
+
+    The facts are the state as the snapshot started (GUARANTEE): the stream must hold
+    at least that many messages up to at least that last sequence, from the same first
+    sequence (a later one only when the stream's own limits discard old messages);
+    messages beyond are reported as extra, not as a failure. Consumers are not
+    compared: ephemeral ones come and go, and a snapshot's durable consumers are
+    restored with it."""
+    exp = {k: int(expected.get(k) or 0) for k in ("messages", "first_seq", "last_seq")}
+    got = {k: int(state.get(k) or 0) for k in ("messages", "first_seq", "last_seq")}
+    wrong = [
+        f"{key} {got[key]}, expected at least {exp[key]}"
+        for key in ("messages", "last_seq")
+        if got[key] < exp[key]
+    ]
+    moved = got["first_seq"] != exp["first_seq"]
+    if moved and (got["first_seq"] < exp["first_seq"] or not expected.get("discards_old")):
+        wrong.append(f"first_seq {got['first_seq']}, expected {exp['first_seq']}")
+    extra = []
+    if not wrong and got["messages"] > exp["messages"]:
+        extra.append(f"{got['messages'] - exp['messages']} message(s) more than recorded")
+    if not wrong and got["last_seq"] > exp["last_seq"]:
+        extra.append(f"last_seq {got['last_seq']} beyond the recorded {exp['last_seq']}")
+    if not wrong and moved:
+        extra.append(f"first_seq {got['first_seq']} (the stream's limits discarded older ones)")
+    return wrong, "; ".join(extra)
+
+
+def memory_warnings(memory: list[dict[str, Any]], url: str) -> list[str]:
+    """The backup's warnings about memory streams (JetStream cannot snapshot them)."""
     return [
-        f"{key} {state.get(key, 0)}, expected {expected.get(key, 0)}"
-        for key in _COMPARED
-        if state.get(key, 0) != expected.get(key, 0)
+        f"memory stream {m['name']} at {url} ({m['messages']} messages) is NOT in the backup: "
+        'JetStream cannot snapshot memory storage; memory_streams = "export" copies its messages'
+        for m in memory
+        if not m.get("exported")
     ]
 
 
@@ -127,9 +192,38 @@ def read_index(stream: BinaryIO, label: str) -> dict[str, Any]:
         index: dict[str, Any] = json.loads(raw)
     except ValueError:
         raise RestoreError(f"{label}: {INDEX} is not JSON") from None
-    if index.get("format") != "drkit-nats-index" or index.get("version") != 1:
+    if index.get("format") != "drkit-nats-index" or index.get("version") not in (1, 2):
         raise RestoreError(f"{label}: {INDEX} has an unknown format")
+    check_index(index, label)
     return index
+
+
+def check_index(index: dict[str, Any], label: str) -> None:
+    """Every entry names its stream, artifact, config (same name) and state; raises
+    RestoreError naming the first that does not (nothing was restored yet)."""
+    streams = index.get("streams")
+    if not isinstance(streams, list):
+        raise RestoreError(f"{label}: {INDEX} lists no streams")
+    seen: set[str] = set()
+    for n, e in enumerate(streams):
+        name = e.get("name") if isinstance(e, dict) else None
+        what = f"{label}: {INDEX} entry {n + 1}" + (f" ({name})" if name else "")
+        if not isinstance(name, str) or not name or name in seen:
+            raise RestoreError(f"{what}: no name, or a name listed twice")
+        seen.add(name)
+        cfg, state = e.get("config"), e.get("state")
+        if not isinstance(cfg, dict) or cfg.get("name") != name:
+            raise RestoreError(f"{what}: its config does not name the stream")
+        if not isinstance(state, dict) or not all(
+            isinstance(state.get(k, 0), int) for k in ("messages", "first_seq", "last_seq")
+        ):
+            raise RestoreError(f"{what}: its state is not a stream state")
+        if not isinstance(e.get("artifact"), str) or e.get("how", "snapshot") not in HOW:
+            raise RestoreError(f"{what}: no artifact, or an unknown way to restore it")
+
+
+# How an index entry is restored: the server's snapshot, or an export republished.
+HOW = ("snapshot", "export")
 
 
 _STORE_PATH = re.compile(r"/jetstream/([^/]+)/streams/([^/]+)/")

@@ -15,6 +15,18 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def conninfo_dbname(name: str) -> str:
+    """``name`` as libpq's ``-d`` argument that can only mean a database of that name.
+
+    libpq reads a ``-d`` value holding ``=`` (or starting ``postgresql://``) as a
+    whole connection string: ``--database "dbname=postgres"`` would load into the
+    existing ``postgres`` database while every check looked at a database named
+    ``dbname=postgres`` (and ``host=...`` would reach another server). A quoted
+    ``dbname=`` value is only ever a name.
+    """
+    return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 @dataclass(frozen=True)
 class PgConn:
     """How to reach one server. ``password`` is a resolved value: env only, never argv."""
@@ -35,7 +47,7 @@ class PgConn:
         if self.user:
             conn += ["-U", self.user]
         if database is not None:
-            conn += ["-d", database]
+            conn += ["-d", conninfo_dbname(database)]
         cmd = [binary, *conn, *args]
         if self.container:
             pw = ["-e", "PGPASSWORD"] if self.password else []
@@ -135,3 +147,7 @@ def staging_name(database: str) -> str:
         return database + suffix
     digest = hashlib.sha256(database.encode()).hexdigest()[:10]
     return f"{database.encode()[:30].decode('utf-8', 'ignore')}_{digest}{suffix}"
+
+
+def dump_artifact(fmt: str) -> str:
+    return "database.pgdump" if fmt == "custom" else "database.sql"

@@ -37,7 +37,15 @@ from typing import Any
 
 from drkit.errors import DrkitError, RestoreError, SourceError
 from drkit.policy.models import Pm2Source as Pm2Config
-from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
+from drkit.sources.base import (
+    Artifact,
+    Check,
+    Feed,
+    RestoreOptions,
+    RestoreReport,
+    StepPlan,
+    differs_from_policy,
+)
 from drkit.sources.tarball import TarSource
 from drkit.sources.tarscan import Member
 
@@ -76,6 +84,7 @@ class Pm2Source(TarSource):
     kind = "pm2"
     config: Pm2Config
     ARTIFACT = "pm2.tar"
+    content_limit = DUMP_LIMIT
     keep_content = True
 
     def __init__(self, name: str, config: Pm2Config, runner: Any) -> None:
@@ -108,6 +117,10 @@ class Pm2Source(TarSource):
             raise SourceError(f"{self.label}: user {self.config.user} does not exist on the host")
         return posixpath.join(fields[5], ".pm2")
 
+    def policy_paths(self) -> list[str]:
+        home = self.pm2_home()
+        return [*(posixpath.join(home, n) for n in (DUMP, *OPTIONAL)), *self.config.ecosystem]
+
     # ---- backup -------------------------------------------------------
     def artifacts(self) -> Iterator[Artifact]:
         home = self.pm2_home()
@@ -116,9 +129,7 @@ class Pm2Source(TarSource):
         present = self._existing([dump, *(posixpath.join(home, n) for n in OPTIONAL)])
         if dump not in present:
             raise SourceError(f"{self.label}: {note}, and there is no {dump} to back up")
-        artifact = self.tar_artifact([*present, *self.config.ecosystem], [])
-        self._scanner.content_limit = DUMP_LIMIT
-        yield artifact
+        yield from self.tar_artifacts([*present, *self.config.ecosystem], [])
         facts = self.listing_facts()
         try:
             apps = self._apps(dump)
@@ -179,7 +190,8 @@ class Pm2Source(TarSource):
     # ---- restore ------------------------------------------------------
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
         base = super().describe(facts, opts)
-        actions = list(base.actions)
+        want = {"user": self.config.user, "pm2_home": self.pm2_home()}
+        actions = [*base.actions, *differs_from_policy(facts, want)]
         if (opts.dest or "/") != "/":
             actions.append(f"pm2 resurrect not run: files go under {opts.dest}")
             return StepPlan(actions, base.blocked)
@@ -293,7 +305,7 @@ class Pm2Source(TarSource):
         )
 
     def _restore_home(self, facts: dict[str, Any]) -> str:
-        return str(facts.get("pm2_home") or self.pm2_home())
+        return self.pm2_home()
 
     def _missing_scripts(self, facts: dict[str, Any]) -> dict[str, str]:
         """App name -> script path, for apps whose script the owner cannot see on the target."""

@@ -6,32 +6,31 @@ the same session counts every table's rows, so the facts describe exactly
 the dumped data. pg_dump writes uncompressed (``-Z0``): the pipeline's zstd
 is ~3.7x faster than pg_dump's own compression.
 
-Restore: globals first (roles that already exist on the target are left as
-they are). A custom dump into a database that does not exist yet is loaded
-by ``ParallelRestore`` (schema and data streamed, indexes and constraints with
+Restore: globals first, parsed and rebuilt by ``pgroles`` (role statements
+only; roles that already exist on the target are left as they are, protected
+ones even with --force-db). A custom dump into a database that does not exist yet is loaded
+by ``pgparallel.ParallelRestore`` (schema and data streamed, indexes and constraints with
 ``pg_restore -j`` from the TOC spooled on the target, all in a staging
 database renamed when complete). Otherwise (an existing empty database,
-``--force``, a plain dump, one CPU, no room to spool): ``CREATE DATABASE ...
-TEMPLATE template0`` if needed and pg_restore (or psql) in one transaction,
-stopping on the first error.
+``--force-db``, a plain dump, one CPU, no room to spool): ``CREATE DATABASE ...
+TEMPLATE template0`` if needed and pg_restore (or psql, restricted by
+``psqlinput``: no meta-commands) in one transaction, stopping on the first
+error. Database names reach libpq as names only (``pgsql.conninfo_dbname``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shlex
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
-from drkit import secrets
+from drkit import redact, secrets
 from drkit.errors import RestoreError, SourceError, UsageError
-from drkit.pipeline.streams import CHUNK, read_limited
+from drkit.pipeline.streams import read_limited
 from drkit.policy.models import PostgresSource as PostgresConfig
-from drkit.remote.base import Process, Runner, exit_text, tail_text
+from drkit.remote.base import Process, exit_text, tail_text
 from drkit.sources.base import (
     Artifact,
     Check,
@@ -42,18 +41,28 @@ from drkit.sources.base import (
     StepPlan,
     pipe_into,
 )
+from drkit.sources.pgparallel import ParallelRestore
+from drkit.sources.pgroles import (
+    OWN_ROLES_SQL,
+    RoleCollector,
+    RolePlan,
+    is_protected,
+    plan_roles,
+    protected_roles,
+)
 from drkit.sources.pgsql import (
-    SPOOL_WRITE,
     PgConn,
-    SpoolDir,
-    parse_spool_setup,
+    dump_artifact,
     quote_ident,
     quote_literal,
-    spool_budget,
-    spool_remove_argv,
-    spool_reserve,
-    spool_setup_argv,
-    staging_name,
+)
+from drkit.sources.pgtokens import GlobalsRefused
+from drkit.sources.psqlinput import (
+    MINIMUM_PSQL,
+    RestrictedInput,
+    new_key,
+    psql_has_restrict,
+    restrict_line,
 )
 
 GLOBALS = "globals.sql"
@@ -78,19 +87,17 @@ _META_SQL = """SELECT json_build_object(
 FROM pg_database d WHERE d.datname = current_database();
 """
 
-# One generated COUNT per ordinary table, run by \\gexec inside the exported snapshot.
+# One generated COUNT per ordinary table and populated materialized view, run by \\gexec
+# inside the exported snapshot.
 _COUNTS_SQL = """SELECT format(
   'SELECT json_build_object(''table'', %L, ''rows'', count(*)) FROM %I.%I',
   n.nspname || '.' || c.relname, n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema')
+WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated))
+  AND n.nspname NOT IN ('pg_catalog','information_schema')
   AND n.nspname !~ '^pg_toast' AND NOT c.relispartition
 ORDER BY n.nspname, c.relname \\gexec
 """
-
-
-def dump_artifact(fmt: str) -> str:
-    return "database.pgdump" if fmt == "custom" else "database.sql"
 
 
 class PostgresSource(Source):
@@ -100,6 +107,7 @@ class PostgresSource(Source):
     def __init__(self, name: str, config: PostgresConfig, runner: Any) -> None:
         super().__init__(name, config, runner)
         self._session: Process | None = None
+        self._has_restrict: bool | None = None
 
     def conn(self) -> PgConn:
         c = self.config
@@ -152,9 +160,14 @@ class PostgresSource(Source):
         # pg_dump imports), while the dump streams: run after it, their table scans
         # added ~3 s to a 1 GB backup. The transaction stays open until
         # _collect_facts commits, which keeps the snapshot importable meanwhile.
-        proc.stdin.write(_META_SQL.encode() + _COUNTS_SQL.encode())
+        proc.stdin.write(_META_SQL.encode() + _COUNTS_SQL.encode() + self.session_sql().encode())
         proc.stdin.flush()
         return line
+
+    def session_sql(self) -> str:
+        """More SQL for the snapshot transaction, after the row counts: each line it
+        prints as ``{"fact": name, "value": ...}`` becomes ``facts[name]``."""
+        return ""
 
     def _collect_facts(self) -> None:
         proc = self._session
@@ -173,7 +186,8 @@ class PostgresSource(Source):
         meta = rows[0]
         self.facts.update(meta)
         self.facts["database"] = self.config.database
-        self.facts["tables"] = {r["table"]: r["rows"] for r in rows[1:]}
+        self.facts["tables"] = {r["table"]: r["rows"] for r in rows[1:] if "table" in r}
+        self.facts.update({r["fact"]: r["value"] for r in rows[1:] if "fact" in r})
         self.facts["format"] = self.config.format
 
     def finish(self) -> None:
@@ -186,6 +200,18 @@ class PostgresSource(Source):
     def target_database(self, opts: RestoreOptions) -> str:
         return opts.database or self.config.database + opts.db_suffix
 
+    def format_mismatch(self, facts: dict[str, Any]) -> str | None:
+        """Why the snapshot's dump cannot be loaded the way the local policy says, if so:
+        the loader (pg_restore or psql) follows the policy's ``format``, never the facts."""
+        taken = facts.get("format", "custom")
+        if taken == self.config.format:
+            return None
+        return (
+            f"the snapshot holds a {taken} dump ({dump_artifact(taken)}) and the policy says "
+            f'format = "{self.config.format}": restore it with a policy whose format matches '
+            "the backup"
+        )
+
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
         conn = self.target_conn(opts)
         database = self.target_database(opts)
@@ -193,25 +219,34 @@ class PostgresSource(Source):
         actions: list[str] = []
         if facts.get("globals"):
             existing = self._roles(conn)
+            protected = protected_roles(existing, self._own_roles(conn))
             backed = set(facts.get("roles", []))
-            new, kept = sorted(backed - existing), sorted(backed & existing)
+            never = {r for r in backed if is_protected(r, protected)}
+            new, kept = sorted(backed - existing - never), sorted(backed & existing - never)
             if new:
                 actions.append(f"roles on {where}: create {', '.join(new)}")
             if kept:
-                verb = "reset attributes of" if opts.force else "keep existing"
+                verb = "reset attributes of" if opts.force_db else "keep existing"
                 actions.append(f"roles on {where}: {verb} {', '.join(kept)}")
+            if never:
+                actions.append(f"roles on {where}: never altered {', '.join(sorted(never))}")
+        mismatch = self.format_mismatch(facts)
+        if mismatch:
+            return StepPlan(actions, mismatch)
+        if self.config.format == "plain" and not self._restricts(conn):
+            return StepPlan(actions, self._no_restrict(database, where))
         tables = len(facts.get("tables", {}))
         existing_tables = self._table_count(conn, database)
         if existing_tables is None:
             actions.append(f"database {database} on {where}: create, load {tables} table(s)")
-        elif existing_tables and not opts.force:
+        elif existing_tables and not opts.force_db:
             return StepPlan(
                 actions,
                 f"database {database} on {where} exists with {existing_tables} object(s); "
-                "use --force to replace it or --rename-db to restore beside it",
+                "use --force-db to replace it or --rename-db to restore beside it",
             )
         elif existing_tables:
-            actions.append(f"database {database} on {where}: REPLACE its contents (--force)")
+            actions.append(f"database {database} on {where}: REPLACE its contents (--force-db)")
         else:
             actions.append(f"database {database} on {where}: load {tables} table(s) (empty)")
         return StepPlan(actions)
@@ -260,6 +295,7 @@ class PostgresSource(Source):
     def target_conn(self, opts: RestoreOptions) -> PgConn:
         c = self.config
         password = opts.pg_password
+        redact.remember(password)  # given on the command line's behalf: scrubbed the same
         if password is None and c.password:
             password = secrets.resolve(c.password)
         return PgConn(
@@ -275,14 +311,19 @@ class PostgresSource(Source):
         conn = self.target_conn(opts)
         report = RestoreReport()
         database = self.target_database(opts)
-        fmt = facts.get("format", "custom")
+        mismatch = self.format_mismatch(facts)
+        if mismatch:
+            raise RestoreError(f"{self.label}: {mismatch}")
+        fmt = self.config.format
+        if fmt == "plain":
+            self.require_restrict(conn, database)
         if facts.get("globals"):
             feed(GLOBALS, lambda stream: self._restore_globals(conn, stream, opts, report))
         existing_tables = self._table_count(conn, database)
-        if existing_tables and not opts.force:
+        if existing_tables and not opts.force_db:
             raise RestoreError(
                 f"{self.label}: database {database} already exists on the target with "
-                f"{existing_tables} table(s); use --force to replace its contents or "
+                f"{existing_tables} table(s); use --force-db to replace its contents or "
                 f"--database to restore beside it"
             )
         if fmt == "custom" and existing_tables is None:
@@ -294,7 +335,7 @@ class PostgresSource(Source):
             report.actions.append(
                 f"created database {database}" + (f" owned by {owner}" if owner else "")
             )
-        clean = bool(existing_tables) and opts.force
+        clean = bool(existing_tables) and opts.force_db
         if fmt == "custom":
             args = ["--exit-on-error", "--single-transaction", "--no-comments"]
             if clean:
@@ -303,12 +344,13 @@ class PostgresSource(Source):
         else:
             argv = conn.psql(database, "--single-transaction")
         what = f"{self.label}: restoring database {database}"
-        feed(
-            dump_artifact(fmt),
-            lambda stream: pipe_into(
-                self.runner, argv, stream, what=what, env=conn.env(), user=self.run_as
-            ),
-        )
+
+        def load(stream: BinaryIO) -> None:
+            if fmt != "custom":  # psql's input: meta-commands restricted (read() is all used)
+                stream = cast(BinaryIO, RestrictedInput(stream, restrict_line(new_key())))
+            pipe_into(self.runner, argv, stream, what=what, env=conn.env(), user=self.run_as)
+
+        feed(dump_artifact(fmt), load)
         report.actions.append(
             f"restored database {database}" + (" (replacing its contents)" if clean else "")
         )
@@ -330,7 +372,7 @@ class PostgresSource(Source):
 
         Asks ``ParallelRestore.choose``, as ``run`` does; probing the spool creates and
         removes its directory on the target."""
-        if facts.get("format", "custom") != "custom" or self.restore_jobs(opts) == 1:
+        if self.config.format != "custom" or self.restore_jobs(opts) == 1:
             return frozenset()
         conn, database = self.target_conn(opts), self.target_database(opts)
         if self._table_count(conn, database) is not None:
@@ -394,325 +436,71 @@ class PostgresSource(Source):
     def _roles(self, conn: PgConn) -> set[str]:
         return set(self._sql(conn, "postgres", "SELECT rolname FROM pg_roles;").splitlines())
 
+    def _own_roles(self, conn: PgConn) -> set[str]:
+        """The target's bootstrap superuser and the role drkit connects as."""
+        return set(self._sql(conn, "postgres", OWN_ROLES_SQL).splitlines())
+
+    def _restricts(self, conn: PgConn) -> bool:
+        """Whether the target's psql has ``\\restrict`` (asked once per source)."""
+        if self._has_restrict is None:
+            self._has_restrict = psql_has_restrict(self.runner, conn, self.run_as)
+        return self._has_restrict
+
+    def require_restrict(self, conn: PgConn, database: str) -> None:
+        """Raise RestoreError, before anything is applied, if psql cannot be restricted."""
+        if not self._restricts(conn):
+            where = f"{conn.host or 'local socket'}:{conn.port}"
+            raise RestoreError(f"{self.label}: {self._no_restrict(database, where)}")
+
+    def _no_restrict(self, database: str, where: str) -> str:
+        return (
+            f"psql on the target has no \\restrict, so the plain SQL dump of database "
+            f"{database} on {where} could run psql meta-commands (a shell among them); "
+            f"refused: install a PostgreSQL client {MINIMUM_PSQL} or later on the target "
+            "(or point bin_dir at one)"
+        )
+
     def _restore_globals(
         self, conn: PgConn, stream: BinaryIO, opts: RestoreOptions, report: RestoreReport
     ) -> None:
         raw = read_limited(stream, _MAX_GLOBALS)
         if len(raw) > _MAX_GLOBALS:
             raise RestoreError(f"{self.label}: {GLOBALS} is larger than 64 MiB; refusing")
-        existing = self._roles(conn)
-        sql, created, kept = filter_globals(raw.decode(), existing, replace=opts.force)
+        plan = self.role_plan(GLOBALS, raw, conn, replace=opts.force_db)
         self.runner.check(
             conn.psql("postgres"),
-            input=sql.encode(),
+            input=plan.sql.encode("utf-8", "surrogateescape"),
             what=f"{self.label}: restoring roles",
             env=conn.env(),
             user=self.run_as,
         )
-        if created:
-            report.actions.append(f"created role(s) {', '.join(sorted(created))}")
-        if kept:
-            report.actions.append(f"kept existing role(s) {', '.join(sorted(kept))}")
+        if plan.created:
+            report.actions.append(f"created role(s) {', '.join(sorted(plan.created))}")
+        if plan.kept:
+            report.actions.append(f"kept existing role(s) {', '.join(sorted(plan.kept))}")
+        if plan.protected:
+            report.actions.append(role_note(plan.protected))
 
-
-class RoleCollector:
-    """Collects role names from pg_dumpall output as it streams past (for facts)."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-        self._tail = b""
-
-    def feed(self, chunk: bytes) -> None:
-        *lines, self._tail = (self._tail + chunk).split(b"\n")
-        for raw in lines:
-            m = _ROLE_STMT.match(raw.decode("utf-8", "replace"))
-            if m and m.group(1) == "CREATE":
-                self.names.add(_unquote(m.group(2)))
-
-
-_ROLE_STMT = re.compile(r'^(CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)[ ;]')
-
-
-def _unquote(ident: str) -> str:
-    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
-
-
-def filter_globals(
-    sql: str, existing: set[str], *, replace: bool
-) -> tuple[str, set[str], set[str]]:
-    """Drop CREATE/ALTER ROLE lines for roles the target already has (unless ``replace``:
-    then only their CREATE, so the ALTER resets their attributes to the backup's).
-
-    pg_dumpall writes one statement per line for roles, which is what makes
-    this line filter sound. Returns (sql, roles created, roles kept).
-    """
-    out, created, kept = [], set(), set()
-    for line in sql.splitlines():
-        m = _ROLE_STMT.match(line)
-        if m:
-            role = _unquote(m.group(2))
-            if role in existing:
-                if m.group(1) == "CREATE" or not replace:
-                    kept.add(role)
-                    continue
-            elif m.group(1) == "CREATE":
-                created.add(role)
-        out.append(line)
-    return "\n".join(out) + "\n", created, kept
-
-
-# The spool keeps the dump's first bytes: header and TOC (written before any data by
-# pg_dump), all that post-data needs. 256 MiB holds the TOC of a schema with
-# hundreds of thousands of objects; a bigger TOC is detected and handled.
-TOC_SPOOL_MAX = 256 << 20
-
-
-class ParallelRestore:
-    """Restore a custom-format dump into a database that does not exist yet, in parallel.
-
-    One pg_restore loads schema and data from the decoded stream (decoding
-    overlaps the load), while the stream's head (header and TOC) is spooled to
-    a private (0700) directory on the target; post-data (indexes, constraints,
-    triggers: where pg_restore -j gains most) then runs with ``pg_restore -j N``
-    from that spool, which needs no data blocks. The load goes into a staging
-    database, renamed to the real name only after every step succeeded and the
-    dump's digests were verified, so the database never appears half restored;
-    a failure drops the staging database. The spool is removed in every case.
-    """
-
-    def __init__(
-        self,
-        source: PostgresSource,
-        conn: PgConn,
-        database: str,
-        facts: dict[str, Any],
-        opts: RestoreOptions,
-        report: RestoreReport,
-    ) -> None:
-        self.source, self.conn, self.database = source, conn, database
-        self.facts, self.opts, self.report = facts, opts, report
-        self.what = f"{source.label}: restoring database {database}"
-
-    def run(self, feed: Feed) -> bool:
-        """Restore and return True; or return False, with a note in the report saying
-        why, when the caller should stream into one pg_restore instead. Raises
-        RestoreError/SourceError/IntegrityError when the restore itself failed."""
-        if self.source.restore_jobs(self.opts) == 1:
-            return False
-        spool = self._open_spool()
-        if spool is None:
-            return False
+    def role_plan(self, artifact: str, raw: bytes, conn: PgConn, *, replace: bool) -> RolePlan:
+        """The role statements of ``raw`` (a roles artifact) for this target. Raises
+        RestoreError naming the artifact's line that is not a role statement."""
         try:
-            chosen = self.choose(spool)
-            if isinstance(chosen, str):
-                self._note(chosen)
-                return False
-            jobs, budget = chosen
-            self._restore(feed, spool, jobs, budget)
-            return True
-        finally:
-            self._remove(spool)
-
-    def choose(self, spool: SpoolDir) -> tuple[int, int] | str:
-        """(pg_restore jobs, spool byte limit) for a parallel restore on this target, or
-        why it streams into one pg_restore instead (shared with the precheck decision)."""
-        jobs = self.source.restore_jobs(self.opts) or min(4, spool.cpus)
-        if jobs < 2:
-            return f"the target has {spool.cpus} CPU: streamed into one pg_restore"
-        need = min(int(self.facts.get("database_size") or TOC_SPOOL_MAX), TOC_SPOOL_MAX)
-        budget = spool_budget(spool, need)
-        if budget is None:
-            return (
-                f"only {_mib(spool.free_bytes)} free in {spool.path} on the target, the "
-                f"spool needs {_mib(need)} plus a reserve of "
-                f"{_mib(spool_reserve(spool.total_bytes))}: streamed into one pg_restore "
-                "instead of a parallel restore"
+            return plan_roles(
+                raw.decode("utf-8", "surrogateescape"),
+                self._roles(conn),
+                self._own_roles(conn),
+                replace=replace,
             )
-        return jobs, min(budget, TOC_SPOOL_MAX)
-
-    def _restore(self, feed: Feed, spool: SpoolDir, jobs: int, limit: int) -> None:
-        src, conn = self.source, self.conn
-        staging = staging_name(self.database)
-        # Ours by name: left over from a run that was killed half-way.
-        self._drop(staging, strict=True)
-        owner = src._create_database(conn, staging, self.facts)
-        artifact = dump_artifact("custom")
-        try:
-            cut: list[bool] = []
-            feed(artifact, lambda stream: cut.append(self._load(stream, spool, staging, limit)))
-            if cut[0] and not self._toc_complete(spool):
-                # The TOC is longer than the spool: post-data from a second, serial pass.
-                self._note(f"the dump's TOC exceeds {_mib(limit)}: post-data without -j")
-                argv = self._pg_restore(staging, "--section=post-data")
-                feed(artifact, lambda stream: self._pipe(argv, stream, "(post-data)"))
-                how = "one pg_restore"
-            else:
-                argv = self._pg_restore(staging, "-j", str(jobs), "--section=post-data")
-                src.runner.check(
-                    [*argv, spool.dump],
-                    what=f"{self.what} (post-data, pg_restore -j {jobs} from {spool.dump})",
-                    env=conn.env(),
-                    user=src.run_as,
-                )
-                how = f"pg_restore -j {jobs} for indexes and constraints"
-            src._sql(
-                conn,
-                "postgres",
-                f"ALTER DATABASE {quote_ident(staging)} RENAME TO {quote_ident(self.database)};",
-            )
-        except BaseException:
-            self._drop(staging, strict=False)
-            raise
-        self.report.actions.append(
-            f"created database {self.database}" + (f" owned by {owner}" if owner else "")
-        )
-        self.report.actions.append(
-            f"restored database {self.database} ({how}; TOC spooled in {spool.path} on the "
-            f"target; loaded as {staging}, renamed when complete)"
-        )
-
-    def _pg_restore(self, database: str, *args: str) -> list[str]:
-        return self.conn.argv(
-            "pg_restore", "--exit-on-error", "--no-comments", *args, database=database
-        )
-
-    def _pipe(self, argv: list[str], stream: BinaryIO, step: str) -> None:
-        src = self.source
-        what = f"{self.what} {step}"
-        pipe_into(src.runner, argv, stream, what=what, env=self.conn.env(), user=src.run_as)
-
-    def _load(self, stream: BinaryIO, spool: SpoolDir, staging: str, limit: int) -> bool:
-        """Schema and data from ``stream``; its first ``limit`` bytes to the spool.
-        Returns whether the spool was cut short."""
-        conn, src = self.conn, self.source
-        load = self._pg_restore(staging, "--section=pre-data", "--section=data")
-        sinks = [
-            Sink(conn.shell(SPOOL_WRITE, spool.dump), f"{self.what}: spooling to {spool.dump}",
-                 limit),
-            Sink(load, f"{self.what} (schema and data)"),
-        ]  # fmt: skip
-        tee_into(src.runner, sinks, stream, env=conn.env(), user=src.run_as)
-        return sinks[0].cut
-
-    def _toc_complete(self, spool: SpoolDir) -> bool:
-        """Whether pg_restore can read the whole TOC from the (cut) spool."""
-        argv = self.conn.argv("pg_restore", "-l")
-        return self.source.runner.run([*argv, spool.dump], user=self.source.run_as).returncode == 0
-
-    def _open_spool(self) -> SpoolDir | None:
-        src = self.source
-        res = src.runner.run(spool_setup_argv(self.conn), user=src.run_as)
-        if res.returncode != 0:
-            self._note(
-                f"cannot make a spool directory on the target ({exit_text(res.returncode)}"
-                f"{tail_text(res.stderr)}): streamed into one pg_restore"
-            )
-            return None
-        try:
-            return parse_spool_setup(res.stdout.decode("utf-8", "replace"))
-        except (ValueError, IndexError) as exc:
-            raise RestoreError(f"{self.what}: cannot prepare a spool directory: {exc}") from None
-
-    def _remove(self, spool: SpoolDir) -> None:
-        src = self.source
-        res = src.runner.run(spool_remove_argv(self.conn, spool), user=src.run_as)
-        if res.returncode != 0:
-            self._note(
-                f"could not remove the spool {spool.path} on the target: "
-                f"{exit_text(res.returncode)}{tail_text(res.stderr)}; remove it by hand"
-            )
-
-    def _drop(self, staging: str, *, strict: bool) -> None:
-        """Drop the staging database; ``strict``: raise if that fails, else only note it."""
-        src = self.source
-        sql = f"DROP DATABASE IF EXISTS {quote_ident(staging)}"
-        # WITH (FORCE) (PostgreSQL 13+): pg_restore workers of a failed run may still be
-        # connected to the database only we use.
-        for stmt in (sql + " WITH (FORCE);", sql + ";"):
-            res = src.runner.run(
-                self.conn.psql("postgres"), input=stmt.encode(), env=self.conn.env(),
-                user=src.run_as,
-            )  # fmt: skip
-            if res.returncode == 0:
-                return
-        message = f"could not drop the staging database {staging}{tail_text(res.stderr)}"
-        if strict:
-            raise RestoreError(f"{self.what}: {message}")
-        self._note(message + "; drop it by hand")
-        self.opts.log(f"{self.what}: {message}")
-
-    def _note(self, text: str) -> None:
-        self.report.actions.append(f"note: {text}")
+        except GlobalsRefused as exc:
+            raise RestoreError(
+                f"{self.label}: {artifact} {exc}: only role statements are restored from it "
+                "(CREATE/ALTER ROLE, ALTER USER, GRANT role TO, COMMENT ON ROLE); "
+                "nothing was applied"
+            ) from None
 
 
-@dataclass
-class Sink:
-    """One command fed by ``tee_into``; it gets the first ``limit`` bytes only, if given."""
-
-    argv: list[str]
-    what: str
-    limit: int | None = None
-    cut: bool = False  # set when the stream went on past ``limit``
-
-
-def tee_into(
-    runner: Runner,
-    sinks: list[Sink],
-    stream: BinaryIO,
-    *,
-    env: dict[str, str] | None,
-    user: str | None,
-) -> None:
-    """Copy ``stream`` to the stdin of every sink's command, started on ``runner``.
-
-    Raises SourceError naming a sink's ``what`` when its command fails, or what
-    reading ``stream`` raised (e.g. an integrity error: the commands are then
-    killed before they could take a clean EOF for the end of the data).
-    """
-    procs = [runner.start(s.argv, stdin=True, env=env, user=user) for s in sinks]
-    readers = [threading.Thread(target=p.stdout.read, daemon=True) for p in procs]
-    for t in readers:
-        t.start()
-    size = 0
-    open_ = [True] * len(sinks)
-    try:
-        try:
-            while chunk := stream.read(CHUNK):
-                start, size = size, size + len(chunk)
-                for k, (sink, p) in enumerate(zip(sinks, procs, strict=True)):
-                    if not open_[k]:
-                        continue
-                    assert p.stdin is not None
-                    if sink.limit is not None and size > sink.limit:
-                        p.stdin.write(chunk[: max(0, sink.limit - start)])
-                        p.stdin.close()
-                        open_[k], sink.cut = False, True
-                    else:
-                        p.stdin.write(chunk)
-        except BrokenPipeError:
-            pass  # a command exited early: its status says why
-        for k, p in enumerate(procs):
-            if open_[k]:
-                assert p.stdin is not None
-                with contextlib.suppress(BrokenPipeError):
-                    p.stdin.close()
-    except BaseException:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
-        raise
-    failed = []
-    for p, sink in zip(procs, sinks, strict=True):
-        rc = p.wait()
-        if rc != 0:
-            failed.append(f"{sink.what}: command `{shlex.join(sink.argv)}` {exit_text(rc)}"
-                          f"{tail_text(p.stderr_tail())}")  # fmt: skip
-    for t in readers:
-        t.join()
-    if failed:
-        raise SourceError("; ".join(failed))
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.0f} MiB"
+def role_note(protected: set[str]) -> str:
+    return (
+        f"note: left protected role(s) {', '.join(sorted(protected))} as they are on the "
+        "target (what the backup says about them was skipped)"
+    )

@@ -1,35 +1,75 @@
-"""``postgres`` with ``flavor = "supabase"``: the Supabase CLI's three-part recipe.
+"""``postgres`` with ``flavor = "supabase"``: restores onto a fresh self-hosted Supabase.
 
-A plain pg_dump of a Supabase database includes Supabase's own schemas and
-roles, and restoring it into a fresh Supabase fails on permissions and
-"already exists". Like ``supabase db dump``, drkit stores three artifacts,
-all read in one exported snapshot:
+Backup: three artifacts read in one exported snapshot, like ``supabase db
+dump`` (docs/sources/supabase.md compares the two point by point):
 
-- ``roles.sql``: ``pg_dumpall --roles-only --no-role-passwords``, reserved
-  roles commented out (a fresh Supabase already has them);
-- ``schema.sql``: ``pg_dump --schema-only`` without the internal schemas;
-- ``data.sql``: ``pg_dump --data-only`` of everything else *including* ``auth``
-  and ``storage`` (users and file metadata), minus their migration tables.
+- ``roles.sql``: ``pg_dumpall --roles-only``, with the password hashes when the
+  connecting role can read them (``--no-role-passwords`` otherwise: the facts
+  then name the login roles that will need a new password), reserved roles'
+  own statements commented out;
+- ``schema.sql``: ``pg_dump --schema-only`` of the *whole* database, Supabase's
+  schemas included: the user's triggers on ``auth.users``, policies on
+  ``storage.objects``, functions and grants live there too;
+- ``data.sql``: ``pg_dump --data-only`` of everything but Supabase's internal
+  schemas, ``auth`` and ``storage`` included, their migration tables excluded.
 
-Restore runs them in one psql transaction, with
-``session_replication_role = replica`` before the data so triggers and
-foreign keys don't fire on rows that arrive out of order.
+The same snapshot's facts (``pgcatalog``) name every object the way pg_dump
+does, every object's and default privileges, the materialized views and what
+they read, and the roles' settings.
+
+Restore, in one psql transaction: roles (parsed and rebuilt by ``pgroles``,
+reserved roles never altered), the schema with every entry for an object the
+target already has left out (``supabase_merge``: merged, not re-created), the
+data with ``session_replication_role = replica``, the populated materialized
+views refreshed in dependency order, then every object's privileges and the
+default privileges set to the source's exactly (a fresh Supabase's default
+privileges grant the API roles everything created in ``public``: a re-GRANT
+alone would widen access). The check afterwards compares privileges, objects,
+row counts and role settings with the facts, and fails naming any object
+whose access is wider than the source's. psql's input starts with drkit's
+own ``\\restrict`` (``psqlinput``).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from drkit.errors import RestoreError
 from drkit.pipeline.streams import CHUNK, read_limited
 from drkit.remote.base import exit_text, tail_text
-from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, StepPlan
-from drkit.sources.pgsql import quote_literal
-from drkit.sources.postgres import PostgresSource, filter_globals
+from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
+from drkit.sources.pgcatalog import (
+    compare_acls,
+    default_acl_keys,
+    fact_sql,
+    facts_sql,
+    global_default,
+    matview_identity,
+    parse_facts,
+    refresh_order,
+    refresh_sql,
+    reset_sql,
+    target_sql,
+)
+from drkit.sources.pgroles import RESERVED_ROLES, RoleCollector, is_protected, protected_roles
+from drkit.sources.pgsql import PgConn, quote_literal
+from drkit.sources.postgres import PostgresSource, role_note
+from drkit.sources.psqlinput import RestrictedInput, new_key, restrict_line
+from drkit.sources.supabase_merge import (
+    SUPABASE_SCHEMAS,
+    LineFilter,
+    MergeFilter,
+    Target,
+    merge_lines,
+    missing_base,
+    quoted,
+    settings_differ,
+)
 
+# Not in the data dump: Supabase's own state (its services rebuild it), not the user's.
 INTERNAL_SCHEMAS = (
     "_analytics", "_realtime", "_supavisor", "auth", "extensions", "pgbouncer", "realtime",
     "storage", "supabase_functions", "supabase_migrations", "cron", "dbdev", "graphql",
@@ -39,17 +79,19 @@ INTERNAL_SCHEMAS = (
 )  # fmt: skip
 DATA_SCHEMAS = ("auth", "storage")  # internal, but their rows are the users' data
 MIGRATION_TABLES = ("auth.schema_migrations", "storage.migrations", "supabase_functions.migrations")
-RESERVED_ROLES = frozenset((
-    "anon", "authenticated", "authenticator", "dashboard_user", "pgbouncer", "postgres",
-    "service_role", "supabase_admin", "supabase_auth_admin", "supabase_functions_admin",
-    "supabase_read_only_user", "supabase_realtime_admin", "supabase_replication_admin",
-    "supabase_storage_admin", "supabase_etl_admin", "supabase_privileged_role",
-    "pgsodium_keyholder", "pgsodium_keyiduser", "pgsodium_keymaker", "pgtle_admin",
-))  # fmt: skip
 PARTS = ("roles.sql", "schema.sql", "data.sql")
 MAX_ROLES = 64 << 20
+FORMAT = "supabase-merge"  # facts["format"]: objects, privileges and matviews recorded
 
 _ROLE_LINE = re.compile(r'^(CREATE|ALTER) ROLE "((?:[^"]|"")+)"')
+
+_ROLE_FACTS = fact_sql(
+    "all_roles", "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'",
+    "jsonb_agg(q.rolname ORDER BY q.rolname)",
+) + fact_sql(
+    "login_roles", "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname !~ '^pg_'",
+    "jsonb_agg(q.rolname ORDER BY q.rolname)",
+)  # fmt: skip
 
 
 def filter_roles(line: str) -> str:
@@ -62,66 +104,30 @@ def filter_roles(line: str) -> str:
     return line
 
 
-def filter_schema(line: str) -> str:
-    """Make the schema load into a fresh Supabase: its own objects already exist there."""
-    if line.startswith('CREATE SCHEMA "'):
-        return line.replace("CREATE SCHEMA ", "CREATE SCHEMA IF NOT EXISTS ", 1)
-    if re.match(r'^ALTER .* OWNER TO "supabase_admin";', line):
-        return "-- " + line
-    if line.startswith('ALTER DEFAULT PRIVILEGES FOR ROLE "supabase_admin"'):
-        return "-- " + line
-    return line
-
-
-class LineFilter:
-    """A reader that applies ``fn`` to each text line of ``raw`` (streaming, bounded)."""
-
-    def __init__(self, raw: BinaryIO, fn: Callable[[str], str]) -> None:
-        self._raw = raw
-        self._fn = fn
-        self._pending = b""
-        self._out = b""
-        self._eof = False
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            parts = []
-            while chunk := self.read(CHUNK):
-                parts.append(chunk)
-            return b"".join(parts)
-        while len(self._out) < n and not self._eof:
-            data = self._raw.read(CHUNK)
-            if not data:
-                self._eof = True
-                lines, self._pending = [self._pending] if self._pending else [], b""
-            else:
-                *lines, self._pending = (self._pending + data).split(b"\n")
-                lines = [ln + b"\n" for ln in lines]
-            for ln in lines:
-                text = ln.decode("utf-8", "surrogateescape")
-                self._out += self._fn(text).encode("utf-8", "surrogateescape")
-        out, self._out = self._out[:n], self._out[n:]
-        return out
-
-
 class SupabaseSource(PostgresSource):
     """The Supabase flavor of the postgres source (same policy keys)."""
 
     # Not in the data dump: the target's own migration history stays.
     unchecked_tables = frozenset(MIGRATION_TABLES)
 
+    # ---- backup -------------------------------------------------------
+    def session_sql(self) -> str:
+        return facts_sql() + _ROLE_FACTS
+
     def artifacts(self) -> Iterator[Artifact]:
         conn = self.conn()
         env = conn.env()
-        self.facts.update(globals=False, flavor="supabase")
+        readable = self._sql(
+            conn, self.config.database,
+            "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT');",
+        ).strip() == "t"  # fmt: skip
+        self.facts.update(globals=False, flavor="supabase", passwords=readable)
         snapshot = self._open_session(conn)
         try:
-            roles = conn.argv(
-                "pg_dumpall", "--roles-only", "--no-role-passwords", "--quote-all-identifiers"
-            )
+            hashes = [] if readable else ["--no-role-passwords"]
+            roles = conn.argv("pg_dumpall", "--roles-only", *hashes, "--quote-all-identifiers")
             schema = conn.argv(
                 "pg_dump", "--schema-only", "--quote-all-identifiers", f"--snapshot={snapshot}",
-                *(f"--exclude-schema={s}" for s in INTERNAL_SCHEMAS),
                 database=self.config.database,
             )  # fmt: skip
             data = conn.argv(
@@ -130,45 +136,167 @@ class SupabaseSource(PostgresSource):
                 *(f"--exclude-table={t}" for t in MIGRATION_TABLES),
                 database=self.config.database,
             )  # fmt: skip
-            yield Artifact(PARTS[0], lambda: _filtered(self.command_stream(roles, env=env),
-                                                        filter_roles))  # fmt: skip
-            yield Artifact(PARTS[1], lambda: _filtered(self.command_stream(schema, env=env),
-                                                        filter_schema))  # fmt: skip
+            names = RoleCollector()
+            yield Artifact(
+                PARTS[0],
+                lambda: _filtered(self.command_stream(roles, env=env), filter_roles),
+                names.feed,
+            )
+            yield Artifact(PARTS[1], lambda: self.command_stream(schema, env=env))
             yield Artifact(PARTS[2], lambda: self.command_stream(data, env=env))
             self._collect_facts()
-            self.facts["format"] = "supabase"
+            self.facts["roles"] = sorted(names.names)
+            self.facts["format"] = FORMAT
         finally:
             self.finish()
+
+    # ---- restore ------------------------------------------------------
+    def _target(self, conn: PgConn, database: str) -> Target:
+        exists = self._sql(
+            conn, "postgres",
+            f"SELECT count(*) FROM pg_database WHERE datname = {quote_literal(database)};",
+        ).strip() != "0"  # fmt: skip
+        if not exists:
+            return Target(False, self._roles(conn))
+        found = parse_facts(self._sql(conn, database, target_sql("objects", "role_settings")))
+        return Target(True, self._roles(conn), set(found["objects"]), found["role_settings"])
+
+    def _blocked(self, facts: dict[str, Any], target: Target, database: str, where: str,
+                 opts: RestoreOptions) -> str | None:  # fmt: skip
+        if facts.get("format") != FORMAT:
+            return (
+                "this Supabase snapshot was taken by an older drkit, whose restores could widen "
+                "access (it records no objects or privileges to merge and check against); "
+                "take a new backup with this version"
+            )
+        if not target.exists:
+            return (
+                f"database {database} does not exist on {where}: a Supabase backup is restored "
+                "into the database of a running self-hosted Supabase (its `postgres`), whose "
+                "initialisation created Supabase's own roles and schemas"
+            )
+        missing = missing_base(facts, target)
+        if missing:
+            return (
+                f"{where} database {database} is not a Supabase like the source: it lacks "
+                f'{"; ".join(missing)}. A flavor = "supabase" backup restores onto a fresh '
+                "self-hosted Supabase (its initialisation creates them); drkit does not "
+                "create Supabase's reserved objects itself"
+            )
+        own = sorted(
+            f"{o.split(chr(9))[1]}.{o.split(chr(9))[2]}" for o in target.objects
+            if o.startswith("TABLE\t") and o.split("\t")[1] not in SUPABASE_SCHEMAS
+        )  # fmt: skip
+        if own:
+            more = f" (--force-db does not apply: {_NO_FORCE})" if opts.force_db else ""
+            return (
+                f"database {database} on {where} already has {len(own)} table(s) of its own "
+                f"({', '.join(own[:5])}{', ...' if len(own) > 5 else ''}); restore onto a "
+                f"fresh Supabase, or drop them first{more}"
+            )
+        return None
+
+    def _role_lines(self, facts: dict[str, Any], target: Target, conn: PgConn) -> list[str]:
+        protected = protected_roles(target.roles, self._own_roles(conn))
+        backed = set(facts.get("roles", []))
+        never = {r for r in backed if is_protected(r, protected)}
+        new = sorted(backed - target.roles - never)
+        kept = sorted(backed & target.roles - never)
+        lines = []
+        if new:
+            lines.append(f"roles: create {', '.join(new)}")
+        if kept:
+            lines.append(f"roles: keep existing {', '.join(kept)}")
+        logins = sorted(set(facts.get("login_roles", [])) & set(new))
+        if logins and not facts.get("passwords"):
+            lines.append(
+                "roles: the backup could not read password hashes (its role is not allowed "
+                f"to read pg_authid): login role(s) {', '.join(logins)} will need a new "
+                "password (ALTER ROLE ... PASSWORD) after the restore"
+            )
+        elif logins:
+            lines.append(f"roles: passwords of {', '.join(logins)} restored from the backup")
+        reserved = set(facts.get("all_roles", [])) & RESERVED_ROLES & target.roles
+        for diff in settings_differ(facts, target, reserved):
+            lines.append(f"reserved role settings differ, left as the target has them: {diff}")
+        return lines
 
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
         conn = self.target_conn(opts)
         database = self.target_database(opts)
-        internal = ", ".join(quote_literal(s) for s in INTERNAL_SCHEMAS if "*" not in s)
-        existing = self._sql(
-            conn,
-            database,
-            "SELECT count(*) FROM pg_tables WHERE schemaname NOT LIKE 'pg\\_%' "
-            f"AND schemaname NOT IN ({internal});",
-        ).strip()
-        tables = len(facts.get("tables", {}))
-        if existing != "0" and not opts.force:
-            return StepPlan(
-                [],
-                f"database {database} on the target already has {existing} table(s) of its "
-                "own; use --force to load over them or --rename-db to restore beside it",
-            )
-        return StepPlan(
-            [f"Supabase database {database}: create non-reserved roles, load the schema and "
-             f"{tables} table(s) of data (auth and storage included) in one transaction"]
-        )  # fmt: skip
+        where = f"{conn.host or 'local socket'}:{conn.port}"
+        target = self._target(conn, database)
+        actions = [self._role_lines(facts, target, conn)] if target.exists else [[]]
+        lines = actions[0]
+        blocked = self._blocked(facts, target, database, where, opts)
+        if blocked:
+            return StepPlan(lines, blocked)
+        if not self._restricts(conn):
+            return StepPlan(lines, self._no_restrict(database, where))
+        lines += [f"Supabase database {database} on {where}: " + m
+                  for m in merge_lines(facts, target)]  # fmt: skip
+        views = refresh_order(facts.get("matviews", []))
+        lines.append(
+            f"load data of {len(facts.get('tables', {}))} table(s) and materialized view(s) "
+            "(auth and storage included) in the same transaction"
+            + (f"; refresh {', '.join(views)} in dependency order" if views else "")
+        )
+        lines.append(
+            f"privileges: {len(facts.get('acls', {}))} object(s) and "
+            f"{len(facts.get('default_acls', {}))} default-privilege entr(ies) set to the "
+            "source's exactly after the load, then checked (wider access fails the restore)"
+        )
+        return StepPlan(lines)
 
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
         conn = self.target_conn(opts)
         database = self.target_database(opts)
-        report = RestoreReport()
-        blocked = self.describe(facts, opts).blocked
+        where = f"{conn.host or 'local socket'}:{conn.port}"
+        target = self._target(conn, database)
+        blocked = self._blocked(facts, target, database, where, opts)
         if blocked:
             raise RestoreError(f"{self.label}: {blocked}")
+        self.require_restrict(conn, database)
+        merge = MergeFilter(target.objects)
+        protected: list[str] = []
+        created: list[str] = []
+        known = {m for o in facts.get("objects", []) if (m := matview_identity(o))}
+        try:
+            tail = refresh_sql(refresh_order(facts.get("matviews", [])), known)
+        except ValueError as exc:
+            raise RestoreError(f"{self.label}: {exc}; nothing was applied") from None
+        tail += reset_sql(
+            facts.get("acls", {}), facts.get("default_acls", {}),
+            [quoted(s) for s in SUPABASE_SCHEMAS],
+        )  # fmt: skip
+
+        def roles(stream: BinaryIO) -> bytes:
+            # Roles the target already has are left as they are (like globals).
+            raw = read_limited(stream, MAX_ROLES)
+            if len(raw) > MAX_ROLES:
+                raise RestoreError(f"{self.label}: roles.sql is larger than 64 MiB; refusing")
+            plan = self.role_plan(PARTS[0], raw, conn, replace=False)
+            protected.extend(plan.protected)
+            created.extend(plan.created)
+            return plan.sql.encode("utf-8", "surrogateescape")
+
+        self._load(conn, database, feed, roles, merge, tail)
+        report = RestoreReport()
+        if created:
+            report.actions.append(f"created role(s) {', '.join(sorted(created))}")
+        report.actions.append(
+            f"restored schema and data (auth, storage included) into {database}; merged "
+            f"{len(merge.merged)} object(s) the target already had"
+        )
+        report.actions.append("set every object's privileges and the default privileges to the "
+                              "source's")  # fmt: skip
+        if protected:
+            report.actions.append(role_note(set(protected)))
+        return report
+
+    def _load(self, conn: PgConn, database: str, feed: Feed, roles: Any,
+              merge: MergeFilter, tail: str) -> None:  # fmt: skip
+        """One psql transaction: roles, merged schema, data, refreshes and ``tail``."""
         argv = conn.psql(database, "--single-transaction")
         what = f"{self.label}: restoring Supabase database {database}"
         proc = self.runner.start(argv, stdin=True, env=conn.env(), user=self.run_as)
@@ -178,26 +306,20 @@ class SupabaseSource(PostgresSource):
         reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
         reader.start()
 
-        def copy(stream: BinaryIO) -> None:
-            while chunk := stream.read(CHUNK):
+        def copy(stream: BinaryIO, merging: bool) -> None:
+            # pg_dump's own \restrict lines dropped: drkit's is in force (written first).
+            source: Any = LineFilter(stream, merge) if merging else stream
+            dump = RestrictedInput(source, b"")
+            while chunk := dump.read(CHUNK):
                 stdin.write(chunk)
 
-        existing = self._roles(conn)
-
-        def copy_roles(stream: BinaryIO) -> None:
-            # Roles the target already has are left as they are (like globals).
-            raw = read_limited(stream, MAX_ROLES)
-            if len(raw) > MAX_ROLES:
-                raise RestoreError(f"{self.label}: roles.sql is larger than 64 MiB; refusing")
-            text = raw.decode("utf-8", "surrogateescape")
-            sql, _created, _kept = filter_globals(text, existing, replace=False)
-            stdin.write(sql.encode("utf-8", "surrogateescape"))
-
         try:
-            for part in PARTS:
-                if part == "data.sql":
-                    stdin.write(b"\nSET session_replication_role = replica;\n")
-                feed(part, copy_roles if part == "roles.sql" else copy)
+            stdin.write(restrict_line(new_key()))
+            feed(PARTS[0], lambda s: stdin.write(roles(s)))
+            feed(PARTS[1], lambda s: copy(s, True))
+            stdin.write(b"\nSET session_replication_role = replica;\n")
+            feed(PARTS[2], lambda s: copy(s, False))
+            stdin.write(b"\nSET session_replication_role = DEFAULT;\n" + tail.encode())
             stdin.close()
         except BrokenPipeError:
             pass  # psql stopped on an error: its status and stderr say which
@@ -209,16 +331,79 @@ class SupabaseSource(PostgresSource):
         reader.join()
         if rc != 0:
             raise RestoreError(f"{what}: psql {exit_text(rc)}{tail_text(proc.stderr_tail())}")
-        report.actions.append(
-            f"restored roles, schema and data (auth, storage included) into {database}"
+
+    # ---- check --------------------------------------------------------
+    def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        """Row counts and roles (as postgres), then privileges, default privileges,
+        objects and role settings against the facts."""
+        skipped = tuple(s + "." for s in INTERNAL_SCHEMAS if s not in DATA_SCHEMAS)
+        restored = {t: n for t, n in facts.get("tables", {}).items() if not t.startswith(skipped)}
+        checks = super().check({**facts, "tables": restored}, opts)
+        if facts.get("format") != FORMAT:
+            return checks
+        conn, database = self.target_conn(opts), self.target_database(opts)
+        names = ("objects", "acls", "default_acls", "role_settings")
+        found = parse_facts(self._sql(conn, database, target_sql(*names)))
+        checks.append(self._privilege_check(facts, found, database))
+        missing = sorted(set(facts.get("objects", [])) - set(found["objects"]))
+        checks.append(Check(
+            self.name, f"objects in {database}", "fail" if missing else "pass",
+            f"missing: {'; '.join(m.replace(chr(9), ' ') for m in missing[:8])}" if missing
+            else f"all {len(facts.get('objects', []))} object(s) of the source are there",
+        ))  # fmt: skip
+        target = Target(True, self._roles(conn), set(found["objects"]), found["role_settings"])
+        user = set(facts.get("roles", []))
+        reserved = set(facts.get("all_roles", [])) & RESERVED_ROLES & target.roles
+        wrong = settings_differ(facts, target, user)
+        left = settings_differ(facts, target, reserved)
+        status = "fail" if wrong else "warn" if left else "pass"
+        detail = (
+            "; ".join(
+                [f"differs: {w}" for w in wrong]
+                + [f"reserved role left as the target has it: {x}" for x in left]
+            )
+            or f"settings of {len(user)} role(s) equal the source's"
         )
-        return report
+        checks.append(Check(self.name, "role settings", status, detail))
+        return checks
+
+    def _privilege_check(self, facts: dict[str, Any], found: dict[str, Any],
+                         database: str) -> Check:  # fmt: skip
+        want, have = facts.get("acls", {}), found["acls"]
+        wider, narrower = compare_acls(want, have, want)
+        dwant, dhave = dict(facts.get("default_acls", {})), dict(found["default_acls"])
+        keys = default_acl_keys(dwant, dhave, [quoted(s) for s in SUPABASE_SCHEMAS])
+        for key in keys:  # a global entry without a row is PostgreSQL's built-in default
+            for side in (dwant, dhave):
+                if key.split("\t")[1] == "-" and key not in side:
+                    side[key] = global_default(key)
+        dwider, dnarrower = compare_acls(dwant, dhave, keys)
+        wider += [f"default privileges {k.replace(chr(9), ' ')}" for k in dwider]
+        narrower += [f"default privileges {k.replace(chr(9), ' ')}" for k in dnarrower]
+        if wider or narrower:
+            parts = []
+            if wider:
+                parts.append("access WIDER than the source's: " + "; ".join(wider[:8]))
+            if narrower:
+                parts.append("narrower than the source's: " + "; ".join(narrower[:8]))
+            return Check(self.name, f"privileges in {database}", "fail", " | ".join(parts))
+        return Check(
+            self.name, f"privileges in {database}", "pass",
+            f"{len(want)} object(s) and {len(keys)} default-privilege entr(ies) equal the "
+            "source's",
+        )  # fmt: skip
+
+
+_NO_FORCE = (
+    "Supabase's objects and the user's share its schemas, so drkit merges into a fresh "
+    "Supabase and never drops objects in one"
+)
 
 
 class _filtered:
     """Context manager: a CommandStream whose output passes through a LineFilter."""
 
-    def __init__(self, inner: Any, fn: Callable[[str], str]) -> None:
+    def __init__(self, inner: Any, fn: Any) -> None:
         self._inner = inner
         self._fn = fn
 

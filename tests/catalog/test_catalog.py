@@ -14,7 +14,15 @@ from drkit.catalog.db import Catalog, CatalogError
 from drkit.catalog.sync import sync
 from drkit.repository.layout import Repository, manifest_key
 from drkit.repository.local import LocalStore
-from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
+from drkit.repository.manifest import (
+    SIGNED_KIND,
+    ArtifactRecord,
+    Manifest,
+    SourceRecord,
+    dump_document,
+    new_snapshot_id,
+)
+from tests.helpers import trust_for
 
 T0 = dt.datetime(2026, 11, 22, 3, 24, 44, tzinfo=dt.UTC)
 # Built at run time: only its shape matters (a key-like string must not be copied).
@@ -68,7 +76,7 @@ def make_manifest(host: str, started: dt.datetime, *, db_size: int = 1000) -> Ma
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
-    r = Repository(LocalStore(tmp_path / "repo"))
+    r = Repository(LocalStore(tmp_path / "repo"), trust_for())
     r.init()
     return r
 
@@ -203,21 +211,29 @@ def test_broken_manifest_is_reported_and_others_still_synced(
     assert ids(catalog) == [("vultr", later.snapshot), ("vultr", good.snapshot)]
 
 
-def test_broken_manifest_keeps_an_existing_row(repo: Repository, catalog: Catalog) -> None:
-    """The snapshot still exists: an unreadable manifest is no reason to forget it."""
+def test_broken_manifest_drops_its_row(repo: Repository, catalog: Catalog) -> None:
+    """An unreadable manifest can no longer be trusted: the catalog never holds what a
+    restore would refuse (it is reported, and comes back once the manifest is good)."""
     m = commit(repo, make_manifest("vultr", T0))
     sync(catalog, repo)
+    good = repo.store.get_bytes(manifest_key("vultr", m.snapshot))
     repo.store.put_bytes(manifest_key("vultr", m.snapshot), b"garbage")
     res = sync(catalog, repo)
-    assert (res.added, res.removed, len(res.problems)) == (0, 0, 1)
-    assert ids(catalog) == [("vultr", m.snapshot)]
+    assert (res.added, res.removed, len(res.problems)) == (0, 1, 1)
+    assert ids(catalog) == []
+    repo.store.put_bytes(manifest_key("vultr", m.snapshot), good)
+    assert sync(catalog, repo).added == 1
 
 
 def test_manifest_stored_under_the_wrong_host_is_reported(
     repo: Repository, catalog: Catalog
 ) -> None:
+    """Signed by a trusted key, but for another host: refused."""
     m = make_manifest("vultr", T0)
-    repo.store.put_bytes(manifest_key("hetzner", m.snapshot), m.to_json())
+    key = repo.trust.signing_key
+    assert key is not None
+    signed = dump_document(key.sign(SIGNED_KIND, m.document()))
+    repo.store.put_bytes(manifest_key("hetzner", m.snapshot), signed)
     res = sync(catalog, repo)
     assert res.added == 0
     assert len(res.problems) == 1 and "not where it is stored" in res.problems[0]
@@ -229,7 +245,7 @@ def test_sync_of_some_hosts_leaves_the_others_alone(
 ) -> None:
     v = commit(repo, make_manifest("vultr", T0))
     h = commit(repo, make_manifest("hetzner", T0))
-    other = Repository(LocalStore(tmp_path / "other-repo"))
+    other = Repository(LocalStore(tmp_path / "other-repo"), trust_for())
     o = commit(other, make_manifest("vultr", T0 + dt.timedelta(hours=3)))
     sync(catalog, repo)
     sync(catalog, other)

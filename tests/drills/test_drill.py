@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests import forge
+from tests.e2e.repos import RepoTarget
 from tests.helpers import drkit, load_callmeback, write_policy
 from tests.servers.pm2 import Pm2Home, bin_path_env, pm2_home, write_apps
 from tests.servers.ports import free_port
@@ -86,8 +88,14 @@ def vultr_like(
     pem, key = cert_pem(domain, dt.datetime.now(dt.UTC) + dt.timedelta(days=cert_days))
     (certdir / f"{domain}.crt").write_bytes(pem)
     (certdir / f"{domain}.key").write_bytes(key)
+    (certdir / f"{domain}.json").write_text(json.dumps({"sans": [domain], "issuer_data": {}}))
     (caddy / "etc").mkdir()
-    (caddy / "etc/Caddyfile").write_text(f"{domain} {{\n\treverse_proxy 127.0.0.1:3000\n}}\n")
+    # The data dir is not Caddy's default: the Caddyfile says where it is, as a host with
+    # a moved data dir does, so the Caddy reloaded after a restore serves these certificates.
+    (caddy / "etc/Caddyfile").write_text(
+        f"{{\n\tstorage file_system {{\n\t\troot {caddy / 'data'}\n\t}}\n}}\n"
+        f"{domain} {{\n\treverse_proxy 127.0.0.1:3000\n}}\n"
+    )
     return {"root": root, "caddy": caddy, "ecosystem": ecosystem, "ports": ports}
 
 
@@ -162,6 +170,14 @@ def test_vultr_drill_passes_then_fails_for_the_right_reasons(
         policy = make_policy(tmp_path, pg, db, keys, paths, pm2=pm2)
         # The policy says `pm2`: the test's pm2 comes from npm, so it is put on PATH.
         drkit("backup", "--policy", str(policy), env=bin_path_env(), check=True)
+    # A bucket writer's copy of the snapshot under a newer id (its manifest edited to
+    # match): unsigned for that id, so the drill must restore the real one.
+    real = json.loads(drkit("snapshots", "--policy", str(policy), "--json").stdout)
+    real_id = real["snapshots"][-1]["snapshot"]
+    planted = real_id[:-6] + "ffffff"
+    bucket = RepoTarget("local", {}, root=tmp_path / "repo")
+    forge.copy_snapshot(bucket, "vultr", real_id, planted)
+    forge.edit_manifest(bucket, "vultr", planted, lambda m: m.update(snapshot=planted))
     # The apps answer inside the drill container, with PORT and APP_NAME from PM2's dump.
     port = paths["ports"]["db-proxy"]
     health = f'[[http]]\nname = "db-proxy answers"\nurl = "http://127.0.0.1:{port}/health"\n'
@@ -172,6 +188,7 @@ def test_vultr_drill_passes_then_fails_for_the_right_reasons(
     assert res.returncode == 0, res.output
     [report] = json.loads(res.stdout)["drills"]
     assert report["verdict"] == "pass", report
+    assert report["snapshot"] == real_id and planted not in res.stdout
     names = {(c["source"], c["name"]): c["status"] for c in report["checks"]}
     assert names[("callmeback", f"row counts in {db}")] == "pass"
     assert names[("drill", "calls were restored")] == "pass"

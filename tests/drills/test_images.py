@@ -77,7 +77,7 @@ def test_context_holds_common_files_host_files_and_the_ca(docker_copy: Path) -> 
 
 
 def test_unknown_host_names_the_hosts_that_have_images(docker_copy: Path) -> None:
-    with pytest.raises(UsageError, match=r"no drill image for host 'nosuch'.*vultr"):
+    with pytest.raises(UsageError, match=r"unknown drill image 'nosuch'.*images: .*vultr"):
         host_image_tag("nosuch", "drkit-base:aaa", b"")
 
 

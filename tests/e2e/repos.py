@@ -49,6 +49,7 @@ class RepoTarget:
 
     def write(self, key: str, data: bytes) -> None:
         if self.root is not None:
+            (self.root / key).parent.mkdir(parents=True, exist_ok=True)
             (self.root / key).write_bytes(data)
         else:
             self.s3.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}", Body=data)

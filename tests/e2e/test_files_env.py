@@ -103,7 +103,7 @@ def test_env_bundle_facts_hold_key_names_not_values(tmp_path: Path, keys) -> Non
     )
     res = drkit("backup", "--policy", str(policy_path), "--json", check=True)
     policy = load_policy(policy_path)
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy)
     manifest = select_snapshot(repo, "vultr")
     facts = read_facts(repo, manifest, load_identities(keys.identity_file))["env-files"]
     files = {f["path"]: f for f in facts["env_files"]}
@@ -130,3 +130,32 @@ def test_env_pattern_matching_nothing_fails_closed(tmp_path: Path, keys) -> None
     assert "host vultr: source env" in res.stderr
     assert f"no file matches {tmp_path}/missing/.env" in res.stderr
     assert not list((tmp_path / "repo").rglob("manifest.json"))
+
+
+def test_a_virtualenv_link_out_of_the_tree_needs_symlinks_to(tmp_path: Path, keys) -> None:
+    """A venv's bin/python points at the system's python, outside the source's paths: refused
+    by default (#16: a restore writes only where the policy says), restored as a link when
+    the policy lists /usr/bin in symlinks_to."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to("/usr/bin/python3")
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    dest = tmp_path / "restored"
+
+    def policy(**extra: object) -> Path:
+        return write_policy(
+            tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient], [{"kind": "files", "name": "venv", "paths": [str(venv)], **extra}],
+        )  # fmt: skip
+
+    drkit("backup", "--policy", str(policy()), check=True)
+    args = ["restore", "--dest", str(dest), "--yes", "--identity", str(keys.identity_file)]
+    refused = drkit(*args, "--policy", str(policy()))
+    assert refused.returncode == 1, refused.output
+    assert "symlink to '/usr/bin/python3' leads outside the source's policy paths (list its " \
+        "directory in symlinks_to" in refused.stderr, refused.stderr  # fmt: skip
+    assert not (dest / str(venv).lstrip("/") / "bin" / "python").is_symlink()
+
+    res = drkit(*args, "--policy", str(policy(symlinks_to=["/usr/bin"])))
+    assert res.returncode == 0, res.output
+    assert os.readlink(dest / str(venv).lstrip("/") / "bin" / "python") == "/usr/bin/python3"

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import drkit, load_callmeback, table_checksums, write_policy
+from tests.helpers import drkit, load_callmeback, signed_manifest, table_checksums, write_policy
 from tests.servers.postgres import PgServer
 
 
@@ -52,6 +53,15 @@ def ident(keys) -> list[str]:
     return ["--identity", str(keys.identity_file)]
 
 
+def live_plan(policy: str, keys, *args: str) -> dict[str, Any]:
+    """``restore --plan --json`` while the database is live: its step is refused (exit 6)."""
+    res = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), *args)
+    assert res.returncode == 6, res.output
+    out: dict[str, Any] = json.loads(res.stdout)
+    assert out["refused"] == ["callmeback"]
+    return out
+
+
 def test_plan_lists_ordered_steps_and_touches_nothing(pg: PgServer, host, keys) -> None:
     policy = str(host["policy"])
     drkit("backup", "--policy", policy, check=True)
@@ -72,6 +82,32 @@ def test_plan_lists_ordered_steps_and_touches_nothing(pg: PgServer, host, keys) 
     assert " 1. callmeback (postgres)" in text and " 4. pm2-stub (command)" in text
     exists = pg.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname='{host['db']}';")
     assert exists.strip() == "0"  # --plan created nothing
+
+
+def test_plan_with_a_refused_step_exits_6_naming_it(pg: PgServer, host, keys) -> None:
+    """A script can tell a blocked plan from a good one: exit 6, and --json's
+    ``refused`` names the steps (each step's ``blocked`` says why)."""
+    policy = str(host["policy"])
+    drkit("backup", "--policy", policy, check=True)
+    # The live database is still there: its step is refused (the others are not).
+    res = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys))
+    assert res.returncode == 6, res.output
+    out = json.loads(res.stdout)
+    assert out["refused"] == ["callmeback"]
+    blocked = {s["source"]: s["blocked"] for s in out["steps"] if s["blocked"]}
+    assert list(blocked) == ["callmeback"] and f"database {host['db']}" in blocked["callmeback"]
+    assert "refused: step 1 (callmeback)" in res.stderr
+    text = drkit("restore", "--policy", policy, "--plan", *ident(keys))
+    assert text.returncode == 6, text.output
+    assert "! REFUSED:" in text.stdout and "refused: step 1 (callmeback)" in text.stderr
+    # Nothing refused: exit 0, an empty list.
+    ok = drkit("restore", "--policy", policy, "--plan", "--json", "--rename-db", "_plan",
+               *ident(keys))  # fmt: skip
+    assert ok.returncode == 0, ok.output
+    assert json.loads(ok.stdout)["refused"] == []
+    # Without --plan a refused restore keeps failing with exit 1, restoring nothing.
+    res = drkit("restore", "--yes", "--policy", policy, *ident(keys))
+    assert res.returncode == 1 and "nothing was restored" in res.stderr, res.output
 
 
 def test_existing_database_refused_then_rename_db(pg: PgServer, host, keys) -> None:
@@ -149,14 +185,12 @@ def test_at_picks_the_right_snapshot(pg: PgServer, host, keys, tmp_path: Path) -
     shutil.copytree(repo / newest, repo / old_id)
     manifest = json.loads((repo / old_id / "manifest.json").read_text())
     manifest["snapshot"] = old_id
-    (repo / old_id / "manifest.json").write_text(json.dumps(manifest))
-    plan = drkit("restore", "--policy", policy, "--at", "2 days ago", "--plan", "--json",
-                 *ident(keys), check=True)  # fmt: skip
-    assert json.loads(plan.stdout)["snapshot"] == old_id
-    plan = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True)
-    assert json.loads(plan.stdout)["snapshot"] == newest
+    # Re-signed with this machine's key (a copy alone is refused as not where it is stored).
+    (repo / old_id / "manifest.json").write_text(signed_manifest(manifest))
+    assert live_plan(policy, keys, "--at", "2 days ago")["snapshot"] == old_id
+    assert live_plan(policy, keys)["snapshot"] == newest
     none = drkit("restore", "--policy", policy, "--at", "5 days ago", "--plan", *ident(keys))
-    assert none.returncode == 1 and "no committed snapshot at or before" in none.stderr
+    assert none.returncode == 1 and "no trusted committed snapshot at or before" in none.stderr
     bad = drkit("restore", "--policy", policy, "--at", "last tuesday-ish", "--plan", *ident(keys))
     assert bad.returncode == 2 and "--at" in bad.stderr
 
@@ -181,9 +215,7 @@ def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(host, key
     partial_policy.write_text(text[: text.index("[[source]]")] + text[text.index(
         '[[source]]\nkind = "files"'):])  # fmt: skip
     drkit("backup", "--policy", str(partial_policy), check=True)
-    plan = json.loads(
-        drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True).stdout
-    )
+    plan = live_plan(policy, keys)
     newest = plan["snapshot"]
     assert newest != full["snapshot"] and plan["snapshots"] == [newest, full["snapshot"]]
     assert {s["source"]: s["snapshot"] for s in plan["steps"]} == {
@@ -195,3 +227,44 @@ def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(host, key
     assert [s["snapshot"] for s in json.loads(plan.stdout)["steps"]] == [newest]
     bad = drkit("restore", "--policy", policy, "--only", "nosuch", "--plan", *ident(keys))
     assert bad.returncode == 2 and "--only nosuch: not a data source" in bad.stderr
+
+
+def test_a_failing_step_says_what_was_restored_and_keep_going_restores_the_rest(
+    keys, tmp_path: Path
+) -> None:
+    """A step that fails while applying stops the restore naming what came back, what did
+    not run and how to get it; --keep-going restores the others (exit 3, verdict fail)."""
+    root, marker = tmp_path / "root", tmp_path / "after-ran"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / ".env").write_text("PORT=1\n")
+    policy = str(write_policy(
+        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        [
+            {"kind": "env", "name": "env-files", "paths": [f"{root}/*/.env"]},
+            {"kind": "command", "name": "breaks", "command": ["echo", "x"],
+             "restore_command": ["sh", "-c", "cat >/dev/null; echo no room >&2; exit 3"]},
+            {"kind": "command", "name": "after", "command": ["echo", "y"],
+             "restore_command": ["sh", "-c", f"cat > {marker}"]},
+        ],
+    ))  # fmt: skip
+    drkit("backup", "--policy", policy, check=True)
+    shutil.rmtree(root)
+
+    res = drkit("restore", "--yes", "--policy", policy, *ident(keys))
+    assert res.returncode == 1, res.output
+    assert (
+        "exited with status 3: no room; step 2 (breaks) failed; restored before it: "
+        "env-files; not run: after (restore them with --only after, or rerun with "
+        "--keep-going; --resume retries from this step)" in res.stderr
+    ), res.stderr
+    assert (root / "app" / ".env").exists() and not marker.exists()
+
+    shutil.rmtree(root)
+    res = drkit("restore", "--yes", "--keep-going", "--json", "--policy", policy, *ident(keys))
+    assert res.returncode == 3, res.output
+    out = json.loads(res.stdout)
+    assert out["outcomes"] == {"env-files": "restored", "breaks": "failed", "after": "restored"}
+    assert out["verdict"] == "fail" and "no room" in out["failed"]["breaks"]
+    failed = [c for c in out["checks"] if c["status"] == "fail"]
+    assert [(c["source"], c["name"]) for c in failed] == [("breaks", "restored")]
+    assert (root / "app" / ".env").exists() and marker.read_text() == "y\n"

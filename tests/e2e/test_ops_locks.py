@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import Keys
 from tests.e2e.repos import RepoTarget
-from tests.helpers import drkit, write_policy
+from tests.helpers import drkit, trust_for, write_policy
 
 HOST = "vultr"
 
@@ -165,7 +165,7 @@ def test_a_run_that_lost_its_lock_refuses_to_commit(tmp_path: Path, keys: Keys) 
     policy = load_policy(
         write_policy(tmp_path / "p.toml", HOST, {"url": root.as_uri()}, [keys.recipient], [source])
     )
-    repo = Repository(open_store(root.as_uri()))
+    repo = Repository(open_store(root.as_uri()), trust_for())
     with host_lock(repo, HOST, ttl=0.2, confirm_delay=0.0) as held:
         theirs = held.info.to_json().replace(held.info.token.encode(), b"0123456789abcdef")
         repo.store.put_bytes(lock_key(HOST), theirs)  # another machine wrote over it

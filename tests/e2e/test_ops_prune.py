@@ -11,7 +11,7 @@ from pathlib import Path
 from drkit.catalog.db import Catalog
 from drkit.paths import default_catalog_url
 from tests.conftest import Keys
-from tests.helpers import drkit, write_policy
+from tests.helpers import drkit, signed_drill_report, write_policy
 from tests.servers.seaweed import SeaweedServer
 
 HOST = "vultr"
@@ -39,6 +39,11 @@ def committed(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / "manifest.json").exists())
 
 
+# The snapshots here are taken "in 2030" ($DRKIT_NOW): read back from then, or they
+# are refused as dated in the future.
+LATER = "2031-01-01T00:00:00Z"
+
+
 def test_prune_keeps_the_newest_and_the_drilled_and_reports_why(tmp_path: Path, keys: Keys) -> None:
     policy, ids = backed_up_daily(tmp_path, keys)
     # A drill passed on the second snapshot (a report as the drill feature stores it).
@@ -46,7 +51,7 @@ def test_prune_keeps_the_newest_and_the_drilled_and_reports_why(tmp_path: Path, 
     drills.mkdir()
     report = {"format": "drkit-drill", "version": 1, "host": HOST, "drill_id": "d1",
               "snapshot": ids[1], "started": "2030-01-02T05:00Z", "verdict": "pass"}  # fmt: skip
-    (drills / "d1.json").write_text(json.dumps(report))
+    (drills / "d1.json").write_text(signed_drill_report(report))
     # A killed run's leftovers: an old one and one from a run that may still be going.
     for sid in ("20291231T030000Z-dead01", "20300105T235900Z-young1"):
         (tmp_path / "repo" / HOST / "snapshots" / sid / "db").mkdir(parents=True)
@@ -78,7 +83,7 @@ def test_prune_keeps_the_newest_and_the_drilled_and_reports_why(tmp_path: Path, 
     assert "20291231T030000Z-dead01" not in left and "20300105T235900Z-young1" in left
     # What is left still verifies and restores: prune removed whole snapshots only.
     ok = drkit("verify", "--policy", str(policy), "--all-snapshots",
-               "--identity", str(keys.identity_file))  # fmt: skip
+               "--identity", str(keys.identity_file), env={"DRKIT_NOW": LATER})  # fmt: skip
     assert ok.returncode == 0, ok.output
     # The catalog was synced for the host: it lists exactly what the repository holds.
     catalog = Catalog(default_catalog_url())
@@ -101,8 +106,8 @@ def test_prune_keeps_every_snapshot_the_newest_passing_drill_restored_from(
     # The newest drill took the database from ids[2] and the env files from ids[1].
     newest = {**older, "drill_id": "d1", "snapshot": ids[2], "snapshots": [ids[1], ids[2]],
               "started": "2030-01-03T05:00Z"}  # fmt: skip
-    (drills / "d0.json").write_text(json.dumps(older))
-    (drills / "d1.json").write_text(json.dumps(newest))
+    (drills / "d0.json").write_text(signed_drill_report(older))
+    (drills / "d1.json").write_text(signed_drill_report(newest))
     res = drkit("prune", "--policy", str(policy), "--dry-run", "--json",
                 env={"DRKIT_NOW": "2030-01-06T00:00:00Z"})  # fmt: skip
     assert res.returncode == 0, res.output
@@ -180,5 +185,5 @@ def test_prune_keeps_what_object_lock_protects_on_seaweedfs(
     snapshots = sorted({o["Key"].split("/")[3] for o in left.get("Contents", [])})
     assert snapshots == ids[1:]  # the locked ones are whole, the removed one is gone
     ok = drkit("verify", "--policy", str(plain), "--all-snapshots",
-               "--identity", str(keys.identity_file), env=env)  # fmt: skip
+               "--identity", str(keys.identity_file), env={**env, "DRKIT_NOW": LATER})  # fmt: skip
     assert ok.returncode == 0, ok.output

@@ -10,7 +10,7 @@ from pathlib import Path
 from drkit.catalog.db import Catalog
 from drkit.paths import default_catalog_url
 from tests.conftest import Keys
-from tests.helpers import drkit, write_policy
+from tests.helpers import drkit, signed_drill_report, write_policy
 
 
 def test_status_shows_the_last_drill(tmp_path: Path, keys: Keys) -> None:
@@ -83,7 +83,7 @@ def drill_report(
               "snapshot": snapshot, "started": started, "finished": started,
               "verdict": verdict, "rto_seconds": 12.5, "rpo_seconds": 60.0,
               "checks": []}  # fmt: skip
-    (folder / f"{drill}.json").write_text(json.dumps(report))
+    (folder / f"{drill}.json").write_text(signed_drill_report(report))
 
 
 def test_status_shows_drill_and_breach_from_the_repository_alone(
@@ -171,11 +171,11 @@ def test_prometheus_textfile_follows_the_newest_drill(tmp_path: Path, keys: Keys
     snapshot = json.loads(first.stdout)["results"][0]["snapshot"]
     assert drill_samples() == {}  # no drill yet: no sample (not a false 0)
 
-    drill_report(repo, "vultr", "d1", snapshot, "2030-01-01T00:00:00Z", "pass")
+    drill_report(repo, "vultr", "d1", snapshot, "2026-01-01T00:00:00Z", "pass")
     assert drkit("backup", "--policy", str(policy)).returncode == 0
     assert drill_samples() == {"db": 1.0, "env": 1.0}
 
-    drill_report(repo, "vultr", "d2", snapshot, "2030-01-02T00:00:00Z", "fail")
+    drill_report(repo, "vultr", "d2", snapshot, "2026-01-02T00:00:00Z", "fail")
     assert drkit("backup", "--policy", str(policy)).returncode == 0
     assert drill_samples() == {"db": 0.0, "env": 0.0}
 
@@ -234,15 +234,15 @@ def test_status_exits_1_when_the_last_drill_failed(tmp_path: Path, keys: Keys) -
     assert never.returncode == 0, never.output
     assert json.loads(never.stdout)["hosts"][0]["drill_failed"] is False
 
-    drill_report(repo, "vultr", "d1", snapshot, "2030-01-01T00:00:00Z", "fail")
+    drill_report(repo, "vultr", "d1", snapshot, "2026-01-01T00:00:00Z", "fail")
     failed = drkit("status", "--policy", str(policy))
     assert failed.returncode == 1, failed.output
-    assert "ok     drill FAIL 2030-01-01 00:00" in failed.stdout  # fresh, yet exit 1
+    assert "ok     drill FAIL 2026-01-01 00:00" in failed.stdout  # fresh, yet exit 1
     as_json = drkit("status", "--policy", str(policy), "--json")
     assert as_json.returncode == 1
     row = json.loads(as_json.stdout)["hosts"][0]
     assert row["breach"] is False and row["drill_failed"] is True
 
     # A later drill that passes with warnings clears it.
-    drill_report(repo, "vultr", "d2", snapshot, "2030-01-02T00:00:00Z", "warn")
+    drill_report(repo, "vultr", "d2", snapshot, "2026-01-02T00:00:00Z", "warn")
     assert drkit("status", "--policy", str(policy)).returncode == 0

@@ -8,6 +8,7 @@ the fakes through the policy's ``endpoint``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 from drkit.actions.common import open_repository, read_facts
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
+from drkit.repository.layout import Repository
 from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 from tests.providers.fake_digitalocean import FakeDigitalOcean
@@ -90,7 +92,10 @@ def policy_file(
 
 def facts_of(policy: Path, keys: Keys, snapshot: str) -> dict[str, Any]:
     loaded = load_policy(policy)
-    repo = open_repository(loaded.repository)
+    opened = open_repository(loaded)
+    # The tests take snapshots "in 2030" ($DRKIT_NOW): read them from then.
+    later = dataclasses.replace(opened.trust, clock=lambda: dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
+    repo = Repository(opened.store, later)
     return read_facts(repo, repo.manifest(HOST, snapshot), load_identities(keys.identity_file))
 
 
@@ -289,7 +294,8 @@ def test_data_snapshots_keep_their_places_in_the_host_retention(
                     env={"DRKIT_NOW": f"2030-01-0{day}T03:00:00Z"})  # fmt: skip
         assert res.returncode == 0, res.output
         runs.append(json.loads(res.stdout)["results"][0]["snapshots"])
-    pruned = drkit("prune", "--policy", str(policy), "--json")
+    pruned = drkit("prune", "--policy", str(policy), "--json",
+                   env={"DRKIT_NOW": "2030-01-04T03:00:00Z"})  # fmt: skip
     assert pruned.returncode == 0, pruned.output
     left = committed(tmp_path)
     data = [m for m in left if manifest_of(tmp_path, m)["sources"][0]["name"] == "app"]

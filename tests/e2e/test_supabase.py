@@ -1,114 +1,293 @@
-"""flavor = "supabase": roles, schema and data (auth and storage included) round-trip
-into a fresh Supabase-like database without permission or "already exists" errors."""
+"""flavor = "supabase", for real: a backup of a Supabase database restored onto a fresh
+self-hosted Supabase (tests/servers/supabase.py) comes back with every object, privilege,
+default privilege, policy, trigger, publication member, role login and row exact; onto
+plain PostgreSQL the plan refuses, naming what is missing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers import drkit, role_exists, write_policy
-from tests.servers.postgres import PgServer
+import pytest
 
-RESERVED = ["anon", "authenticated", "service_role", "supabase_admin", "supabase_auth_admin",
-            "supabase_storage_admin", "authenticator"]  # fmt: skip
+from tests.helpers import drkit, write_policy
+from tests.servers.postgres import PgServer, postgres_server
+from tests.servers.supabase import login, supabase_server
 
-# What a fresh self-hosted Supabase database has before any user data: its roles,
-# and the auth and storage schemas with their (empty) tables.
-SUPABASE_BASE = """
-CREATE SCHEMA IF NOT EXISTS auth AUTHORIZATION supabase_auth_admin;
-CREATE SCHEMA IF NOT EXISTS storage AUTHORIZATION supabase_storage_admin;
-CREATE SCHEMA IF NOT EXISTS extensions;
-CREATE TABLE auth.users (id uuid PRIMARY KEY, email text UNIQUE, raw_user_meta_data jsonb);
-CREATE TABLE auth.schema_migrations (version text PRIMARY KEY);
-INSERT INTO auth.schema_migrations VALUES ('20240101');
-CREATE TABLE storage.buckets (id text PRIMARY KEY, name text NOT NULL, public boolean);
-CREATE TABLE storage.objects (id uuid PRIMARY KEY, bucket_id text REFERENCES storage.buckets(id),
-                              name text, owner uuid);
-CREATE TABLE storage.migrations (id int PRIMARY KEY, name text);
-INSERT INTO storage.migrations VALUES (1, 'create-migrations-table');
-ALTER TABLE auth.users OWNER TO supabase_auth_admin;
-ALTER TABLE storage.objects OWNER TO supabase_storage_admin;
-ALTER TABLE storage.buckets OWNER TO supabase_storage_admin;
-CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS
-  $$ SELECT nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$;
-GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
-"""
+# The user's side of a Supabase database: app tables with FKs to auth.users, a trigger
+# on auth.users, policies on storage.objects, revoked and hardened privileges, custom
+# login roles with passwords and settings, a tuned reserved role, materialized views.
+USER_SQL = """
+CREATE ROLE e2i_api LOGIN PASSWORD 'api-secret-1' CONNECTION LIMIT 20;
+ALTER ROLE e2i_api SET statement_timeout = '30s';
+CREATE ROLE e2i_reader LOGIN PASSWORD 'reader-secret-2';
+CREATE ROLE e2i_group NOLOGIN;
+GRANT e2i_group TO e2i_reader;
+ALTER ROLE authenticated SET statement_timeout = '15s';
 
-USER_DATA = """
 CREATE TABLE public.profiles (
   id uuid PRIMARY KEY REFERENCES auth.users(id) ON DELETE CASCADE,
-  username text UNIQUE, settings jsonb DEFAULT '{{}}'
+  username text UNIQUE, plan text, settings jsonb DEFAULT '{}'
 );
 ALTER TABLE public.profiles ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_profile ON public.profiles FOR ALL TO authenticated USING (id = auth.uid());
-GRANT SELECT, INSERT, UPDATE ON public.profiles TO authenticated;
-GRANT SELECT ON public.profiles TO app_reader_{u};
-CREATE FUNCTION public.handle_new_user() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN INSERT INTO public.profiles (id, username) VALUES (NEW.id, NEW.email); RETURN NEW; END $$;
+CREATE FUNCTION public.handle_new_user() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = '' AS $$
+BEGIN
+  INSERT INTO public.profiles (id, username, plan)
+  VALUES (NEW.id, NEW.email, NEW.raw_user_meta_data->>'plan');
+  RETURN NEW;
+END $$;
 CREATE TRIGGER on_auth_user_created AFTER INSERT ON auth.users
   FOR EACH ROW EXECUTE FUNCTION public.handle_new_user();
-INSERT INTO auth.users
-  SELECT gen_random_uuid(), 'user' || g || '@example.invalid', '{{"plan":"pro"}}'
+CREATE FUNCTION auth.is_pro() RETURNS boolean LANGUAGE sql STABLE AS
+  $$ SELECT coalesce((SELECT plan = 'pro' FROM public.profiles WHERE id = auth.uid()), false) $$;
+
+CREATE TABLE public.audit_log (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(),
+                               actor uuid, action text);
+REVOKE SELECT ON public.audit_log FROM anon;
+REVOKE ALL ON public.audit_log FROM authenticated;
+GRANT SELECT, INSERT ON public.audit_log TO e2i_api;
+GRANT USAGE ON SEQUENCE public.audit_log_id_seq TO e2i_api;
+CREATE FUNCTION public.purge_audit() RETURNS void LANGUAGE sql
+  AS $$ DELETE FROM public.audit_log $$;
+REVOKE EXECUTE ON FUNCTION public.purge_audit() FROM anon, authenticated, PUBLIC;
+GRANT SELECT ON auth.users TO e2i_reader;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public REVOKE ALL ON TABLES FROM anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT ON TABLES TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public REVOKE EXECUTE ON FUNCTIONS FROM anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+
+CREATE TABLE public.messages (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                              author uuid REFERENCES auth.users(id), body text);
+ALTER PUBLICATION supabase_realtime ADD TABLE public.messages;
+
+CREATE POLICY "own files" ON storage.objects FOR SELECT TO authenticated
+  USING (owner = auth.uid());
+CREATE POLICY "upload into own folder" ON storage.objects FOR INSERT TO authenticated
+  WITH CHECK (bucket_id = 'avatars' AND (storage.foldername(name))[1] = auth.uid()::text);
+
+CREATE SCHEMA app;
+CREATE TABLE app.settings (key text PRIMARY KEY, value text);
+INSERT INTO app.settings VALUES ('theme', 'dark');
+
+INSERT INTO auth.users (id, email, raw_user_meta_data)
+  SELECT extensions.gen_random_uuid(), 'user' || g || '@example.invalid',
+         jsonb_build_object('plan', CASE WHEN g % 3 = 0 THEN 'pro' ELSE 'free' END)
   FROM generate_series(1, 40) g;
-INSERT INTO storage.buckets VALUES ('avatars', 'avatars', true);
-INSERT INTO storage.objects SELECT gen_random_uuid(), 'avatars', 'a' || g || '.png', id
-  FROM (SELECT id, row_number() OVER () g FROM auth.users) u;
+INSERT INTO storage.buckets (id, name, public) VALUES ('avatars', 'avatars', false);
+INSERT INTO storage.objects (bucket_id, name, owner)
+  SELECT 'avatars', u.id || '/a' || g || '.png', u.id
+  FROM (SELECT id, row_number() OVER (ORDER BY email) n FROM auth.users) u,
+       generate_series(1, 3) g WHERE u.n <= 34;
+INSERT INTO public.audit_log (actor, action)
+  SELECT (SELECT id FROM auth.users ORDER BY email LIMIT 1), 'login ' || g
+  FROM generate_series(1, 1530) g;
+INSERT INTO public.messages (author, body) SELECT id, 'hello' FROM auth.users;
+INSERT INTO auth.refresh_tokens (token, user_id, revoked)
+  SELECT md5(g::text), g::text, false FROM generate_series(1, 5) g;
+
+CREATE MATERIALIZED VIEW public.plan_counts AS
+  SELECT plan, count(*) AS users FROM public.profiles GROUP BY plan;
+CREATE MATERIALIZED VIEW public.plan_summary AS
+  SELECT string_agg(plan || ':' || users, ',' ORDER BY plan) AS summary FROM public.plan_counts;
+CREATE VIEW public.profile_names AS SELECT id, username FROM public.profiles;
 """
 
+# Every table and materialized view whose rows are the user's (realtime's and the
+# migration tables are Supabase's own state, kept as the target has them).
+DIGESTED = ["app.settings", "auth.users", "auth.refresh_tokens", "auth.audit_log_entries",
+            "storage.buckets", "storage.objects", "public.profiles", "public.audit_log",
+            "public.messages", "public.plan_counts", "public.plan_summary"]  # fmt: skip
 
-def public_schema(pg: PgServer, db: str) -> str:
-    out = pg.tool("pg_dump", "--schema-only", "-n", "public", "-d", db)
+
+def schema_text(pg: PgServer) -> str:
+    """The whole schema (Supabase's schemas included) with privileges, as pg_dump has it."""
+    out = pg.tool("pg_dump", "--schema-only", "--quote-all-identifiers", "-d", "postgres")
     return "".join(ln for ln in out.splitlines(True) if not ln.startswith("\\"))
 
 
-def counts(pg: PgServer, db: str) -> dict[str, str]:
-    out = {}
-    for t in ("auth.users", "storage.buckets", "storage.objects", "public.profiles",
-              "auth.schema_migrations", "storage.migrations"):  # fmt: skip
-        out[t] = pg.psql(db, f"SELECT count(*) FROM {t};").strip()
-    return out
+def digests(pg: PgServer) -> dict[str, str]:
+    sql = " UNION ALL ".join(
+        f"SELECT '{t}' || '|' || count(*) || '|' || "
+        f"coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {t} t"
+        for t in DIGESTED
+    )
+    return dict(ln.split("|", 1) for ln in pg.psql("postgres", sql + ";").splitlines())
 
 
-def test_supabase_flavor_roundtrip(pg: PgServer, uniq: str, keys, tmp_path: Path) -> None:
-    for role in RESERVED:
-        if not role_exists(pg, role):
-            pg.psql("postgres", f"CREATE ROLE {role} NOLOGIN;")
-    pg.psql("postgres", f"CREATE ROLE app_reader_{uniq} LOGIN;")
-    src, dst = f"sb_src_{uniq}", f"sb_dst_{uniq}"
-    for db in (src, dst):
-        pg.psql("postgres", f"CREATE DATABASE {db};")
-        pg.psql(db, SUPABASE_BASE)
-    pg.psql(src, USER_DATA.format(u=uniq))
-    before = counts(pg, src)
-    schema_before = public_schema(pg, src)
-    assert before["public.profiles"] == "40"  # the trigger filled it from auth.users
+def catalog(pg: PgServer) -> dict[str, list[str]]:
+    """What a restore must bring back exactly, read from the catalogs (sorted rows)."""
+    schemas = "(SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'auth', 'storage', 'app'))"
+    queries = {
+        "relacl": f"SELECT oid::regclass || coalesce(relacl::text, '-') FROM pg_class "
+                  f"WHERE relnamespace IN {schemas}",
+        "proacl": f"SELECT oid::regprocedure || coalesce(proacl::text, '-') FROM pg_proc "
+                  f"WHERE pronamespace IN {schemas}",
+        "defacl": "SELECT defaclrole::regrole || coalesce(nspname, '-') || defaclobjtype::text "
+                  "|| defaclacl::text FROM pg_default_acl LEFT JOIN pg_namespace n "
+                  "ON n.oid = defaclnamespace",
+        "policies": "SELECT schemaname || '.' || tablename || ':' || policyname || ':' "
+                    "|| coalesce(qual, '') || coalesce(with_check, '') FROM pg_policies",
+        "triggers": "SELECT tgrelid::regclass || ':' || tgname || ':' || tgenabled::text "
+                    "FROM pg_trigger WHERE NOT tgisinternal",
+        "publication": "SELECT schemaname || '.' || tablename FROM pg_publication_tables "
+                       "WHERE pubname = 'supabase_realtime'",
+        "event_triggers": "SELECT evtname || ':' || evtenabled::text FROM pg_event_trigger",
+        "roles": "SELECT rolname || ':' || rolcanlogin || ':' || rolconnlimit || ':' "
+                 "|| coalesce(rolpassword, '-') || ':' || coalesce(array_to_string(("
+                 "SELECT setconfig FROM pg_db_role_setting WHERE setrole = a.oid "
+                 "AND setdatabase = 0), ','), '') FROM pg_authid a WHERE rolname LIKE 'e2i_%'",
+        "members": "SELECT r.rolname || '>' || m.rolname FROM pg_auth_members x "
+                   "JOIN pg_roles r ON r.oid = x.roleid JOIN pg_roles m ON m.oid = x.member "
+                   "WHERE m.rolname LIKE 'e2i_%'",
+        "populated": "SELECT relname || ':' || relispopulated FROM pg_class WHERE relkind = 'm'",
+    }  # fmt: skip
+    return {k: sorted(pg.psql("postgres", q + ";").splitlines()) for k, q in queries.items()}
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PgServer]:
+    with supabase_server() as server:
+        server.psql("postgres", USER_SQL)
+        yield server
+
+
+@pytest.fixture
+def backed_up(source: PgServer, keys, tmp_path: Path) -> Path:
     policy = write_policy(
-        tmp_path / "droplet.toml", "droplet", {"url": (tmp_path / "repo").as_uri()},
+        tmp_path / "e2i.toml", "e2i-droplet", {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient],
-        [{"kind": "postgres", "name": "supabase", "flavor": "supabase", "database": src,
-          "host": "127.0.0.1", "port": pg.port, "user": "postgres"}],
+        [{"kind": "postgres", "name": "supabase", "flavor": "supabase", "database": "postgres",
+          "host": "127.0.0.1", "port": source.port, "user": "postgres"}],
     )  # fmt: skip
     drkit("backup", "--policy", str(policy), check=True)
-    # The app's role is gone too (and with it its grant in the source database).
-    pg.psql(src, f"DROP OWNED BY app_reader_{uniq};")
-    pg.psql("postgres", f"DROP ROLE app_reader_{uniq};")
+    return policy
 
-    res = drkit("restore", "--yes", "--policy", str(policy), "--database", dst,
-                "--identity", str(keys.identity_file))  # fmt: skip
-    assert res.returncode == 0, res.output
-    assert "permission denied" not in res.output and "already exists" not in res.output
-    after = counts(pg, dst)
-    # Users, buckets, objects and profiles came back; the fresh instance's own
-    # migration tables were not overwritten by the backup's.
-    for t in ("auth.users", "storage.buckets", "storage.objects", "public.profiles"):
-        assert after[t] == before[t], t
-    assert after["auth.schema_migrations"] == "1" and after["storage.migrations"] == "1"
-    assert role_exists(pg, f"app_reader_{uniq}")
-    emails = "SELECT string_agg(email, ',' ORDER BY email) FROM auth.users;"
-    assert pg.psql(dst, emails) == pg.psql(src, emails)
 
-    # The schema (policy, trigger, grants) is the user's, identical.
-    assert public_schema(pg, dst) == schema_before
-    # A second restore onto the now-populated database is refused without --force.
-    again = drkit("restore", "--yes", "--policy", str(policy), "--database", dst,
-                  "--identity", str(keys.identity_file))  # fmt: skip
-    assert again.returncode == 1 and "--force" in again.stderr
+def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path, keys) -> None:
+    # The trigger on auth.users filled profiles; anon cannot read the audit log.
+    assert source.psql("postgres", "SELECT count(*) FROM public.profiles;").strip() == "40"
+    with supabase_server() as target:
+        restore = ("restore", "--policy", str(backed_up), "--identity", str(keys.identity_file),
+                   "--pg-port", str(target.port))  # fmt: skip
+        plan = drkit(*restore, "--plan")
+        assert plan.returncode == 0, plan.output
+        assert "roles: create e2i_api, e2i_group, e2i_reader" in plan.stdout
+        assert "passwords of e2i_api, e2i_reader restored" in plan.stdout
+        assert "authenticated: statement_timeout=15s on the source, statement_timeout=8s" in (
+            plan.stdout
+        )
+        assert "publication supabase_realtime: add member public.messages" in plan.stdout
+        assert "trigger auth.users on_auth_user_created" in plan.stdout
+        assert "policy storage.objects own files" in plan.stdout
+        assert "event trigger(s) issue_pg_cron_access, pgrst_ddl_watch" in plan.stdout
+        assert '"public"."plan_counts", "public"."plan_summary" in dependency order' in plan.stdout
+
+        res = drkit(*restore, "--yes")
+        assert res.returncode == 0, res.output
+        assert "[pass] supabase: privileges in postgres" in res.stdout
+        assert "[pass] supabase: objects in postgres" in res.stdout
+        assert "[pass] supabase: row counts in postgres" in res.stdout
+        assert "reserved role left as the target has it: authenticated" in res.stdout
+
+        assert schema_text(target) == schema_text(source)
+        want, got = catalog(source), catalog(target)
+        for key in want:
+            assert got[key] == want[key], key
+        assert digests(target) == digests(source)
+        # Access is what it was: anon still cannot read the audit log, or run purge_audit.
+        grants = ("SELECT has_table_privilege('anon', 'public.audit_log', 'SELECT'), "
+                  "has_function_privilege('anon', 'public.purge_audit()', 'EXECUTE');")  # fmt: skip
+        assert target.psql("postgres", grants).strip() == "f|f"
+        # The custom roles log in with their passwords (scram), as before.
+        assert login(target, "e2i_api", "api-secret-1") == "e2i_api"
+        assert login(target, "e2i_reader", "reader-secret-2") == "e2i_reader"
+        assert "password authentication failed" in login(target, "e2i_api", "wrong")
+        # Sign-ups still create profiles: the trigger on auth.users is back.
+        signup = "INSERT INTO auth.users (id, email) VALUES (extensions.gen_random_uuid(), 'n@x');"
+        target.psql("postgres", signup)
+        assert target.psql("postgres", "SELECT count(*) FROM public.profiles;").strip() == "41"
+        # The target's own migration history stays; its authenticator password too.
+        assert target.psql("postgres", "SELECT count(*) FROM storage.migrations;").strip() == "2"
+
+
+def test_plain_postgres_target_is_refused_in_the_plan(backed_up: Path, keys) -> None:
+    with postgres_server() as plain:
+        res = drkit("restore", "--policy", str(backed_up), "--identity", str(keys.identity_file),
+                    "--pg-port", str(plain.port), "--plan")  # fmt: skip
+        assert res.returncode == 6, res.output
+        assert "is not a Supabase like the source" in res.stdout
+        reserved = ("anon", "authenticated", "authenticator", "service_role", "supabase_admin",
+                    "supabase_auth_admin", "supabase_storage_admin")  # fmt: skip
+        for name in reserved:
+            assert name in res.stdout.split("REFUSED")[1]
+        assert "schema(s) auth, storage" in res.stdout
+        assert "publication supabase_realtime" in res.stdout
+        # And nothing was created there.
+        roles = plain.psql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'e2i%';")
+        assert roles.strip() == "0"
+
+
+def test_check_fails_naming_widened_access(source: PgServer) -> None:
+    """The post-restore check (a drill runs the same) fails naming each object, and each
+    default privilege, whose access is wider than the source's."""
+    from drkit.policy.models import PostgresSource as Config
+    from drkit.remote.local import LocalRunner
+    from drkit.sources.base import RestoreOptions
+    from drkit.sources.pgcatalog import parse_facts, target_sql
+    from drkit.sources.supabase import FORMAT, SupabaseSource
+
+    names = ("objects", "acls", "default_acls", "role_settings")
+    facts = parse_facts(source.psql("postgres", target_sql(*names)))
+    facts.update(format=FORMAT, roles=["e2i_api", "e2i_group", "e2i_reader"])
+    config = Config(kind="postgres", name="supabase", flavor="supabase", database="postgres",
+                    host="127.0.0.1", port=source.port, user="postgres")  # fmt: skip
+    with supabase_server() as target:
+        target.psql("postgres", USER_SQL)  # the same database, built the same way
+        src = SupabaseSource("supabase", config, LocalRunner())
+        opts = RestoreOptions(pg_port=target.port)
+        by_name = {c.name: c for c in src.check(facts, opts)}
+        assert by_name["privileges in postgres"].status == "pass"
+        target.psql("postgres", "GRANT SELECT ON public.audit_log TO anon;\n"
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public "
+                    "GRANT INSERT ON TABLES TO anon;")  # fmt: skip
+        check = {c.name: c for c in src.check(facts, opts)}["privileges in postgres"]
+        assert check.status == "fail"
+        assert 'WIDER than the source\'s: table "public"."audit_log" (anon: SELECT)' in check.detail
+        assert 'default privileges "postgres" "public" r (anon: INSERT)' in check.detail
+
+
+# Reads every table it dumps, bypassing RLS, but not pg_authid (pg_read_all_data could).
+READER_SQL = """
+DO $$ BEGIN CREATE ROLE drkit_reader LOGIN BYPASSRLS PASSWORD 'r-pass';
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+GRANT USAGE ON SCHEMA public, auth, storage, app, realtime, extensions TO drkit_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA public, auth, storage, app, realtime TO drkit_reader;
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA public, auth, storage, app, realtime TO drkit_reader;
+"""
+
+
+def test_plan_names_roles_needing_a_new_password(source: PgServer, keys, tmp_path: Path) -> None:
+    """A backup taken by a role that cannot read pg_authid has no password hashes: the
+    plan says which login roles will need a new password."""
+    source.psql("postgres", READER_SQL)
+    policy = write_policy(
+        tmp_path / "e2i.toml", "e2i-droplet", {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "postgres", "name": "supabase", "flavor": "supabase", "database": "postgres",
+          "host": "127.0.0.1", "port": source.port, "user": "drkit_reader",
+          "password": "env:SB_READER_PASSWORD"}],
+    )  # fmt: skip
+    env = {"SB_READER_PASSWORD": "r-pass"}
+    drkit("backup", "--policy", str(policy), env=env, check=True)
+    with supabase_server() as target:
+        where = ("--pg-port", str(target.port), "--pg-user", "postgres")
+        res = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
+                    *where, "--plan", env=env)  # fmt: skip
+        assert res.returncode == 0, res.output
+        assert "could not read password hashes" in res.stdout
+        assert "login role(s) drkit_reader, e2i_api, e2i_reader will need a new password" in (
+            res.stdout
+        )

@@ -83,6 +83,58 @@ def sql_in(box: Any, database: str, query: str) -> str:
     return str(box.exec(argv, input=query.encode(), user="postgres").stdout.decode())
 
 
+def package_default_then_edited(
+    box: Any, policies: Path, dest: str, known_hosts: Path, identity: Path
+) -> None:
+    """On the fresh host (the real caddy package): a backed-up Caddyfile that differs from
+    its /etc/caddy/Caddyfile is planned as "replaces package default" without any flag
+    while that file is as the package shipped it; once edited there, it needs
+    --force-files."""
+    from drkit.cli.targets import target_runner
+    from drkit.policy.loader import load_policy
+    from drkit.policy.models import CaddySource as CaddyConfig
+    from drkit.sources.base import RestoreOptions
+    from drkit.sources.caddy import CaddySource
+
+    policy = load_policy(policies / f"{HOST}.toml")
+    runner, _label = target_runner(
+        policy, dest, identity_file=str(identity), known_hosts=str(known_hosts)
+    )
+    config = CaddyConfig(kind="caddy", name="etc", config_paths=["/etc/caddy"],
+                         data_dir="/var/lib/caddy/.local/share/caddy")  # fmt: skip
+    source = CaddySource("etc", config, runner)
+    facts = {"entries": [{"path": "/etc/caddy/Caddyfile", "type": "file", "mode": "0644",
+                          "owner": "root", "group": "root", "size": 20, "sha256": "0" * 64}],
+             "files": 1, "bytes": 20, "truncated": False}  # fmt: skip
+    try:
+        plan = source.describe(facts, RestoreOptions())
+        assert plan.blocked is None, plan
+        assert "replaces package default /etc/caddy/Caddyfile (unmodified)" in plan.actions
+        box.exec(
+            [
+                "sh",
+                "-c",
+                "cp /etc/caddy/Caddyfile /tmp/pkg && echo '# mine' >> /etc/caddy/Caddyfile",
+            ]
+        )
+        edited = source.describe(facts, RestoreOptions())
+        assert edited.blocked and "use --force-files to overwrite" in edited.blocked, edited
+        assert source.describe(facts, RestoreOptions(force_files=True)).blocked is None
+    finally:
+        box.exec(["sh", "-c", "[ ! -f /tmp/pkg ] || mv /tmp/pkg /etc/caddy/Caddyfile"])
+        runner.close()
+
+
+def served_fingerprint(box: Any, name: str) -> str:
+    """SHA-256 of the certificate the container serves for ``name`` on its 127.0.0.1:443."""
+    script = (
+        'openssl s_client -connect 127.0.0.1:443 -servername "$1" </dev/null 2>/dev/null '
+        "| openssl x509 -outform DER | sha256sum"
+    )
+    out = box.exec(["sh", "-c", script, "sh", name]).stdout.decode()
+    return out.split()[0]
+
+
 def key_names(text: str) -> list[str]:
     return sorted(ln.split("=", 1)[0] for ln in text.splitlines() if "=" in ln)
 
@@ -185,14 +237,22 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         *roles, database = steps[0]["actions"]
         assert roles[0].startswith(f"roles on {where}: create ")
         assert role in roles[0].split(": create ", 1)[1].split(", ")
-        assert all(a.startswith(f"roles on {where}: keep existing ") for a in roles[1:])
+        # Other roles are kept; the bootstrap superuser and the reserved ones are
+        # never altered (role-only globals, docs/security.md).
+        kept = (f"roles on {where}: keep existing ", f"roles on {where}: never altered ")
+        assert all(a.startswith(kept) for a in roles[1:])
         assert database == f"database {db} on {where}: create, load {len(source_sums)} table(s)"
-        assert steps[1]["actions"] == ["write 4 file(s) under /, modes and owners as backed up"]
+        # Each file step says where it stages and that it fits (#16 item 4).
+        tar_steps = (1, 2, 3, 4)  # env, apps, caddy, pm2
+        staged = {n: [a for a in steps[n]["actions"] if a.startswith("stage ")] for n in tar_steps}
+        for lines in staged.values():
+            assert lines and all(a.endswith("rename into place per top-level path") for a in lines)
+        plain = {n: [a for a in steps[n]["actions"] if a not in staged[n]] for n in tar_steps}
+        assert f"in {paths['root']}/.drkit-staging-" in staged[1][0]
+        assert plain[1] == ["write 4 file(s) under /, modes and owners as backed up"]
         code = [p for p in paths["root"].rglob("*") if p.is_file() and p.name != ".env"]
-        assert steps[2]["actions"] == [
-            f"write {len(code)} file(s) under /, modes and owners as backed up"
-        ]
-        caddy = steps[3]["actions"]
+        assert plain[2] == [f"write {len(code)} file(s) under /, modes and owners as backed up"]
+        caddy = plain[3]
         assert (
             caddy[0].startswith("write ") and caddy[1] == f"chown -R caddy: {paths['caddy']}/data"
         )
@@ -201,7 +261,13 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         assert re.fullmatch(
             rf"certificate {DOMAIN} valid until \S+, sha256 {fingerprint[:16]}\.\.\.", caddy[2]
         )
-        pm2_actions = steps[4]["actions"]
+        # No systemd in the container: Caddy's own reload, then the site is probed.
+        caddyfile = f"{paths['caddy']}/etc/Caddyfile"
+        assert caddy[3] == (
+            f"reload caddy: caddy reload --config {caddyfile} --force (start it if not running)"
+            f"; then probe https://{DOMAIN}"
+        )
+        pm2_actions = plain[4]
         assert pm2_actions[1] == (
             f"pm2 resurrect as root (PM2_HOME={pm2.home}): start voice-pipeline, db-proxy"
         )
@@ -210,14 +276,16 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
             script = paths["root"] / app / "server.js"
             assert f"app {app}: script {script} comes back in step 3 (apps)" in pm2_actions
         text = drkit(*args, "--plan", env=env, check=True).stdout
-        lines = text.splitlines()
+        # Free space moves between the two plans (other tests write to the same disk).
+        free = re.compile(r"\(\S+ \S+ free there\)")
+        lines = [free.sub("(free)", ln) for ln in text.splitlines()]
         assert lines[0].startswith(f"Restore plan: host {HOST}, snapshot {plan['snapshot']} ")
         assert lines[0].endswith(f"onto {dest}")
         # The text plan holds the same steps, each with the same actions, in that order.
         assert lines[1:] == [
             ln for s in steps
             for ln in [f" {s['step']}. {s['source']} ({s['kind']})",
-                       *(f"    - {a}" for a in s["actions"])]
+                       *(f"    - {free.sub('(free)', a)}" for a in s["actions"])]
         ]  # fmt: skip
         assert [ln for ln in lines if re.match(r"^ \d+\. ", ln)] == [
             " 1. callmeback (postgres)", " 2. env (env)", " 3. apps (files)",
@@ -241,6 +309,7 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
             f"callmeback: row counts in {db}": "pass", "callmeback: roles present": "pass",
             "env: files restored": "pass", "apps: files restored": "pass",
             "caddy: files restored": "pass", "caddy: data dir owner": "pass",
+            "caddy: caddy reloaded": "pass", f"caddy: https {DOMAIN}": "pass",
             "pm2: files restored": "pass", "pm2: app voice-pipeline": "pass",
             "pm2: app db-proxy": "pass",
         }, res.output  # fmt: skip
@@ -261,11 +330,14 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         restored = box.exec(["cat", str(paths["cert"])]).stdout
         got_cert = x509.load_pem_x509_certificate(restored)
         assert got_cert.fingerprint(hashes.SHA256()).hex() == fingerprint
+        # HTTPS answers with the backed-up certificate, with no manual step (asked here
+        # with openssl inside the container, apart from drkit's own probe).
+        assert served_fingerprint(box, DOMAIN) == fingerprint
         owners = box.exec(["find", f"{paths['caddy']}/data", "-printf", "%u %m %p\n"])
         for line in owners.stdout.decode().splitlines():
             user, mode, name = line.split(" ", 2)
             assert user == "caddy", line
-            assert mode == ("700" if not name.endswith((".crt", ".key")) else "600"), line
+            assert mode == ("600" if name.endswith((".crt", ".key", ".json")) else "700"), line
         jlist = box.exec(["env", f"PM2_HOME={pm2.home}", "pm2", "jlist"]).stdout.decode()
         procs = json.loads(next(ln for ln in jlist.splitlines() if ln.startswith("[")))
         assert {p["name"]: p["pm2_env"]["status"] for p in procs} == {
@@ -300,3 +372,21 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         assert pm2_checks["app voice-pipeline"] == ("pass", "online")
         assert report["verdict"] == "warn"
         assert (paths["root"] / "db-proxy" / "server.js").exists()  # the source host: untouched
+
+        # ---- Caddy cannot be reloaded: the verdict fails, naming the site ------------
+        box.exec(["mv", "/usr/bin/caddy", "/usr/bin/caddy.moved"])
+        try:
+            res = drkit(*args, "--only", "caddy", "--yes", "--json", env=env)
+        finally:
+            box.exec(["mv", "/usr/bin/caddy.moved", "/usr/bin/caddy"])
+        assert res.returncode == 1, res.output
+        report = json.loads(res.stdout)
+        assert report["verdict"] == "fail"
+        failed = {c["name"]: c["detail"] for c in report["checks"] if c["status"] == "fail"}
+        assert failed == {
+            "caddy reloaded": f"caddy is not installed on the target: https://{DOMAIN} not served "
+            "from the restored certificates"
+        }, report["checks"]
+
+        # ---- /etc/caddy/Caddyfile: Debian's untouched default is not user data --------
+        package_default_then_edited(box, policies, dest, target_hosts, ssh.identity_file)

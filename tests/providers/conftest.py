@@ -15,6 +15,7 @@ from drkit.policy.models import Policy, SnapshotSource
 from drkit.providers.base import Provider
 from drkit.providers.factory import open_provider
 from drkit.providers.retry import Backoff, Clock
+from tests.helpers import local_signer
 from tests.providers.fake_digitalocean import FakeDigitalOcean
 from tests.providers.fake_hetzner import FakeHetzner
 from tests.providers.fake_http import FakeApi, serve
@@ -122,7 +123,7 @@ def make_policy(kind: str, **source: Any) -> Policy:
         {
             "host": HOST,
             "repository": {"url": "file:///tmp/unused-by-provider-tests"},
-            "encryption": {"recipients": []},
+            "encryption": {"recipients": [], "signers": [local_signer()]},
             "source": [fields],
         }
     )

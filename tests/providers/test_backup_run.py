@@ -19,6 +19,7 @@ from drkit.locks import LockLost
 from drkit.pipeline.age import load_identities
 from drkit.policy.models import Policy
 from tests.conftest import Keys
+from tests.helpers import local_signer
 from tests.providers.conftest import RESOURCE, TOKEN_ENV, api_base
 from tests.providers.fake_http import FakeApi
 from tests.providers.fake_vultr import FakeVultr
@@ -45,7 +46,7 @@ def run_policy(tmp_path: Path, keys: Keys, kind: str, api: FakeApi) -> Policy:
         {
             "host": HOST,
             "repository": {"url": (tmp_path / "repo").as_uri()},
-            "encryption": {"recipients": [keys.recipient]},
+            "encryption": {"recipients": [keys.recipient], "signers": [local_signer()]},
             "source": [app, machine],
         }
     )
@@ -56,7 +57,7 @@ def test_data_then_the_provider_snapshots_own_snapshot(
 ) -> None:
     setattr(any_api, QUICK[kind], 0)
     policy = run_policy(tmp_path, keys, kind, any_api)
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy, signing=True)
     logged: list[str] = []
 
     result = backup(policy, repo, log=logged.append)
@@ -79,7 +80,9 @@ def test_data_then_the_provider_snapshots_own_snapshot(
     # What the run returned is what the repository holds; no machine id, no token in it.
     for m in result.manifests:
         path = tmp_path / "repo" / HOST / "snapshots" / m.snapshot / "manifest.json"
-        assert json.loads(path.read_text()) == json.loads(m.to_json())
+        stored = json.loads(path.read_text())
+        assert stored.pop("signature")["key"] == local_signer()  # signed by this machine
+        assert stored == json.loads(m.to_json())
         assert "resource_id" not in path.read_text() and token not in path.read_text()
     assert set(later.extra) == {"provider_snapshots"}
     assert set(listed) == {"provider", "id", "name", "size_gb", "created", "status"}
@@ -105,7 +108,7 @@ def test_a_failed_commit_of_the_provider_snapshot_keeps_the_data(
 ) -> None:
     vultr_api.snapshot_polls = 0
     policy = run_policy(tmp_path, keys, "vultr", vultr_api)
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy, signing=True)
     lock = LoseLockAtSecondCommit()
 
     result = backup(policy, repo, lock=lock)
@@ -125,7 +128,7 @@ def test_nothing_committed_when_a_provider_only_run_fails(
     vultr_api.snapshot_result = "failed"
     vultr_api.snapshot_polls = 0
     policy = run_policy(tmp_path, keys, "vultr", vultr_api)
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy, signing=True)
     with pytest.raises(DrkitError, match=r"host web: nothing to commit: .*status failed") as err:
         backup(policy, repo, sources=["machine"])
     assert type(err.value) is DrkitError

@@ -203,7 +203,7 @@ def test_dropped_connection_commits_no_snapshot(
             [{"kind": "command", "name": "dump", "command": argv}],
         )
     )
-    repo = open_repository(policy.repository)
+    repo = open_repository(policy, signing=True)
 
     def cut() -> None:
         pid = wait_for(lambda: sshd.find_command(argv))
@@ -254,6 +254,20 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(
     assert "unknown host key" in msg and sshd.fingerprint in msg
     assert "accept_new_host_key" in msg and "host testhost" in msg
     assert known.read_text() == ""
+    assert sshd.find_command(["true"]) is None
+
+
+def test_a_known_hosts_file_that_is_not_text_is_refused_naming_it(
+    make_runner: Any, sshd: SshHost, tmp_path: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    content = b"\xff\xfe not text\n"
+    known.write_bytes(content)
+    with pytest.raises(SourceError) as err:  # was: a UnicodeDecodeError traceback
+        make_runner(known_hosts=str(known), accept_new_host_key=True).run(["true"])
+    msg = str(err.value)
+    assert f"known_hosts file {known} cannot be read: not UTF-8 text" in msg, msg
+    assert known.read_bytes() == content  # nothing appended to a file it could not read
     assert sshd.find_command(["true"]) is None
 
 

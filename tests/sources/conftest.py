@@ -84,7 +84,7 @@ def make_cert() -> Callable[..., GeneratedCert]:
 def snapshot_facts(keys: Any) -> Callable[[Path, str], dict[str, Any]]:
     def read(policy_path: Path, source: str) -> dict[str, Any]:
         policy = load_policy(policy_path)
-        repo = open_repository(policy.repository)
+        repo = open_repository(policy)
         manifest = select_snapshot(repo, policy.host)
         facts = read_facts(repo, manifest, load_identities(keys.identity_file))
         return dict(facts[source])

@@ -123,8 +123,9 @@ def volume(base_image: str) -> Iterator[dict[str, Any]]:
 
 
 def policy_for(tmp_path: Path, keys: Any, names: dict[str, Any], **extra: Any) -> Path:
+    # bin/run.sh is setuid: restoring that bit needs the policy's consent (#16).
     source = {"kind": "docker_volume", "name": "shopdata", "volume": names["volume"],
-              "stop_label": names["label"], **extra}  # fmt: skip
+              "stop_label": names["label"], "allow_setid": True, **extra}  # fmt: skip
     return write_policy(
         tmp_path / "dockerbox.toml", "dockerbox", {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient], [source],
@@ -180,6 +181,23 @@ def test_backup_remove_restore_round_trip(
     drkit("restore", "--policy", str(policy), "--yes", "--force",
           "--identity", str(keys.identity_file), check=True)  # fmt: skip
     assert tree(mountpoint(volume["volume"])) == before
+
+    # Staged: the plan says where; a run killed between its two renames (the old tree
+    # aside in the staging dir, the volume's directory gone) is put right first.
+    data = mountpoint(volume["volume"])
+    plan = drkit("restore", "--policy", str(policy), "--plan", "--force-db",
+                 "--identity", str(keys.identity_file), check=True).stdout  # fmt: skip
+    staged = [ln for ln in plan.splitlines() if "- stage " in ln]
+    assert len(staged) == 1 and f"in {data.parent}/.drkit-staging-" in staged[0], plan
+    stage = data.parent / staged[0].split(f"in {data.parent}/", 1)[1].split(" ", 1)[0]
+    (data / "stray.log").write_text("the tree a killed restore had moved aside\n")
+    stage.mkdir(mode=0o700)
+    (stage / "new").mkdir()
+    data.rename(stage / "old")
+    drkit("restore", "--policy", str(policy), "--yes", "--force-db",
+          "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    assert tree(data) == before
+    assert not [p for p in data.parent.iterdir() if p.name.startswith(".drkit-staging-")]
 
 
 def test_check_names_a_file_that_differs(

@@ -122,9 +122,17 @@ async def capture(url: str, token: str | None = None) -> dict[str, Any]:
             "last_seq": info.state.last_seq,
             "msgs": msgs,
         }
+    # KV history straight from the bucket's stream, read message by message: the
+    # client's kv.history() is a watcher that can report "no keys" on a busy machine.
+    kv_msgs = out["KV_config"]["msgs"]
+    for key in ("a", "b"):
+        out[f"kv_{key}"] = [
+            (seq, data, headers.get("KV-Operation"))
+            for seq, subject, data, headers in kv_msgs
+            if subject == f"$KV.config.{key}"
+        ]
+    assert out["kv_a"] and out["kv_b"], "the KV bucket's history is empty"
     kv = await js.key_value("config")
-    out["kv_a"] = [(e.revision, e.value, e.operation) for e in await kv.history("a")]
-    out["kv_b"] = [(e.revision, e.value, e.operation) for e in await kv.history("b")]
     out["kv_values"] = {k: (await kv.get(k)).value for k in ("a", "c.d")}
     obs = await js.object_store("files")
     out["object"] = (await obs.get("report.bin")).data
@@ -168,7 +176,7 @@ def nats_policy(tmp_path: Path, keys: Any, **source: Any) -> Path:
 
 def nats_facts(policy: Path, keys: Any) -> dict[str, Any]:
     loaded = load_policy(policy)
-    repo = open_repository(loaded.repository)
+    repo = open_repository(loaded)
     manifest = select_snapshot(repo, loaded.host)
     facts = read_facts(repo, manifest, load_identities(keys.identity_file))
     nats_part: dict[str, Any] = facts["nats"]
@@ -323,7 +331,7 @@ def test_roundtrip_over_ssh_with_token(tmp_path: Path, keys: Any, monkeypatch: A
         known = sshd.write_known_hosts(tmp_path / "known_hosts")
         runner = SshRunner("platform", Connection(**sshd.connection(known_hosts=str(known))))
         try:
-            repo = open_repository(policy.repository)
+            repo = open_repository(policy, signing=True)
             result = backup_action.backup(policy, repo, runner=runner)
             run(delete_streams(server.url, STREAMS, TOKEN))
             identities = load_identities(keys.identity_file)
@@ -422,8 +430,8 @@ def test_stop_copy_store_tar_roundtrip(tmp_path: Path) -> None:
         with pytest.raises(RestoreError, match="is not empty; use --force"):
             src.restore(feed, facts, RestoreOptions())
         shutil.rmtree(server.store_dir / "jetstream" / "$G" / "streams" / "ORDERS")
-        assert src.describe(facts, RestoreOptions(force=True)).blocked is None
-        report = src.restore(feed, facts, RestoreOptions(force=True))
+        assert src.describe(facts, RestoreOptions(force_db=True)).blocked is None
+        report = src.restore(feed, facts, RestoreOptions(force_db=True))
         assert any("moved the existing store dir to" in a for a in report.actions)
         checks = src.check(facts, RestoreOptions())
         assert checks and all(c.status == "pass" for c in checks), checks

@@ -247,7 +247,7 @@ def test_pm2_missing_on_the_target_refuses_the_restore_before_any_step(
     site.unlink()
     identity = ("--identity", str(keys.identity_file))
     plan = drkit("restore", "--policy", str(missing), *identity, "--plan", env=bin_path_env())
-    assert plan.returncode == 0, plan.output
+    assert plan.returncode == 6, plan.output  # a plan with a refused step
     refused = [ln.strip() for ln in plan.stdout.splitlines() if "REFUSED" in ln]
     assert len(refused) == 1, plan.stdout
     assert refused[0].startswith("! REFUSED: host ") and "source pm2 (pm2)" in refused[0]

@@ -23,7 +23,7 @@ import pytest
 from drkit.errors import DrkitError, IntegrityError
 from drkit.policy.models import PostgresSource as PostgresConfig
 from drkit.remote.local import LocalRunner
-from drkit.sources import postgres as pgmod
+from drkit.sources import pgparallel as pgmod
 from drkit.sources.base import RestoreOptions
 from drkit.sources.pgsql import (
     PgConn,

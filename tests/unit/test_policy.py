@@ -22,6 +22,7 @@ access_key_id = "env:S3_KEY"
 secret_access_key = "file:/etc/drkit/s3-secret"
 [encryption]
 recipients = ["{recipient}"]
+signers = ["ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]
 [[source]]
 kind = "postgres"
 database = "callmeback"
@@ -83,6 +84,15 @@ def test_value_checks_are_reported_with_schema_errors(tmp_path: Path, keys) -> N
     assert f"{p}: source[1].paths[0]: must be an absolute path" in res.stderr
     assert f"{p}: source[1].timeout: must be longer than 0s" in res.stderr
     assert f"{p}: encryption.recipients[0]: invalid recipient" in res.stderr
+
+
+def test_lock_ttl_over_the_lock_cap_is_a_policy_error(tmp_path: Path, keys) -> None:
+    """Refused with the policy's other errors, not only when a lock is taken."""
+    p = tmp_path / "vultr.toml"
+    p.write_text(GOOD.format(recipient=keys.recipient).replace('rpo = "26h"', 'lock_ttl = "8d"'))
+    with pytest.raises(PolicyError) as err:
+        load_policy(p)
+    assert f"{p}: lock_ttl: must be longer than 0s and at most 7d" in str(err.value)
 
 
 def test_cross_field_rules_run_once_the_schema_passes(tmp_path: Path, keys) -> None:

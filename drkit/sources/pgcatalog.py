@@ -1,0 +1,415 @@
+"""What a database holds, named the way pg_dump names it: objects, privileges, matviews.
+
+One set of catalog queries serves three moments of a Supabase restore:
+
+- at backup, inside the exported snapshot, they become facts (``objects``,
+  ``acls``, ``default_acls``, ``matviews``, ``role_settings``);
+- before the load, on the target, ``objects`` says which of the dump's entries
+  already exist there (merged: left as the target has them);
+- after the load, ``acls`` and ``default_acls`` of the target are compared with
+  the facts: any privilege the source did not have fails the restore.
+
+Objects are named as pg_dump's entry headers do (``Type``, ``Schema``, tag:
+``users on_auth_user_created`` for a trigger, ``foldername("text")`` for a
+function), so the restore can match a dump entry against the target by name.
+The queries run with ``search_path = ''`` and ``quote_all_identifiers``, as
+pg_dump does, so both sides spell every name and type alike.
+
+Privileges are stored as the effective ``aclitem`` texts (the owner's default
+made explicit); comparing them ignores the grantor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from drkit.sources.pgsql import quote_literal
+
+# pg_dump's entry types that create an object, and so can collide with the target's.
+CREATING = frozenset((
+    "SCHEMA", "EXTENSION", "TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "TABLE",
+    "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE", "INDEX", "CONSTRAINT",
+    "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY", "RULE", "PUBLICATION",
+    "PUBLICATION TABLE", "EVENT TRIGGER",
+))  # fmt: skip
+
+_SYSTEM = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
+)
+
+SESSION_SETTINGS = "SET LOCAL search_path = '';\nSET LOCAL quote_all_identifiers = on;\n"
+
+# Every object pg_dump would write an entry for (and a few it leaves to extensions),
+# as "TYPE<tab>schema<tab>tag"; schema "-" for database-wide objects.
+_OBJECTS = f"""
+SELECT 'SCHEMA' AS t, '-' AS s, n.nspname AS tag FROM pg_namespace n WHERE {_SYSTEM}
+UNION ALL SELECT 'EXTENSION', '-', extname FROM pg_extension
+UNION ALL SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+    WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'i' THEN 'INDEX'
+    WHEN 'I' THEN 'INDEX' ELSE 'TABLE' END, n.nspname, c.relname
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND {_SYSTEM}
+UNION ALL SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
+    ELSE 'FUNCTION' END, n.nspname, p.proname || '(' || coalesce((SELECT string_agg(
+      pg_catalog.format_type(a.t, NULL), ', ' ORDER BY a.i)
+      FROM unnest(p.proargtypes) WITH ORDINALITY a(t, i)), '') || ')'
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_SYSTEM}
+UNION ALL SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE {_SYSTEM} AND t.typtype IN ('b', 'd', 'e', 'r', 'm', 'c')
+    AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
+    AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+UNION ALL SELECT CASE o.contype WHEN 'f' THEN 'FK CONSTRAINT' WHEN 'c' THEN 'CHECK CONSTRAINT'
+    ELSE 'CONSTRAINT' END, n.nspname, c.relname || ' ' || o.conname
+  FROM pg_constraint o JOIN pg_class c ON c.oid = o.conrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM}
+UNION ALL SELECT 'TRIGGER', n.nspname, c.relname || ' ' || g.tgname
+  FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT g.tgisinternal AND {_SYSTEM}
+UNION ALL SELECT 'POLICY', n.nspname, c.relname || ' ' || p.polname
+  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM}
+UNION ALL SELECT 'RULE', n.nspname, c.relname || ' ' || r.rulename
+  FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.rulename <> '_RETURN' AND {_SYSTEM}
+UNION ALL SELECT 'PUBLICATION', '-', pubname FROM pg_publication
+UNION ALL SELECT 'PUBLICATION TABLE', n.nspname, p.pubname || ' ' || c.relname
+  FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+  JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+UNION ALL SELECT 'EVENT TRIGGER', '-', evtname FROM pg_event_trigger
+"""
+
+# Effective privileges of schemas, relations and routines: "kind identity" -> aclitems.
+_ACLS = f"""
+SELECT 'schema ' || quote_ident(n.nspname) AS k,
+       coalesce(n.nspacl, acldefault('n', n.nspowner))::text[] AS acl
+  FROM pg_namespace n WHERE {_SYSTEM}
+UNION ALL SELECT CASE c.relkind WHEN 'S' THEN 'sequence ' ELSE 'table ' END
+    || quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+    coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char",
+                                  c.relowner))::text[]
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_SYSTEM}
+UNION ALL SELECT 'function ' || p.oid::regprocedure::text,
+    coalesce(p.proacl, acldefault('f', p.proowner))::text[]
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_SYSTEM}
+"""
+
+# Default privileges: "role schema-or-- objtype" -> aclitems.
+_DEFAULT_ACLS = """
+SELECT quote_ident(pg_get_userbyid(d.defaclrole)) || E'\t'
+    || coalesce(quote_ident(n.nspname), '-') || E'\t' || d.defaclobjtype::text AS k,
+    d.defaclacl::text[] AS acl
+  FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
+"""
+
+# Materialized views, whether populated, and the views/matviews each one reads.
+_MATVIEWS = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name, c.relkind AS kind,
+    c.relispopulated AS populated, coalesce((SELECT json_agg(DISTINCT
+      quote_ident(n2.nspname) || '.' || quote_ident(c2.relname))
+      FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass
+        AND d.objid = r.oid JOIN pg_class c2 ON c2.oid = d.refobjid
+        JOIN pg_namespace n2 ON n2.oid = c2.relnamespace
+      WHERE r.ev_class = c.oid AND c2.oid <> c.oid AND c2.relkind IN ('v', 'm')),
+      '[]') AS reads
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('v', 'm') AND {_SYSTEM}
+"""
+
+# Role settings that apply in every database (ALTER ROLE ... SET), per role.
+_ROLE_SETTINGS = """
+SELECT r.rolname AS role, s.setconfig AS settings
+  FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = 0
+"""
+
+
+_OBJECTS_AGG = "jsonb_agg(q.t || E'\\t' || q.s || E'\\t' || q.tag ORDER BY q.t, q.s, q.tag)"
+
+
+def fact_sql(name: str, select: str, value: str) -> str:
+    """SQL printing ``{"fact": name, "value": value}`` over the rows of ``select`` (an
+    aggregate of ``q``; none: an empty list or object)."""
+    empty = "{}" if "object_agg" in value else "[]"
+    return (
+        f"SELECT json_build_object('fact', {quote_literal(name)}, 'value', "
+        f"coalesce({value}, '{empty}'::jsonb)) FROM ({select}) q;\n"
+    )
+
+
+def facts_sql() -> str:
+    """SQL printing one ``{"fact": name, "value": ...}`` JSON line per fact; runs last in
+    the backup's snapshot transaction (its SET LOCALs end with it)."""
+    return (
+        SESSION_SETTINGS
+        + fact_sql("objects", _OBJECTS, _OBJECTS_AGG)
+        + fact_sql("acls", _ACLS, "jsonb_object_agg(q.k, q.acl)")
+        + fact_sql("default_acls", _DEFAULT_ACLS, "jsonb_object_agg(q.k, q.acl)")
+        + fact_sql("matviews", _MATVIEWS, "jsonb_agg(q)")
+        + fact_sql("role_settings", _ROLE_SETTINGS, "jsonb_object_agg(q.role, q.settings)")
+    )
+
+
+def target_sql(*names: str) -> str:
+    """The same facts read from a target (its own transaction), only ``names``."""
+    parts = {
+        "objects": (_OBJECTS, _OBJECTS_AGG),
+        "acls": (_ACLS, "jsonb_object_agg(q.k, q.acl)"),
+        "default_acls": (_DEFAULT_ACLS, "jsonb_object_agg(q.k, q.acl)"),
+        "role_settings": (_ROLE_SETTINGS, "jsonb_object_agg(q.role, q.settings)"),
+    }
+    body = "".join(fact_sql(n, *parts[n]) for n in names)
+    return "BEGIN READ ONLY;\n" + SESSION_SETTINGS + body + "COMMIT;\n"
+
+
+def parse_facts(out: str) -> dict[str, Any]:
+    """The ``{"fact": ..., "value": ...}`` lines of ``out`` as a dict."""
+    found: dict[str, Any] = {}
+    for line in out.splitlines():
+        if line.startswith('{"fact"'):
+            row = json.loads(line)
+            found[row["fact"]] = row["value"]
+    return found
+
+
+# ---- materialized views --------------------------------------------------------
+
+
+def refresh_order(matviews: list[dict[str, Any]]) -> list[str]:
+    """The populated materialized views, each after every matview it reads (through
+    views too): the order to refresh them in."""
+    reads = {m["name"]: m.get("reads", []) for m in matviews}
+    kind = {m["name"]: m["kind"] for m in matviews}
+    populated = [m["name"] for m in matviews if m["kind"] == "m" and m["populated"]]
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, path: frozenset[str]) -> None:
+        if name in seen or name in path:
+            return
+        for dep in reads.get(name, []):
+            visit(dep, path | {name})
+        seen.add(name)
+        if kind.get(name) == "m" and name in populated:
+            order.append(name)
+
+    for name in sorted(populated):
+        visit(name, frozenset())
+    return order
+
+
+def refresh_sql(names: Iterable[str], known: Iterable[str]) -> str:
+    """REFRESH statements for ``names`` (identities from the facts), each checked to be
+    a materialized view name the facts' object list has (``known``)."""
+    allowed = set(known)
+    out = []
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"materialized view {name!r} is not among the backup's objects")
+        out.append(f"REFRESH MATERIALIZED VIEW {name};")
+    return "\n".join(out) + "\n" if out else ""
+
+
+def matview_identity(entry: str) -> str | None:
+    """The quoted identity of an ``objects`` entry that is a materialized view."""
+    t, schema, tag = entry.split("\t", 2)
+    if t != "MATERIALIZED VIEW":
+        return None
+    return '"' + schema.replace('"', '""') + '"."' + tag.replace('"', '""') + '"'
+
+
+# ---- privileges ------------------------------------------------------------------
+
+_ACLITEM = re.compile(r'^((?:"(?:[^"]|"")*")|[^=]*)=([A-Za-z*]*)/')
+PRIVILEGES = {
+    "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "D": "TRUNCATE",
+    "x": "REFERENCES", "t": "TRIGGER", "X": "EXECUTE", "U": "USAGE", "C": "CREATE",
+    "c": "CONNECT", "T": "TEMPORARY", "m": "MAINTAIN", "s": "SET", "A": "ALTER SYSTEM",
+}  # fmt: skip
+
+
+def grants(items: Iterable[str]) -> set[tuple[str, str]]:
+    """``aclitem`` texts as (grantee, privilege) pairs, grantor ignored; a grant option
+    is a privilege of its own (``SELECT WITH GRANT OPTION``). PUBLIC is ``PUBLIC``."""
+    out: set[tuple[str, str]] = set()
+    for item in items:
+        m = _ACLITEM.match(item)
+        if not m:
+            raise ValueError(f"not an aclitem: {item!r}")
+        who = m.group(1)
+        grantee = "PUBLIC" if who == "" else unquote(who)
+        letters = m.group(2)
+        for k, ch in enumerate(letters):
+            if ch == "*":
+                continue
+            name = PRIVILEGES.get(ch, ch)
+            if k + 1 < len(letters) and letters[k + 1] == "*":
+                name += " WITH GRANT OPTION"
+            out.add((grantee, name))
+    return out
+
+
+def compare_acls(
+    want: dict[str, list[str]], have: dict[str, list[str]], keys: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """(wider, narrower): one text per key whose privileges on the target (``have``)
+    exceed, or fall short of, the source's (``want``); a key missing on one side counts
+    as no privilege at all."""
+    wider, narrower = [], []
+    for key in sorted(keys):
+        w, h = grants(want.get(key) or []), grants(have.get(key) or [])
+        if h - w:
+            wider.append(f"{key} ({_pairs(h - w)})")
+        if w - h:
+            narrower.append(f"{key} ({_pairs(w - h)})")
+    return wider, narrower
+
+
+def unquote(name: str) -> str:
+    """A name as ``quote_ident`` or ``aclitem`` output writes it, unquoted."""
+    if len(name) > 1 and name.startswith('"') and name.endswith('"'):
+        return name[1:-1].replace('""', '"')
+    return name
+
+
+def global_default(key: str) -> list[str]:
+    """The built-in privileges a global default-privilege key stands for when the
+    catalog has no row for it (PostgreSQL's ``acldefault``), as aclitem texts."""
+    role, _, kind = key.split("\t")
+    owner = '"' + unquote(role).replace('"', '""') + '"'
+    letters = {"r": "arwdDxt", "S": "rwU", "f": "X", "T": "U", "n": "UC"}.get(kind, "")
+    public = {"f": ["=X/" + owner], "T": ["=U/" + owner]}.get(kind, [])
+    return [f"{owner}={letters}/{owner}", *public]
+
+
+def _pairs(pairs: set[tuple[str, str]]) -> str:
+    by: dict[str, list[str]] = {}
+    for grantee, priv in sorted(pairs):
+        by.setdefault(grantee, []).append(priv)
+    return "; ".join(f"{g}: {', '.join(p)}" for g, p in by.items())
+
+
+def default_acl_keys(
+    want: dict[str, list[str]], have: dict[str, list[str]], internal: Iterable[str]
+) -> set[str]:
+    """The default-privilege keys to make equal: the source's, and the target's that are
+    global or in a schema that is not one of Supabase's own (``internal``, quoted)."""
+    own = set(internal)
+    return set(want) | {k for k in have if k.split("\t")[1] == "-" or k.split("\t")[1] not in own}
+
+
+# Resets every object's privileges to the source's exactly, in the load's transaction:
+# its inputs are names the server resolves itself (to_regclass, ...) and aclitem texts
+# it parses itself; what it executes is built from what it resolved.
+_RESET_ACLS = r"""
+DO $drkit$
+DECLARE
+  want jsonb := %s::jsonb;
+  k text; items jsonb; kind text; ident text; target text; what text;
+  cur aclitem[]; des aclitem[]; r record;
+BEGIN
+  FOR k, items IN SELECT * FROM jsonb_each(want) LOOP
+    kind := split_part(k, ' ', 1);
+    ident := substr(k, length(kind) + 2);
+    target := NULL;
+    IF kind IN ('table', 'sequence') THEN
+      SELECT c.oid::regclass::text, coalesce(c.relacl, acldefault(
+               (CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner)),
+             CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
+        INTO target, cur, what FROM pg_class c WHERE c.oid = to_regclass(ident);
+    ELSIF kind = 'function' THEN
+      SELECT p.oid::regprocedure::text, coalesce(p.proacl, acldefault('f', p.proowner)),
+             'ROUTINE'
+        INTO target, cur, what FROM pg_proc p WHERE p.oid = to_regprocedure(ident);
+    ELSIF kind = 'schema' THEN
+      SELECT quote_ident(n.nspname), coalesce(n.nspacl, acldefault('n', n.nspowner)),
+             'SCHEMA'
+        INTO target, cur, what FROM pg_namespace n WHERE n.oid = to_regnamespace(ident);
+    END IF;
+    CONTINUE WHEN target IS NULL;  -- missing on the target: the check names it
+    des := ARRAY(SELECT jsonb_array_elements_text(items))::aclitem[];
+    CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+                        FROM aclexplode(cur) a ORDER BY 1)
+                = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+                        FROM aclexplode(des) a ORDER BY 1);
+    FOR r IN SELECT DISTINCT a.grantee FROM aclexplode(cur) a LOOP
+      EXECUTE format('REVOKE ALL ON %%s %%s FROM %%s CASCADE', what, target,
+        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+    END LOOP;
+    FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
+      EXECUTE format('GRANT %%s ON %%s %%s TO %%s%%s', r.privilege_type, what, target,
+        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END,
+        CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+  END LOOP;
+END $drkit$;
+"""
+
+_RESET_DEFAULT_ACLS = r"""
+DO $drkit$
+DECLARE
+  want jsonb := %s::jsonb;
+  own text[] := %s::text[];
+  k text; role oid; ns oid; t "char"; word text; scope text;
+  cur aclitem[]; des aclitem[]; dflt aclitem[]; r record;
+BEGIN
+  FOR k IN SELECT jsonb_object_keys(want) UNION
+      SELECT quote_ident(pg_get_userbyid(d.defaclrole)) || E'\t'
+             || coalesce(quote_ident(n.nspname), '-') || E'\t' || d.defaclobjtype::text
+        FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
+        WHERE n.nspname IS NULL OR NOT quote_ident(n.nspname) = ANY (own) LOOP
+    role := to_regrole(split_part(k, E'\t', 1));
+    ns := CASE split_part(k, E'\t', 2) WHEN '-' THEN 0
+          ELSE to_regnamespace(split_part(k, E'\t', 2)) END;
+    t := split_part(k, E'\t', 3);
+    CONTINUE WHEN role IS NULL OR ns IS NULL;
+    word := CASE t WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES' WHEN 'f' THEN 'FUNCTIONS'
+                   WHEN 'T' THEN 'TYPES' WHEN 'n' THEN 'SCHEMAS' END;
+    CONTINUE WHEN word IS NULL;
+    dflt := CASE WHEN ns = 0 THEN acldefault((CASE t WHEN 'S' THEN 's' ELSE t END)::"char", role)
+                 ELSE '{}'::aclitem[] END;
+    cur := coalesce((SELECT d.defaclacl FROM pg_default_acl d WHERE d.defaclrole = role
+                     AND d.defaclnamespace = ns AND d.defaclobjtype = t), dflt);
+    des := CASE WHEN want ? k THEN ARRAY(SELECT jsonb_array_elements_text(want -> k))::aclitem[]
+                ELSE dflt END;
+    CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+                        FROM aclexplode(cur) a ORDER BY 1)
+                = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+                        FROM aclexplode(des) a ORDER BY 1);
+    scope := format('FOR ROLE %%I', pg_get_userbyid(role))
+             || CASE WHEN ns = 0 THEN '' ELSE format(' IN SCHEMA %%I',
+                  (SELECT nspname FROM pg_namespace WHERE oid = ns)) END;
+    FOR r IN SELECT DISTINCT a.grantee FROM aclexplode(cur) a LOOP
+      EXECUTE format('ALTER DEFAULT PRIVILEGES %%s REVOKE ALL ON %%s FROM %%s', scope, word,
+        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+    END LOOP;
+    FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
+      EXECUTE format('ALTER DEFAULT PRIVILEGES %%s GRANT %%s ON %%s TO %%s%%s', scope,
+        r.privilege_type, word,
+        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END,
+        CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+  END LOOP;
+END $drkit$;
+"""
+
+
+def reset_sql(acls: dict[str, list[str]], default_acls: dict[str, list[str]],
+              internal: Iterable[str]) -> str:  # fmt: skip
+    """SQL that sets the privileges of every object in ``acls`` and the default
+    privileges to the source's exactly (run after the load, in its transaction)."""
+    own = "ARRAY[" + ", ".join(quote_literal(s) for s in internal) + "]"
+    return (
+        "SET search_path = '';\nSET quote_all_identifiers = on;\n"
+        + _RESET_DEFAULT_ACLS % (_json_literal(default_acls), own)
+        + _RESET_ACLS % _json_literal(acls)
+    )
+
+
+def _json_literal(value: object) -> str:
+    """``value`` as a JSON string literal that cannot end the ``$drkit$`` body it sits in
+    (names in the facts may hold ``$``: JSON spells it ``\\u0024``)."""
+    return quote_literal(json.dumps(value).replace("$", "\\u0024"))

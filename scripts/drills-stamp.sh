@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# drills-stamp.sh check|write
+#
+# `make drills` (the Docker scenario suites beyond vultr, tests/conftest.py
+# DRILL_SUITES) is too slow for every CI run on a fresh machine. It runs when
+# the files it exercises changed since it last passed: `write` (run by `make
+# drills` after it passed) records a digest of those files, in
+# .ci/drills.sha256; `check` exits 0 when they are unchanged, 1 when `make
+# drills` must run. Uncommitted changes count as changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STAMP=.ci/drills.sha256
+# The drill machinery and the scenarios' definitions: images, drill code, drill
+# files, shipped policies and the suites themselves.
+PATHS=(docker drkit/drills drkit/actions/drill.py drkit/cli/commands_drill.py
+       restore_drills policies tests/drills tests/e2e/test_postgres_container.py
+       tests/conftest.py tests/seeded tests/e2e/test_shipped_visualkit_hetzner.py
+       tests/e2e/test_shipped_conversational_platform.py tests/e2e/test_shipped_e2i_droplet.py)
+
+digest() {
+    # Path and content (as in the working tree) of every file under PATHS that git
+    # tracks or would track: the same digest before and after committing them.
+    git ls-files --cached --others --exclude-standard -- "${PATHS[@]}" | LC_ALL=C sort -u |
+        while IFS= read -r f; do
+            if [ -f "$f" ]; then printf '%s %s\n' "$(git hash-object -- "$f")" "$f"; fi
+        done | sha256sum | cut -d' ' -f1
+}
+
+case "${1:-}" in
+    write) digest >"$STAMP"; echo "drills-stamp: recorded $(cat "$STAMP") in $STAMP (commit it)" ;;
+    check)
+        if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(digest)" ]; then
+            echo "drills-stamp: drill files unchanged since drills last passed"
+            exit 0
+        fi
+        echo "drills-stamp: drill files changed since drills last passed: make drills must run"
+        exit 1 ;;
+    *) echo "usage: $0 check|write" >&2; exit 2 ;;
+esac
