@@ -128,9 +128,18 @@ def load_specs(policies: list[Policy], directory: Path) -> dict[str, DrillSpec]:
     problems: list[str] = []
     for policy in policies:
         try:
-            specs[policy.host] = spec_for(policy.host, directory)
+            specs[policy.host] = spec = spec_for(policy.host, directory)
         except PolicyError as exc:
             problems += exc.problems
+            continue
+        names = data_sources(policy)
+        for name in sorted(set(spec.skip) - names):
+            problems.append(
+                f"{spec.where}: skip.{name}: not a data source of {policy.origin} "
+                f"(it has: {', '.join(sorted(names))})"
+            )
+        if names and names <= set(spec.skip):
+            problems.append(f"{spec.where}: skip: every data source of {policy.origin}")
     if problems:
         raise PolicyError(problems)
     return specs
@@ -210,7 +219,8 @@ def run_drill(
     t0: float | None = None
     try:
         report.image_name, report.image_from = spec.image_for(policy.host, image)
-        assembly = select_sources(repo, policy.host, data_sources(policy), snapshot)
+        needed = data_sources(policy) - set(spec.skip)
+        assembly = select_sources(repo, policy.host, needed, snapshot)
         report.snapshot = assembly.newest.snapshot
         report.snapshots = [m.snapshot for m in assembly.manifests]
         oldest = assembly.oldest.snapshot
@@ -218,6 +228,10 @@ def run_drill(
         tag = _image(policy.host, report, log)
         t0 = time.monotonic()
         report.checks = [restore_point(assembly, report.rpo_seconds)]
+        report.checks += [
+            Check("drill", f"not drilled: {name}", "warn", f"{why} ({spec.where})")
+            for name, why in sorted(spec.skip.items())
+        ]
         report.checks += _in_container(
             policy, repo, assembly, identities, spec, tag, started, report, keep, log
         )

@@ -26,8 +26,9 @@ from drkit.actions.backup import BackupResult, backup
 from drkit.actions.common import open_repository
 from drkit.actions.status import due_sources, last_drill_passed, newest_holding
 from drkit.durations import parse_duration
-from drkit.errors import DrkitError
+from drkit.errors import DrkitError, PolicyError, UsageError
 from drkit.locks import HostLock, LockHeld, host_lock
+from drkit.policy.local_checks import run_problems
 from drkit.policy.models import Policy, SnapshotSource, source_name
 from drkit.repository.layout import Repository
 
@@ -70,6 +71,9 @@ class HostResult:
     # Every snapshot committed, when provider snapshots were committed after the data's.
     snapshots: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()  # BackupResult.warnings
+    # Failed before anything was read, on a policy or usage error (exit 2 when every
+    # host was refused so): a local file the policy names, an untrusted signing key.
+    refused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -134,6 +138,9 @@ def backup_one(
     repo: Repository | None = None
     started: dt.datetime | None = None
     try:
+        problems = run_problems(policy)
+        if problems:
+            raise PolicyError(problems)
         repo = open_repository(policy, signing=True)
         if due and not [n for n in due_names(policy, repo, clock()) if only is None or n in only]:
             return HostResult(host, "not-due")
@@ -157,7 +164,10 @@ def backup_one(
         error = str(exc) if isinstance(exc, DrkitError) else f"host {host}: internal error: {exc!r}"
         reporter.failed(started or clock(), error)
         source = exc.source if isinstance(exc, DrkitError) else None
-        result = HostResult(host, "failed", error=error, failed_sources=(source,) if source else ())
+        refused = isinstance(exc, UsageError | PolicyError)
+        result = HostResult(
+            host, "failed", error=error, failed_sources=(source,) if source else (), refused=refused
+        )
     finally:
         reporter.close()
     if repo is not None:
@@ -212,7 +222,10 @@ def backup_fleet(
 
 
 def exit_code(results: list[HostResult]) -> int:
-    """The documented exit code of a run over ``results`` (see ``exit_code_of``)."""
+    """The documented exit code of a run over ``results`` (see ``exit_code_of``); 2 when
+    every host was refused on a policy or usage error (nothing was read)."""
+    if results and all(r.refused for r in results):
+        return 2
     return exit_code_of([r.status for r in results])
 
 

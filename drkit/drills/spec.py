@@ -12,6 +12,9 @@ host = "vultr"
 image = "vultr"               # docker/hosts/<image>/ (default: the host name; --image overrides)
 cert_warn_days = 14
 
+[skip]                        # sources the drill does not restore, each with why (the
+falkordb = "docker exec: no Docker engine in the drill image"   # report says so: warn)
+
 [[sql]]                       # a query on a restored database, its first value compared
 name = "calls exist"
 source = "callmeback"         # the postgres source whose database to query
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -99,6 +103,9 @@ class DrillSpec(_M):
     http: list[HttpCheck] = Field(default_factory=list)
     file: list[FileCheck] = Field(default_factory=list)
     env: list[EnvCheck] = Field(default_factory=list)
+    # Sources the drill image cannot restore (a source run through Docker where the image
+    # has no engine), each with why: not assembled or restored, named in the report (warn).
+    skip: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
     _path: Path | None = PrivateAttr(None)  # the file it was read from, for messages
 
     def image_for(self, host: str, override: str | None = None) -> tuple[str, str]:

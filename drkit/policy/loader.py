@@ -70,6 +70,7 @@ def parse_policy(data: dict[str, Any], origin: str) -> Policy:
     problems = [f"{origin}: {p}" for p in cross_field_problems(policy)]
     if problems:
         raise PolicyError(problems)
+    policy._origin = origin
     return policy
 
 

@@ -44,6 +44,17 @@ def local_problems(policy: Policy) -> Findings:
     return out
 
 
+def run_problems(policy: Policy) -> list[str]:
+    """The local problems that refuse a whole backup run of ``policy`` before anything
+    is read (its key files and SSH files), each prefixed with the policy file. Secret
+    references are left to the source that uses them: a due run of one source is not
+    refused over another source's secret."""
+    out = Findings()
+    _check_keys(policy, out)
+    _check_connection(policy, out)
+    return [f"{policy.origin}: {p}" for p in out.errors]
+
+
 def _check_keys(policy: Policy, out: Findings) -> None:
     from drkit.pipeline.age import read_recipients
     from drkit.signing import read_signers

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from drkit.policy.checks import (
     AbsolutePath,
@@ -363,6 +363,12 @@ class Policy(Model):
     retention: Retention = Retention()
     notify: Notify | None = Field(None, description="[notify] table: pings, webhook, metrics")
     source: list[SourceConfig] = Field(min_length=1)
+    # The file it was read from (set by the loader), for messages that must name it.
+    _origin: str = PrivateAttr(default="")
+
+    @property
+    def origin(self) -> str:
+        return self._origin or f"policy of host {self.host}"
 
 
 def source_name(src: SourceBase) -> str:

@@ -12,6 +12,7 @@ drill files.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -140,6 +141,54 @@ def test_policy_validate_without_policy_files_is_a_usage_error(tmp_path: Path) -
     empty.mkdir()
     res = run("--policy-dir", str(empty), "policy", "validate")
     assert check(("policy", "validate"), res, f"looked in {empty}") is None
+
+
+def test_a_policy_backup_would_refuse_is_refused_naming_the_file_and_the_fleet_goes_on(
+    tmp_path: Path, keys: object
+) -> None:
+    """Readable, valid TOML, but naming local files that are not there (a recipients
+    file; an SSH identity): every form of backup refuses the host before reading
+    anything, exit 2, naming the policy file and the problem, as `policy validate`
+    does; in a fleet run the healthy host is backed up and the run is partial (3)."""
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (tmp_path / "app.env").write_text("A=1\n")
+    repo = {"url": (tmp_path / "repo").as_uri()}
+    sources = [{"kind": "env", "name": "env", "paths": [f"{tmp_path}/*.env"]}]
+    recipient = keys.recipient  # type: ignore[attr-defined]
+    write_policy(directory / "good.toml", "good", repo, [recipient], sources)
+    no_recipients = write_policy(directory / f"{HOST}.toml", HOST, repo, [recipient], sources)
+    missing = tmp_path / "recipients.txt"
+    text = re.sub(r"^recipients = .*$", f'recipients_file = "{missing}"',
+                  no_recipients.read_text(), flags=re.M)  # fmt: skip
+    no_recipients.write_text(text)
+    identity = tmp_path / "id_ed25519"
+    ssh = '[connection]\ntype = "ssh"\naddress = "127.0.0.1"\n'
+    ssh += f'identity_file = "{identity}"\naccept_new_host_key = true'
+    no_identity = write_policy(directory / "h2.toml", "h2", repo, [recipient], sources, ssh)
+    problems = {
+        HOST: f"{no_recipients}: encryption.recipients_file: recipients file {missing}: No such",
+        "h2": f"{no_identity}: connection.identity_file: {identity} does not exist",
+    }
+    d = str(directory)
+    cases: list[tuple[tuple[str, ...], str]] = []
+    for host, path in ((HOST, no_recipients), ("h2", no_identity)):
+        for argv in (
+            ("--policy-dir", d, "backup", "--host", host),
+            ("--policy-dir", d, "backup", "--due", "--host", host),
+            ("backup", "--policy", str(path)),
+            ("policy", "validate", str(path)),
+        ):
+            cases.append((argv, problems[host]))
+    results = run_all([argv for argv, _ in cases])
+    wrong = [check(argv, res, named) for (argv, named), res in zip(cases, results, strict=True)]
+    assert [w for w in wrong if w] == []
+
+    fleet = run("--policy-dir", d, "backup", "--all")
+    assert fleet.returncode == 3, fleet.output
+    assert problems[HOST] in fleet.stderr and problems["h2"] in fleet.stderr
+    assert re.search(r"^good: snapshot ", fleet.stdout, re.M), fleet.stdout
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir() if p.is_dir()) == ["good"]
 
 
 @pytest.mark.parametrize("case", list(DRILL_CASES))

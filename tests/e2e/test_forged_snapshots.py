@@ -256,8 +256,9 @@ def test_key_rotation_keeps_old_snapshots_until_their_key_is_removed(
     assert [r["snapshot"] for r in failed] == [old]
     assert "which is not trusted" in failed[0]["problems"][0]
     assert _snapshot_ids(site) == ([new], [old])
-    # And the old machine can no longer back this host up (refused, nothing written).
+    # And the old machine can no longer back this host up (refused, nothing written):
+    # a usage error of this machine's setup, exit 2.
     refused = site.run("backup")
-    assert refused.returncode == 1, refused.output
+    assert refused.returncode == 2, refused.output
     assert "not in the policy's [encryption] signers" in refused.stderr
     assert _snapshot_ids(site) == ([new], [old])
