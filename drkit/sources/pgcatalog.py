@@ -3,11 +3,13 @@
 One set of catalog queries serves three moments of a Supabase restore:
 
 - at backup, inside the exported snapshot, they become facts (``objects``,
-  ``acls``, ``default_acls``, ``matviews``, ``role_settings``);
+  ``acls``, ``column_acls``, ``database_acl``, ``default_acls``, ``matviews``,
+  ``role_settings``);
 - before the load, on the target, ``objects`` says which of the dump's entries
   already exist there (merged: left as the target has them);
-- after the load, ``acls`` and ``default_acls`` of the target are compared with
-  the facts: any privilege the source did not have fails the restore.
+- after the load, the target's privileges (``acls``, ``column_acls``,
+  ``database_acl``, ``default_acls``) are compared with the facts: any privilege
+  the source did not have fails the restore.
 
 Objects are named as pg_dump's entry headers do (``Type``, ``Schema``, tag:
 ``users on_auth_user_created`` for a trigger, ``foldername("text")`` for a
@@ -16,7 +18,10 @@ The queries run with ``search_path = ''`` and ``quote_all_identifiers``, as
 pg_dump does, so both sides spell every name and type alike.
 
 Privileges are stored as the effective ``aclitem`` texts (the owner's default
-made explicit); comparing them ignores the grantor.
+made explicit); comparing them ignores the grantor. Column privileges are only
+those granted on the column itself (``attacl``; a column has no default), keyed
+``column "schema"."table"<tab>"column"``; the database's are those of the
+database the queries run in (``current_database()``).
 """
 
 from __future__ import annotations
@@ -98,6 +103,29 @@ UNION ALL SELECT 'function ' || p.oid::regprocedure::text,
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_SYSTEM}
 """
 
+# The columns of non-system relations, and each one's key in ``column_acls`` (a tab
+# between relation and column: names may hold spaces and dots).
+_COLUMN_KEY = (
+    "'column ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) || E'\\t' "
+    "|| quote_ident(a.attname)"
+)
+_COLUMNS = f"""pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+    AND {_SYSTEM}"""
+
+# Column privileges granted on the column itself: "column table<tab>column" -> aclitems.
+_COLUMN_ACLS = f"""
+SELECT {_COLUMN_KEY} AS k, a.attacl::text[] AS acl
+  FROM {_COLUMNS} AND cardinality(a.attacl) > 0
+"""
+
+# The effective privileges of the database the query runs in (CONNECT, CREATE, TEMPORARY).
+_DATABASE_ACL = """
+SELECT coalesce(d.datacl, acldefault('d', d.datdba))::text[] AS acl
+  FROM pg_database d WHERE d.datname = current_database()
+"""
+
 # Default privileges: "role schema-or-- objtype" -> aclitems.
 _DEFAULT_ACLS = """
 SELECT quote_ident(pg_get_userbyid(d.defaclrole)) || E'\t'
@@ -147,6 +175,8 @@ def facts_sql() -> str:
         SESSION_SETTINGS
         + fact_sql("objects", _OBJECTS, _OBJECTS_AGG)
         + fact_sql("acls", _ACLS, "jsonb_object_agg(q.k, q.acl)")
+        + fact_sql("column_acls", _COLUMN_ACLS, "jsonb_object_agg(q.k, q.acl)")
+        + fact_sql("database_acl", _DATABASE_ACL, "jsonb_agg(q.acl) -> 0")
         + fact_sql("default_acls", _DEFAULT_ACLS, "jsonb_object_agg(q.k, q.acl)")
         + fact_sql("matviews", _MATVIEWS, "jsonb_agg(q)")
         + fact_sql("role_settings", _ROLE_SETTINGS, "jsonb_object_agg(q.role, q.settings)")
@@ -158,6 +188,8 @@ def target_sql(*names: str) -> str:
     parts = {
         "objects": (_OBJECTS, _OBJECTS_AGG),
         "acls": (_ACLS, "jsonb_object_agg(q.k, q.acl)"),
+        "column_acls": (_COLUMN_ACLS, "jsonb_object_agg(q.k, q.acl)"),
+        "database_acl": (_DATABASE_ACL, "jsonb_agg(q.acl) -> 0"),
         "default_acls": (_DEFAULT_ACLS, "jsonb_object_agg(q.k, q.acl)"),
         "role_settings": (_ROLE_SETTINGS, "jsonb_object_agg(q.role, q.settings)"),
     }
@@ -268,6 +300,23 @@ def compare_acls(
     return wider, narrower
 
 
+def compare_column_acls(
+    want: dict[str, list[str]], have: dict[str, list[str]]
+) -> tuple[list[str], list[str]]:
+    """(wider, narrower) of column privileges, over every column either side has any on
+    (a column missing on one side has none), each named ``column "s"."t" "c"``."""
+    wider, narrower = compare_acls(want, have, set(want) | set(have))
+    return [w.replace("\t", " ") for w in wider], [n.replace("\t", " ") for n in narrower]
+
+
+def compare_database_acl(
+    want: list[str], have: list[str], database: str
+) -> tuple[list[str], list[str]]:
+    """(wider, narrower) of the database's privileges, named ``database "name"``."""
+    key = 'database "' + database.replace('"', '""') + '"'
+    return compare_acls({key: want}, {key: have}, [key])
+
+
 def unquote(name: str) -> str:
     """A name as ``quote_ident`` or ``aclitem`` output writes it, unquoted."""
     if len(name) > 1 and name.startswith('"') and name.endswith('"'):
@@ -331,6 +380,8 @@ BEGIN
     END IF;
     CONTINUE WHEN target IS NULL;  -- missing on the target: the check names it
     des := ARRAY(SELECT jsonb_array_elements_text(items))::aclitem[];
+    cur := CASE WHEN cardinality(cur) > 0 THEN cur END;  -- aclexplode() rejects '{}'
+    des := CASE WHEN cardinality(des) > 0 THEN des END;
     CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
                         FROM aclexplode(cur) a ORDER BY 1)
                 = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
@@ -375,6 +426,8 @@ BEGIN
                      AND d.defaclnamespace = ns AND d.defaclobjtype = t), dflt);
     des := CASE WHEN want ? k THEN ARRAY(SELECT jsonb_array_elements_text(want -> k))::aclitem[]
                 ELSE dflt END;
+    cur := CASE WHEN cardinality(cur) > 0 THEN cur END;  -- aclexplode() rejects '{}'
+    des := CASE WHEN cardinality(des) > 0 THEN des END;
     CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
                         FROM aclexplode(cur) a ORDER BY 1)
                 = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
@@ -397,16 +450,107 @@ END $drkit$;
 """
 
 
-def reset_sql(acls: dict[str, list[str]], default_acls: dict[str, list[str]],
-              internal: Iterable[str]) -> str:  # fmt: skip
-    """SQL that sets the privileges of every object in ``acls`` and the default
-    privileges to the source's exactly (run after the load, in its transaction)."""
+# Then every column's privileges: those of each column the source had privileges on
+# and of each column of the target that has any (none for a column the source did not
+# name). Run after the objects' reset: a REVOKE on a table revokes its columns' too.
+# A key is matched against the target's own spelling of its columns (same settings),
+# and what is executed names the column as the target's catalog does. An empty ACL is
+# NULL here: aclexplode() rejects an empty (zero-dimensional) array.
+_RESET_COLUMN_ACLS = (
+    r"""
+DO $drkit$
+DECLARE
+  want jsonb := %s::jsonb;
+  des aclitem[]; r record; g record;
+BEGIN
+  FOR r IN SELECT c.oid::regclass::text AS target, a.attname,
+                  CASE WHEN cardinality(a.attacl) > 0 THEN a.attacl END AS cur,
+                  want -> ("""
+    + _COLUMN_KEY
+    + r""") AS items
+      FROM """
+    + _COLUMNS
+    + r"""
+        AND (cardinality(a.attacl) > 0 OR want ? ("""
+    + _COLUMN_KEY
+    + r""")) LOOP
+    des := ARRAY(SELECT jsonb_array_elements_text(coalesce(r.items, '[]')))::aclitem[];
+    des := CASE WHEN cardinality(des) > 0 THEN des END;
+    CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+                        FROM aclexplode(r.cur) a ORDER BY 1)
+                = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+                        FROM aclexplode(des) a ORDER BY 1);
+    FOR g IN SELECT DISTINCT a.grantee FROM aclexplode(r.cur) a LOOP
+      EXECUTE format('REVOKE ALL (%%I) ON TABLE %%s FROM %%s CASCADE', r.attname, r.target,
+        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
+    END LOOP;
+    FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
+      EXECUTE format('GRANT %%s (%%I) ON TABLE %%s TO %%s%%s', g.privilege_type, r.attname,
+        r.target,
+        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
+        CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+  END LOOP;
+END $drkit$;
+"""
+)
+
+# The privileges of the database restored into (current_database()). Its owner's own
+# entry is revoked only when the source's names that role: a target whose database has
+# another owner than the source's keeps its owner's privileges (the check names them).
+_RESET_DATABASE_ACL = r"""
+DO $drkit$
+DECLARE
+  des aclitem[] := ARRAY(SELECT jsonb_array_elements_text(%s::jsonb))::aclitem[];
+  db text := quote_ident(current_database());
+  cur aclitem[]; dba oid; r record;
+BEGIN
+  SELECT coalesce(d.datacl, acldefault('d', d.datdba)), d.datdba INTO cur, dba
+    FROM pg_database d WHERE d.datname = current_database();
+  cur := CASE WHEN cardinality(cur) > 0 THEN cur END;  -- aclexplode() rejects '{}'
+  des := CASE WHEN cardinality(des) > 0 THEN des END;
+  IF ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+           FROM aclexplode(cur) a ORDER BY 1)
+   = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
+           FROM aclexplode(des) a ORDER BY 1) THEN
+    RETURN;
+  END IF;
+  FOR r IN SELECT DISTINCT a.grantee FROM aclexplode(cur) a
+      WHERE a.grantee <> dba OR a.grantee IN (SELECT b.grantee FROM aclexplode(des) b) LOOP
+    EXECUTE format('REVOKE ALL ON DATABASE %%s FROM %%s CASCADE', db,
+      CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
+  END LOOP;
+  FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
+    EXECUTE format('GRANT %%s ON DATABASE %%s TO %%s%%s', r.privilege_type, db,
+      CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END,
+      CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+  END LOOP;
+END $drkit$;
+"""
+
+
+def reset_sql(
+    acls: dict[str, list[str]],
+    default_acls: dict[str, list[str]],
+    internal: Iterable[str],
+    column_acls: dict[str, list[str]] | None = None,
+    database_acl: list[str] | None = None,
+) -> str:
+    """SQL that sets the privileges of every object in ``acls``, the default privileges,
+    the columns' and the database's to the source's exactly (run after the load, in its
+    transaction). ``column_acls`` or ``database_acl`` None: not recorded (a snapshot
+    from before drkit recorded them), so not reset: the target's are left as they are."""
     own = "ARRAY[" + ", ".join(quote_literal(s) for s in internal) + "]"
-    return (
+    sql = (
         "SET search_path = '';\nSET quote_all_identifiers = on;\n"
         + _RESET_DEFAULT_ACLS % (_json_literal(default_acls), own)
         + _RESET_ACLS % _json_literal(acls)
     )
+    if column_acls is not None:
+        sql += _RESET_COLUMN_ACLS % _json_literal(column_acls)
+    if database_acl is not None:
+        sql += _RESET_DATABASE_ACL % _json_literal(database_acl)
+    return sql
 
 
 def _json_literal(value: object) -> str:

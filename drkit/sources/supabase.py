@@ -14,17 +14,18 @@ dump`` (docs/sources/supabase.md compares the two point by point):
   schemas, ``auth`` and ``storage`` included, their migration tables excluded.
 
 The same snapshot's facts (``pgcatalog``) name every object the way pg_dump
-does, every object's and default privileges, the materialized views and what
-they read, and the roles' settings.
+does, every object's, column's, the database's and the default privileges, the
+materialized views and what they read, and the roles' settings.
 
 Restore, in one psql transaction: roles (parsed and rebuilt by ``pgroles``,
 reserved roles never altered), the schema with every entry for an object the
 target already has left out (``supabase_merge``: merged, not re-created), the
 data with ``session_replication_role = replica``, the populated materialized
-views refreshed in dependency order, then every object's privileges and the
-default privileges set to the source's exactly (a fresh Supabase's default
-privileges grant the API roles everything created in ``public``: a re-GRANT
-alone would widen access). The check afterwards compares privileges, objects,
+views refreshed in dependency order, then every object's, column's, the
+database's and the default privileges set to the source's exactly (a fresh
+Supabase's default privileges grant the API roles everything created in
+``public``: a re-GRANT alone would widen access). The check afterwards
+compares privileges (columns' and the database's too), objects,
 row counts and role settings with the facts, and fails naming any object
 whose access is wider than the source's. psql's input starts with drkit's
 own ``\\restrict`` (``psqlinput``).
@@ -43,6 +44,8 @@ from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
 from drkit.sources.pgcatalog import (
     compare_acls,
+    compare_column_acls,
+    compare_database_acl,
     default_acl_keys,
     fact_sql,
     facts_sql,
@@ -241,11 +244,16 @@ class SupabaseSource(PostgresSource):
             "(auth and storage included) in the same transaction"
             + (f"; refresh {', '.join(views)} in dependency order" if views else "")
         )
+        unrecorded = _unrecorded(facts)
         lines.append(
-            f"privileges: {len(facts.get('acls', {}))} object(s) and "
-            f"{len(facts.get('default_acls', {}))} default-privilege entr(ies) set to the "
+            f"privileges: {len(facts.get('acls', {}))} object(s), "
+            + ("" if "column_acls" not in facts
+               else f"{len(facts['column_acls'])} column(s) with privileges, ")
+            + ("" if "database_acl" not in facts else f"database {database}, ")
+            + f"{len(facts.get('default_acls', {}))} default-privilege entr(ies) set to the "
             "source's exactly after the load, then checked (wider access fails the restore)"
-        )
+            + (f"; {unrecorded}: left as the target has them" if unrecorded else "")
+        )  # fmt: skip
         return StepPlan(lines)
 
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
@@ -268,6 +276,7 @@ class SupabaseSource(PostgresSource):
         tail += reset_sql(
             facts.get("acls", {}), facts.get("default_acls", {}),
             [quoted(s) for s in SUPABASE_SCHEMAS],
+            facts.get("column_acls"), facts.get("database_acl"),
         )  # fmt: skip
 
         def roles(stream: BinaryIO) -> bytes:
@@ -288,8 +297,8 @@ class SupabaseSource(PostgresSource):
             f"restored schema and data (auth, storage included) into {database}; merged "
             f"{len(merge.merged)} object(s) the target already had"
         )
-        report.actions.append("set every object's privileges and the default privileges to the "
-                              "source's")  # fmt: skip
+        report.actions.append("set every object's, column's, the database's and the default "
+                              "privileges to the source's")  # fmt: skip
         if protected:
             report.actions.append(role_note(set(protected)))
         return report
@@ -342,7 +351,8 @@ class SupabaseSource(PostgresSource):
         if facts.get("format") != FORMAT:
             return checks
         conn, database = self.target_conn(opts), self.target_database(opts)
-        names = ("objects", "acls", "default_acls", "role_settings")
+        names = ("objects", "acls", "column_acls", "database_acl", "default_acls",
+                 "role_settings")  # fmt: skip
         found = parse_facts(self._sql(conn, database, target_sql(*names)))
         checks.append(self._privilege_check(facts, found, database))
         missing = sorted(set(facts.get("objects", [])) - set(found["objects"]))
@@ -378,20 +388,51 @@ class SupabaseSource(PostgresSource):
                 if key.split("\t")[1] == "-" and key not in side:
                     side[key] = global_default(key)
         dwider, dnarrower = compare_acls(dwant, dhave, keys)
+        # Column and database privileges: compared when the snapshot recorded them.
+        columns: set[str] = set()
+        if "column_acls" in facts:
+            cwant, chave = facts["column_acls"], found["column_acls"]
+            columns = set(cwant) | set(chave)
+            cwider, cnarrower = compare_column_acls(cwant, chave)
+            wider += cwider
+            narrower += cnarrower
+        if "database_acl" in facts:
+            bwider, bnarrower = compare_database_acl(
+                facts["database_acl"], found["database_acl"], database
+            )
+            wider += bwider
+            narrower += bnarrower
         wider += [f"default privileges {k.replace(chr(9), ' ')}" for k in dwider]
         narrower += [f"default privileges {k.replace(chr(9), ' ')}" for k in dnarrower]
+        unrecorded = _unrecorded(facts)
+        note = f"{unrecorded}: not compared" if unrecorded else ""
         if wider or narrower:
             parts = []
             if wider:
                 parts.append("access WIDER than the source's: " + "; ".join(wider[:8]))
             if narrower:
                 parts.append("narrower than the source's: " + "; ".join(narrower[:8]))
-            return Check(self.name, f"privileges in {database}", "fail", " | ".join(parts))
+            detail = " | ".join(parts + ([note] if note else []))
+            return Check(self.name, f"privileges in {database}", "fail", detail)
         return Check(
             self.name, f"privileges in {database}", "pass",
-            f"{len(want)} object(s) and {len(keys)} default-privilege entr(ies) equal the "
-            "source's",
+            (f"{note}; " if note else "")
+            + f"{len(want)} object(s), "
+            + (f"{len(columns)} column(s), " if "column_acls" in facts else "")
+            + (f"database {database}, " if "database_acl" in facts else "")
+            + f"{len(keys)} default-privilege entr(ies) equal the source's",
         )  # fmt: skip
+
+
+def _unrecorded(facts: dict[str, Any]) -> str:
+    """What a snapshot from before drkit recorded column and database privileges lacks
+    ("" when it has both): those privileges are then neither reset nor checked."""
+    missing = [w for f, w in (("column_acls", "column"), ("database_acl", "database"))
+               if f not in facts]  # fmt: skip
+    if not missing:
+        return ""
+    return (f"{' and '.join(missing)} privileges not recorded (a snapshot taken before drkit "
+            "recorded them)")  # fmt: skip
 
 
 _NO_FORCE = (

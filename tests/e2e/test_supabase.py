@@ -1,12 +1,14 @@
 """flavor = "supabase", for real: a backup of a Supabase database restored onto a fresh
-self-hosted Supabase (tests/servers/supabase.py) comes back with every object, privilege,
-default privilege, policy, trigger, publication member, role login and row exact; onto
-plain PostgreSQL the plan refuses, naming what is missing."""
+self-hosted Supabase (tests/servers/supabase.py) comes back with every object, privilege
+(column and database privileges included), default privilege, policy, trigger,
+publication member, role login and row exact; onto plain PostgreSQL the plan refuses,
+naming what is missing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,8 @@ from tests.servers.postgres import PgServer, postgres_server
 from tests.servers.supabase import login, supabase_server
 
 # The user's side of a Supabase database: app tables with FKs to auth.users, a trigger
-# on auth.users, policies on storage.objects, revoked and hardened privileges, custom
+# on auth.users, policies on storage.objects, revoked and hardened privileges (column and
+# database privileges too), custom
 # login roles with passwords and settings, a tuned reserved role, materialized views.
 USER_SQL = """
 CREATE ROLE e2i_api LOGIN PASSWORD 'api-secret-1' CONNECTION LIMIT 20;
@@ -53,6 +56,10 @@ CREATE FUNCTION public.purge_audit() RETURNS void LANGUAGE sql
   AS $$ DELETE FROM public.audit_log $$;
 REVOKE EXECUTE ON FUNCTION public.purge_audit() FROM anon, authenticated, PUBLIC;
 GRANT SELECT ON auth.users TO e2i_reader;
+GRANT SELECT (id, username) ON public.profiles TO anon;
+GRANT SELECT (email) ON auth.users TO e2i_reader;
+GRANT UPDATE (action) ON public.audit_log TO e2i_api;
+GRANT CREATE ON DATABASE postgres TO e2i_api;
 
 ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public REVOKE ALL ON TABLES FROM anon;
 ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT ON TABLES TO anon;
@@ -125,6 +132,13 @@ def catalog(pg: PgServer) -> dict[str, list[str]]:
                   f"WHERE relnamespace IN {schemas}",
         "proacl": f"SELECT oid::regprocedure || coalesce(proacl::text, '-') FROM pg_proc "
                   f"WHERE pronamespace IN {schemas}",
+        "attacl": "SELECT attrelid::regclass || '.' || attname || ':' || (SELECT string_agg("
+                  "x::text, ',' ORDER BY x::text) FROM unnest(attacl) x) FROM pg_attribute "
+                  f"WHERE attrelid IN (SELECT oid FROM pg_class WHERE relnamespace IN {schemas}) "
+                  "AND cardinality(attacl) > 0",
+        "datacl": "SELECT datname || ':' || (SELECT string_agg(x::text, ',' ORDER BY x::text) "
+                  "FROM unnest(coalesce(datacl, acldefault('d', datdba))) x) FROM pg_database "
+                  "WHERE datname = current_database()",
         "defacl": "SELECT defaclrole::regrole || coalesce(nspname, '-') || defaclobjtype::text "
                   "|| defaclacl::text FROM pg_default_acl LEFT JOIN pg_namespace n "
                   "ON n.oid = defaclnamespace",
@@ -184,6 +198,7 @@ def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path,
         assert "policy storage.objects own files" in plan.stdout
         assert "event trigger(s) issue_pg_cron_access, pgrst_ddl_watch" in plan.stdout
         assert '"public"."plan_counts", "public"."plan_summary" in dependency order' in plan.stdout
+        assert "4 column(s) with privileges, database postgres, " in plan.stdout
 
         res = drkit(*restore, "--yes")
         assert res.returncode == 0, res.output
@@ -196,6 +211,14 @@ def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path,
         want, got = catalog(source), catalog(target)
         for key in want:
             assert got[key] == want[key], key
+        # ... column and database privileges included (pg_dump without --create has no
+        # database privileges; the table reset revokes its columns' privileges too).
+        assert want["attacl"] == [
+            "audit_log.action:e2i_api=w/postgres",
+            "auth.users.email:e2i_reader=r/supabase_auth_admin",
+            "profiles.id:anon=r/postgres", "profiles.username:anon=r/postgres",
+        ]  # fmt: skip
+        assert want["datacl"] == ["postgres:=Tc/postgres,e2i_api=C/postgres,postgres=CTc/postgres"]
         assert digests(target) == digests(source)
         # Access is what it was: anon still cannot read the audit log, or run purge_audit.
         grants = ("SELECT has_table_privilege('anon', 'public.audit_log', 'SELECT'), "
@@ -235,11 +258,11 @@ def test_check_fails_naming_widened_access(source: PgServer) -> None:
     default privilege, whose access is wider than the source's."""
     from drkit.policy.models import PostgresSource as Config
     from drkit.remote.local import LocalRunner
-    from drkit.sources.base import RestoreOptions
+    from drkit.sources.base import Check, RestoreOptions
     from drkit.sources.pgcatalog import parse_facts, target_sql
     from drkit.sources.supabase import FORMAT, SupabaseSource
 
-    names = ("objects", "acls", "default_acls", "role_settings")
+    names = ("objects", "acls", "column_acls", "database_acl", "default_acls", "role_settings")
     facts = parse_facts(source.psql("postgres", target_sql(*names)))
     facts.update(format=FORMAT, roles=["e2i_api", "e2i_group", "e2i_reader"])
     config = Config(kind="postgres", name="supabase", flavor="supabase", database="postgres",
@@ -248,15 +271,101 @@ def test_check_fails_naming_widened_access(source: PgServer) -> None:
         target.psql("postgres", USER_SQL)  # the same database, built the same way
         src = SupabaseSource("supabase", config, LocalRunner())
         opts = RestoreOptions(pg_port=target.port)
-        by_name = {c.name: c for c in src.check(facts, opts)}
-        assert by_name["privileges in postgres"].status == "pass"
+        # A snapshot from before column and database privileges were recorded.
+        old = {k: v for k, v in facts.items() if k not in ("column_acls", "database_acl")}
+
+        def privileges(facts: dict[str, Any]) -> Check:
+            return {c.name: c for c in src.check(facts, opts)}["privileges in postgres"]
+
+        check = privileges(facts)
+        assert check.status == "pass", check.detail
+        assert "4 column(s), database postgres, " in check.detail
+        check = privileges(old)
+        assert check.status == "pass", check.detail
+        assert check.detail.startswith("column and database privileges not recorded")
         target.psql("postgres", "GRANT SELECT ON public.audit_log TO anon;\n"
                     "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public "
                     "GRANT INSERT ON TABLES TO anon;")  # fmt: skip
-        check = {c.name: c for c in src.check(facts, opts)}["privileges in postgres"]
+        check = privileges(facts)
         assert check.status == "fail"
         assert 'WIDER than the source\'s: table "public"."audit_log" (anon: SELECT)' in check.detail
         assert 'default privileges "postgres" "public" r (anon: INSERT)' in check.detail
+        # A column of a Supabase table, and the database itself.
+        target.psql("postgres", "GRANT SELECT (email) ON auth.users TO anon;\n"
+                    "GRANT CREATE ON DATABASE postgres TO anon;")  # fmt: skip
+        check = privileges(facts)
+        assert check.status == "fail"
+        assert 'column "auth"."users" "email" (anon: SELECT)' in check.detail
+        assert 'database "postgres" (anon: CREATE)' in check.detail
+        # Narrower fails too: the source's column grant to anon revoked on the target.
+        target.psql("postgres", "REVOKE SELECT (username) ON public.profiles FROM anon;")
+        check = privileges(facts)
+        narrower = (
+            'narrower than the source\'s: column "public"."profiles" "username" (anon: SELECT)'
+        )
+        assert narrower in check.detail
+        # What an older snapshot never recorded is not held against the target.
+        check = privileges(old)
+        assert check.status == "fail"
+        assert '"email"' not in check.detail and "username" not in check.detail
+        assert 'database "postgres"' not in check.detail
+        assert check.detail.endswith("column and database privileges not recorded (a snapshot "
+                                     "taken before drkit recorded them): not compared")  # fmt: skip
+
+
+def test_restore_revokes_column_and_database_grants_the_target_had(backed_up: Path, keys) -> None:
+    """Privileges a target has and the source did not are revoked by the restore (the
+    reset), not only reported: on a column of a Supabase table, and on the database."""
+    with supabase_server() as target:
+        target.psql("postgres", "GRANT SELECT (email) ON auth.users TO anon;\n"
+                    "GRANT CREATE ON DATABASE postgres TO anon;")  # fmt: skip
+        probe = ("SELECT has_column_privilege('anon', 'auth.users', 'email', 'SELECT'), "
+                 "has_database_privilege('anon', 'postgres', 'CREATE');")  # fmt: skip
+        assert target.psql("postgres", probe).strip() == "t|t"
+        res = drkit("restore", "--policy", str(backed_up), "--identity", str(keys.identity_file),
+                    "--pg-port", str(target.port), "--yes")  # fmt: skip
+        assert res.returncode == 0, res.output
+        assert "[pass] supabase: privileges in postgres" in res.stdout
+        assert target.psql("postgres", probe).strip() == "f|f"
+        # The source's own grants on the same column and database are there.
+        mine = (
+            "SELECT (SELECT attacl FROM pg_attribute WHERE attrelid = 'auth.users'::regclass "
+            "AND attname = 'email'), has_database_privilege('e2i_api', 'postgres', 'CREATE');"
+        )
+        assert target.psql("postgres", mine).strip() == "{e2i_reader=r/supabase_auth_admin}|t"
+
+
+def test_reset_makes_privileges_empty_where_the_source_had_none() -> None:
+    """An empty ACL on either side (a table whose every privilege was revoked, a default
+    privilege of the target's the source did not have, no column privileges, a database
+    with none) is reset, not an error; the database's owner keeps its own entry."""
+    from drkit.sources.pgcatalog import parse_facts, reset_sql, target_sql
+    from drkit.sources.supabase_merge import SUPABASE_SCHEMAS, quoted
+
+    with supabase_server() as target:
+        target.psql("postgres", "CREATE TABLE public.t (a int);\n"
+                    "REVOKE ALL ON public.t FROM postgres, anon, authenticated, service_role;\n"
+                    "GRANT SELECT (a) ON public.t TO anon;")  # fmt: skip
+        found = parse_facts(target.psql("postgres", target_sql("acls", "default_acls")))
+        assert found["acls"]['table "public"."t"'] == []
+        defaults = dict(found["default_acls"])
+        del defaults['"postgres"\t"public"\tS']  # the source revoked all on its sequences
+        reset = reset_sql({'table "public"."t"': ["anon=r/postgres"]}, defaults,
+                          [quoted(s) for s in SUPABASE_SCHEMAS], {}, [])  # fmt: skip
+        target.psql("postgres", "BEGIN;\n" + reset + "COMMIT;\n")
+        after = ("SELECT relacl FROM pg_class WHERE oid = 'public.t'::regclass;\n"
+                 "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.t'::regclass "
+                 "AND attacl IS NOT NULL AND cardinality(attacl) > 0;\n"
+                 "SELECT count(*) FROM pg_default_acl WHERE defaclobjtype = 'S' "
+                 "AND defaclrole = 'postgres'::regrole "
+                 "AND defaclnamespace = 'public'::regnamespace;\n"
+                 "SELECT datacl FROM pg_database WHERE datname = 'postgres';")  # fmt: skip
+        assert target.psql("postgres", after).split() == [
+            "{anon=r/postgres}",
+            "0",
+            "0",
+            "{postgres=CTc/postgres}",
+        ]
 
 
 # Reads every table it dumps, bypassing RLS, but not pg_authid (pg_read_all_data could).
