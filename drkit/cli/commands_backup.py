@@ -20,11 +20,12 @@ from drkit.cli.context import (
     policy_options,
     wait_option,
 )
-from drkit.cli.main import cli, json_option
+from drkit.cli.group import cli, json_option
 from drkit.errors import RestoreError, UsageError
 
 if TYPE_CHECKING:
     from drkit.actions.fleet import HostResult
+    from drkit.policy.models import Policy
 
 pass_ctx = click.make_pass_decorator(Ctx)
 NEWEST = "@newest"  # --from-provider-snapshot without an id
@@ -342,8 +343,6 @@ def restore(
         if given:
             raise UsageError(f"--from-provider-snapshot excludes {', '.join(given)}")
         policy = ctx.one_policy(policy_file, host)
-        from drkit.cli.commands_ops import restore_machine
-
         snapshot_id = None if provider_snapshot == NEWEST else provider_snapshot
         restore_machine(ctx, policy, snapshot_id, only, region, size, yes and not plan_only)
         return
@@ -457,3 +456,56 @@ def restore(
         sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
     if result.verdict == "fail":
         sys.exit(1)
+
+
+def restore_machine(
+    ctx: Ctx,
+    policy: Policy,
+    snapshot_id: str | None,
+    only: tuple[str, ...],
+    region: str | None,
+    size: str | None,
+    yes: bool,
+) -> None:
+    """``restore --from-provider-snapshot``: print the plan; with ``yes`` create the machine.
+
+    ``snapshot_id`` None: the newest complete snapshot drkit made for the source.
+    """
+    from drkit.actions.provider_snapshot import restore_from_snapshot
+    from drkit.policy.models import SnapshotSource, source_name
+
+    configs = [s for s in policy.source if isinstance(s, SnapshotSource)]
+    if only:
+        configs = [s for s in configs if source_name(s) in only]
+    if not configs:
+        what = f"named {', '.join(only)}" if only else "in its policy"
+        raise UsageError(f"host {policy.host}: no snapshot source {what}")
+    if len(configs) > 1:
+        names = ", ".join(source_name(s) for s in configs)
+        raise UsageError(
+            f"host {policy.host}: several snapshot sources ({names}); pick one with --only"
+        )
+    config = configs[0]
+    done = restore_from_snapshot(
+        policy, config, snapshot_id, region, size, yes,
+        now=ctx.now(), log=log_to_stderr(ctx.as_json),
+    )  # fmt: skip
+    instance = done.instance
+    data = {
+        "host": policy.host,
+        "source": source_name(config),
+        "provider": config.provider,
+        "snapshot": done.snapshot.facts(),
+        "plan": done.plan,
+        "instance": instance.__dict__ if instance else None,
+    }
+
+    def text() -> None:
+        click.echo(done.plan)
+        if instance is not None:
+            click.echo(
+                f"{policy.host}: created {config.provider} machine {instance.id} ({instance.name}) "
+                f"at {instance.address or 'no public address'}, {instance.status}"
+            )
+
+    ctx.emit(data, text)

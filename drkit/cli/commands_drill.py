@@ -20,7 +20,7 @@ from drkit.cli.context import (
     load_identity,
     log_to_stderr,
 )
-from drkit.cli.main import cli, json_option
+from drkit.cli.group import cli, json_option
 from drkit.errors import DrkitError, UsageError
 
 if TYPE_CHECKING:

@@ -2,70 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from drkit.cli.group import cli, json_option
 
-import click
-
-from drkit import __version__
-from drkit.cli.context import EXIT_CODES, Ctx, make_ctx, print_json_errors
-
-
-class _Cli(click.Group):
-    """The root group: a usage error of a command line asking for ``--json`` is also
-    printed as JSON on stdout (a script reading stdout gets a document, not nothing)."""
-
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:  # fmt: skip
-        wants_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
-        try:
-            ctx = super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as exc:
-            if wants_json:
-                print_json_errors([exc.format_message()], exc.exit_code)
-            raise
-        ctx.meta["drkit.wants_json"] = wants_json
-        return ctx
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            if ctx.meta.get("drkit.wants_json"):
-                print_json_errors([exc.format_message()], exc.exit_code)
-            raise
-
-
-@click.group(cls=_Cli, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="drkit")
-@click.option(
-    "--policy-dir",
-    envvar="DRKIT_POLICY_DIR",
-    type=click.Path(file_okay=False),
-    help="directory of policy files (default ./policies, then the config dir's policies/)",
-)
-@click.option("--catalog", envvar="DRKIT_CATALOG_URL", help="SQLAlchemy URL of the catalog")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.pass_context
-def cli(ctx: click.Context, policy_dir: str | None, catalog: str | None, as_json: bool) -> None:
-    """drkit: encrypted, verified backups and restores for small server fleets."""
-    ctx.obj = make_ctx(policy_dir, catalog, as_json)
-
-
-def json_option(f: Any) -> Any:
-    def set_json(ctx: click.Context, _param: Any, value: bool) -> None:
-        if value:
-            ctx.find_object(Ctx).as_json = True  # type: ignore[union-attr]
-
-    return click.option(
-        "--json",
-        "as_json",
-        is_flag=True,
-        expose_value=False,
-        callback=set_json,
-        help="machine-readable output",
-    )(f)
+__all__ = ["cli", "json_option", "main"]
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ functions: loading a policy must not load croniter or pyrage for nothing.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
@@ -77,9 +79,34 @@ def check_signer(text: str) -> str:
     return text
 
 
-def check_api_endpoint(url: str) -> str:
-    from drkit.providers.base import check_endpoint
+def check_endpoint(url: str) -> tuple[str, bool]:
+    """Validate an API base URL; return it without a trailing slash and whether it is plain http.
 
+    The token travels in a header, so plain http is accepted only to a
+    loopback address (a local test server or proxy). Raises ValueError. Here, below
+    the providers, so that the policy checks its endpoints without importing them;
+    ``providers/base.py`` uses the URL it returns.
+    """
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ValueError("API endpoint: credentials in the URL are refused")
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url.rstrip("/"), False
+    if parts.scheme == "http":
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url.rstrip("/"), True
+    raise ValueError(
+        f"API endpoint {parts.scheme}://{host}: must be https:// "
+        "(plain http only to a loopback address)"
+    )
+
+
+def check_api_endpoint(url: str) -> str:
     check_endpoint(url)  # raises ValueError naming the problem
     return url
 

@@ -13,17 +13,16 @@ API token is scrubbed from every message, and never kept in a repr.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
 
 from drkit.durations import format_duration
 from drkit.errors import DrkitError
+from drkit.policy.checks import check_endpoint
 from drkit.providers.retry import Backoff, Clock, PagingError, paginate
 
 T = TypeVar("T")
@@ -144,31 +143,6 @@ def parse_time(value: object) -> dt.datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def check_endpoint(url: str) -> tuple[str, bool]:
-    """Validate an API base URL; return it without a trailing slash and whether it is plain http.
-
-    The token travels in a header, so plain http is accepted only to a
-    loopback address (a local test server or proxy). Raises ValueError.
-    """
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        raise ValueError("API endpoint: credentials in the URL are refused")
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return url.rstrip("/"), False
-    if parts.scheme == "http":
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback:
-            return url.rstrip("/"), True
-    raise ValueError(
-        f"API endpoint {parts.scheme}://{host}: must be https:// "
-        "(plain http only to a loopback address)"
-    )
 
 
 class Provider(ABC):
