@@ -16,6 +16,7 @@ STAMP=.ci/drills.sha256
 PATHS=(docker drkit/drills drkit/actions/drill.py drkit/cli/commands_drill.py
        restore_drills policies tests/drills tests/e2e/test_postgres_container.py
        tests/conftest.py tests/seeded tests/e2e/test_shipped_visualkit_hetzner.py
+       tests/e2e/test_vultr_acceptance.py
        tests/e2e/test_shipped_conversational_platform.py tests/e2e/test_shipped_e2i_droplet.py)
 
 digest() {
