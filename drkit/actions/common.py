@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import datetime as dt
 import hashlib
 import io
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 from drkit import secrets
 from drkit.errors import (
@@ -34,7 +32,8 @@ from drkit.repository.documents import lazy_adapter, parse_document
 from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, snapshot_time
-from drkit.repository.store import ObjectInfo, Store, Written
+from drkit.repository.object_lock import ObjectLockGuard, object_lock_missing
+from drkit.repository.store import Store
 from drkit.repository.trust import Trust
 from drkit.signing import Signers, SigningKey, read_signers
 
@@ -85,7 +84,12 @@ def open_repository_at(config: RepositoryConfig, trust: Trust | None = None) -> 
     if config.immutable_days > 0:
         # Every write (lock object, format marker, artifacts) first proves the bucket can
         # hold retention; reads (restore, verify, status) never pay for the check.
-        store = _ObjectLockGuard(store, config)
+        inner = store
+        store = ObjectLockGuard(
+            inner,
+            days=config.immutable_days,
+            enabled=lambda: _object_lock_enabled(inner, config),
+        )
     return Repository(store, trust)
 
 
@@ -107,95 +111,22 @@ def require_object_lock(repo: Repository, config: RepositoryConfig, host: str | 
     """
     if config.immutable_days <= 0:
         return
-    store = repo.store.inner if isinstance(repo.store, _ObjectLockGuard) else repo.store
     try:
-        enabled = _object_lock_enabled(store, config)
+        enabled = _object_lock_enabled(repo.store, config)
     except RepositoryError as exc:
         if host and not str(exc).startswith(f"host {host}:"):
             raise RepositoryError(f"host {host}: {exc}") from None
         raise
     if not enabled:
-        raise RepositoryError(object_lock_missing(store.url, config, host))
-
-
-def object_lock_missing(url: str, config: RepositoryConfig, host: str | None) -> str:
-    """The message for a bucket without Object Lock (names no credentials: ``url`` is safe)."""
-    bucket = urlsplit(url).hostname or url
-    who = f"host {host}: " if host else ""
-    return (
-        f"{who}bucket {bucket} ({url}) does not have S3 Object Lock enabled, but the policy "
-        f"sets repository.immutable_days = {config.immutable_days}; nothing was written. "
-        "Object Lock can only be turned on when a bucket is created: create a new bucket "
-        "with Object Lock enabled (`drkit init --policy FILE` creates a missing bucket "
-        "that way; or `aws s3api create-bucket --object-lock-enabled-for-bucket`) and "
-        "point repository.url at it, or set immutable_days = 0"
-    )
+        raise RepositoryError(object_lock_missing(repo.store.url, config.immutable_days, host))
 
 
 def _object_lock_enabled(store: Store, config: RepositoryConfig) -> bool:
     key = (store.url, config.endpoint)
     with _object_lock_mutex:  # held during the request: concurrent hosts ask once
         if key not in _object_lock_checked:
-            probe = getattr(store, "object_lock_enabled", None)
-            # A store without Object Lock at all (a local directory) cannot hold retention.
-            _object_lock_checked[key] = bool(probe()) if callable(probe) else False
+            _object_lock_checked[key] = store.object_lock_enabled()
         return _object_lock_checked[key]
-
-
-class _ObjectLockGuard(Store):
-    """``inner`` for a policy with ``immutable_days``: the first write checks the bucket.
-
-    Any other attribute (``client``, ``bucket``, ``list_incomplete_uploads``, ...)
-    is the inner store's, so code that looks for S3 extras still finds them.
-    """
-
-    def __init__(self, inner: Store, config: RepositoryConfig) -> None:
-        self.inner = inner
-        self.url = inner.url
-        self._config = config
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def _require(self, key: str) -> None:
-        if not _object_lock_enabled(self.inner, self._config):
-            # Keys are "<host>/...": name the host whose run is refused.
-            host = key.split("/", 1)[0] if "/" in key else None
-            raise RepositoryError(object_lock_missing(self.url, self._config, host))
-
-    def put(self, key: str, stream: BinaryIO) -> int:
-        self._require(key)
-        return self.inner.put(key, stream)
-
-    def put_without_retention(self, key: str, stream: BinaryIO) -> int:
-        # Checked too: a run on a bucket without Object Lock must not even take its lock.
-        self._require(key)
-        return self.inner.put_without_retention(key, stream)
-
-    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
-        self._require(key)
-        return self.inner.put_bytes_if(key, data, tag=tag)
-
-    def get(self, key: str) -> BinaryIO:
-        return self.inner.get(key)
-
-    def get_bytes_tagged(self, key: str) -> tuple[bytes, str | None]:
-        return self.inner.get_bytes_tagged(key)
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
-        return self.inner.list_dirs(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def open_runner(host: str, connection: Connection) -> Runner:

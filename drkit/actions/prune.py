@@ -28,7 +28,7 @@ from typing import Any
 
 from drkit.actions.chunk_gc import collect_chunks
 from drkit.durations import format_duration
-from drkit.errors import DrkitError
+from drkit.errors import DrkitError, RepositoryError
 from drkit.repository.layout import Repository, snapshot_prefix
 from drkit.repository.manifest import Manifest, snapshot_time
 from drkit.repository.store import Store
@@ -38,14 +38,6 @@ Log = Callable[[str], None]
 DEFAULT_GRACE = dt.timedelta(hours=24)
 # Object Lock "legal hold" has no end date.
 FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
-_NO_LOCK_CODES = frozenset(
-    {
-        "ObjectLockConfigurationNotFoundError",
-        "NoSuchObjectLockConfiguration",
-        "NotImplemented",
-        "MethodNotAllowed",
-    }
-)
 
 
 @dataclass
@@ -351,12 +343,9 @@ def _abort_uploads(
     result: PruneResult,
     log: Log,
 ) -> None:
-    """S3 only: abort this host's multipart uploads started more than ``grace`` ago."""
-    lister = getattr(store, "list_incomplete_uploads", None)
-    aborter = getattr(store, "abort_upload", None)
-    if lister is None or aborter is None:
-        return  # local stores have no multipart uploads
-    for key, upload_id, initiated in lister(f"{host}/"):
+    """Abort this host's multipart uploads started more than ``grace`` ago (S3; a local
+    store has none)."""
+    for key, upload_id, initiated in store.list_incomplete_uploads(f"{host}/"):
         if now - initiated <= grace:
             continue
         label = f"{key} (upload {upload_id})"
@@ -365,7 +354,7 @@ def _abort_uploads(
             result.uploads_aborted.append(label)
             continue
         try:
-            aborter(key, upload_id)
+            store.abort_upload(key, upload_id)
             result.uploads_aborted.append(label)
         except DrkitError as exc:
             result.errors.append(f"host {host}: could not abort upload {label}: {exc}")
@@ -393,92 +382,34 @@ def _snapshot_lock(
 
 
 class ObjectLocks:
-    """Reads S3 Object Lock retention of a store's objects (nothing for local stores).
+    """Reads the Object Lock retention of a store's objects for one prune.
 
-    Uses the store's own ``object_retention(key)`` if it has one, else its
-    boto3 ``client``/``bucket``/``prefix`` (found with getattr, so any store
-    without them simply has no locks).
+    Whether the store holds retention at all is asked once: a store without Object
+    Lock (a local directory, a plain bucket) has no locked object, and then no
+    snapshot's objects are listed to ask.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._client: Any = getattr(store, "client", None)
-        self._bucket: str | None = getattr(store, "bucket", None)
-        prefix = str(getattr(store, "prefix", "") or "").strip("/")
-        self._base = f"{prefix}/" if prefix else ""
         self._enabled: bool | None = None
 
     @property
     def enabled(self) -> bool:
-        """True if the bucket has Object Lock turned on (read once)."""
+        """True if the store may hold retention (read once)."""
         if self._enabled is None:
-            self._enabled = self._read_enabled()
+            try:
+                self._enabled = self.store.object_lock_enabled()
+            except RepositoryError:
+                self._enabled = True  # cannot tell: ask each object rather than assume none
         return self._enabled
-
-    def _read_enabled(self) -> bool:
-        if callable(getattr(self.store, "object_retention", None)):
-            return True
-        if self._client is None or not self._bucket:
-            return False
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            conf = self._client.get_object_lock_configuration(Bucket=self._bucket)
-        except ClientError as exc:
-            # No lock configuration, or a server without Object Lock at all: no
-            # locks. Any other answer (AccessDenied, 5xx): check each object
-            # rather than assume there are none.
-            return _code(exc) not in _NO_LOCK_CODES
-        except BotoCoreError:
-            return True
-        return bool(conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
 
     def retain_until(self, key: str) -> dt.datetime | None:
         """When ``key``'s retention ends (FOREVER under legal hold); None if unlocked.
 
         Raises DrkitError naming the object if the server does not answer.
         """
-        own = getattr(self.store, "object_retention", None)
-        if callable(own):
-            value = own(key)
-            return value if isinstance(value, dt.datetime) else None
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        full = self._base + key
-        where = f"{self.store.url}/{key}"
-        try:
-            head = self._client.head_object(Bucket=self._bucket, Key=full)
-        except (BotoCoreError, ClientError) as exc:
-            raise DrkitError(f"{where}: cannot read object lock retention: {_code(exc)}") from None
-        if head.get("ObjectLockLegalHoldStatus") == "ON":
-            return FOREVER
-        until = head.get("ObjectLockRetainUntilDate")
-        if until is not None:
-            return _aware(until)
-        # Some servers leave the lock headers out of HEAD: ask for retention itself.
-        try:
-            answer = self._client.get_object_retention(Bucket=self._bucket, Key=full)
-        except ClientError as exc:
-            code = _code(exc)
-            if code in ("NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"):
-                return None
-            raise DrkitError(f"{where}: cannot read object lock retention: {code}") from None
-        except BotoCoreError as exc:
-            raise DrkitError(f"{where}: cannot read object lock retention: {_code(exc)}") from None
-        until = answer.get("Retention", {}).get("RetainUntilDate")
-        return _aware(until) if until is not None else None
+        return self.store.object_retention(key)
 
 
 def _stamp(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
-
-
-def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code") or type(exc).__name__)
-    return type(exc).__name__

@@ -144,8 +144,7 @@ def _init_policy_repository(policy: Policy) -> tuple[Repository, bool]:
     from drkit.actions.common import open_repository, require_object_lock
 
     repository = open_repository(policy)
-    ensure = getattr(repository.store, "ensure_bucket", None)
-    created = bool(ensure()) if callable(ensure) else False
+    created = repository.store.ensure_bucket()
     require_object_lock(repository, policy.repository, policy.host)
     repository.init()
     return repository, created

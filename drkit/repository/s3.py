@@ -48,7 +48,7 @@ from drkit.repository.s3_client import (
     text,
 )
 from drkit.repository.s3_sign import Credentials, CredentialSource, NoCredentials
-from drkit.repository.store import ObjectInfo, Store, Written
+from drkit.repository.store import IncompleteUpload, ObjectInfo, Store, Written
 
 MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum part count
@@ -64,9 +64,6 @@ _USERINFO = re.compile(r"//[^/@\s]*@")
 _FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 T = TypeVar("T")
-
-IncompleteUpload = tuple[str, str, dt.datetime]
-"""An open multipart upload: (key relative to the store, upload id, initiated)."""
 
 
 class _ConditionsUnsupported(Exception):

@@ -32,6 +32,10 @@ class Written(enum.Enum):
     UNCHECKED = "unchecked"  # written, but the store could not check the condition
 
 
+IncompleteUpload = tuple[str, str, dt.datetime]
+"""An open multipart upload: (key relative to the store, upload id, initiated)."""
+
+
 class Store(ABC):
     """put / get / stat / list / delete over opaque objects.
 
@@ -111,3 +115,43 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
+
+    # -- maintenance (init, backup's Object Lock check, prune) -------------------
+    # Defaults for a store without buckets, retention or multipart uploads (a local
+    # directory); the S3 store overrides each.
+
+    def ensure_bucket(self) -> bool:
+        """Create the store's bucket if it is missing; True if this call created it.
+
+        The default, for stores without buckets, creates nothing: False (a local
+        directory is made by the first write).
+        """
+        return False
+
+    def object_lock_enabled(self) -> bool:
+        """True if what the store writes can be held by Object Lock retention.
+
+        The default, for stores without Object Lock (a local directory), is False.
+        Raises RepositoryError when the store cannot say (never assume protection).
+        """
+        return False
+
+    def object_retention(self, key: str) -> dt.datetime | None:
+        """When ``key``'s Object Lock retention ends (``datetime.max`` under legal hold),
+        or None if nothing holds it. The default, for stores without Object Lock: None.
+
+        Raises RepositoryError naming the object when the store cannot say.
+        """
+        return None
+
+    def list_incomplete_uploads(self, prefix: str = "") -> builtins.list[IncompleteUpload]:
+        """Open multipart uploads whose key starts with ``prefix``, in key order.
+
+        The default, for stores without multipart uploads: none.
+        """
+        return []
+
+    def abort_upload(self, key: str, upload_id: str) -> None:  # noqa: B027 - optional hook
+        """Abort one open multipart upload of ``key``; an upload already gone is not an
+        error. The default, for stores without multipart uploads (where every upload is
+        gone), does nothing."""

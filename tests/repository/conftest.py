@@ -11,6 +11,7 @@ import pytest
 
 from drkit.repository.factory import StoreOptions
 from drkit.repository.local import LocalStore
+from drkit.repository.object_lock import ObjectLockGuard
 from drkit.repository.s3 import S3Store
 from drkit.repository.store import Store
 from tests.servers.seaweed import SeaweedServer
@@ -49,9 +50,18 @@ def s3_store(seaweed: SeaweedServer) -> Iterator[S3Store]:
     store.close()
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-object-lock-guard"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "local":
         yield LocalStore(tmp_path / "repo")
         return
-    yield request.getfixturevalue("s3_store")
+    if request.param == "s3":
+        yield request.getfixturevalue("s3_store")
+        return
+    # What a policy with immutable_days opens: the guard over a bucket with Object Lock,
+    # asking the bucket before every write (a guard over a store without Object Lock
+    # refuses every write: tests/unit/test_object_lock_guard.py).
+    inner = make_s3_store(request.getfixturevalue("seaweed"), object_lock_days=1)
+    guard = ObjectLockGuard(inner, days=1, enabled=inner.object_lock_enabled)
+    yield guard
+    guard.close()

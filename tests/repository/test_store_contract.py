@@ -64,13 +64,11 @@ class FailingStream(io.BytesIO):
 
 
 def leftovers(store: Store) -> list[str]:
-    """Backend-specific debris a failed put must not leave: temp files, open uploads."""
-    if isinstance(store, S3Store):
-        return [key for key, _upload, _when in store.list_incomplete_uploads()]
-    assert isinstance(store, LocalStore)
-    if not store.root.exists():
-        return []
-    return [str(p) for p in store.root.rglob("*") if p.name.startswith(".drkit-tmp-")]
+    """Debris a failed put must not leave: open uploads, and a local store's temp files."""
+    found = [key for key, _upload, _when in store.list_incomplete_uploads()]
+    if isinstance(store, LocalStore) and store.root.exists():
+        found += [str(p) for p in store.root.rglob("*") if p.name.startswith(".drkit-tmp-")]
+    return found
 
 
 def keys(store: Store, prefix: str = "") -> list[str]:
@@ -508,6 +506,20 @@ def test_local_store_accepts_retain(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "repo")
     store.put_bytes("h/locks/backup.json", b"{}", retain=False)
     assert store.get_bytes("h/locks/backup.json") == b"{}"
+
+
+def test_local_store_has_no_bucket_lock_or_uploads(tmp_path: Path) -> None:
+    """The Store defaults a local directory answers with: what init, backup's Object Lock
+    check and prune ask of every store."""
+    store = LocalStore(tmp_path / "repo")
+    assert store.ensure_bucket() is False  # nothing to create: the first write makes the root
+    assert not store.root.exists()
+    store.put_bytes("h/snapshots/s1/x", b"1")
+    assert store.object_lock_enabled() is False
+    assert store.object_retention("h/snapshots/s1/x") is None
+    assert store.list_incomplete_uploads() == [] and store.list_incomplete_uploads("h/") == []
+    store.abort_upload("h/snapshots/s1/x", "no-such-upload")  # none to abort: not an error
+    assert store.get_bytes("h/snapshots/s1/x") == b"1"
 
 
 def test_s3_listings_follow_continuation(s3_store: S3Store, seaweed: SeaweedServer) -> None:
