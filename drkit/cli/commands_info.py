@@ -18,7 +18,7 @@ from drkit.cli.context import (
     handle_errors,
     policy_options,
 )
-from drkit.cli.main import cli, json_option
+from drkit.cli.group import cli, json_option
 from drkit.errors import PolicyError, UsageError
 from drkit.paths import config_dir, default_identity_file
 from drkit.policy.loader import load_policy

@@ -37,7 +37,7 @@ from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
 from drkit.errors import ObjectNotFound, RepositoryError
-from drkit.repository.factory import StoreOptions, safe_url
+from drkit.repository.options import StoreOptions, safe_url
 from drkit.repository.s3_client import (
     MalformedAnswer,
     Response,
