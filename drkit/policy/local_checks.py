@@ -51,7 +51,9 @@ def run_problems(policy: Policy) -> list[str]:
     refused over another source's secret."""
     out = Findings()
     _check_keys(policy, out)
-    _check_connection(policy, out)
+    # A known_hosts file that does not exist yet is left to the connection: its refusal
+    # names the key the host offers and its fingerprint, which is what to check next.
+    _check_connection(policy, out, missing_known_hosts=False)
     return [f"{policy.origin}: {p}" for p in out.errors]
 
 
@@ -72,7 +74,7 @@ def _check_keys(policy: Policy, out: Findings) -> None:
             out.errors.append(f"encryption.signers_file: {exc}")
 
 
-def _check_connection(policy: Policy, out: Findings) -> None:
+def _check_connection(policy: Policy, out: Findings, missing_known_hosts: bool = True) -> None:
     conn = policy.connection
     if conn.type != "ssh":
         return
@@ -84,7 +86,7 @@ def _check_connection(policy: Policy, out: Findings) -> None:
         path = Path(conn.known_hosts).expanduser()
         if path.exists() and not path.is_file():
             out.errors.append(f"connection.known_hosts: {path} is not a regular file")
-        elif not path.exists() and not conn.accept_new_host_key:
+        elif not path.exists() and not conn.accept_new_host_key and missing_known_hosts:
             out.errors.append(
                 f"connection.known_hosts: {path} does not exist (every host key would be "
                 "unknown: add the host's key, or set accept_new_host_key = true once)"

@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,18 @@ def make_apps(base: Path, user: str) -> tuple[Path, dict[str, int]]:
 def start_apps(pm2: Pm2Home, eco: Path, ports: dict[str, int]) -> None:
     pm2.run("start", str(eco))
     pm2.wait_online(set(ports))
+    # "online" is pm2's word for a started process; node binds its port a moment later
+    # (seconds on a busy machine).
     for name, port in ports.items():
-        assert fetch(port) == f"{name}:{SECRET}"
+        assert fetch_soon(port) == f"{name}:{SECRET}"
+
+
+def fetch_soon(port: int, within: float = 30.0) -> str | None:
+    """``fetch(port)`` retried until it answers or ``within`` seconds passed."""
+    deadline = time.monotonic() + within
+    while (body := fetch(port)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return body
 
 
 def policy_for(tmp_path: Path, keys: Any, pm2: Pm2Home, *ecosystem: Path) -> Path:
@@ -143,7 +154,7 @@ def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
             "files restored": "pass", "app voice-pipeline": "pass", "app db-proxy": "pass",
         }  # fmt: skip
         for name, port in ports.items():  # running again, with the env from the dump
-            assert fetch(port) == f"{name}:{SECRET}"
+            assert fetch_soon(port) == f"{name}:{SECRET}"
         assert pm2.states() == {"voice-pipeline": "online", "db-proxy": "online"}
         daemon = pm2.daemon_pid()
         assert daemon is not None
@@ -187,7 +198,7 @@ def test_pm2_stopped_daemon_and_missing_app_code_are_findings(
         assert checks_of(report)["app db-proxy"] == "warn"
         assert checks_of(report)["app voice-pipeline"] == "pass"
         assert report["verdict"] == "warn", output
-        assert fetch(ports["voice-pipeline"]) == f"voice-pipeline:{SECRET}"
+        assert fetch_soon(ports["voice-pipeline"]) == f"voice-pipeline:{SECRET}"
         assert fetch(ports["db-proxy"]) is None
 
 
