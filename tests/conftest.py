@@ -16,12 +16,13 @@ from tests.servers.seaweed import SeaweedServer, seaweed_server
 # Docker scenario suites beyond the vultr end to end (which stays in `make test`: the
 # shipped policy's scenario, tests/e2e/test_shipped_vultr.py, and the first vultr drill
 # test): they build three more host images, slow on a fresh machine, or repeat the vultr
-# image's work (the older vultr acceptance test, the drill's failure cases). `make drills`
-# runs them; CI runs it when the drill files changed since the last passing run
-# (scripts/drills-stamp.sh).
+# image's work (the older vultr acceptance test, the drill's failure cases, image
+# selection). `make drills` runs them; CI runs it when the drill files changed since the
+# last passing run (scripts/drills-stamp.sh).
 DRILL_SUITES = {
     "tests/e2e/test_vultr_acceptance.py": None,
     "tests/drills/test_drill.py": ("test_drill_fails_", "test_drill_refuses_"),
+    "tests/drills/test_drill_image.py": None,
     "tests/drills/test_drill_all.py": None,  # None: every test of the file
     "tests/e2e/test_postgres_container.py": None,
     "tests/drills/test_images.py": ("test_isolated_", "test_bridge_mode_"),
