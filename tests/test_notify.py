@@ -438,6 +438,7 @@ def test_textfile_parses_strictly_and_holds_each_metric(tmp_path: Path) -> None:
         "drkit_snapshot_bytes",
         "drkit_last_drill_success",
         "drkit_rpo_seconds",
+        "drkit_source_warnings",
     }
     assert all(f["type"] == "gauge" and f["help"] for f in families.values())
 
@@ -454,6 +455,8 @@ def test_textfile_parses_strictly_and_holds_each_metric(tmp_path: Path) -> None:
     assert value("drkit_last_drill_success", "db") == 1
     assert value("drkit_last_drill_success", "env") == 0
     assert value("drkit_rpo_seconds", "env") == 26 * 3600
+    assert value("drkit_source_warnings", "db") == 0  # none filed; never backed up: none
+    assert value("drkit_source_warnings", "certs") is None
     # Never backed up: timestamp 0 (an RPO alert fires), no size, no drill.
     assert value("drkit_last_success_timestamp_seconds", "certs") == 0
     assert value("drkit_snapshot_bytes", "certs") is None

@@ -313,7 +313,10 @@ def _back_up_source(
     finally:
         source.finish()
     facts[source.name] = {"kind": source.kind, **source.facts}
-    return SourceRecord(source.name, source.kind, records, time.monotonic() - s0)
+    warned = source.facts.get("warnings") or []
+    return SourceRecord(
+        source.name, source.kind, records, time.monotonic() - s0, warnings=len(warned)
+    )
 
 
 def _start_machines(

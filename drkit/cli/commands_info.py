@@ -236,6 +236,9 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
         for r in rows:
             sources = ",".join(r["sources"])
             click.echo(f"{r['host']:<12} {r['snapshot']:<24}  {r['stored_bytes']:>12}  {sources}")
+            if r["warnings"]:
+                each = ", ".join(f"{n} {c}" for n, c in r["warnings"].items())
+                click.echo(f"  warnings at backup: {each} (what they say: restore --plan)")
             for name, p in r["provider_snapshots"].items():
                 click.echo(f"  {name}: {p['provider']} snapshot {p['id']} ({p['name']})")
         if not rows:
@@ -262,6 +265,7 @@ def _snapshot_row(m: Any) -> dict[str, Any]:
         "snapshot": m.snapshot,
         "finished": m.finished,
         "sources": [s.name for s in m.sources],
+        "warnings": {s.name: s.warnings for s in m.sources if s.warnings},
         "stored_bytes": m.stored_bytes,
         "status": m.status,
         "provider_snapshots": _provider_snapshots(m.extra),

@@ -8,7 +8,9 @@ One series per host and source (labels ``host``, ``source``):
 - ``drkit_snapshot_bytes``: bytes stored for the source in that snapshot;
 - ``drkit_last_drill_success``: 1 if the newest drill passed, 0 if it failed
   (absent until a drill ran);
-- ``drkit_rpo_seconds``: the policy's RPO (absent if none is set).
+- ``drkit_rpo_seconds``: the policy's RPO (absent if none is set);
+- ``drkit_source_warnings``: warnings the source filed in that snapshot (e.g. a
+  NATS memory stream no snapshot can hold; 0 when none).
 
 Alert when ``time() - drkit_last_success_timestamp_seconds > drkit_rpo_seconds``.
 
@@ -44,6 +46,7 @@ class SourceMetrics:
     snapshot_bytes: int | None = None
     last_drill_success: bool | None = None
     rpo_seconds: float | None = None
+    warnings: int | None = None  # filed by the source in its newest snapshot
 
 
 Getter = Callable[[SourceMetrics], float | None]
@@ -78,6 +81,12 @@ METRICS: tuple[tuple[str, str, Getter], ...] = (
         "drkit_rpo_seconds",
         "Recovery point objective of the host's policy, in seconds.",
         lambda r: _num(r.rpo_seconds),
+    ),
+    (
+        "drkit_source_warnings",
+        "Warnings this source filed in its newest complete snapshot (what they say: "
+        "drkit restore --plan).",
+        lambda r: _num(r.warnings),
     ),
 )
 
@@ -152,6 +161,7 @@ def metrics_for_host(
                 snapshot_bytes=sum(a.stored_size for a in record.artifacts) if record else None,
                 last_drill_success=drill,
                 rpo_seconds=rpo_seconds,
+                warnings=record.warnings if record else None,
             )
         )
     return rows
@@ -185,6 +195,7 @@ def read_rows(text: str) -> list[SourceMetrics]:
         last = v.get("drkit_last_success_timestamp_seconds")
         drill = v.get("drkit_last_drill_success")
         size = v.get("drkit_snapshot_bytes")
+        warned = v.get("drkit_source_warnings")
         rows.append(
             SourceMetrics(
                 host=host,
@@ -193,6 +204,7 @@ def read_rows(text: str) -> list[SourceMetrics]:
                 snapshot_bytes=int(size) if size is not None else None,
                 last_drill_success=None if drill is None else drill >= 1,
                 rpo_seconds=v.get("drkit_rpo_seconds"),
+                warnings=int(warned) if warned is not None else None,
             )
         )
     return rows

@@ -83,6 +83,10 @@ class SourceRecord:
     kind: _Text
     artifacts: list[ArtifactRecord]
     seconds: Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)] = 0.0
+    # How many warnings the source filed while backed up (its facts say what: e.g. a
+    # NATS memory stream that no snapshot can hold): a count, so `snapshots` and the
+    # metrics show them without the identity, and the plaintext names nothing.
+    warnings: Annotated[int, Strict(), Field(ge=0, le=1_000_000)] = 0
 
 
 @with_config(ConfigDict(extra="forbid"))

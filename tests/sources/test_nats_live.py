@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import threading
 import time
@@ -386,10 +387,21 @@ def test_memory_streams_reported_at_backup_and_in_plan_and_exported(
         original = run(read_all(src.url, "PRESENCE"))
         assert len(original) == 299
         policy = policy_for(tmp_path / "platform.toml", tmp_path, keys, src.url)
+        metrics = tmp_path / "drkit.prom"
+        with policy.open("a") as fh:
+            fh.write(f'[notify]\nprometheus_textfile = "{metrics}"\n')
         res = drkit("backup", "--policy", str(policy))
         assert res.returncode == 0, res.output
         assert "platform: warning: source nats: memory stream PRESENCE" in res.stdout
         assert "(299 messages) is NOT in the backup" in res.stdout
+        # Also where nobody reads the run's output: the listing (no identity needed, the
+        # signed manifest counts the source's warnings) and the metrics.
+        listed = drkit("snapshots", "--policy", str(policy), "--json")
+        assert [r["warnings"] for r in json.loads(listed.stdout)["snapshots"]] == [{"nats": 1}]
+        listed = drkit("snapshots", "--policy", str(policy))
+        assert "warnings at backup: nats 1" in listed.stdout, listed.output
+        prom = metrics.read_text()
+        assert 'drkit_source_warnings{host="platform",source="nats"} 1' in prom, prom
         policy2 = policy_for(tmp_path / "target.toml", tmp_path, keys, target.url)
         plan = restore(policy2, keys, "--plan")
         assert plan.returncode == 0, plan.output
