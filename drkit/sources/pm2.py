@@ -20,6 +20,14 @@ in no step: the latter is the finding. The check after the restore asks
 is not online fails, except one that was stopped at backup time (resurrect
 keeps it stopped).
 
+"Online" only means pm2 started the process. So the backup also records, per
+app, the TCP ports its processes listen on (``listen``, read from ``/proc`` by
+``listening.SCRIPT``: no iproute2 needed), and the check after the restore
+waits (up to ``LISTEN_WAIT``) until each of those ports listens on the target
+again: an app online but not listening on its port fails, naming the port.
+Ports that cannot be read at backup (no ``/proc``, another user's processes)
+are left out with a note (``listen_notes``), never failing the backup.
+
 The facts also keep the installed pm2's version (read from its package.json:
 ``pm2 -v`` would spawn a daemon). A target where ``pm2_bin`` is not found for
 the owner blocks the plan, naming the package to install: found only at
@@ -46,6 +54,8 @@ from drkit.sources.base import (
     StepPlan,
     differs_from_policy,
 )
+from drkit.sources.listening import SCRIPT as LISTENING
+from drkit.sources.listening import ProcNet, app_ports, parse, port_list
 from drkit.sources.tarball import TarSource
 from drkit.sources.tarscan import Member
 
@@ -64,6 +74,10 @@ APP_FIELDS = {
 DUMP_LIMIT = 32 << 20  # a dump with many apps and large environments is still small
 ONLINE_WAIT = 20.0  # seconds for resurrected apps to come online
 SETTLE = 1.0  # an app that crashes on start shows "online" between restarts
+# Seconds, from the start of the check, for each app's ports of backup time to listen again:
+# node binds a moment after pm2 says "online" (seconds in a slow container).
+LISTEN_WAIT = 30.0
+LISTEN_POLL = 0.5
 
 _DOTENV = re.compile(rb"""require\(\s*['"]dotenv['"]\s*\)""")
 # Exit 0 when the daemon of this PM2_HOME runs (as the owner, kill -0 is allowed).
@@ -147,6 +161,9 @@ class Pm2Source(TarSource):
         )
         if not saved:
             facts["save_skipped"] = note
+        # After the tar: the apps' environments are gone from memory by now, and the
+        # ports are read only from a running daemon (pm2 jlist would spawn one).
+        facts["listen_notes"] = self._record_listen(home, apps) if saved else []
         version = self._version()
         if version:
             facts["pm2_version"] = version  # what to install on a fresh host
@@ -181,6 +198,28 @@ class Pm2Source(TarSource):
         found = {p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p}
         return [p for p in paths if p in found]
 
+    def _record_listen(self, home: str, apps: list[dict[str, Any]]) -> list[str]:
+        """Set ``listen`` (the TCP ports its processes listen on) on each app running
+        now; the notes say whose ports could not be read. Never fails the backup."""
+        try:
+            running = running_apps(self._jlist(home, self.config.user))
+            net = self._probe(running)
+        except DrkitError as exc:
+            return [f"listening ports not recorded: {exc}"]
+        ports, notes = app_ports(net, running)
+        for app in apps:
+            found = ports.get(str(app.get("name")))
+            if found is not None:
+                app["listen"] = found
+        return [f"listening ports not recorded: {n}" for n in notes]
+
+    def _probe(self, running: dict[str, list[tuple[int, bool]]]) -> ProcNet:
+        """Listening sockets on the host and the open sockets of these apps' processes,
+        read from /proc as the daemon's owner (who may read its own processes' fds)."""
+        pids = sorted({str(pid) for procs in running.values() for pid, _ in procs})
+        out = self.runner.run(["sh", "-c", LISTENING, "sh", *pids], user=self.config.user)
+        return parse(out.stdout) if out.returncode == 0 else ProcNet()
+
     def _apps(self, dump: str) -> list[dict[str, Any]]:
         member = next((m for m in self._scanner.members if m.path == dump), None)
         if member is None or member.content is None:
@@ -206,6 +245,13 @@ class Pm2Source(TarSource):
         if kept:
             line += f"; {', '.join(kept)} stay(s) stopped, as at backup time"
         actions.append(line)
+        listen = listen_ports(facts)
+        if listen:
+            apps = ", ".join(f"{name} {port_list(ports)}" for name, ports in listen.items())
+            actions.append(
+                f"then check that each app listens again on its ports of backup time "
+                f"(up to {LISTEN_WAIT:g}s): {apps}"
+            )
         try:
             missing = self._missing_scripts(facts)
         except DrkitError as exc:
@@ -259,7 +305,8 @@ class Pm2Source(TarSource):
 
     def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
         """Files as backed up; each app online (a missing script is a warning; an app
-        stopped at backup time passes stopped)."""
+        stopped at backup time passes stopped) and, if it listened on TCP ports at
+        backup time, listening on them again."""
         checks = super().check(facts, opts)
         if (opts.dest or "/") != "/":
             return checks
@@ -272,12 +319,29 @@ class Pm2Source(TarSource):
         for p in procs:
             statuses.setdefault(p["name"], set()).add(p["status"])
         missing = self._missing_scripts(facts)
+        waiting = {
+            name: ports
+            for name, ports in listen_ports(facts).items()
+            if statuses.get(name) == {"online"} and name not in missing
+        }
+        net, unread = ProcNet(), ""
+        own: dict[str, list[int]] = {}
+        if waiting:
+            try:
+                net, own = self._wait_listening(procs, waiting)
+            except DrkitError as exc:
+                unread = str(exc)
+            if not unread and not net.readable:
+                unread = "/proc/net/tcp could not be read on the target"
         for name, at_backup in backup_states(facts).items():
             got = statuses.get(name)
             if name in missing:
                 # pm2 shows such an app "online" between failed starts: not a pass.
                 detail = f"script {missing[name]} is missing on the target: restore its code"
                 checks.append(Check(self.name, f"app {name}", "warn", detail))
+            elif got == {"online"} and name in waiting:
+                status, detail = listen_verdict(waiting[name], net, own.get(name), unread)
+                checks.append(Check(self.name, f"app {name}", status, detail))
             elif got == {"online"}:
                 checks.append(Check(self.name, f"app {name}", "pass", "online"))
             elif at_backup == "stopped" and got == {"stopped"}:
@@ -337,6 +401,24 @@ class Pm2Source(TarSource):
         later = self._jlist(home, user)
         return describe_states(procs, later)
 
+    def _wait_listening(
+        self, procs: list[dict[str, Any]], waiting: dict[str, list[int]]
+    ) -> tuple[ProcNet, dict[str, list[int]]]:
+        """Poll /proc until every port in ``waiting`` listens (any process) or
+        LISTEN_WAIT passed; the last look, and the ports each app's own processes
+        listen on (an app whose processes could not be read, e.g. restarted since
+        ``procs`` was taken, is not in it)."""
+        running = {n: p for n, p in running_apps(procs).items() if n in waiting}
+        want = {port for ports in waiting.values() for port in ports}
+        deadline = time.monotonic() + LISTEN_WAIT
+        while True:
+            net = self._probe(running)
+            if not net.readable or want <= net.ports() or time.monotonic() > deadline:
+                break
+            time.sleep(LISTEN_POLL)
+        own, _ = app_ports(net, running)
+        return net, own
+
     def _jlist(self, home: str, user: str) -> list[dict[str, Any]]:
         out = self.runner.check(
             self.pm2_argv(home, "jlist"), what=f"{self.label}: pm2 jlist as {user}", user=user
@@ -353,6 +435,49 @@ def backup_states(facts: dict[str, Any]) -> dict[str, str]:
         if name not in states or state == "online":
             states[name] = state
     return states
+
+
+def listen_ports(facts: dict[str, Any]) -> dict[str, list[int]]:
+    """App name -> the TCP ports it listened on at backup time, for the apps that
+    were online then and listened on any (in dump order)."""
+    states = backup_states(facts)
+    out: dict[str, list[int]] = {}
+    for app in facts.get("apps", []):
+        name, ports = str(app.get("name")), app.get("listen")
+        if states.get(name) == "online" and isinstance(ports, list) and ports:
+            out[name] = sorted({*out.get(name, []), *(int(p) for p in ports)})
+    return out
+
+
+def listen_verdict(
+    ports: list[int], net: ProcNet, own: list[int] | None, unread: str
+) -> tuple[str, str]:
+    """(status, detail) of an online app that listened on ``ports`` at backup time.
+    Any process listening on the port passes (the app's own socket is preferred when
+    the app's processes could be read: the detail then says when it is not)."""
+    if unread:
+        return "warn", f"online; listening on {port_list(ports)} not checked: {unread}"
+    absent = [p for p in ports if p not in net.ports()]
+    if absent:
+        return "fail", (
+            f"online but not listening on {port_list(absent)} within {LISTEN_WAIT:g}s "
+            "(it listened at backup)"
+        )
+    detail = f"online, listening on {port_list(ports)}"
+    foreign = [p for p in ports if own is not None and p not in own]
+    if foreign:
+        detail += f" ({port_list(foreign)} by another process than the app's)"
+    return "pass", detail
+
+
+def running_apps(procs: list[dict[str, Any]]) -> dict[str, list[tuple[int, bool]]]:
+    """App name -> (pid, cluster mode) of each of its online processes, from
+    ``process_states``."""
+    out: dict[str, list[tuple[int, bool]]] = {}
+    for p in procs:
+        if p["status"] == "online" and p["pid"] > 0:
+            out.setdefault(p["name"], []).append((p["pid"], p["cluster"]))
+    return out
 
 
 def _apps_of(facts: dict[str, Any]) -> list[str]:
@@ -397,7 +522,8 @@ def ecosystem_warnings(members: list[Member], ecosystem: list[str]) -> list[str]
 
 
 def process_states(jlist_output: bytes, label: str) -> list[dict[str, Any]]:
-    """Name, status and restart count of each process in ``pm2 jlist`` output."""
+    """Name, status, restart count, pid (0 when not running) and whether it runs in
+    cluster mode, of each process in ``pm2 jlist`` output."""
     for line in jlist_output.splitlines():
         if line.startswith(b"["):  # "[PM2] ..." notices start with "[" too
             try:
@@ -412,6 +538,8 @@ def process_states(jlist_output: bytes, label: str) -> list[dict[str, Any]]:
                         "name": str(p.get("name")),
                         "status": str(env.get("status", "unknown")),
                         "restarts": int(env.get("restart_time") or 0),
+                        "pid": _int(p.get("pid")),
+                        "cluster": env.get("exec_mode") == "cluster_mode",
                     }
                 )
             return out
@@ -438,3 +566,10 @@ def describe_states(first: list[dict[str, Any]], later: list[dict[str, Any]]) ->
         else:
             states[name] = "/".join(statuses)
     return states
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0

@@ -104,6 +104,10 @@ def checks_of(report: dict[str, Any]) -> dict[str, str]:
     return {c["name"]: c["status"] for c in report["checks"]}
 
 
+def details_of(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["detail"] for c in report["checks"]}
+
+
 def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
     tmp_path: Path, open_dir: Path, keys: Any, snapshot_facts: Any, leak_check: Any
 ) -> None:
@@ -128,6 +132,9 @@ def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
             assert apps[name]["exec_mode"] == "fork_mode"
         assert apps["db-proxy"]["namespace"] == "data"
         assert apps["voice-pipeline"]["namespace"] == "default"
+        # The TCP ports each app listened on, read from /proc as the owner (no iproute2).
+        assert {n: a["listen"] for n, a in apps.items()} == {n: [p] for n, p in ports.items()}
+        assert facts["listen_notes"] == []
         assert facts["saved"] is True and facts["user"] == user
         assert facts["ecosystem_warnings"] == []
         entries = {e["path"]: e for e in facts["entries"]}
@@ -142,6 +149,13 @@ def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
         eco_text = eco.read_text()
         eco.unlink()
 
+        plan = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
+                     "--plan", env=bin_path_env(), check=True)  # fmt: skip
+        assert (
+            "then check that each app listens again on its ports of backup time (up to 30s): "
+            f"voice-pipeline :{ports['voice-pipeline']}, db-proxy :{ports['db-proxy']}"
+        ) in plan.stdout, plan.stdout
+
         report, output = restore(policy, keys)
         steps = report["steps"]
         assert report["verdict"] == "pass", output
@@ -153,6 +167,8 @@ def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
         assert checks_of(report) == {
             "files restored": "pass", "app voice-pipeline": "pass", "app db-proxy": "pass",
         }  # fmt: skip
+        for name, port in ports.items():  # a pass means the app serves its port again
+            assert details_of(report)[f"app {name}"] == f"online, listening on :{port}"
         for name, port in ports.items():  # running again, with the env from the dump
             assert fetch_soon(port) == f"{name}:{SECRET}"
         assert pm2.states() == {"voice-pipeline": "online", "db-proxy": "online"}
@@ -200,6 +216,51 @@ def test_pm2_stopped_daemon_and_missing_app_code_are_findings(
         assert report["verdict"] == "warn", output
         assert fetch_soon(ports["voice-pipeline"]) == f"voice-pipeline:{SECRET}"
         assert fetch(ports["db-proxy"]) is None
+
+
+def renamed_port_js(default: int) -> str:
+    """A newer release of an app: it reads its port from HTTP_PORT, else its default
+    (8080 in real life; a free port here). The environment in PM2's dump still says
+    PORT: the app starts and serves, pm2 shows it online, but on the default port."""
+    new = f"Number(process.env.HTTP_PORT || {default})"
+    return SERVER_JS.replace("Number(process.env.PORT)", new)
+
+
+def test_pm2_app_online_but_not_listening_on_its_port_fails_the_check(
+    tmp_path: Path, open_dir: Path, keys: Any, snapshot_facts: Any
+) -> None:
+    eco, ports = make_apps(open_dir, "root")
+    with pm2_home(open_dir, "root") as pm2:
+        start_apps(pm2, eco, ports)
+        policy = policy_for(tmp_path, keys, pm2, eco)
+        drkit("backup", "--policy", str(policy), env=bin_path_env(), check=True)
+        facts = snapshot_facts(policy, "pm2")
+        assert {a["name"]: a["listen"] for a in facts["apps"]} == {n: [p] for n, p in ports.items()}
+
+        # The fresh host got db-proxy's newer code (restored by another source, or
+        # deployed before the restore): it starts, and listens, but not on its port.
+        pm2.stop_daemon()
+        shutil.rmtree(pm2.home)
+        default = free_port()
+        (open_dir / "srv" / "db-proxy" / "server.js").write_text(renamed_port_js(default))
+        started = time.monotonic()
+        report, output = restore(policy, keys)
+        assert report["verdict"] == "fail", output
+        assert "pm2: app db-proxy: online" in report["steps"]  # pm2's word: started
+        assert pm2.states() == {"voice-pipeline": "online", "db-proxy": "online"}
+        assert checks_of(report) == {
+            "files restored": "pass", "app voice-pipeline": "pass", "app db-proxy": "fail",
+        }  # fmt: skip
+        details = details_of(report)
+        port = ports["db-proxy"]
+        assert details["app db-proxy"] == (
+            f"online but not listening on :{port} within 30s (it listened at backup)"
+        )
+        assert details["app voice-pipeline"] == (f"online, listening on :{ports['voice-pipeline']}")
+        assert time.monotonic() - started >= 30  # it waited for the port
+        assert fetch(port) is None
+        assert fetch_soon(default) == f"db-proxy:{SECRET}"  # it serves, elsewhere
+        assert fetch_soon(ports["voice-pipeline"]) == f"voice-pipeline:{SECRET}"
 
 
 def test_pm2_restore_refuses_to_overwrite_a_newer_dump(
