@@ -369,7 +369,9 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
             "warn",
             f"script {script} is missing on the target: restore its code",
         )
-        assert pm2_checks["app voice-pipeline"] == ("pass", "online")
+        # The app that is back listens again on its port of backup time.
+        port = paths["ports"]["voice-pipeline"]
+        assert pm2_checks["app voice-pipeline"] == ("pass", f"online, listening on :{port}")
         assert report["verdict"] == "warn"
         assert (paths["root"] / "db-proxy" / "server.js").exists()  # the source host: untouched
 
