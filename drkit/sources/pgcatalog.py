@@ -4,12 +4,18 @@ One set of catalog queries serves three moments of a Supabase restore:
 
 - at backup, inside the exported snapshot, they become facts (``objects``,
   ``acls``, ``column_acls``, ``database_acl``, ``default_acls``, ``matviews``,
-  ``role_settings``);
+  ``role_settings``, ``definitions``);
 - before the load, on the target, ``objects`` says which of the dump's entries
-  already exist there (merged: left as the target has them);
+  already exist there (merged: left as the target has them), and
+  ``definitions`` which of those the user edited in place on the source (their
+  digests differ: the source's definition replaces the target's);
 - after the load, the target's privileges (``acls``, ``column_acls``,
   ``database_acl``, ``default_acls``) are compared with the facts: any privilege
-  the source did not have fails the restore.
+  the source did not have fails the restore; so are its ``definitions``.
+
+``definitions`` holds digests, not text (SHA-256 in SQL): a routine's, view's,
+trigger's and policy's definition as PostgreSQL prints it, a table's column
+names and types in order.
 
 Objects are named as pg_dump's entry headers do (``Type``, ``Schema``, tag:
 ``users on_auth_user_created`` for a trigger, ``foldername("text")`` for a
@@ -47,6 +53,11 @@ _SYSTEM = (
 
 SESSION_SETTINGS = "SET LOCAL search_path = '';\nSET LOCAL quote_all_identifiers = on;\n"
 
+# A routine's tag as pg_dump's entry header writes it: ``foldername("text")``.
+_FUNCTION_TAG = """p.proname || '(' || coalesce((SELECT string_agg(
+      pg_catalog.format_type(a.t, NULL), ', ' ORDER BY a.i)
+      FROM unnest(p.proargtypes) WITH ORDINALITY a(t, i)), '') || ')'"""
+
 # Every object pg_dump would write an entry for (and a few it leaves to extensions),
 # as "TYPE<tab>schema<tab>tag"; schema "-" for database-wide objects.
 _OBJECTS = f"""
@@ -58,9 +69,7 @@ UNION ALL SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND {_SYSTEM}
 UNION ALL SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
-    ELSE 'FUNCTION' END, n.nspname, p.proname || '(' || coalesce((SELECT string_agg(
-      pg_catalog.format_type(a.t, NULL), ', ' ORDER BY a.i)
-      FROM unnest(p.proargtypes) WITH ORDINALITY a(t, i)), '') || ')'
+    ELSE 'FUNCTION' END, n.nspname, {_FUNCTION_TAG}
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_SYSTEM}
 UNION ALL SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname
   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -155,7 +164,81 @@ SELECT r.rolname AS role, s.setconfig AS settings
 """
 
 
+# What the user can edit in place of an object a merge may keep, as a digest per
+# ``objects`` key: a routine's pg_get_functiondef (aggregates have none), a view's or
+# materialized view's pg_get_viewdef and options, a trigger's pg_get_triggerdef and
+# whether it is enabled, a policy's command, kind, roles and expressions. A table's
+# (and foreign table's) value is its columns in order, each an 8-hex digest of
+# ``"name" type`` (space-separated): equal lists are equal columns, and a target's
+# columns can be told apart by digest (``column_diff``). Extension members are left
+# out: never in a dump, so never merged from one.
+_COLUMN_TEXT = "quote_ident(a.attname) || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod)"
+_OWN_COLUMNS = "a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+
+
+def _digest(text: str, chars: int = 32) -> str:
+    """SQL: the first ``chars`` hex digits of the SHA-256 of ``text`` (an expression) in
+    UTF-8 (sha256, not md5: md5() fails on a server in FIPS mode)."""
+    return f"left(encode(sha256(convert_to({text}, 'UTF8')), 'hex'), {chars})"
+
+
+def _not_member(catalog: str, oid: str) -> str:
+    return (
+        f"NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass "
+        f"AND e.objid = {oid} AND e.deptype = 'e')"
+    )
+
+
+_VIEW_TEXT = "pg_get_viewdef(c.oid) || E'\\n' || coalesce(c.reloptions::text, '')"
+_TRIGGER_TEXT = "pg_get_triggerdef(g.oid) || E'\\n' || g.tgenabled::text"
+_POLICY_TEXT = """concat_ws(E'\\n', p.polcmd::text, p.polpermissive::text,
+      (SELECT string_agg(r.name, ',' ORDER BY r.name) FROM (SELECT CASE u.id WHEN 0
+         THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(u.id)) END AS name
+         FROM unnest(p.polroles) u(id)) r),
+      coalesce(pg_get_expr(p.polqual, p.polrelid), '-'),
+      coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '-'))"""
+
+_DEFINITIONS = f"""
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END AS t, n.nspname AS s,
+    {_FUNCTION_TAG} AS tag, {_digest("pg_get_functiondef(p.oid)")} AS d
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  WHERE p.prokind <> 'a' AND {_SYSTEM} AND {_not_member("pg_proc", "p.oid")}
+UNION ALL SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' ELSE 'MATERIALIZED VIEW' END,
+    n.nspname, c.relname,
+    {_digest(_VIEW_TEXT)}
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('v', 'm') AND {_SYSTEM} AND {_not_member("pg_class", "c.oid")}
+UNION ALL SELECT CASE c.relkind WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+    n.nspname, c.relname, coalesce((SELECT string_agg({_digest(_COLUMN_TEXT, 8)}, ' '
+      ORDER BY a.attnum) FROM pg_attribute a WHERE {_OWN_COLUMNS}), '')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'f') AND {_SYSTEM} AND {_not_member("pg_class", "c.oid")}
+UNION ALL SELECT 'TRIGGER', n.nspname, c.relname || ' ' || g.tgname,
+    {_digest(_TRIGGER_TEXT)}
+  FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT g.tgisinternal AND {_SYSTEM}
+UNION ALL SELECT 'POLICY', n.nspname, c.relname || ' ' || p.polname,
+    {_digest(_POLICY_TEXT)}
+  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM}
+"""
+
+# Read from a target only (never a fact): each table's columns in order, as
+# [digest, "name" type] pairs, to say how a table's columns differ from the source's.
+_TABLE_COLUMNS = f"""
+SELECT CASE c.relkind WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END || E'\\t' || n.nspname
+    || E'\\t' || c.relname AS k, jsonb_agg(jsonb_build_array({_digest(_COLUMN_TEXT, 8)},
+      {_COLUMN_TEXT}) ORDER BY a.attnum) AS cols
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON {_OWN_COLUMNS}
+  WHERE c.relkind IN ('r', 'p', 'f') AND {_SYSTEM} GROUP BY c.relkind, n.nspname, c.relname
+"""
+
+# As the backup's facts have it (``server_version``, from the postgres source).
+_SERVER_VERSION = "SELECT current_setting('server_version') AS v"
+
 _OBJECTS_AGG = "jsonb_agg(q.t || E'\\t' || q.s || E'\\t' || q.tag ORDER BY q.t, q.s, q.tag)"
+_DEFINITIONS_AGG = "jsonb_object_agg(q.t || E'\\t' || q.s || E'\\t' || q.tag, q.d)"
 
 
 def fact_sql(name: str, select: str, value: str) -> str:
@@ -180,6 +263,7 @@ def facts_sql() -> str:
         + fact_sql("default_acls", _DEFAULT_ACLS, "jsonb_object_agg(q.k, q.acl)")
         + fact_sql("matviews", _MATVIEWS, "jsonb_agg(q)")
         + fact_sql("role_settings", _ROLE_SETTINGS, "jsonb_object_agg(q.role, q.settings)")
+        + fact_sql("definitions", _DEFINITIONS, _DEFINITIONS_AGG)
     )
 
 
@@ -192,6 +276,9 @@ def target_sql(*names: str) -> str:
         "database_acl": (_DATABASE_ACL, "jsonb_agg(q.acl) -> 0"),
         "default_acls": (_DEFAULT_ACLS, "jsonb_object_agg(q.k, q.acl)"),
         "role_settings": (_ROLE_SETTINGS, "jsonb_object_agg(q.role, q.settings)"),
+        "definitions": (_DEFINITIONS, _DEFINITIONS_AGG),
+        "table_columns": (_TABLE_COLUMNS, "jsonb_object_agg(q.k, q.cols)"),
+        "server_version": (_SERVER_VERSION, "jsonb_agg(q.v) -> 0"),
     }
     body = "".join(fact_sql(n, *parts[n]) for n in names)
     return "BEGIN READ ONLY;\n" + SESSION_SETTINGS + body + "COMMIT;\n"
@@ -557,3 +644,74 @@ def _json_literal(value: object) -> str:
     """``value`` as a JSON string literal that cannot end the ``$drkit$`` body it sits in
     (names in the facts may hold ``$``: JSON spells it ``\\u0024``)."""
     return quote_literal(json.dumps(value).replace("$", "\\u0024"))
+
+
+# ---- definitions -----------------------------------------------------------------
+
+# Drops the trigger or policy an ``objects`` key names on the target, before the dump's
+# own CREATE of it (replacing the target's definition with the source's, in the load's
+# transaction). The key is matched by the server against its own catalog, spelled as the
+# ``objects`` query spells it; what is executed names what the catalog resolved. None
+# found: nothing dropped (DROP ... IF EXISTS); more than one (a tag that splits two
+# ways, like ``a b c``): the load stops rather than drop the wrong one.
+_DROP = r"""
+DO $drkit$
+DECLARE
+  k text := %s::jsonb #>> '{}';
+  qs text[];
+BEGIN
+  qs := ARRAY(
+    SELECT format('DROP TRIGGER %%I ON %%I.%%I', g.tgname, n.nspname, c.relname)
+      FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE NOT g.tgisinternal
+        AND 'TRIGGER' || E'\t' || n.nspname || E'\t' || c.relname || ' ' || g.tgname = k
+    UNION ALL
+    SELECT format('DROP POLICY %%I ON %%I.%%I', p.polname, n.nspname, c.relname)
+      FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE 'POLICY' || E'\t' || n.nspname || E'\t' || c.relname || ' ' || p.polname = k);
+  IF cardinality(qs) > 1 THEN
+    RAISE EXCEPTION 'drkit: %% names %% objects on the target; not replacing any',
+      replace(k, E'\t', ' '), cardinality(qs);
+  END IF;
+  FOR i IN 1 .. cardinality(qs) LOOP
+    EXECUTE qs[i];
+  END LOOP;
+END $drkit$;
+"""
+
+
+def drop_sql(key: str) -> str:
+    """SQL dropping the trigger or policy ``key`` (an ``objects`` entry) names on the
+    target, if it has it."""
+    if key.split("\t", 1)[0] not in ("TRIGGER", "POLICY"):
+        raise ValueError(f"only a trigger or a policy is dropped to be replaced: {key!r}")
+    return _DROP % _json_literal(key)
+
+
+def column_diff(want: str, have: list[list[str]]) -> str:
+    """How a table's columns on the target (``have``: [digest, ``"name" type``] pairs
+    in order) differ from the source's (``want``: its digests in order, as the
+    ``definitions`` fact has them); "" when they are the same. The source's columns
+    are digests only: those the target lacks are counted, the target's named."""
+    source = want.split()
+    target = [d for d, _ in have]
+    if source == target:
+        return ""
+    parts = []
+    extra = [text for d, text in have if d not in source]
+    if extra:
+        parts.append(f"the target's {', '.join(extra)} not on the source")
+    missing = sum(1 for d in source if d not in target)
+    if missing:
+        parts.append(f"{missing} column(s) of the source not on the target (or of another type)")
+    if not parts:
+        parts.append("the same columns in another order")
+    return "; ".join(parts)
+
+
+def major_version(version: str) -> str:
+    """The major version of a ``server_version`` text ("15.8 (Debian ...)": "15")."""
+    m = re.match(r"\s*(\d+)", version or "")
+    return m.group(1) if m else ""

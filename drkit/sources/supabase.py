@@ -15,20 +15,25 @@ dump`` (docs/sources/supabase.md compares the two point by point):
 
 The same snapshot's facts (``pgcatalog``) name every object the way pg_dump
 does, every object's, column's, the database's and the default privileges, the
-materialized views and what they read, and the roles' settings.
+materialized views and what they read, the roles' settings, and a digest of the
+definition of every routine, view, trigger, policy and table (its columns).
 
 Restore, in one psql transaction: roles (parsed and rebuilt by ``pgroles``,
 reserved roles never altered), the schema with every entry for an object the
-target already has left out (``supabase_merge``: merged, not re-created), the
+target already has left out (``supabase_merge``: merged, not re-created) --
+unless the user edited it in place on the source (its definition digest differs
+from the target's): then the source's function, procedure or view replaces the
+target's (``CREATE OR REPLACE``), its trigger or policy is dropped and created
+again; a table whose columns differ is kept and reported --, the
 data with ``session_replication_role = replica``, the populated materialized
 views refreshed in dependency order, then every object's, column's, the
 database's and the default privileges set to the source's exactly (a fresh
 Supabase's default privileges grant the API roles everything created in
 ``public``: a re-GRANT alone would widen access). The check afterwards
-compares privileges (columns' and the database's too), objects,
+compares privileges (columns' and the database's too), objects, definitions,
 row counts and role settings with the facts, and fails naming any object
-whose access is wider than the source's. psql's input starts with drkit's
-own ``\\restrict`` (``psqlinput``).
+whose access is wider than the source's, or whose definition differs. psql's
+input starts with drkit's own ``\\restrict`` (``psqlinput``).
 """
 
 from __future__ import annotations
@@ -62,12 +67,17 @@ from drkit.sources.pgsql import PgConn, quote_literal
 from drkit.sources.postgres import PostgresSource, role_note
 from drkit.sources.psqlinput import RestrictedInput, new_key, restrict_line
 from drkit.sources.supabase_merge import (
+    PRINTED_KINDS,
     SUPABASE_SCHEMAS,
+    UNRECORDED,
+    Changes,
     LineFilter,
     MergeFilter,
     Target,
+    definition_changes,
     merge_lines,
     missing_base,
+    object_text,
     quoted,
     settings_differ,
 )
@@ -161,8 +171,8 @@ class SupabaseSource(PostgresSource):
         ).strip() != "0"  # fmt: skip
         if not exists:
             return Target(False, self._roles(conn))
-        found = parse_facts(self._sql(conn, database, target_sql("objects", "role_settings")))
-        return Target(True, self._roles(conn), set(found["objects"]), found["role_settings"])
+        found = parse_facts(self._sql(conn, database, target_sql(*_TARGET_FACTS)))
+        return _existing(found, self._roles(conn))
 
     def _blocked(self, facts: dict[str, Any], target: Target, database: str, where: str,
                  opts: RestoreOptions) -> str | None:  # fmt: skip
@@ -265,7 +275,7 @@ class SupabaseSource(PostgresSource):
         if blocked:
             raise RestoreError(f"{self.label}: {blocked}")
         self.require_restrict(conn, database)
-        merge = MergeFilter(target.objects)
+        merge = MergeFilter(target.objects, definition_changes(facts, target).replace)
         protected: list[str] = []
         created: list[str] = []
         known = {m for o in facts.get("objects", []) if (m := matview_identity(o))}
@@ -297,6 +307,12 @@ class SupabaseSource(PostgresSource):
             f"restored schema and data (auth, storage included) into {database}; merged "
             f"{len(merge.merged)} object(s) the target already had"
         )
+        if merge.replaced:
+            report.actions.append(
+                "replaced the target's definition of "
+                + ", ".join(object_text(o) for o in merge.replaced)
+                + " with the source's (edited on the source)"
+            )
         report.actions.append("set every object's, column's, the database's and the default "
                               "privileges to the source's")  # fmt: skip
         if protected:
@@ -351,8 +367,7 @@ class SupabaseSource(PostgresSource):
         if facts.get("format") != FORMAT:
             return checks
         conn, database = self.target_conn(opts), self.target_database(opts)
-        names = ("objects", "acls", "column_acls", "database_acl", "default_acls",
-                 "role_settings")  # fmt: skip
+        names = (*_TARGET_FACTS, "acls", "column_acls", "database_acl", "default_acls")
         found = parse_facts(self._sql(conn, database, target_sql(*names)))
         checks.append(self._privilege_check(facts, found, database))
         missing = sorted(set(facts.get("objects", [])) - set(found["objects"]))
@@ -361,7 +376,9 @@ class SupabaseSource(PostgresSource):
             f"missing: {'; '.join(m.replace(chr(9), ' ') for m in missing[:8])}" if missing
             else f"all {len(facts.get('objects', []))} object(s) of the source are there",
         ))  # fmt: skip
-        target = Target(True, self._roles(conn), set(found["objects"]), found["role_settings"])
+        target = _existing(found, self._roles(conn))
+        checks.append(_definition_check(self.name, database, definition_changes(facts, target),
+                                        len(facts.get("definitions", {}))))  # fmt: skip
         user = set(facts.get("roles", []))
         reserved = set(facts.get("all_roles", [])) & RESERVED_ROLES & target.roles
         wrong = settings_differ(facts, target, user)
@@ -422,6 +439,44 @@ class SupabaseSource(PostgresSource):
             + (f"database {database}, " if "database_acl" in facts else "")
             + f"{len(keys)} default-privilege entr(ies) equal the source's",
         )  # fmt: skip
+
+
+# What a restore reads of an existing target (``Target``), before the load and after.
+_TARGET_FACTS = ("objects", "role_settings", "definitions", "table_columns", "server_version")
+
+
+def _existing(found: dict[str, Any], roles: set[str]) -> Target:
+    """The target that ``found`` (its ``_TARGET_FACTS``) and ``roles`` describe."""
+    return Target(True, roles, set(found["objects"]), found["role_settings"],
+                  found["definitions"], found["table_columns"],
+                  found["server_version"])  # fmt: skip
+
+
+def _definition_check(source: str, database: str, changes: Changes, count: int) -> Check:
+    """After the load every recorded object the target has is defined as on the source:
+    fails naming a function, procedure, view, trigger or policy that is not; warns for
+    a table whose columns differ, or a materialized view whose query does (kept as the
+    target had them, the plan said so), and for a view, policy or trigger that still
+    differs between two major versions (printed differently, maybe not defined so)."""
+    name = f"definitions in {database}"
+    if not changes.recorded:
+        return Check(source, name, "pass", UNRECORDED)
+    printed = [o for o in changes.replace
+               if changes.versions and o.split("\t", 1)[0] in PRINTED_KINDS]  # fmt: skip
+    failed = [o for o in changes.replace if o not in printed]
+    kept = [f"{object_text(o)}: {why}" for o, why in changes.kept]
+    notes = [f"kept as the target has them: {'; '.join(kept[:8])}"] if kept else []
+    if printed:
+        notes.append(
+            f"{', '.join(object_text(o) for o in printed[:8])}: differ(s) as printed by "
+            f"{changes.versions} (the source's definition was applied)"
+        )
+    if failed:
+        detail = "differs from the source's: " + "; ".join(object_text(o) for o in failed[:8])
+        return Check(source, name, "fail", " | ".join([detail, *notes]))
+    if notes:
+        return Check(source, name, "warn", " | ".join(notes))
+    return Check(source, name, "pass", f"{count} definition(s) equal the source's")
 
 
 def _unrecorded(facts: dict[str, Any]) -> str:

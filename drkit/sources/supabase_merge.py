@@ -11,19 +11,29 @@ object the target already has is left out: the target's object is kept
 (merged); everything else is loaded. Publications thus get their member
 tables added, not created; existing event triggers and extensions are kept.
 
+Kept, unless the user edited it in place on the source: a function, procedure,
+view, trigger or policy the target has whose definition digest (the
+``definitions`` fact) differs from the target's is not left out but applied so
+that it replaces the target's -- the dump's ``CREATE FUNCTION``/``PROCEDURE``/
+``VIEW`` line (pg_dump writes it at the start of a line, first in the entry)
+becomes ``CREATE OR REPLACE``, and a trigger's or policy's entry is preceded by
+a drop of the target's (``pgcatalog.drop_sql``). A table whose columns differ,
+or a materialized view whose query does, is kept as the target has it and
+reported (``definition_changes``).
+
 ``Target`` is what a restore learns of the target before it applies anything
-(the plan shows the same): its roles, objects and role settings.
+(the plan shows the same): its roles, objects, role settings and definitions.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from drkit.pipeline.streams import CHUNK
-from drkit.sources.pgcatalog import CREATING
+from drkit.sources.pgcatalog import CREATING, column_diff, drop_sql, major_version
 
 _HEADER = re.compile(r"^-- Name: (.*?); Type: ([A-Z ]+); Schema: (.*?); Owner: ")
 
@@ -37,6 +47,17 @@ SUPABASE_SCHEMAS = (
 # Without these a target is not a Supabase (GoTrue and the storage API own them).
 REQUIRED_SCHEMAS = ("auth", "storage")
 
+# Entries whose definition replaces the target's when the user edited it on the source:
+# the CREATE line pg_dump starts the entry's statement with, made CREATE OR REPLACE;
+# None: the target's is dropped first (DROP TRIGGER / DROP POLICY have no OR REPLACE).
+REPLACEABLE: dict[str, str | None] = {
+    "FUNCTION": "CREATE FUNCTION ", "PROCEDURE": "CREATE PROCEDURE ", "VIEW": "CREATE VIEW ",
+    "TRIGGER": None, "POLICY": None,
+}  # fmt: skip
+# Kept as the target has them when they differ (reported): altering a table's columns,
+# or re-creating a materialized view (its dependents), is not a restore's to do.
+COLUMNS = ("TABLE", "FOREIGN TABLE")
+
 
 def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -45,12 +66,21 @@ def quoted(name: str) -> str:
 class MergeFilter:
     """Called with each line of a plain schema dump; returns the line, or "" for the
     lines of an entry creating an object ``existing`` already has (``TYPE\\tschema\\t
-    tag`` strings). ``merged`` collects the entries left out."""
+    tag`` strings). ``merged`` collects the entries left out.
 
-    def __init__(self, existing: set[str]) -> None:
+    An entry whose key is in ``replace`` (a function, procedure, view, trigger or
+    policy the target has with another definition than the source's) is applied
+    instead, made to replace the target's: its first ``CREATE FUNCTION``/
+    ``PROCEDURE``/``VIEW`` line becomes ``CREATE OR REPLACE``, or the target's
+    trigger/policy is dropped just before the entry. ``replaced`` collects them."""
+
+    def __init__(self, existing: set[str], replace: Iterable[str] = ()) -> None:
         self.existing = existing
+        self.replace = set(replace)
         self.merged: list[str] = []
+        self.replaced: list[str] = []
         self._skip = False
+        self._create: str | None = None  # the entry's CREATE line still to rewrite
 
     def __call__(self, line: str) -> str:
         m = _HEADER.match(line)
@@ -58,10 +88,23 @@ class MergeFilter:
             tag, kind, schema = m.group(1), m.group(2), m.group(3)
             key = f"{kind}\t{schema}\t{tag}"
             self._skip = kind in CREATING and key in self.existing
+            self._create = None
+            if self._skip and key in self.replace and kind in REPLACEABLE:
+                self._skip = False
+                self.replaced.append(key)
+                self._create = REPLACEABLE[kind]
+                if self._create is None:
+                    return drop_sql(key) + line
+                return line
             if self._skip:
                 self.merged.append(key)
             return line
-        return "" if self._skip else line
+        if self._skip:
+            return ""
+        if self._create is not None and line.startswith(self._create):
+            self._create = None
+            return "CREATE OR REPLACE " + line[len("CREATE ") :]
+        return line
 
 
 class LineFilter:
@@ -106,6 +149,10 @@ class Target:
     roles: set[str] = field(default_factory=set)
     objects: set[str] = field(default_factory=set)
     role_settings: dict[str, list[str]] = field(default_factory=dict)
+    # Digests per object (``definitions``), and each table's columns ([digest, text]).
+    definitions: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, list[list[str]]] = field(default_factory=dict)
+    version: str = ""  # its server_version
 
     def schemas(self) -> set[str]:
         return {o.split("\t")[2] for o in self.objects if o.startswith("SCHEMA\t")}
@@ -142,11 +189,70 @@ def object_text(entry: str) -> str:
     return f"{kind.lower()} {where}{tag}"
 
 
+@dataclass
+class Changes:
+    """Objects of the source the target has with another definition: ``replace``, the
+    keys whose source definition replaces the target's; ``kept``, (key, why) of those
+    kept as the target has them (tables' columns, materialized views' queries).
+    ``recorded`` False: the snapshot has no definitions, nothing was compared."""
+
+    replace: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    recorded: bool = True
+    # Not "" when the source's and the target's PostgreSQL major versions differ: views,
+    # policies and triggers are printed by the server, and may print differently.
+    versions: str = ""
+
+
+def definition_changes(facts: dict[str, Any], target: Target) -> Changes:
+    """Which objects of the source that ``target`` has (a merge would keep them) differ
+    in definition from the source's, by the two sides' digests. An object the target
+    lacks is not compared (the dump creates it; the objects check names a missing
+    one), nor one without a digest on either side."""
+    want = facts.get("definitions")
+    if want is None:
+        return Changes(recorded=False)
+    out = Changes()
+    mine, theirs = major_version(facts.get("server_version", "")), major_version(target.version)
+    if mine and theirs and mine != theirs:
+        out.versions = f"the source's PostgreSQL {mine}, the target's {theirs}"
+    for key in sorted(want):
+        kind = key.split("\t", 1)[0]
+        have = target.definitions.get(key)
+        if kind not in CREATING or key not in target.objects or have in (None, want[key]):
+            continue
+        if kind in REPLACEABLE:
+            out.replace.append(key)
+        elif kind in COLUMNS:
+            diff = column_diff(want[key], target.columns.get(key, []))
+            out.kept.append((key, f"columns differ from the source's: {diff}"))
+        else:
+            out.kept.append((key, "definition differs from the source's"))
+    return out
+
+
+# Kinds whose definition the server prints from its parse tree (a view's query, a
+# policy's or trigger's expressions): between major versions the print may differ.
+PRINTED_KINDS = ("VIEW", "MATERIALIZED VIEW", "POLICY", "TRIGGER")
+PRINTED = (
+    "a view's, policy's or trigger's definition may print differently between major "
+    "versions: one replaced may not have been edited (the source's is applied all the same)"
+)
+
+UNRECORDED = (
+    "definitions not recorded (a snapshot taken before drkit recorded them): objects the "
+    "target has keep its definitions, not compared with the source's"
+)
+
+
 def merge_lines(facts: dict[str, Any], target: Target) -> list[str]:
-    """Plan lines: which of the backup's objects are merged with the target's and which
-    are created (the user's objects in Supabase's schemas named one by one)."""
+    """Plan lines: which of the backup's objects are merged with the target's, which
+    replace the target's definition (edited on the source), which differ and are kept,
+    and which are created (the user's objects in Supabase's schemas named one by one)."""
+    changes = definition_changes(facts, target)
+    replace = set(changes.replace)
     objects = [o for o in facts.get("objects", []) if o.split("\t", 1)[0] in CREATING]
-    merged = [o for o in objects if o in target.objects]
+    merged = [o for o in objects if o in target.objects and o not in replace]
     created = [o for o in objects if o not in target.objects]
     lines = []
     kept_schemas = sorted(o.split("\t")[2] for o in merged if o.startswith("SCHEMA\t"))
@@ -156,6 +262,17 @@ def merge_lines(facts: dict[str, Any], target: Target) -> list[str]:
         text += f" (schemas {', '.join(kept_schemas)}"
         text += f"; event trigger(s) {', '.join(events)})" if events else ")"
     lines.append(text)
+    for o in changes.replace:
+        lines.append(f"replaces the target's definition of {object_text(o)} (edited on the "
+                     "source)")  # fmt: skip
+    for o, why in changes.kept:
+        what = ("the data load may fail" if o.split("\t", 1)[0] in COLUMNS
+                else "kept as the target has it")  # fmt: skip
+        lines.append(f"warn: {object_text(o)}: {why}; {what}")
+    if changes.replace and changes.versions:
+        lines.append(f"{changes.versions}: {PRINTED}")
+    if not changes.recorded:
+        lines.append(UNRECORDED)
     members = [o for o in created if o.startswith("PUBLICATION TABLE\t")]
     for o in members:
         _, schema, tag = o.split("\t", 2)

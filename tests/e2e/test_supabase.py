@@ -200,10 +200,16 @@ def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path,
         assert '"public"."plan_counts", "public"."plan_summary" in dependency order' in plan.stdout
         assert "4 column(s) with privileges, database postgres, " in plan.stdout
 
+        # Every definition of the source equals the target's: nothing replaced.
+        assert "replaces the target's definition" not in plan.stdout
+        assert "warn:" not in plan.stdout
+
         res = drkit(*restore, "--yes")
         assert res.returncode == 0, res.output
         assert "[pass] supabase: privileges in postgres" in res.stdout
         assert "[pass] supabase: objects in postgres" in res.stdout
+        assert "[pass] supabase: definitions in postgres: " in res.stdout
+        assert "replaced the target's definition" not in res.output
         assert "[pass] supabase: row counts in postgres" in res.stdout
         assert "reserved role left as the target has it: authenticated" in res.stdout
 
@@ -280,6 +286,9 @@ def test_check_fails_naming_widened_access(source: PgServer) -> None:
         check = privileges(facts)
         assert check.status == "pass", check.detail
         assert "4 column(s), database postgres, " in check.detail
+        # No definitions in these facts (as in a snapshot from before they were recorded).
+        check = {c.name: c for c in src.check(facts, opts)}["definitions in postgres"]
+        assert (check.status, check.detail[:24]) == ("pass", "definitions not recorded")
         check = privileges(old)
         assert check.status == "pass", check.detail
         assert check.detail.startswith("column and database privileges not recorded")
@@ -366,6 +375,119 @@ def test_reset_makes_privileges_empty_where_the_source_had_none() -> None:
             "0",
             "{postgres=CTc/postgres}",
         ]
+
+
+# Objects a Supabase ships (on the source and the target alike): a view and a policy,
+# beside database.sql's auth.uid() and its trigger on storage.objects.
+SHIPPED_SQL = """
+CREATE VIEW auth.user_emails AS SELECT id, email FROM auth.users
+  WHERE email_confirmed_at IS NOT NULL;
+CREATE POLICY "read public buckets" ON storage.buckets FOR SELECT TO anon, authenticated
+  USING (public);
+"""
+
+# What the user edited in place on the source: Supabase's own function (same signature
+# and return type), trigger, view and policy, none of them re-created under a new name.
+EDITS_SQL = """
+CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS
+  $$ SELECT coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+       nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid $$;
+DROP TRIGGER update_objects_updated_at ON storage.objects;
+CREATE TRIGGER update_objects_updated_at BEFORE UPDATE OF name, metadata ON storage.objects
+  FOR EACH ROW EXECUTE FUNCTION storage.update_updated_at_column();
+CREATE OR REPLACE VIEW auth.user_emails AS SELECT id, email FROM auth.users;
+DROP POLICY "read public buckets" ON storage.buckets;
+CREATE POLICY "read public buckets" ON storage.buckets FOR SELECT TO authenticated
+  USING (public AND owner IS NOT NULL);
+INSERT INTO auth.users (id, email) VALUES (extensions.gen_random_uuid(), 'a@example.invalid');
+INSERT INTO storage.buckets (id, name, public) VALUES ('avatars', 'avatars', true);
+"""
+
+# Each edited object's definition as PostgreSQL prints it.
+DEFINITIONS_SQL = """
+SELECT pg_get_functiondef('auth.uid()'::regprocedure);
+SELECT pg_get_functiondef('auth.role()'::regprocedure);
+SELECT pg_get_triggerdef(oid) || ' ' || tgenabled::text FROM pg_trigger
+  WHERE tgname = 'update_objects_updated_at';
+SELECT pg_get_viewdef('auth.user_emails'::regclass);
+SELECT roles::text || cmd || qual || coalesce(with_check, '-') FROM pg_policies
+  WHERE policyname = 'read public buckets';
+"""
+
+
+def test_definitions_edited_on_the_source_replace_the_targets(keys, tmp_path: Path) -> None:
+    """A Supabase function, trigger, view and policy the user edited in place come back
+    as the source had them (merged, they used to keep the target's definition); the plan
+    names each; a table whose columns differ is kept and warned about; the check fails
+    when a definition still differs."""
+    from drkit.policy.models import PostgresSource as Config
+    from drkit.remote.local import LocalRunner
+    from drkit.sources.base import RestoreOptions
+    from drkit.sources.pgcatalog import parse_facts, target_sql
+    from drkit.sources.supabase import FORMAT, SupabaseSource
+
+    with supabase_server() as source, supabase_server() as target:
+        source.psql("postgres", SHIPPED_SQL + EDITS_SQL)
+        # The target's Supabase ships the same objects, unedited, and a newer column.
+        target.psql("postgres", SHIPPED_SQL + "ALTER TABLE auth.audit_log_entries "
+                    "ADD COLUMN ip_address varchar(64) NOT NULL DEFAULT '';")  # fmt: skip
+        assert target.psql("postgres", DEFINITIONS_SQL) != source.psql("postgres", DEFINITIONS_SQL)
+        policy = write_policy(
+            tmp_path / "e2i.toml", "e2i-droplet", {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [{"kind": "postgres", "name": "supabase", "flavor": "supabase",
+              "database": "postgres", "host": "127.0.0.1", "port": source.port,
+              "user": "postgres"}],
+        )  # fmt: skip
+        drkit("backup", "--policy", str(policy), check=True)
+        restore = ("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
+                   "--pg-port", str(target.port))  # fmt: skip
+        plan = drkit(*restore, "--plan")
+        assert plan.returncode == 0, plan.output
+        replaced = [ln for ln in plan.stdout.splitlines() if "replaces the target's" in ln]
+        assert [ln.split(": ", 1)[1] for ln in replaced] == [
+            f"replaces the target's definition of {o} (edited on the source)"
+            for o in ("function auth.uid()", "policy storage.buckets read public buckets",
+                      "trigger storage.objects update_objects_updated_at",
+                      "view auth.user_emails")
+        ]  # fmt: skip
+        assert (
+            "warn: table auth.audit_log_entries: columns differ from the source's: the "
+            'target\'s "ip_address" character varying(64) not on the source; the data load '
+            "may fail"
+        ) in plan.stdout
+
+        res = drkit(*restore, "--yes")
+        assert res.returncode == 0, res.output
+        assert (
+            "replaced the target's definition of function auth.uid(), view auth.user_emails, "
+            "trigger storage.objects update_objects_updated_at, policy storage.buckets read "
+            "public buckets with the source's"
+        ) in res.output
+        assert "[pass] supabase: privileges in postgres" in res.stdout
+        assert "[pass] supabase: objects in postgres" in res.stdout
+        assert (
+            "[warn] supabase: definitions in postgres: kept as the target has them: table "
+            "auth.audit_log_entries: columns differ from the source's"
+        ) in res.stdout
+        assert target.psql("postgres", DEFINITIONS_SQL) == source.psql("postgres", DEFINITIONS_SQL)
+        # The policy is the source's: anon no longer reads the buckets.
+        assert "{authenticated}" in target.psql("postgres", DEFINITIONS_SQL)
+        assert target.psql("postgres", "SELECT count(*) FROM auth.users;").strip() == "1"
+
+        # The check names a definition that differs after all (edited on the target).
+        target.psql("postgres", "CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid "
+                    "LANGUAGE sql STABLE AS $$ SELECT NULL::uuid $$;")  # fmt: skip
+        facts = parse_facts(source.psql("postgres", target_sql("objects", "definitions")))
+        facts.update(format=FORMAT)
+        config = Config(kind="postgres", name="supabase", flavor="supabase",
+                        database="postgres", host="127.0.0.1", port=source.port,
+                        user="postgres")  # fmt: skip
+        src = SupabaseSource("supabase", config, LocalRunner())
+        checks = {c.name: c for c in src.check(facts, RestoreOptions(pg_port=target.port))}
+        check = checks["definitions in postgres"]
+        assert check.status == "fail"
+        assert check.detail.startswith("differs from the source's: function auth.uid() | ")
 
 
 # Reads every table it dumps, bypassing RLS, but not pg_authid (pg_read_all_data could).
