@@ -307,6 +307,7 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         checks = {m[1]: m[0] for m in re.findall(r"^  \[(\w+)\] ([^:]+: [^:]+):", res.stdout, re.M)}
         assert checks == {
             f"callmeback: row counts in {db}": "pass", "callmeback: roles present": "pass",
+            "callmeback: logins": "pass",
             "env: files restored": "pass", "apps: files restored": "pass",
             "caddy: files restored": "pass", "caddy: data dir owner": "pass",
             "caddy: caddy reloaded": "pass", f"caddy: https {DOMAIN}": "pass",
