@@ -20,16 +20,17 @@ in-progress snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from drkit.actions.chunk_gc import collect_chunks
 from drkit.durations import format_duration
-from drkit.errors import DrkitError, RepositoryError
-from drkit.repository.layout import Repository, snapshot_prefix
+from drkit.errors import DrkitError, ObjectNotFound, RepositoryError
+from drkit.repository.layout import Repository, manifest_key, snapshot_prefix
 from drkit.repository.manifest import Manifest, snapshot_time
 from drkit.repository.store import Store
 from drkit.retention import Decision, RetentionLike, SnapInfo, decide, describe
@@ -116,28 +117,47 @@ def prune(
     keeps the snapshots it selects among those holding it (it can lengthen
     the host's retention, not shorten it: a snapshot is removed whole).
     Errors removing one object are collected in ``errors`` (the rest goes on);
-    listing errors raise RepositoryError.
+    listing errors raise RepositoryError naming the host.
+
+    A listing is not trusted to be whole (an eventually consistent store may miss a
+    key once): a snapshot directory listed without a manifest, or whose listed
+    manifest then read as absent, has its manifest asked for by key before it counts
+    as incomplete; one that is there but cannot be read blocks chunk collection.
     """
     result = PruneResult(host, dry_run, describe(retention))
     snaps: list[SnapInfo] = []
     manifests: dict[str, Manifest] = {}
+    listed: dict[str, bool] = {}  # snapshot id -> its manifest was listed
+    with _naming(host):
+        for ref in repo.snapshots(host):
+            try:
+                snapshot_time(ref.snapshot)
+            except ValueError:
+                result.skipped.append((ref.snapshot, "not a drkit snapshot id: left alone"))
+                continue
+            listed[ref.snapshot] = ref.committed
+        # Only trusted snapshots count for retention or are removed; the others are left
+        # alone and named (a planted snapshot must neither push out nor shield real ones).
+        view = repo.read_host(host)
+    rejected = [(r.snapshot, r.reason) for r in view.untrusted]
+    trusted = {m.snapshot: m for m in view.trusted}
     incomplete: list[str] = []
-    for ref in repo.snapshots(host):
-        try:
-            snapshot_time(ref.snapshot)
-        except ValueError:
-            result.skipped.append((ref.snapshot, "not a drkit snapshot id: left alone"))
+    for sid, was_committed in listed.items():
+        if sid in trusted or sid in {r for r, _ in rejected}:
             continue
-        if not ref.committed:
-            incomplete.append(ref.snapshot)
-    # Only trusted snapshots count for retention or are removed; the others are left
-    # alone and named (a planted snapshot must neither push out nor shield real ones).
-    view = repo.read_host(host)
-    for rejected in view.untrusted:
-        result.skipped.append((rejected.snapshot, f"{UNTRUSTED}, left alone: {rejected.reason}"))
-    for manifest in view.trusted:
-        manifests[manifest.snapshot] = manifest
-        snaps.append(SnapInfo.of(manifest.snapshot, complete=manifest.status == "complete"))
+        found = _unlisted_manifest(repo, host, sid, was_committed)
+        if isinstance(found, Manifest):
+            log(f"{host}: snapshot {sid}: its manifest was missing from a listing; read by key")
+            trusted[sid] = found
+        elif found is None:
+            incomplete.append(sid)
+        else:
+            rejected.append((sid, found))
+    for sid, reason in rejected:
+        result.skipped.append((sid, f"{UNTRUSTED}, left alone: {reason}"))
+    for sid in sorted(trusted):
+        manifest = manifests[sid] = trusted[sid]
+        snaps.append(SnapInfo.of(sid, complete=manifest.status == "complete"))
 
     pinned = _source_pins(snaps, manifests, sources or {}, now)
     for snap in snaps:
@@ -175,20 +195,55 @@ def prune(
             shared = sum(a.new_bytes for a in manifests[sid].artifacts)
             result.freed_bytes += manifests[sid].stored_bytes - shared
 
-    _prune_incomplete(repo, host, incomplete, locks, now, grace, dry_run, result, log)
-    _abort_uploads(repo.store, host, now, grace, dry_run, result, log)
-    if any(reason.startswith(UNTRUSTED) for _sid, reason in result.skipped):
-        # Its chunk references are unknown or not to be believed: remove no chunk.
+    with _naming(host):
+        _prune_incomplete(repo, host, incomplete, locks, now, grace, dry_run, result, log)
+        _abort_uploads(repo.store, host, now, grace, dry_run, result, log)
+    if rejected:
+        # Their chunk references are unknown or not to be believed: remove no chunk.
+        sid, why = rejected[0]
+        more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
         result.errors.append(
-            f"host {host}: chunks not collected: a snapshot is unreadable or untrusted "
-            "(`drkit verify` names it)"
+            f"host {host}: chunks not collected: snapshot {sid}{more} is {UNTRUSTED}: {why}"
         )
     else:
-        kept = [manifests[d.snapshot.id] for d in result.decisions if d.keep]
-        gc = collect_chunks(repo, host, kept, now=now, grace=grace, dry_run=dry_run, log=log)
+        # Every snapshot still committed keeps its chunks: those retention keeps, and
+        # those it would remove but that could not be (still listed, still restorable).
+        gone = set(result.removed)
+        kept = [m for sid, m in manifests.items() if sid not in gone]
+        with _naming(host):
+            gc = collect_chunks(repo, host, kept, now=now, grace=grace, dry_run=dry_run, log=log)
         result.chunks_removed, result.errors = gc.removed, result.errors + gc.errors
         result.freed_bytes += gc.freed_bytes
     return result
+
+
+@contextlib.contextmanager
+def _naming(host: str) -> Iterator[None]:
+    """Let a RepositoryError out (of a listing) with the host in front of its message."""
+    try:
+        yield
+    except RepositoryError as exc:
+        if str(exc).startswith(f"host {host}:"):
+            raise
+        raise RepositoryError(f"host {host}: {exc}") from exc
+
+
+def _unlisted_manifest(
+    repo: Repository, host: str, sid: str, was_listed: bool
+) -> Manifest | str | None:
+    """The manifest of snapshot ``sid``, which the host's listings showed without one
+    (``was_listed`` False) or with one that was not read (it answered absent), asked for
+    by key: the Manifest; None if there is none (an incomplete snapshot); else why it
+    cannot be used (unreadable, untrusted, or there and absent at once: what the store
+    says of it is not certain)."""
+    try:
+        if not was_listed and repo.store.stat(manifest_key(host, sid)) is None:
+            return None
+        return repo.manifest(host, sid)
+    except ObjectNotFound as exc:
+        return f"its manifest is there, then absent ({exc})"
+    except RepositoryError as exc:
+        return str(exc)
 
 
 def _decide(

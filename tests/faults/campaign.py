@@ -15,15 +15,39 @@ iteration checks:
 and at the end every snapshot ``snapshots`` lists verifies and restores equal to
 the data it was taken of (snapshots lost: committed ones that vanished or no
 longer restore; bad snapshots: listed ones that do not verify or restore equal).
+
+Prune and chunk GC (``PruneBench``, tests/faults/test_s3_prune_campaign.py) keep
+``keep_last = 2`` and have two more snapshots to remove in every iteration. After
+each faulted prune (``PruneBench.check_after``):
+
+- it succeeded, failed closed (exit 1, an ``error:`` line naming the host and the
+  object, no traceback), or was killed (the kill scenarios);
+- no snapshot retention keeps is gone, and every object its backup stored is
+  there: manifest, facts, artifact or chunk index, and every chunk the index names
+  (a snapshot lost otherwise);
+- every snapshot ``snapshots`` lists verifies, also one prune meant to remove and
+  could not (its chunks are still needed while it is listed; a bad snapshot
+  otherwise);
+- no lock is left behind (unless the run was killed: the rerun takes it over);
+
+and a rerun without faults converges (``PruneBench.check_converged``): it exits 0,
+exactly the snapshots retention keeps are listed, no snapshot directory without
+a manifest, no open upload, no lock, and no chunk that no kept snapshot's index
+names (no orphan it could see).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +108,7 @@ class Bench:
         *,
         dedup: bool,
         size: int,
+        retention: str = "",
     ) -> None:
         self.tmp, self.keys, self.proxy, self.size = tmp_path, keys, proxy, size
         bucket = seaweed.new_bucket_name("flt")
@@ -108,6 +133,8 @@ class Bench:
               "command": ["cat", str(self.src)],
               "restore_command": ["sh", "-c", f"cat > {self.out}"]}],
         )  # fmt: skip
+        if retention:
+            self.policy.write_text(self.policy.read_text() + f"[retention]\n{retention}\n")
         self.expected: dict[str, bytes] = {}  # snapshot id -> the data it was taken of
         self.generation = 0
         self.change()
@@ -123,11 +150,16 @@ class Bench:
 
     # -- commands -------------------------------------------------------------
 
-    def run(self, *args: str) -> CliResult:
+    def argv(self, *args: str) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment of ``drkit args...`` on this bench."""
         env = {**self.repo.env, "DRKIT_NOW": LATER} if args[0] != "backup" else self.repo.env
         needs_key = args[0] in ("verify", "restore")
         ident = ["--identity", str(self.keys.identity_file)] if needs_key else []
-        return drkit(args[0], "--policy", str(self.policy), *ident, *args[1:], env=env)
+        return [args[0], "--policy", str(self.policy), *ident, *args[1:]], env
+
+    def run(self, *args: str) -> CliResult:
+        argv, env = self.argv(*args)
+        return drkit(*argv, env=env)
 
     def backup(self) -> CliResult:
         res = self.run("backup", "--json")
@@ -182,6 +214,165 @@ class Bench:
                 assert "Traceback" not in r.output, r.output
 
 
+class PruneBench(Bench):
+    """A Bench whose retention keeps the ``KEEP`` newest snapshots, filled before each
+    prune so that it has ``REMOVABLE`` more to remove; knows what a kept snapshot needs."""
+
+    KEEP = 2
+    REMOVABLE = 2
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, retention=f"keep_last = {self.KEEP}", **kw)
+        self.dedup = bool(kw.get("dedup"))
+        self.objects: dict[str, set[str]] = {}  # snapshot id -> what its backup stored
+
+    def backup(self) -> CliResult:
+        """A backup; what it stored is noted (the snapshot's objects, its index's chunks)."""
+        res = super().backup()
+        if res.returncode == 0:
+            snap = json.loads(res.stdout)["results"][0]["snapshot"]
+            prefix = f"{HOST}/snapshots/{snap}/"
+            stored = set(self.repo.keys(prefix))
+            assert f"{prefix}manifest.json" in stored and f"{prefix}db/dump" in stored, stored
+            if self.dedup:
+                stored |= self.chunks_of(self.repo.read(f"{prefix}db/dump"))
+            self.objects[snap] = stored
+        return res
+
+    def fill(self) -> None:
+        """Back up until retention has ``REMOVABLE`` snapshots to remove."""
+        while len(self.expected) < self.KEEP + self.REMOVABLE:
+            self.change()
+            res = self.backup()
+            assert res.returncode == 0, res.output
+
+    def kept(self) -> list[str]:
+        """What retention keeps: the ``KEEP`` newest snapshots taken (ids sort by time)."""
+        return sorted(self.expected)[-self.KEEP :]
+
+    def prune(self) -> CliResult:
+        return self.run("prune", "--json")
+
+    def start_prune(self) -> subprocess.Popen[str]:
+        """``drkit prune`` in the background (to be killed)."""
+        argv, env = self.argv("prune", "--json")
+        return subprocess.Popen(
+            [sys.executable, "-m", "drkit", *argv], env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    # -- what the bucket holds, read directly (not through the proxy) ----------
+
+    def committed(self) -> set[str]:
+        keys = self.repo.keys(f"{HOST}/snapshots/")
+        return {k.split("/")[2] for k in keys if k.endswith("/manifest.json")}
+
+    @staticmethod
+    def chunks_of(index: bytes) -> set[str]:
+        """The chunk keys a chunk index names (its text format, read here on its own:
+        ``drkit-chunk-index 1 <codec> <set>``, then ``<id> <size>`` lines, ``end ...``)."""
+        lines = index.decode("ascii").splitlines()
+        head = lines[0].split(" ")
+        assert head[0] == "drkit-chunk-index", head
+        rset = head[3]
+        ids = [ln.split(" ")[0] for ln in lines[1:] if not ln.startswith("end ")]
+        return {f"{HOST}/chunks/{rset}/{i[:2]}/{i}" for i in ids}
+
+    def missing(self, snaps: list[str]) -> dict[str, list[str]]:
+        """For each of ``snaps``, the objects its backup stored that are gone."""
+        present = set(self.repo.keys(f"{HOST}/"))
+        out = {}
+        for snap in snaps:
+            gone = sorted(self.objects[snap] - present)
+            if gone:
+                out[snap] = gone
+        return out
+
+    def orphans(self) -> list[str]:
+        """Chunks that no committed snapshot's index names."""
+        if not self.dedup:
+            return []
+        referenced: set[str] = set()
+        for snap in self.committed():
+            referenced |= self.chunks_of(self.repo.read(f"{HOST}/snapshots/{snap}/db/dump"))
+        return sorted(set(self.repo.keys(f"{HOST}/chunks/")) - referenced)
+
+    def verified(self) -> tuple[set[str], CliResult]:
+        """The listed snapshots that ``verify --all-snapshots`` passes, and its result."""
+        res = self.run("verify", "--all-snapshots", "--json")
+        assert "Traceback" not in res.output, res.output
+        try:
+            doc = json.loads(res.stdout)
+        except ValueError:
+            return set(), res
+        return {r["snapshot"] for r in doc.get("results", []) if r["ok"]}, res
+
+    # -- invariants --------------------------------------------------------------
+
+    def check_after(self, row: Row, res: CliResult | None, what: str) -> None:
+        """After a faulted prune (``res`` None: it was killed): nothing retention keeps
+        is gone or missing an object, every listed snapshot verifies, no lock is left
+        (unless killed)."""
+        kept, listed = self.kept(), self.listed()
+        gone = [s for s in kept if s not in listed]
+        broken = self.missing([s for s in kept if s in listed])
+        if gone or broken:
+            row.lost += len(gone) + len(broken)
+            row.observed.append(f"{what}: kept snapshots gone {gone}, missing objects {broken}")
+        ok, verify = self.verified()
+        bad = sorted(set(listed) - ok)
+        if bad:
+            row.bad += len(bad)
+            row.observed.append(f"{what}: listed but does not verify: {bad}")
+        assert not (gone or broken or bad), (
+            f"{what}: kept snapshots gone {gone}, missing objects {broken}, listed snapshots "
+            f"that do not verify {bad}\n{verify.output[-3000:]}\n"
+            + (res.output[-3000:] if res is not None else "(killed)")
+        )
+        if res is not None:
+            assert not self.repo.keys(f"{HOST}/locks/"), f"{what}: a lock left behind"
+
+    def check_converged(self, row: Row, res: CliResult, what: str) -> None:
+        """After the rerun without faults: it succeeded and left exactly what retention
+        keeps, nothing partial, no orphan chunk; ``expected`` follows what was removed."""
+        if res.returncode != 0:
+            row.recovered = False
+        assert res.returncode == 0, f"{what}: the rerun failed\n{res.output}"
+        assert "Traceback" not in res.output, res.output
+        kept, listed = self.kept(), self.listed()
+        problems = self.nothing_partial()
+        if sorted(listed) != kept:
+            problems.append(f"listed {sorted(listed)}, retention keeps {kept}")
+        if self.orphans():
+            problems.append(f"orphan chunks: {self.orphans()}")
+        if problems:
+            row.recovered = False
+        assert not problems, f"{what}: the rerun did not converge: {problems}\n{res.output}"
+        self.expected = {k: v for k, v in self.expected.items() if k in kept}
+
+
+FAULT_WORDS = {
+    "status": "HTTP {status} {code}",
+    "reset_request": "connection reset mid-request",
+    "reset_response": "connection reset mid-answer",
+    "short_body": "short body (Content-Length lies)",
+    "stall_body": "answer stalls {seconds:g} s mid-body",
+    "delay": "latency {seconds:g} s",
+    "omit_key": "listing omits a key once",
+    "ignore_conditions": "If-None-Match/If-Match ignored",
+    "garble": "answer cut short, well framed (garbled document)",
+    "lose_answer": "request applied, answer lost",
+    "stall": "request never answered",
+}
+
+
+def fault_words(f: Fault) -> str:
+    """A fault in words, for the report: what, and how often."""
+    what = FAULT_WORDS[f.action].format(status=f.status, code=f.code, seconds=f.seconds)
+    times = "every time" if f.times == 0 else f"x{f.times}"
+    return f"{what} ({times})"
+
+
 def excerpt(stderr: str) -> str:
     """The error line a user reads."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
@@ -203,6 +394,12 @@ def check_failure(bench: Bench, res: CliResult, row: Row, what: str) -> None:
     assert named, f"{what}: the error does not name host {HOST}:\n{res.output}"
     assert f"s3://{bench.repo.bucket}/" in res.output, f"{what}: no object named:\n{res.output}"
     row.excerpt = row.excerpt or excerpt(res.stderr or res.stdout)
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL, as the OOM killer or a power cut would: no cleanup runs."""
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
 
 
 def seeded(scenario: str, iteration: int) -> random.Random:
@@ -227,3 +424,24 @@ class Clock:
 
     def seconds(self) -> float:
         return round(time.monotonic() - self.start, 1)
+
+
+@contextlib.contextmanager
+def recorded(row: Row) -> Iterator[dict[str, int]]:
+    """Around a scenario's set-up, iterations and audit, which count their outcomes in
+    the dict yielded: the row is written whatever happens (a failure as ``FAILED: ...``),
+    with the seconds the ``with`` took; then the scenario fails if it lost a snapshot or
+    left a bad one listed."""
+    clock = Clock()
+    outcomes: dict[str, int] = {}
+    try:
+        yield outcomes
+        row.observed[:0] = [f"{k} x{v}" for k, v in sorted(outcomes.items())]
+    except BaseException as exc:
+        row.recovered = False
+        row.observed.append(f"FAILED: {str(exc).splitlines()[0][:200]}")
+        raise
+    finally:
+        row.seconds = clock.seconds()
+        row.write()
+    assert row.lost == 0 and row.bad == 0, row.observed

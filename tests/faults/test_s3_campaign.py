@@ -18,12 +18,13 @@ import pytest
 from tests.conftest import Keys
 from tests.faults.campaign import (
     Bench,
-    Clock,
     MiB,
     Row,
     check_failure,
+    fault_words,
     faults_for,
     iterations,
+    recorded,
     seeded,
 )
 from tests.servers.s3faults import Fault, S3FaultProxy, fault_proxy
@@ -47,19 +48,7 @@ class Scenario:
 
     @property
     def fault_words(self) -> str:
-        f = self.fault
-        what = {
-            "status": f"HTTP {f.status} {f.code}",
-            "reset_request": "connection reset mid-request",
-            "reset_response": "connection reset mid-answer",
-            "short_body": "short body (Content-Length lies)",
-            "stall_body": f"answer stalls {f.seconds:g} s mid-body",
-            "delay": f"latency {f.seconds:g} s",
-            "omit_key": "listing omits a key once",
-            "ignore_conditions": "If-None-Match/If-Match ignored",
-        }[f.action]
-        times = "every time" if f.times == 0 else f"x{f.times}"
-        return f"{what} ({times})"
+        return fault_words(self.fault)
 
 
 def S(
@@ -374,7 +363,6 @@ def proxy(seaweed: SeaweedServer) -> Iterator[S3FaultProxy]:
 def test_s3_fault(
     sc: Scenario, tmp_path: Path, keys: Keys, seaweed: SeaweedServer, proxy: S3FaultProxy
 ) -> None:
-    clock = Clock()
     n = iterations(1 if sc.quick else 2)
     expected = {
         True: "retried: succeeds",
@@ -384,24 +372,15 @@ def test_s3_fault(
     row = Row(
         sc.operation + (" (dedup)" if sc.dedup else ""), sc.fault_words, sc.injection, n, expected
     )
-    bench = Bench(tmp_path, keys, seaweed, proxy, dedup=sc.dedup, size=(3 if sc.dedup else 6) * MiB)
-    outcomes: dict[str, int] = {}
-    try:
+    with recorded(row) as outcomes:
+        size = (3 if sc.dedup else 6) * MiB
+        bench = Bench(tmp_path, keys, seaweed, proxy, dedup=sc.dedup, size=size)
         if sc.operation != "backup":
             first = bench.backup()
             assert first.returncode == 0, first.output
         for i in range(n):
             run_once(sc, bench, proxy, row, i, outcomes)
         bench.audit(row)
-        row.observed[:0] = [f"{k} x{v}" for k, v in sorted(outcomes.items())]
-    except BaseException as exc:
-        row.recovered = False
-        row.observed.append(f"FAILED: {str(exc).splitlines()[0][:200]}")
-        raise
-    finally:
-        row.seconds = clock.seconds()
-        row.write()
-    assert row.lost == 0 and row.bad == 0, row.observed
 
 
 def run_once(

@@ -5,19 +5,30 @@ store, the object and what the server said; nothing partial is left behind."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import io
+import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from drkit.actions.prune import PruneResult, prune
 from drkit.errors import RepositoryError
+from drkit.pipeline import chunked
+from drkit.repository.chunks import chunk_key
+from drkit.repository.layout import Repository, manifest_key, snapshot_prefix
+from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, snapshot_time
 from drkit.repository.s3 import S3Store
 from drkit.repository.store import Written
+from drkit.retention import Policy
+from tests.helpers import trust_for
 from tests.repository.conftest import make_s3_store
 from tests.servers.s3faults import Fault, S3FaultProxy, fault_proxy
 from tests.servers.seaweed import SeaweedServer
+from tests.test_prune import HOST, committed, sid
 
 MiB = 1 << 20
 
@@ -193,3 +204,144 @@ def test_stalled_body_is_resumed(store: S3Store, proxy: S3FaultProxy) -> None:
         assert len(proxy.injected) == 1
     finally:
         s.close()
+
+
+def test_garbled_listing_fails_naming_the_server(store: S3Store, proxy: S3FaultProxy) -> None:
+    store.put_bytes("a", b"x")
+    proxy.add(Fault("garble", "GET", r"list-type=2", after=120))
+    with pytest.raises(RepositoryError, match=r"list failed: http://127\.0\.0\.1:\d+: .*not XML"):
+        list(store.list())
+    assert [o.key for o in store.list()] == ["a"]
+
+
+def test_delete_whose_answer_is_lost_is_retried(store: S3Store, proxy: S3FaultProxy) -> None:
+    store.put_bytes("gone", b"x")
+    proxy.add(Fault("lose_answer", "DELETE", r"/gone$"))
+    store.delete("gone")  # the retry finds it already deleted: not an error
+    assert store.stat("gone") is None
+    assert [i.detail for i in proxy.injected] == ["HTTP 204 (0 body bytes) not sent"]
+
+
+# -- prune and chunk GC through the proxy (regressions found by the fault campaign,
+# tests/faults/test_s3_prune_campaign.py): snapshots s1 < s2 < s3, keep_last = 2, each
+# with a chunk index naming a shared chunk and one of its own.
+
+SNAP_LIST = r"list-type=2&prefix=repo%2Fsub%2Fvultr%2Fsnapshots%2F&"
+
+
+def write_chunked(repo: Repository, snapshot: str, names: list[str]) -> list[str]:
+    """A committed snapshot whose artifact is a chunk index naming chunks ``names``
+    (written too, a few bytes each); returns their keys."""
+    rset = "ab" * 8
+    ids = [hashlib.sha256(n.encode()).digest() for n in names]
+    keys = [chunk_key(HOST, rset, i) for i in ids]
+    for key in keys:
+        repo.store.put_bytes(key, b"chunk")
+    tree = hashlib.sha256(b"".join(ids)).hexdigest()
+    lines = [f"drkit-chunk-index 1 {chunked.FORMAT} {rset}", *(f"{i.hex()} 5" for i in ids)]
+    index = ("\n".join([*lines, f"end {5 * len(ids)} {tree}"]) + "\n").encode()
+    repo.store.put_bytes(snapshot_prefix(HOST, snapshot) + "db/dump", index)
+    record = ArtifactRecord(
+        "db", "dump", "db/dump", chunked.FORMAT, 5 * len(ids), tree,
+        len(index), hashlib.sha256(index).hexdigest(),
+    )  # fmt: skip
+    started = snapshot_time(snapshot).isoformat()
+    manifest = Manifest(
+        host=HOST, snapshot=snapshot, started=started, finished=started,
+        drkit_version="test", policy_sha256="0" * 64, recipients=[],
+        sources=[SourceRecord("db", "command", [record], 0.1)], facts=None, status="complete",
+    )  # fmt: skip
+    repo.write_manifest(manifest)
+    return keys
+
+
+@pytest.fixture
+def chunked_repo(store: S3Store) -> tuple[Repository, list[str], dict[str, list[str]]]:
+    repo = Repository(store, trust_for())
+    snaps = [sid(3), sid(2), sid(1)]
+    chunks = {s: write_chunked(repo, s, ["shared", s]) for s in snaps}
+    return repo, snaps, chunks
+
+
+def denied(method: str, key: str) -> Fault:
+    """Every ``method`` request of ``key`` answered 403 AccessDenied."""
+    return Fault("status", method, f"/{re.escape(key)}$", status=403, code="AccessDenied", times=0)
+
+
+def prune_later(repo: Repository) -> PruneResult:
+    """prune with keep_last = 2, two days on: everything is past the grace period."""
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    return prune(repo, HOST, Policy(keep_last=2), now=later, dry_run=False)
+
+
+def chunk_keys(store: S3Store) -> set[str]:
+    return {o.key for o in store.list(f"{HOST}/chunks/")}
+
+
+@pytest.mark.parametrize("skip", [0, 1], ids=["first-listing", "read-host-listing"])
+def test_prune_keeps_a_snapshot_whose_manifest_a_listing_omits(
+    store: S3Store, proxy: S3FaultProxy, chunked_repo: Any, skip: int
+) -> None:
+    # Before: omitted from the first listing, the kept s3 was removed as an incomplete
+    # snapshot; omitted from read_host's, it was left out of the chunk GC's references.
+    repo, (s1, s2, s3), chunks = chunked_repo
+    proxy.add(Fault("omit_key", "GET", SNAP_LIST, key=f"{s3}/manifest.json", skip=skip))
+    result = prune_later(repo)
+    assert [i.detail for i in proxy.injected] == [f"left out repo/sub/{manifest_key(HOST, s3)}"]
+    assert result.ok, result.errors
+    assert result.removed == [s1] and result.incomplete_removed == []
+    assert committed(repo) == [s2, s3]
+    assert chunk_keys(store) == set(chunks[s2]) | set(chunks[s3])
+
+
+def test_prune_keeps_the_chunks_of_a_snapshot_whose_manifest_reads_absent_once(
+    store: S3Store, proxy: S3FaultProxy, chunked_repo: Any
+) -> None:
+    # Before: read_host dropped s3 as "pruned since listed" and its own chunk was collected.
+    repo, (s1, s2, s3), chunks = chunked_repo
+    proxy.add(Fault("status", "GET", f"/{s3}/manifest\\.json$", status=404, code="NoSuchKey"))
+    result = prune_later(repo)
+    assert len(proxy.injected) == 1
+    assert result.ok, result.errors
+    assert result.removed == [s1]
+    assert chunk_keys(store) == set(chunks[s2]) | set(chunks[s3])
+
+
+def test_prune_keeps_the_chunks_of_a_snapshot_it_could_not_remove(
+    store: S3Store, proxy: S3FaultProxy, chunked_repo: Any
+) -> None:
+    # Before: s1 stayed listed (its manifest DELETE refused) but lost its own chunk.
+    repo, (s1, s2, s3), chunks = chunked_repo
+    proxy.add(denied("DELETE", manifest_key(HOST, s1)))
+    result = prune_later(repo)
+    assert result.removed == []
+    assert [e for e in result.errors if f"could not remove snapshot {s1}" in e], result.errors
+    assert committed(repo) == [s1, s2, s3]
+    assert chunk_keys(store) == {k for s in (s1, s2, s3) for k in chunks[s]}
+
+
+def test_an_unreadable_manifest_stops_chunk_collection_naming_it(
+    store: S3Store, proxy: S3FaultProxy, chunked_repo: Any
+) -> None:
+    repo, (s1, s2, s3), chunks = chunked_repo
+    proxy.add(denied("GET", manifest_key(HOST, s3)))
+    result = prune_later(repo)
+    assert result.removed == []  # s3 is left out of retention: s1 and s2 are the newest two
+    (error,) = result.errors
+    assert error.startswith(f"host {HOST}: chunks not collected: snapshot {s3} is unreadable")
+    assert f"{store.url}/{manifest_key(HOST, s3)}: read failed: AccessDenied" in error
+    assert chunk_keys(store) == {k for s in (s1, s2, s3) for k in chunks[s]}
+
+
+def test_a_failed_listing_names_the_host(
+    store: S3Store, proxy: S3FaultProxy, chunked_repo: Any
+) -> None:
+    repo, _snaps, _chunks = chunked_repo
+    store.max_attempts = 2
+    store.close()  # the client is made anew with the attempts above
+    proxy.add(Fault("status", "GET", SNAP_LIST, status=503, code="SlowDown", times=0))
+    with pytest.raises(RepositoryError) as err:
+        prune_later(repo)
+    assert str(err.value).startswith(
+        f"host {HOST}: {store.url}/{HOST}/snapshots/: list failed: SlowDown (HTTP 503)"
+    )

@@ -26,6 +26,12 @@ matching requests through, then acts on the next ``times`` of them:
 - ``omit_key``: forward a listing, and drop from its answer the
   ``<Contents>`` whose key contains ``key`` (a listing that misses a key
   once, as an eventually consistent store may);
+- ``garble``: forward, and answer the first ``after`` bytes of the body
+  as the whole of it (Content-Length says so: well framed, the document is
+  cut; a listing page a broken proxy or server mangled);
+- ``lose_answer``: forward, read the server's whole answer, then reset
+  without sending any of it (the server did act: a DELETE that was applied,
+  whose answer never came back);
 - ``ignore_conditions``: strip ``If-None-Match`` / ``If-Match`` from the
   request (re-signed with the server's credentials: they are signed
   headers), as a server that does not know conditional writes would.
@@ -55,11 +61,19 @@ if TYPE_CHECKING:
 
 ACTIONS = frozenset(
     {"status", "reset_request", "reset_response", "short_body", "stall", "stall_body", "delay",
-     "omit_key",
+     "omit_key", "garble", "lose_answer",
      "ignore_conditions"}
 )  # fmt: skip
 _FORWARDED = frozenset(
-    {"ignore_conditions", "omit_key", "reset_response", "short_body", "stall_body"}
+    {
+        "ignore_conditions",
+        "omit_key",
+        "garble",
+        "lose_answer",
+        "reset_response",
+        "short_body",
+        "stall_body",
+    }
 )
 _BLOCK = 1 << 16
 _MAX_HEAD = 64 << 10
@@ -353,12 +367,18 @@ class S3FaultProxy:
                 body = _read_body(ufile, body_len)
                 body, left_out = _omit(body, fault.key)
                 self._record(fault, req, f"left out {left_out}" if left_out else "nothing to omit")
-                new_head = re.sub(
-                    rb"(?im)^(content-length|transfer-encoding):[^\r]*\r\n", b"", head[:-2]
-                )
-                new_head += f"Content-Length: {len(body)}\r\n\r\n".encode()
-                client.sendall(new_head + body)
+                client.sendall(_reframed(head, body))
                 return not close
+            if action == "garble" and fault is not None:
+                body = _read_body(ufile, body_len)[: fault.after]
+                self._record(fault, req, f"answered {len(body)} body bytes as the whole")
+                client.sendall(_reframed(head, body))
+                return not close
+            if action == "lose_answer" and fault is not None:
+                raw = _raw_body(ufile, body_len)
+                self._record(fault, req, f"HTTP {status} ({len(raw)} body bytes) not sent")
+                _reset(client)
+                return False
             if action in ("reset_response", "short_body", "stall_body") and fault is not None:
                 raw = _raw_body(ufile, body_len)
                 self._record(
@@ -459,6 +479,13 @@ def _relay_body(src: BinaryIO, dst: socket.socket, length: int | None) -> None:
         dst.sendall(_raw_body(src, length))
         return
     _copy(src, dst, length)
+
+
+def _reframed(head: bytes, body: bytes) -> bytes:
+    """An answer's ``head`` (ending in its blank line) with ``body``, framed by a
+    Content-Length that is true for it."""
+    new_head = re.sub(rb"(?im)^(content-length|transfer-encoding):[^\r]*\r\n", b"", head[:-2])
+    return new_head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
 def _omit(body: bytes, key: str) -> tuple[bytes, str]:
