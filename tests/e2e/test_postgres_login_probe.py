@@ -4,7 +4,8 @@ A role restored NOLOGIN, or without the password hash it had, makes every app fa
 after a restore whose row counts and roles all pass. The backup records, by name
 only, which roles could log in and which had a password; the check after a restore
 (a drill runs the same) probes the target for each. Real PostgreSQL 15, the real CLI:
-the session's server backs up, a fresh one is the target.
+a server of this module's own backs up (the session's shared one holds other tests'
+login roles, which the check would rightly list too), a fresh one is the target.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ import zstandard
 from tests.e2e.test_postgres_untrusted import pg_policy
 from tests.helpers import drkit
 from tests.servers.postgres import PG_BIN, PgServer, postgres_server
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    """The source: this module's own server (shadows the session's shared ``pg``)."""
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
