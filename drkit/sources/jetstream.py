@@ -530,6 +530,7 @@ def _export(c: Client, name: str, first: int, last: int, out: BinaryIO) -> int:
     c.subscribe(deliver, int(EXPORT_SID))
     count, expect, start = 0, 1, first
     consumer = _ordered_consumer(c, name, deliver, start)
+    stalled = False  # a heartbeat found deliveries past what arrived; none came since
     try:
         while True:
             msg = c.next_msg(STREAM_TIMEOUT)
@@ -539,8 +540,22 @@ def _export(c: Client, name: str, first: int, last: int, out: BinaryIO) -> int:
             if code == 100:
                 if msg.reply:  # flow control: answer, or the server stops sending
                     c.publish(msg.reply, b"")
-                elif _drained(c, name, consumer):  # idle heartbeat: nothing left?
-                    return count
+                    continue
+                # An idle heartbeat. It may have been sent before deliveries that are still
+                # on their way (the consumer's state is read after it): those arrive. If a
+                # second heartbeat still finds deliveries past what arrived, they were lost
+                # (a slow consumer's drop at the tail): start again after the last written.
+                pending, delivered = _consumer_state(c, name, consumer)
+                if delivered <= start - 1:
+                    if pending == 0:
+                        return count
+                    stalled = False
+                elif stalled:
+                    _delete_consumer(c, name, consumer)
+                    consumer, expect = _ordered_consumer(c, name, deliver, start), 1
+                    stalled = False
+                else:
+                    stalled = True
                 continue
             if code:
                 raise HelperError(f"stream {name}: export failed: {code} {text}".rstrip())
@@ -551,6 +566,7 @@ def _export(c: Client, name: str, first: int, last: int, out: BinaryIO) -> int:
                 _delete_consumer(c, name, consumer)
                 consumer, expect = _ordered_consumer(c, name, deliver, start), 1
                 continue
+            stalled = False
             subject = msg.subject.encode()
             out.write(
                 EXPORT_RECORD.pack(1, sseq, ts, len(subject), len(msg.headers), len(msg.payload))
@@ -583,9 +599,13 @@ def _ordered_consumer(c: Client, name: str, deliver: str, start: int) -> str:
     return str(resp["name"])
 
 
-def _drained(c: Client, name: str, consumer: str) -> bool:
+def _consumer_state(c: Client, name: str, consumer: str) -> tuple[int, int]:
+    """(messages pending for ``consumer``, the last stream sequence delivered to it). With
+    ack_policy none a delivered message is done, so pending 0 alone does not mean that
+    every delivery reached us: an export once ended with 0 of 299 messages so."""
     info = c.request(f"{API}.CONSUMER.INFO.{name}.{consumer}", None)
-    return int(info.get("num_pending", 0)) == 0
+    delivered = int((info.get("delivered") or {}).get("stream_seq", 0))
+    return int(info.get("num_pending", 0)), delivered
 
 
 def _delete_consumer(c: Client, name: str, consumer: str) -> None:
