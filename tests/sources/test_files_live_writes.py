@@ -40,6 +40,14 @@ def writer_tar(bindir: Path, hook_body: str) -> dict[str, str]:
     return {"PATH": f"{bindir}:{os.environ['PATH']}"}
 
 
+def data_policy(tmp_path: Path, keys: Any, data: Path) -> Path:
+    """Host "box": one files source "data" over ``data``, a local repository."""
+    return write_policy(
+        tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        [{"kind": "files", "name": "data", "paths": [str(data)]}],
+    )  # fmt: skip
+
+
 def test_a_file_changed_while_read_is_read_again_and_a_vanished_one_is_reported(
     tmp_path: Path, keys: Any, snapshot_facts: Callable[[Path, str], dict[str, Any]]
 ) -> None:
@@ -55,10 +63,7 @@ def test_a_file_changed_while_read_is_read_again_and_a_vanished_one_is_reported(
         f"head -c {SIZE} /dev/zero | tr '\\0' B | dd of={data}/a.bin conv=notrunc\n"
         f"rm -f {data}/z.txt\n",
     )
-    policy = write_policy(
-        tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
-        [{"kind": "files", "name": "data", "paths": [str(data)]}],
-    )  # fmt: skip
+    policy = data_policy(tmp_path, keys, data)
     res = drkit("backup", "-q", "--policy", str(policy), env=env)  # as cron runs it
     assert res.returncode == 0, res.output
     assert once.exists(), "the writer never ran: the test proves nothing"
@@ -97,10 +102,7 @@ def test_a_file_that_keeps_changing_fails_the_source_naming_it(tmp_path: Path, k
         f"head -c {SIZE} /dev/zero | tr '\\0' \"$(printf '\\\\%03o' $((65 + c % 26)))\" "
         f"| dd of={data}/a.bin conv=notrunc\n",
     )
-    policy = write_policy(
-        tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
-        [{"kind": "files", "name": "data", "paths": [str(data)]}],
-    )  # fmt: skip
+    policy = data_policy(tmp_path, keys, data)
     res = drkit("backup", "--policy", str(policy), env=env)
     assert res.returncode != 0, res.output
     assert f"{data}/a.bin changed again while read a second time" in res.output, res.output
