@@ -437,10 +437,62 @@ def default_acl_keys(
     return set(want) | {k for k in have if k.split("\t")[1] == "-" or k.split("\t")[1] not in own}
 
 
+# The pieces every reset below repeats. An ACL is compared as the set of (grantee,
+# privilege, grant option) it grants; PUBLIC is grantee 0.
+def _grantee(var: str) -> str:
+    return (
+        f"CASE WHEN {var}.grantee = 0 THEN 'PUBLIC' "
+        f"ELSE quote_ident(pg_get_userbyid({var}.grantee)) END"
+    )
+
+
+def _grants(acl: str) -> str:
+    return (
+        "ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text\n"
+        f"                        FROM aclexplode({acl}) a ORDER BY 1)"
+    )
+
+
+def _same(cur: str, des: str) -> str:
+    """SQL: the two ACLs grant the same."""
+    return f"{_grants(cur)}\n                = {_grants(des)}"
+
+
+def _nonempty(*names: str) -> str:
+    """Assignments making each empty ACL NULL: aclexplode() rejects '{}'."""
+    return "".join(f"    {n} := CASE WHEN cardinality({n}) > 0 THEN {n} END;\n" for n in names)
+
+
+def _reapply(
+    cur: str,
+    des: str,
+    revoke: str,
+    revoke_args: str,
+    grant: str,
+    grant_args: str,
+    var: str = "r",
+    only: str = "",
+) -> str:
+    """PL/pgSQL revoking everything ``cur`` grants (each grantee once; ``only`` a WHERE
+    on them) and granting what ``des`` does. ``revoke``/``grant`` are format() strings
+    whose last ``%%s`` are the grantee (and the grant option); ``*_args`` the others."""
+    return (
+        f"    FOR {var} IN SELECT DISTINCT a.grantee FROM aclexplode({cur}) a{only} LOOP\n"
+        f"      EXECUTE format('{revoke}', {revoke_args}, {_grantee(var)});\n"
+        "    END LOOP;\n"
+        f"    FOR {var} IN SELECT a.grantee, a.privilege_type, a.is_grantable"
+        f" FROM aclexplode({des}) a LOOP\n"
+        f"      EXECUTE format('{grant}%%s', {grant_args}, {_grantee(var)},\n"
+        f"        CASE WHEN {var}.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);\n"
+        "    END LOOP;\n"
+    )  # fmt: skip
+
+
 # Resets every object's privileges to the source's exactly, in the load's transaction:
 # its inputs are names the server resolves itself (to_regclass, ...) and aclitem texts
 # it parses itself; what it executes is built from what it resolved.
-_RESET_ACLS = r"""
+_RESET_ACLS = (
+    r"""
 DO $drkit$
 DECLARE
   want jsonb := %s::jsonb;
@@ -467,26 +519,21 @@ BEGIN
     END IF;
     CONTINUE WHEN target IS NULL;  -- missing on the target: the check names it
     des := ARRAY(SELECT jsonb_array_elements_text(items))::aclitem[];
-    cur := CASE WHEN cardinality(cur) > 0 THEN cur END;  -- aclexplode() rejects '{}'
-    des := CASE WHEN cardinality(des) > 0 THEN des END;
-    CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-                        FROM aclexplode(cur) a ORDER BY 1)
-                = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-                        FROM aclexplode(des) a ORDER BY 1);
-    FOR r IN SELECT DISTINCT a.grantee FROM aclexplode(cur) a LOOP
-      EXECUTE format('REVOKE ALL ON %%s %%s FROM %%s CASCADE', what, target,
-        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
-    END LOOP;
-    FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
-      EXECUTE format('GRANT %%s ON %%s %%s TO %%s%%s', r.privilege_type, what, target,
-        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END,
-        CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-  END LOOP;
+"""
+    + _nonempty("cur", "des")
+    + f"    CONTINUE WHEN {_same('cur', 'des')};\n"
+    + _reapply(
+        "cur", "des",
+        "REVOKE ALL ON %%s %%s FROM %%s CASCADE", "what, target",
+        "GRANT %%s ON %%s %%s TO %%s", "r.privilege_type, what, target",
+    )
+    + """  END LOOP;
 END $drkit$;
 """
+)  # fmt: skip
 
-_RESET_DEFAULT_ACLS = r"""
+_RESET_DEFAULT_ACLS = (
+    r"""
 DO $drkit$
 DECLARE
   want jsonb := %s::jsonb;
@@ -513,28 +560,22 @@ BEGIN
                      AND d.defaclnamespace = ns AND d.defaclobjtype = t), dflt);
     des := CASE WHEN want ? k THEN ARRAY(SELECT jsonb_array_elements_text(want -> k))::aclitem[]
                 ELSE dflt END;
-    cur := CASE WHEN cardinality(cur) > 0 THEN cur END;  -- aclexplode() rejects '{}'
-    des := CASE WHEN cardinality(des) > 0 THEN des END;
-    CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-                        FROM aclexplode(cur) a ORDER BY 1)
-                = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-                        FROM aclexplode(des) a ORDER BY 1);
-    scope := format('FOR ROLE %%I', pg_get_userbyid(role))
+"""
+    + _nonempty("cur", "des")
+    + f"    CONTINUE WHEN {_same('cur', 'des')};\n"
+    + r"""    scope := format('FOR ROLE %%I', pg_get_userbyid(role))
              || CASE WHEN ns = 0 THEN '' ELSE format(' IN SCHEMA %%I',
                   (SELECT nspname FROM pg_namespace WHERE oid = ns)) END;
-    FOR r IN SELECT DISTINCT a.grantee FROM aclexplode(cur) a LOOP
-      EXECUTE format('ALTER DEFAULT PRIVILEGES %%s REVOKE ALL ON %%s FROM %%s', scope, word,
-        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
-    END LOOP;
-    FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
-      EXECUTE format('ALTER DEFAULT PRIVILEGES %%s GRANT %%s ON %%s TO %%s%%s', scope,
-        r.privilege_type, word,
-        CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END,
-        CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-  END LOOP;
+"""
+    + _reapply(
+        "cur", "des",
+        "ALTER DEFAULT PRIVILEGES %%s REVOKE ALL ON %%s FROM %%s", "scope, word",
+        "ALTER DEFAULT PRIVILEGES %%s GRANT %%s ON %%s TO %%s", "scope, r.privilege_type, word",
+    )
+    + """  END LOOP;
 END $drkit$;
 """
+)  # fmt: skip
 
 
 # Then every column's privileges: those of each column the source had privileges on
@@ -562,30 +603,25 @@ BEGIN
     + _COLUMN_KEY
     + r""")) LOOP
     des := ARRAY(SELECT jsonb_array_elements_text(coalesce(r.items, '[]')))::aclitem[];
-    des := CASE WHEN cardinality(des) > 0 THEN des END;
-    CONTINUE WHEN ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-                        FROM aclexplode(r.cur) a ORDER BY 1)
-                = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-                        FROM aclexplode(des) a ORDER BY 1);
-    FOR g IN SELECT DISTINCT a.grantee FROM aclexplode(r.cur) a LOOP
-      EXECUTE format('REVOKE ALL (%%I) ON TABLE %%s FROM %%s CASCADE', r.attname, r.target,
-        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
-    END LOOP;
-    FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
-      EXECUTE format('GRANT %%s (%%I) ON TABLE %%s TO %%s%%s', g.privilege_type, r.attname,
-        r.target,
-        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
-        CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-  END LOOP;
+"""
+    + _nonempty("des")
+    + f"    CONTINUE WHEN {_same('r.cur', 'des')};\n"
+    + _reapply(
+        "r.cur", "des",
+        "REVOKE ALL (%%I) ON TABLE %%s FROM %%s CASCADE", "r.attname, r.target",
+        "GRANT %%s (%%I) ON TABLE %%s TO %%s", "g.privilege_type, r.attname, r.target",
+        var="g",
+    )
+    + """  END LOOP;
 END $drkit$;
 """
-)
+)  # fmt: skip
 
 # The privileges of the database restored into (current_database()). Its owner's own
 # entry is revoked only when the source's names that role: a target whose database has
 # another owner than the source's keeps its owner's privileges (the check names them).
-_RESET_DATABASE_ACL = r"""
+_RESET_DATABASE_ACL = (
+    r"""
 DO $drkit$
 DECLARE
   des aclitem[] := ARRAY(SELECT jsonb_array_elements_text(%s::jsonb))::aclitem[];
@@ -594,26 +630,19 @@ DECLARE
 BEGIN
   SELECT coalesce(d.datacl, acldefault('d', d.datdba)), d.datdba INTO cur, dba
     FROM pg_database d WHERE d.datname = current_database();
-  cur := CASE WHEN cardinality(cur) > 0 THEN cur END;  -- aclexplode() rejects '{}'
-  des := CASE WHEN cardinality(des) > 0 THEN des END;
-  IF ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-           FROM aclexplode(cur) a ORDER BY 1)
-   = ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text
-           FROM aclexplode(des) a ORDER BY 1) THEN
-    RETURN;
-  END IF;
-  FOR r IN SELECT DISTINCT a.grantee FROM aclexplode(cur) a
-      WHERE a.grantee <> dba OR a.grantee IN (SELECT b.grantee FROM aclexplode(des) b) LOOP
-    EXECUTE format('REVOKE ALL ON DATABASE %%s FROM %%s CASCADE', db,
-      CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);
-  END LOOP;
-  FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(des) a LOOP
-    EXECUTE format('GRANT %%s ON DATABASE %%s TO %%s%%s', r.privilege_type, db,
-      CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END,
-      CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-  END LOOP;
-END $drkit$;
 """
+    + _nonempty("cur", "des")
+    + f"    IF {_same('cur', 'des')} THEN\n      RETURN;\n    END IF;\n"
+    + _reapply(
+        "cur", "des",
+        "REVOKE ALL ON DATABASE %%s FROM %%s CASCADE", "db",
+        "GRANT %%s ON DATABASE %%s TO %%s", "r.privilege_type, db",
+        only="\n      WHERE a.grantee <> dba"
+        " OR a.grantee IN (SELECT b.grantee FROM aclexplode(des) b)",
+    )
+    + """END $drkit$;
+"""
+)  # fmt: skip
 
 
 def reset_sql(
