@@ -228,7 +228,7 @@ def select_sources(
     from its own newest snapshot rather than all from the newest one holding them all.
 
     ``optional``: sources taken if a snapshot holds them, never refused (provider
-    snapshots: the plan points to ``--from-provider-snapshot``). Reads manifests
+    snapshots: the plan points to ``drkit restore-machine``). Reads manifests
     newest first and stops once every source is found. Raises
     ObjectNotFound when there is no committed snapshot at the point, or when no
     snapshot holds a needed source (naming it, and where the others would come from).
@@ -279,8 +279,8 @@ def data_sources(policy: Policy, only: list[str] | None = None) -> set[str]:
     if unknown:
         raise UsageError(
             f"host {policy.host}: --only {', '.join(unknown)}: not a data source of the policy "
-            f"(it has: {', '.join(sorted(names))}; a provider snapshot is restored with "
-            "--from-provider-snapshot)"
+            f"(it has: {', '.join(sorted(names))}; a machine is booted from a provider "
+            "snapshot with drkit restore-machine)"
         )
     return names & set(only) if only else names
 

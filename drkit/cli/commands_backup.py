@@ -25,10 +25,8 @@ from drkit.errors import RestoreError, UsageError
 
 if TYPE_CHECKING:
     from drkit.actions.fleet import HostResult
-    from drkit.policy.models import Policy
 
 pass_ctx = click.make_pass_decorator(Ctx)
-NEWEST = "@newest"  # --from-provider-snapshot without an id
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -264,14 +262,10 @@ def verify(
     "--from-provider-snapshot",
     "provider_snapshot",
     is_flag=False,
-    flag_value=NEWEST,
+    flag_value="",
     default=None,
-    metavar="[ID]",
-    help="instead of restoring data, boot a new machine from a provider snapshot "
-    "(default: the newest drkit made); prints the plan, creates it with --yes",
+    hidden=True,  # became `drkit restore-machine`; kept to say so
 )
-@click.option("--region", help="--from-provider-snapshot: region (default: the policy's)")
-@click.option("--size", help="--from-provider-snapshot: machine size (default: the policy's)")
 @identity_option
 @json_option
 @pass_ctx
@@ -305,8 +299,6 @@ def restore(
     yes: bool,
     resume: bool,
     provider_snapshot: str | None,
-    region: str | None,
-    size: str | None,
     identity_file: str | None,
 ) -> None:
     """Restore a host: roles and databases first, then env and files, then services.
@@ -320,34 +312,19 @@ def restore(
     databases unless --force-db (--force: both); checks the result
     against the facts recorded at backup time (each source's own snapshot).
 
-    With --from-provider-snapshot, creates a new machine from the provider's
-    snapshot of the host instead (the original machine is not touched).
+    A new machine from the provider's snapshot of the host: `drkit restore-machine`.
     """
-    from drkit.actions.common import (
-        data_sources,
-        open_repository,
-        provider_snapshots,
-        select_sources,
-    )
-    from drkit.actions.restore import Executor, format_plan
-    from drkit.cli.targets import target_runner
+    from drkit.actions.restore import format_plan
+    from drkit.actions.restore_request import RestoreRequest, prepare_restore
     from drkit.durations import parse_when
     from drkit.sources.base import RestoreOptions
 
     if provider_snapshot is not None:
-        data_flags = {
-            "--snapshot": snapshot, "--at": at_text, "--target": target, "--local": local_target,
-            "--database": database, "--rename-db": rename_db, "--dest": dest, "--resume": resume,
-        }  # fmt: skip
-        given = [flag for flag, value in data_flags.items() if value]
-        if given:
-            raise UsageError(f"--from-provider-snapshot excludes {', '.join(given)}")
-        policy = ctx.one_policy(policy_file, host)
-        snapshot_id = None if provider_snapshot == NEWEST else provider_snapshot
-        restore_machine(ctx, policy, snapshot_id, only, region, size, yes and not plan_only)
-        return
-    if region or size:
-        raise UsageError("--region and --size apply only to --from-provider-snapshot")
+        ident = f" --snapshot {provider_snapshot}" if provider_snapshot else ""
+        raise UsageError(
+            "booting a machine from a provider snapshot is its own command now: drkit "
+            f"restore-machine --host {host or 'HOST'}{ident} [--region R] [--size S] [--yes]"
+        )
     if database and rename_db:
         raise UsageError("--database and --rename-db exclude each other")
     if target and local_target:
@@ -362,11 +339,6 @@ def restore(
         except ValueError as exc:
             raise UsageError(f"--at: {exc}") from None
     identities = load_identity(identity_file)
-    repo = open_repository(policy)
-    needed = data_sources(policy, list(only) or None)
-    # A whole-host plan also points to the provider snapshot, if one was recorded.
-    optional = set() if only else provider_snapshots(policy)
-    assembly = select_sources(repo, policy.host, needed, snapshot, at, optional=optional)
     password = None
     if pg_password_env:
         password = os.environ.get(pg_password_env)
@@ -379,16 +351,14 @@ def restore(
         force_files=force or force_files, force_db=force or force_db, reload=not no_reload,
         pg_jobs=pg_jobs,
     )  # fmt: skip
-    runner, target_label = target_runner(
-        policy,
-        target,
-        identity_file=target_identity,
-        known_hosts=target_known_hosts,
-        accept_new_host_key=accept_new_host_key,
-    )
-    executor = Executor(
-        policy, repo, assembly, identities, runner, opts, target=target_label, resume=resume,
+    request = RestoreRequest(
+        snapshot=snapshot, at=at, only=only, target=target, target_identity=target_identity,
+        target_known_hosts=target_known_hosts, accept_new_host_key=accept_new_host_key,
+        resume=resume, options=opts,
     )  # fmt: skip
+    prepared = prepare_restore(policy, request, identities)
+    executor, target_label = prepared.executor, prepared.target
+    assembly = executor.assembly
     if executor.progress.nothing_to_resume:
         click.echo(
             f"warning: host {assembly.host}: --resume: nothing to resume onto {target_label} "
@@ -456,56 +426,3 @@ def restore(
         sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
     if result.verdict == "fail":
         sys.exit(1)
-
-
-def restore_machine(
-    ctx: Ctx,
-    policy: Policy,
-    snapshot_id: str | None,
-    only: tuple[str, ...],
-    region: str | None,
-    size: str | None,
-    yes: bool,
-) -> None:
-    """``restore --from-provider-snapshot``: print the plan; with ``yes`` create the machine.
-
-    ``snapshot_id`` None: the newest complete snapshot drkit made for the source.
-    """
-    from drkit.actions.provider_snapshot import restore_from_snapshot
-    from drkit.policy.models import SnapshotSource, source_name
-
-    configs = [s for s in policy.source if isinstance(s, SnapshotSource)]
-    if only:
-        configs = [s for s in configs if source_name(s) in only]
-    if not configs:
-        what = f"named {', '.join(only)}" if only else "in its policy"
-        raise UsageError(f"host {policy.host}: no snapshot source {what}")
-    if len(configs) > 1:
-        names = ", ".join(source_name(s) for s in configs)
-        raise UsageError(
-            f"host {policy.host}: several snapshot sources ({names}); pick one with --only"
-        )
-    config = configs[0]
-    done = restore_from_snapshot(
-        policy, config, snapshot_id, region, size, yes,
-        now=ctx.now(), log=log_to_stderr(ctx.as_json),
-    )  # fmt: skip
-    instance = done.instance
-    data = {
-        "host": policy.host,
-        "source": source_name(config),
-        "provider": config.provider,
-        "snapshot": done.snapshot.facts(),
-        "plan": done.plan,
-        "instance": instance.__dict__ if instance else None,
-    }
-
-    def text() -> None:
-        click.echo(done.plan)
-        if instance is not None:
-            click.echo(
-                f"{policy.host}: created {config.provider} machine {instance.id} ({instance.name}) "
-                f"at {instance.address or 'no public address'}, {instance.status}"
-            )
-
-    ctx.emit(data, text)

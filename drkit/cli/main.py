@@ -17,6 +17,7 @@ def main() -> None:
         commands_backup,
         commands_drill,
         commands_info,
+        commands_machine,
         commands_ops,
     )
 

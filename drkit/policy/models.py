@@ -274,7 +274,7 @@ class DockerVolumeSource(ArchiveSource):
 
 class SnapshotSource(SourceBase):
     """A provider snapshot of the whole machine, taken beside the data sources and pruned
-    by this source's own `retention` (drkit's own only); see restore --from-provider-snapshot."""
+    by this source's own `retention` (drkit's own only); see drkit restore-machine."""
 
     kind: Literal["snapshot"]
     provider: Literal["digitalocean", "vultr", "hetzner"] = Field(description="whose API")

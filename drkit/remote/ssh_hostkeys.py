@@ -27,7 +27,7 @@ class SshAdvice:
     """What a refusal tells a person to change, in the terms of the command in use.
 
     The default is a policy's [connection] (backup and every command reaching the
-    policy's host); ``restore --target`` has flags of its own (cli/targets.py).
+    policy's host); ``restore --target`` has flags of its own (actions/restore_target.py).
     """
 
     accept_new: str = "set accept_new_host_key = true in the policy's [connection]"

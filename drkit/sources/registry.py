@@ -23,7 +23,7 @@ class ProviderSnapshotStep(Source):
     The backup action takes provider snapshots itself, through the provider's
     API (drkit.actions.provider_snapshot), beside the data sources; the data
     snapshot only records the outcome. A data restore therefore skips it, and
-    ``drkit restore --from-provider-snapshot`` boots a machine from it.
+    ``drkit restore-machine`` boots a machine from it.
     """
 
     kind = "snapshot"
@@ -44,7 +44,7 @@ class ProviderSnapshotStep(Source):
         snap = f"{facts.get('provider', 'provider')} snapshot {facts.get('id', '?')}"
         return (
             f"skipped: {snap} is not part of a data restore; boot a machine from it with "
-            f"drkit restore --host {self.runner.host} --from-provider-snapshot"
+            f"drkit restore-machine --host {self.runner.host}"
         )
 
 

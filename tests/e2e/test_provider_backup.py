@@ -200,7 +200,7 @@ def test_data_commits_while_the_provider_snapshot_is_pending_then_it_is_recorded
     plan = drkit("restore", "--policy", str(policy), "--plan", "--identity",
                  str(keys.identity_file))  # fmt: skip
     assert plan.returncode == 0, plan.output
-    assert "droplet (snapshot)" in plan.stdout and "--from-provider-snapshot" in plan.stdout
+    assert "droplet (snapshot)" in plan.stdout and "drkit restore-machine" in plan.stdout
     done = drkit("restore", "--policy", str(policy), "--yes", "--identity",
                  str(keys.identity_file))  # fmt: skip
     assert done.returncode == 0, done.output
@@ -304,7 +304,7 @@ def test_data_snapshots_keep_their_places_in_the_host_retention(
     assert sorted(records) == sorted(run[1] for run in runs[1:])
 
 
-# -- restore --from-provider-snapshot, each provider ---------------------------------
+# -- restore-machine, each provider ---------------------------------------------------
 
 INSTANCE = {"digitalocean": str(DROPLET), "vultr": "cb676a46-66fd-4dfb-b839-443f2e6c0b60",
             "hetzner": "42"}  # fmt: skip
@@ -366,18 +366,19 @@ def test_restore_from_provider_snapshot_plans_then_creates_a_machine(
         now = {"DRKIT_NOW": "2030-01-02T03:00:00Z"}
 
         # As a person runs it in an incident: the host's name, its policy in the policy dir.
-        by_host = ["--policy-dir", str(policy.parent), "restore", "--host", HOST]
-        plan = drkit(*by_host, "--from-provider-snapshot", env=now)
+        by_host = ["--policy-dir", str(policy.parent), "restore-machine", "--host", HOST]
+        plan = drkit(*by_host, env=now)
         assert plan.returncode == 0, plan.output
         assert f"use snapshot {newest} drkit:host={HOST}:source=droplet:20300101T150000Z" in (
             plan.stdout
         )
         assert "region nyc3, size s-2vcpu-4gb" in plan.stdout  # from the policy
         assert "Nothing was changed" in plan.stdout
+        planned = drkit(*by_host, "--plan", "--yes", env=now)  # --plan wins
+        assert planned.returncode == 0 and "Nothing was changed" in planned.stdout, planned.output
         assert api.calls("POST") == []
 
-        res = drkit(*by_host, "--from-provider-snapshot", older,
-                    "--region", "fra1", "--yes", env=now)  # fmt: skip
+        res = drkit(*by_host, "--snapshot", older, "--region", "fra1", "--yes", env=now)
         assert res.returncode == 0, res.output
         path, body = create_request(kind, older)
         (create,) = api.calls("POST")
@@ -399,8 +400,9 @@ def test_restore_from_provider_snapshot_plans_then_creates_a_machine(
         assert api.calls("DELETE") == []  # the original machine and snapshots untouched
         assert token not in res.output + plan.output
 
-    wrong = drkit("restore", "--policy", str(policy), "--from-provider-snapshot", "--at", "1h")
-    assert wrong.returncode == 2 and "excludes --at" in wrong.stderr
+    # The flag it replaced says where it went.
+    moved = drkit("restore", "--host", HOST, "--from-provider-snapshot", "--yes")
+    assert moved.returncode == 2 and "drkit restore-machine --host e2i" in moved.stderr
 
 
 # -- the token ----------------------------------------------------------------------

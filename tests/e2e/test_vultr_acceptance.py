@@ -90,7 +90,7 @@ def package_default_then_edited(
     its /etc/caddy/Caddyfile is planned as "replaces package default" without any flag
     while that file is as the package shipped it; once edited there, it needs
     --force-files."""
-    from drkit.cli.targets import target_runner
+    from drkit.actions.restore_target import target_runner
     from drkit.policy.loader import load_policy
     from drkit.policy.models import CaddySource as CaddyConfig
     from drkit.sources.base import RestoreOptions

@@ -29,9 +29,10 @@ LAYERS: list[tuple[str, ...]] = [
         "drkit.cli.commands_backup",
         "drkit.cli.commands_drill",
         "drkit.cli.commands_info",
+        "drkit.cli.commands_machine",
         "drkit.cli.commands_ops",
     ),
-    ("drkit.cli",),  # group, context, targets, summary: shared by the commands
+    ("drkit.cli",),  # group, context, summary: shared by the commands
     ("drkit.actions",),  # the only layer combining the others
     ("drkit.drills",),  # images, containers, checks: actions/drill.py restores in them
     ("drkit.sources",),
