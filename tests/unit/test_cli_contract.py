@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from drkit.cli import commands_backup, commands_drill, commands_info, commands_ops  # noqa: F401
 from drkit.cli.main import cli
 from tests.helpers import drkit
 
@@ -30,6 +31,11 @@ def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tu
             yield (*path, name)
 
 
+# Every command module registers its commands when imported (as drkit.cli.main does):
+# one added later is covered without being listed here.
+for _module in pkgutil.iter_modules(importlib.import_module("drkit.cli").__path__):
+    if _module.name.startswith("commands_"):
+        importlib.import_module(f"drkit.cli.{_module.name}")
 COMMANDS = list(leaf_commands(cli))
 
 
