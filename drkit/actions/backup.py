@@ -33,8 +33,7 @@ from drkit.actions.common import open_runner, policy_digest, require_object_lock
 
 if TYPE_CHECKING:
     from drkit.actions.provider_snapshot import SnapshotJob, SnapshotOutcome
-    from drkit.catalog.db import Catalog
-    from drkit.catalog.models import RunStatus
+    from drkit.catalog.db import Catalog, RunStatus
 from drkit.errors import DrkitError, RepositoryError, UsageError
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Recipient, parse_recipient, recipient_lines
@@ -385,9 +384,9 @@ def _record(
 ) -> None:
     """Index the run once the data path is done.
 
-    The catalog is opened only now (``catalog`` is a factory): SQLAlchemy costs
-    ~10 MiB of RSS, and opening it after the streams are released keeps the
-    backup's peak memory lower. The catalog is a cache (`catalog sync` rebuilds
+    The catalog is opened only now (``catalog`` is a factory), after the streams
+    are released, which kept the backup's peak memory lower while it loaded
+    SQLAlchemy (docs/design-notes.md). The catalog is a cache (`catalog sync` rebuilds
     it), so failing to index never turns a committed snapshot into a failure.
     """
     try:

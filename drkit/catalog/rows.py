@@ -1,9 +1,4 @@
-"""What the catalog returns and checks, without SQLAlchemy: rows, statuses, times, errors.
-
-Importing this (or ``drkit.catalog.db``) costs no SQLAlchemy, so a backup can
-record its run with the stdlib ``sqlite3`` writer (``lite.py``) and never
-load the ORM (~21 MiB of RSS).
-"""
+"""What the catalog returns and checks: rows, statuses, times, errors."""
 
 from __future__ import annotations
 

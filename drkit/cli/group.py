@@ -50,7 +50,9 @@ class _Cli(click.Group):
     type=click.Path(file_okay=False),
     help="directory of policy files (default ./policies, then the config dir's policies/)",
 )
-@click.option("--catalog", envvar="DRKIT_CATALOG_URL", help="SQLAlchemy URL of the catalog")
+@click.option(
+    "--catalog", envvar="DRKIT_CATALOG_URL", help="SQLite URL of the catalog (sqlite:///PATH)"
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
 def cli(ctx: click.Context, policy_dir: str | None, catalog: str | None, as_json: bool) -> None:

@@ -1,6 +1,6 @@
 """A backup loads only what its sources need: no SQLAlchemy, no cryptography.x509.
 
-The catalog write at the end goes through sqlite3 (drkit.catalog.lite) and
+The catalog write at the end goes through sqlite3 (drkit.catalog.db) and
 source modules are imported by kind (drkit.sources.registry); this runs the
 real CLI and checks both, and that the catalog still holds the run.
 """
