@@ -22,7 +22,7 @@ import json
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from drkit.actions.common import Assembly, object_label, read_artifact, read_facts
@@ -170,8 +170,16 @@ class Progress:
             )
         self.done = list(saved.get("done", []))
 
+    def start(self) -> None:
+        """Record the restore before its first step, so that one killed inside that step
+        is resumable too (``--resume`` would otherwise say there is nothing to resume)."""
+        self._save()
+
     def mark(self, source: str) -> None:
         self.done.append(source)
+        self._save()
+
+    def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"sources": self.sources, "done": self.done}))
@@ -207,6 +215,7 @@ class Executor:
         resume: bool = False,
     ) -> None:
         assembly = what if isinstance(what, Assembly) else Assembly.of(what, only)
+        opts = replace(opts, resume=resume)  # sources that keep their own journal (nats)
         self.policy, self.repo, self.assembly = policy, repo, assembly
         self.identities, self.runner, self.opts = identities, runner, opts
         self.records = order_sources(
@@ -306,6 +315,7 @@ class Executor:
             raise type(exc)(f"host {host}: {said}") from exc
         sources = {r.name: self.manifest_of(r.name).snapshot for r in self.records}
         result = RestoreResult(host, self.assembly.newest.snapshot, sources)
+        self.progress.start()
         for rec in self.records:
             if rec.name in self.progress.done:
                 result.skipped.append(rec.name)

@@ -59,6 +59,8 @@ class RestoreOptions:
     # Reload/restart the services a step restored (Caddy, nginx, ...) and probe them
     # (--no-reload: neither; the checks then say the services were not probed).
     reload: bool = True
+    # --resume: complete an interrupted restore (set by the executor; nats: its journal).
+    resume: bool = False
     log: Callable[[str], None] = print
 
 

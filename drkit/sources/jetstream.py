@@ -15,7 +15,8 @@ Usage (argv after the bootstrap): ``OP URL [ARGS]``
   (the server's snapshot response) followed by the snapshot bytes exactly as
   the server streams them (an s2-compressed tar in nats-server 2.9).
 - ``restore URL NAME``: stdin is the same JSON line and bytes; stdout is the
-  restored stream's info (JSON).
+  restored stream's info (JSON). With ``"bytes": N`` in the JSON line, the
+  snapshot is applied only if exactly N bytes follow (its sender may die).
 - ``delete URL NAME``.
 - ``export URL NAME``: for streams the snapshot API cannot take (memory storage):
   stdout is one JSON line ``{"config", "state"}`` (the state before reading),
@@ -476,10 +477,13 @@ def op_restore(c: Client, name: str, inp: BinaryIO, out: BinaryIO) -> None:
         pending -= 1
 
     sent = 0
+    expected = header.get("bytes")  # drkit's count: a shorter input is never applied
     while True:
         data = inp.read(chunk)
         if not data:
             break
+        if expected is not None and sent + len(data) > expected:
+            raise HelperError(f"stream {name}: restore input is longer than {expected} bytes")
         c.publish(deliver, data, acks)
         sent += len(data)
         pending += 1
@@ -489,6 +493,11 @@ def op_restore(c: Client, name: str, inp: BinaryIO, out: BinaryIO) -> None:
         take_ack()
     if sent == 0:
         raise HelperError(f"stream {name}: restore input holds no snapshot data")
+    if expected is not None and sent != expected:
+        # Its sender died mid-stream: the server discards a restore never finished.
+        raise HelperError(
+            f"stream {name}: restore input ended after {sent} of {expected} bytes; not applied"
+        )
     done = c.new_reply()
     c.publish(deliver, b"", done)  # end of snapshot: the server now applies it
     try:

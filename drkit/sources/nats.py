@@ -53,7 +53,8 @@ from drkit.sources.base import (
 )
 from drkit.sources.nats_check import ExportRecords
 from drkit.sources.nats_helper import Counter, HelperStream, kill_after
-from drkit.sources.nats_restore import SNAPSHOT_CHUNK, StreamsRestore
+from drkit.sources.nats_journal import Journal, backup_key
+from drkit.sources.nats_restore import SNAPSHOT_CHUNK, StreamsRestore, interrupted_text
 from drkit.sources.nats_streams import (
     GUARANTEE,
     INDEX,
@@ -61,6 +62,7 @@ from drkit.sources.nats_streams import (
     auth_fields,
     export_compare,
     memory_warnings,
+    overlaps,
     restore_order,
     state_compare,
     store_streams,
@@ -244,10 +246,32 @@ class NatsSource(TarSource):
                  for s in facts.get("skipped", [])]  # fmt: skip
         if not streams:
             return StepPlan(["the snapshot holds no streams", *notes])
-        existing = self._existing([s["name"] for s in streams], RestoreError)
+        journal = Journal.load(self)
+        if journal is not None and not opts.resume:
+            return StepPlan(notes, interrupted_text(self, journal))
         actions = []
+        if journal is not None:
+            if journal.data.get("backup") != backup_key(streams):
+                return StepPlan(notes, f"--resume: the interrupted restore recorded in "
+                                f"{journal.path} was of another backup; resume it with the "
+                                "snapshot it restored (--snapshot)")  # fmt: skip
+            actions.append(f"resume the interrupted restore recorded in {journal.path} "
+                           f"({journal.describe()})")  # fmt: skip
+        on_target = self.helper_json("info", "--all", error=RestoreError)["streams"]
+        names = {s["name"] for s in streams}
+        existing = {t["config"]["name"] for t in on_target} & names
+        foreign = {n for n in existing if not (journal and journal.owns(n))}
         for s in streams:
             verb = "DELETE and replace (--force-db)" if s["name"] in existing else "create"
+            status = journal.status(s["name"]) if journal else "pending"
+            if status == "restored" and s["name"] in existing:
+                actions.append(f"stream {s['name']} at {self.url}: keep (restored by the "
+                               "interrupted restore)")  # fmt: skip
+                continue
+            if status != "pending":
+                verb = "finish replacing (interrupted restore)"
+            elif s["name"] in existing and s["name"] not in foreign:
+                verb = "DELETE and replace (as the interrupted restore was told)"
             if s.get("how") == "export":
                 verb += (f" from memory, republishing {s['exported']} exported message(s) "
                          "(new sequence numbers, no consumers)")  # fmt: skip
@@ -260,10 +284,15 @@ class NatsSource(TarSource):
                 "step touched is put back as it was"
             )
         actions += notes
-        if existing and not opts.force_db:
+        actions += [
+            f"WILL FAIL: {o}: the server refuses it at load time (the step then puts back "
+            "every stream it touched); delete or change that stream first"
+            for o in overlaps(streams, on_target)
+        ]
+        if foreign and not opts.force_db:
             return StepPlan(
                 actions,
-                f"stream(s) {', '.join(sorted(existing))} already exist at {self.url}; "
+                f"stream(s) {', '.join(sorted(foreign))} already exist at {self.url}; "
                 "use --force-db to delete and replace them",
             )
         return StepPlan(actions)

@@ -247,3 +247,38 @@ def store_streams(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind, bucket = stream_kind(item["name"])
         item.update(type=kind, bucket=bucket)
     return sorted(found.values(), key=lambda i: (i["account"], i["name"]))
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """Whether some subject matches both filters (``*``: one token, ``>``: one or more
+    at the end), as JetStream decides that two streams' subjects overlap."""
+    ta, tb = a.split("."), b.split(".")
+    for i, x in enumerate(ta):
+        if i >= len(tb):
+            return False
+        y = tb[i]
+        if x == ">" or y == ">":
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+    return len(ta) == len(tb)
+
+
+def overlaps(restoring: list[dict[str, Any]], target: list[dict[str, Any]]) -> list[str]:
+    """Streams on the target (``info`` entries) that take subjects of a stream being
+    restored under another name (facts): the server refuses that stream at load time.
+    One line per pair; a target stream of the same name is replaced, so it is none."""
+    names = {s["name"] for s in restoring}
+    found = []
+    for t in target:
+        cfg = t.get("config") or {}
+        if cfg.get("name") in names:
+            continue
+        for s in restoring:
+            pairs = [(x, y) for x in cfg.get("subjects") or [] for y in s.get("subjects") or []
+                     if subjects_overlap(x, y)]  # fmt: skip
+            if pairs:
+                took = ", ".join(f"{x} (needs {y})" if x != y else x for x, y in pairs)
+                found.append(f"stream {cfg.get('name')} on the target takes subjects {took} of "
+                             f"stream {s['name']}")  # fmt: skip
+    return found

@@ -30,8 +30,12 @@ The Go API runs in Docker on the host and is not in the image: Caddy answers 502
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -272,3 +276,211 @@ def expected_serving(seed: ConversationalSeed) -> dict[str, Any]:
         "https": {f"https://{DOMAIN}/health": NO_BACKEND},
         "certificates": seed.fingerprints,
     }
+
+
+# ---- a busy platform (tests/drills/test_drill_nats_under_load.py) ---------------------
+BULK = 20000  # ~20 MB more in CONVERSATIONS: its snapshot takes a while
+EVENTS = 5000
+KV_BUCKET = "sessions"
+KV_KEYS = 40
+
+Message = tuple[str, bytes, dict[str, str]]
+
+
+async def _grow(js: JetStreamContext) -> None:
+    nc = js._nc  # the connection: plain publishes, acknowledged by flush
+    for i in range(BULK):
+        body = os.urandom(1000)
+        await nc.publish(f"conversations.bulk-{i % 50:04d}.messages", body)
+        if i % 1000 == 999:
+            await nc.flush()
+    await nc.flush()
+    await js.add_stream(
+        StreamConfig(name="EVENTS", subjects=["events.>"], storage=StorageType.FILE)
+    )
+    for i in range(EVENTS):
+        await nc.publish(f"events.{i % 5}", b'{"event":%d}' % i)
+    await nc.flush()
+    kv = await js.create_key_value(bucket=KV_BUCKET, history=5)
+    for i in range(200):
+        await kv.put(f"user.{i % KV_KEYS}", f"session {i}".encode())
+    await js.add_consumer(
+        "EVENTS", ConsumerConfig(durable_name="indexer", ack_policy=AckPolicy.EXPLICIT)
+    )
+    sub = await js.pull_subscribe_bind(durable="indexer", stream="EVENTS")
+    for msg in await sub.fetch(100, timeout=10):
+        await msg.ack_sync()
+    await sub.unsubscribe()
+
+
+def grow_platform(box: HostContainer, token: str) -> None:
+    """What a busy platform adds to the seeded box: CONVERSATIONS grown by BULK messages
+    of 1 KB (random: the snapshot's compression gains nothing), a file stream EVENTS
+    with a durable consumer ``indexer`` that acked 100, a KV bucket ``sessions``
+    (history 5) with 200 updates of 40 keys."""
+    with_jetstream(box, token, _grow)
+
+
+Batch = Callable[[int], list[tuple[str, bytes, dict[str, str] | None]]]
+
+
+class Publisher(threading.Thread):
+    """Writes at a steady rate until stopped: every 10 ms ``per_tick`` rounds of
+    ``batch(n)`` (n: messages published so far); every 50 ms an update of a key of the KV
+    bucket ``bucket``; every 100 ms fetches and acks up to five messages through each
+    durable consumer of ``consumers`` ((stream, name) pairs). Errors are kept in
+    ``error`` for the test."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        batch: Batch,
+        consumers: tuple[tuple[str, str], ...],
+        *,
+        per_tick: int = 5,
+        bucket: str = KV_BUCKET,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.url, self.token, self.batch, self.consumers = url, token, batch, consumers
+        self.per_tick, self.bucket = per_tick, bucket
+        self.halt = threading.Event()
+        self.running = threading.Event()
+        self.published = self.acked = self.kv_updates = 0
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.published / self.seconds if self.seconds else 0.0
+
+    def during(self, work: Callable[[], T], lead: float = 0.0) -> T:
+        """``work()`` while this publisher writes: it starts first (``lead`` seconds
+        more) and stops 0.5 s after; AssertionError if it failed, acked or updated
+        nothing."""
+        self.start()
+        try:
+            assert self.running.wait(30) or self.error, "the publisher did not start"
+            assert self.error is None, self.error
+            time.sleep(lead)
+            result = work()
+            time.sleep(0.5)
+        finally:
+            self.halt.set()
+            self.join(60)
+        assert not self.is_alive(), "the publisher did not stop"
+        assert self.error is None, self.error
+        assert self.acked > 0 and self.kv_updates > 0, vars(self)
+        return result
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+            self.running.set()
+
+    async def _main(self) -> None:
+        nc = await nats.connect(
+            self.url, token=self.token, connect_timeout=10, max_reconnect_attempts=0
+        )
+        js = nc.jetstream()
+        kv = await js.key_value(self.bucket)
+        subs = [await js.pull_subscribe_bind(durable=d, stream=s) for s, d in self.consumers]
+        t0 = time.monotonic()
+        tick = 0
+        while not self.halt.is_set():
+            tick += 1
+            for _ in range(self.per_tick):
+                for subject, data, headers in self.batch(self.published):
+                    await nc.publish(subject, data, headers=headers)
+                    self.published += 1
+            if tick % 5 == 0:
+                await kv.put(f"user.{tick % KV_KEYS}", f"live {tick}".encode())
+                self.kv_updates += 1
+            if tick % 10 == 0:
+                for sub in subs:
+                    with contextlib.suppress(nats.errors.TimeoutError):
+                        for msg in await sub.fetch(5, timeout=2):
+                            await msg.ack()
+                            self.acked += 1
+            await nc.flush()
+            self.running.set()
+            await asyncio.sleep(max(0.0, t0 + tick * 0.01 - time.monotonic()))
+        self.seconds = time.monotonic() - t0
+        await nc.close()
+
+
+def platform_publisher(box: HostContainer, token: str) -> Publisher:
+    """The busy platform's writer: per round a conversation message and an event (~1000
+    msg/s), KV updates, acks through ``api-worker`` and ``indexer``."""
+
+    def batch(n: int) -> list[tuple[str, bytes, dict[str, str] | None]]:
+        body = json.dumps({"turn": n, "role": "user", "content": "live"}).encode()
+        return [(f"conversations.live-{n % 20:04d}.messages", body, None),
+                (f"events.{n % 5}", b'{"live":%d}' % n, None)]  # fmt: skip
+
+    consumers = ((STREAM, "api-worker"), ("EVENTS", "indexer"))
+    return Publisher(f"nats://127.0.0.1:{box.port(4222)}", token, batch, consumers)
+
+
+async def stream_messages(js: JetStreamContext, stream: str) -> dict[int, Message]:
+    """Every message of ``stream`` by sequence: subject, data, headers but NATS' own (an
+    ordered consumer: fast, no acks)."""
+    info = await js.stream_info(stream)
+    out: dict[int, Message] = {}
+    if info.state.messages:
+        sub = await js.subscribe(">", stream=stream, ordered_consumer=True)
+        while len(out) < info.state.messages:
+            msg = await sub.next_msg(timeout=20)
+            headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+            out[msg.metadata.sequence.stream] = (msg.subject, msg.data, headers)
+        await sub.unsubscribe()
+    return out
+
+
+def read_stream(box: HostContainer, token: str, stream: str) -> dict[int, Message]:
+    """``stream_messages`` of ``stream`` on the container's NATS."""
+    return with_jetstream(box, token, lambda js: stream_messages(js, stream))
+
+
+def stream_states(
+    box: HostContainer, token: str, names: tuple[str, ...]
+) -> dict[str, tuple[int, int, int]]:
+    """(messages, first_seq, last_seq) of each stream of ``names``."""
+
+    async def work(js: JetStreamContext) -> dict[str, tuple[int, int, int]]:
+        out = {}
+        for name in names:
+            s = (await js.stream_info(name)).state
+            out[name] = (s.messages, s.first_seq, s.last_seq)
+        return out
+
+    return with_jetstream(box, token, work)
+
+
+def consumer_floors(
+    box: HostContainer, token: str, pairs: tuple[tuple[str, str], ...]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(ack floor, delivered) stream sequences of each (stream, durable consumer)."""
+
+    async def work(js: JetStreamContext) -> dict[tuple[str, str], tuple[int, int]]:
+        out = {}
+        for stream, name in pairs:
+            ci = await js.consumer_info(stream, name)
+            assert ci.ack_floor is not None and ci.delivered is not None
+            out[(stream, name)] = (ci.ack_floor.stream_seq, ci.delivered.stream_seq)
+        return out
+
+    return with_jetstream(box, token, work)
+
+
+def kv_latest(box: HostContainer, token: str, subjects: list[str]) -> dict[str, bytes]:
+    """The current value of each key of the ``sessions`` bucket named by its subject."""
+
+    async def work(js: JetStreamContext) -> dict[str, bytes]:
+        kv = await js.key_value(KV_BUCKET)
+        prefix = f"$KV.{KV_BUCKET}."
+        return {s: (await kv.get(s.removeprefix(prefix))).value or b"" for s in subjects}
+
+    return with_jetstream(box, token, work)

@@ -20,7 +20,6 @@ import asyncio
 import io
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ import pytest
 from drkit.sources.nats_check import check_artifact
 from drkit.sources.nats_streams import state_compare
 from tests.helpers import drkit, write_policy
+from tests.seeded.conversational import Publisher, stream_messages
 from tests.servers.nats import nats_server
 from tests.servers.sshd import SshHost, sshd_server
 
@@ -75,18 +75,9 @@ def restore(policy: Path, keys: Any, *extra: str) -> Any:
 
 
 async def read_all(url: str, stream: str) -> dict[int, tuple[str, bytes, dict[str, str]]]:
-    """Every message of ``stream`` by sequence (an ordered consumer: fast, no acks)."""
+    """Every message of ``stream`` by sequence."""
     nc = await _connect(url)
-    js = nc.jetstream()
-    info = await js.stream_info(stream)
-    out: dict[int, tuple[str, bytes, dict[str, str]]] = {}
-    if info.state.messages:
-        sub = await js.subscribe(">", stream=stream, ordered_consumer=True)
-        while len(out) < info.state.messages:
-            msg = await sub.next_msg(timeout=10)
-            headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-            out[msg.metadata.sequence.stream] = (msg.subject, msg.data, headers)
-        await sub.unsubscribe()
+    out = await stream_messages(nc.jetstream(), stream)
     await nc.close()
     return out
 
@@ -137,55 +128,16 @@ async def preload(url: str) -> None:
     await nc.close()
 
 
-class Writer(threading.Thread):
+def live_writer(url: str) -> Publisher:
     """Publishes 20 messages every 10 ms (~2000/s: EVENTS and CONVERSATIONS), updates KV
     keys and fetches + acks through both durable consumers, until stopped."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.halt = threading.Event()
-        self.published = 0
-        self.acked = 0
-        self.kv_updates = 0
-        self.seconds = 0.0
-        self.error: BaseException | None = None
+    def batch(n: int) -> list[tuple[str, bytes, dict[str, str] | None]]:
+        return [(f"events.{n % 5}", PAYLOAD + b"live", None),
+                (f"conv.{n % 7}", PAYLOAD, {"Turn": f"live-{n}"})]  # fmt: skip
 
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-    async def _main(self) -> None:
-        nc = await _connect(self.url)
-        js = nc.jetstream()
-        kv = await js.key_value("sessions")
-        subs = [
-            await js.pull_subscribe("events.>", durable="indexer", stream="EVENTS"),
-            await js.pull_subscribe("conv.>", durable="replier", stream="CONVERSATIONS"),
-        ]
-        t0 = time.monotonic()
-        tick = 0
-        while not self.halt.is_set():
-            tick += 1
-            for _ in range(10):
-                n = self.published
-                await nc.publish(f"events.{n % 5}", PAYLOAD + b"live")
-                await nc.publish(f"conv.{n % 7}", PAYLOAD, headers={"Turn": f"live-{n}"})
-                self.published += 2
-            if tick % 5 == 0:
-                await kv.put(f"user.{tick % 40}", f"live {tick}".encode())
-                self.kv_updates += 1
-            if tick % 10 == 0:
-                for sub in subs:
-                    for msg in await sub.fetch(5, timeout=2):
-                        await msg.ack()
-                        self.acked += 1
-            await nc.flush()
-            await asyncio.sleep(max(0.0, t0 + tick * 0.01 - time.monotonic()))
-        self.seconds = time.monotonic() - t0
-        await nc.close()
+    consumers = (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))
+    return Publisher(url, None, batch, consumers, per_tick=10, bucket="sessions")
 
 
 def test_backup_under_live_writes_over_ssh_restores_onto_a_fresh_server(
@@ -197,22 +149,13 @@ def test_backup_under_live_writes_over_ssh_restores_onto_a_fresh_server(
         before = {name: run(consumer_state(live.url, s, name))
                   for s, name in (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))}  # fmt: skip
         policy = policy_for(tmp_path / "platform.toml", tmp_path, keys, live.url, ssh)
-        writer = Writer(live.url)
-        writer.start()
-        try:
-            time.sleep(1.0)
-            t0 = time.monotonic()
-            backup = drkit("backup", "--policy", str(policy))
-            backup_seconds = time.monotonic() - t0
-            time.sleep(0.5)
-        finally:
-            writer.halt.set()
-            writer.join(30)
-        assert writer.error is None, writer.error
+        writer = live_writer(live.url)
+        t0 = time.monotonic()
+        backup = writer.during(lambda: drkit("backup", "--policy", str(policy)), lead=1.0)
+        backup_seconds = time.monotonic() - t0 - 1.5
         assert backup.returncode == 0, backup.output
-        rate = writer.published / writer.seconds
+        rate = writer.rate
         assert rate > 800, f"the writer managed only {rate:.0f} msg/s"
-        assert writer.acked > 0 and writer.kv_updates > 0
         after = {name: run(consumer_state(live.url, s, name))
                  for s, name in (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))}  # fmt: skip
         source = run(stream_states(live.url))
@@ -330,6 +273,12 @@ def test_second_of_three_stream_restores_failing_rolls_back_and_resume_completes
 
         # Fresh target: B_TWO's subjects are taken; A_ONE must not stay restored.
         run(blocker(target.url, ["b.>"], 3))
+        plan = restore(policy2, keys, "--plan")  # the plan sees it coming
+        assert plan.returncode == 0, plan.output
+        assert (
+            "WILL FAIL: stream Z_BLOCKER on the target takes subjects b.> of stream B_TWO"
+        ) in plan.stdout, plan.stdout
+        assert plan.stdout.count("WILL FAIL") == 1, plan.stdout
         res = restore(policy2, keys, "--yes")
         assert res.returncode == 1, res.output
         assert "stream B_TWO" in res.stderr and "overlap" in res.stderr, res.stderr
@@ -363,6 +312,158 @@ def test_second_of_three_stream_restores_failing_rolls_back_and_resume_completes
         assert {n: run(read_all(target.url, n)) for n in wanted} == wanted
         assert run(consumer_state(target.url, "A_ONE", "a-worker"))[0].durable_name == "a-worker"
         assert not list((tmp_path / "state" / "nats-rollback").glob("*"))
+
+
+# ---- 2b. drkit killed -9 while it replaces the second stream --------------------------
+STOP_AT = "DRKIT_TEST_STOP_AT"  # drkit stops itself (SIGSTOP) at that point: tests only
+
+
+async def bulky_streams(url: str) -> None:
+    """A_ONE, B_TWO (2 MB of random data: several restore chunks), C_THREE, a consumer."""
+    nc = await _connect(url)
+    js = nc.jetstream()
+    for name, subject in (("A_ONE", "a"), ("B_TWO", "b"), ("C_THREE", "c")):
+        await js.add_stream(name=name, subjects=[f"{subject}.>"])
+        count = 2000 if name == "B_TWO" else 50
+        for i in range(count):
+            await nc.publish(f"{subject}.{i % 3}", os.urandom(1000) + b" %d" % i)
+        await nc.flush()
+    await js.delete_msg("C_THREE", 7)
+    await js.add_consumer("A_ONE", durable_name="a-worker", ack_policy="explicit")
+    await nc.close()
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def restore_killed_at(policy: Path, keys: Any, point: str, *extra: str) -> str:
+    """Run ``drkit restore`` until it reaches ``point`` (it stops itself there), then
+    kill -9 it; its helper processes are waited for. Returns what it had printed."""
+    import subprocess
+    import sys
+
+    log = policy.with_suffix(".log")
+    argv = [sys.executable, "-m", "drkit", "restore", "--policy", str(policy)]
+    argv += ["--identity", str(keys.identity_file), "--yes", *extra]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, STOP_AT: point}
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while _proc_state(proc.pid) != "T":
+                assert proc.poll() is None, f"drkit ended ({proc.returncode}) before {point}"
+                assert time.monotonic() < deadline, f"drkit never reached {point}"
+                time.sleep(0.02)
+            helpers = _children(proc.pid)
+            os.kill(proc.pid, 9)
+            proc.wait(30)
+            deadline = time.monotonic() + 30
+            while any(_proc_state(p) not in ("gone", "Z") for p in helpers):
+                assert time.monotonic() < deadline, f"helpers {helpers} outlived drkit"
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return log.read_text()
+
+
+def _journals(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "state" / "nats-rollback").glob("journal-*"))
+
+
+def _killed_mid_b_two(tmp_path: Path, keys: Any, src: Any, target: Any) -> tuple[Path, Any]:
+    """Back up three streams from ``src``; restore them with --force-db onto ``target``
+    (older A_ONE and B_TWO there) and kill drkit while it replaces B_TWO. Returns the
+    target's policy and what ``target`` held before."""
+    run(bulky_streams(src.url))
+    policy = policy_for(tmp_path / "platform.toml", tmp_path, keys, src.url)
+    drkit("backup", "--policy", str(policy), check=True)
+    policy2 = policy_for(tmp_path / "target.toml", tmp_path, keys, target.url)
+    run(old_streams(target.url))
+    old = {n: run(read_all(target.url, n)) for n in ("A_ONE", "B_TWO")}
+    said = restore_killed_at(policy2, keys, "nats-replace:B_TWO", "--force-db")
+    assert "restoring nats" in said, said
+    # Killed mid-B_TWO: A_ONE is the backup's, B_TWO gone (its copy kept), C_THREE not
+    # yet there; none is a part of a stream.
+    assert sorted(run(stream_states(target.url))) == ["A_ONE"]
+    assert run(read_all(target.url, "A_ONE")) == run(read_all(src.url, "A_ONE"))
+    assert len(_journals(tmp_path)) == 1
+    return policy2, old
+
+
+def test_restore_killed_mid_replace_is_refused_until_resume_which_completes(
+    tmp_path: Path, keys: Any
+) -> None:
+    with nats_server() as src, nats_server() as target:
+        policy2, _old = _killed_mid_b_two(tmp_path, keys, src, target)
+        wanted = {n: run(read_all(src.url, n)) for n in ("A_ONE", "B_TWO", "C_THREE")}
+
+        # A plain rerun, even with --force-db, says what happened and what to run.
+        for extra in ((), ("--force-db",)):
+            plan = restore(policy2, keys, "--plan", *extra)
+            assert plan.returncode == 6, plan.output
+            assert "interrupted restore" in plan.output and "--resume" in plan.output
+            res = restore(policy2, keys, "--yes", *extra)
+            assert res.returncode == 1, res.output
+            assert "interrupted restore" in res.stderr and "--resume" in res.stderr, res.stderr
+            assert "restored: A_ONE" in res.stderr and "B_TWO" in res.stderr, res.stderr
+        assert sorted(run(stream_states(target.url))) == ["A_ONE"]
+
+        # --resume (no --force-db: the journal says which streams this restore owns).
+        plan = restore(policy2, keys, "--plan", "--resume")
+        assert plan.returncode == 0, plan.output
+        res = restore(policy2, keys, "--yes", "--resume")
+        assert res.returncode == 0, res.output
+        assert "nothing to resume" not in res.stderr, res.stderr
+        assert "kept stream A_ONE" in res.output, res.output
+        assert {n: run(read_all(target.url, n)) for n in wanted} == wanted
+        assert run(consumer_state(target.url, "A_ONE", "a-worker"))[0].durable_name == "a-worker"
+        for name in wanted:
+            assert f"[pass] nats: stream {name}:" in res.output, res.output
+        assert not list((tmp_path / "state" / "nats-rollback").glob("*"))
+        # Done: a plain rerun is the usual refusal of existing streams again.
+        res = restore(policy2, keys, "--yes")
+        assert res.returncode == 1 and "already exist" in res.stderr, res.output
+
+
+def test_resume_that_fails_rolls_back_what_the_killed_restore_replaced(
+    tmp_path: Path, keys: Any
+) -> None:
+    with nats_server() as src, nats_server() as target:
+        policy2, old = _killed_mid_b_two(tmp_path, keys, src, target)
+        # C_THREE's subjects taken on the target meanwhile: the resume fails at C_THREE
+        # and puts back the A_ONE and B_TWO the killed run replaced, from its copies.
+        run(blocker(target.url, ["c.>"]))
+        res = restore(policy2, keys, "--yes", "--resume")
+        assert res.returncode == 1, res.output
+        assert "A_ONE put back as it was" in res.stderr, res.stderr
+        assert "B_TWO put back as it was" in res.stderr, res.stderr
+        assert sorted(run(stream_states(target.url))) == ["A_ONE", "B_TWO", "Z_BLOCKER"]
+        assert {n: run(read_all(target.url, n)) for n in ("A_ONE", "B_TWO")} == old
+        assert not list((tmp_path / "state" / "nats-rollback").glob("*"))
+        # Rolled back: nothing to resume for the streams; a plain restore is refused as
+        # before (existing streams), not as interrupted.
+        res = restore(policy2, keys, "--yes")
+        assert res.returncode == 1 and "already exist" in res.stderr, res.output
+        assert "interrupted" not in res.stderr
 
 
 # ---- 3. memory streams ------------------------------------------------------------
@@ -445,6 +546,25 @@ def test_state_compare_accepts_at_least_the_recorded_state() -> None:
     moved = {"messages": 10, "first_seq": 3, "last_seq": 12}
     assert state_compare(exp, moved)[0] == ["first_seq 3, expected 1"]
     assert state_compare({**exp, "discards_old": True}, moved)[0] == []
+
+
+def test_subject_overlaps_as_jetstream_sees_them() -> None:
+    from drkit.sources.nats_streams import overlaps, subjects_overlap
+
+    for a, b in (("a.>", "a.b"), ("a.*", "a.b"), ("a.*.c", "a.b.>"), ("*.b", "a.*"),
+                 (">", "x"), ("a.b", "a.b"), ("$KV.s.>", "$KV.s.k")):  # fmt: skip
+        assert subjects_overlap(a, b) and subjects_overlap(b, a), (a, b)
+    for a, b in (("a.>", "a"), ("a.*", "a.b.c"), ("a.b", "a.c"), ("a.*.c", "a.b.d"),
+                 ("a", "b"), ("a.b", "a")):  # fmt: skip
+        assert not subjects_overlap(a, b) and not subjects_overlap(b, a), (a, b)
+    restoring = [{"name": "B", "subjects": ["b.>"]}, {"name": "C", "subjects": ["c.x"]}]
+    target = [{"config": {"name": "B", "subjects": ["b.>"]}},  # replaced: no conflict
+              {"config": {"name": "Z", "subjects": ["b.one", "q"]}},
+              {"config": {"name": "Y", "subjects": ["c.*"]}}]  # fmt: skip
+    assert overlaps(restoring, target) == [
+        "stream Z on the target takes subjects b.one (needs b.>) of stream B",
+        "stream Y on the target takes subjects c.* (needs c.x) of stream C",
+    ]
 
 
 def test_artifact_framing_checks() -> None:
