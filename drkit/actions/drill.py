@@ -50,8 +50,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import secrets
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -189,12 +189,16 @@ def _report(host: str, started: dt.datetime) -> DrillReport:
 
 
 def _keypair(directory: Path) -> tuple[Path, str]:
+    """An ed25519 key for logging in to the drill container (made in Python: a drill
+    machine need not have ssh-keygen; a stock container has none)."""
+    import asyncssh
+
+    private = asyncssh.generate_private_key("ssh-ed25519", comment="drkit-drill")
     key = directory / "drill_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "drkit-drill", "-f", str(key)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key, (directory / "drill_key.pub").read_text().strip()
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private.export_private_key("openssh"))
+    return key, private.export_public_key("openssh").decode().strip()
 
 
 def run_drill(
@@ -284,11 +288,13 @@ def _image(host: str, report: DrillReport, log: Log) -> str:
     except (DockerError, UsageError) as exc:  # UsageError: DRKIT_BUILD_CA names no file
         raise DrillSetupError(str(exc)) from exc
     report.image = image.tag
+    report.base_image, report.base_from = base.tag, base.source
     report.image_built = base.built or image.built
     report.image_build_seconds = round(time.monotonic() - t_build, 1)
     state = "built" if report.image_built else "cached"
     log(f"{host}: image {image.tag} (chosen by {report.image_from}; "
         f"{state}, {report.image_build_seconds}s)")  # fmt: skip
+    log(f"{host}: base {base.tag}: {base.source}")
     return image.tag
 
 

@@ -12,6 +12,16 @@
   The image names are the seed hosts' (``image_names()``); a drill uses the
   one its drill file or ``--image`` names, else its host's own.
 
+Where the base comes from (``DRKIT_BASE_IMAGE_SOURCE``, ``choose_base_source()``):
+``debootstrap`` (``docker/base/build.sh``, from a Debian mirror, as root) or
+``registry`` (``DRKIT_BASE_REGISTRY_IMAGE``, default ``debian:bookworm``, pulled by the
+engine, with build.sh's image settings applied on top). ``auto`` (the default) uses a
+registry image already in the engine, else debootstrap where it can run (a Debian
+mirror is known, debootstrap is installed, root) and no registry image is named,
+else probes the registry with ``docker pull`` (the engine contacts only the registry
+that reference names, or its own configured mirrors) and falls back to debootstrap
+when the pull fails. The choice and why are in each drill report (``base_from``).
+
 Extra CA bundle (``DRKIT_BUILD_CA``): a PEM file whose certificates the image
 trusts in addition to Debian's, during the build (``npm install -g pm2``
 over https) and in the drill container. Unset: this machine's own bundle,
@@ -36,6 +46,8 @@ import fcntl
 import hashlib
 import io
 import os
+import re
+import shutil
 import subprocess
 import tarfile
 import time
@@ -52,16 +64,36 @@ CA_ENV = "DRKIT_BUILD_CA"
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_NAME = "build-ca.crt"  # the context file setup-image.sh reads
 COMMON = "common"
+BASE_SOURCE_ENV = "DRKIT_BASE_IMAGE_SOURCE"  # auto | debootstrap | registry
+REGISTRY_IMAGE_ENV = "DRKIT_BASE_REGISTRY_IMAGE"
+DEFAULT_REGISTRY_IMAGE = "debian:bookworm"
+BASE_SOURCES = ("auto", "debootstrap", "registry")
+PULL_TIMEOUT = 600.0
 BASE_BUILD_TIMEOUT = 1800.0
 HOST_BUILD_TIMEOUT = 3600.0
 
 
 class ImageBuild(NamedTuple):
-    """An image that exists: its tag, whether this call built it, and how long the call took."""
+    """An image that exists: its tag, whether this call built it, and how long the call took;
+    for the base, ``source``: how it was made and why (``BaseChoice.describe()``)."""
 
     tag: str
     built: bool
     seconds: float
+    source: str = ""
+
+
+class BaseChoice(NamedTuple):
+    """How the base image is made: ``method`` is "debootstrap" or "registry" (then
+    ``image`` is the reference pulled), ``reason`` says what chose it."""
+
+    method: Literal["debootstrap", "registry"]
+    reason: str
+    image: str | None = None
+
+    def describe(self) -> str:
+        made = f"registry image {self.image}" if self.method == "registry" else "debootstrap"
+        return f"{made} ({self.reason})"
 
 
 def docker_dir() -> Path:
@@ -114,9 +146,71 @@ def image_size(tag: str) -> int:
     return int(done.stdout.decode().strip())
 
 
-def ensure_base_image(timeout: float = BASE_BUILD_TIMEOUT) -> ImageBuild:
-    """Build the Debian base image unless its tag exists. Raises ``DockerError``."""
-    ensure_engine()
+def choose_base_source(*, pull_timeout: float = PULL_TIMEOUT) -> BaseChoice:
+    """How to make the base image, by ``DRKIT_BASE_IMAGE_SOURCE`` and probing (module doc).
+
+    Raises ``UsageError`` for an unknown setting, ``DockerError`` when ``registry`` is
+    asked for and the pull fails, or when neither way can work here.
+    """
+    setting = (os.environ.get(BASE_SOURCE_ENV) or "auto").strip().lower()
+    if setting not in BASE_SOURCES:
+        raise UsageError(f"{BASE_SOURCE_ENV}={setting}: expected one of {', '.join(BASE_SOURCES)}")
+    named = os.environ.get(REGISTRY_IMAGE_ENV, "").strip()
+    image = named or DEFAULT_REGISTRY_IMAGE
+    if setting == "debootstrap":
+        return BaseChoice("debootstrap", f"{BASE_SOURCE_ENV}=debootstrap")
+    if setting == "registry":
+        problem = _pull(image, pull_timeout)
+        if problem:
+            raise DockerError(f"base image: {BASE_SOURCE_ENV}=registry, but {problem}")
+        return BaseChoice("registry", f"{BASE_SOURCE_ENV}=registry", image)
+    if image_exists(image):
+        return BaseChoice("registry", f"auto: {image} is already in the engine", image)
+    tag, why_not, built_before = _debootstrap_tag(), "", False
+    if tag is None:
+        why_not = "no Debian mirror in this machine's apt sources, DRKIT_DEBIAN_MIRROR unset"
+    elif image_exists(tag):
+        built_before = True
+    elif shutil.which("debootstrap") is None:
+        why_not = "debootstrap is not installed"
+    elif os.geteuid() != 0:
+        why_not = "debootstrap needs root"
+    if not why_not and not named:
+        known = f"{tag} was built before" if built_before else "a Debian mirror is known here"
+        return BaseChoice("debootstrap", f"auto: {known}; no registry probed")
+    problem = _pull(image, pull_timeout)
+    if not problem:
+        return BaseChoice("registry", f"auto: the probe pulled {image}", image)
+    if not why_not:
+        return BaseChoice("debootstrap", f"auto: the registry probe failed: {problem}")
+    raise DockerError(
+        f"base image: no way to make it here: {problem}, and no debootstrap ({why_not}); "
+        f"see docker/README.md, 'The base image' ({BASE_SOURCE_ENV})"
+    )
+
+
+def _pull(image: str, timeout: float) -> str:
+    """Pull ``image`` through the engine; "" when done, else why not."""
+    try:
+        done = docker("pull", "--quiet", image, check=False, timeout=timeout)
+    except DockerError as exc:
+        return f"pulling {image}: {exc}"
+    if done.returncode != 0:
+        return f"pulling {image} failed: {tail(done.stderr, 3)}"
+    return ""
+
+
+def _debootstrap_tag() -> str | None:
+    """The tag ``build.sh`` would build (None when it knows no Debian mirror here)."""
+    script = _base_script()
+    done = subprocess.run(
+        ["bash", str(script), "--tag-only"], capture_output=True, timeout=60, check=False
+    )
+    lines = done.stdout.decode("utf-8", "replace").split()
+    return lines[-1] if done.returncode == 0 and lines else None
+
+
+def _base_script() -> Path:
     script = docker_dir() / "base" / "build.sh"
     if not script.is_file():
         raise DockerError(
@@ -124,6 +218,18 @@ def ensure_base_image(timeout: float = BASE_BUILD_TIMEOUT) -> ImageBuild:
             "directory laid out like drkit's docker/ (base/build.sh, hosts/common/, "
             "hosts/<image>/Dockerfile); see docker/README.md"
         )
+    return script
+
+
+def ensure_base_image(timeout: float = BASE_BUILD_TIMEOUT) -> ImageBuild:
+    """Build the Debian base image unless its tag exists, made as ``choose_base_source()``
+    says. Raises ``DockerError`` (``UsageError`` for a wrong setting)."""
+    ensure_engine()
+    script = _base_script()
+    choice = choose_base_source()
+    if choice.method == "registry":
+        assert choice.image is not None
+        return _registry_base(script, choice, timeout)
     log_file = _log_file("base")
     started = time.monotonic()
     with open(log_file, "wb") as log:
@@ -144,7 +250,63 @@ def ensure_base_image(timeout: float = BASE_BUILD_TIMEOUT) -> ImageBuild:
             f"base image: {script} exited {done.returncode} (log {log_file}): "
             f"{tail(log_file.read_bytes())}"
         )
-    return ImageBuild(lines[-2], lines[-1] == "built", seconds)
+    return ImageBuild(lines[-2], lines[-1] == "built", seconds, choice.describe())
+
+
+# The files build.sh writes into the root file system after debootstrap (apt and dpkg
+# settings, policy-rc.d), read from the script itself so both ways agree.
+_HEREDOC = re.compile(r"cat >\"\$rootfs(/[^\"]+)\" <<'EOF'\n(.*?)\nEOF\n", re.S)
+_PRINTED = re.compile(r"^(?:echo (\S+)|printf '([^']*)') >\"\$rootfs(/[^\"]+)\"$", re.M)
+
+
+def base_settings(script: Path) -> dict[str, str]:
+    """Path -> content of each file ``build.sh`` writes into the base's root file system."""
+    text = script.read_text()
+    files = {path: body + "\n" for path, body in _HEREDOC.findall(text)}
+    for echoed, printed, path in _PRINTED.findall(text):
+        if echoed:
+            files[path] = echoed + "\n"
+        elif not path.startswith("/etc/apt/sources.list"):  # the registry image keeps its own
+            files[path] = printed.encode().decode("unicode_escape")
+    return files
+
+
+def _registry_base(script: Path, choice: BaseChoice, timeout: float) -> ImageBuild:
+    """``FROM`` the pulled image with build.sh's settings: ``drkit-base:r<hash>`` over
+    the image's id and those settings."""
+    started = time.monotonic()
+    image = str(choice.image)
+    done = docker("image", "inspect", "--format", "{{.Id}}", image, what=f"inspect {image}")
+    image_id = done.stdout.decode().strip()
+    files = base_settings(script)
+    lines = [f"FROM {image}", "ENV LANG=C.UTF-8",
+             f"LABEL org.drkit.kind=base org.drkit.from={image}"]  # fmt: skip
+    lines += [f"COPY f{i} {path}" for i, path in enumerate(sorted(files))]
+    lines += ["RUN chmod 755 /usr/sbin/policy-rc.d && rm -rf /var/lib/apt/lists/*"]
+    dockerfile = "\n".join(lines) + "\n"
+    digest = hashlib.sha256(f"{dockerfile}\0{image_id}".encode()).hexdigest()[:12]
+    tag = f"drkit-base:r{digest}"
+    with _build_lock(tag):
+        if image_exists(tag):
+            return ImageBuild(tag, False, time.monotonic() - started, choice.describe())
+        members = {"Dockerfile": dockerfile.encode()}
+        members |= {f"f{i}": files[path].encode() for i, path in enumerate(sorted(files))}
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        log_file = _log_file("base")
+        built = docker("build", "--force-rm", "--tag", tag, "-", input=buffer.getvalue(),
+                       check=False, timeout=timeout)  # fmt: skip
+        log_file.write_bytes(built.stdout + built.stderr)
+        if built.returncode != 0:
+            raise DockerError(
+                f"base image from {image}: docker build exited {built.returncode} "
+                f"(log {log_file}): {tail(log_file.read_bytes())}"
+            )
+    return ImageBuild(tag, True, time.monotonic() - started, choice.describe())
 
 
 def context_files(host: str) -> dict[str, Path]:

@@ -26,6 +26,8 @@ class DrillReport:
     image_name: str = ""  # docker/hosts/<image_name>/
     image_from: str = ""  # what chose it: "--image", the drill file's path, "the host name"
     container: str = ""  # the container's name, drkit-drill-<host>-<snapshot>[-N]
+    base_image: str = ""  # the base tag the image was built FROM (drkit-base:...)
+    base_from: str = ""  # how the base was made and why: debootstrap or a registry image
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
     # Every snapshot the restore took a source from (``snapshot`` is the newest):
@@ -53,7 +55,8 @@ def junit_xml(reports: list[DrillReport]) -> bytes:
                      ("image", r.image), ("image_name", r.image_name),
                      ("image_from", r.image_from), ("container", r.container),
                      ("image_build_seconds", f"{r.image_build_seconds:.1f}"),
-                     ("image_built", str(r.image_built).lower())):  # fmt: skip
+                     ("image_built", str(r.image_built).lower()),
+                     ("base_image", r.base_image), ("base_from", r.base_from)):  # fmt: skip
             ET.SubElement(props, "property", name=k, value=v)
         if r.error:
             case = ET.SubElement(suite, "testcase", classname=r.host, name="drill")
@@ -84,7 +87,8 @@ def markdown(reports: list[DrillReport]) -> str:
         if r.image_name:
             lines += [
                 f"Image `{r.image_name}` ({r.image or 'not built'}; chosen by {r.image_from}), "
-                f"container `{r.container or 'none'}`.",
+                f"container `{r.container or 'none'}`."
+                + (f" Base `{r.base_image}`: {r.base_from}." if r.base_image else ""),
                 "",
             ]
         if r.error:

@@ -10,6 +10,7 @@ import subprocess
 import threading
 from typing import BinaryIO, cast
 
+from drkit.errors import SourceError
 from drkit.remote.base import Process, Runner, TailBuffer
 
 
@@ -63,14 +64,23 @@ class LocalRunner(Runner):
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
-        popen = subprocess.Popen(
-            _as_user(argv, user, sorted(env) if env else []),
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            start_new_session=True,  # a Ctrl-C to drkit must not kill a dump half-way silently
-        )
+        wrapped = _as_user(argv, user, sorted(env) if env else [])
+        try:
+            popen = subprocess.Popen(
+                wrapped,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=full_env,
+                start_new_session=True,  # a Ctrl-C to drkit must not kill a dump half-way silently
+            )
+        except FileNotFoundError as exc:
+            # What a shell over SSH reports as "command not found" (exit 127), said here
+            # by name rather than as an internal error.
+            raise SourceError(
+                f"{wrapped[0]}: command not found on {self.host} (is it installed and on "
+                f"PATH?), running: {' '.join(argv)}"
+            ) from exc
         return LocalProcess(argv, popen)
 
 

