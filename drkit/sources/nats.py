@@ -19,8 +19,10 @@ first, while the server still runs, so a restore can be checked.
 
 Snapshot restores are all or nothing (``nats_restore``): every artifact is
 checked first, existing streams (``--force-db``) are copied before they are
-replaced, and a failure puts back every stream the step touched. A store dir
-is moved aside, never deleted. Streams are restored origins first, and each
+replaced, and a failure puts back every stream the step touched. A journal
+(``nats_journal``) makes a restore killed mid-step resumable: until ``--resume``
+completes or rolls it back, other restores of those streams are refused. A store
+dir is moved aside, never deleted. Streams are restored origins first, and each
 restored stream must hold at least the recorded state.
 """
 

@@ -279,7 +279,7 @@ def expected_serving(seed: ConversationalSeed) -> dict[str, Any]:
 
 
 # ---- a busy platform (tests/drills/test_drill_nats_under_load.py) ---------------------
-BULK = 20000  # ~20 MB more in CONVERSATIONS: its snapshot takes a while
+BULK = 10000  # 4 KB messages: ~40 MB more in CONVERSATIONS, its snapshot takes a while
 EVENTS = 5000
 KV_BUCKET = "sessions"
 KV_KEYS = 40
@@ -290,7 +290,7 @@ Message = tuple[str, bytes, dict[str, str]]
 async def _grow(js: JetStreamContext) -> None:
     nc = js._nc  # the connection: plain publishes, acknowledged by flush
     for i in range(BULK):
-        body = os.urandom(1000)
+        body = os.urandom(4000)
         await nc.publish(f"conversations.bulk-{i % 50:04d}.messages", body)
         if i % 1000 == 999:
             await nc.flush()
@@ -315,7 +315,7 @@ async def _grow(js: JetStreamContext) -> None:
 
 def grow_platform(box: HostContainer, token: str) -> None:
     """What a busy platform adds to the seeded box: CONVERSATIONS grown by BULK messages
-    of 1 KB (random: the snapshot's compression gains nothing), a file stream EVENTS
+    of 4 KB (random: the snapshot's compression gains nothing), a file stream EVENTS
     with a durable consumer ``indexer`` that acked 100, a KV bucket ``sessions``
     (history 5) with 200 updates of 40 keys."""
     with_jetstream(box, token, _grow)
@@ -412,8 +412,9 @@ class Publisher(threading.Thread):
 
 
 def platform_publisher(box: HostContainer, token: str) -> Publisher:
-    """The busy platform's writer: per round a conversation message and an event (~1000
-    msg/s), KV updates, acks through ``api-worker`` and ``indexer``."""
+    """The busy platform's writer: ten rounds of a conversation message and an event
+    every 10 ms (~2000 msg/s if the machine keeps up), KV updates, acks through
+    ``api-worker`` and ``indexer``."""
 
     def batch(n: int) -> list[tuple[str, bytes, dict[str, str] | None]]:
         body = json.dumps({"turn": n, "role": "user", "content": "live"}).encode()
@@ -421,7 +422,8 @@ def platform_publisher(box: HostContainer, token: str) -> Publisher:
                 (f"events.{n % 5}", b'{"live":%d}' % n, None)]  # fmt: skip
 
     consumers = ((STREAM, "api-worker"), ("EVENTS", "indexer"))
-    return Publisher(f"nats://127.0.0.1:{box.port(4222)}", token, batch, consumers)
+    url = f"nats://127.0.0.1:{box.port(4222)}"
+    return Publisher(url, token, batch, consumers, per_tick=10)
 
 
 async def stream_messages(js: JetStreamContext, stream: str) -> dict[int, Message]:
