@@ -47,7 +47,6 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -63,6 +62,7 @@ from drkit.paths import state_dir
 from drkit.repository.documents import describe
 from drkit.repository.layout import Repository
 from drkit.repository.store import Written
+from drkit.retry import SYSTEM_CLOCK, Clock, wait_until
 
 Log = Callable[[str], None]
 
@@ -331,22 +331,22 @@ def _stale_reason(current: LockInfo, owner: str, now: dt.datetime) -> str | None
 
 
 @contextlib.contextmanager
-def _local_lock(host: str, wait: float, poll: float, operation: str) -> Iterator[None]:
+def _local_lock(
+    host: str, wait: float, poll: float, operation: str, clock: Clock
+) -> Iterator[None]:
     """flock on the host's lock file in the state dir; raises LockHeld after ``wait`` seconds."""
     path = local_lock_path(host)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + wait
+        deadline = clock.monotonic() + wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not wait_until(deadline, poll, clock):
                     raise LockHeld(_local_message(host, path), host) from None
-                time.sleep(min(poll, remaining))
         # Who holds it, for the message a competitor prints.
         record = {"pid": os.getpid(), "operation": operation, "started": _stamp(_utcnow())}
         os.ftruncate(fd, 0)
@@ -426,12 +426,10 @@ def _blocker(
     return None
 
 
-def _wait_or_raise(deadline: float, poll: float, error: DrkitError) -> None:
+def _wait_or_raise(deadline: float, poll: float, error: DrkitError, clock: Clock) -> None:
     """Sleep a poll interval, or raise ``error`` if the wait is over."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
+    if not wait_until(deadline, poll, clock):
         raise error
-    time.sleep(min(poll, remaining))
 
 
 def _take(
@@ -440,6 +438,7 @@ def _take(
     mine: LockInfo,
     found: tuple[bytes, str | None] | None,
     confirm_delay: float,
+    clock: Clock,
 ) -> bool:
     """Write ``mine`` over what was ``found``; True if the lock object is now ours."""
     if found is None:
@@ -449,7 +448,7 @@ def _take(
     if written is Written.YES:
         return True
     if written is Written.UNCHECKED:
-        time.sleep(confirm_delay)
+        clock.sleep(confirm_delay)
     # REFUSED: another run wrote between our read and our write (or a retry
     # of our own request found our first attempt already there).
     return _token(repo, key) == mine.token
@@ -467,6 +466,7 @@ def host_lock(
     owner: str | None = None,
     confirm_delay: float = 1.0,
     poll: float = 1.0,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Iterator[HostLock]:
     """Hold the host's local and repository locks for the ``with`` body.
 
@@ -480,7 +480,8 @@ def host_lock(
     LockHeld (exit code 5) naming the holder; MalformedLock (exit 1) for an
     unreadable lock object written within ``ttl``; RepositoryError if the
     repository cannot be written or does not keep the lock; UsageError for a
-    ``ttl`` out of range.
+    ``ttl`` out of range. Every wait but the heartbeats' is on ``clock`` (tests
+    pass one whose sleep only advances its time).
     """
     if not 0 < ttl <= MAX_TTL:
         raise UsageError(
@@ -488,27 +489,27 @@ def host_lock(
             f"{format_duration(dt.timedelta(seconds=MAX_TTL))})"
         )
     owner = owner or socket.gethostname()
-    deadline = time.monotonic() + wait
+    deadline = clock.monotonic() + wait
     key = lock_key(host)
-    with _local_lock(host, wait, poll, operation):
+    with _local_lock(host, wait, poll, operation, clock):
         attempts = 0
         while True:
             now = _utcnow()
             found = _fetch(repo, key)
             blocker = _blocker(repo, host, found, owner, ttl, now, log) if found else None
             if blocker is not None:
-                _wait_or_raise(deadline, poll, blocker)
+                _wait_or_raise(deadline, poll, blocker, clock)
                 continue
             # Free, stale or given up: take it. Every pass ends in the deadline too,
             # also when the writes do not stick (a server answering 200 to anything).
-            if attempts >= _MIN_ATTEMPTS and time.monotonic() >= deadline:
+            if attempts >= _MIN_ATTEMPTS and clock.monotonic() >= deadline:
                 raise RepositoryError(
                     f"host {host}: could not take the lock {repo.url}/{key}: {attempts} "
                     "writes of it did not read back as written (does the repository's "
                     "server keep what it accepts?)"
                 )
             if attempts:
-                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+                clock.sleep(min(poll, max(0.0, deadline - clock.monotonic())))
             attempts += 1
             mine = LockInfo(
                 host=host,
@@ -521,7 +522,7 @@ def host_lock(
                 token=secrets.token_hex(8),
                 pidns=_pid_namespace(),
             )
-            if _take(repo, key, mine, found, confirm_delay):
+            if _take(repo, key, mine, found, confirm_delay, clock):
                 break
             # Not ours: loop to wait for whoever wrote it, report it, or try again.
         held = HostLock(repo, mine, log, interval=ttl / 4)

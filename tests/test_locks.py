@@ -36,6 +36,7 @@ from drkit.repository.layout import Repository
 from drkit.repository.local import LocalStore
 from drkit.repository.s3 import S3Store
 from drkit.repository.store import Store, Written
+from tests.clock import VirtualClock
 from tests.servers.seaweed import SeaweedServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,17 +322,14 @@ def test_racing_machines_exactly_one_takes_the_lock(
     winner.release()
 
 
-def test_s3_lock_is_taken_without_the_confirm_delay(
-    seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_lock_is_taken_without_the_confirm_delay(seaweed: SeaweedServer) -> None:
     """With a compare-and-swap there is nothing to wait for: a backup to S3 does not
     start a second later than it must (it did: 1 s per run)."""
     repo, _, _ = _s3_repository(seaweed)
-    slept: list[float] = []
-    monkeypatch.setattr("drkit.locks.time.sleep", slept.append)
-    with host_lock(repo, HOST, confirm_delay=30, owner="machine-a"):
+    clock = VirtualClock()
+    with host_lock(repo, HOST, confirm_delay=30, owner="machine-a", clock=clock):
         assert LockInfo.from_json(repo.store.get_bytes(lock_key(HOST)), "lock").owner == "machine-a"
-    assert 30 not in slept
+    assert clock.sleeps == []
     assert repo.store.stat(lock_key(HOST)) is None
 
 
@@ -470,29 +468,55 @@ def test_lock_held_is_a_drkit_error_with_exit_code_5(tmp_path: Path) -> None:
 
 def test_a_competitor_writing_during_the_confirm_delay_wins(tmp_path: Path) -> None:
     """No compare-and-swap in the store: write, wait, re-read; whoever reads their own
-    token holds it."""
+    token holds it. The rival writes while the run waits its confirm delay."""
     repo = Repository(_UncheckedStore(tmp_path / "repo"))
-    outcome: list[BaseException | str] = []
+    clock = VirtualClock()
 
-    def contender() -> None:
-        try:
-            with host_lock(repo, HOST, confirm_delay=1.5, owner="machine-a"):
-                outcome.append("acquired")
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=contender)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while repo.store.stat(lock_key(HOST)) is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def rival_writes(seconds: float) -> None:
+        assert seconds == 1.5  # the confirm delay: the run wrote its lock and waits
         ours = LockInfo.from_json(repo.store.get_bytes(lock_key(HOST)), "lock")
         assert ours.owner == "machine-a"
         rival = LockInfo(**{**ours.__dict__, "owner": "machine-z", "pid": 4242, "token": "z"})
         repo.store.put_bytes(lock_key(HOST), rival.to_json())
-    finally:
-        thread.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], LockHeld), outcome
-    assert "machine-z pid 4242" in str(outcome[0])
+
+    clock.on_sleep = rival_writes
+    with (
+        pytest.raises(LockHeld, match="machine-z pid 4242"),
+        host_lock(repo, HOST, confirm_delay=1.5, owner="machine-a", clock=clock),
+    ):
+        pass
+    assert clock.sleeps == [1.5]
     assert LockInfo.from_json(repo.store.get_bytes(lock_key(HOST)), "lock").owner == "machine-z"
+
+
+def test_a_wait_for_the_local_lock_ends_at_its_deadline(tmp_path: Path) -> None:
+    """Waiting polls on the clock until ``wait`` is over, then names the holder."""
+    repo = repository(tmp_path)
+    clock = VirtualClock()
+    with (
+        host_lock(repo, HOST, confirm_delay=0, owner="machine-a"),
+        pytest.raises(LockHeld, match="holds the lock on this machine"),
+        host_lock(repo, HOST, wait=600, poll=7, confirm_delay=0, clock=clock),
+    ):
+        pass
+    assert clock.sleeps == [7.0] * 85 + [5.0]  # 600 s of polls, the last one shorter
+    assert clock.t == 600
+
+
+def test_a_waiting_run_takes_the_repository_lock_once_it_is_released(tmp_path: Path) -> None:
+    """Another machine's live lock: polled (on the clock) until it goes, then taken."""
+    repo = repository(tmp_path)
+    now = dt.datetime.now(dt.UTC)
+    other = LockInfo(HOST, "machine-z", 4242, "backup", now, now, 600.0, "z")
+    repo.store.put_bytes(lock_key(HOST), other.to_json())
+    clock = VirtualClock()
+
+    def holder_finishes(_seconds: float) -> None:
+        if clock.t >= 30:
+            repo.store.delete(lock_key(HOST))
+
+    clock.on_sleep = holder_finishes
+    with host_lock(repo, HOST, wait=60, poll=2, confirm_delay=0, owner="a", clock=clock) as held:
+        assert held.info.owner == "a"
+    assert clock.sleeps == [2.0] * 15
+    assert repo.store.stat(lock_key(HOST)) is None

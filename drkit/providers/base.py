@@ -23,7 +23,8 @@ from typing import Any, ClassVar, TypeVar
 from drkit.durations import format_duration
 from drkit.errors import DrkitError
 from drkit.policy.checks import check_endpoint
-from drkit.providers.retry import Backoff, Clock, PagingError, paginate
+from drkit.providers.retry import PagingError, RetriesExhausted, paginate, with_retries
+from drkit.retry import SYSTEM_CLOCK, Backoff, Clock
 
 T = TypeVar("T")
 C = TypeVar("C", bound=Hashable)
@@ -171,7 +172,7 @@ class Provider(ABC):
         self.resource_id = resource_id
         # Short values would mangle messages; real API tokens are long.
         self._scrub_values = tuple(v for v in {token, token.strip()} if len(v) >= 6)
-        self.clock = clock or Clock()
+        self.clock = clock or SYSTEM_CLOCK
         self.poll_interval = poll_interval or self.default_poll_interval
         self.backoff = backoff or Backoff()
         self.stop: threading.Event | None = None
@@ -251,6 +252,15 @@ class Provider(ABC):
         self, what: str, detail: str, cls: type[ProviderError] = ProviderError
     ) -> ProviderError:
         return cls(self.scrub(f"{self.label}: {what}: {detail}"))
+
+    def retried(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, tried again while it raises ``Transient`` (``self.backoff``, on
+        ``self.clock``); the last answer as a ProviderError naming ``what`` when the
+        attempts run out or ``self.stop`` is set."""
+        try:
+            return with_retries(call, backoff=self.backoff, clock=self.clock, stop=self.stop)
+        except RetriesExhausted as exc:
+            raise self.error(what, str(exc)) from None
 
     def paginate(self, what: str, fetch: Callable[[C | None], tuple[list[T], C | None]]) -> list[T]:
         try:

@@ -32,7 +32,7 @@ from drkit.providers.base import (
     ProviderSnapshot,
     parse_time,
 )
-from drkit.providers.retry import RetriesExhausted, Transient, with_retries
+from drkit.providers.retry import Transient
 
 PER_PAGE = 200  # the API's maximum
 
@@ -186,10 +186,7 @@ class DigitalOceanProvider(Provider):
                 raise self.error(what, f"{type(exc).__name__}: {exc.message}") from None
             return answer
 
-        try:
-            return with_retries(attempt, backoff=self.backoff, clock=self.clock, stop=self.stop)
-        except RetriesExhausted as exc:
-            raise self.error(what, str(exc)) from None
+        return self.retried(what, attempt)
 
 
 class _DropletGone(Exception):

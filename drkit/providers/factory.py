@@ -21,7 +21,7 @@ from drkit.durations import parse_duration
 from drkit.errors import SecretError
 from drkit.policy.models import Policy, SnapshotSource, source_name
 from drkit.providers.base import Owner, Provider, ProviderError
-from drkit.providers.retry import Backoff, Clock
+from drkit.retry import Backoff, Clock
 
 
 def _digitalocean() -> type[Provider]:

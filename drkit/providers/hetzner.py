@@ -33,7 +33,7 @@ from drkit.providers.base import (
     by_time,
     parse_time,
 )
-from drkit.providers.retry import RetriesExhausted, Transient, with_retries
+from drkit.providers.retry import Transient
 
 T = TypeVar("T")
 _STATUS = {"available": "complete", "creating": "pending"}  # drkit's words for image states
@@ -150,10 +150,7 @@ class HetznerProvider(Provider):
                     raise Transient(detail) from None
                 raise self.error(what, detail) from None
 
-        try:
-            return with_retries(attempt, backoff=self.backoff, clock=self.clock, stop=self.stop)
-        except RetriesExhausted as exc:
-            raise self.error(what, str(exc)) from None
+        return self.retried(what, attempt)
 
 
 def _snapshot(image: BoundImage) -> ProviderSnapshot:

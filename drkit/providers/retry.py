@@ -1,19 +1,20 @@
-"""Bounded retries and pagination for provider APIs, independent of any SDK.
+"""What a provider API's answer says about trying again, and pagination.
 
 A request function raises ``Transient`` for an answer that says "try again
-later" (429, Vultr's 503); ``with_retries`` waits as the answer's headers ask
-(``Retry-After``, ``RateLimit-Reset``/``ratelimit-reset``), else backs off
-exponentially, and gives up after a fixed number of attempts. ``paginate``
-follows next-page links or cursors and refuses one that repeats.
+later" (429, Vultr's 503); ``with_retries`` runs it through ``drkit.retry``
+(bounded attempts, exponential backoff, the injectable clock), waiting as the
+answer's headers ask (``Retry-After``, ``RateLimit-Reset``/``ratelimit-reset``)
+when they do. ``paginate`` follows next-page links or cursors and refuses one
+that repeats.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
 from typing import TypeVar
+
+from drkit.retry import Backoff, Cancelled, Clock, retry
 
 T = TypeVar("T")
 C = TypeVar("C", bound=Hashable)
@@ -21,24 +22,6 @@ C = TypeVar("C", bound=Hashable)
 # A reset header below this is a delay in seconds (IETF RateLimit draft);
 # above it, a Unix timestamp (DigitalOcean, Hetzner).
 _EPOCH_THRESHOLD = 1_000_000_000
-
-
-class Clock:
-    """Time as the providers see it; tests pass one whose sleep only advances the time."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def now(self) -> float:
-        """Unix time, to compare with reset timestamps in rate-limit headers."""
-        return time.time()
-
-    def sleep(self, seconds: float, stop: threading.Event | None = None) -> bool:
-        """Wait ``seconds``; return True at once if ``stop`` is set (the caller gives up)."""
-        if stop is not None:
-            return stop.wait(max(0.0, seconds))
-        time.sleep(max(0.0, seconds))
-        return False
 
 
 class Transient(Exception):
@@ -63,20 +46,11 @@ class PagingError(Exception):
     """A listing's pagination does not end (a repeating cursor or too many pages)."""
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """How often and how long to retry: ``attempts`` tries in all, waits capped at ``cap``."""
-
-    attempts: int = 6
-    base: float = 1.0
-    cap: float = 60.0
-
-    def delay(self, attempt: int, headers: Mapping[str, str], now: float) -> float:
-        """Seconds to wait before try ``attempt + 2``: what the server asked for, else 2^n."""
-        wait = _header_delay(headers, now)
-        if wait is None:
-            wait = self.base * 2**attempt
-        return min(max(wait, 0.0), self.cap)
+def delay(backoff: Backoff, retry: int, headers: Mapping[str, str], now: float) -> float:
+    """Seconds to wait before retry number ``retry``: what the server asked for
+    (capped at ``backoff.cap``), else the backoff's."""
+    wait = _header_delay(headers, now)
+    return backoff.delay(retry) if wait is None else min(max(wait, 0.0), backoff.cap)
 
 
 def _header_delay(headers: Mapping[str, str], now: float) -> float | None:
@@ -102,26 +76,31 @@ def with_retries(
     backoff: Backoff,
     clock: Clock,
     stop: threading.Event | None = None,
-    on_retry: Callable[[str, float], None] | None = None,
 ) -> T:
     """Return ``call()``, retrying it while it raises ``Transient``.
 
     Raises RetriesExhausted after ``backoff.attempts`` transient answers (or at
     once when ``stop`` is set while waiting); any other exception propagates.
     """
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except Transient as exc:
-            attempt += 1
-            if attempt >= backoff.attempts:
-                raise RetriesExhausted(exc.detail, attempt) from None
-            wait = backoff.delay(attempt - 1, exc.headers, clock.now())
-            if on_retry is not None:
-                on_retry(exc.detail, wait)
-            if clock.sleep(wait, stop):
-                raise RetriesExhausted(exc.detail + "; cancelled", attempt) from None
+
+    def wait(exc: Exception, n: int) -> float:
+        assert isinstance(exc, Transient)
+        return delay(backoff, n, exc.headers, clock.now())
+
+    try:
+        return retry(
+            call,
+            backoff=backoff,
+            retryable=lambda exc: isinstance(exc, Transient),
+            clock=clock,
+            delay=wait,
+            stop=stop,
+        )
+    except Transient as exc:
+        raise RetriesExhausted(exc.detail, max(backoff.attempts, 1)) from None
+    except Cancelled as exc:
+        assert isinstance(exc.last, Transient)
+        raise RetriesExhausted(exc.last.detail + "; cancelled", exc.attempts) from None
 
 
 def paginate(

@@ -24,7 +24,7 @@ from drkit.providers.base import (
     ProviderSnapshot,
     parse_time,
 )
-from drkit.providers.retry import RetriesExhausted, Transient, with_retries
+from drkit.providers.retry import Transient
 
 PER_PAGE = 100
 _GB = 1024**3
@@ -130,10 +130,7 @@ class VultrProvider(Provider):
                 raise Transient(_detail(response), response.headers)
             return response
 
-        try:
-            response = with_retries(attempt, backoff=self.backoff, clock=self.clock, stop=self.stop)
-        except RetriesExhausted as exc:
-            raise self.error(what, str(exc)) from None
+        response = self.retried(what, attempt)
         if response.status_code >= 400:
             raise self.error(what, _detail(response))
         if response.status_code == 204 or not response.content:

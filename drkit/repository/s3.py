@@ -24,11 +24,9 @@ import datetime as dt
 import email.utils
 import hashlib
 import io
-import random
 import re
 import tempfile
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -39,6 +37,7 @@ from xml.sax.saxutils import escape
 from drkit.errors import ObjectNotFound, RepositoryError
 from drkit.repository.options import StoreOptions, safe_url
 from drkit.repository.s3_client import (
+    RETRY_BACKOFF,
     MalformedAnswer,
     Response,
     S3Client,
@@ -648,7 +647,7 @@ class _BodyReader(io.RawIOBase):
     def _resume(self) -> None:
         """Read on from ``_offset``: a ranged GET of the version first read."""
         self._body.close()
-        time.sleep(random.uniform(0, min(20.0, 0.5 * 2 ** (self._attempt - 1))))
+        self._store.client.clock.sleep(RETRY_BACKOFF.delay(self._attempt - 1))
         self._attempt += 1
         assert self._etag is not None
         headers = {"range": f"bytes={self._offset}-", "if-match": self._etag}

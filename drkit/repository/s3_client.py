@@ -4,7 +4,8 @@ Why not boto3: its client costs ~39 MiB of memory (parsed service models)
 for the dozen requests drkit sends. This module sends SigV4-signed requests
 (s3_sign.py) over a small pool of keep-alive connections, retries what
 botocore's "standard" mode retries (connection errors, 5xx, throttling) with
-jittered exponential backoff, and turns S3's XML errors into ``S3Error``.
+jittered exponential backoff (``drkit.retry``, waiting on the client's
+``clock``), and turns S3's XML errors into ``S3Error``.
 
 Nothing here formats a credential: errors carry the S3 error code, the HTTP
 status and the server's message; the endpoint is kept without userinfo.
@@ -14,24 +15,22 @@ from __future__ import annotations
 
 import http.client
 import os
-import random
 import socket
 import threading
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from drkit.repository.s3_sign import (
     UNSIGNED_PAYLOAD,
     CredentialSource,
-    NoCredentials,
     amz_now,
     authorization,
     uri_encode,
 )
+from drkit.retry import SYSTEM_CLOCK, Backoff, Clock, retry
 
 if TYPE_CHECKING:
     import ssl
@@ -43,6 +42,8 @@ _RETRY_CODES = frozenset(
      "ThrottlingException", "InternalError", "ServiceUnavailable"}
 )  # fmt: skip
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
+# botocore "standard": full jitter on 2^attempt, capped at 20 s; attempts per client.
+RETRY_BACKOFF = Backoff(attempts=5, base=0.5, cap=20.0, jitter=True)
 _SEND_BLOCK = 1 << 18  # http.client reads a file body in pieces of this size (default 8 KiB)
 
 Body = bytes | bytearray | memoryview | BinaryIO
@@ -115,12 +116,14 @@ class S3Client:
         pool_size: int = 4,
         connect_timeout: float = 10,
         read_timeout: float = 120,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         parts = urlsplit(endpoint or f"https://s3.{region}.amazonaws.com")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"S3 endpoint must be http(s)://host[:port], not {parts.scheme!r}")
         self.region = region
         self.max_attempts = max(1, max_attempts)
+        self.clock = clock  # what retries wait on
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
@@ -218,22 +221,12 @@ class S3Client:
             for k, v in params
         )  # fmt: skip
         url = f"{path}?{query}" if query else path
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self._once(method, host, path, url, params, headers or {}, body, stream)
-            except S3Error as exc:
-                retry = exc.status in _RETRY_STATUS or exc.code in _RETRY_CODES
-                if not retry or attempt >= self.max_attempts:
-                    raise
-            except NoCredentials:
-                raise
-            except _NETWORK_ERRORS:
-                if attempt >= self.max_attempts:
-                    raise
-            # botocore "standard": full jitter on 2^attempt, capped at 20 s.
-            time.sleep(random.uniform(0, min(20.0, 0.5 * 2 ** (attempt - 1))))
+        return retry(
+            lambda: self._once(method, host, path, url, params, headers or {}, body, stream),
+            backoff=replace(RETRY_BACKOFF, attempts=self.max_attempts),
+            retryable=_retryable,
+            clock=self.clock,
+        )
 
     def _once(
         self,
@@ -298,6 +291,13 @@ class S3Client:
             # CompleteMultipartUpload can fail with 200 and an error document.
             raise _error_of(answer)
         return answer
+
+
+def _retryable(exc: Exception) -> bool:
+    """What botocore's "standard" mode retries: 5xx, throttling, the network."""
+    if isinstance(exc, S3Error):
+        return exc.status in _RETRY_STATUS or exc.code in _RETRY_CODES
+    return isinstance(exc, _NETWORK_ERRORS)
 
 
 def _body_length(body: Body) -> int:
@@ -389,10 +389,6 @@ def _error_of(answer: Response) -> S3Error:
 def text(el: ET.Element, path: str) -> str:
     """The text at ``path`` under ``el`` ('' if absent)."""
     return (el.findtext(path) or "").strip()
-
-
-def iter_children(el: ET.Element, tag: str) -> Iterator[ET.Element]:
-    return iter(el.findall(tag))
 
 
 def is_network_error(exc: BaseException) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,8 @@ import pytest
 from drkit.policy.models import Policy, SnapshotSource
 from drkit.providers.base import Provider
 from drkit.providers.factory import open_provider
-from drkit.providers.retry import Backoff, Clock
+from drkit.retry import Backoff
+from tests import clock
 from tests.helpers import local_signer
 from tests.providers.fake_digitalocean import FakeDigitalOcean
 from tests.providers.fake_hetzner import FakeHetzner
@@ -32,24 +32,11 @@ TOKEN_ENV = "DRKIT_TEST_PROVIDER_TOKEN"
 NOW = dt.datetime(2025, 3, 1, 4, 7, 0, tzinfo=dt.UTC)
 
 
-class VirtualClock(Clock):
-    """Time that passes only when drkit sleeps: waits are instant and recorded."""
+class VirtualClock(clock.VirtualClock):
+    """tests/clock.py's, with provider answers' Unix times around ``NOW``."""
 
     def __init__(self) -> None:
-        self.t = 0.0
-        self.epoch = NOW.timestamp()
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def now(self) -> float:
-        return self.epoch + self.t
-
-    def sleep(self, seconds: float, stop: threading.Event | None = None) -> bool:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        return bool(stop is not None and stop.is_set())
+        super().__init__(NOW.timestamp())
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from drkit.policy.models import Policy, SnapshotSource
 from drkit.providers import factory
 from drkit.providers.base import Provider, ProviderError
 from drkit.providers.factory import open_provider
-from drkit.providers.retry import Clock
+from drkit.retry import Clock
 from tests.providers.conftest import HOST, NOW, RESOURCE, SOURCE, TOKEN_ENV, Env, EnvFactory
 from tests.providers.conftest import api_base as base_url
 from tests.providers.fake_http import FakeApi, Reply

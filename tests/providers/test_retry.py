@@ -8,7 +8,8 @@ import pytest
 
 from drkit.providers.base import ProviderError
 from drkit.providers.factory import open_provider
-from drkit.providers.retry import Backoff, PagingError, Transient, paginate, with_retries
+from drkit.providers.retry import PagingError, Transient, delay, paginate, with_retries
+from drkit.retry import Backoff
 from tests.providers.conftest import HOST, SOURCE, VirtualClock, make_policy, snapshot_source
 
 NOW = 1_750_000_000.0
@@ -31,7 +32,7 @@ NOW = 1_750_000_000.0
 def test_delay_follows_the_headers_else_backs_off(
     headers: dict[str, str], attempt: int, expected: float
 ) -> None:
-    assert Backoff(attempts=6, base=1.0, cap=60.0).delay(attempt, headers, NOW) == expected
+    assert delay(Backoff(attempts=6, base=1.0, cap=60.0), attempt, headers, NOW) == expected
 
 
 def test_with_retries_is_bounded_and_names_the_last_answer() -> None:

@@ -43,7 +43,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("drkit.secrets", "drkit.signing"),
     ("drkit.keyfiles",),
     ("drkit.errors",),
-    ("drkit", "drkit.durations", "drkit.ed25519", "drkit.paths", "drkit.redact", "drkit.schedule"),
+    (
+        "drkit",
+        "drkit.durations",
+        "drkit.ed25519",
+        "drkit.paths",
+        "drkit.redact",
+        "drkit.retry",
+        "drkit.schedule",
+    ),
 ]
 
 # Temporary exceptions (issue #22), each in a file another change held when the
