@@ -15,6 +15,7 @@ def main() -> None:
     guard_std_streams()
     from drkit.cli import (  # noqa: F401 - registers commands
         commands_backup,
+        commands_discover,
         commands_drill,
         commands_info,
         commands_machine,

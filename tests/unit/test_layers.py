@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("drkit.cli.main",),  # imports the command modules, which register on cli.group
     (
         "drkit.cli.commands_backup",
+        "drkit.cli.commands_discover",
         "drkit.cli.commands_drill",
         "drkit.cli.commands_info",
         "drkit.cli.commands_machine",
@@ -35,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("drkit.cli",),  # group, context, summary: shared by the commands
     ("drkit.actions",),  # the only layer combining the others
     ("drkit.drills",),  # images, containers, checks: actions/drill.py restores in them
-    ("drkit.sources",),
+    ("drkit.sources", "drkit.discover"),  # discover: facts a host's script reports, coverage
     ("drkit.remote", "drkit.providers"),
     ("drkit.policy",),  # its checks use locks' cap and repository's URL check
     ("drkit.catalog", "drkit.locks", "drkit.notify", "drkit.retention"),

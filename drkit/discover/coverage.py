@@ -1,0 +1,352 @@
+"""Which source of a policy covers each thing a host runs, and what would cover the rest.
+
+``assess(facts, policy)`` lists ``Finding``s: one per compose project, compose
+or env file, bind mount, named volume, container, database, Redis-protocol
+server, PM2 app, site, certificate store and NATS server, each with the
+names of the policy's sources that cover it (empty: not covered) and, when it
+holds data no source covers, the source that would (``suggestion``, rendered
+as TOML by ``suggest_toml``). The rules (docs/discover.md):
+
+- a path (compose file, env file, bind mount, volume mountpoint, store dir)
+  is covered by a ``files`` or ``env`` source whose path (or glob) is that
+  path or one of its parent directories, and by the ``caddy``/``certbot``/
+  ``nats`` sources' own directories;
+- a named volume: a ``docker_volume`` source of that name, a covered
+  mountpoint, or an app-native source for the container using it
+  (``postgres``/``nats`` with ``container =`` naming it, or a ``command``
+  source whose argv names the container, e.g. ``docker exec NAME ...``);
+- a database in a container: a ``postgres`` source with its ``container``
+  and ``database``, a ``command`` naming the container, or every data mount
+  of the container covered; on the host: a ``postgres`` source with that
+  database and port and no container;
+- PM2 apps: a ``pm2`` source of the dump's user; Caddy: a ``caddy`` source
+  with that data dir or Caddyfile directory; certbot: a ``certbot`` source.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from drkit.discover.facts import Container, Facts
+from drkit.policy.models import (
+    CaddySource,
+    CertbotSource,
+    CommandSource,
+    DockerVolumeSource,
+    EnvSource,
+    FilesSource,
+    NatsSource,
+    Pm2Source,
+    Policy,
+    PostgresSource,
+    source_name,
+)
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+@dataclass
+class Finding:
+    """One thing the host runs. ``data``: it holds data a backup must cover (a volume,
+    a database, an env file...), as opposed to what is listed for context (a container,
+    a site). ``covered_by``: names of the policy's sources that cover it."""
+
+    kind: str
+    name: str
+    where: str = "host"
+    project: str = ""
+    data: bool = True
+    detail: str = ""
+    covered_by: list[str] = field(default_factory=list)
+    suggestion: dict[str, Any] | None = None
+
+    @property
+    def uncovered(self) -> bool:
+        return self.data and not self.covered_by
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["uncovered"] = self.uncovered
+        return out
+
+
+def path_covered(path: str, patterns: list[str]) -> bool:
+    """Whether ``path`` or one of its parent directories is (or matches) a pattern."""
+    if not path.startswith("/"):
+        return False
+    candidates = [path, *(str(p) for p in PurePosixPath(path).parents)]
+    for pattern in patterns:
+        pattern = pattern.rstrip("/") or "/"
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            return True
+    return False
+
+
+class Coverage:
+    """The policy's sources, indexed for the rules in the module doc."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.paths: list[tuple[str, list[str]]] = []  # (source name, path patterns)
+        self.volumes: dict[str, list[str]] = {}
+        self.postgres: list[PostgresSource] = []
+        self.commands: list[tuple[str, list[str]]] = []
+        self.pm2_users: dict[str, list[str]] = {}
+        self.nats: list[NatsSource] = []
+        self.caddy: list[str] = []
+        self.certbot: list[str] = []
+        self.names = [source_name(s) for s in policy.source]
+        for src in policy.source:
+            name = source_name(src)
+            if isinstance(src, FilesSource | EnvSource):
+                self.paths.append((name, list(src.paths)))
+            elif isinstance(src, CaddySource):
+                self.paths.append((name, [*src.config_paths, src.data_dir]))
+                self.caddy.append(name)
+            elif isinstance(src, CertbotSource):
+                self.paths.append((name, [src.dir]))
+                self.certbot.append(name)
+            elif isinstance(src, NatsSource):
+                self.nats.append(src)
+                if src.store_dir:
+                    self.paths.append((name, [src.store_dir]))
+            elif isinstance(src, DockerVolumeSource):
+                self.volumes.setdefault(src.volume, []).append(name)
+            elif isinstance(src, PostgresSource):
+                self.postgres.append(src)
+            elif isinstance(src, CommandSource):
+                self.commands.append((name, [*src.command, *(src.restore_command or [])]))
+            elif isinstance(src, Pm2Source):
+                self.pm2_users.setdefault(src.user, []).append(name)
+
+    def path(self, path: str) -> list[str]:
+        return [name for name, patterns in self.paths if path_covered(path, patterns)]
+
+    def naming(self, container: Container) -> list[str]:
+        """Command sources whose argv names the container (as a whole word)."""
+        names = {container.name, container.id[:12]} - {""}
+        return [
+            name
+            for name, argv in self.commands
+            if any(
+                re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])", " ".join(argv)) for n in names
+            )
+        ]
+
+    def postgres_in(self, container: Container, database: str | None = None) -> list[str]:
+        return [
+            source_name(s)
+            for s in self.postgres
+            if s.container and _same_container(s.container, container)
+            and (database is None or s.database == database)
+        ]  # fmt: skip
+
+    def app_native(self, container: Container) -> list[str]:
+        """Sources that back up the data of ``container`` by its own means."""
+        found = self.naming(container)
+        if container.engine == "postgres":
+            found += self.postgres_in(container)
+        if container.engine == "nats":
+            found += [
+                source_name(s)
+                for s in self.nats
+                if s.container is None or _same_container(s.container, container)
+            ]
+        return found
+
+
+def _same_container(ref: str, container: Container) -> bool:
+    return ref in (container.name, container.id) or (
+        len(ref) >= 12 and container.id.startswith(ref)
+    )
+
+
+def _volume_covered(cov: Coverage, facts: Facts, name: str) -> list[str]:
+    found = list(cov.volumes.get(name, []))
+    volume = next((v for v in facts.volumes if v.name == name), None)
+    if volume is not None and volume.mountpoint:
+        found += cov.path(volume.mountpoint)
+    return found
+
+
+def _mounts_covered(cov: Coverage, facts: Facts, container: Container) -> list[str] | None:
+    """Sources covering every data mount of ``container`` file by file; None if one is not."""
+    found: list[str] = []
+    for m in container.mounts:
+        if m.type == "volume":
+            by = _volume_covered(cov, facts, m.volume)
+        elif m.type == "bind":
+            by = cov.path(m.source)
+        else:
+            continue
+        if not by:
+            return None
+        found += by
+    return found
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1000  # type: ignore[assignment]
+    return ""
+
+
+def assess(facts: Facts, policy: Policy) -> list[Finding]:
+    """Every finding, in a stable order (compose projects first, then the rest)."""
+    cov = Coverage(policy)
+    out: list[Finding] = []
+    containers = {c.name: c for c in facts.containers}
+    volume_users: dict[str, list[Container]] = {}
+    for c in facts.containers:
+        for m in c.mounts:
+            if m.type == "volume":
+                volume_users.setdefault(m.volume, []).append(c)
+
+    def volume_finding(name: str, project: str) -> Finding:
+        users = volume_users.get(name, [])
+        by = _volume_covered(cov, facts, name)
+        for c in users:
+            by += cov.app_native(c)
+        where = ", ".join(c.name for c in users) or "no container"
+        mountpoint = next((v.mountpoint for v in facts.volumes if v.name == name), "")
+        return Finding("volume", name, where, project, True, mountpoint, _unique(by))
+
+    for p in facts.projects:
+        start = len(out)
+        for f in p.files:
+            out.append(Finding("compose-file", f, "host", p.name, True, "", cov.path(f)))
+        for f in p.env_files:
+            out.append(Finding("env-file", f, "host", p.name, True, "compose", cov.path(f)))
+        seen_volumes: list[str] = []
+        for c in p.containers:
+            for m in c.mounts:
+                if m.type == "volume" and m.volume not in seen_volumes:
+                    seen_volumes.append(m.volume)
+                    out.append(volume_finding(m.volume, p.name))
+                elif m.type == "bind":
+                    detail = f"{c.name}:{m.destination}" + (" (ro)" if m.read_only else "")
+                    out.append(
+                        Finding("bind", m.source, c.name, p.name, not m.read_only, detail,
+                                cov.path(m.source))
+                    )  # fmt: skip
+        parts = out[start:]
+        services = ", ".join(p.services)
+        covered = (
+            []
+            if any(f.uncovered for f in parts)
+            else _unique([n for f in parts for n in f.covered_by])
+        )
+        out.insert(
+            start,
+            Finding("compose-project", p.name, "host", p.name, True,
+                    f"{p.working_dir}: {services}", covered),
+        )  # fmt: skip
+        for c in p.containers:
+            out.append(_container_finding(cov, facts, c))
+
+    in_projects = {c.name for p in facts.projects for c in p.containers}  # not one-offs
+    for c in facts.containers:
+        if c.name in in_projects:
+            continue
+        out.append(_container_finding(cov, facts, c))
+        for m in c.mounts:
+            if m.type == "volume":
+                out.append(volume_finding(m.volume, ""))
+            elif m.type == "bind" and not m.read_only:
+                detail = f"{c.name}:{m.destination}"
+                out.append(Finding("bind", m.source, c.name, "", True, detail, cov.path(m.source)))
+    listed = {f.name for f in out if f.kind == "volume"}
+    for v in facts.volumes:
+        if v.name not in listed:
+            by = _volume_covered(cov, facts, v.name)
+            out.append(Finding("volume", v.name, "no container", v.project, True, v.mountpoint, by))
+
+    out += _databases(cov, facts, containers)
+    for app in facts.pm2:
+        out.append(
+            Finding("pm2-app", app.name, "host", "", True, app.cwd or app.home,
+                    list(cov.pm2_users.get(app.user, [])))
+        )  # fmt: skip
+    for site in facts.sites:
+        by = cov.caddy if site.kind == "caddy" else cov.path("/etc/nginx/nginx.conf")
+        out.append(Finding(f"{site.kind}-site", site.name, "host", "", False, site.config, by))
+    for store in facts.cert_stores:
+        by = cov.path(store.path)
+        if store.kind == "certbot":
+            by += cov.certbot
+        detail = ", ".join(store.names[:6]) + (" ..." if len(store.names) > 6 else "")
+        out.append(Finding(f"{store.kind}-certs", store.path, "host", "", True, detail, by))
+    for server in facts.nats:
+        if server.where == "host":
+            by = [source_name(s) for s in cov.nats if s.container is None]
+        else:
+            runs = containers.get(server.where)
+            by = cov.app_native(runs) if runs else []
+        if server.store_dir and server.where == "host":
+            by += cov.path(server.store_dir)
+        out.append(
+            Finding("nats-server", server.store_dir or server.where, server.where, "", True,
+                    server.args[:80], _unique(by))
+        )  # fmt: skip
+    project_files = {f.name for f in out if f.kind == "env-file"}
+    for path in facts.env_files:
+        if path not in project_files:
+            out.append(Finding("env-file", path, "host", "", True, "", cov.path(path)))
+    return out
+
+
+def _container_finding(cov: Coverage, facts: Facts, c: Container) -> Finding:
+    data_mounts = [m for m in c.mounts if m.type in ("volume", "bind") and not m.read_only]
+    engine = f"{c.engine}, " if c.engine else ""
+    detail = f"{engine}{c.image}, {c.state}"
+    by = _mounts_covered(cov, facts, c)
+    native = cov.app_native(c)
+    covered = _unique((by or []) + native) if (by is not None or native) else []
+    return Finding("container", c.name, "docker", c.project, bool(data_mounts), detail, covered)
+
+
+def _databases(cov: Coverage, facts: Facts, containers: dict[str, Container]) -> list[Finding]:
+    out: list[Finding] = []
+    servers: dict[tuple[str, str, str], list[str]] = {}
+    for db in facts.databases:
+        servers.setdefault((db.engine, db.container, db.cluster), []).append(db.name)
+    for db in facts.databases:
+        others = [n for n in servers[(db.engine, db.container, db.cluster)] if n != db.name]
+        data = not (db.engine == "postgres" and db.name == "postgres" and others)
+        size = _size(db.size)
+        c = containers.get(db.container) if db.container else None
+        if db.container and c is None:
+            c = facts.container(db.container)
+        if c is not None:
+            by = cov.naming(c)
+            if db.engine == "postgres":
+                by += cov.postgres_in(c, db.name)
+            by += _mounts_covered(cov, facts, c) or []
+            where, project = c.name, c.project
+        else:
+            by = [
+                source_name(s)
+                for s in cov.postgres
+                if not s.container and s.database == db.name
+                and (db.port is None or s.port == db.port)
+            ]  # fmt: skip
+            where, project = f"host {db.cluster}".strip(), ""
+        if db.engine == "redis":
+            kind, name, detail = "redis", db.container or "host", f"{db.name}: {db.size} keys"
+        else:
+            kind, name = f"{db.engine}-db", db.name
+            port = f"port {db.port}" if db.port else ""
+            detail = ", ".join(x for x in (port, size) if x)
+        out.append(Finding(kind, name, where, project, data, detail, _unique(by)))
+    return out
