@@ -39,8 +39,11 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from drkit.errors import DrkitError, RestoreError, SourceError
@@ -56,8 +59,9 @@ from drkit.sources.base import (
 )
 from drkit.sources.listening import SCRIPT as LISTENING
 from drkit.sources.listening import ProcNet, app_ports, parse, port_list
-from drkit.sources.tarball import TarSource
-from drkit.sources.tarscan import Member
+from drkit.sources.staging import PREFIX as STAGING_PREFIX
+from drkit.sources.tarball import TarSource, TarStream
+from drkit.sources.tarscan import Member, TarScanner
 
 DUMP = "dump.pm2"
 OPTIONAL = ("conf.js", "module_conf.json")
@@ -78,6 +82,12 @@ SETTLE = 1.0  # an app that crashes on start shows "online" between restarts
 # node binds a moment after pm2 says "online" (seconds in a slow container).
 LISTEN_WAIT = 30.0
 LISTEN_POLL = 0.5
+# A deploy (pm2 reload/restart/start/delete/save) may run while the dump is taken: the
+# process list is read before `pm2 save` and after the dump was copied and the ports
+# read, and only an unchanged list whose dump agrees with it is kept. So many tries,
+# waiting RETRY_WAIT * n seconds before the n-th try, before the source fails.
+ATTEMPTS = 6
+RETRY_WAIT = 1.0
 
 _DOTENV = re.compile(rb"""require\(\s*['"]dotenv['"]\s*\)""")
 # Exit 0 when the daemon of this PM2_HOME runs (as the owner, kill -0 is allowed).
@@ -92,6 +102,24 @@ _VERSION = (
 _EXISTING = 'for f; do [ -e "$f" ] && printf "%s\\0" "$f"; done; true'
 # Prints, NUL-separated, the arguments that do not exist (or the user cannot see).
 _MISSING = 'for f; do [ -e "$f" ] || printf "%s\\0" "$f"; done; true'
+# $1 private directory, $2 dump.pm2, $3 its path relative to /: a copy of the dump as it
+# is now (mode, times and owner kept), which the artifact's tar then reads.
+_COPY_PREFIX = ".drkit-dump-"
+_COPY = 'umask 077 && mkdir -- "$1" && mkdir -p -- "$1/$(dirname -- "$3")" && cp -p -- "$2" "$1/$3"'
+
+
+@dataclass
+class Taken:
+    """A dump taken while nothing changed: its private copy (the directory and the dump's
+    path in it), its apps' facts, their listening ports and notes on them."""
+
+    copy: str
+    dump: str
+    tried: list[str] = field(default_factory=list)  # what changed, per try thrown away
+    apps: list[dict[str, Any]] = field(default_factory=list)
+    ports: dict[str, list[int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
 
 
 class Pm2Source(TarSource):
@@ -138,12 +166,24 @@ class Pm2Source(TarSource):
     # ---- backup -------------------------------------------------------
     def artifacts(self) -> Iterator[Artifact]:
         home = self.pm2_home()
-        saved, note = self._save(home)
         dump = posixpath.join(home, DUMP)
-        present = self._existing([dump, *(posixpath.join(home, n) for n in OPTIONAL)])
-        if dump not in present:
-            raise SourceError(f"{self.label}: {note}, and there is no {dump} to back up")
-        yield from self.tar_artifacts([*present, *self.config.ecosystem], [])
+        self._taken: Taken | None = None
+        note = self._not_running(home)
+        if not note:
+            self._taken = self._take(home)
+            if self._taken is None:
+                note = f"the PM2 daemon (PM2_HOME={home}) manages no process, pm2 save skipped"
+        taken = self._taken
+        try:
+            present = self._existing([dump, *(posixpath.join(home, n) for n in OPTIONAL)])
+            if taken is not None and dump not in present:
+                present.insert(0, dump)  # the private copy holds it
+            if dump not in present:
+                raise SourceError(f"{self.label}: {note}, and there is no {dump} to back up")
+            yield from self.tar_artifacts([*present, *self.config.ecosystem], [])
+        finally:
+            if taken is not None:
+                self._remove(taken.copy)
         facts = self.listing_facts()
         try:
             apps = self._apps(dump)
@@ -154,34 +194,156 @@ class Pm2Source(TarSource):
         facts.update(
             user=self.config.user,
             pm2_home=home,
-            saved=saved,
+            saved=taken is not None,
             ecosystem=list(self.config.ecosystem),
             ecosystem_warnings=warnings,
             apps=apps,
+            listen_notes=[],
         )
-        if not saved:
+        if taken is None:
             facts["save_skipped"] = note
-        # After the tar: the apps' environments are gone from memory by now, and the
-        # ports are read only from a running daemon (pm2 jlist would spawn one).
-        facts["listen_notes"] = self._record_listen(home, apps) if saved else []
+        else:
+            # Ports of the same moment as the dump (see _take): only of its apps.
+            for app in apps:
+                found = taken.ports.get(str(app.get("name")))
+                if found is not None:
+                    app["listen"] = found
+            facts["listen_notes"] = taken.notes
+            facts["dump_tries"] = len(taken.tried) + 1
+            notes = list(facts.get("warnings", []))
+            if taken.tried:
+                facts["dump_retried"] = taken.tried
+                notes.append(
+                    f"the PM2 process list changed while its dump was taken ({taken.tried[-1]}): "
+                    f"taken again, unchanged at try {len(taken.tried) + 1}"
+                )
+            notes += [
+                f"app {name}: script {script} does not exist on the host at backup time: "
+                "a restore cannot start it"
+                for name, script in taken.missing.items()
+            ]
+            if notes:
+                facts["warnings"] = notes
         version = self._version()
         if version:
             facts["pm2_version"] = version  # what to install on a fresh host
         self.facts.update(facts)
 
-    def _save(self, home: str) -> tuple[bool, str]:
-        """Run ``pm2 save`` when the daemon runs; (saved, why not)."""
+    def _not_running(self, home: str) -> str:
+        """Why ``pm2 save`` cannot run (no daemon: it would spawn an empty one), or ""."""
         alive = self.runner.run(["sh", "-c", _ALIVE, "sh", home], user=self.config.user)
         if alive.returncode != 0:
-            return False, f"the PM2 daemon of {self.config.user} (PM2_HOME={home}) is not running"
+            return f"the PM2 daemon of {self.config.user} (PM2_HOME={home}) is not running"
+        return ""
+
+    def _save(self, home: str) -> bool:
+        """Run ``pm2 save``; False when the daemon manages no process (nothing saved)."""
         out = self.runner.check(
             self.pm2_argv(home, "save"),
             what=f"{self.label}: pm2 save as {self.config.user}",
             user=self.config.user,
         )
-        if b"not managing any process" in out:
-            return False, f"the PM2 daemon (PM2_HOME={home}) manages no process, pm2 save skipped"
-        return True, ""
+        return b"not managing any process" not in out
+
+    def _take(self, home: str) -> Taken | None:
+        """``pm2 save`` and a private copy of the dump, taken while the process list did
+        not change (a deploy may be reloading, starting, deleting apps and saving): the
+        list is read before the save and again after the copy and the ports were read,
+        and the copy is kept only when both lists are the same processes (pid, start
+        time, restarts, status) and the dump lists exactly those. Otherwise it is taken
+        again, up to ATTEMPTS times, then the source fails naming what kept changing.
+        None when the daemon manages no process (nothing saved)."""
+        dump = posixpath.join(home, DUMP)
+        # Copies a killed run left (they hold the environments, like the dump beside them).
+        self._remove(posixpath.join(home, _COPY_PREFIX + "*"), glob=True)
+        tried: list[str] = []
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                time.sleep(RETRY_WAIT * attempt)
+            before = self._states(home)
+            if not self._save(home):
+                return None
+            taken = Taken(posixpath.join(home, _COPY_PREFIX + secrets.token_hex(8)), dump)
+            try:
+                changes = self._examine(home, taken, before)
+            except BaseException:
+                self._remove(taken.copy)
+                raise
+            if not changes:
+                taken.tried = tried
+                return taken
+            self._remove(taken.copy)
+            tried.append("; ".join(changes))
+        raise SourceError(
+            f"{self.label}: the PM2 process list kept changing while its dump was taken "
+            f"({ATTEMPTS} tries): {tried[-1]}; no consistent dump, nothing stored for it: "
+            "back up again once the deploy is over"
+        )
+
+    def _examine(self, home: str, taken: Taken, before: list[dict[str, Any]]) -> list[str]:
+        """Copy the dump, read its apps and their ports; what changed since ``before``."""
+        rel = taken.dump.lstrip("/")
+        self.runner.check(
+            ["sh", "-c", _COPY, "sh", taken.copy, taken.dump, rel],
+            what=f"{self.label}: copying {taken.dump}",
+            user=self.run_as,
+        )
+        content = self.runner.check(
+            ["cat", "--", posixpath.join(taken.copy, rel)],
+            what=f"{self.label}: reading {taken.dump}",
+            user=self.run_as,
+        )
+        try:
+            entries = dump_entries(content, f"{self.label}: {taken.dump}")
+        except SourceError:
+            return [f"{taken.dump} was being written (not a whole pm2 process list)"]
+        del content
+        identity = Counter(dump_identity(e) for e in entries if not e.get("pmx_module"))
+        taken.apps = [{out: e.get(key) for key, out in APP_FIELDS.items()} for e in entries]
+        del entries  # environment values
+        running = running_apps(before)
+        try:
+            taken.ports, notes = app_ports(self._probe(running), running)
+        except DrkitError as exc:
+            notes = [str(exc)]
+        taken.notes = [f"listening ports not recorded: {n}" for n in notes]
+        taken.missing = self._missing_scripts({"apps": taken.apps})
+        after = self._states(home)
+        return process_changes(before, after) or dump_changes(identity, after, taken.dump)
+
+    def _states(self, home: str) -> list[dict[str, Any]]:
+        try:
+            return self._jlist(home, self.config.user)
+        except RestoreError as exc:  # process_states' error: here it is a backup's
+            raise SourceError(str(exc)) from None
+
+    def _remove(self, path: str, glob: bool = False) -> None:
+        """Best effort: ``rm -rf`` of a private copy (``glob``: of every match)."""
+        script = 'for p in $1; do rm -rf -- "$p"; done' if glob else 'rm -rf -- "$1"'
+        self.runner.run(["sh", "-c", script, "sh", path], user=self.run_as)
+
+    def tar_artifact(
+        self, paths: list[str], exclude: list[str], name: str | None = None
+    ) -> Artifact:
+        """As TarSource's, except that ``dump.pm2`` is read from the private copy (stored
+        under its own path, with its mode, times and owner)."""
+        taken = self._taken
+        if taken is None or taken.dump not in paths:
+            return super().tar_artifact(paths, exclude, name)
+        scanner = TarScanner(keep_content=True, content_limit=self.content_limit)
+        others = [f"--add-file={p.lstrip('/')}" for p in paths if p != taken.dump]
+        argv = [
+            "tar", "-c", "-f", "-", *(f"--exclude={e}" for e in exclude),
+            f"--exclude={STAGING_PREFIX}*",
+            "-C", taken.copy, f"--add-file={taken.dump.lstrip('/')}", "-C", "/", *others,
+        ]  # fmt: skip
+
+        def opener() -> Any:
+            self._tar = TarStream(self, argv, f"/tmp/.drkit-tar-{secrets.token_hex(8)}.log")
+            return self._tar
+
+        self._scanner = scanner
+        return Artifact(name or self.ARTIFACT, opener, scanner.feed)
 
     def _version(self) -> str | None:
         """The installed pm2's version as the owner sees it, or None (best effort)."""
@@ -197,21 +359,6 @@ class Pm2Source(TarSource):
         )
         found = {p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p}
         return [p for p in paths if p in found]
-
-    def _record_listen(self, home: str, apps: list[dict[str, Any]]) -> list[str]:
-        """Set ``listen`` (the TCP ports its processes listen on) on each app running
-        now; the notes say whose ports could not be read. Never fails the backup."""
-        try:
-            running = running_apps(self._jlist(home, self.config.user))
-            net = self._probe(running)
-        except DrkitError as exc:
-            return [f"listening ports not recorded: {exc}"]
-        ports, notes = app_ports(net, running)
-        for app in apps:
-            found = ports.get(str(app.get("name")))
-            if found is not None:
-                app["listen"] = found
-        return [f"listening ports not recorded: {n}" for n in notes]
 
     def _probe(self, running: dict[str, list[tuple[int, bool]]]) -> ProcNet:
         """Listening sockets on the host and the open sockets of these apps' processes,
@@ -491,6 +638,15 @@ def app_facts(content: bytes, what: str) -> list[dict[str, Any]]:
     Raises SourceError naming ``what`` (never quoting the content) if it is not
     the JSON array pm2 writes.
     """
+    return [
+        {out: e.get(key) for key, out in APP_FIELDS.items()} for e in dump_entries(content, what)
+    ]
+
+
+def dump_entries(content: bytes, what: str) -> list[dict[str, Any]]:
+    """The entries (each a process's pm2_env, environment included) of a ``dump.pm2``.
+    Raises SourceError naming ``what`` (never quoting the content) if it is not the JSON
+    array pm2 writes: pm2 rewrites the file in place, so one read mid-write is cut short."""
     try:
         data = json.loads(content)
     except ValueError as exc:
@@ -498,11 +654,56 @@ def app_facts(content: bytes, what: str) -> list[dict[str, Any]]:
         raise SourceError(f"{what} is not valid JSON (line {line})") from None
     if not isinstance(data, list):
         raise SourceError(f"{what} is not a pm2 process list (JSON array)")
-    apps = []
-    for entry in data:
-        if isinstance(entry, dict):
-            apps.append({out: entry.get(key) for key, out in APP_FIELDS.items()})
-    return apps
+    return [entry for entry in data if isinstance(entry, dict)]
+
+
+def dump_identity(entry: dict[str, Any]) -> tuple[str, str, str, int, int]:
+    """What tells one started process from another, for a ``dump.pm2`` entry: name,
+    namespace, status, restart count and start time (pm2 leaves ``pm_id`` out)."""
+    return (
+        str(entry.get("name")), str(entry.get("namespace") or "default"),
+        str(entry.get("status") or "unknown"), _int(entry.get("restart_time")),
+        _int(entry.get("pm_uptime")),
+    )  # fmt: skip
+
+
+def process_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:
+    """What a deploy changed between two ``process_states`` lists, one line per app:
+    started, deleted, restarted (a new pid or start time) or a new status."""
+    old = {p["pm_id"]: p for p in before}
+    new = {p["pm_id"]: p for p in after}
+    out: list[str] = []
+    for pm_id, p in new.items():
+        q = old.get(pm_id)
+        if q is None:
+            out.append(f"app {p['name']} started")
+        elif (q["pid"], q["uptime"], q["restarts"]) != (p["pid"], p["uptime"], p["restarts"]):
+            out.append(f"app {p['name']} restarted (pid {q['pid']} -> {p['pid']})")
+        elif q["status"] != p["status"] or q["name"] != p["name"]:
+            out.append(f"app {p['name']} went from {q['status']} to {p['status']}")
+    out += [f"app {q['name']} deleted" for pm_id, q in old.items() if pm_id not in new]
+    return list(dict.fromkeys(out))
+
+
+def dump_changes(
+    dumped: Counter[tuple[str, str, str, int, int]], now: list[dict[str, Any]], dump: str
+) -> list[str]:
+    """How the dump's processes differ from the running ones (``process_states``):
+    a dump written by another ``pm2 save`` of an earlier moment."""
+    running = Counter(
+        (p["name"], p["namespace"], p["status"], p["restarts"], p["uptime"])
+        for p in now
+        if not p["module"]
+    )
+    if running == dumped:
+        return []
+    names = {k[0] for k in dumped}
+    live = {k[0] for k in running}
+    out = [f"{dump} lists app {n}, which pm2 no longer runs" for n in sorted(names - live)]
+    out += [f"{dump} lacks app {n}, which pm2 runs" for n in sorted(live - names)]
+    stale = {k[0] for k in (dumped - running) + (running - dumped)} & names & live
+    out += [f"{dump} holds an earlier start of app {n}" for n in sorted(stale)]
+    return out
 
 
 def ecosystem_warnings(members: list[Member], ecosystem: list[str]) -> list[str]:
@@ -522,8 +723,9 @@ def ecosystem_warnings(members: list[Member], ecosystem: list[str]) -> list[str]
 
 
 def process_states(jlist_output: bytes, label: str) -> list[dict[str, Any]]:
-    """Name, status, restart count, pid (0 when not running) and whether it runs in
-    cluster mode, of each process in ``pm2 jlist`` output."""
+    """Name, status, restart count, pid (0 when not running), whether it runs in
+    cluster mode, pm_id, namespace, start time (``uptime``, ms) and whether it is a pm2
+    module, of each process in ``pm2 jlist`` output."""
     for line in jlist_output.splitlines():
         if line.startswith(b"["):  # "[PM2] ..." notices start with "[" too
             try:
@@ -540,6 +742,10 @@ def process_states(jlist_output: bytes, label: str) -> list[dict[str, Any]]:
                         "restarts": int(env.get("restart_time") or 0),
                         "pid": _int(p.get("pid")),
                         "cluster": env.get("exec_mode") == "cluster_mode",
+                        "pm_id": _int(p.get("pm_id", env.get("pm_id"))),
+                        "namespace": str(env.get("namespace") or "default"),
+                        "uptime": _int(env.get("pm_uptime")),
+                        "module": bool(env.get("pmx_module")),
                     }
                 )
             return out
