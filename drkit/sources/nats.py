@@ -207,7 +207,7 @@ class NatsSource(TarSource):
         argv = ["docker", "inspect", "-f", "{{.State.Running}}", container]
         try:
             res = self.runner.run(argv, user=self.run_as)
-        except OSError as exc:  # no docker client at all (local runner)
+        except (OSError, SourceError) as exc:  # e.g. no docker client at all
             raise SourceError(f"{self.label}: inspecting container {container}: {exc}") from None
         if res.returncode != 0:
             if missing_ok and "no such" in res.stderr.lower():
