@@ -129,7 +129,7 @@ def test_the_wheel_ships_the_drill_files_policies_and_images(
         assert packaged == where.parent / "data" / name
         assert digests(packaged) == digests(ROOT / name), f"{name}: the wheel differs"
     images = user.py("from drkit.drills.images import image_names; print(*image_names())")
-    assert images == "conversational-platform e2i-droplet visualkit-hetzner vultr"
+    assert images == "conversational-platform dockerhost e2i-droplet visualkit-hetzner vultr"
 
 
 @pytest.mark.docker

@@ -1,0 +1,211 @@
+"""``drkit discover`` over SSH against a host running its own Docker engine (issue #18).
+
+The host is the dockerhost drill image (docker/hosts/dockerhost/), started with
+the flags a nested engine needs (not --privileged), running a compose project
+built here from Debian packages: an HTTP app, PostgreSQL and Redis with data in
+named volumes, a bind mount and an env file (``stack-up.sh``), plus one
+standalone Redis container. The stack's images are built by this machine's
+engine FROM the drkit base (cached by content hash, like drill images) and
+loaded into the host's engine with ``docker save`` | ``docker load``: no
+registry. A policy with no source for any of it: discover lists everything and
+reports the volumes, the bind mount, the compose files and the database
+uncovered; ``--suggest``'s TOML, appended, validates and covers them all.
+
+In ``make drills`` (tests/conftest.py DRILL_SUITES): minutes of vfs copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drkit.drills.container import HostContainer, published_ports
+from drkit.drills.engine import DockerError, docker, docker_binary, ensure_engine
+from drkit.drills.images import docker_dir, ensure_base_image, ensure_host_image, image_exists
+from tests.helpers import drkit, write_policy
+from tests.seeded.containers import Login, ssh_login
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+
+# What a container needs for its own engine (docker/hosts/dockerhost/Dockerfile).
+NESTED_ENGINE = [
+    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "systempaths=unconfined",
+    "--device-cgroup-rule", "a *:* rwm", "--cgroupns", "private",
+    "--volume", "/var/lib/docker",
+]  # fmt: skip
+STACK_SERVICES = {"app": "shop/web:1", "db": "shop/db:1", "cache": "shop/cache:1"}
+RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+
+
+def stack_images(base: str) -> list[str]:
+    """The stack's images, built by this machine's engine FROM ``base`` unless an image
+    with the tag of their context's hash exists (docker/hosts/dockerhost/stack/*/)."""
+    tags = []
+    for service in STACK_SERVICES:
+        context = docker_dir() / "hosts" / "dockerhost" / "stack" / service
+        digest = hashlib.sha256(base.encode())
+        for path in sorted(context.rglob("*")):
+            if path.is_file():
+                digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        tag = f"drkit-dockerhost-stack-{service}:{digest.hexdigest()[:12]}"
+        if not image_exists(tag):
+            what = f"build the stack's {service} image"
+            docker("build", "--force-rm", "--tag", tag, "--build-arg", f"BASE={base}",
+                   str(context), timeout=1800, what=what)  # fmt: skip
+        tags.append(tag)
+    return tags
+
+
+def _ssh_banner(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            return conn.recv(4) == b"SSH-"
+    except OSError:
+        return False
+
+
+def start_dockerhost(image: str, login: Login) -> HostContainer:
+    """The dockerhost container, its sshd on a 127.0.0.1 port, once its engine and sshd
+    are ready; removed again (with its engine's volume) if it does not get there."""
+    done = docker(
+        "run", "--detach", "--init", "--hostname", "dockerhost", *NESTED_ENGINE,
+        "--label", "org.drkit.test=discover", "--publish", "127.0.0.1::22",
+        "--env", "DRKIT_AUTHORIZED_KEYS", image,
+        env={"DRKIT_AUTHORIZED_KEYS": login.public}, timeout=600, what="start the dockerhost",
+    )  # fmt: skip
+    box = HostContainer(done.stdout.decode().strip(), "dockerhost", image, {})
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            state, code = box.status()
+            if state != "running":
+                raise DockerError(f"dockerhost {state} (exit {code}):\n{box.logs()}")
+            box.ports = box.ports or published_ports(box)
+            ready = box.exec(["test", "-e", "/run/drkit/ready"], check=False).returncode == 0
+            if ready and _ssh_banner(box.port(22)):
+                return box
+            if time.monotonic() > deadline:
+                raise DockerError(f"dockerhost not ready in 300 s:\n{box.logs()}")
+            time.sleep(0.5)
+    except BaseException:
+        box.remove()
+        raise
+
+
+@pytest.fixture(scope="module")
+def dockerhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HostContainer, Login]]:
+    try:
+        ensure_engine()
+        base = ensure_base_image().tag
+        image = ensure_host_image("dockerhost", base_tag=base).tag
+    except DockerError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Docker tests, but: {exc}")
+        pytest.skip(f"no Docker engine or dockerhost image here: {exc}")
+    images = stack_images(base)
+    login = ssh_login(tmp_path_factory.mktemp("dockerhost-login"))
+    box = start_dockerhost(image, login)
+    try:
+        save = subprocess.Popen([docker_binary(), "save", *images], stdout=subprocess.PIPE)
+        try:
+            up = subprocess.run(
+                [docker_binary(), "exec", "-i", box.id, "/opt/drkit/stack-up.sh", "/srv/shop"],
+                stdin=save.stdout, capture_output=True, timeout=900, check=False,
+            )  # fmt: skip
+        finally:
+            if save.stdout is not None:
+                save.stdout.close()
+            save.wait(timeout=120)
+        assert up.returncode == 0, (up.stdout + up.stderr).decode(errors="replace")
+        yield box, login
+    finally:
+        box.remove()
+
+
+def _policy(path: Path, box: HostContainer, login: Login, tmp: Path) -> Path:
+    known = tmp / "known_hosts"
+    known.write_text(box.known_hosts_line())
+    connection = (
+        f'[connection]\ntype = "ssh"\naddress = "127.0.0.1"\nport = {box.port(22)}\n'
+        f'user = "root"\nidentity_file = "{login.identity}"\nknown_hosts = "{known}"\n'
+    )
+    # Only an env source for another directory: nothing of the stack is covered.
+    sources = [{"kind": "env", "name": "env", "paths": ["/opt/*/.env"]}]
+    return write_policy(path, "dockerhost", {"url": f"file://{tmp / 'repo'}"}, [RECIPIENT],
+                        sources, extra=connection)  # fmt: skip
+
+
+def _by(found: dict, kind: str) -> dict[str, dict]:
+    return {f["name"]: f for f in found["findings"] if f["kind"] == kind}
+
+
+def test_discover_lists_the_compose_stack_and_suggest_covers_it(
+    dockerhost: tuple[HostContainer, Login], tmp_path: Path
+) -> None:
+    box, login = dockerhost
+    policy = _policy(tmp_path / "dockerhost.toml", box, login, tmp_path)
+
+    started = time.monotonic()
+    res = drkit("discover", "--policy", str(policy), "--json", check=True)
+    took = time.monotonic() - started
+    found = json.loads(res.stdout)
+    assert found["docker"], found
+    [project] = found["compose_projects"]
+    assert project["name"] == "shop" and project["working_dir"] == "/srv/shop"
+    assert project["files"] == ["/srv/shop/docker-compose.yml"]
+    assert project["env_files"] == ["/srv/shop/.env"]
+    services = {s["service"]: s for s in project["services"]}
+    assert set(services) == {"web", "db", "cache"}
+    # compose v1 names: project_service_1
+    assert {s["container"] for s in services.values()} == {
+        "shop_web_1",
+        "shop_db_1",
+        "shop_cache_1",
+    }
+    assert services["db"]["image"] == "shop/db:1"
+
+    volumes = _by(found, "volume")
+    assert {"shop_pgdata", "shop_redisdata", "sessions-data"} <= set(volumes)
+    for name in ("shop_pgdata", "shop_redisdata", "sessions-data"):
+        assert volumes[name]["uncovered"], volumes[name]
+    assert volumes["shop_pgdata"]["where"] == "shop_db_1"
+    binds = _by(found, "bind")
+    assert (
+        binds["/srv/shop/uploads"]["uncovered"] and binds["/srv/shop/uploads"]["project"] == "shop"
+    )
+    assert _by(found, "compose-file")["/srv/shop/docker-compose.yml"]["uncovered"]
+    assert _by(found, "container")["sessions"]["project"] == ""  # standalone
+    dbs = _by(found, "postgres-db")
+    assert dbs["shop"]["where"] == "shop_db_1" and dbs["shop"]["uncovered"]
+    assert not dbs["postgres"]["data"]  # the maintenance database beside a real one
+    redis = _by(found, "redis")
+    assert redis["shop_cache_1"]["detail"] == "db0: 2 keys"
+    envs = _by(found, "env-file")
+    assert envs["/srv/shop/.env"]["uncovered"]
+    assert envs["/opt/drkit/stack/.env"]["covered_by"] == ["env"]
+
+    table = drkit("discover", "--policy", str(policy), check=True).stdout
+    assert "compose project shop in /srv/shop: services cache, db, web" in table
+    for line in ("volume           shop_pgdata", "bind             /srv/shop/uploads"):
+        assert any(row.startswith(line) and row.endswith("NOT COVERED")
+                   for row in table.splitlines()), table  # fmt: skip
+
+    suggestion = drkit("discover", "--policy", str(policy), "--suggest", check=True).stdout
+    assert "[[source]]" in suggestion and 'kind = "docker_volume"' in suggestion
+    extended = tmp_path / "extended.toml"
+    extended.write_text(policy.read_text() + suggestion)
+    drkit("policy", "validate", str(extended), check=True)
+    again = json.loads(drkit("discover", "--policy", str(extended), "--json", check=True).stdout)
+    assert again["uncovered"] == 0, [f for f in again["findings"] if f["uncovered"]]
+    assert _by(again, "volume")["shop_pgdata"]["covered_by"] == ["pg-shop_db_1-shop"]
+    assert _by(again, "volume")["shop_redisdata"]["covered_by"] == ["volume-shop_redisdata"]
+    print(f"discover took {took:.1f} s")
