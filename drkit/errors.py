@@ -26,6 +26,13 @@ class DrkitError(Exception):
     def __str__(self) -> str:
         return scrub(super().__str__())
 
+    def reword(self, message: str) -> None:
+        """Make this error say ``message`` (its text with more context: the host, the
+        source, what a restore did before it). Class, attributes and traceback stay:
+        rebuilding it as ``type(exc)(message)`` fails for classes whose constructors
+        take more (``LockHeld``, ``MalformedLock``)."""
+        self.args = (message,)
+
 
 class UsageError(DrkitError):
     """Bad arguments or configuration given on the command line."""

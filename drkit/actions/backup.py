@@ -305,10 +305,8 @@ def _back_up_source(
                 f"-> {records[-1].stored_size} stored"
             )
     except DrkitError as exc:
-        wrapped = _with_context(exc, host, source.name)
-        if wrapped is exc:
-            raise
-        raise wrapped from exc
+        _with_context(exc, host, source.name)
+        raise
     finally:
         source.finish()
     facts[source.name] = {"kind": source.kind, **source.facts}
@@ -404,21 +402,19 @@ def _record(
         log(f"{host}: {what} the catalog was not updated: {exc}")
 
 
-def _with_context(exc: DrkitError, host: str, source: str) -> DrkitError:
+def _with_context(exc: DrkitError, host: str, source: str) -> None:
     """Name host and source once: an error naming both is kept as it is; one naming only
-    the host (a runner's: connection lost, sudo needs a password) gets the source too.
+    the host (a runner's: connection lost, sudo needs a password) is reworded to name
+    the source too (the same error: its class and attributes stay).
 
-    Either way the returned error's ``source`` is ``source``, for callers that list
+    Either way the error's ``source`` is set to ``source``, for callers that list
     failed sources (drkit.actions.fleet) without parsing the message.
     """
+    exc.source = source
     context = f"host {host}: source {source}"
     text = str(exc)
-    if hasattr(exc, "problems") or text.startswith((context + ":", context + " (")):
-        exc.source = source
-        return exc
-    wrapped = type(exc)(f"{context}: {text.removeprefix(f'host {host}: ')}")
-    wrapped.source = source
-    return wrapped
+    if not hasattr(exc, "problems") and not text.startswith((context + ":", context + " (")):
+        exc.reword(f"{context}: {text.removeprefix(f'host {host}: ')}")
 
 
 def _discard(repo: Repository, host: str, snapshot: str, log: Log) -> None:

@@ -312,7 +312,8 @@ class Executor:
             said = (
                 str(exc) if "nothing was restored" in str(exc) else f"{exc}; nothing was restored"
             )
-            raise type(exc)(f"host {host}: {said}") from exc
+            exc.reword(f"host {host}: {said}")
+            raise
         sources = {r.name: self.manifest_of(r.name).snapshot for r in self.records}
         result = RestoreResult(host, self.assembly.newest.snapshot, sources)
         self.progress.start()
@@ -326,7 +327,8 @@ class Executor:
                 report = self._apply(rec, staged[rec.name])
             except DrkitError as exc:
                 if not keep_going:
-                    raise type(exc)(f"{exc}; {self._stopped_at(rec, result)}") from exc
+                    exc.reword(f"{exc}; {self._stopped_at(rec, result)}")
+                    raise
                 result.failed[rec.name] = str(exc)
                 log(f"{host}: {rec.name}: FAILED: {exc} (--keep-going: going on)")
                 continue

@@ -15,11 +15,6 @@ if TYPE_CHECKING:
     from drkit.actions.fleet import HostResult
 
 
-def failed_sources(result: HostResult) -> list[str]:
-    """Names of the sources that failed in ``result``'s run, in order, each once."""
-    return list(result.failed_sources)
-
-
 def state_of(result: HostResult) -> str:
     """``ok``, ``PARTIAL`` (committed without some sources) or ``FAILED``."""
     if result.status == "success":
@@ -52,7 +47,7 @@ def print_summary(results: list[HostResult]) -> None:
             table.add_row(
                 r.host,
                 _STYLE[state_of(r)],
-                ", ".join(failed_sources(r)) or ("?" if r.status != "success" else "-"),
+                ", ".join(r.failed_sources) or ("?" if r.status != "success" else "-"),
                 r.snapshot or "-",
                 _size(r.plain_bytes) if r.ok else "-",
                 _size(r.stored_bytes) if r.ok else "-",
@@ -74,7 +69,7 @@ def print_warnings(results: list[HostResult]) -> None:
 
 def summary_line(r: HostResult) -> str:
     """The plain-text line for one host."""
-    failed = ", ".join(failed_sources(r))
+    failed = ", ".join(r.failed_sources)
     if r.status == "success":
         return (
             f"{r.host}: snapshot {r.snapshot} ({r.artifacts} artifacts, {r.plain_bytes} bytes "

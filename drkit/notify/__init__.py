@@ -33,7 +33,6 @@ from drkit.secrets import resolve
 
 Log = Callable[[str], None]
 EventKind = Literal["start", "success", "fail"]
-EVENTS: tuple[EventKind, ...] = ("start", "success", "fail")
 LOG_TAIL_LINES = 200
 
 

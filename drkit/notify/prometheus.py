@@ -33,8 +33,6 @@ from pathlib import Path
 
 from drkit.repository.manifest import Manifest, snapshot_time
 
-LABELS = ("host", "source")
-
 
 @dataclass(frozen=True)
 class SourceMetrics:

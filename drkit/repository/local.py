@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,10 +120,6 @@ class LocalStore(Store):
             except OSError:
                 break
             parent = parent.parent
-
-    def destroy(self) -> None:
-        """Remove the whole repository directory (tests and demos only)."""
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
