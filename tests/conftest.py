@@ -30,6 +30,7 @@ DRILL_SUITES = {
     "tests/e2e/test_shipped_conversational_platform.py": None,
     "tests/e2e/test_shipped_e2i_droplet.py": None,
     "tests/drills/test_drill_supabase.py": None,
+    "tests/e2e/test_stock_container.py": None,  # the workflow, the first hour: fresh containers
     "tests/e2e/test_discover.py": None,
     "tests/drills/test_drill_nats_under_load.py": None,
 }
