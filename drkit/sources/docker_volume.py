@@ -13,7 +13,16 @@ mountpoint while unused; they are refused with the driver named.
 
 ``stop_label``: running containers carrying that label are stopped while the
 volume is read (a consistent copy of a database's files, say) and always
-started again, also when reading or storing fails.
+started again, also when reading or storing fails, or drkit dies. The stop,
+the read and the start are one shell on the host (``_STOPPED_WHILE``): it
+stops them, runs tar, and starts them again when tar ends, however it ends (an
+error, drkit killed with SIGKILL or SIGTERM, the SSH connection lost: tar's
+output then goes nowhere and tar ends). drkit starts them too (a no-op then),
+to report a failure to start. Only if that shell itself is killed before it
+could start them do they stay stopped: it leaves a state file on the host
+(``STATE_DIR``), and the next backup of the source starts the containers it
+names that are not running, with a warning. A container that was not running
+when the backup began is never stopped, so never started.
 
 Facts: the volume's driver and labels, each entry (path, type, mode, uid/gid,
 size and sha256), file count, total bytes, and ``digest``: a sha256 over the
@@ -49,6 +58,7 @@ from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import (
     Artifact,
     Check,
+    CommandStream,
     Feed,
     RestoreOptions,
     RestoreReport,
@@ -64,6 +74,23 @@ from drkit.sources.tarfilter import MemberRules, TarFilter
 from drkit.sources.tarscan import Member, TarScanner
 
 ARTIFACT = "volume.tar"
+STATE_DIR = "/var/tmp"  # survives a reboot: a container left stopped is still named
+
+# Stop containers, run a command (tar), start them again however it ends. $1 the state
+# file, $2 its content ("id name" lines), then container ids, "--", the command. Its
+# stdout is the command's; a signal to this shell (SIGHUP of a lost session, ...) is
+# handled once the command ended, and the command ends when its reader is gone.
+_STOPPED_WHILE = r"""s=$1 text=$2; shift 2; ids=
+while [ "$1" != -- ]; do ids="$ids $1"; shift; done; shift
+again() { docker start $ids >/dev/null 2>&1 && rm -f -- "$s"; }
+trap again EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
+trap 'exit 141' PIPE
+(umask 077 && printf '%s' "$text" >"$s") || exit 1
+docker stop $ids >/dev/null || exit 1
+"$@"
+"""
+# $1 the state file, then container ids: start them, then forget the file.
+_START_AGAIN = 's=$1; shift; docker start "$@" >/dev/null && rm -f -- "$s"'
 
 # Staged restores (see the module doc): $1 staging dir, $2 the volume's directory.
 # An old directory whose place is empty goes back; then the staging dir goes.
@@ -231,16 +258,57 @@ class DockerVolumeSource(Source):
         self._start_again(found, error)
 
     def _start_again(
-        self, found: dict[str, str], error: type[Exception], pending: BaseException | None = None
+        self,
+        found: dict[str, str],
+        error: type[Exception],
+        pending: BaseException | None = None,
+        state: str | None = None,
     ) -> None:
+        """``docker start`` (a no-op on a running container: a partial stop is safe too),
+        then the state file goes (``state``)."""
         names = ", ".join(sorted(found.values()))
+        what = f"{self.label}: starting container(s) {names} again"
+        argv = ["docker", "start", *found]
+        if state:
+            argv = ["sh", "-c", _START_AGAIN, "sh", state, *found]
         try:
-            # docker start on a container that runs is a no-op: a partial stop is safe too.
-            self._docker("start", *found, what=f"starting container(s) {names} again", error=error)
+            try:
+                res = self.runner.run(argv, user=self.run_as)
+            except OSError as exc:
+                raise error(f"{what}: {exc}") from None
+            if res.returncode != 0:
+                raise error(f"{what}: {exit_text(res.returncode)}{tail_text(res.stderr)}")
         except Exception as exc:
             if pending is None:
                 raise
             raise error(f"{exc} (after: {pending})") from pending
+
+    def state_file(self) -> str:
+        """Where the host records the containers a backup of this source stopped."""
+        ident = hashlib.sha256(f"docker_volume/{self.name}/{self.volume}".encode()).hexdigest()
+        return posixpath.join(STATE_DIR, f".drkit-stopped-{ident[:16]}")
+
+    def _left_stopped(self, state: str) -> list[str]:
+        """Start the containers an interrupted backup left stopped (its state file names
+        them) that are not running; warnings naming them."""
+        res = self.runner.run(["cat", "--", state], user=self.run_as)
+        if res.returncode != 0:
+            return []  # no state file: the last backup started what it stopped
+        recorded = dict(
+            line.split(" ", 1) for line in res.stdout.decode().splitlines() if " " in line
+        )
+        running = self.running()
+        left = {cid: name for cid, name in recorded.items() if cid not in running}
+        if not left:
+            self.runner.run(["rm", "-f", "--", state], user=self.run_as)
+            return []
+        names = ", ".join(sorted(left.values()))
+        self._start_again(left, SourceError, state=state)
+        return [
+            f"container(s) {names} were still stopped: an earlier backup of volume "
+            f"{self.volume} stopped them and was killed before it could start them "
+            "again; started now"
+        ]
 
     # ---- backup -------------------------------------------------------
     def artifacts(self) -> Iterator[Artifact]:
@@ -256,14 +324,29 @@ class DockerVolumeSource(Source):
         )
         excl = [f"--exclude={e}" for e in self.config.exclude]
         argv = ["tar", "-C", mp, "-c", "-f", "-", "--numeric-owner", *excl, "."]
+        state = self.state_file()
+        warnings = self._left_stopped(state)
         scanner = TarScanner()
         stopped: list[str] = []
 
         @contextmanager
         def opener() -> Iterator[BinaryIO]:
-            with self.labelled_stopped() as names, self.command_stream(argv) as stream:
-                stopped.extend(names)
-                yield stream
+            label = self.config.stop_label
+            found = self.running(f"label={label}") if label else {}
+            if not found:
+                with self.command_stream(argv) as stream:
+                    yield stream
+                return
+            text = "".join(f"{cid} {name}\n" for cid, name in found.items())
+            wrapped = ["sh", "-c", _STOPPED_WHILE, "sh", state, text, *found, "--", *argv]
+            try:
+                with _Shown(self, wrapped, argv) as stream:
+                    stopped.extend(sorted(found.values()))
+                    yield stream
+            except BaseException as exc:
+                self._start_again(found, SourceError, pending=exc, state=state)
+                raise
+            self._start_again(found, SourceError, state=state)
 
         yield Artifact(ARTIFACT, opener, scanner.feed)
         entries = member_entries(scanner.members)
@@ -277,6 +360,8 @@ class DockerVolumeSource(Source):
             digest=None if scanner.truncated else listing_digest(entries),
             stopped=stopped,
         )
+        if warnings:
+            self.facts["warnings"] = warnings
 
     # ---- restore ------------------------------------------------------
     def _target(self, facts: dict[str, Any], opts: RestoreOptions) -> tuple[str, str | None]:
@@ -449,6 +534,19 @@ class DockerVolumeSource(Source):
         differ = sorted(missing | {have[k] for k in have.keys() - want.keys()})
         shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
         return [Check(self.name, f"{volume} restored", "fail", f"{totals}; differ: {shown}")]
+
+
+class _Shown(CommandStream):
+    """``argv`` run inside ``_STOPPED_WHILE``: errors name ``shown`` (tar), not the shell."""
+
+    def __init__(self, source: Source, argv: list[str], shown: list[str]) -> None:
+        super().__init__(source, argv, env=None, expect_output=True, user=None)
+        self._shown = shown
+
+    def __enter__(self) -> BinaryIO:
+        stream = super().__enter__()
+        self._argv = self._shown  # started: from now on it only names the command
+        return stream
 
 
 @contextmanager

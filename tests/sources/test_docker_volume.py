@@ -8,11 +8,16 @@ Off CI the tests skip when no engine can be started; in CI that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import secrets
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +263,173 @@ def test_missing_volume_is_a_clear_error(volume: dict[str, Any]) -> None:
     source = DockerVolumeSource("shopdata", config, LocalRunner("dockerbox"))
     with pytest.raises(SourceError, match=r"host dockerbox: source shopdata .*does not exist"):
         next(source.artifacts())
+
+
+# ---- containers stopped for the copy always start again (issue #17) --------------------
+
+
+def processes_reading(mp: Path) -> dict[str, int]:
+    """The copy's processes on this machine, by PID: ``tar`` reading ``mp`` and the
+    shell around it (both name the volume's unique mountpoint in their argv)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(mp).encode() in argv and argv[0] in (b"tar", b"sh"):
+            out[argv[0].decode()] = int(proc.name)
+    return out
+
+
+def wait_for(what: str, cond: Any, within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def busy(volume: dict[str, Any], base_image: str) -> Iterator[dict[str, Any]]:
+    """``volume`` with a sparse 64 GiB file (a copy that lasts minutes) and a second
+    labelled container that was stopped before any backup."""
+    with open(mountpoint(volume["volume"]) / "huge.img", "wb") as fh:
+        fh.truncate(64 << 30)
+    idle = volume["container"] + "-idle"
+    try:
+        docker("create", "--init", "--name", idle, "--label", volume["label"],
+               "-v", f"{volume['volume']}:/data", base_image, "sleep", "infinity")  # fmt: skip
+        yield {**volume, "idle": idle}
+    finally:
+        docker("rm", "--force", idle, check=False)
+
+
+@contextlib.contextmanager
+def backup_running(policy: Path, busy: dict[str, Any]) -> Iterator[subprocess.Popen[str]]:
+    """``drkit backup`` in the background; at exit it and what is left of its copy are
+    killed, by PID."""
+    mp = mountpoint(busy["volume"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drkit", "backup", "--policy", str(policy)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+        for pid in processes_reading(mp).values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def copying(busy: dict[str, Any], proc: subprocess.Popen[str]) -> dict[str, int]:
+    """Wait until the copy runs with the container stopped; its processes."""
+    mp = mountpoint(busy["volume"])
+    found: dict[str, int] = {}
+
+    def started() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        found.update(processes_reading(mp))
+        return "tar" in found and not state(busy["container"])["Running"]
+
+    wait_for("the copy to run with the container stopped", started)
+    return found
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_drkit_killed_mid_copy_the_host_starts_the_containers_again(
+    tmp_path: Path, keys: Any, busy: dict[str, Any], how: str
+) -> None:
+    policy = policy_for(tmp_path, keys, busy)
+    with backup_running(policy, busy) as proc:
+        copying(busy, proc)
+        proc.send_signal(getattr(signal, how))
+        proc.wait(timeout=60)
+        # Nobody left to run `docker start`: the shell on the host does, once tar's
+        # output goes nowhere.
+        wait_for("the container to run again", lambda: state(busy["container"])["Running"])
+        mp = mountpoint(busy["volume"])
+        wait_for("the copy to end", lambda: not processes_reading(mp))
+    assert not state(busy["idle"])["Running"]  # stopped before: not started by the backup
+    assert not list((tmp_path / "repo").rglob("manifest.json"))
+    assert not Path(state_path(policy)).exists()
+
+
+def state_path(policy: Path) -> str:
+    from drkit.policy.loader import load_policy
+
+    config = load_policy(policy).source[0]
+    return DockerVolumeSource("shopdata", config, LocalRunner("dockerbox")).state_file()
+
+
+def test_copy_killed_or_failing_on_the_host_fails_the_source_and_starts_them_again(
+    tmp_path: Path, keys: Any, busy: dict[str, Any]
+) -> None:
+    policy = policy_for(tmp_path, keys, busy)
+    # The remote tar killed mid-copy.
+    with backup_running(policy, busy) as proc:
+        os.kill(copying(busy, proc)["tar"], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "source shopdata" in err and f"`tar -C {mountpoint(busy['volume'])}" in err, err
+    assert "exited with status 137" in err and "again()" not in err, err
+    assert state(busy["container"])["Running"]
+
+    # tar's own error: a file it was still to read removed under it.
+    mp = mountpoint(busy["volume"])
+    (mp / "huge.img").unlink()
+    for name in ("a.img", "b.img"):
+        with open(mp / name, "wb") as fh:
+            fh.truncate(4 << 30)
+    with backup_running(policy, busy) as proc:
+        tar = copying(busy, proc)["tar"]
+        reading: list[str] = []
+
+        def one_open() -> bool:
+            reading[:] = [n for n in ("a.img", "b.img") if str(mp / n) in open_files(tar)]
+            return bool(reading)
+
+        wait_for("tar to read one of the images", one_open)
+        (mp / ({"a.img", "b.img"} - set(reading)).pop()).unlink()
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "File removed before we read it" in err or "Cannot stat" in err, err
+    assert state(busy["container"])["Running"]
+    assert not state(busy["idle"])["Running"]
+    assert not list((tmp_path / "repo").rglob("manifest.json"))
+
+
+def open_files(pid: int) -> list[str]:
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            out.append(os.readlink(fd))
+    return out
+
+
+def test_copy_and_drkit_killed_together_the_next_backup_starts_them_with_a_warning(
+    tmp_path: Path, keys: Any, busy: dict[str, Any], snapshot_facts: Any
+) -> None:
+    policy = policy_for(tmp_path, keys, busy)
+    with backup_running(policy, busy) as proc:
+        found = copying(busy, proc)
+        # Everything dies at once (an OOM kill, say): no process is left to start them.
+        for pid in (found["sh"], proc.pid, found["tar"]):
+            os.kill(pid, signal.SIGKILL)
+    wait_for("the copy to end", lambda: not processes_reading(mountpoint(busy["volume"])))
+    assert not state(busy["container"])["Running"]
+    state_file = Path(state_path(policy))
+    assert busy["container"] in state_file.read_text()
+
+    (mountpoint(busy["volume"]) / "huge.img").unlink()
+    res = drkit("--json", "backup", "--policy", str(policy), check=True)
+    assert state(busy["container"])["Running"]
+    assert not state(busy["idle"])["Running"]
+    assert not state_file.exists()
+    [warning] = snapshot_facts(policy, "shopdata")["warnings"]
+    assert warning.startswith(f"container(s) {busy['container']} were still stopped"), warning
+    assert "killed before it could start them" in warning and warning in res.stdout
