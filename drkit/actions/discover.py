@@ -54,6 +54,8 @@ class Discovery:
                         }
                         for c in p.containers
                     ],
+                    "volumes": p.volumes,
+                    "binds": p.binds,
                 }
                 for p in self.facts.projects
             ],

@@ -88,6 +88,18 @@ class ComposeProject:
     def services(self) -> list[str]:
         return sorted({c.service for c in self.containers if c.service})
 
+    @property
+    def volumes(self) -> list[str]:
+        """Named volumes its containers mount, in the order first mounted."""
+        names = [m.volume for c in self.containers for m in c.mounts if m.type == "volume"]
+        return list(dict.fromkeys(names))
+
+    @property
+    def binds(self) -> list[str]:
+        """Host paths its containers bind-mount."""
+        paths = [m.source for c in self.containers for m in c.mounts if m.type == "bind"]
+        return list(dict.fromkeys(paths))
+
 
 @dataclass
 class Database:
@@ -396,12 +408,10 @@ def _mysql_databases(body: str, container: str, facts: Facts) -> list[Database]:
 
 
 def _redis_keyspaces(body: str, container: str) -> list[Database]:
-    """One entry per keyspace (``db0:keys=2,...``); a server with no keys is still listed."""
-    found = [
-        Database("redis", m[1], container, size=int(m[2]))
-        for m in re.finditer(r"^(db\d+):keys=(\d+)", body, re.M)
-    ]
-    return found or [Database("redis", "db0", container, size=0)]
+    """One entry per server: its keyspaces (``db0:keys=2,...``) and their keys in all."""
+    spaces = re.findall(r"^(db\d+):keys=(\d+)", body, re.M)
+    names = ",".join(name for name, _keys in spaces) or "db0"
+    return [Database("redis", names, container, size=sum(int(keys) for _n, keys in spaces))]
 
 
 def parse_pm2(body: str) -> list[Pm2App]:

@@ -209,3 +209,41 @@ def test_discover_lists_the_compose_stack_and_suggest_covers_it(
     assert _by(again, "volume")["shop_pgdata"]["covered_by"] == ["pg-shop_db_1-shop"]
     assert _by(again, "volume")["shop_redisdata"]["covered_by"] == ["volume-shop_redisdata"]
     print(f"discover took {took:.1f} s")
+
+
+def _add_user(box: HostContainer, user: str, login: Login, *, sudo: bool) -> None:
+    script = (
+        f"useradd -m -s /bin/bash {user} && usermod -p '*' {user} && "
+        f"install -d -m 700 -o {user} -g {user} /home/{user}/.ssh && "
+        f"install -m 600 -o {user} -g {user} /dev/stdin /home/{user}/.ssh/authorized_keys"
+    )
+    if sudo:
+        script += f" && echo '{user} ALL=(ALL) NOPASSWD:ALL' >/etc/sudoers.d/90-{user}"
+    box.exec(["sh", "-c", script], input=login.public.encode() + b"\n")
+
+
+def test_discover_as_a_sudo_user_and_without_rights(
+    dockerhost: tuple[HostContainer, Login], tmp_path: Path
+) -> None:
+    """A login user other than root reads through ``sudo -n``; one who may not gets
+    what it can read and each section it could not as a warning, exit 0."""
+    box, login = dockerhost
+    _add_user(box, "deploy", login, sudo=True)
+    _add_user(box, "guest", login, sudo=False)
+    policy = _policy(tmp_path / "dockerhost.toml", box, login, tmp_path)
+
+    deploy = tmp_path / "deploy.toml"
+    deploy.write_text(policy.read_text().replace('user = "root"', 'user = "deploy"'))
+    found = json.loads(drkit("discover", "--policy", str(deploy), "--json", check=True).stdout)
+    assert found["login_user"] == "deploy" and found["errors"] == []
+    [project] = found["compose_projects"]
+    assert set(project["volumes"]) == {"shop_pgdata", "shop_redisdata"}
+    assert project["binds"] == ["/srv/shop/uploads"]
+    assert _by(found, "postgres-db")["shop"]["where"] == "shop_db_1"
+
+    guest = tmp_path / "guest.toml"
+    guest.write_text(policy.read_text().replace('user = "root"', 'user = "guest"'))
+    res = drkit("discover", "--policy", str(guest))
+    assert res.returncode == 0, res.output
+    assert "warning: docker:" in res.stderr, res.output
+    assert "compose project" not in res.stdout

@@ -62,6 +62,8 @@ def test_recorded_dockerhost_parses_into_the_compose_stack() -> None:
     assert dbs[("postgres", "shop_db_1", "shop")] == 7789927
     assert dbs[("redis", "shop_cache_1", "db0")] == 2
     assert dbs[("redis", "sessions", "db0")] == 0
+    assert set(project.volumes) == {"shop_pgdata", "shop_redisdata"}
+    assert project.binds == ["/srv/shop/uploads"]
     assert facts.env_files == ["/opt/drkit/stack/.env", "/srv/shop/.env"]
     assert facts.nats == [] and facts.errors == []
 
@@ -209,6 +211,15 @@ def test_compose_v2_names_env_file_label_and_nats_in_a_container(tmp_path: Path)
     again = judge(output, policy(tmp_path, nats, "nats.toml"))
     servers = {f.where: f.covered_by for f in again.findings if f.kind == "nats-server"}
     assert servers == {"host": [], "platform-nats-1": ["nats"]}
+
+
+def test_redis_keyspaces_are_one_server() -> None:
+    output = (
+        f"{MARKER} container-redis falkordb\n# Keyspace\ndb0:keys=3,expires=0,avg_ttl=0\n"
+        "db2:keys=4,expires=1,avg_ttl=9\ndir\n/data\n"
+    )
+    [db] = parse(output).databases
+    assert (db.engine, db.container, db.name, db.size) == ("redis", "falkordb", "db0,db2", 7)
 
 
 def test_compose_env_file_forms() -> None:
