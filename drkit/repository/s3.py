@@ -48,6 +48,7 @@ from drkit.repository.s3_client import (
 )
 from drkit.repository.s3_sign import Credentials, CredentialSource, NoCredentials
 from drkit.repository.store import IncompleteUpload, ObjectInfo, Store, Written
+from drkit.retry import SYSTEM_CLOCK, Clock
 
 MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum part count
@@ -82,6 +83,7 @@ class S3Store(Store):
         self._part_size = max(int(options.part_size), MIN_PART_SIZE)
         self._concurrency = max(int(options.concurrency), 1)
         self.max_attempts = 5  # per request (as botocore "standard" retries); before first use
+        self.clock: Clock = SYSTEM_CLOCK  # what retries wait on; before first use
         self.read_timeout = 120.0  # seconds an answer may keep silent; before first use
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
@@ -114,6 +116,7 @@ class S3Store(Store):
                 CredentialSource(explicit),
                 path_style=opts.path_style,
                 max_attempts=self.max_attempts,
+                clock=self.clock,
                 read_timeout=self.read_timeout,
                 pool_size=self._concurrency + 2,
             )
@@ -647,7 +650,7 @@ class _BodyReader(io.RawIOBase):
     def _resume(self) -> None:
         """Read on from ``_offset``: a ranged GET of the version first read."""
         self._body.close()
-        self._store.client.clock.sleep(RETRY_BACKOFF.delay(self._attempt - 1))
+        self._store.clock.sleep(RETRY_BACKOFF.delay(self._attempt - 1))
         self._attempt += 1
         assert self._etag is not None
         headers = {"range": f"bytes={self._offset}-", "if-match": self._etag}

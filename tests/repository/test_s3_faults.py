@@ -24,6 +24,7 @@ from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, sn
 from drkit.repository.s3 import S3Store
 from drkit.repository.store import Written
 from drkit.retention import Policy
+from tests.clock import VirtualClock
 from tests.helpers import trust_for
 from tests.repository.conftest import make_s3_store
 from tests.servers.s3faults import Fault, S3FaultProxy, fault_proxy
@@ -45,6 +46,7 @@ def store(seaweed: SeaweedServer, proxy: S3FaultProxy) -> Iterator[S3Store]:
     direct = make_s3_store(seaweed)
     options = dataclasses.replace(direct.options, endpoint=proxy.endpoint)
     s = S3Store(direct.bucket, direct.prefix, options)
+    s.clock = VirtualClock()  # retries wait on it: no test sleeps for its backoff
     yield s
     s.close()
     direct.close()
@@ -94,6 +96,10 @@ def test_persistent_500_gives_up_after_the_attempts(store: S3Store, proxy: S3Fau
     with pytest.raises(RepositoryError, match=r"/x: put failed: InternalError \(HTTP 500\)"):
         store.put_bytes("x", b"x")
     assert len(proxy.injected) == store.max_attempts
+    assert isinstance(store.clock, VirtualClock)
+    waits = store.clock.sleeps  # full jitter below 0.5 s * 2^n
+    assert len(waits) == store.max_attempts - 1
+    assert all(0 <= w <= 0.5 * 2**n for n, w in enumerate(waits))
 
 
 @pytest.mark.parametrize("action", ["reset_request", "status"])
