@@ -424,7 +424,7 @@ def parse_pm2(body: str) -> list[Pm2App]:
             home, _, user = line[6:].strip().partition(" ")
             last = None
             continue
-        m = re.fullmatch(r'"(name|pm_cwd|pm_exec_path)":"(.*)"', line.strip())
+        m = re.fullmatch(r'"(name|pm_cwd|pm_exec_path)":\s*"(.*)"', line.strip())
         if not m or not home:
             continue
         if m[1] == "name":

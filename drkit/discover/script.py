@@ -116,7 +116,7 @@ sec pm2
 for d in /root/.pm2 /home/*/.pm2 ${PM2_HOME:-}; do
     [ -n "$d" ] && root test -f "$d/dump.pm2" 2>/dev/null || continue
     echo "@home $d $(root stat -c %U "$d" 2>/dev/null)"
-    root grep -oE '"(name|pm_cwd|pm_exec_path)":"[^"]*"' "$d/dump.pm2" 2>/dev/null
+    root grep -oE '"(name|pm_cwd|pm_exec_path)": *"[^"]*"' "$d/dump.pm2" 2>/dev/null
 done
 
 for f in /etc/caddy/Caddyfile; do

@@ -251,7 +251,7 @@ def test_pm2_caddy_nginx_and_certificate_stores() -> None:
     apps = parse_pm2(
         '@home /root/.pm2 root\n"name":"voice-pipeline"\n"pm_cwd":"/root/voice-pipeline"\n'
         '"pm_exec_path":"/root/voice-pipeline/server.js"\n"name":"voice-pipeline"\n'
-        '@home /home/deploy/.pm2 deploy\n"name":"db-proxy"\n'
+        '@home /home/deploy/.pm2 deploy\n"name": "db-proxy"\n'  # pm2 writes JSON indented
     )
     assert [(a.name, a.user, a.cwd, a.script) for a in apps] == [
         ("voice-pipeline", "root", "/root/voice-pipeline", "/root/voice-pipeline/server.js"),
