@@ -116,6 +116,7 @@ class Taken:
     copy: str
     dump: str
     tried: list[str] = field(default_factory=list)  # what changed, per try thrown away
+    restarting: list[str] = field(default_factory=list)  # apps restarting at every try
     apps: list[dict[str, Any]] = field(default_factory=list)
     ports: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -213,6 +214,14 @@ class Pm2Source(TarSource):
             notes = list(facts.get("warnings", []))
             if taken.tried:
                 facts["dump_retried"] = taken.tried
+            if taken.restarting:
+                facts["restarting"] = taken.restarting
+                notes.append(
+                    f"app(s) {', '.join(taken.restarting)} restarted at each of the "
+                    f"{ATTEMPTS} looks at the process list (a crash loop?): the dump is kept, "
+                    "their listening ports are not recorded"
+                )
+            elif taken.tried:
                 notes.append(
                     f"the PM2 process list changed while its dump was taken ({taken.tried[-1]}): "
                     f"taken again, unchanged at try {len(taken.tried) + 1}"
@@ -255,7 +264,7 @@ class Pm2Source(TarSource):
         None when the daemon manages no process (nothing saved)."""
         dump = posixpath.join(home, DUMP)
         # Copies a killed run left (they hold the environments, like the dump beside them).
-        self._remove(posixpath.join(home, _COPY_PREFIX + "*"), glob=True)
+        self._remove(home, stale=True)
         tried: list[str] = []
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -265,12 +274,16 @@ class Pm2Source(TarSource):
                 return None
             taken = Taken(posixpath.join(home, _COPY_PREFIX + secrets.token_hex(8)), dump)
             try:
-                changes = self._examine(home, taken, before)
+                changes, restarting = self._examine(home, taken, before)
             except BaseException:
                 self._remove(taken.copy)
                 raise
-            if not changes:
-                taken.tried = tried
+            # An app that restarts by itself all along (a crash loop) is no deploy: on the
+            # last try a dump whose apps are the running ones is kept, without their ports.
+            if not changes or (restarting and attempt == ATTEMPTS - 1):
+                for name in restarting:
+                    taken.ports.pop(name, None)
+                taken.restarting, taken.tried = restarting, tried
                 return taken
             self._remove(taken.copy)
             tried.append("; ".join(changes))
@@ -280,8 +293,11 @@ class Pm2Source(TarSource):
             "back up again once the deploy is over"
         )
 
-    def _examine(self, home: str, taken: Taken, before: list[dict[str, Any]]) -> list[str]:
-        """Copy the dump, read its apps and their ports; what changed since ``before``."""
+    def _examine(
+        self, home: str, taken: Taken, before: list[dict[str, Any]]
+    ) -> tuple[list[str], list[str]]:
+        """Copy the dump, read its apps and their ports; what changed since ``before``,
+        and the apps that only restarted when that is all (see ``judge``)."""
         rel = taken.dump.lstrip("/")
         self.runner.check(
             ["sh", "-c", _COPY, "sh", taken.copy, taken.dump, rel],
@@ -296,7 +312,7 @@ class Pm2Source(TarSource):
         try:
             entries = dump_entries(content, f"{self.label}: {taken.dump}")
         except SourceError:
-            return [f"{taken.dump} was being written (not a whole pm2 process list)"]
+            return [f"{taken.dump} was being written (not a whole pm2 process list)"], []
         del content
         identity = Counter(dump_identity(e) for e in entries if not e.get("pmx_module"))
         taken.apps = [{out: e.get(key) for key, out in APP_FIELDS.items()} for e in entries]
@@ -309,7 +325,7 @@ class Pm2Source(TarSource):
         taken.notes = [f"listening ports not recorded: {n}" for n in notes]
         taken.missing = self._missing_scripts({"apps": taken.apps})
         after = self._states(home)
-        return process_changes(before, after) or dump_changes(identity, after, taken.dump)
+        return judge(before, after, identity, taken.dump)
 
     def _states(self, home: str) -> list[dict[str, Any]]:
         try:
@@ -317,9 +333,12 @@ class Pm2Source(TarSource):
         except RestoreError as exc:  # process_states' error: here it is a backup's
             raise SourceError(str(exc)) from None
 
-    def _remove(self, path: str, glob: bool = False) -> None:
-        """Best effort: ``rm -rf`` of a private copy (``glob``: of every match)."""
-        script = 'for p in $1; do rm -rf -- "$p"; done' if glob else 'rm -rf -- "$1"'
+    def _remove(self, path: str, stale: bool = False) -> None:
+        """Best effort: ``rm -rf`` of a private copy (``stale``: of every one in the
+        PM2_HOME ``path``)."""
+        script = (
+            f'for p in "$1"/{_COPY_PREFIX}*; do rm -rf -- "$p"; done' if stale else 'rm -rf -- "$1"'
+        )
         self.runner.run(["sh", "-c", script, "sh", path], user=self.run_as)
 
     def tar_artifact(
@@ -683,6 +702,34 @@ def process_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) -
             out.append(f"app {p['name']} went from {q['status']} to {p['status']}")
     out += [f"app {q['name']} deleted" for pm_id, q in old.items() if pm_id not in new]
     return list(dict.fromkeys(out))
+
+
+def judge(
+    before: list[dict[str, Any]],
+    after: list[dict[str, Any]],
+    dumped: Counter[tuple[str, str, str, int, int]],
+    dump: str,
+) -> tuple[list[str], list[str]]:
+    """What changed (``process_changes``, else ``dump_changes``), and, when all of it is
+    apps restarting (the same processes by pm_id and name, the dump listing the same
+    apps), their names; else no name."""
+    changes = process_changes(before, after) or dump_changes(dumped, after, dump)
+    if not changes:
+        return [], []
+    old = {p["pm_id"]: p["name"] for p in before}
+    same = old == {p["pm_id"]: p["name"] for p in after}
+    names = Counter((p["name"], p["namespace"]) for p in after if not p["module"])
+    if not same or names != Counter((k[0], k[1]) for k in dumped):
+        return changes, []
+    key = ("pid", "uptime", "restarts", "status")
+    was = {p["pm_id"]: tuple(p[k] for k in key) for p in before}
+    moved = {p["name"] for p in after if was[p["pm_id"]] != tuple(p[k] for k in key)}
+    # Equal processes, a dump of other starts: the dump was written before the last restart.
+    moved |= {k[0] for k in dumped - Counter(
+        (p["name"], p["namespace"], p["status"], p["restarts"], p["uptime"])
+        for p in after if not p["module"]
+    )}  # fmt: skip
+    return changes, sorted(moved)
 
 
 def dump_changes(

@@ -42,14 +42,25 @@ class Deployer(threading.Thread):
         self.halt = threading.Event()
         self.serial = 0
 
-    def start_app(self, name: str) -> None:
+    def start_app(self, name: str, *options: str) -> None:
         port = free_port()
         script = self.root / "srv" / name / "server.js"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(APP_JS)
         # pm2 start hands the CLI's environment to the app: PORT and APP_NAME go in the dump.
         env = [f"PM2_HOME={self.pm2.home}", f"PORT={port}", f"APP_NAME={name}"]
-        argv = ["env", "-C", "/", *env, str(self.pm2.pm2), "start", str(script), "--name", name]
+        argv = [
+            "env",
+            "-C",
+            "/",
+            *env,
+            str(self.pm2.pm2),
+            "start",
+            str(script),
+            "--name",
+            name,
+            *options,
+        ]
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"pm2 start {name}: {res.stderr[-500:]}")
@@ -151,7 +162,8 @@ def test_backups_during_a_deploy_are_consistent_or_fail_naming_the_change(
         retried = [f for f in taken.values() if f["dump_tries"] > 1]
         assert retried or len(taken) < BACKUPS, deployer.ops
         for facts in retried:
-            assert any("taken again" in w for w in facts["warnings"]), facts["warnings"]
+            said = ("taken again", "restarted at each")  # the latter: restarts all along
+            assert any(x in w for w in facts["warnings"] for x in said), facts["warnings"]
 
         for snapshot, facts in sorted(taken.items()):
             wipe(pm2)
@@ -263,3 +275,27 @@ def test_a_deploy_that_never_pauses_fails_the_source_naming_the_app(
         assert not list((tmp_path / "repo").rglob("manifest.json"))
         leftovers = [p.name for p in pm2.home.iterdir() if p.name.startswith(".drkit-dump-")]
         assert leftovers == []
+
+
+# Serves for a moment, then exits: pm2 restarts it again and again (--max-restarts: it
+# never gives up on it).
+FLAKY_JS = APP_JS + "setTimeout(() => process.exit(1), 300);\n"
+
+
+def test_an_app_in_a_crash_loop_does_not_fail_the_backup_forever(
+    tmp_path: Path, open_dir: Path, keys: Any, snapshot_facts: Any
+) -> None:
+    with pm2_home(open_dir, "root") as pm2:
+        web = start_web(pm2, open_dir)
+        deployer = Deployer(pm2, open_dir, seed=0)
+        deployer.start_app("flaky", "--max-restarts", "100000")
+        (open_dir / "srv" / "flaky" / "server.js").write_text(FLAKY_JS)
+        pm2.run("restart", "flaky")
+        policy = policy_for(tmp_path, keys, pm2)
+        res = drkit("backup", "--policy", str(policy), env=bin_path_env(), check=True)
+        facts = snapshot_facts(policy, "pm2")
+        assert facts["restarting"] == ["flaky"] and facts["dump_tries"] == 6
+        apps = {a["name"]: a for a in facts["apps"]}
+        assert set(apps) == {"web", "api", "flaky"}
+        assert "listen" not in apps["flaky"] and apps["web"]["listen"] == [web]
+        assert "app(s) flaky restarted at each of the 6 looks" in res.output
