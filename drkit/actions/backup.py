@@ -249,6 +249,11 @@ def backup(
             job.cancel()
         if writing is not None:
             _discard(repo, host, writing, log)
+            if isinstance(exc, DrkitError) and "not committed" not in str(exc):
+                exc.reword(
+                    f"{exc}; snapshot not committed (the earlier snapshots are unchanged): "
+                    "run the backup again once the cause is fixed"
+                )
         if not committed or not isinstance(exc, DrkitError):
             if catalog:
                 error = str(exc) or type(exc).__name__

@@ -6,10 +6,13 @@ import datetime as dt
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -34,7 +37,20 @@ Exit codes:
   5  another run holds a host's lock; nothing was done
   6  restore --plan: a step is refused (see "refused" in --json)
   7  a drill could not be set up (no Docker engine, an image build
-     failed); nothing was checked"""
+     failed); nothing was checked
+  130, 143  stopped by Ctrl-C (SIGINT), by SIGTERM: the run cleaned
+     up (lock released, upload aborted); what it had not committed is
+     discarded"""
+
+# Exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it).
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping a unit, a timeout's kill): raised in the main thread
+    like Ctrl-C's KeyboardInterrupt, so every ``finally`` and ``except BaseException``
+    on the way out runs (lock released, multipart upload aborted, snapshot discarded)."""
+
 
 # Some hosts or sources failed; a fleet report (status, snapshots, catalog sync) could
 # not read a host (its row says why) and reported the others.
@@ -170,11 +186,27 @@ def policy_options(f: F) -> F:
     return f
 
 
+def _settle() -> None:
+    """After Ctrl-C or SIGTERM unwound the command: its pipeline's threads finish."""
+    from drkit.pipeline.codec import join_abandoned
+
+    join_abandoned(10.0)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise Terminated()
+
+
 def handle_errors(f: F) -> F:
     """Domain errors become one line on stderr and their documented exit code."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # SIGTERM stops a command as Ctrl-C does (cleanly; exit 143), not by the default
+        # action, which would leave the lock, the open upload and the partial snapshot.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return f(*args, **kwargs)
         except PolicyError as exc:
@@ -186,7 +218,16 @@ def handle_errors(f: F) -> F:
             click.echo(f"error: {exc}", err=True)
             _json_usage_error([str(exc)], exc.exit_code)
             sys.exit(exc.exit_code)
+        except Terminated:
+            _settle()
+            click.echo(
+                "error: stopped by SIGTERM; the run cleaned up (lock released, uploads "
+                "aborted, nothing it had not committed kept): run it again to finish",
+                err=True,
+            )
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
+            _settle()
             click.echo("interrupted", err=True)
             sys.exit(130)
 

@@ -64,6 +64,21 @@ class Digests:
     stored_sha256: str
 
 
+# Stages an interrupted ``encode`` did not wait for: the compressor may be blocked reading
+# a source that only the caller's clean-up stops (its command killed on the way out), and
+# waiting there would hold the stop until the source ends on its own.
+_ABANDONED: list[_Stage] = []
+
+
+def join_abandoned(timeout: float) -> None:
+    """Before exiting after Ctrl-C or SIGTERM, once the sources' commands are stopped:
+    let the stages an interrupted ``encode`` left finish (each within ``timeout``), so
+    that no daemon thread is still reading a pipe when the interpreter shuts down
+    (which aborts it: "could not acquire lock ... at interpreter shutdown")."""
+    while _ABANDONED:
+        _ABANDONED.pop().join(timeout)
+
+
 class _Stage:
     """A daemon thread running one stage; remembers the exception it ended with."""
 
@@ -79,8 +94,8 @@ class _Stage:
         except BaseException as exc:  # reported by the stage's pipe; kept for precedence
             self.error = exc
 
-    def join(self) -> None:
-        self._thread.join()
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
 
 
 def encode(
@@ -143,11 +158,14 @@ def encode(
         sink(cast(BinaryIO, stored_h))
         if not stored_h.eof:
             raise IntegrityError("store returned before reading the whole artifact")
-    except BaseException:
+    except BaseException as exc:
         encrypted.abort()
         compressed.abort()
-        encrypt_stage.join()
-        compress_stage.join()
+        if isinstance(exc, Exception):
+            encrypt_stage.join()
+            compress_stage.join()
+        else:  # Ctrl-C, SIGTERM: see join_abandoned
+            _ABANDONED.extend((encrypt_stage, compress_stage))
         raise
     encrypt_stage.join()
     compress_stage.join()

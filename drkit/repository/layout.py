@@ -242,7 +242,8 @@ class Repository:
         if when > latest:
             raise UntrustedError(
                 f"{origin}: snapshot id is dated {when:%Y-%m-%d %H:%M:%S} UTC, later than "
-                "now (more than the allowed clock skew)"
+                "now (more than the allowed clock skew): check the clocks (NTP) of this "
+                "machine and of the one that backed it up; it is trusted once its time comes"
             )
         try:
             raw = self.store.get_bytes(key)

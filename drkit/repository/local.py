@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -11,10 +13,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from drkit.errors import ObjectNotFound, RepositoryError
-from drkit.repository.store import ObjectInfo, Store, Written
+from drkit.repository.store import IncompleteUpload, ObjectInfo, Store, Written
 
 _CHUNK = 1 << 20
 _TMP_PREFIX = ".drkit-tmp-"
+# The upload id of a temp file left by a write that never finished (list_incomplete_uploads).
+TEMP_FILE = "unfinished write"
 
 
 class LocalStore(Store):
@@ -32,22 +36,47 @@ class LocalStore(Store):
 
     def put(self, key: str, stream: BinaryIO) -> int:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        except OSError as exc:
+            raise self._write_error(key, exc) from exc
         written = 0
+        reading = False  # an OSError while reading is the stream's, not the disk's
         try:
             with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(_CHUNK):
+                while True:
+                    reading = True
+                    chunk = stream.read(_CHUNK)
+                    reading = False
+                    if not chunk:
+                        break
                     out.write(chunk)
                     written += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
+        except OSError as exc:
+            self._unlink(Path(tmp))
+            if reading:
+                raise
+            raise self._write_error(key, exc) from exc
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            self._unlink(Path(tmp))
             raise
         _fsync_dir(path.parent)
         return written
+
+    def _write_error(self, key: str, exc: OSError) -> RepositoryError:
+        """A write that failed (a full disk, a quota, a read-only mount), named."""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = (
+            "; the repository's filesystem is full: free space there (drkit prune removes "
+            "what retention does not keep), then run again"
+            if full
+            else ""
+        )
+        return RepositoryError(f"{self.url}/{key}: cannot write: {exc.strerror or exc}{hint}")
 
     def put_bytes_if(self, key: str, data: bytes, *, tag: str | None) -> Written:
         """Create-if-absent is exact here (a hard link fails on an existing name, also
@@ -109,10 +138,35 @@ class LocalStore(Store):
         except FileNotFoundError:
             return []
 
+    def list_incomplete_uploads(self, prefix: str = "") -> builtins.list[IncompleteUpload]:
+        """The temp files of writes that never finished (a killed run's: ``put`` removes
+        its own on any error it lives to see), as uploads whose id is ``TEMP_FILE``;
+        ``abort_upload`` removes one. Prune removes those older than its grace period."""
+        if not self.root.exists():
+            return []
+        found: builtins.list[IncompleteUpload] = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if name.startswith(_TMP_PREFIX) and key.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        found.append((key, TEMP_FILE, _mtime(full.stat().st_mtime)))
+        return sorted(found)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Remove an unfinished write's temp file (and the directories it leaves empty);
+        anything else is no upload of this store: nothing to abort, never deleted."""
+        if upload_id == TEMP_FILE and self._path(key).name.startswith(_TMP_PREFIX):
+            self.delete(key)
+
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        self._unlink(self._path(key))
+
+    def _unlink(self, path: Path) -> None:
         path.unlink(missing_ok=True)
-        # Drop directories left empty, up to the root, so listings stay clean.
+        # Drop directories left empty, up to the root, so listings stay clean (a failed
+        # write's too: no empty snapshot directory is left for prune to puzzle over).
         parent = path.parent
         while parent != self.root and parent.is_relative_to(self.root):
             try:

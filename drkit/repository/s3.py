@@ -205,7 +205,7 @@ class S3Store(Store):
     def put(self, key: str, stream: BinaryIO, *, retain: bool = True) -> int:
         """See Store.put; ``retain=False`` writes without Object Lock retention (lock objects)."""
         self._full(key)
-        first = _spool_part(stream, self._part_size)
+        first = _spool_part(stream, self._part_size, f"{self.url}/{key}")
         if first.size < self._part_size:
             with first:
                 self._request(
@@ -357,7 +357,7 @@ class S3Store(Store):
                 if part.size < part_size:
                     part = None  # a short part means end of stream
                     break
-                part = _spool_part(stream, part_size)
+                part = _spool_part(stream, part_size, f"{self.url}/{key}")
                 if part.size == 0:
                     part.close()
                     part = None
@@ -692,14 +692,18 @@ class _SpooledPart:
         self.close()
 
 
-def _spool_part(stream: BinaryIO, size: int) -> _SpooledPart:
+def _spool_part(stream: BinaryIO, size: int, where: str) -> _SpooledPart:
     """Up to ``size`` bytes of ``stream`` in a temporary file; fewer only at end of stream.
+    ``where``: the object's URL, for an error writing the spool (a full ``TMPDIR``).
 
     Why a file and not memory: a part is 5 MiB or more and two or three exist
     at once; in the page cache they cost the process nothing, and the kernel
     may drop them under pressure (restic spools its packs the same way).
     """
-    spool = tempfile.TemporaryFile(prefix="drkit-part-")  # noqa: SIM115 (closed by the part)
+    try:
+        spool = tempfile.TemporaryFile(prefix="drkit-part-")  # noqa: SIM115 (closed by the part)
+    except OSError as exc:
+        raise _spool_error(where, exc) from exc
     try:
         md5 = hashlib.md5(usedforsecurity=False)  # integrity in transit, not security
         got = 0
@@ -708,13 +712,24 @@ def _spool_part(stream: BinaryIO, size: int) -> _SpooledPart:
             if not data:
                 break
             md5.update(data)
-            spool.write(data)
+            try:
+                spool.write(data)
+            except OSError as exc:
+                raise _spool_error(where, exc) from exc
             got += len(data)
         spool.seek(0)
     except BaseException:
         spool.close()
         raise
     return _SpooledPart(spool, got, _content_md5(md5))
+
+
+def _spool_error(where: str, exc: OSError) -> RepositoryError:
+    return RepositoryError(
+        f"{where}: cannot spool an upload part in {tempfile.gettempdir()} (TMPDIR): "
+        f"{exc.strerror or exc}; free space there or set TMPDIR to a larger filesystem, "
+        "then run again"
+    )
 
 
 def _content_md5(md5: Any) -> str:

@@ -220,7 +220,9 @@ class CommandStream(AbstractContextManager[BinaryIO]):
         if self._timed_out.is_set():
             raise SourceError(
                 f"{self._source.label}: command `{shlex.join(self._argv)}` timed out after "
-                f"{self._source.config.timeout} and was stopped"
+                f"{self._source.config.timeout} and was stopped; if it needs longer, raise "
+                "the source's `timeout` in the policy, else find what holds it up (a lock "
+                "another session holds, a stalled server)"
             )
         if rc != 0 and not self.status_ok(rc):
             raise SourceError(

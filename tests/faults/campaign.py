@@ -103,29 +103,38 @@ class Bench:
         self,
         tmp_path: Path,
         keys: Keys,
-        seaweed: SeaweedServer,
-        proxy: S3FaultProxy,
+        seaweed: SeaweedServer | None,
+        proxy: S3FaultProxy | None,
         *,
         dedup: bool,
         size: int,
         retention: str = "",
     ) -> None:
-        self.tmp, self.keys, self.proxy, self.size = tmp_path, keys, proxy, size
-        bucket = seaweed.new_bucket_name("flt")
-        client = seaweed.client()
-        client.create_bucket(Bucket=bucket)
-        client.put_object(Bucket=bucket, Key="warm-up", Body=b"x")  # grow a volume first
-        client.delete_object(Bucket=bucket, Key="warm-up")
-        settings: dict[str, Any] = {"url": f"s3://{bucket}/drkit", "endpoint": proxy.endpoint}
-        settings["region"] = seaweed.region
+        """``seaweed`` None: a local directory repository; ``proxy`` None: straight to
+        SeaweedFS."""
+        self.tmp, self.keys, self.size = tmp_path, keys, size
+        settings: dict[str, Any]
+        if seaweed is None:
+            root = tmp_path / "repo"
+            settings = {"url": root.as_uri()}
+            self.repo = RepoTarget("local", settings, root=root)
+        else:
+            bucket = seaweed.new_bucket_name("flt")
+            client = seaweed.client()
+            client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="warm-up", Body=b"x")  # grow a volume first
+            client.delete_object(Bucket=bucket, Key="warm-up")
+            endpoint = proxy.endpoint if proxy is not None else seaweed.endpoint
+            settings = {"url": f"s3://{bucket}/drkit", "endpoint": endpoint}
+            settings["region"] = seaweed.region
+            self.repo = RepoTarget(
+                "s3", settings,
+                env={"AWS_ACCESS_KEY_ID": seaweed.access_key,
+                     "AWS_SECRET_ACCESS_KEY": seaweed.secret_key},
+                s3=client, bucket=bucket, prefix="drkit",
+            )  # fmt: skip
         if dedup:
             settings["dedup"] = True
-        self.repo = RepoTarget(
-            "s3", settings,
-            env={"AWS_ACCESS_KEY_ID": seaweed.access_key,
-                 "AWS_SECRET_ACCESS_KEY": seaweed.secret_key},
-            s3=client, bucket=bucket, prefix="drkit",
-        )  # fmt: skip
         self.src, self.out = tmp_path / "data.bin", tmp_path / "restored.bin"
         self.policy = write_policy(
             tmp_path / f"{HOST}.toml", HOST, settings, [keys.recipient],

@@ -1,0 +1,476 @@
+"""Resource faults of the fault campaign (#19 item 3), each against real components:
+
+- SIGTERM mid-backup (S3, local dedup): a clean stop, exit 143, the lock released, the
+  multipart upload aborted, no partial snapshot, at once (no prune needed);
+- disk full: the spool (``TMPDIR`` of an S3 backup), the state directory (locks,
+  catalog), the local repository, and the target of a files restore: a small tmpfs the
+  test mounts and unmounts;
+- PostgreSQL's backend killed (SIGKILL, the server then recovers) mid-dump and
+  mid-restore, on a server of the test's own;
+- pg_dump hanging (a table locked by another session) against the source's ``timeout``;
+- the clock one day ahead or behind between runs (libfaketime on drkit alone).
+
+Every failure must be closed (exit 1, or 143 for SIGTERM), name the host and the
+source or object, say what to do next, carry no traceback, leave nothing partial,
+and the next ordinary run must succeed once the fault is gone; every listed
+snapshot verifies and restores equal at the end (``Bench.audit``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Keys
+from tests.faults.campaign import HOST, Bench, MiB, Row, iterations, recorded, seeded
+from tests.faults.crash import (
+    Started,
+    db_digest,
+    drop_database,
+    fill,
+    interrupted,
+    kill_point,
+    make_database,
+    make_tree,
+    no_traceback,
+    pg_policy,
+    small_fs,
+    staging_left,
+    startup,
+    tree_digest,
+)
+from tests.helpers import CliResult, drkit, write_policy
+from tests.servers.postgres import PG_BIN, PgServer, postgres_server
+from tests.servers.seaweed import SeaweedServer
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def said(res: CliResult, *words: str) -> str:
+    """The error line(s), checked to name each of ``words`` (host, source, object, the
+    next step) and to carry no traceback; the first ``error:`` line, for the report."""
+    no_traceback(res)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    text = "\n".join(errors)
+    for w in words:
+        assert re.search(w, text), f"the error does not say {w!r}:\n{res.output}"
+    return errors[0][:240] if errors else ""
+
+
+def count(outcomes: dict[str, int], what: str) -> None:
+    outcomes[what] = outcomes.get(what, 0) + 1
+
+
+# -- SIGTERM -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("s3", [pytest.param(True, id="s3"), pytest.param(False, id="local-dedup")])
+def test_sigterm_backup(
+    s3: bool, request: pytest.FixtureRequest, tmp_path: Path, keys: Keys
+) -> None:
+    """SIGTERM (systemd's stop) mid-backup: exit 143, and at once no lock, no open
+    upload, no snapshot directory without a manifest; the next backup succeeds."""
+    seaweed: SeaweedServer | None = request.getfixturevalue("seaweed") if s3 else None
+    n = iterations(1 if s3 else 2)
+    row = Row(
+        "backup (S3)" if s3 else "backup (dedup, local directory)",
+        "SIGTERM to drkit", "a seeded moment of the backup", n,
+        "stops cleanly at once: exit 143, lock released, upload aborted, no partial snapshot",
+    )  # fmt: skip
+    with recorded(row) as outcomes:
+        bench = Bench(tmp_path, keys, seaweed, None, dedup=not s3, size=(12 if s3 else 4) * MiB)
+        t0 = time.monotonic()
+        assert bench.backup().returncode == 0
+        window, start = time.monotonic() - t0, startup()
+        for i in range(n):
+            bench.change()
+            taken = bench.src.read_bytes()
+            argv, env = bench.argv("backup", "--json")
+            at = kill_point(seeded("sigterm", i), window, start)
+            sent, res = interrupted(argv, env, at, signal.SIGTERM)
+            no_traceback(res)
+            if res.returncode == 0:  # done before the signal, or it came after the commit
+                count(outcomes, "done before the signal" if not sent else "committed, then stopped")
+                bench.expected[json.loads(res.stdout)["results"][0]["snapshot"]] = taken
+            elif res.returncode == -signal.SIGTERM:
+                # Still starting (importing): no command had begun, nothing was taken.
+                count(outcomes, "stopped before its command began")
+                row.injected += 1
+            else:
+                assert res.returncode == 143, f"SIGTERM: exit {res.returncode}\n{res.output}"
+                row.excerpt = row.excerpt or said(res, "SIGTERM", "run it again")
+                count(outcomes, "stopped, exit 143")
+                row.injected += 1
+                for snap in set(bench.listed()) - set(bench.expected):  # it came after the commit
+                    bench.expected[snap] = taken
+                    count(outcomes, "stopped after its commit")
+            left = bench.nothing_partial()
+            if left:
+                row.recovered = False
+            assert not left, f"SIGTERM {i + 1}: left {left}\n{res.output}"
+            again = bench.backup()
+            assert again.returncode == 0, again.output
+        bench.audit(row)
+
+
+# -- disk full ---------------------------------------------------------------------
+
+
+@pytest.mark.faults
+def test_spool_full(tmp_path: Path, keys: Keys, seaweed: SeaweedServer) -> None:
+    """An S3 backup whose part spool (``TMPDIR``) fills: fails closed naming the host,
+    the source and the spool; the upload is aborted; with room again it succeeds."""
+    row = Row(
+        "backup (S3)", "disk full", "the part spool (TMPDIR, a 1 MiB tmpfs)", 1,
+        "fails closed naming host, source, spool; upload aborted; next run succeeds",
+    )  # fmt: skip
+    with recorded(row) as outcomes, small_fs(1024) as fs:
+        bench = Bench(tmp_path, keys, seaweed, None, dedup=False, size=12 * MiB)
+        old = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = str(fs)
+        try:
+            res = bench.backup()
+        finally:
+            os.environ.pop("TMPDIR") if old is None else os.environ.__setitem__("TMPDIR", old)
+        assert res.returncode == 1, res.output
+        row.excerpt = said(
+            res, f"host {HOST}", "source db", "[Nn]o space left", str(fs), "set TMPDIR"
+        )
+        row.injected += 1
+        count(outcomes, "failed closed")
+        assert not bench.nothing_partial(), bench.nothing_partial()
+        again = bench.backup()
+        assert again.returncode == 0, again.output
+        bench.audit(row)
+
+
+@pytest.mark.faults
+def test_state_full(tmp_path: Path, keys: Keys) -> None:
+    """The state directory (lock files, catalog, restore progress) on a full disk."""
+    row = Row(
+        "backup (local directory)", "disk full", "the state directory (locks, catalog)", 1,
+        "fails closed or succeeds with a warning; snapshots sound; next run succeeds",
+    )  # fmt: skip
+    with recorded(row) as outcomes, small_fs(512) as fs:
+        bench = Bench(tmp_path, keys, None, None, dedup=False, size=2 * MiB)
+        first = bench.backup()  # the state directory exists, as on a machine in use
+        assert first.returncode == 0, first.output
+        state = fs / "state"
+        shutil.copytree(os.environ["DRKIT_STATE_DIR"], state)
+        filler = fill(fs)
+        bench.repo.env["DRKIT_STATE_DIR"] = str(state)
+        bench.change()
+        res = bench.backup()
+        row.injected += 1
+        no_traceback(res)
+        if res.returncode == 0:
+            count(outcomes, "succeeded")
+        else:
+            count(outcomes, "failed closed")
+            assert res.returncode == 1, res.output
+            row.excerpt = said(res, f"host {HOST}", "[Nn]o space left", str(state))
+        assert not bench.nothing_partial(), bench.nothing_partial()
+        filler.unlink()
+        again = bench.backup()
+        assert again.returncode == 0, again.output
+        bench.audit(row)
+
+
+@pytest.mark.faults
+def test_repository_full(tmp_path: Path, keys: Keys) -> None:
+    """A local repository on a full disk: fails closed naming the host, source and
+    object; no temp file or partial snapshot left; with room again it succeeds."""
+    n = iterations(2)
+    row = Row(
+        "backup (local directory)", "disk full", "the repository's filesystem (seeded room)",
+        n, "fails closed naming host, source, object; nothing partial; next run succeeds",
+    )  # fmt: skip
+    with recorded(row) as outcomes, small_fs(64 * 1024) as fs:
+        bench = Bench(tmp_path, keys, None, None, dedup=False, size=4 * MiB)
+        root = fs / "repo"
+        bench.repo.root = root
+        bench.policy.write_text(bench.policy.read_text().replace(
+            (tmp_path / "repo").as_uri(), root.as_uri()))  # fmt: skip
+        assert bench.backup().returncode == 0
+        for i in range(n):
+            room = seeded("repo-full", i).randrange(64, 3 * 1024)  # KiB: mid-artifact or facts
+            filler = fill(fs, leave_kib=room)
+            bench.change()
+            res = bench.backup()
+            if res.returncode == 0:  # compressed smaller than the room left: not a fault
+                count(outcomes, "fit")
+            else:
+                row.injected += 1
+                count(outcomes, "failed closed")
+                assert res.returncode == 1, res.output
+                row.excerpt = row.excerpt or said(
+                    res, f"host {HOST}", "[Nn]o space left", str(root), "free space there"
+                )
+            left = bench.nothing_partial()
+            assert not left, f"{left}\n{res.output}"
+            filler.unlink()
+            again = bench.backup()
+            assert again.returncode == 0, again.output
+        assert row.injected, "the disk never filled"
+        bench.audit(row)
+
+
+def test_target_full(tmp_path: Path, keys: Keys) -> None:
+    """A files restore onto a filesystem without room: refused or failed closed naming
+    the host, the source and the path; the target as before; with room it succeeds."""
+    row = Row(
+        "restore (files tree)", "disk full", "the target filesystem (room for half the tree)",
+        1, "fails closed naming host, source, path; target as before; next run succeeds",
+    )  # fmt: skip
+    with recorded(row) as outcomes, small_fs(8 * 1024) as fs:
+        tree = tmp_path / "tree"
+        make_tree(tree, seeded("target-full", 0), 40, 300 * 1024)  # ~12 MiB
+        policy = write_policy(
+            tmp_path / "flt.toml", HOST, {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient], [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
+        )  # fmt: skip
+        assert drkit("backup", "--policy", str(policy)).returncode == 0
+        dest = fs / "dest"
+        (dest / "keep").mkdir(parents=True)
+        (dest / "keep" / "note").write_text("was here before")
+        before = tree_digest(dest)
+        restore = ["restore", "--policy", str(policy), "--identity", str(keys.identity_file)]
+        res = drkit(*restore, "--yes", "--dest", str(dest))
+        row.injected += 1
+        assert res.returncode == 1, res.output
+        count(outcomes, "failed closed")
+        row.excerpt = said(res, f"host {HOST}", "tree", str(dest))
+        assert tree_digest(dest) == before, "the target changed"
+        assert not staging_left(dest), staging_left(dest)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(fs)], check=True)
+        again = drkit(*restore, "--yes", "--dest", str(dest))
+        if again.returncode != 0:
+            row.recovered = False
+        assert again.returncode == 0, again.output
+        assert tree_digest(dest / tree.relative_to("/")) == tree_digest(tree)
+
+
+# -- PostgreSQL killed, pg_dump hanging ----------------------------------------------
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A server of this test's own: its backends are killed."""
+    with postgres_server() as server:
+        yield server
+
+
+def backend_pid(pg: PgServer, application: str, deadline: float) -> int:
+    """The pid of the backend serving ``application`` once it is copying data."""
+    while time.monotonic() < deadline:
+        pid = pg.psql(
+            "postgres",
+            f"SELECT pid FROM pg_stat_activity WHERE application_name = '{application}' "
+            "AND state = 'active' AND query ILIKE 'COPY%' LIMIT 1;",
+            check=False,
+        ).strip()
+        if pid:
+            return int(pid)
+        time.sleep(0.02)
+    raise AssertionError(f"{application} never started copying")
+
+
+def backend_killed(pg: PgServer, application: str, argv: list[str]) -> CliResult:
+    """``drkit argv``, the backend serving its ``application`` SIGKILLed once it copies
+    (the server then ends every session and recovers, as after a crash)."""
+    run = Started.run(argv, {})
+    try:
+        os.kill(backend_pid(pg, application, time.monotonic() + 60), signal.SIGKILL)
+        return run.result()
+    finally:
+        run.reap()
+
+
+def wait_up(pg: PgServer) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if pg.psql("postgres", "SELECT 1;", check=False).strip() == "1":
+            return
+        time.sleep(0.2)
+    raise AssertionError("PostgreSQL did not come back after its backend was killed")
+
+
+@pytest.mark.faults
+def test_postgres_killed_mid_dump(tmp_path: Path, keys: Keys, own_pg: PgServer) -> None:
+    row = Row(
+        "backup (database)", "PostgreSQL backend killed (SIGKILL)", "pg_dump's COPY", 1,
+        "fails closed naming host, source, database; nothing partial; next run succeeds",
+    )  # fmt: skip
+    with recorded(row) as outcomes:
+        make_database(own_pg, "calls", 400_000)
+        policy = pg_policy(tmp_path / "flt.toml", keys, own_pg, "calls")
+        res = backend_killed(own_pg, "pg_dump", ["backup", "--policy", str(policy)])
+        row.injected += 1
+        count(outcomes, "failed closed")
+        assert res.returncode == 1, res.output
+        row.excerpt = said(res, f"host {HOST}", "source db", "pg_dump", "run the backup again")
+        repo = tmp_path / "repo" / HOST / "snapshots"
+        assert not [p for p in repo.glob("*") if not (p / "manifest.json").exists()]
+        assert not list((tmp_path / "repo").rglob(".drkit-tmp-*"))
+        wait_up(own_pg)
+        again = drkit("backup", "--policy", str(policy))
+        assert again.returncode == 0, again.output
+
+
+@pytest.mark.faults
+def test_postgres_killed_mid_restore(tmp_path: Path, keys: Keys, own_pg: PgServer) -> None:
+    row = Row(
+        "restore (database)", "PostgreSQL backend killed (SIGKILL)", "pg_restore's COPY", 1,
+        "fails closed naming host, source, database; database absent; next run succeeds",
+    )  # fmt: skip
+    with recorded(row) as outcomes:
+        make_database(own_pg, "calls", 400_000)
+        want = db_digest(own_pg, "calls")
+        policy = pg_policy(tmp_path / "flt.toml", keys, own_pg, "calls")
+        assert drkit("backup", "--policy", str(policy)).returncode == 0
+        drop_database(own_pg, "calls")
+        restore = ["restore", "--policy", str(policy), "--identity", str(keys.identity_file),
+                   "--yes"]  # fmt: skip
+        res = backend_killed(own_pg, "pg_restore", restore)
+        row.injected += 1
+        count(outcomes, "failed closed")
+        assert res.returncode == 1, res.output
+        row.excerpt = said(res, f"host {HOST}", "db", "calls")
+        wait_up(own_pg)
+        assert db_digest(own_pg, "calls") is None, "a half-restored database is visible"
+        again = drkit(*restore)
+        if again.returncode != 0:
+            row.recovered = False
+        assert again.returncode == 0, again.output
+        assert db_digest(own_pg, "calls") == want
+        names = own_pg.psql("postgres", "SELECT datname FROM pg_database;").split()
+        assert [d for d in names if "calls" in d] == ["calls"], names
+
+
+@pytest.mark.faults
+def test_pg_dump_hangs(tmp_path: Path, keys: Keys, own_pg: PgServer) -> None:
+    """pg_dump waiting forever on a lock another session holds: the source's
+    ``timeout`` stops it, the error says so and what to do."""
+    row = Row(
+        "backup (database)", "pg_dump hangs", "a table locked by another session", 1,
+        "stopped by the source's timeout (3s); fails closed; next run succeeds",
+    )  # fmt: skip
+    with recorded(row) as outcomes:
+        make_database(own_pg, "calls", 1000)
+        policy = pg_policy(tmp_path / "flt.toml", keys, own_pg, "calls", extra="3s")
+        holder = subprocess.Popen(
+            [str(PG_BIN / "psql"), "-X", "-q", "-h", own_pg.host, "-p", str(own_pg.port),
+             "-U", own_pg.user, "-d", "calls"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdin is not None
+            holder.stdin.write("BEGIN; LOCK TABLE calls IN ACCESS EXCLUSIVE MODE;\n")
+            holder.stdin.flush()
+            t0 = time.monotonic()
+            res = drkit("backup", "--policy", str(policy))
+            took = time.monotonic() - t0
+        finally:
+            holder.kill()
+            holder.wait()
+        row.injected += 1
+        count(outcomes, "stopped by the timeout")
+        assert res.returncode == 1, res.output
+        assert took < 60, f"the timeout did not stop it: {took:.0f} s"
+        row.excerpt = said(res, f"host {HOST}", "source db", "3s", "raise the source's `timeout`")
+        assert not list((tmp_path / "repo").rglob(".drkit-tmp-*"))
+        again = drkit("backup", "--policy", str(policy))
+        assert again.returncode == 0, again.output
+
+
+# -- clock skew ----------------------------------------------------------------------
+
+
+def at_clock(bench: Bench, offset: str | None, *args: str) -> CliResult:
+    """``drkit args`` on this machine's clock (``offset`` None), or with drkit's clock moved
+    by ``offset`` (libfaketime; monotonic time left alone)."""
+    argv, env = bench.argv(*args)
+    env = {k: v for k, v in env.items() if k != "DRKIT_NOW"}
+    if offset is not None:
+        env.update(LD_PRELOAD=str(FAKETIME), FAKETIME=offset, FAKETIME_DONT_FAKE_MONOTONIC="1")
+    res = drkit(*argv, env=env)
+    no_traceback(res)
+    return res
+
+
+def snapshot_of(res: CliResult) -> str:
+    assert res.returncode == 0, res.output
+    return str(json.loads(res.stdout)["results"][0]["snapshot"])
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("offset", ["+1d", "-1d"])
+def test_clock_skew(offset: str, tmp_path: Path, keys: Keys) -> None:
+    """One backup of three by a machine whose clock is a day off: every backup succeeds;
+    on the right clock a snapshot dated tomorrow is refused by every reader (listed as
+    untrusted, naming the clocks; never chosen to restore, never counted by retention,
+    prune still succeeds), and is trusted once its time comes; one dated yesterday is
+    the oldest to retention (``keep_last = 2`` removes it, keeping the two taken on the
+    right clock)."""
+    if not FAKETIME.exists():
+        pytest.skip("libfaketime is not installed (apt-get install faketime)")
+    ahead = offset.startswith("+")
+    row = Row(
+        "backup, snapshots, restore, prune", f"clock {offset[0]}1 day",
+        "the second of three backups, on drkit's clock (libfaketime)", 1,
+        "future snapshot refused until its time, never chosen; past one oldest to retention",
+    )  # fmt: skip
+    with recorded(row) as outcomes:
+        bench = Bench(
+            tmp_path, keys, None, None, dedup=False, size=1 * MiB, retention="keep_last = 2"
+        )
+        data = []
+        for clock in (None, offset, None):
+            bench.change()
+            data.append(bench.src.read_bytes())
+            snap = snapshot_of(at_clock(bench, clock, "backup", "--json"))
+            bench.expected[snap] = data[-1]
+        first, odd, last = sorted(bench.expected, key=lambda s: list(bench.expected).index(s))
+        row.injected += 1
+        count(outcomes, "every backup succeeded")
+        listed = at_clock(bench, None, "snapshots", "--json")
+        assert listed.returncode == 0, listed.output
+        doc = json.loads(listed.stdout)
+        trusted = [r["snapshot"] for r in doc["snapshots"]]
+        untrusted = {r["snapshot"]: r["reason"] for r in doc["untrusted"]}
+        plan = at_clock(bench, None, "restore", "--identity", str(keys.identity_file), "--plan",
+                        "--json")  # fmt: skip
+        assert plan.returncode == 0, plan.output
+        chosen = json.loads(plan.stdout)["snapshot"]
+        assert chosen == last, f"restore chose {chosen}, not the newest taken {last}"
+        pruned = at_clock(bench, None, "prune", "--json")
+        if pruned.returncode != 0:
+            row.recovered = False
+        assert pruned.returncode == 0, pruned.output
+        [report] = json.loads(pruned.stdout)["results"]
+        if ahead:
+            assert trusted == [first, last], f"a snapshot dated tomorrow is trusted: {doc}"
+            assert "check the clocks" in untrusted[odd], untrusted
+            assert report["removed"] == [], report
+            assert [s["snapshot"] for s in report["skipped"]] == [odd], report
+            row.observed.append("the future snapshot listed as untrusted, skipped by prune")
+        else:
+            assert report["removed"] == [odd], report  # the oldest by its id
+            del bench.expected[odd]
+            assert sorted(trusted) == sorted([first, odd, last]), doc
+            row.observed.append("the past snapshot removed first by keep_last = 2")
+        again = at_clock(bench, None, "backup", "--json")
+        bench.expected[snapshot_of(again)] = bench.src.read_bytes()
+        # Past the skewed run's time (``Bench.audit`` reads at 2031): every snapshot
+        # listed verifies and restores equal, the future one included.
+        bench.audit(row)
