@@ -28,7 +28,8 @@ from drkit.errors import SourceError
 from drkit.policy.models import DockerVolumeSource as VolumeConfig
 from drkit.remote.local import LocalRunner
 from drkit.sources.docker_volume import DockerVolumeSource
-from tests.helpers import drkit, write_policy
+from tests.helpers import drkit, toml_value, write_policy
+from tests.servers.sshd import SshHost, sshd_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 MB = 1 << 20
@@ -127,13 +128,19 @@ def volume(base_image: str) -> Iterator[dict[str, Any]]:
         docker("volume", "rm", "--force", names["volume"], check=False)
 
 
-def policy_for(tmp_path: Path, keys: Any, names: dict[str, Any], **extra: Any) -> Path:
+def policy_for(
+    tmp_path: Path, keys: Any, names: dict[str, Any], ssh: SshHost | None = None, **extra: Any
+) -> Path:
     # bin/run.sh is setuid: restoring that bit needs the policy's consent (#16).
     source = {"kind": "docker_volume", "name": "shopdata", "volume": names["volume"],
               "stop_label": names["label"], "allow_setid": True, **extra}  # fmt: skip
+    connection = ""
+    if ssh is not None:  # the host reached over SSH (a local sshd), as in production
+        conn = ssh.connection(known_hosts=str(ssh.write_known_hosts(tmp_path / "known_hosts")))
+        connection = "[connection]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in conn.items())
     return write_policy(
         tmp_path / "dockerbox.toml", "dockerbox", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [source],
+        [keys.recipient], [source], extra=connection,
     )  # fmt: skip
 
 
@@ -340,14 +347,22 @@ def copying(busy: dict[str, Any], proc: subprocess.Popen[str]) -> dict[str, int]
     return found
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGKILL over SSH"])
 def test_drkit_killed_mid_copy_the_host_starts_the_containers_again(
     tmp_path: Path, keys: Any, busy: dict[str, Any], how: str
 ) -> None:
-    policy = policy_for(tmp_path, keys, busy)
+    with contextlib.ExitStack() as stack:
+        ssh = stack.enter_context(sshd_server()) if "SSH" in how else None
+        killed_mid_copy(tmp_path, keys, busy, getattr(signal, how.split()[0]), ssh)
+
+
+def killed_mid_copy(
+    tmp_path: Path, keys: Any, busy: dict[str, Any], sig: int, ssh: SshHost | None
+) -> None:
+    policy = policy_for(tmp_path, keys, busy, ssh)
     with backup_running(policy, busy) as proc:
         copying(busy, proc)
-        proc.send_signal(getattr(signal, how))
+        proc.send_signal(sig)
         proc.wait(timeout=60)
         # Nobody left to run `docker start`: the shell on the host does, once tar's
         # output goes nowhere.
