@@ -15,12 +15,14 @@ import random
 import shutil
 import subprocess
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from drkit.actions.common import open_repository, read_facts
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
+from drkit.sources.pm2 import dump_identity, judge
 from tests.helpers import drkit
 from tests.servers.pm2 import APP_JS, Pm2Home, bin_path_env, pm2_home
 from tests.servers.ports import free_port
@@ -299,3 +301,35 @@ def test_an_app_in_a_crash_loop_does_not_fail_the_backup_forever(
         assert set(apps) == {"web", "api", "flaky"}
         assert "listen" not in apps["flaky"] and apps["web"]["listen"] == [web]
         assert "app(s) flaky restarted at each of the 6 looks" in res.output
+
+
+def proc(pm_id: int, name: str, pid: int, restarts: int = 0, status: str = "online") -> Any:
+    """One entry as ``process_states`` gives it."""
+    entry = {"pm_id": pm_id, "name": name, "pid": pid, "restarts": restarts}
+    entry.update(status=status, uptime=pid * 1000, namespace="default", module=False)
+    return entry
+
+
+def dumped(*procs: dict[str, Any]) -> Counter[tuple[str, str, str, int, int]]:
+    """The dump's identity of these processes, as ``dump_identity`` reads a dump."""
+    keys = {"name": "name", "namespace": "namespace", "status": "status",
+            "restarts": "restart_time", "uptime": "pm_uptime"}  # fmt: skip
+    return Counter(dump_identity({keys[k]: p[k] for k in keys}) for p in procs)
+
+
+def test_judge_names_each_kind_of_change_and_tells_restarts_apart() -> None:
+    web, api = proc(0, "web", 100), proc(1, "api", 200)
+    same = judge([web, api], [web, api], dumped(web, api), "/h/dump.pm2")
+    assert same == ([], [])
+    # A deploy: api restarted, new started, web deleted.
+    after = [proc(1, "api", 201, restarts=1), proc(2, "new", 300)]
+    changes, restarting = judge([web, api], after, dumped(*after), "/h/dump.pm2")
+    assert changes == ["app api restarted (pid 200 -> 201)", "app new started", "app web deleted"]
+    assert restarting == []
+    # The dump of another, earlier `pm2 save`: it still lists web.
+    changes, restarting = judge([api], [api], dumped(web, api), "/h/dump.pm2")
+    assert changes == ["/h/dump.pm2 lists app web, which pm2 no longer runs"] and not restarting
+    # Only restarts (the same pm_ids and names, the dump lists the same apps).
+    flaky = proc(1, "api", 202, restarts=2, status="launching")
+    changes, restarting = judge([web, api], [web, flaky], dumped(web, api), "/h/dump.pm2")
+    assert changes == ["app api restarted (pid 200 -> 202)"] and restarting == ["api"]
