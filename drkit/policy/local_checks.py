@@ -41,6 +41,7 @@ def local_problems(policy: Policy) -> Findings:
         _check_secret(where, ref, out)
     _check_schedules(policy, out)
     _check_signing_key(policy, out)
+    _check_local_programs(policy, out)
     return out
 
 
@@ -99,6 +100,32 @@ def _check_connection(policy: Policy, out: Findings, missing_known_hosts: bool =
             except (OSError, ValueError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) else exc
                 out.errors.append(f"connection.known_hosts: {path}: {why}")
+
+
+def _check_local_programs(policy: Policy, out: Findings) -> None:
+    """A policy whose sources run on this machine (no SSH connection): a warning for each
+    PostgreSQL client program a postgres source needs that is not here (the sample
+    policy of ``drkit init`` on a machine without PostgreSQL). A warning, not an error:
+    the policy may be validated on another machine than the one that backs up."""
+    import shutil
+
+    from drkit.policy.models import PostgresSource
+
+    if policy.connection.type == "ssh":
+        return
+    for i, src in enumerate(policy.source):
+        if not isinstance(src, PostgresSource) or src.container:
+            continue
+        needed = ["pg_dump", *(["pg_dumpall"] if src.globals else [])]
+        where = f"in {src.bin_dir}" if src.bin_dir else "on PATH"
+        for program in needed:
+            found = Path(src.bin_dir, program).is_file() if src.bin_dir else shutil.which(program)
+            if not found:
+                out.warnings.append(
+                    f"source[{i}] ({src.kind}): {program} is not installed {where} here, and "
+                    "this policy's sources run on this machine: backup would fail (install "
+                    "the PostgreSQL client, e.g. postgresql-client-15, or set bin_dir)"
+                )
 
 
 def _check_secret(where: str, ref: str, out: Findings) -> None:
