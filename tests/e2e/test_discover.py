@@ -148,6 +148,46 @@ def _by(found: dict, kind: str) -> dict[str, dict]:
     return {f["name"]: f for f in found["findings"] if f["kind"] == kind}
 
 
+# First in the file: the module's dockerhost container is started by the next test and
+# removed only at the end of the module.
+
+
+def test_discover_the_seeded_vultr_host_against_its_shipped_policy(tmp_path: Path) -> None:
+    """A host without Docker, as seeds 000/003 describe it (tests/seeded/vultr.py):
+    PostgreSQL on the host, PM2 apps, Caddy sites and certificates, apps' .env files.
+    ``policies/vultr.toml`` covers all of it; discovery says so, source by source."""
+    from tests.seeded.containers import host_containers, write_known_hosts
+    from tests.seeded.policy import encryption_files, shipped_policy, ssh_connection
+    from tests.seeded.vultr import DATABASE, PORTS, SITES, seed_vultr
+
+    login = ssh_login(tmp_path / "ssh")
+    with host_containers("vultr", ["vultr"], login) as boxes:
+        box = boxes["vultr"]
+        seed_vultr(box)
+        known = write_known_hosts(tmp_path / "known_hosts", box)
+        policy = shipped_policy(
+            "vultr", tmp_path / "policies",
+            connection=ssh_connection(box.port(22), login.identity, known),
+            repository={"url": (tmp_path / "repo").as_uri()},
+            encryption=encryption_files(tmp_path, "vultr", RECIPIENT),
+        )  # fmt: skip
+        found = json.loads(drkit("discover", "--policy", str(policy), "--json", check=True).stdout)
+    assert found["docker"] is None and found["compose_projects"] == []
+    assert found["errors"] == [], found["errors"]
+    dbs = _by(found, "postgres-db")
+    assert dbs[DATABASE]["where"] == "host 15/main" and dbs[DATABASE]["covered_by"] == [
+        "callmeback"
+    ]
+    assert set(_by(found, "pm2-app")) == set(PORTS)
+    assert {tuple(f["covered_by"]) for f in _by(found, "pm2-app").values()} == {("pm2",)}
+    assert set(SITES) <= set(_by(found, "caddy-site"))
+    [certs] = _by(found, "caddy-certs").values()
+    assert certs["covered_by"] == ["caddy"]
+    envs = _by(found, "env-file")
+    assert envs and all("env" in f["covered_by"] for f in envs.values()), envs
+    assert found["uncovered"] == 0, [f for f in found["findings"] if f["uncovered"]]
+
+
 def test_discover_lists_the_compose_stack_and_suggest_covers_it(
     dockerhost: tuple[HostContainer, Login], tmp_path: Path
 ) -> None:
@@ -247,39 +287,3 @@ def test_discover_as_a_sudo_user_and_without_rights(
     assert res.returncode == 0, res.output
     assert "warning: docker:" in res.stderr, res.output
     assert "compose project" not in res.stdout
-
-
-def test_discover_the_seeded_vultr_host_against_its_shipped_policy(tmp_path: Path) -> None:
-    """A host without Docker, as seeds 000/003 describe it (tests/seeded/vultr.py):
-    PostgreSQL on the host, PM2 apps, Caddy sites and certificates, apps' .env files.
-    ``policies/vultr.toml`` covers all of it; discovery says so, source by source."""
-    from tests.seeded.containers import host_containers, write_known_hosts
-    from tests.seeded.policy import encryption_files, shipped_policy, ssh_connection
-    from tests.seeded.vultr import DATABASE, PORTS, SITES, seed_vultr
-
-    login = ssh_login(tmp_path / "ssh")
-    with host_containers("vultr", ["vultr"], login) as boxes:
-        box = boxes["vultr"]
-        seed_vultr(box)
-        known = write_known_hosts(tmp_path / "known_hosts", box)
-        policy = shipped_policy(
-            "vultr", tmp_path / "policies",
-            connection=ssh_connection(box.port(22), login.identity, known),
-            repository={"url": (tmp_path / "repo").as_uri()},
-            encryption=encryption_files(tmp_path, "vultr", RECIPIENT),
-        )  # fmt: skip
-        found = json.loads(drkit("discover", "--policy", str(policy), "--json", check=True).stdout)
-    assert found["docker"] is None and found["compose_projects"] == []
-    assert found["errors"] == [], found["errors"]
-    dbs = _by(found, "postgres-db")
-    assert dbs[DATABASE]["where"] == "host 15/main" and dbs[DATABASE]["covered_by"] == [
-        "callmeback"
-    ]
-    assert set(_by(found, "pm2-app")) == set(PORTS)
-    assert {tuple(f["covered_by"]) for f in _by(found, "pm2-app").values()} == {("pm2",)}
-    assert set(SITES) <= set(_by(found, "caddy-site"))
-    [certs] = _by(found, "caddy-certs").values()
-    assert certs["covered_by"] == ["caddy"]
-    envs = _by(found, "env-file")
-    assert envs and all("env" in f["covered_by"] for f in envs.values()), envs
-    assert found["uncovered"] == 0, [f for f in found["findings"] if f["uncovered"]]
