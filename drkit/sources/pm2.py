@@ -713,12 +713,15 @@ def judge(
     """What changed (``process_changes``, else ``dump_changes``), and, when all of it is
     apps restarting (the same processes by pm_id and name, the dump listing the same
     apps), their names; else no name."""
+    # pm2 modules (pm2-logrotate, ...) are not in the dump: theirs are no changes.
+    before = [p for p in before if not p["module"]]
+    after = [p for p in after if not p["module"]]
     changes = process_changes(before, after) or dump_changes(dumped, after, dump)
     if not changes:
         return [], []
     old = {p["pm_id"]: p["name"] for p in before}
     same = old == {p["pm_id"]: p["name"] for p in after}
-    names = Counter((p["name"], p["namespace"]) for p in after if not p["module"])
+    names = Counter((p["name"], p["namespace"]) for p in after)
     if not same or names != Counter((k[0], k[1]) for k in dumped):
         return changes, []
     key = ("pid", "uptime", "restarts", "status")
@@ -726,8 +729,7 @@ def judge(
     moved = {p["name"] for p in after if was[p["pm_id"]] != tuple(p[k] for k in key)}
     # Equal processes, a dump of other starts: the dump was written before the last restart.
     moved |= {k[0] for k in dumped - Counter(
-        (p["name"], p["namespace"], p["status"], p["restarts"], p["uptime"])
-        for p in after if not p["module"]
+        (p["name"], p["namespace"], p["status"], p["restarts"], p["uptime"]) for p in after
     )}  # fmt: skip
     return changes, sorted(moved)
 

@@ -321,6 +321,9 @@ def test_judge_names_each_kind_of_change_and_tells_restarts_apart() -> None:
     web, api = proc(0, "web", 100), proc(1, "api", 200)
     same = judge([web, api], [web, api], dumped(web, api), "/h/dump.pm2")
     assert same == ([], [])
+    # A pm2 module (not in the dump) that started meanwhile is no change of the apps.
+    logrotate = {**proc(9, "pm2-logrotate", 900), "module": True}
+    assert judge([web], [web, logrotate], dumped(web), "/h/dump.pm2") == ([], [])
     # A deploy: api restarted, new started, web deleted.
     after = [proc(1, "api", 201, restarts=1), proc(2, "new", 300)]
     changes, restarting = judge([web, api], after, dumped(*after), "/h/dump.pm2")
