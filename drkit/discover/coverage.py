@@ -19,6 +19,8 @@ as TOML by ``suggest_toml``). The rules (docs/discover.md):
   and ``database``, a ``command`` naming the container, or every data mount
   of the container covered; on the host: a ``postgres`` source with that
   database and port and no container;
+- a NATS server on the host: a ``nats`` source whose snapshot ``url`` is its client port
+  on the host's loopback, or a stop-copy one without ``container``;
 - PM2 apps: a ``pm2`` source of the dump's user; Caddy: a ``caddy`` source
   with that data dir or Caddyfile directory; certbot: a ``certbot`` source.
 """
@@ -30,6 +32,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from drkit.discover.facts import Container, Facts
 from drkit.policy.models import (
@@ -155,6 +158,21 @@ class Coverage:
                 for s in self.nats
                 if s.container is None or _same_container(s.container, container)
             ]
+        return found
+
+    def nats_on_host(self, port: int) -> list[str]:
+        """``nats`` sources reaching a server on the host: the snapshot API on its client
+        port (``url``; ``container`` is used by stop-copy only), or stop-copy of a host
+        server (no ``container``)."""
+        found = []
+        for s in self.nats:
+            if s.mode == "snapshot":
+                url = urlsplit(s.url)
+                local = url.hostname in ("127.0.0.1", "localhost", "::1")
+                if local and (url.port or 4222) == port:
+                    found.append(source_name(s))
+            elif s.container is None:
+                found.append(source_name(s))
         return found
 
 
@@ -289,7 +307,7 @@ def assess(facts: Facts, policy: Policy) -> list[Finding]:
         out.append(Finding(f"{store.kind}-certs", store.path, "host", "", True, detail, by))
     for server in facts.nats:
         if server.where == "host":
-            by = [source_name(s) for s in cov.nats if s.container is None]
+            by = cov.nats_on_host(server.port)
         else:
             runs = containers.get(server.where)
             by = cov.app_native(runs) if runs else []

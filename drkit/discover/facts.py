@@ -141,6 +141,7 @@ class NatsServer:
     where: str  # "host" or the container's name
     args: str
     store_dir: str = ""
+    port: int = 4222  # its client port (-p/--port)
 
 
 @dataclass
@@ -471,23 +472,29 @@ def nats_servers(
         _user, _, args = rest.strip().partition(" ")
         if "nats-server" not in args or pid in in_containers:
             continue
-        found.append(NatsServer("host", args.strip(), _store_dir(args)))
+        port = _flag(args, ("-p", "--port"))
+        port_number = int(port) if port.isdigit() else 4222
+        found.append(NatsServer("host", args.strip(), _flag(args, STORE_FLAGS), port_number))
     for c in containers:
         if c.engine == "nats" and c.state == "running":
-            store = _store_dir(c.command) or next(
+            store = _flag(c.command, STORE_FLAGS) or next(
                 (m.destination for m in c.mounts if m.type in ("volume", "bind")), ""
             )
             found.append(NatsServer(c.name, c.command, store))
     return found
 
 
-def _store_dir(args: str) -> str:
+STORE_FLAGS = ("-sd", "--store_dir", "--sd")
+
+
+def _flag(args: str, flags: tuple[str, ...]) -> str:
+    """The value of the first of ``flags`` in a command line (``-f V`` or ``-f=V``), or ""."""
     try:
         words = shlex.split(args)
     except ValueError:
         words = args.split()
     for i, word in enumerate(words):
-        for flag in ("-sd", "--store_dir", "--sd"):
+        for flag in flags:
             if word == flag and i + 1 < len(words):
                 return words[i + 1]
             if word.startswith(flag + "="):

@@ -39,9 +39,12 @@ sec whoami; id -un; hostname
 sec ps
 ps -eo pid=,user=,args= 2>&1 | grep -E "$SERVERS|dockerd" | grep -v grep
 sec containerized
+# A process in a container: its cgroup names one, and not the one this script runs in
+# (when the host is itself a container, its own services share the script's cgroup).
+me=$(grep -m1 -E 'docker|containerd|kubepods|libpod' /proc/$$/cgroup 2>/dev/null)
 for pid in $(ps -eo pid=,args= | grep -E "$SERVERS" | grep -v grep | awk '{print $1}'); do
     cg=$(root cat "/proc/$pid/cgroup" 2>/dev/null | grep -m1 -E 'docker|containerd|kubepods|libpod')
-    [ -z "$cg" ] || echo "$pid $cg"
+    [ -z "$cg" ] || [ "$cg" = "$me" ] || echo "$pid $cg"
 done
 
 if have docker; then

@@ -148,6 +148,35 @@ def _by(found: dict, kind: str) -> dict[str, dict]:
     return {f["name"]: f for f in found["findings"] if f["kind"] == kind}
 
 
+def test_discover_nats_on_the_conversational_platform_host(tmp_path: Path) -> None:
+    """The conversational-platform image (nats-server on the host, JetStream in
+    /var/lib/nats, Caddy) as the shipped policy's login user ``docker`` (sudo): the
+    policy's nats source (snapshot API at 127.0.0.1:4222; its ``container`` is for
+    stop-copy) covers the server discovery finds."""
+    from tests.seeded.containers import host_containers, write_known_hosts
+    from tests.seeded.policy import encryption_files, shipped_policy, ssh_connection
+
+    login = ssh_login(tmp_path / "ssh")
+    host = "conversational-platform"
+    with host_containers(host, [host], login, user="docker") as boxes:
+        box = boxes[host]
+        known = write_known_hosts(tmp_path / "known_hosts", box)
+        policy = shipped_policy(
+            host, tmp_path / "policies",
+            connection=ssh_connection(box.port(22), login.identity, known, user="docker"),
+            repository={"url": (tmp_path / "repo").as_uri()},
+            encryption=encryption_files(tmp_path, host, RECIPIENT),
+        )  # fmt: skip
+        found = json.loads(drkit("discover", "--policy", str(policy), "--json", check=True).stdout)
+    assert found["login_user"] == "docker" and found["errors"] == [], found["errors"]
+    [nats] = _by(found, "nats-server").values()
+    assert (nats["name"], nats["where"], nats["covered_by"]) == (
+        "/var/lib/nats",
+        "host",
+        ["jetstream"],
+    )
+
+
 # First in the file: the module's dockerhost container is started by the next test and
 # removed only at the end of the module.
 

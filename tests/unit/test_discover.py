@@ -190,7 +190,7 @@ def test_compose_v2_names_env_file_label_and_nats_in_a_container(tmp_path: Path)
         f"{MARKER} whoami\ndocker\nplatform\n{MARKER} docker-version\n27.3.1\n"
         f"{MARKER} docker-containers\n{json.dumps(V2)}\n{MARKER} docker-volumes\n[]\n"
         f"{MARKER} ps\n  901 root /nats-server -js -sd /data/jetstream\n"
-        f"  77 nats nats-server -js -sd /var/lib/nats\n"
+        f"  77 nats nats-server -js -p 4223 -sd /var/lib/nats\n"
         f"{MARKER} containerized\n901 0::/system.slice/docker-{'a' * 64}.scope\n"
         f"{MARKER} end\n"
     )
@@ -210,7 +210,11 @@ def test_compose_v2_names_env_file_label_and_nats_in_a_container(tmp_path: Path)
     nats = '[[source]]\nkind = "nats"\nname = "nats"\ncontainer = "platform-nats-1"\n'
     again = judge(output, policy(tmp_path, nats, "nats.toml"))
     servers = {f.where: f.covered_by for f in again.findings if f.kind == "nats-server"}
-    assert servers == {"host": [], "platform-nats-1": ["nats"]}
+    assert servers == {"host": [], "platform-nats-1": ["nats"]}  # the host's is on 4223
+    on_host = '[[source]]\nkind = "nats"\nname = "host-nats"\nurl = "nats://127.0.0.1:4223"\n'
+    third = judge(output, policy(tmp_path, on_host, "host.toml"))
+    servers = {f.where: f.covered_by for f in third.findings if f.kind == "nats-server"}
+    assert servers == {"host": ["host-nats"], "platform-nats-1": ["host-nats"]}
 
 
 def test_redis_keyspaces_are_one_server() -> None:
