@@ -7,7 +7,7 @@ labels), standalone containers, named volumes, databases in PostgreSQL
 clusters on the host and in containers, MySQL/MariaDB and Redis-protocol
 servers in containers, PM2 apps, Caddy and nginx sites, certificate stores,
 NATS servers and ``.env`` files. Pure functions over text: tested on recorded
-outputs (tests/unit/test_discover.py).
+outputs (tests/unit/test_discover_parsing.py).
 """
 
 from __future__ import annotations
