@@ -89,6 +89,8 @@ trap 'exit 141' PIPE
 docker stop $ids >/dev/null || exit 1
 "$@"
 """
+# $1 the state file, $2 its content.
+_RECORD = '(umask 077 && printf \'%s\' "$2" >"$1")'
 # $1 the state file, then container ids: start them, then forget the file.
 _START_AGAIN = 's=$1; shift; docker start "$@" >/dev/null && rm -f -- "$s"'
 
@@ -249,13 +251,20 @@ class DockerVolumeSource(Source):
             yield []
             return
         names = sorted(found.values())
+        state = self.state_file()
         try:
+            # Named on the host first: if drkit dies in the block, the next backup starts them.
+            self.runner.check(
+                ["sh", "-c", _RECORD, "sh", state, _state_text(found)],
+                what=f"{self.label}: recording the containers it stops in {state}",
+                user=self.run_as,
+            )
             self._docker("stop", *found, what=f"stopping container(s) {', '.join(names)}")
             yield names
         except BaseException as exc:
-            self._start_again(found, error, pending=exc)
+            self._start_again(found, error, pending=exc, state=state)
             raise
-        self._start_again(found, error)
+        self._start_again(found, error, state=state)
 
     def _start_again(
         self,
@@ -305,7 +314,7 @@ class DockerVolumeSource(Source):
         names = ", ".join(sorted(left.values()))
         self._start_again(left, SourceError, state=state)
         return [
-            f"container(s) {names} were still stopped: an earlier backup of volume "
+            f"container(s) {names} were still stopped: an earlier backup or restore of volume "
             f"{self.volume} stopped them and was killed before it could start them "
             "again; started now"
         ]
@@ -337,7 +346,7 @@ class DockerVolumeSource(Source):
                 with self.command_stream(argv) as stream:
                     yield stream
                 return
-            text = "".join(f"{cid} {name}\n" for cid, name in found.items())
+            text = _state_text(found)
             wrapped = ["sh", "-c", _STOPPED_WHILE, "sh", state, text, *found, "--", *argv]
             try:
                 with _Shown(self, wrapped, argv) as stream:
@@ -442,6 +451,8 @@ class DockerVolumeSource(Source):
             raise RestoreError(f"{self.label}: {blocked}")
         volume, directory = self._target(facts, opts)
         report = RestoreReport()
+        if not opts.dest:
+            report.actions.extend(self._left_stopped(self.state_file()))
         stop = self.labelled_stopped(RestoreError) if not opts.dest else _nothing()
         with stop as stopped:
             if stopped:
@@ -547,6 +558,11 @@ class _Shown(CommandStream):
         stream = super().__enter__()
         self._argv = self._shown  # started: from now on it only names the command
         return stream
+
+
+def _state_text(found: dict[str, str]) -> str:
+    """The state file's content: one "id name" line per container."""
+    return "".join(f"{cid} {name}\n" for cid, name in found.items())
 
 
 @contextmanager

@@ -448,3 +448,40 @@ def test_copy_and_drkit_killed_together_the_next_backup_starts_them_with_a_warni
     [warning] = snapshot_facts(policy, "shopdata")["warnings"]
     assert warning.startswith(f"container(s) {busy['container']} were still stopped"), warning
     assert "killed before it could start them" in warning and warning in res.stdout
+
+
+def test_restore_killed_with_the_containers_stopped_the_next_backup_starts_them(
+    tmp_path: Path, keys: Any, volume: dict[str, Any], snapshot_facts: Any
+) -> None:
+    """A restore stops and starts them from drkit's side: killed in between, it left
+    them named on the host, and the next backup starts them, saying so."""
+    policy = policy_for(tmp_path, keys, volume)
+    with open(mountpoint(volume["volume"]) / "zeros.img", "wb") as fh:
+        fh.truncate(2 << 30)  # a restore that lasts seconds
+    drkit("backup", "--policy", str(policy), check=True)
+    restore = subprocess.Popen(
+        [sys.executable, "-m", "drkit", "restore", "--policy", str(policy), "--yes",
+         "--force-db", "--identity", str(keys.identity_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def stopped() -> bool:
+        assert restore.poll() is None, restore.communicate()  # it must still run
+        return not state(volume["container"])["Running"]
+
+    try:
+        wait_for("the restore to stop the container", stopped)
+        restore.kill()
+    finally:
+        if restore.poll() is None:
+            restore.kill()
+        restore.wait(timeout=60)
+    assert not state(volume["container"])["Running"]
+
+    (mountpoint(volume["volume"]) / "zeros.img").unlink(missing_ok=True)
+    res = drkit("--json", "backup", "--policy", str(policy), check=True)
+    assert state(volume["container"])["Running"]
+    assert not Path(state_path(policy)).exists()
+    [warning] = snapshot_facts(policy, "shopdata")["warnings"]
+    assert warning.startswith(f"container(s) {volume['container']} were still stopped"), warning
+    assert "backup or restore" in warning and warning in res.stdout
