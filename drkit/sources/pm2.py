@@ -103,9 +103,10 @@ _EXISTING = 'for f; do [ -e "$f" ] && printf "%s\\0" "$f"; done; true'
 # Prints, NUL-separated, the arguments that do not exist (or the user cannot see).
 _MISSING = 'for f; do [ -e "$f" ] || printf "%s\\0" "$f"; done; true'
 # $1 private directory, $2 dump.pm2, $3 its path relative to /: a copy of the dump as it
-# is now (mode, times and owner kept), which the artifact's tar then reads.
+# is now (mode, times and owner kept), which the artifact's tar then reads. Directories
+# 0711: whoever could read the dump may read the copy, nobody can list them.
 _COPY_PREFIX = ".drkit-dump-"
-_COPY = 'umask 077 && mkdir -- "$1" && mkdir -p -- "$1/$(dirname -- "$3")" && cp -p -- "$2" "$1/$3"'
+_COPY = 'umask 066 && mkdir -- "$1" && mkdir -p -- "$1/$(dirname -- "$3")" && cp -p -- "$2" "$1/$3"'
 
 
 @dataclass
@@ -302,12 +303,12 @@ class Pm2Source(TarSource):
         self.runner.check(
             ["sh", "-c", _COPY, "sh", taken.copy, taken.dump, rel],
             what=f"{self.label}: copying {taken.dump}",
-            user=self.run_as,
+            user=self.copier,
         )
         content = self.runner.check(
             ["cat", "--", posixpath.join(taken.copy, rel)],
             what=f"{self.label}: reading {taken.dump}",
-            user=self.run_as,
+            user=self.copier,
         )
         try:
             entries = dump_entries(content, f"{self.label}: {taken.dump}")
@@ -333,13 +334,19 @@ class Pm2Source(TarSource):
         except RestoreError as exc:  # process_states' error: here it is a backup's
             raise SourceError(str(exc)) from None
 
+    @property
+    def copier(self) -> str:
+        """Who copies the dump into PM2_HOME: ``sudo_user`` (root, usually), else the
+        daemon's owner (the login user may not write there)."""
+        return self.run_as or self.config.user
+
     def _remove(self, path: str, stale: bool = False) -> None:
         """Best effort: ``rm -rf`` of a private copy (``stale``: of every one in the
         PM2_HOME ``path``)."""
         script = (
             f'for p in "$1"/{_COPY_PREFIX}*; do rm -rf -- "$p"; done' if stale else 'rm -rf -- "$1"'
         )
-        self.runner.run(["sh", "-c", script, "sh", path], user=self.run_as)
+        self.runner.run(["sh", "-c", script, "sh", path], user=self.copier)
 
     def tar_artifact(
         self, paths: list[str], exclude: list[str], name: str | None = None
