@@ -198,14 +198,14 @@ def prune(
     with _naming(host):
         _prune_incomplete(repo, host, incomplete, locks, now, grace, dry_run, result, log)
         _abort_uploads(repo.store, host, now, grace, dry_run, result, log)
-    if rejected and repo.store.list_dirs(f"{host}/chunks/"):
+    if rejected:
         # Their chunk references are unknown or not to be believed: remove no chunk.
         sid, why = rejected[0]
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
         result.errors.append(
             f"host {host}: chunks not collected: snapshot {sid}{more} is {UNTRUSTED}: {why}"
         )
-    elif not rejected:
+    else:
         # Every snapshot still committed keeps its chunks: those retention keeps, and
         # those it would remove but that could not be (still listed, still restorable).
         gone = set(result.removed)

@@ -42,10 +42,13 @@ equal to the data it was taken of. *Lost*: snapshots committed during the
 scenario that are no longer listed. *Bad*: listed snapshots that do not verify
 or do not restore equal.
 
-So far the campaign covers S3 faults (tests/faults/test_s3_campaign.py: backup,
-verify, restore; tests/faults/test_s3_prune_campaign.py: prune and chunk GC),
-through the proxy tests/servers/s3faults.py in front of SeaweedFS. `make test`
-runs the quick scenarios (one iteration each) without writing this page.
+The campaign covers S3 faults (tests/faults/test_s3_campaign.py: backup, verify,
+restore; tests/faults/test_s3_prune_campaign.py: prune and chunk GC) through the
+proxy tests/servers/s3faults.py in front of SeaweedFS; crashes
+(tests/faults/test_kill_campaign.py: `kill -9` of backup and restore); and resource
+faults (tests/faults/test_resource_campaign.py: SIGTERM, disk full, PostgreSQL
+killed, `pg_dump` hanging, clock skew). `make test` runs the quick scenarios (one
+iteration each) without writing this page.
 
 """
 

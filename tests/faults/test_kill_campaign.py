@@ -90,7 +90,7 @@ def test_kill_backup(
 ) -> None:
     n = iterations(1 if sc.quick else 2)
     row = Row(
-        sc.operation, KILL, "a seeded moment of the backup (5-100% of its time)", n,
+        sc.operation, KILL, "a seeded moment of the backup, past start-up", n,
         "killed or done; listed snapshots verify; next backup and prune clean up",
     )  # fmt: skip
     with recorded(row) as outcomes:
