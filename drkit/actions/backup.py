@@ -21,39 +21,26 @@ A run with only provider snapshots commits one snapshot, as any other.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from drkit import __version__
-from drkit.actions.common import open_runner, policy_digest, require_object_lock
+from drkit.actions.common import open_runner, require_object_lock
+from drkit.actions.snapshot_writer import LockCheck, SnapshotWriter
 
 if TYPE_CHECKING:
     from drkit.actions.provider_snapshot import SnapshotJob, SnapshotOutcome
     from drkit.catalog.db import Catalog, RunStatus
-from drkit.errors import DrkitError, RepositoryError, UsageError
-from drkit.pipeline import chunked
-from drkit.pipeline.age import Recipient, parse_recipient, recipient_lines
-from drkit.pipeline.codec import FORMAT, Digests, encode
+from drkit.errors import DrkitError, UsageError
 from drkit.pipeline.streams import TeeReader
 from drkit.policy.models import Policy, SnapshotSource, SourceBase, source_name
 from drkit.remote.base import Runner
-from drkit.repository.chunks import Chunks, recipient_set
-from drkit.repository.layout import FACTS, Repository, object_key, snapshot_prefix
+from drkit.repository.layout import Repository, snapshot_prefix
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
 from drkit.sources.registry import build_source
 
 Log = Callable[[str], None]
-
-
-class LockCheck(Protocol):
-    """What ``backup`` asks of a held host lock (drkit.locks.HostLock)."""
-
-    def check(self) -> None:
-        """Raise if another run took the lock over."""
 
 
 @dataclass(frozen=True)
@@ -87,40 +74,6 @@ class BackupResult:
         return tuple(s.name for m in self.manifests for s in m.sources)
 
 
-def _store_chunked(
-    repo: Repository,
-    key: str,
-    relative: str,
-    plain: BinaryIO,
-    recipients: list[Recipient],
-    chunks: Chunks,
-    id_key: bytes,
-    log: Log,
-) -> ArtifactRecord:
-    """Store an artifact as deduplicated chunks plus its index (the index is the artifact)."""
-    done = chunked.encode(plain, recipients, chunks, id_key=id_key)
-    index = done.index
-    try:
-        repo.store.put(key, index.file)  # only after every chunk it names is stored
-    finally:
-        index.file.close()
-    log(
-        f"{relative}: {done.new_chunks} new chunk(s) ({done.new_bytes} bytes stored), "
-        f"{done.reused_chunks} reused"
-    )
-    return ArtifactRecord(
-        source=relative.split("/", 1)[0],
-        name=relative.split("/", 1)[-1],
-        key=relative,
-        format=chunked.FORMAT,
-        plain_size=index.plain_size,
-        plain_sha256=index.tree_digest,
-        stored_size=index.stored_size,
-        stored_sha256=index.stored_sha256,
-        new_bytes=done.new_bytes,
-    )
-
-
 def backup(
     policy: Policy,
     repo: Repository,
@@ -147,72 +100,14 @@ def backup(
     if not configs:
         raise UsageError(f"host {host}: no source selected")
     require_object_lock(repo, policy.repository, host)  # fail closed before any write
-    signing_key = repo.trust.signer_for(host)  # a snapshot restore would not trust: refused
+    repo.trust.signer_for(host)  # refused here: a snapshot restore would not trust
     machines = [c for c in configs if isinstance(c, SnapshotSource)]
     data = [c for c in configs if not isinstance(c, SnapshotSource)]
-    lines = recipient_lines(policy.encryption.recipients, policy.encryption.recipients_file)
-    recipients = [parse_recipient(line) for line in lines]
     if data and runner is None:
         runner = open_runner(host, policy.connection)
     repo.init()
     started = started or dt.datetime.now(dt.UTC)
-    t0 = time.monotonic()
-
-    chunks = Chunks(repo.store, host, recipient_set(lines)) if policy.repository.dedup else None
-    # Keyed chunk ids: the key is derived from this machine's signing key (one secret
-    # per machine; per host by its purpose) and sealed to the recipients in the
-    # manifest, so only restorers learn it.
-    id_key = signing_key.derive(f"chunk-ids/{host}") if chunks is not None else b""
-    sealed = {chunked.ID_KEY_EXTRA: chunked.seal_id_key(id_key, recipients)} if chunks else {}
-
-    def storer(snapshot: str) -> Callable[[str, BinaryIO], ArtifactRecord]:
-        def store(relative: str, plain: BinaryIO) -> ArtifactRecord:
-            key = object_key(host, snapshot, relative)
-            if chunks is not None and relative != FACTS:
-                return _store_chunked(repo, key, relative, plain, recipients, chunks, id_key, log)
-            digests: Digests = encode(plain, recipients, lambda s: repo.store.put(key, s))
-            return ArtifactRecord(
-                source=relative.split("/", 1)[0],
-                name=relative.split("/", 1)[-1],
-                key=relative,
-                format=FORMAT,
-                plain_size=digests.plain_size,
-                plain_sha256=digests.plain_sha256,
-                stored_size=digests.stored_size,
-                stored_sha256=digests.stored_sha256,
-            )
-
-        return store
-
-    def commit(
-        snapshot: str, records: list[SourceRecord], facts: dict[str, Any], extra: dict[str, Any]
-    ) -> Manifest:
-        facts_json = json.dumps(facts, sort_keys=True).encode()
-        try:
-            manifest = Manifest(
-                host=host,
-                snapshot=snapshot,
-                started=started.isoformat(timespec="seconds"),
-                finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                drkit_version=__version__,
-                policy_sha256=policy_digest(policy),
-                recipients=list(policy.encryption.recipients),
-                sources=records,
-                facts=storer(snapshot)(FACTS, io.BytesIO(facts_json)),
-                extra=extra,
-            )
-            if lock is not None:
-                lock.check()  # a run that lost its lock must not commit
-            repo.write_manifest(manifest)  # the commit
-        except RepositoryError as exc:  # the store names the object; say whose and what
-            raise RepositoryError(
-                f"host {host}: snapshot {snapshot} not committed: {exc}"
-            ) from None
-        seconds = time.monotonic() - t0
-        log(
-            f"{host}: snapshot {snapshot} committed ({manifest.stored_bytes} bytes, {seconds:.1f}s)"
-        )
-        return manifest
+    writer = SnapshotWriter(policy, repo, started, lock=lock, log=log)
 
     jobs = _start_machines(policy, machines, started, log)
     committed: list[Manifest] = []
@@ -224,10 +119,10 @@ def backup(
             assert runner is not None
             writing = new_snapshot_id(started)
             records = [
-                _back_up_source(host, config, runner, storer(writing), facts, log)
+                _back_up_source(host, config, runner, writer.storer(writing), facts, log)
                 for config in data
             ]
-            committed.append(commit(writing, records, facts, dict(sealed)))
+            committed.append(writer.commit(writing, records, facts, dict(writer.sealed_extra)))
             writing = None
             if any(not job.done() for job in jobs):
                 names = ", ".join(source_name(j.config) for j in jobs if not j.done())
@@ -240,7 +135,7 @@ def backup(
             if any(o.ok for o in outcomes):
                 # Same start time as the data: the provider's disk image is from then.
                 writing = new_snapshot_id(started)
-                committed.append(commit(writing, *_machine_records(outcomes)))
+                committed.append(writer.commit(writing, *_machine_records(outcomes)))
                 writing = None
             elif not committed:
                 raise DrkitError(f"host {host}: nothing to commit: {'; '.join(failed)}")
@@ -267,7 +162,7 @@ def backup(
     if catalog:
         _record(catalog, repo, host, started, committed, status, "; ".join(failed) or None, log)
     _prune_machines(policy, [j.config for j in jobs if source_name(j.config) in done], started, log)
-    seconds = time.monotonic() - t0
+    seconds = time.monotonic() - writer.t0
     if failed:
         log(f"{host}: run partial: failed source(s) {', '.join(failed_names)}")
     warnings = tuple(
