@@ -42,7 +42,7 @@ from tests.drills.test_drill import engine  # noqa: F401 (the Docker engine fixt
 from tests.helpers import drkit, write_policy
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = "conversational-platform, e2i-droplet, visualkit-hetzner, vultr"
+IMAGES = "conversational-platform, dockerhost, e2i-droplet, visualkit-hetzner, vultr"
 HOST = "vultr-2"
 
 
