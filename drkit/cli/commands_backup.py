@@ -25,6 +25,7 @@ from drkit.errors import RestoreError, UsageError
 
 if TYPE_CHECKING:
     from drkit.actions.fleet import HostResult
+    from drkit.actions.restore import Executor, RestoreResult, Step
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
@@ -370,22 +371,7 @@ def restore(
     plan_text = format_plan(assembly, target_label, steps)
     blocked = [s for s in steps if s.plan.blocked]
     if plan_only:
-        ctx.emit(
-            {"host": assembly.host, "snapshot": assembly.newest.snapshot,
-             "snapshots": [m.snapshot for m in assembly.manifests], "as_of": assembly.as_of,
-             "target": target_label, "steps": [s.as_dict() for s in steps],
-             "refused": [s.source for s in blocked],
-             "nothing_to_resume": executor.progress.nothing_to_resume},
-            lambda: click.echo(plan_text),
-        )  # fmt: skip
-        if blocked:
-            names = ", ".join(f"{s.number} ({s.source})" for s in blocked)
-            click.echo(
-                f"error: host {assembly.host}: refused: step {names}; as planned, a restore "
-                f"would restore nothing",
-                err=True,
-            )
-            sys.exit(EXIT_PLAN_REFUSED)
+        _emit_plan(ctx, executor, target_label, steps, plan_text)
         return
     if blocked:
         click.echo(plan_text, err=True)
@@ -400,7 +386,42 @@ def restore(
         if not click.confirm("Restore now?", err=True):
             raise UsageError("restore cancelled")
     result = executor.run(log, keep_going=keep_going)
-    outcomes = result.outcomes([s.source for s in steps])
+    _emit_result(ctx, executor, result, [s.source for s in steps], target_label)
+    if result.failed:
+        sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
+    if result.verdict == "fail":
+        sys.exit(1)
+
+
+def _emit_plan(
+    ctx: Ctx, executor: Executor, target_label: str, steps: list[Step], plan_text: str
+) -> None:
+    """``restore --plan``: the steps; exit 6 when one is refused."""
+    assembly = executor.assembly
+    blocked = [s for s in steps if s.plan.blocked]
+    ctx.emit(
+        {"host": assembly.host, "snapshot": assembly.newest.snapshot,
+         "snapshots": [m.snapshot for m in assembly.manifests], "as_of": assembly.as_of,
+         "target": target_label, "steps": [s.as_dict() for s in steps],
+         "refused": [s.source for s in blocked],
+         "nothing_to_resume": executor.progress.nothing_to_resume},
+        lambda: click.echo(plan_text),
+    )  # fmt: skip
+    if blocked:
+        names = ", ".join(f"{s.number} ({s.source})" for s in blocked)
+        click.echo(
+            f"error: host {assembly.host}: refused: step {names}; as planned, a restore "
+            f"would restore nothing",
+            err=True,
+        )
+        sys.exit(EXIT_PLAN_REFUSED)
+
+
+def _emit_result(
+    ctx: Ctx, executor: Executor, result: RestoreResult, sources: list[str], target_label: str
+) -> None:
+    """What a restore did: each source's outcome, the checks, the verdict."""
+    outcomes = result.outcomes(sources)
     data = {
         "host": result.host, "snapshot": result.snapshot, "sources": result.sources,
         "target": target_label, "steps": result.steps, "skipped": result.skipped,
@@ -422,7 +443,3 @@ def restore(
         )
 
     ctx.emit(data, text)
-    if result.failed:
-        sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
-    if result.verdict == "fail":
-        sys.exit(1)
