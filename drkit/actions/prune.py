@@ -125,60 +125,18 @@ def prune(
     as incomplete; one that is there but cannot be read blocks chunk collection.
     """
     result = PruneResult(host, dry_run, describe(retention))
-    snaps: list[SnapInfo] = []
-    manifests: dict[str, Manifest] = {}
-    listed: dict[str, bool] = {}  # snapshot id -> its manifest was listed
-    with _naming(host):
-        for ref in repo.snapshots(host):
-            try:
-                snapshot_time(ref.snapshot)
-            except ValueError:
-                result.skipped.append((ref.snapshot, "not a drkit snapshot id: left alone"))
-                continue
-            listed[ref.snapshot] = ref.committed
-        # Only trusted snapshots count for retention or are removed; the others are left
-        # alone and named (a planted snapshot must neither push out nor shield real ones).
-        view = repo.read_host(host)
-    rejected = [(r.snapshot, r.reason) for r in view.untrusted]
-    trusted = {m.snapshot: m for m in view.trusted}
-    incomplete: list[str] = []
-    for sid, was_committed in listed.items():
-        if sid in trusted or sid in {r for r, _ in rejected}:
-            continue
-        found = _unlisted_manifest(repo, host, sid, was_committed)
-        if isinstance(found, Manifest):
-            log(f"{host}: snapshot {sid}: its manifest was missing from a listing; read by key")
-            trusted[sid] = found
-        elif found is None:
-            incomplete.append(sid)
-        else:
-            rejected.append((sid, found))
-    for sid, reason in rejected:
-        result.skipped.append((sid, f"{UNTRUSTED}, left alone: {reason}"))
-    for sid in sorted(trusted):
-        manifest = manifests[sid] = trusted[sid]
-        snaps.append(SnapInfo.of(sid, complete=manifest.status == "complete"))
+    manifests, rejected, incomplete = _census(repo, host, result, log)
+    snaps = [
+        SnapInfo.of(sid, complete=manifests[sid].status == "complete") for sid in sorted(manifests)
+    ]
 
     pinned = _source_pins(snaps, manifests, sources or {}, now)
     for snap in snaps:
         if snap.id in drilled_with:
             pinned.setdefault(snap.id, []).append("also restored by the newest passing drill")
     first = _decide(snaps, manifests, retention, now, drilled=drilled, pinned=pinned)
-    # Only snapshots retention would remove need their Object Lock read.
     locks = ObjectLocks(repo.store)
-    locked: dict[str, dt.datetime] = {}
-    for d in first:
-        if d.keep:
-            continue
-        sid = d.snapshot.id
-        until, problem = _snapshot_lock(locks, repo, host, sid, now)
-        if problem is not None:
-            result.errors.append(f"host {host}: snapshot {sid}: {problem}")
-            pinned.setdefault(sid, []).append(problem)
-        elif until == FOREVER:
-            pinned.setdefault(sid, []).append("object lock legal hold")
-        elif until is not None:
-            locked[sid] = until
+    locked = _lock_pins(locks, repo, host, first, now, pinned, result)
     result.decisions = _decide(
         snaps, manifests, retention, now, drilled=drilled, locked=locked, pinned=pinned
     )
@@ -215,6 +173,72 @@ def prune(
         result.chunks_removed, result.errors = gc.removed, result.errors + gc.errors
         result.freed_bytes += gc.freed_bytes
     return result
+
+
+def _census(
+    repo: Repository, host: str, result: PruneResult, log: Log
+) -> tuple[dict[str, Manifest], list[tuple[str, str]], list[str]]:
+    """The host's snapshots as prune sees them: (trusted manifests by id, untrusted ids
+    with why, incomplete ids). Ids that are no drkit snapshot id and untrusted snapshots
+    are named in ``result.skipped``. A snapshot listed without its manifest (or whose
+    listed manifest then read as absent) has it asked for by key before it counts as
+    incomplete."""
+    listed: dict[str, bool] = {}  # snapshot id -> its manifest was listed
+    with _naming(host):
+        for ref in repo.snapshots(host):
+            try:
+                snapshot_time(ref.snapshot)
+            except ValueError:
+                result.skipped.append((ref.snapshot, "not a drkit snapshot id: left alone"))
+                continue
+            listed[ref.snapshot] = ref.committed
+        # Only trusted snapshots count for retention or are removed; the others are left
+        # alone and named (a planted snapshot must neither push out nor shield real ones).
+        view = repo.read_host(host)
+    rejected = [(r.snapshot, r.reason) for r in view.untrusted]
+    trusted = {m.snapshot: m for m in view.trusted}
+    incomplete: list[str] = []
+    for sid, was_committed in listed.items():
+        if sid in trusted or sid in {r for r, _ in rejected}:
+            continue
+        found = _unlisted_manifest(repo, host, sid, was_committed)
+        if isinstance(found, Manifest):
+            log(f"{host}: snapshot {sid}: its manifest was missing from a listing; read by key")
+            trusted[sid] = found
+        elif found is None:
+            incomplete.append(sid)
+        else:
+            rejected.append((sid, found))
+    for sid, reason in rejected:
+        result.skipped.append((sid, f"{UNTRUSTED}, left alone: {reason}"))
+    return trusted, rejected, incomplete
+
+
+def _lock_pins(
+    locks: ObjectLocks,
+    repo: Repository,
+    host: str,
+    first: list[Decision],
+    now: dt.datetime,
+    pinned: dict[str, list[str]],
+    result: PruneResult,
+) -> dict[str, dt.datetime]:
+    """Object Lock of the snapshots retention would remove (only those need it read):
+    their lock's end by id; a legal hold or an unreadable lock pins the snapshot."""
+    locked: dict[str, dt.datetime] = {}
+    for d in first:
+        if d.keep:
+            continue
+        sid = d.snapshot.id
+        until, problem = _snapshot_lock(locks, repo, host, sid, now)
+        if problem is not None:
+            result.errors.append(f"host {host}: snapshot {sid}: {problem}")
+            pinned.setdefault(sid, []).append(problem)
+        elif until == FOREVER:
+            pinned.setdefault(sid, []).append("object lock legal hold")
+        elif until is not None:
+            locked[sid] = until
+    return locked
 
 
 @contextlib.contextmanager
