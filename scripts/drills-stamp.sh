@@ -12,12 +12,19 @@ cd "$(dirname "$0")/.."
 
 STAMP=.ci/drills.sha256
 # The drill machinery and the scenarios' definitions: images, drill code, drill
-# files, shipped policies and the suites themselves.
+# files, shipped policies and the suites themselves (a comment line inside the
+# array is fine in bash).
 PATHS=(docker drkit/drills drkit/actions/drill.py drkit/cli/commands_drill.py
        restore_drills policies tests/drills tests/e2e/test_postgres_container.py
        tests/conftest.py tests/seeded tests/e2e/test_shipped_visualkit_hetzner.py
        tests/e2e/test_vultr_acceptance.py
-       tests/e2e/test_shipped_conversational_platform.py tests/e2e/test_shipped_e2i_droplet.py)
+       tests/e2e/test_shipped_conversational_platform.py tests/e2e/test_shipped_e2i_droplet.py
+       tests/e2e/test_stock_container.py tests/e2e/test_discover.py drkit/discover
+       # the live-write and kill tests moved out of make test, and what they test
+       tests/sources/test_nats_live.py tests/sources/test_docker_volume.py
+       tests/sources/test_pm2_deploy.py drkit/sources/docker_volume.py
+       drkit/sources/pm2.py drkit/sources/listening.py 'drkit/sources/nats*'
+       drkit/sources/jetstream.py)
 
 digest() {
     # Path and content (as in the working tree) of every file under PATHS that git

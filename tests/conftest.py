@@ -33,6 +33,23 @@ DRILL_SUITES = {
     "tests/e2e/test_stock_container.py": None,  # the workflow, the first hour: fresh containers
     "tests/e2e/test_discover.py": None,
     "tests/drills/test_drill_nats_under_load.py": None,
+    # Live writes and kills (#17): minutes each; make test keeps one of each kind.
+    "tests/sources/test_nats_live.py": (
+        "test_backup_under_live_writes_",
+        "test_resume_that_fails_",
+        "test_memory_streams_",
+    ),
+    "tests/sources/test_docker_volume.py": (
+        "test_drkit_killed_mid_copy_",
+        "test_copy_killed_or_failing_",
+        "test_copy_and_drkit_killed_together_",
+        "test_restore_killed_with_",
+    ),
+    "tests/sources/test_pm2_deploy.py": (
+        "test_backups_during_a_deploy_",
+        "test_a_deploy_that_never_pauses_",
+        "test_an_app_in_a_crash_loop_",
+    ),
 }
 
 

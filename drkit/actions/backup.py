@@ -144,7 +144,9 @@ def backup(
             job.cancel()
         if writing is not None:
             _discard(repo, host, writing, log)
-            if isinstance(exc, DrkitError) and "not committed" not in str(exc):
+            # The run fails on it: say what the user has and does next. (After the data
+            # was committed, a failed provider-snapshot commit is reported as it is.)
+            if isinstance(exc, DrkitError) and not committed and "not committed" not in str(exc):
                 exc.reword(
                     f"{exc}; snapshot not committed (the earlier snapshots are unchanged): "
                     "run the backup again once the cause is fixed"
