@@ -129,12 +129,6 @@ def discards_old(cfg: dict[str, Any]) -> bool:
     )
 
 
-def state_diff(expected: dict[str, Any], state: dict[str, Any]) -> list[str]:
-    """How a live stream ``state`` falls short of a stream's facts (empty: it holds at
-    least what the snapshot guarantees). See ``state_compare``."""
-    return state_compare(expected, state)[0]
-
-
 def state_compare(expected: dict[str, Any], state: dict[str, Any]) -> tuple[list[str], str]:
     """(what is wrong, what is extra) of a live stream ``state`` against the facts.
 
