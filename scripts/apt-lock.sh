@@ -49,10 +49,25 @@ wait_for_apt_lock() {
 }
 
 apt_get() {
-    local sudo=""
+    local sudo="" attempt err rc
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    wait_for_apt_lock || return 1
-    # apt's own wait covers a lock taken between our check and apt-get starting.
-    $sudo env DEBIAN_FRONTEND=noninteractive \
-        apt-get -o "DPkg::Lock::Timeout=$APT_LOCK_WAIT" "$@"
+    err=$(mktemp)
+    for attempt in 1 2 3 4 5 6; do
+        wait_for_apt_lock || { rm -f "$err"; return 1; }
+        # apt's own wait covers dpkg's lock taken between our check and apt-get
+        # starting; it does not cover the lists lock of another `apt-get update`
+        # started in that same instant, so that failure is retried.
+        rc=0
+        $sudo env DEBIAN_FRONTEND=noninteractive \
+            apt-get -o "DPkg::Lock::Timeout=$APT_LOCK_WAIT" "$@" 2>"$err" || rc=$?
+        cat "$err" >&2
+        if [ "$rc" -eq 0 ] || ! grep -q "Could not get lock" "$err"; then
+            rm -f "$err"
+            return "$rc"
+        fi
+        echo "$(basename "$0" .sh): apt was locked as it started (try $attempt); waiting" >&2
+        sleep 3
+    done
+    rm -f "$err"
+    return "$rc"
 }
