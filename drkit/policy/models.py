@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from drkit.policy.checks import (
     AbsolutePath,
@@ -272,6 +280,98 @@ class DockerVolumeSource(ArchiveSource):
     )
 
 
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CONTAINER_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class RedisSource(SourceBase):
+    """A Redis-protocol server (Redis, Valkey, FalkorDB) on the host or in a container:
+    an RDB over the replication protocol (`redis-cli --rdb -`), restored by stopping the
+    server, placing the RDB where its config says and starting it (docs/sources/redis.md);
+    facts: keys and expiring keys per database, modules, server version."""
+
+    kind: Literal["redis"]
+    host: str = Field("127.0.0.1", description="server address as seen from the host")
+    port: int = Field(6379, ge=1, le=65535, description="server port (inside the container)")
+    user: str | None = Field(None, description="ACL user (--user); default the default user")
+    password: SecretRef | None = Field(
+        None, description="sent as REDISCLI_AUTH in the environment, never in argv"
+    )
+    container: str | None = Field(
+        None, pattern=CONTAINER_RE, description="run redis-cli inside this Docker container"
+    )
+    cli: str = Field("redis-cli", description="the client binary (valkey-cli, ...)")
+    service: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9@_.:-]+$",
+        description="host server only: the systemd unit stopped and started by a restore",
+    )
+    start_command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="host server only, without `service`: argv that starts the server "
+        "after a restore (it is stopped with SHUTDOWN NOSAVE)",
+    )
+    start_timeout: PositiveDuration = Field(
+        "5m", description="how long a restore waits for the server to load the RDB"
+    )
+
+    @field_validator("start_command")
+    @classmethod
+    def _start_not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v[0]:
+            raise ValueError("start_command needs a command")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_restart(self) -> RedisSource:
+        if self.container and (self.service or self.start_command):
+            raise ValueError(
+                "container: the container is stopped and started; "
+                "service and start_command are for a server on the host"
+            )
+        if self.service and self.start_command:
+            raise ValueError("give service or start_command, not both")
+        return self
+
+
+class MysqlSource(SourceBase):
+    """MySQL or MariaDB on the host or in a container: `mysqldump --single-transaction
+    --routines --triggers --events`, restored by loading it into the server
+    (docs/sources/mysql.md); facts: rows per table, counted in the dump's snapshot."""
+
+    kind: Literal["mysql"]
+    databases: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_$-]{1,64}$")]] | Literal["all"] = (
+        Field("all", description="database names, or all (system schemas excluded)")
+    )
+    host: str | None = Field(None, description="server host; default the local socket")
+    port: int = Field(3306, ge=1, le=65535)
+    socket: str | None = Field(None, description="the server's Unix socket")
+    user: str = Field("root", description="database user")
+    password: SecretRef | None = Field(
+        None, description="sent as MYSQL_PWD in the environment, never in argv"
+    )
+    container: str | None = Field(
+        None, pattern=CONTAINER_RE, description="run the client tools inside this container"
+    )
+    container_password_env: str | None = Field(
+        None,
+        pattern=ENV_NAME_RE,
+        description="container only: read the password from this variable of the "
+        "container's own environment (e.g. MYSQL_ROOT_PASSWORD), so it never leaves it",
+    )
+    dump: str = Field("mysqldump", description="the dump tool (mariadb-dump, ...)")
+    client: str = Field("mysql", description="the client used for restores and counts")
+
+    @model_validator(mode="after")
+    def _password_source(self) -> MysqlSource:
+        if self.container_password_env and not self.container:
+            raise ValueError("container_password_env needs container")
+        if self.container_password_env and self.password:
+            raise ValueError("give password or container_password_env, not both")
+        return self
+
+
 class SnapshotSource(SourceBase):
     """A provider snapshot of the whole machine, taken beside the data sources and pruned
     by this source's own `retention` (drkit's own only); see drkit restore-machine."""
@@ -306,6 +406,8 @@ SourceConfig = Annotated[
     | CertbotSource
     | NatsSource
     | DockerVolumeSource
+    | RedisSource
+    | MysqlSource
     | SnapshotSource,
     Field(discriminator="kind"),
 ]

@@ -59,6 +59,7 @@ SOURCES: dict[str, str | type[Source]] = {
     "certbot": "drkit.sources.certbot:CertbotSource",
     "nats": "drkit.sources.nats:NatsSource",
     "docker_volume": "drkit.sources.docker_volume:DockerVolumeSource",
+    "redis": "drkit.sources.redis:RedisSource",
     "snapshot": ProviderSnapshotStep,
 }
 SUPABASE = "drkit.sources.supabase:SupabaseSource"  # postgres with flavor = "supabase"

@@ -1,0 +1,465 @@
+"""``redis``: a Redis-protocol server (Redis, Valkey, FalkorDB) on the host or in a container.
+
+Backup: ``redis-cli --rdb -`` (Redis >= 7 clients). The client asks the server for
+a replica's initial sync (``REPLCONF rdb-only``): the server forks and serialises
+one point-in-time snapshot of every database straight to the connection, and
+the client writes it to stdout, which is the artifact. Why not ``BGSAVE``, wait
+for ``LASTSAVE`` to move, then copy ``dir/dbfilename``: that needs read access
+to the server's data directory (a ``docker cp`` out of a container), races with
+the server's own saves rewriting the file, and changes the server's save state;
+``--rdb`` needs nothing but a connection (the ``SYNC``/``PSYNC`` commands must
+be allowed: a server that renamed them is refused with that said). Module data
+(FalkorDB's graphs) is in the same RDB.
+
+The stream is checked as it passes: it must start with the ``REDIS`` magic and
+end with the RDB end-of-file opcode and its 8-byte checksum, and redis-cli must
+exit 0; anything else fails the source (a cut transfer never looks like a good
+backup).
+
+Facts: the server's version and role, ``dir``/``dbfilename``/``appendonly``, the
+loaded modules, and each database's keys and keys with a TTL (``INFO keyspace``)
+just before and just after the transfer. Both are kept: a server written to
+during the backup has counts that moved, and the check then accepts the range.
+
+Restore: refused on a server holding keys unless ``--force-db``, on a server
+with ``appendonly yes`` (it would load its AOF, not the RDB), and on one missing
+a module the RDB needs. The RDB is first written whole to a temporary file (the
+server still runs; a bad digest stops the restore here), then the server is
+stopped (``docker stop``; on the host ``systemctl stop`` of ``service`` or
+``SHUTDOWN NOSAVE``), the file renamed (``docker cp -a`` into a container) to
+``dir/dbfilename`` with the owner of ``dir``, and the server started again
+(``docker start``, ``systemctl start``, or ``start_command``) — also when placing
+failed. Then drkit waits until it answers ``PING`` (loading a big RDB takes a
+while: ``start_timeout``).
+
+Check: each database's key count equals the backup's; keys with a TTL may have
+expired since, so a count lower by at most those passes, saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from drkit import secrets
+from drkit.durations import parse_duration
+from drkit.errors import RestoreError, SourceError
+from drkit.policy.models import RedisSource as RedisConfig
+from drkit.remote.base import exit_text, tail_text
+from drkit.sources.base import (
+    Artifact,
+    Check,
+    CommandStream,
+    Feed,
+    RestoreOptions,
+    RestoreReport,
+    Source,
+    StepPlan,
+    pipe_into,
+)
+
+ARTIFACT = "dump.rdb"
+_KEYSPACE_RE = re.compile(r"^db(\d+):keys=(\d+),expires=(\d+)")
+# Write stdin to a private temporary file; print its name.
+_SPOOL = 'umask 077; t=$(mktemp "${TMPDIR:-/var/tmp}/drkit-rdb.XXXXXX") && cat > "$t" && echo "$t"'
+# $1 the spooled file, $2 the server's dir, $3 dbfilename: owned like dir, renamed in.
+_PLACE = (
+    'chown --reference="$2" -- "$1" 2>/dev/null; chmod 600 -- "$1" && '
+    'mv -f -- "$1" "$2/$3.drkit-new" && mv -f -- "$2/$3.drkit-new" "$2/$3"'
+)
+
+
+def parse_keyspace(info: str) -> dict[str, dict[str, int]]:
+    """``INFO keyspace`` -> {"0": {"keys": n, "expires": m}, ...}."""
+    out: dict[str, dict[str, int]] = {}
+    for line in info.splitlines():
+        m = _KEYSPACE_RE.match(line.strip())
+        if m:
+            out[m.group(1)] = {"keys": int(m.group(2)), "expires": int(m.group(3))}
+    return out
+
+
+def parse_info(info: str) -> dict[str, str]:
+    """``INFO`` text -> field: value (sections merged)."""
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and not key.startswith("#"):
+            fields[key] = value
+    return fields
+
+
+def parse_modules(info: str) -> list[str]:
+    """Module names from ``INFO modules`` (``module:name=graph,ver=...``)."""
+    names = []
+    for line in info.splitlines():
+        if line.startswith("module:"):
+            for part in line[len("module:") :].split(","):
+                key, _, value = part.partition("=")
+                if key == "name":
+                    names.append(value)
+    return sorted(names)
+
+
+def key_check(name: str, want: dict[str, Any], have: dict[str, dict[str, int]]) -> Check:
+    """Keys per database on the target against the backup's facts."""
+    bad, notes = [], []
+    for db in sorted(set(want) | set(have), key=int):
+        w = want.get(db) or {"low": 0, "high": 0, "expires": 0}
+        got = (have.get(db) or {}).get("keys", 0)
+        low, high = int(w["low"]), int(w["high"])
+        if low <= got <= high:
+            continue
+        if low - int(w.get("expires", 0)) <= got < low:
+            notes.append(f"db{db}: {got} of {low} keys (the others had a TTL)")
+            continue
+        span = str(low) if low == high else f"{low}..{high}"
+        bad.append(f"db{db}: {got} keys, backup {span}")
+    total = sum(v.get("keys", 0) for v in have.values())
+    if bad:
+        return Check(name, "keys per database", "fail", "; ".join(bad))
+    detail = f"{total} key(s) in {len(have)} database(s) as at backup"
+    return Check(name, "keys per database", "pass", "; ".join([detail, *notes]))
+
+
+class RdbStream(CommandStream):
+    """redis-cli's stdout, checked: RDB magic first, the EOF opcode and checksum last.
+
+    redis-cli 7.0 writing a diskless transfer to a pipe leaves the server's 40-byte
+    end-of-transfer mark after the RDB (it truncates the mark away only in a file):
+    the last 40 bytes are held back and dropped when they are that mark.
+    """
+
+    MARK = 40
+
+    def __init__(self, source: Source, argv: list[str], env: dict[str, str] | None) -> None:
+        super().__init__(source, argv, env=env, expect_output=True, user=None)
+        self._head = b""
+        self._held = b""  # the stream's last bytes, not passed on yet
+        self._checked = False
+        self.size = 0  # bytes of RDB passed on
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            data = super().read(n)
+            if not data:
+                return self._end()
+            if len(self._head) < 9:
+                self._head = (self._head + data)[:9]
+            held = self._held + data
+            # Keep the last MARK + 9 bytes: the end opcode, the checksum, a possible mark.
+            keep = self.MARK + 9
+            out, self._held = held[:-keep], held[-keep:]
+            if out:
+                self.size += len(out)
+                return out
+
+    def _end(self) -> bytes:
+        if self._checked:
+            return b""
+        self._checked = True
+        tail = self._held
+        if _is_mark(tail[-self.MARK :]) and tail[-self.MARK - 9 : -self.MARK + 0][:1] == b"\xff":
+            tail = tail[: -self.MARK]
+        if not self._head.startswith(b"REDIS") or tail[-9:][:1] != b"\xff":
+            raise SourceError(
+                f"{self._source.label}: `{shlex.join(self._argv)}` did not write a whole RDB "
+                f"({self.size + len(tail)} bytes, no RDB header or end marker); nothing was "
+                "stored. Check that the server allows SYNC/PSYNC for this user and is not "
+                "out of memory"
+            )
+        self.size += len(tail)
+        return tail
+
+
+def _is_mark(data: bytes) -> bool:
+    return len(data) == RdbStream.MARK and all(c in b"0123456789abcdef" for c in data)
+
+
+class RedisSource(Source):
+    kind = "redis"
+    config: RedisConfig
+
+    # ---- talking to the server ---------------------------------------------
+    def env(self) -> dict[str, str] | None:
+        c = self.config
+        return {"REDISCLI_AUTH": secrets.resolve(c.password)} if c.password else None
+
+    def cli_argv(self, *args: str) -> list[str]:
+        c = self.config
+        cmd = [c.cli, "-h", c.host, "-p", str(c.port), "--no-auth-warning"]
+        if c.user:
+            cmd += ["--user", c.user]
+        cmd += list(args)
+        if c.container:
+            pw = ["-e", "REDISCLI_AUTH"] if c.password else []
+            return ["docker", "exec", "-i", *pw, c.container, *cmd]
+        return cmd
+
+    @property
+    def where(self) -> str:
+        c = self.config
+        server = f"{c.host}:{c.port}"
+        return f"{server} in container {c.container}" if c.container else server
+
+    def call(self, *args: str, error: type[Exception] = SourceError) -> str:
+        """One command's reply (``--raw``); a server error reply raises ``error``."""
+        argv = self.cli_argv("--raw", *args)
+        try:
+            res = self.runner.run(argv, env=self.env(), user=self.run_as)
+        except OSError as exc:
+            raise error(f"{self.label}: {shlex.join(argv)}: {exc}") from None
+        out = res.stdout.decode("utf-8", "replace")
+        # redis-cli exits 0 on an error reply in --raw mode when not a tty: look at it too.
+        if res.returncode != 0 or out.startswith(("ERR", "NOAUTH", "WRONGPASS", "NOPERM")):
+            detail = out.strip() or res.stderr.strip()
+            raise error(
+                f"{self.label}: server {self.where}: `{' '.join(args)}` failed "
+                f"({exit_text(res.returncode)}): {detail[-300:]}; check that the server is "
+                "up and the source's user/password may run it"
+            )
+        return out
+
+    def answers(self) -> str | None:
+        """None if the server answers PING with PONG, else what it said."""
+        try:
+            res = self.runner.run(self.cli_argv("--raw", "PING"), env=self.env(), user=self.run_as)
+        except OSError as exc:
+            return str(exc)
+        out = res.stdout.decode("utf-8", "replace").strip()
+        return None if out == "PONG" else (out or res.stderr.strip() or exit_text(res.returncode))
+
+    def config_get(self, name: str, error: type[Exception] = SourceError) -> str:
+        lines = self.call("CONFIG", "GET", name, error=error).splitlines()
+        if len(lines) < 2:
+            raise error(
+                f"{self.label}: server {self.where}: CONFIG GET {name} answered nothing (is "
+                "CONFIG renamed or not allowed for this user?)"
+            )
+        return lines[1]
+
+    def keyspace(self, error: type[Exception] = SourceError) -> dict[str, dict[str, int]]:
+        return parse_keyspace(self.call("INFO", "keyspace", error=error))
+
+    # ---- backup -------------------------------------------------------
+    def artifacts(self) -> Iterator[Artifact]:
+        info = parse_info(self.call("INFO", "server"))
+        self.facts.update(
+            server=self.where,
+            version=info.get("redis_version"),
+            dir=self.config_get("dir"),
+            dbfilename=self.config_get("dbfilename"),
+            appendonly=self.config_get("appendonly"),
+            modules=parse_modules(self.call("INFO", "modules")),
+            role=parse_info(self.call("INFO", "replication")).get("role"),
+        )
+        before = self.keyspace()
+        argv = self.cli_argv("--rdb", "-")
+        env = self.env()
+        streams: list[RdbStream] = []
+
+        def opener() -> RdbStream:
+            stream = RdbStream(self, argv, env)
+            streams.append(stream)
+            return stream
+
+        yield Artifact(ARTIFACT, opener)
+        after = self.keyspace()
+        keys: dict[str, dict[str, int]] = {}
+        for db in sorted(set(before) | set(after), key=int):
+            b = before.get(db, {"keys": 0, "expires": 0})
+            a = after.get(db, {"keys": 0, "expires": 0})
+            keys[db] = {
+                "low": min(b["keys"], a["keys"]),
+                "high": max(b["keys"], a["keys"]),
+                "expires": max(b["expires"], a["expires"]),
+            }
+        self.facts.update(
+            keys=keys,
+            total_keys=sum(v["keys"] for v in after.values()),
+            exact=before == after,
+            rdb_bytes=streams[-1].size if streams else None,
+            method="redis-cli --rdb (replication sync)",
+        )
+        if before != after:
+            self.facts["warnings"] = [
+                f"keys changed during the backup of {self.where} (before {_counts(before)}, "
+                f"after {_counts(after)}): the RDB is one point in time between the two"
+            ]
+
+    # ---- restore ------------------------------------------------------
+    def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
+        c = self.config
+        n = facts.get("total_keys", "?")
+        down = self.answers()
+        if down is not None:
+            start = f"docker start {c.container}" if c.container else "start it"
+            return StepPlan(
+                [f"load {ARTIFACT} ({n} keys at backup) into {self.where}"],
+                f"the server {self.where} does not answer PING ({down}); {start} first: drkit "
+                "reads where it keeps its RDB from CONFIG GET dir/dbfilename",
+            )
+        dir_, dbfile = (
+            self.config_get("dir", RestoreError),
+            self.config_get("dbfilename", RestoreError),
+        )
+        actions = [f"write {ARTIFACT} ({n} keys at backup) to a temporary file on the host"]
+        stop, start = self._stop_start_text()
+        actions += [stop, f"place it as {dir_}/{dbfile}", start, "wait until the server answers"]
+        if stop.startswith("cannot"):
+            return StepPlan(
+                actions,
+                "the server runs on the host and the policy says neither `service` nor "
+                "`start_command`: drkit could stop it but not start it again; set one",
+            )
+        if self.config_get("appendonly", RestoreError) == "yes":
+            return StepPlan(
+                actions,
+                f"{self.where} has appendonly yes: on start it would load its AOF, not the "
+                "RDB; set `appendonly no` in its config for the restore (CONFIG SET appendonly "
+                "no; CONFIG REWRITE), restore, then turn it on again",
+            )
+        missing = sorted(set(facts.get("modules") or []) - set(self._modules()))
+        if missing:
+            return StepPlan(
+                actions,
+                f"the RDB needs module(s) {', '.join(missing)}, which {self.where} has not "
+                "loaded (use the same server image, e.g. falkordb/falkordb)",
+            )
+        held = sum(v.get("keys", 0) for v in self.keyspace(RestoreError).values())
+        if held and not opts.force_db:
+            return StepPlan(
+                actions,
+                f"{self.where} holds {held} key(s); use --force-db to replace them all",
+            )
+        if held:
+            actions.insert(0, f"REPLACE the {held} key(s) on {self.where} (--force-db)")
+        return StepPlan(actions)
+
+    def _modules(self) -> list[str]:
+        return parse_modules(self.call("INFO", "modules", error=RestoreError))
+
+    def _stop_start_text(self) -> tuple[str, str]:
+        c = self.config
+        if c.container:
+            return f"docker stop {c.container}", f"docker start {c.container}"
+        if c.service:
+            return f"systemctl stop {c.service}", f"systemctl start {c.service}"
+        if c.start_command:
+            return "SHUTDOWN NOSAVE", f"run {shlex.join(c.start_command)}"
+        return "cannot start the server again", "?"
+
+    def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
+        plan = self.describe(facts, opts)
+        if plan.blocked:
+            raise RestoreError(f"{self.label}: {plan.blocked}")
+        dir_ = self.config_get("dir", RestoreError)
+        dbfile = self.config_get("dbfilename", RestoreError)
+        where = f"{self.label}: restore into {self.where}"
+        spooled: list[str] = []
+
+        def consume(stream: BinaryIO) -> None:
+            out = pipe_into(self.runner, ["sh", "-c", _SPOOL], stream, what=where, user=self.run_as)
+            spooled.append(out.strip().splitlines()[-1])
+
+        report = RestoreReport()
+        try:
+            feed(ARTIFACT, consume)  # digest verified: only now is the server touched
+            tmp = spooled[-1]
+            owner = self._dir_owner(dir_) if self.config.container else None
+            self._stop()
+            report.actions.append(self._stop_start_text()[0])
+            try:
+                self._place(tmp, dir_, dbfile, owner, where)
+                report.actions.append(f"placed {dir_}/{dbfile}")
+            finally:
+                self._start()
+            report.actions.append(self._stop_start_text()[1])
+        finally:
+            if spooled:
+                self.runner.run(["rm", "-f", "--", spooled[-1]], user=self.run_as)
+        self._wait_up()
+        report.actions.append(f"{self.where} answers")
+        return report
+
+    def _dir_owner(self, dir_: str) -> str:
+        """uid:gid of the server's dir inside the container (the file gets the same)."""
+        argv = ["docker", "exec", self.config.container or "", "stat", "-c", "%u:%g", dir_]
+        out = self.runner.check(
+            argv, what=f"{self.label}: reading the owner of {dir_}", user=self.run_as
+        )
+        return out.decode().strip()
+
+    def _stop(self) -> None:
+        c = self.config
+        if c.container:
+            self._must(["docker", "stop", c.container], f"stopping container {c.container}")
+        elif c.service:
+            self._must(["systemctl", "stop", c.service], f"stopping {c.service}")
+        else:
+            # Not saving: its dump.rdb is about to be replaced anyway.
+            self.runner.run(self.cli_argv("SHUTDOWN", "NOSAVE"), env=self.env(), user=self.run_as)
+            self._wait(lambda: self.answers() is not None, 30, "stop")
+
+    def _start(self) -> None:
+        c = self.config
+        if c.container:
+            self._must(["docker", "start", c.container], f"starting container {c.container}")
+        elif c.service:
+            self._must(["systemctl", "start", c.service], f"starting {c.service}")
+        elif c.start_command:
+            self._must(list(c.start_command), "starting the server (start_command)")
+
+    def _place(self, tmp: str, dir_: str, dbfile: str, owner: str | None, where: str) -> None:
+        c = self.config
+        if c.container:
+            if owner:
+                self._must(["chown", owner, "--", tmp], f"giving {tmp} the owner {owner}")
+            target = f"{c.container}:{dir_.rstrip('/')}/{dbfile}"
+            self._must(["docker", "cp", "-a", tmp, target], f"copying the RDB to {target}")
+            return
+        self.runner.check(
+            ["sh", "-c", _PLACE, "sh", tmp, dir_, dbfile], what=where, user=self.run_as
+        )
+
+    def _must(self, argv: list[str], what: str) -> None:
+        res = self.runner.run(argv, user=self.run_as)
+        if res.returncode != 0:
+            raise RestoreError(
+                f"{self.label}: {what}: `{shlex.join(argv)}` {exit_text(res.returncode)}"
+                f"{tail_text(res.stderr)}"
+            )
+
+    def _wait(self, done: Any, seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                raise RestoreError(
+                    f"{self.label}: the server {self.where} did not {what} within {seconds:.0f}s"
+                )
+            time.sleep(0.2)
+
+    def _wait_up(self) -> None:
+        seconds = parse_duration(self.config.start_timeout).total_seconds()
+        deadline = time.monotonic() + seconds
+        while (said := self.answers()) is not None:
+            if time.monotonic() > deadline:
+                raise RestoreError(
+                    f"{self.label}: the RDB is in place but {self.where} does not answer "
+                    f"after {seconds:.0f}s ({said}); look at the server's log (a module "
+                    "missing, a corrupt RDB) and raise start_timeout for a big dataset"
+                )
+            time.sleep(0.3)
+
+    def check(self, facts: dict[str, Any], opts: RestoreOptions) -> list[Check]:
+        down = self.answers()
+        if down is not None:
+            return [Check(self.name, "server answers", "fail", f"{self.where}: {down}")]
+        return [key_check(self.name, facts.get("keys") or {}, self.keyspace(RestoreError))]
+
+
+def _counts(keyspace: dict[str, dict[str, int]]) -> str:
+    return ", ".join(f"db{db}={v['keys']}" for db, v in sorted(keyspace.items())) or "none"
