@@ -1,15 +1,15 @@
-"""Run backups and prunes for several hosts: due-ness, host locks, notifications, metrics.
+"""Run backups for several hosts: due-ness, host locks, notifications, metrics.
 
-Around the single-host actions (``backup``, ``prune``) each host's run here
+Around the single-host ``backup`` each host's run here
 
 1. with ``due``, picks the sources whose schedule came due (drkit.actions.status);
 2. takes the host lock (drkit.locks), and re-checks due-ness under it, so a
    run that finished meanwhile is not repeated;
-3. pings start / success / fail with the run's log tail (drkit.notify, imported
-   only when the policy has a channel: httpx is not free);
-4. rewrites the policy's Prometheus textfile.
+3. pings start / success / fail with the run's log tail (drkit.actions.run_notify);
+4. rewrites the policy's Prometheus textfile (drkit.actions.metrics).
 
-Hosts run concurrently; one host's failure never stops the others.
+Hosts run concurrently; one host's failure never stops the others. Pruning a host
+is drkit.actions.host_prune.
 """
 
 from __future__ import annotations
@@ -18,26 +18,30 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drkit.actions.backup import BackupResult, backup
 from drkit.actions.common import open_repository
-from drkit.actions.status import due_sources, last_drill_passed, newest_holding
-from drkit.durations import parse_duration
+
+# write_metrics and prune_one are also named here for cli/commands_drill.py and
+# actions/report.py (another change's files) until they import them from
+# drkit.actions.metrics and drkit.actions.host_prune.
+from drkit.actions.host_lock import lock_host
+from drkit.actions.host_prune import prune_one as prune_one
+from drkit.actions.metrics import write_metrics as write_metrics
+from drkit.actions.run_notify import Reporter
+from drkit.actions.status import due_sources
 from drkit.errors import DrkitError, PolicyError, UsageError
-from drkit.locks import HostLock, LockHeld, host_lock
+from drkit.locks import LockHeld
+from drkit.logs import Log
 from drkit.policy.local_checks import run_problems
-from drkit.policy.models import Policy, SnapshotSource, source_name
+from drkit.policy.models import Policy
 from drkit.repository.layout import Repository
 
 if TYPE_CHECKING:
-    from drkit.actions.prune import PruneResult
     from drkit.catalog.db import Catalog
-    from drkit.notify import Notifier
 
-Log = Callable[[str], None]
 Clock = Callable[[], dt.datetime]
 # Hosts whose run did something, for the summary.
 RAN = ("success", "partial", "failed")
@@ -89,27 +93,6 @@ class HostResult:
         if self.snapshots:
             out["snapshots"] = list(self.snapshots)
         return out
-
-
-def lock_host(
-    policy: Policy, repo: Repository, operation: str, wait: float, log: Log
-) -> AbstractContextManager[HostLock]:
-    """``host_lock`` for ``policy``'s host with its ``lock_ttl``. Raises LockHeld (exit 5).
-
-    The confirm delay is only waited where the store cannot compare-and-swap
-    (an S3 server that ignores conditional writes); it must outlast a
-    competitor's gap between reading "no lock" and writing its own:
-    milliseconds on a local filesystem, up to a second against remote S3.
-    """
-    return host_lock(
-        repo,
-        policy.host,
-        ttl=parse_duration(policy.lock_ttl).total_seconds(),
-        wait=wait,
-        log=log,
-        operation=operation,
-        confirm_delay=1.0 if repo.url.startswith("s3://") else 0.2,
-    )
 
 
 def due_names(policy: Policy, repo: Repository, now: dt.datetime) -> list[str]:
@@ -240,153 +223,3 @@ def exit_code_of(statuses: list[str]) -> int:
     if "locked" in statuses:
         return 5
     return 0
-
-
-# -- notifications and metrics ---------------------------------------------------
-
-
-class Reporter:
-    """Start / success / fail notifications of one host's run.
-
-    ``log`` is what the run should log through: with notifications it also
-    keeps the tail that the success and fail pings carry.
-    """
-
-    def __init__(self, policy: Policy, log: Log) -> None:
-        self.policy = policy
-        self.log = log
-        self._notifier: Notifier | None = None
-        self._tail: Callable[[], str] = lambda: ""
-        self._run_id = ""
-        config = policy.notify
-        if config is not None and config.has_channels:
-            from drkit.notify import LogTail, Notifier, new_run_id
-
-            tail = LogTail(log)
-            self.log = tail
-            self._tail = tail.text
-            self._notifier = Notifier.from_config(config, policy.host, tail)
-            self._run_id = new_run_id()
-
-    def start(self, started: dt.datetime) -> None:
-        if self._notifier is not None:
-            from drkit.notify import RunEvent
-
-            self._notifier.send(RunEvent("start", self.policy.host, self._run_id, started=started))
-
-    def done(self, started: dt.datetime, res: BackupResult) -> None:
-        if self._notifier is None:
-            return
-        from drkit.notify import RunEvent
-
-        m = res.manifest
-        event = RunEvent(
-            "fail" if res.partial else "success",
-            self.policy.host,
-            self._run_id,
-            snapshot=m.snapshot,
-            started=started,
-            finished=utcnow(),
-            stored_bytes=sum(x.stored_bytes for x in res.manifests),
-            sources=res.sources,
-            error="; ".join(res.failed) or None,
-            log_tail=self._tail(),
-        )
-        self._notifier.send(event)
-
-    def failed(self, started: dt.datetime, error: str) -> None:
-        if self._notifier is None:
-            return
-        from drkit.notify import RunEvent
-
-        # Not logged here: the CLI prints the error once; the ping body gets it appended.
-        event = RunEvent(
-            "fail",
-            self.policy.host,
-            self._run_id,
-            started=started,
-            finished=utcnow(),
-            error=error,
-            log_tail=self._tail(),
-        )
-        self._notifier.send(event)
-
-    def close(self) -> None:
-        if self._notifier is not None:
-            self._notifier.close()
-
-
-def write_metrics(policy: Policy, repo: Repository, log: Log) -> None:
-    """Rewrite the host's series in the policy's Prometheus textfile (if it names one).
-
-    Read from the repository, so the file is right even after runs by other
-    machines. Problems only warn: metrics must not fail a backup.
-    """
-    path = policy.notify.prometheus_textfile if policy.notify else None
-    if not path:
-        return
-    from pathlib import Path
-
-    from drkit.notify.prometheus import metrics_for_host, write_textfile
-
-    names = [source_name(s) for s in policy.source]
-    try:
-        newest = newest_holding(repo, policy.host, names)
-        rpo = parse_duration(policy.rpo).total_seconds() if policy.rpo else None
-        rows = metrics_for_host(
-            policy.host,
-            {m.snapshot: m for m in newest.values()}.values(),
-            names,
-            rpo_seconds=rpo,
-            drill_success=last_drill_passed(repo, policy.host),
-        )
-        write_textfile(Path(path), rows)
-    except (OSError, DrkitError) as exc:
-        log(f"warning: host {policy.host}: could not write metrics to {path}: {exc}")
-
-
-# -- prune -----------------------------------------------------------------------
-
-
-def prune_one(
-    policy: Policy,
-    *,
-    now: dt.datetime,
-    dry_run: bool,
-    grace: dt.timedelta,
-    catalog: Catalog | None,
-    wait: float = 0.0,
-    log: Log = lambda _m: None,
-) -> PruneResult:
-    """Prune one host by its retention, under the host lock unless ``dry_run``; then sync
-    the catalog for that host. Raises LockHeld, RepositoryError (listing)."""
-    from drkit.actions.prune import prune
-    from drkit.actions.status import drilled_snapshots, newest_drill_used
-
-    repo = open_repository(policy)
-    # A provider snapshot's retention is for the provider's copies, not for data.
-    sources = {
-        source_name(s): (None if isinstance(s, SnapshotSource) else s.retention)
-        for s in policy.source
-    }
-
-    def run() -> PruneResult:
-        return prune(
-            repo, policy.host, policy.retention, now=now, dry_run=dry_run,
-            drilled=drilled_snapshots(repo, policy.host, catalog),
-            drilled_with=newest_drill_used(repo, policy.host), grace=grace,
-            sources=sources, log=log,
-        )  # fmt: skip
-
-    if dry_run:
-        return run()
-    with lock_host(policy, repo, "prune", wait, log):
-        result = run()
-    if catalog is not None:
-        from drkit.catalog.sync import sync
-
-        try:
-            sync(catalog, repo, hosts=[policy.host])
-        except DrkitError as exc:
-            log(f"warning: host {policy.host}: pruned, but the catalog was not synced: {exc}")
-    return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,45 +19,11 @@ from drkit.cli.context import (
 )
 from drkit.cli.group import cli, json_option
 from drkit.errors import PolicyError, UsageError
-from drkit.paths import config_dir, default_identity_file
-from drkit.policy.loader import load_policy
-from drkit.signing import SigningKey, default_signing_key_file
 
 if TYPE_CHECKING:
     from drkit.policy.models import Policy
-    from drkit.repository.layout import Repository
 
 pass_ctx = click.make_pass_decorator(Ctx)
-
-SAMPLE_POLICY = """\
-# A drkit policy: one file per host. Reference: docs/policy.md
-host = "{host}"
-rpo = "26h"
-schedule = "17 3 * * *"
-
-[repository]
-url = "{repo}"
-
-[encryption]
-# Public keys only: the matching identity is needed to restore, never to back up.
-recipients = ["{recipient}"]
-# Only snapshots signed by these keys are listed, restored, drilled or pruned
-# (docs/security.md). `drkit init` prints this machine's.
-signers = ["{signer}"]
-
-[retention]
-keep_daily = 7
-keep_weekly = 4
-
-[[source]]
-kind = "postgres"
-database = "callmeback"
-# password = "env:PGPASSWORD"   # secrets are references, never values
-
-[[source]]
-kind = "env"
-paths = ["/root/*/.env"]
-"""
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -79,75 +44,42 @@ def init(ctx: Ctx, repo: str | None, host: str, policy_file: str | None) -> None
 
     With --policy, prepare that policy's repository instead of writing a sample.
     """
-    from drkit.pipeline.age import generate_identity, recipient_of
+    from drkit.actions.init import init_machine
 
     if policy_file and repo:
         raise UsageError("--policy and --repo exclude each other")
-    cdir = config_dir()
-    cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    identity = default_identity_file()
-    created_identity = not identity.exists()
-    recipient = generate_identity(identity) if created_identity else recipient_of(identity)
-    signing_file = default_signing_key_file()
-    created_signing = not signing_file.exists()
-    signing = SigningKey.create(signing_file) if created_signing else SigningKey.load(signing_file)
-    sample: Path | None = None
-    if policy_file:
-        repository, bucket_created = _init_policy_repository(load_policy(Path(policy_file)))
-    else:
-        from drkit.repository.factory import open_store
-        from drkit.repository.layout import Repository
-
-        data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
-        repo_url = repo or (data_home / "drkit" / "repository").as_uri()
-        repository, bucket_created = Repository(open_store(repo_url)), False
-        repository.init()
-        policy_dir = ctx.policy_dir or cdir / "policies"
-        policy_dir.mkdir(parents=True, exist_ok=True)
-        if not (policy_dir / f"{host}.toml").exists():
-            sample = policy_dir / f"{host}.toml"
-            sample.write_text(
-                SAMPLE_POLICY.format(
-                    host=host, repo=repo_url, recipient=recipient, signer=signing.public
-                )
-            )
+    done = init_machine(
+        repo=repo,
+        host=host,
+        policy_file=Path(policy_file) if policy_file else None,
+        policy_dir=ctx.policy_dir,
+    )
+    sample, repository_url = done.sample_policy, done.repository.url
     data = {
-        "identity_file": str(identity),
-        "identity_created": created_identity,
-        "recipient": recipient,
-        "signing_key_file": str(signing_file),
-        "signing_key_created": created_signing,
-        "signer": signing.public,
-        "repository": repository.url,
-        "bucket_created": bucket_created,
+        "identity_file": str(done.identity),
+        "identity_created": done.identity_created,
+        "recipient": done.recipient,
+        "signing_key_file": str(done.signing_key_file),
+        "signing_key_created": done.signing_key_created,
+        "signer": done.signer,
+        "repository": repository_url,
+        "bucket_created": done.bucket_created,
         "sample_policy": str(sample) if sample else None,
     }
 
     def text() -> None:
-        verb = "created" if created_identity else "kept existing"
-        click.echo(f"identity: {identity} ({verb}; keep it offline, it restores everything)")
-        click.echo(f"recipient (public, put it in policies): {recipient}")
-        verb = "created" if created_signing else "kept existing"
-        click.echo(f"signing key: {signing_file} ({verb}; signs this machine's backups)")
-        click.echo(f"signer (public, pin it in [encryption] signers): {signing.public}")
-        click.echo(f"repository: {repository.url}{' (bucket created)' if bucket_created else ''}")
+        verb = "created" if done.identity_created else "kept existing"
+        click.echo(f"identity: {done.identity} ({verb}; keep it offline, it restores everything)")
+        click.echo(f"recipient (public, put it in policies): {done.recipient}")
+        verb = "created" if done.signing_key_created else "kept existing"
+        click.echo(f"signing key: {done.signing_key_file} ({verb}; signs this machine's backups)")
+        click.echo(f"signer (public, pin it in [encryption] signers): {done.signer}")
+        created = " (bucket created)" if done.bucket_created else ""
+        click.echo(f"repository: {repository_url}{created}")
         if sample:
             click.echo(f"sample policy: {sample}")
 
     ctx.emit(data, text)
-
-
-def _init_policy_repository(policy: Policy) -> tuple[Repository, bool]:
-    """Open ``policy``'s repository, create its bucket if missing (S3: with Object Lock
-    when ``immutable_days`` is set), refuse a bucket that cannot hold the retention the
-    policy asks for, and write the format marker. Returns (repository, bucket created)."""
-    from drkit.actions.common import open_repository, require_object_lock
-
-    repository = open_repository(policy)
-    created = repository.store.ensure_bucket()
-    require_object_lock(repository, policy.repository, policy.host)
-    repository.init()
-    return repository, created
 
 
 @cli.group()
@@ -207,8 +139,7 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
     directories without a manifest (an interrupted backup) as INCOMPLETE, with their age
     and when `drkit prune` removes them. A host that cannot be read is reported in its
     row and the others are listed (exit 3)."""
-    from drkit.actions.common import open_repository
-    from drkit.actions.prune import incomplete_snapshots
+    from drkit.actions.snapshot_list import list_host
 
     now = ctx.now()
     rows: list[dict[str, Any]] = []
@@ -217,14 +148,10 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
     errors: list[dict[str, Any]] = []
 
     def read(policy: Policy) -> None:
-        repo = open_repository(policy)
-        view = repo.read_host(policy.host)
-        left = incomplete_snapshots(repo, policy.host, now)
-        rows.extend(_snapshot_row(m) for m in view.trusted)
-        untrusted.extend(
-            {"host": r.host, "snapshot": r.snapshot, "reason": r.reason} for r in view.untrusted
-        )
-        incomplete.extend({"host": policy.host, **i.as_dict()} for i in left)
+        listed = list_host(policy, now)
+        rows.extend(listed.rows)
+        untrusted.extend(listed.untrusted)
+        incomplete.extend(listed.incomplete)
 
     for policy, _none, error in each_host(ctx.policies(policy_files, hosts), read):
         if error is not None:
@@ -257,34 +184,6 @@ def snapshots(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -
     ctx.emit({**data, "errors": errors}, text)
     if errors:
         sys.exit(EXIT_PARTIAL)
-
-
-def _snapshot_row(m: Any) -> dict[str, Any]:
-    return {
-        "host": m.host,
-        "snapshot": m.snapshot,
-        "finished": m.finished,
-        "sources": [s.name for s in m.sources],
-        "warnings": {s.name: s.warnings for s in m.sources if s.warnings},
-        "stored_bytes": m.stored_bytes,
-        "status": m.status,
-        "provider_snapshots": _provider_snapshots(m.extra),
-    }
-
-
-# What a listing shows of a provider snapshot: the manifest records no secret, but
-# a whitelist keeps anything a later manifest field might add out of the output.
-_PROVIDER_SNAPSHOT_FIELDS = ("provider", "id", "name", "size_gb", "created", "status")
-
-
-def _provider_snapshots(extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per source, the provider snapshot a snapshot's manifest records (empty if none)."""
-    listed = extra.get("provider_snapshots") or {}
-    return {
-        str(source): {k: info.get(k) for k in _PROVIDER_SNAPSHOT_FIELDS}
-        for source, info in listed.items()
-        if isinstance(info, dict)
-    }
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -364,25 +263,13 @@ def catalog() -> None:
 @handle_errors
 def catalog_sync(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> None:
     """Rebuild the catalog from the repositories alone."""
-    from drkit.actions.common import open_repository
-    from drkit.catalog.sync import sync
+    from drkit.actions.catalog_sync import sync_host
 
     policies = ctx.policies(policy_files, hosts)
     cat = ctx.catalog()
 
-    def one(p: Policy) -> dict[str, Any]:
-        repo = open_repository(p)
-        res = sync(cat, repo, hosts=[p.host])
-        return {
-            "host": p.host,
-            "repository": repo.url,
-            "added": res.added,
-            "removed": res.removed,
-            "problems": res.problems,
-        }
-
     try:
-        read = each_host(policies, one)
+        read = each_host(policies, lambda p: sync_host(cat, p))
     finally:
         cat.close()
     out: list[dict[str, Any]] = [

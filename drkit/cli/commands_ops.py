@@ -58,7 +58,8 @@ def prune(
     drill, or anything under S3 Object Lock. Also clears leftovers of failed
     runs older than --grace. Holds the host's lock (not with --dry-run).
     """
-    from drkit.actions.fleet import exit_code_of, prune_one
+    from drkit.actions.fleet import exit_code_of
+    from drkit.actions.host_prune import prune_one
     from drkit.durations import parse_duration
     from drkit.locks import LockHeld
 

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
         "drkit",
         "drkit.durations",
         "drkit.ed25519",
+        "drkit.logs",
         "drkit.paths",
         "drkit.redact",
         "drkit.retry",
