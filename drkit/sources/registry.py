@@ -60,6 +60,7 @@ SOURCES: dict[str, str | type[Source]] = {
     "nats": "drkit.sources.nats:NatsSource",
     "docker_volume": "drkit.sources.docker_volume:DockerVolumeSource",
     "redis": "drkit.sources.redis:RedisSource",
+    "mysql": "drkit.sources.mysql:MysqlSource",
     "snapshot": ProviderSnapshotStep,
 }
 SUPABASE = "drkit.sources.supabase:SupabaseSource"  # postgres with flavor = "supabase"
