@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from drkit.actions.common import open_runner, require_object_lock
 from drkit.actions.snapshot_writer import LockCheck, SnapshotWriter
+from drkit.logs import Log, quiet
 
 if TYPE_CHECKING:
     from drkit.actions.provider_snapshot import SnapshotJob, SnapshotOutcome
@@ -39,8 +40,6 @@ from drkit.remote.base import Runner
 from drkit.repository.layout import Repository, snapshot_prefix
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
 from drkit.sources.registry import build_source
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def backup(
     *,
     catalog: Callable[[], Catalog] | None = None,
     runner: Runner | None = None,
-    log: Log = lambda _msg: None,
+    log: Log = quiet,
     sources: Collection[str] | None = None,
     started: dt.datetime | None = None,
     lock: LockCheck | None = None,

@@ -21,6 +21,7 @@ from drkit.errors import (
     RestoreError,
     UsageError,
 )
+from drkit.logs import Log
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
 from drkit.pipeline.chunk_index import IndexReader
@@ -55,7 +56,7 @@ def open_repository(policy: Policy, *, signing: bool = False) -> Repository:
     return open_repository_at(policy.repository, policy_trust(policy, signing=signing))
 
 
-def with_signing_key(repo: Repository, log: Callable[[str], None]) -> Repository:
+def with_signing_key(repo: Repository, log: Log) -> Repository:
     """``repo`` with this machine's signing key, if it has one; else ``repo`` as it is,
     after saying why what it writes will not be stored (a drill still runs and reports
     locally without a key; its report is just not trusted in the repository)."""

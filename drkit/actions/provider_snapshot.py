@@ -20,6 +20,7 @@ from typing import Any
 from drkit import retention
 from drkit.durations import parse_duration
 from drkit.errors import DrkitError, UsageError
+from drkit.logs import Log, quiet
 from drkit.policy.models import Policy, SnapshotSource, source_name
 from drkit.providers.base import (
     CreatedInstance,
@@ -33,13 +34,8 @@ from drkit.providers.factory import open_provider, source_label
 from drkit.retention import Policy as RetentionRules
 from drkit.retention import RetentionLike, SnapInfo
 
-Log = Callable[[str], None]
 OpenProvider = Callable[[Policy, SnapshotSource], Provider]
 DEFAULT_RESTORE_TIMEOUT = "15m"
-
-
-def _quiet(_msg: str) -> None:
-    pass
 
 
 def _seconds(policy: Policy, config: SnapshotSource, key: str, value: str) -> float:
@@ -58,7 +54,7 @@ def take_snapshot(
     now: dt.datetime | None = None,
     *,
     connect: OpenProvider = open_provider,
-    log: Log = _quiet,
+    log: Log = quiet,
     stop: threading.Event | None = None,
 ) -> ProviderSnapshot:
     """Create a snapshot of the source's machine and wait (``wait_timeout``) until complete.
@@ -126,7 +122,7 @@ class SnapshotJob:
         now: dt.datetime | None = None,
         *,
         connect: OpenProvider = open_provider,
-        log: Log = _quiet,
+        log: Log = quiet,
     ) -> None:
         self.policy = policy
         self.config = config
@@ -197,7 +193,7 @@ def start_snapshot(
     now: dt.datetime | None = None,
     *,
     connect: OpenProvider = open_provider,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> SnapshotJob:
     """Start ``take_snapshot`` in the background; collect it with ``.result()``."""
     return SnapshotJob(policy, config, now, connect=connect, log=log).start()
@@ -285,7 +281,7 @@ def prune_provider_snapshots(
     *,
     now: dt.datetime | None = None,
     connect: OpenProvider = open_provider,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> PruneReport:
     """Delete drkit's own provider snapshots beyond the source's retention.
 
@@ -343,7 +339,7 @@ def restore_from_snapshot(
     name: str | None = None,
     now: dt.datetime | None = None,
     connect: OpenProvider = open_provider,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> ProviderRestore:
     """Plan, and with ``yes`` do, the creation of a new machine from a snapshot.
 

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Protocol
 from drkit import __version__
 from drkit.actions.common import policy_digest
 from drkit.errors import RepositoryError
+from drkit.logs import Log
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Recipient, parse_recipient, recipient_lines
 from drkit.pipeline.codec import FORMAT, Digests, encode
@@ -25,7 +26,6 @@ from drkit.repository.chunks import Chunks, recipient_set
 from drkit.repository.layout import FACTS, Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord
 
-Log = Callable[[str], None]
 Store = Callable[[str, BinaryIO], ArtifactRecord]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -27,11 +27,11 @@ import httpx
 from drkit import __version__
 from drkit.durations import parse_duration
 from drkit.errors import SecretError
+from drkit.logs import Log
 from drkit.notify import http
 from drkit.redact import scrub
 from drkit.secrets import resolve
 
-Log = Callable[[str], None]
 EventKind = Literal["start", "success", "fail"]
 LOG_TAIL_LINES = 200
 

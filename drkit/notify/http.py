@@ -13,15 +13,15 @@ the URL, its path and query and any token before it is logged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from drkit import __version__
+from drkit.logs import Log
 
-Log = Callable[[str], None]
 PingKind = Literal["start", "success", "fail"]
 
 DEFAULT_TIMEOUT = 10.0

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, ClassVar
 
 from drkit.durations import parse_duration
 from drkit.errors import SourceError
+from drkit.logs import Log
 from drkit.remote.base import Process, Runner, exit_text, tail_text
 
 # Consume a decoded artifact's plain stream: restore code passes a callback.
@@ -61,7 +62,7 @@ class RestoreOptions:
     reload: bool = True
     # --resume: complete an interrupted restore (set by the executor; nats: its journal).
     resume: bool = False
-    log: Callable[[str], None] = print
+    log: Log = print
 
 
 @dataclass
