@@ -17,6 +17,7 @@ recorded at backup time in its own snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
@@ -39,6 +40,7 @@ from drkit.sources.base import Check, RestoreOptions, Source, StepPlan
 from drkit.sources.confine import escaping_links, written_through
 from drkit.sources.pm2 import Pm2Source
 from drkit.sources.registry import build_source
+from drkit.sources.tarball import TarSource
 
 # roles/globals and databases -> env and files -> certificates -> data services -> apps
 ORDER = {
@@ -317,14 +319,42 @@ class Executor:
         sources = {r.name: self.manifest_of(r.name).snapshot for r in self.records}
         result = RestoreResult(host, self.assembly.newest.snapshot, sources)
         self.progress.start()
+        try:
+            self._apply_all(result, staged, log, keep_going)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli's Terminated)
+            exc.add_note(
+                f"host {host}: the step in progress was discarded, the target keeps what it "
+                f"had; `drkit restore --resume` with the same --snapshot "
+                f"{self.assembly.newest.snapshot} (and --only) finishes the restore"
+            )
+            raise
+        if not result.failed:
+            self.progress.finish()  # else --resume retries the failed steps only
+        services = self.reload(log)
+        failures = [Check(n, "restored", "fail", e) for n, e in result.failed.items()]
+        if check:
+            result.checks = failures + services + self.check(skip=set(result.failed))
+        else:
+            result.checks = failures
+        result.seconds = time.monotonic() - t0
+        return result
+
+    def _apply_all(
+        self, result: RestoreResult, staged: dict[str, frozenset[str]], log: Log, keep_going: bool
+    ) -> None:
+        host = self.assembly.host
         for rec in self.records:
             if rec.name in self.progress.done:
                 result.skipped.append(rec.name)
                 log(f"{host}: {rec.name}: already restored (resume), skipped")
                 continue
-            log(f"{host}: restoring {rec.name} ({rec.kind}) from snapshot {sources[rec.name]} ...")
+            snapshot = self.manifest_of(rec.name).snapshot
+            log(f"{host}: restoring {rec.name} ({rec.kind}) from snapshot {snapshot} ...")
             try:
                 report = self._apply(rec, staged[rec.name])
+            except KeyboardInterrupt:
+                self._discard(rec)
+                raise
             except DrkitError as exc:
                 if not keep_going:
                     exc.reword(f"{exc}; {self._stopped_at(rec, result)}")
@@ -336,16 +366,16 @@ class Executor:
                 result.steps.append(f"{rec.name}: {action}")
                 log(f"{host}: {rec.name}: {action}")
             self.progress.mark(rec.name)
-        if not result.failed:
-            self.progress.finish()  # else --resume retries the failed steps only
-        services = self.reload(log)
-        failures = [Check(n, "restored", "fail", e) for n, e in result.failed.items()]
-        if check:
-            result.checks = failures + services + self.check(skip=set(result.failed))
-        else:
-            result.checks = failures
-        result.seconds = time.monotonic() - t0
-        return result
+
+    def _discard(self, rec: SourceRecord) -> None:
+        """After Ctrl-C or SIGTERM inside ``rec``'s step: remove a tar step's staging
+        directories (old trees put back first), which its own cleanup misses when the stop
+        lands while the staging is being prepared. Idempotent; a failure here is left to
+        the next restore of the source, which recovers the same way."""
+        source = self.sources[rec.name]
+        if isinstance(source, TarSource):
+            with contextlib.suppress(DrkitError, OSError):
+                source.staging(self.opts).recover()
 
     def _apply(self, rec: SourceRecord, staged: frozenset[str]) -> Any:
         try:
@@ -372,6 +402,8 @@ class Executor:
                 f"; not run: {', '.join(rest)} (restore them with --only {','.join(rest)}, "
                 "or rerun with --keep-going; --resume retries from this step)"
             )
+        else:  # the last step: what failed is the next thing to do
+            text += "; fix the cause above, then rerun the restore with --resume (retries it)"
         return text
 
     def _applied(self, rec: SourceRecord, staged: frozenset[str]) -> str:

@@ -198,6 +198,13 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+def _next_step(exc: BaseException) -> str:
+    """What to run after a stop: the note an action added on the way out (a restore:
+    ``--resume``), else running the command again."""
+    notes = getattr(exc, "__notes__", None) or []
+    return str(notes[-1]) if notes else "run it again to finish"
+
+
 def handle_errors(f: F) -> F:
     """Domain errors become one line on stderr and their documented exit code."""
 
@@ -218,17 +225,17 @@ def handle_errors(f: F) -> F:
             click.echo(f"error: {exc}", err=True)
             _json_usage_error([str(exc)], exc.exit_code)
             sys.exit(exc.exit_code)
-        except Terminated:
+        except Terminated as exc:
             _settle()
             click.echo(
                 "error: stopped by SIGTERM; the run cleaned up (lock released, uploads "
-                "aborted, nothing it had not committed kept): run it again to finish",
+                f"aborted, nothing it had not committed kept): {_next_step(exc)}",
                 err=True,
             )
             sys.exit(EXIT_TERMINATED)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             _settle()
-            click.echo("interrupted", err=True)
+            click.echo(f"interrupted: {_next_step(exc)}", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]

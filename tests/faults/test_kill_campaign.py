@@ -14,6 +14,10 @@ seeded moment, ``$DRKIT_FAULTS_ITERATIONS`` times (default 2) per operation.
   database is absent or complete (never half loaded); ``--resume`` completes it and no
   staging database is left.
 
+The restore scenarios also run with SIGTERM (systemd's stop) instead of kill -9: a clean
+stop, exit 143, its error naming the signal and ``--resume``, no staging directory or
+database left at once (before any ``--resume``), the target old or complete.
+
 The quick scenarios (one iteration) run in `make test` too.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Keys
-from tests.faults.campaign import Bench, MiB, Row, iterations, recorded, seeded
+from tests.faults.campaign import HOST, Bench, MiB, Row, iterations, recorded, seeded
 from tests.faults.crash import (
     check_after_kill,
     databases_like,
@@ -50,7 +55,31 @@ from tests.servers.postgres import PgServer
 from tests.servers.seaweed import SeaweedServer
 
 KILL = "kill -9 (drkit's process group)"
+TERM = "SIGTERM to drkit"
 KEEP_ALL = "keep_last = 100"
+SIGNALS = [
+    pytest.param(signal.SIGKILL, id="kill9"),
+    pytest.param(signal.SIGTERM, id="sigterm"),
+]
+
+
+def stopped(sig: int, res: CliResult, what: str) -> str:
+    """How a signalled restore ended: "killed", "done", "stopped" (SIGTERM: a clean stop,
+    exit 143, its error naming the signal and the next step, ``--resume``), or "before its
+    command" (a SIGTERM during the interpreter's start-up: nothing had begun)."""
+    no_traceback(res)
+    if res.returncode == 0:
+        return "done"
+    if sig == signal.SIGKILL or res.returncode == -signal.SIGTERM:
+        return "killed" if sig == signal.SIGKILL else "before its command"
+    assert res.returncode == 143, f"{what}: SIGTERM gave exit {res.returncode}\n{res.output}"
+    assert "SIGTERM" in res.stderr, f"{what}: the stop does not say why:\n{res.output}"
+    # Stopped in a step: the host and `--resume`; before any (reading the snapshot): again.
+    named = f"host {HOST}" in res.stderr and "--resume" in res.stderr
+    assert named or "run it again" in res.stderr, (
+        f"{what}: the stop names no next step:\n{res.output}"
+    )
+    return "stopped"
 
 
 @dataclass(frozen=True)
@@ -127,18 +156,22 @@ def test_kill_backup(
 
 
 @pytest.mark.faults
-def test_kill_restore_files(tmp_path: Path, keys: Keys) -> None:
-    n = iterations(2)
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_kill_restore_files(sig: int, tmp_path: Path, keys: Keys) -> None:
+    term = sig == signal.SIGTERM
+    n = iterations(1 if term else 2)
     row = Row(
-        "restore (files tree)", KILL, "a seeded moment of the restore over an older tree", n,
-        "target old or new, never mixed; --resume completes",
+        "restore (files tree)", TERM if term else KILL,
+        "a seeded moment of the restore over an older tree", n,
+        "target old or new, never mixed; --resume completes"
+        + ("; exit 143, no staging left at once" if term else ""),
     )  # fmt: skip
     with recorded(row) as outcomes:
         tree, dest = tmp_path / "tree", tmp_path / "dest"
         rnd = seeded("k-restore-files", -1)
         make_tree(tree, rnd, 120, 120 * 1024)
         policy = write_policy(
-            tmp_path / "flt.toml", "flt", {"url": (tmp_path / "repo").as_uri()},
+            tmp_path / "flt.toml", HOST, {"url": (tmp_path / "repo").as_uri()},
             [keys.recipient], [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
         )  # fmt: skip
         ident = ["--identity", str(keys.identity_file)]
@@ -166,19 +199,22 @@ def test_kill_restore_files(tmp_path: Path, keys: Keys) -> None:
             shutil.rmtree(dest)
             reset = run(*restore, "--snapshot", old_snap)
             assert reset.returncode == 0 and tree_digest(restored) == old, reset.output
-            at = kill_point(seeded("k-restore-files", i), window, start)
+            at = kill_point(seeded(f"k-restore-files-{sig}", i), window, start)
             argv = [*restore, "--policy", str(policy), "--snapshot", new_snap]
-            killed, res = interrupted(argv, {}, at)
-            no_traceback(res)
+            killed, res = interrupted(argv, {}, at, sig)
+            how = stopped(sig, res, f"signal {i + 1}")
             now = tree_digest(restored)
             state = "old tree" if now == old else "new tree" if now == new else "a mix"
-            row.observed.append(f"kill {i + 1} at {at:.2f} s: {state}")
-            assert state != "a mix", f"kill {i + 1}: the target is neither tree"
+            row.observed.append(f"signal {i + 1} at {at:.2f} s: {how}, {state}")
+            assert state != "a mix", f"signal {i + 1}: the target is neither tree"
+            if how == "stopped":  # a clean stop cleans up at once, before any --resume
+                assert not staging_left(dest), f"SIGTERM left {staging_left(dest)}:\n{res.output}"
+                row.excerpt = row.excerpt or res.stderr.strip().splitlines()[-1][:240]
             if killed:
-                outcomes["killed"] = outcomes.get("killed", 0) + 1
+                outcomes[how] = outcomes.get(how, 0) + 1
                 row.injected += 1
             else:
-                outcomes["done before the kill"] = outcomes.get("done before the kill", 0) + 1
+                outcomes["done before the signal"] = outcomes.get("done before the signal", 0) + 1
             resumed = run(*restore, "--resume", "--snapshot", new_snap)
             if resumed.returncode != 0:
                 row.recovered = False
@@ -192,11 +228,17 @@ def test_kill_restore_files(tmp_path: Path, keys: Keys) -> None:
 
 
 @pytest.mark.faults
-def test_kill_restore_database(tmp_path: Path, keys: Keys, pg: PgServer, uniq: str) -> None:
-    n = iterations(2)
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_kill_restore_database(
+    sig: int, tmp_path: Path, keys: Keys, pg: PgServer, uniq: str
+) -> None:
+    term = sig == signal.SIGTERM
+    n = iterations(1 if term else 2)
     row = Row(
-        "restore (database)", KILL, "a seeded moment of the restore into a fresh database", n,
-        "database absent or complete, never half loaded; --resume completes",
+        "restore (database)", TERM if term else KILL,
+        "a seeded moment of the restore into a fresh database", n,
+        "database absent or complete, never half loaded; --resume completes"
+        + ("; exit 143, no staging database left at once" if term else ""),
     )  # fmt: skip
     db = f"fltk_{uniq}"
     try:
@@ -215,18 +257,24 @@ def test_kill_restore_database(tmp_path: Path, keys: Keys, pg: PgServer, uniq: s
             assert first.returncode == 0 and db_digest(pg, db) == want, first.output
             for i in range(n):
                 drop_database(pg, db)
-                at = kill_point(seeded("k-restore-db", i), window, start)
-                killed, res = interrupted(restore, {}, at)
-                no_traceback(res)
+                at = kill_point(seeded(f"k-restore-db-{sig}", i), window, start)
+                killed, res = interrupted(restore, {}, at, sig)
+                how = stopped(sig, res, f"signal {i + 1}")
                 now = db_digest(pg, db)
                 state = "absent" if now is None else "complete" if now == want else "partial"
-                row.observed.append(f"kill {i + 1} at {at:.2f} s: {state}")
-                assert state != "partial", f"kill {i + 1}: database {db} half restored: {now}"
+                row.observed.append(f"signal {i + 1} at {at:.2f} s: {how}, {state}")
+                assert state != "partial", f"signal {i + 1}: database {db} half restored: {now}"
+                if how == "stopped":  # a clean stop drops its staging database at once
+                    extra = [d for d in databases_like(pg, f"%{db}%") if d != db]
+                    assert not extra, f"SIGTERM left staging databases {extra}:\n{res.output}"
+                    row.excerpt = row.excerpt or res.stderr.strip().splitlines()[-1][:240]
                 if killed:
-                    outcomes["killed"] = outcomes.get("killed", 0) + 1
+                    outcomes[how] = outcomes.get(how, 0) + 1
                     row.injected += 1
                 else:  # done first: complete, and a --resume now would be a new restore
-                    outcomes["done before the kill"] = outcomes.get("done before the kill", 0) + 1
+                    outcomes["done before the signal"] = (
+                        outcomes.get("done before the signal", 0) + 1
+                    )
                     assert res.returncode == 0 and state == "complete", res.output
                     continue
                 resumed = drkit(*restore, "--resume")

@@ -332,7 +332,8 @@ def test_postgres_killed_mid_dump(tmp_path: Path, keys: Keys, own_pg: PgServer) 
 def test_postgres_killed_mid_restore(tmp_path: Path, keys: Keys, own_pg: PgServer) -> None:
     row = Row(
         "restore (database)", "PostgreSQL backend killed (SIGKILL)", "pg_restore's COPY", 1,
-        "fails closed naming host, source, database; database absent; next run succeeds",
+        "fails closed naming host, source, database, next step; database absent; next run "
+        "succeeds",
     )  # fmt: skip
     with recorded(row) as outcomes:
         make_database(own_pg, "calls", 400_000)
@@ -346,7 +347,7 @@ def test_postgres_killed_mid_restore(tmp_path: Path, keys: Keys, own_pg: PgServe
         row.injected += 1
         count(outcomes, "failed closed")
         assert res.returncode == 1, res.output
-        row.excerpt = said(res, f"host {HOST}", "db", "calls")
+        row.excerpt = said(res, f"host {HOST}", "db", "calls", "rerun the restore with --resume")
         wait_up(own_pg)
         assert db_digest(own_pg, "calls") is None, "a half-restored database is visible"
         again = drkit(*restore)
@@ -482,4 +483,62 @@ def test_clock_skew(offset: str, tmp_path: Path, keys: Keys) -> None:
         bench.expected[snapshot_of(again)] = bench.src.read_bytes()
         # Past the skewed run's time (``Bench.audit`` reads at 2031): every snapshot
         # listed verifies and restores equal, the future one included.
+        bench.audit(row)
+
+
+def due_run(bench: Bench, offset: str, outcomes: dict[str, int]) -> str | None:
+    """``backup --due`` on drkit's clock moved by ``offset``: the snapshot it took, or None
+    when nothing was due. Either way exit 0: a clock jump is no reason to fail or refuse."""
+    bench.change()
+    res = at_clock(bench, offset, "backup", "--due", "--json")
+    assert res.returncode == 0, f"backup --due at clock {offset}:\n{res.output}"
+    doc = json.loads(res.stdout)
+    results = doc.get("results", []) if isinstance(doc, dict) else []
+    taken = [r["snapshot"] for r in results if r.get("status") == "success" and r.get("snapshot")]
+    count(outcomes, f"clock {offset}: {'ran' if taken else 'not due'}")
+    if taken:
+        bench.expected[taken[0]] = bench.src.read_bytes()
+    return taken[0] if taken else None
+
+
+@pytest.mark.faults
+def test_due_clock_jump(tmp_path: Path, keys: Keys) -> None:
+    """``backup --due`` (``@hourly``) while drkit's clock jumps a day back, forward, and
+    back to right: each slot runs once, a snapshot dated tomorrow never makes the host look
+    backed up (it is untrusted until its time: the host stays due on the right clock), no
+    run fails or is refused, and every snapshot verifies and restores equal later."""
+    if not FAKETIME.exists():
+        pytest.skip("libfaketime is not installed (apt-get install faketime)")
+    row = Row(
+        "backup --due (@hourly)", "clock jumps -1 day, +1 day, back",
+        "between runs, on drkit's clock (libfaketime)", 1,
+        "each slot runs once; a snapshot dated tomorrow never makes the host look fresh; "
+        "nothing fails or is refused",
+    )  # fmt: skip
+    with recorded(row) as outcomes:
+        bench = Bench(tmp_path, keys, None, None, dedup=False, size=1 * MiB)
+        text = bench.policy.read_text()
+        bench.policy.write_text(text.replace(f'host = "{HOST}"\n', f'host = "{HOST}"\n'
+                                             'schedule = "@hourly"\n', 1))  # fmt: skip
+        # (clock, what --due must do: True ran, False not due, None either)
+        steps: list[tuple[str, bool | None]] = [
+            ("-1d", True),  # a machine a day behind: its first run
+            ("+0", True),  # the clock put right: yesterday's slot is long past
+            ("+0", False),  # the same slot again: nothing due
+            ("+1d", True),  # a day ahead: a snapshot dated tomorrow
+            ("+2h", True),  # right again (2 h on): tomorrow's snapshot is no success yet
+            ("+2h", False),
+            ("-1d", None),  # behind again: the newer ones are in its future; no failure
+        ]
+        for i, (offset, want) in enumerate(steps):
+            if i and offset != steps[i - 1][0]:
+                row.injected += 1
+            took = due_run(bench, offset, outcomes)
+            if want is not None and (took is not None) != want:
+                row.recovered = False
+            assert want is None or (took is not None) == want, (
+                f"step {i + 1}, clock {offset}: {'ran' if took else 'not due'}, expected "
+                f"{'a run' if want else 'nothing due'}"
+            )
+        row.observed.append("every run exit 0; due decisions as on a right clock")
         bench.audit(row)
