@@ -16,9 +16,14 @@ as TOML by ``suggest_toml``). The rules (docs/discover.md):
   (``postgres``/``nats`` with ``container =`` naming it, or a ``command``
   source whose argv names the container, e.g. ``docker exec NAME ...``);
 - a database in a container: a ``postgres`` source with its ``container``
-  and ``database``, a ``command`` naming the container, or every data mount
-  of the container covered; on the host: a ``postgres`` source with that
-  database and port and no container;
+  and ``database``, a ``mysql`` source with its ``container`` listing the
+  database (or ``all``), a ``redis`` source with its ``container``, a
+  ``command`` naming the container, or every data mount of the container
+  covered; on the host: a ``postgres`` source with that database and port,
+  a ``mysql``/``redis`` source without container;
+- the volumes of a container running PostgreSQL, MySQL/MariaDB or Redis are
+  covered by that container's app-native source (a dump or RDB holds their
+  data);
 - a NATS server on the host: a ``nats`` source whose snapshot ``url`` is its client port
   on the host's loopback, or a stop-copy one without ``container``;
 - PM2 apps: a ``pm2`` source of the dump's user; Caddy: a ``caddy`` source
@@ -42,10 +47,12 @@ from drkit.policy.models import (
     DockerVolumeSource,
     EnvSource,
     FilesSource,
+    MysqlSource,
     NatsSource,
     Pm2Source,
     Policy,
     PostgresSource,
+    RedisSource,
     source_name,
 )
 
@@ -96,6 +103,8 @@ class Coverage:
         self.paths: list[tuple[str, list[str]]] = []  # (source name, path patterns)
         self.volumes: dict[str, list[str]] = {}
         self.postgres: list[PostgresSource] = []
+        self.redis: list[RedisSource] = []
+        self.mysql: list[MysqlSource] = []
         self.commands: list[tuple[str, list[str]]] = []
         self.pm2_users: dict[str, list[str]] = {}
         self.nats: list[NatsSource] = []
@@ -120,6 +129,10 @@ class Coverage:
                 self.volumes.setdefault(src.volume, []).append(name)
             elif isinstance(src, PostgresSource):
                 self.postgres.append(src)
+            elif isinstance(src, RedisSource):
+                self.redis.append(src)
+            elif isinstance(src, MysqlSource):
+                self.mysql.append(src)
             elif isinstance(src, CommandSource):
                 self.commands.append((name, [*src.command, *(src.restore_command or [])]))
             elif isinstance(src, Pm2Source):
@@ -147,11 +160,35 @@ class Coverage:
             and (database is None or s.database == database)
         ]  # fmt: skip
 
+    def mysql_in(self, container: Container | None, database: str | None = None) -> list[str]:
+        """``mysql`` sources dumping ``database`` (any: None) of the server in ``container``
+        (None: the host's server)."""
+        return [
+            source_name(s)
+            for s in self.mysql
+            if (_same_container(s.container, container) if s.container and container
+                else not s.container and container is None)
+            and (database is None or s.databases == "all" or database in s.databases)
+        ]  # fmt: skip
+
+    def redis_in(self, container: Container | None) -> list[str]:
+        """``redis`` sources of the server in ``container`` (None: on the host)."""
+        return [
+            source_name(s)
+            for s in self.redis
+            if (_same_container(s.container, container) if s.container and container
+                else not s.container and container is None)
+        ]  # fmt: skip
+
     def app_native(self, container: Container) -> list[str]:
         """Sources that back up the data of ``container`` by its own means."""
         found = self.naming(container)
         if container.engine == "postgres":
             found += self.postgres_in(container)
+        if container.engine == "redis":
+            found += self.redis_in(container)
+        if container.engine == "mysql":
+            found += self.mysql_in(container)
         if container.engine == "nats":
             found += [
                 source_name(s)
@@ -350,8 +387,18 @@ def _databases(cov: Coverage, facts: Facts, containers: dict[str, Container]) ->
             by = cov.naming(c)
             if db.engine == "postgres":
                 by += cov.postgres_in(c, db.name)
+            elif db.engine == "mysql":
+                by += cov.mysql_in(c, db.name)
+            elif db.engine == "redis":
+                by += cov.redis_in(c)
             by += _mounts_covered(cov, facts, c) or []
             where, project = c.name, c.project
+        elif db.engine == "mysql":
+            by = cov.mysql_in(None, db.name)
+            where, project = "host", ""
+        elif db.engine == "redis":
+            by = cov.redis_in(None)
+            where, project = "host", ""
         else:
             by = [
                 source_name(s)

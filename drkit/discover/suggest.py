@@ -3,12 +3,13 @@
 ``suggestions(facts, findings, policy)`` proposes one source per gap, with names
 not used by the policy: a compose project's directory as a ``files`` source
 (its compose files, env files and bind mounts under it), a ``postgres`` source
-per database for a PostgreSQL container (an app-native dump, which covers its
-volume), a ``docker_volume`` source for every other uncovered volume, ``env``
-for stray ``.env`` files, ``postgres`` for host databases, ``pm2``, ``caddy``,
-``certbot`` and ``nats`` sources. ``render(...)`` prints them as ``[[source]]``
-tables: appended to the policy file, it validates (``drkit policy validate``)
-and a second ``drkit discover`` reports them covered.
+per database for a PostgreSQL container, a ``mysql`` source per MySQL/MariaDB
+container and a ``redis`` source per Redis-protocol container (app-native
+dumps, which cover their volumes), a ``docker_volume`` source for every other
+uncovered volume, ``env`` for stray ``.env`` files, ``postgres`` for host
+databases, ``pm2``, ``caddy``, ``certbot`` and ``nats`` sources.
+``render(...)`` prints them as ``[[source]]`` tables: appended to the policy
+file, it validates (``drkit policy validate``) and a second ``drkit discover`` reports them covered.
 """
 
 from __future__ import annotations
@@ -85,9 +86,35 @@ def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[d
              "database": f.name, "container": c.name, "user": "postgres"},
             f,
         )  # fmt: skip
+    # MySQL/MariaDB (one dump of the container's databases) and Redis-protocol servers
+    # (an RDB) in containers: app-native, consistent without stopping; cover their volumes.
+    mysql: dict[str, list[Finding]] = {}
+    for f in gaps:
+        if f.kind == "mysql-db" and f.where in containers:
+            mysql.setdefault(f.where, []).append(f)
+    for cname, found in mysql.items():
+        dumped.add(cname)
+        add(
+            {"#": f"MySQL/MariaDB in container {cname} (mysqldump in it); the password is "
+             "read inside it: check the variable's name (docker exec NAME env)",
+             "kind": "mysql", "name": _name(f"mysql-{cname}", taken), "container": cname,
+             "databases": [f.name for f in found],
+             "container_password_env": "MYSQL_ROOT_PASSWORD"},
+            *found,
+        )  # fmt: skip
+    for f in gaps:
+        if f.kind == "redis" and f.where in containers:
+            dumped.add(f.where)
+            add(
+                {"#": f"Redis-protocol server in container {f.where} (RDB via redis-cli "
+                 "--rdb; set port if it does not listen on 6379 inside)",
+                 "kind": "redis", "name": _name(f"redis-{f.where}", taken),
+                 "container": f.where},
+                f,
+            )  # fmt: skip
     for f in gaps:
         if f.kind == "volume" and any(u in dumped for u in f.where.split(", ")):
-            f.suggestion = {"source": "the postgres sources of " + f.where}
+            f.suggestion = {"source": "the app-native sources of " + f.where}
 
     # 3. every other volume, file by file (databases in them are then covered too).
     for f in gaps:
@@ -151,13 +178,6 @@ def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[d
             add({"#": f"NATS JetStream in container {f.where}: set url to where the "
                  "host reaches it", "kind": "nats", "name": _name(f"nats-{f.where}", taken)},
                 f)  # fmt: skip
-        elif f.kind in ("redis", "mysql-db") and f.where in containers:
-            mounts = [m for m in containers[f.where].mounts if m.type in ("volume", "bind")]
-            f.suggestion = (
-                {"source": "the sources of its volumes, above"}
-                if mounts
-                else {"note": "no volume: its data lives in the container's own layer"}
-            )
     return out
 
 

@@ -92,20 +92,22 @@ def test_nothing_of_the_stack_is_covered_and_the_suggestion_covers_all(tmp_path:
     covered = {f.name: f.covered_by for f in again.findings if f.kind == "volume"}
     assert covered == {
         "shop_pgdata": ["pg-shop_db_1-shop"],  # a pg_dump in the container covers its volume
-        "shop_redisdata": ["volume-shop_redisdata"],
-        "sessions-data": ["volume-sessions-data"],
+        "shop_redisdata": ["redis-shop_cache_1"],  # an RDB of the server using it
+        "sessions-data": ["redis-sessions"],
     }
+    rdb = {s["name"]: s for s in found.suggested if s["kind"] == "redis"}
+    assert rdb["redis-sessions"]["container"] == "sessions"
     assert by(again.findings, "bind")["/srv/shop/uploads"].covered_by == ["compose-shop"]
 
 
 def test_suggested_names_do_not_clash_with_the_policy(tmp_path: Path) -> None:
     taken = (
         '[[source]]\nkind = "files"\nname = "compose-shop"\npaths = ["/etc/hosts"]\n'
-        '[[source]]\nkind = "docker_volume"\nname = "volume-sessions-data"\nvolume = "other"\n'
+        '[[source]]\nkind = "docker_volume"\nname = "redis-sessions"\nvolume = "other"\n'
     )
     found = judge(RECORDED, policy(tmp_path, taken))
     names = [s["name"] for s in found.suggested]
-    assert "compose-shop-2" in names and "volume-sessions-data-2" in names
+    assert "compose-shop-2" in names and "redis-sessions-2" in names
     path = tmp_path / "p.toml"
     path.write_text(path.read_text() + found.suggestion_toml())
     assert judge(RECORDED, load_policy(path)).uncovered == []
@@ -305,3 +307,31 @@ def test_the_script_is_valid_sh_and_runs_here() -> None:
     assert names[0] == "whoami" and names[-1] == "end"
     facts = parse(output)
     assert facts.user == "root" and facts.containers == []
+
+
+def test_mysql_and_redis_sources_cover_their_containers(tmp_path: Path) -> None:
+    """A ``mysql`` source covers the databases it lists (or all) in its container and
+    that container's volumes; a ``redis`` source its container's server and volume."""
+    output = RECORDED.replace(
+        f"{MARKER} container-redis sessions",
+        f"{MARKER} container-mysql shop_web_1\nmysql\nopik\nextra\n"
+        f"{MARKER} container-redis sessions",
+    )
+    sources = (
+        '[[source]]\nkind = "mysql"\nname = "opik"\ncontainer = "shop_web_1"\n'
+        'databases = ["opik"]\n'
+        '[[source]]\nkind = "redis"\nname = "sessions-rdb"\ncontainer = "sessions"\n'
+    )
+    found = judge(output, policy(tmp_path, sources))
+    dbs = by(found.findings, "mysql-db")
+    assert set(dbs) == {"opik", "extra"}  # the mysql schema is the server's
+    assert dbs["opik"].covered_by == ["opik"] and dbs["extra"].uncovered
+    assert by(found.findings, "redis")["sessions"].covered_by == ["sessions-rdb"]
+    assert by(found.findings, "volume")["sessions-data"].covered_by == ["sessions-rdb"]
+    suggested = {s["kind"]: s for s in found.suggested if s["kind"] in ("mysql", "redis")}
+    assert suggested["mysql"]["databases"] == ["extra"]
+    assert suggested["redis"]["container"] == "shop_cache_1"
+    path = tmp_path / "p.toml"
+    path.write_text(path.read_text() + found.suggestion_toml())
+    again = judge(output, load_policy(path))  # validates, and covers what was missing
+    assert [f.name for f in again.uncovered] == []
