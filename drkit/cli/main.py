@@ -20,6 +20,7 @@ def main() -> None:
         commands_info,
         commands_machine,
         commands_ops,
+        commands_report,
     )
 
     cli()
