@@ -22,15 +22,20 @@ just before and just after the transfer. Both are kept: a server written to
 during the backup has counts that moved, and the check then accepts the range.
 
 Restore: refused on a server holding keys unless ``--force-db``, on a server
-with ``appendonly yes`` (it would load its AOF, not the RDB), and on one missing
-a module the RDB needs. The RDB is first written whole to a temporary file (the
+with ``appendonly yes`` older than Redis 7 (it would load its AOF, not the RDB),
+and on one missing a module the RDB needs. With ``appendonly yes`` on Redis >= 7
+the RDB becomes the base of a new multi-part AOF manifest (``appenddirname``:
+a base file and an empty incremental file under new names, the manifest
+naming only them), which is what such a server loads at start.
+
+The RDB is first written whole to a temporary directory on the host (the
 server still runs; a bad digest stops the restore here), then the server is
 stopped (``docker stop``; on the host ``systemctl stop`` of ``service`` or
-``SHUTDOWN NOSAVE``), the file renamed (``docker cp -a`` into a container) to
-``dir/dbfilename`` with the owner of ``dir``, and the server started again
-(``docker start``, ``systemctl start``, or ``start_command``) — also when placing
-failed. Then drkit waits until it answers ``PING`` (loading a big RDB takes a
-while: ``start_timeout``).
+``SHUTDOWN NOSAVE``), the files copied into its ``dir`` (``docker cp -a`` into
+a container) with the owner of ``dir``, and the server started again
+(``docker start``, ``systemctl start``, or ``start_command``), also when
+placing failed. Then drkit waits until it answers ``PING`` (loading a big RDB
+takes a while: ``start_timeout``).
 
 Check: each database's key count equals the backup's; keys with a TTL may have
 expired since, so a count lower by at most those passes, saying so.
@@ -42,6 +47,7 @@ import re
 import shlex
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from drkit import secrets
@@ -63,13 +69,48 @@ from drkit.sources.base import (
 
 ARTIFACT = "dump.rdb"
 _KEYSPACE_RE = re.compile(r"^db(\d+):keys=(\d+),expires=(\d+)")
-# Write stdin to a private temporary file; print its name.
-_SPOOL = 'umask 077; t=$(mktemp "${TMPDIR:-/var/tmp}/drkit-rdb.XXXXXX") && cat > "$t" && echo "$t"'
-# $1 the spooled file, $2 the server's dir, $3 dbfilename: owned like dir, renamed in.
-_PLACE = (
-    'chown --reference="$2" -- "$1" 2>/dev/null; chmod 600 -- "$1" && '
-    'mv -f -- "$1" "$2/$3.drkit-new" && mv -f -- "$2/$3.drkit-new" "$2/$3"'
+# Write stdin to "rdb" in a private temporary directory; print the directory.
+_SPOOL = (
+    'umask 077; w=$(mktemp -d "${TMPDIR:-/var/tmp}/drkit-rdb.XXXXXX") && cat > "$w/rdb" '
+    '&& echo "$w"'
 )
+# $1 the spool dir; then "rdb DBFILE" or "aof APPENDDIRNAME APPENDFILENAME SEQ": lay out
+# in $1/p the files the server reads at start, named as in its dir.
+_STAGE = r"""w=$1 mode=$2; umask 077; mkdir -- "$w/p" || exit 1
+if [ "$mode" = rdb ]; then exec mv -- "$w/rdb" "$w/p/$3"; fi
+a=$3 f=$4 n=$5; mkdir -- "$w/p/$a" && mv -- "$w/rdb" "$w/p/$a/$f.$n.base.rdb" &&
+: > "$w/p/$a/$f.$n.incr.aof" &&
+printf 'file %s seq %s type b\nfile %s seq %s type i\n' "$f.$n.base.rdb" "$n" \
+    "$f.$n.incr.aof" "$n" > "$w/p/$a/$f.manifest"
+"""
+# $1 the staged tree, $2 the server's dir: owned like dir, copied into it.
+_PLACE = 'chown -R --reference="$2" -- "$1" && cp -a -- "$1/." "$2/"'
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the server reads its data at start: ``dir/dbfile``, or with AOF on
+    (Redis >= 7) the manifest in ``dir/aof_dir`` naming a base RDB and an empty
+    incremental file (new names: old files stay, unreferenced)."""
+
+    dir: str
+    dbfile: str
+    aof_dir: str | None = None
+    aof_file: str = "appendonly.aof"
+
+    def stage_args(self, seq: int) -> list[str]:
+        if self.aof_dir is None:
+            return ["rdb", self.dbfile]
+        return ["aof", self.aof_dir, self.aof_file, str(seq)]
+
+    @property
+    def text(self) -> str:
+        if self.aof_dir is None:
+            return f"{self.dir}/{self.dbfile}"
+        return (
+            f"the base of a new AOF manifest {self.dir}/{self.aof_dir}/{self.aof_file}.manifest "
+            "(appendonly yes)"
+        )
 
 
 def parse_keyspace(info: str) -> dict[str, dict[str, int]]:
@@ -302,25 +343,22 @@ class RedisSource(Source):
                 f"the server {self.where} does not answer PING ({down}); {start} first: drkit "
                 "reads where it keeps its RDB from CONFIG GET dir/dbfilename",
             )
-        dir_, dbfile = (
-            self.config_get("dir", RestoreError),
-            self.config_get("dbfilename", RestoreError),
-        )
+        layout = self.layout()
         actions = [f"write {ARTIFACT} ({n} keys at backup) to a temporary file on the host"]
         stop, start = self._stop_start_text()
-        actions += [stop, f"place it as {dir_}/{dbfile}", start, "wait until the server answers"]
+        actions += [stop, f"place it as {layout.text}", start, "wait until the server answers"]
         if stop.startswith("cannot"):
             return StepPlan(
                 actions,
                 "the server runs on the host and the policy says neither `service` nor "
                 "`start_command`: drkit could stop it but not start it again; set one",
             )
-        if self.config_get("appendonly", RestoreError) == "yes":
+        if layout.aof_dir == "":
             return StepPlan(
                 actions,
-                f"{self.where} has appendonly yes: on start it would load its AOF, not the "
-                "RDB; set `appendonly no` in its config for the restore (CONFIG SET appendonly "
-                "no; CONFIG REWRITE), restore, then turn it on again",
+                f"{self.where} has appendonly yes and no appenddirname (Redis < 7): on start "
+                "it would load its AOF, not the RDB; set `appendonly no` in its config for "
+                "the restore, restore, then turn it on again",
             )
         missing = sorted(set(facts.get("modules") or []) - set(self._modules()))
         if missing:
@@ -352,35 +390,50 @@ class RedisSource(Source):
             return "SHUTDOWN NOSAVE", f"run {shlex.join(c.start_command)}"
         return "cannot start the server again", "?"
 
+    def layout(self) -> Layout:
+        """Where the target server reads its data at start (``aof_dir`` "" : AOF on, but
+        a server older than Redis 7's multi-part AOF)."""
+        dir_ = self.config_get("dir", RestoreError)
+        dbfile = self.config_get("dbfilename", RestoreError)
+        if self.config_get("appendonly", RestoreError) != "yes":
+            return Layout(dir_, dbfile)
+        try:
+            aof_dir = self.config_get("appenddirname", RestoreError)
+        except RestoreError:
+            return Layout(dir_, dbfile, "")
+        return Layout(dir_, dbfile, aof_dir, self.config_get("appendfilename", RestoreError))
+
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
         plan = self.describe(facts, opts)
         if plan.blocked:
             raise RestoreError(f"{self.label}: {plan.blocked}")
-        dir_ = self.config_get("dir", RestoreError)
-        dbfile = self.config_get("dbfilename", RestoreError)
+        layout = self.layout()
         where = f"{self.label}: restore into {self.where}"
         spooled: list[str] = []
 
         def consume(stream: BinaryIO) -> None:
-            out = pipe_into(self.runner, ["sh", "-c", _SPOOL], stream, what=where, user=self.run_as)
+            argv = ["sh", "-c", _SPOOL]
+            out = pipe_into(self.runner, argv, stream, what=where, user=self.run_as)
             spooled.append(out.strip().splitlines()[-1])
 
         report = RestoreReport()
         try:
             feed(ARTIFACT, consume)  # digest verified: only now is the server touched
-            tmp = spooled[-1]
-            owner = self._dir_owner(dir_) if self.config.container else None
+            work = spooled[-1]
+            args = layout.stage_args(int(time.time()))
+            self.runner.check(["sh", "-c", _STAGE, "sh", work, *args], what=where, user=self.run_as)
+            owner = self._dir_owner(layout.dir) if self.config.container else None
             self._stop()
             report.actions.append(self._stop_start_text()[0])
             try:
-                self._place(tmp, dir_, dbfile, owner, where)
-                report.actions.append(f"placed {dir_}/{dbfile}")
+                self._place(work + "/p", layout.dir, owner, where)
+                report.actions.append(f"placed the RDB as {layout.text}")
             finally:
                 self._start()
             report.actions.append(self._stop_start_text()[1])
         finally:
             if spooled:
-                self.runner.run(["rm", "-f", "--", spooled[-1]], user=self.run_as)
+                self.runner.run(["rm", "-rf", "--", spooled[-1]], user=self.run_as)
         self._wait_up()
         report.actions.append(f"{self.where} answers")
         return report
@@ -413,17 +466,16 @@ class RedisSource(Source):
         elif c.start_command:
             self._must(list(c.start_command), "starting the server (start_command)")
 
-    def _place(self, tmp: str, dir_: str, dbfile: str, owner: str | None, where: str) -> None:
+    def _place(self, tree: str, dir_: str, owner: str | None, where: str) -> None:
+        """Copy the staged ``tree`` into the server's ``dir_`` (stopped), owned like it."""
         c = self.config
         if c.container:
             if owner:
-                self._must(["chown", owner, "--", tmp], f"giving {tmp} the owner {owner}")
-            target = f"{c.container}:{dir_.rstrip('/')}/{dbfile}"
-            self._must(["docker", "cp", "-a", tmp, target], f"copying the RDB to {target}")
+                self._must(["chown", "-R", owner, "--", tree], f"giving {tree} owner {owner}")
+            target = f"{c.container}:{dir_.rstrip('/') or '/'}"
+            self._must(["docker", "cp", "-a", tree + "/.", target], f"copying into {target}")
             return
-        self.runner.check(
-            ["sh", "-c", _PLACE, "sh", tmp, dir_, dbfile], what=where, user=self.run_as
-        )
+        self.runner.check(["sh", "-c", _PLACE, "sh", tree, dir_], what=where, user=self.run_as)
 
     def _must(self, argv: list[str], what: str) -> None:
         res = self.runner.run(argv, user=self.run_as)

@@ -58,6 +58,18 @@ class RedisServer:
             return int((self.base / "redis.pid").read_text().strip())
         return None
 
+    def stop(self) -> None:
+        """SHUTDOWN (saving, as a service manager's stop does), wait for the PID to go."""
+        pid = self.pid()
+        self.cli("SHUTDOWN")
+        deadline = time.monotonic() + 20
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
     def start(self) -> None:
         subprocess.run(self.start_command, check=True, capture_output=True)
         deadline = time.monotonic() + 20
@@ -78,7 +90,7 @@ def require_redis() -> None:
 
 
 @contextmanager
-def redis_server(password: str | None = None) -> Iterator[RedisServer]:
+def redis_server(password: str | None = None, *, appendonly: bool = False) -> Iterator[RedisServer]:
     require_redis()
     base = Path(tempfile.mkdtemp(prefix="drkit-redis-"))
     server = RedisServer(free_port(), base, password)
@@ -91,7 +103,7 @@ def redis_server(password: str | None = None) -> Iterator[RedisServer]:
         f"pidfile {base / 'redis.pid'}",
         f"logfile {base / 'redis.log'}",
         'save ""',
-        "appendonly no",
+        f"appendonly {'yes' if appendonly else 'no'}",
     ]
     if password:
         lines.append(f"requirepass {password}")

@@ -114,3 +114,26 @@ def test_redis_cut_transfer_is_not_a_backup(tmp_path: Path, keys: Any) -> None:
         assert res.returncode != 0, res.output
         assert "did not write a whole RDB (100 bytes" in res.output, res.output
         assert "snapshot not committed" in res.output, res.output
+
+
+def test_redis_restore_with_appendonly_loads_the_rdb_as_the_aof_base(
+    tmp_path: Path, keys: Any
+) -> None:
+    """With appendonly yes (Redis 7) the server loads its AOF manifest at start, not
+    dump.rdb: the restore makes the RDB the base of a new manifest, and the data stays
+    across another restart (the AOF then holds it)."""
+    with redis_server(appendonly=True) as server:
+        fill(server)
+        policy = policy_for(tmp_path, keys, server)
+        drkit("backup", "--policy", str(policy), check=True)
+        server.cli("FLUSHALL")
+        server.cli("SET", "after", "backup")
+        rc, report, output = restore(policy, keys, {}, "--force-db")
+        assert rc == 0 and report["verdict"] == "pass", output
+        assert "appendonly yes" in " ".join(report["steps"]), report["steps"]
+        assert server.cli("GET", "user:3") == "value-3" and server.cli("GET", "after") == ""
+        server.cli("SET", "written", "later")
+        server.stop()
+        server.start()
+        assert server.cli("GET", "user:3") == "value-3" and server.cli("GET", "written") == "later"
+        assert server.cli("DBSIZE") == "53"
