@@ -22,24 +22,24 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from drkit.actions.common import open_runner, require_object_lock
 from drkit.actions.snapshot_writer import LockCheck, SnapshotWriter
-from drkit.logs import Log, quiet
-
-if TYPE_CHECKING:
-    from drkit.actions.provider_snapshot import SnapshotJob, SnapshotOutcome
-    from drkit.catalog.db import Catalog, RunStatus
 from drkit.errors import DrkitError, UsageError
+from drkit.logs import Log, quiet
 from drkit.pipeline.streams import TeeReader
 from drkit.policy.models import Policy, SnapshotSource, SourceBase, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import Repository, snapshot_prefix
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
 from drkit.sources.registry import build_source
+
+if TYPE_CHECKING:
+    from drkit.actions.provider_snapshot import SnapshotJob, SnapshotOutcome
+    from drkit.catalog.db import Catalog, RunStatus
 
 
 @dataclass(frozen=True)
@@ -109,66 +109,123 @@ def backup(
     writer = SnapshotWriter(policy, repo, started, lock=lock, log=log)
 
     jobs = _start_machines(policy, machines, started, log)
-    committed: list[Manifest] = []
-    failed: list[str] = []
-    writing: str | None = None  # the snapshot being written, removed if the run fails
-    facts: dict[str, Any] = {}
+    run = _Run()
     try:
         if data:
             assert runner is not None
-            writing = new_snapshot_id(started)
-            records = [
-                _back_up_source(host, config, runner, writer.storer(writing), facts, log)
-                for config in data
-            ]
-            committed.append(writer.commit(writing, records, facts, dict(writer.sealed_extra)))
-            writing = None
+            _commit_data(run, writer, host, data, runner, started, log)
             if any(not job.done() for job in jobs):
                 names = ", ".join(source_name(j.config) for j in jobs if not j.done())
                 log(f"{host}: data committed; waiting for provider snapshot(s) {names}")
         if jobs:
-            outcomes = [job.result() for job in jobs]  # each bounded by its wait_timeout
-            for o in outcomes:
-                if not o.ok:
-                    failed.append(o.error or f"host {host}: source {o.source}: failed")
-            if any(o.ok for o in outcomes):
-                # Same start time as the data: the provider's disk image is from then.
-                writing = new_snapshot_id(started)
-                committed.append(writer.commit(writing, *_machine_records(outcomes)))
-                writing = None
-            elif not committed:
-                raise DrkitError(f"host {host}: nothing to commit: {'; '.join(failed)}")
+            _commit_machines(run, writer, host, jobs, started)
     except BaseException as exc:
-        for job in jobs:
-            job.cancel()
-        if writing is not None:
-            _discard(repo, host, writing, log)
-            # The run fails on it: say what the user has and does next. (After the data
-            # was committed, a failed provider-snapshot commit is reported as it is.)
-            if isinstance(exc, DrkitError) and not committed and "not committed" not in str(exc):
-                exc.reword(
-                    f"{exc}; snapshot not committed (the earlier snapshots are unchanged): "
-                    "run the backup again once the cause is fixed"
-                )
-        if not committed or not isinstance(exc, DrkitError):
+        _abandon(run, exc, repo, host, jobs, log)
+        if not run.committed or not isinstance(exc, DrkitError):
             if catalog:
                 error = str(exc) or type(exc).__name__
-                _record(catalog, repo, host, started, committed, "failed", error, log)
+                _record(catalog, repo, host, started, run.committed, "failed", error, log)
             raise
         # The data is committed; only committing the provider snapshots failed.
-        failed.append(str(exc))
+        run.failed.append(str(exc))
+    return _finish(policy, repo, configs, run, jobs, catalog, started, writer.t0, log)
+
+
+@dataclass
+class _Run:
+    """What a run has done so far, for ``backup``'s steps."""
+
+    committed: list[Manifest] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # errors of sources that failed
+    writing: str | None = None  # the snapshot being written, removed if the run fails
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _commit_data(
+    run: _Run,
+    writer: SnapshotWriter,
+    host: str,
+    data: Sequence[SourceBase],
+    runner: Runner,
+    started: dt.datetime,
+    log: Log,
+) -> None:
+    """Stream every data source into one new snapshot and commit it."""
+    run.writing = new_snapshot_id(started)
+    records = [
+        _back_up_source(host, config, runner, writer.storer(run.writing), run.facts, log)
+        for config in data
+    ]
+    run.committed.append(writer.commit(run.writing, records, run.facts, dict(writer.sealed_extra)))
+    run.writing = None
+
+
+def _commit_machines(
+    run: _Run, writer: SnapshotWriter, host: str, jobs: list[SnapshotJob], started: dt.datetime
+) -> None:
+    """Wait for the provider snapshots; commit those that succeeded in a snapshot of their
+    own. Raises DrkitError when they all failed and no data was committed either."""
+    outcomes = [job.result() for job in jobs]  # each bounded by its wait_timeout
+    for o in outcomes:
+        if not o.ok:
+            run.failed.append(o.error or f"host {host}: source {o.source}: failed")
+    if any(o.ok for o in outcomes):
+        # Same start time as the data: the provider's disk image is from then.
+        run.writing = new_snapshot_id(started)
+        run.committed.append(writer.commit(run.writing, *_machine_records(outcomes)))
+        run.writing = None
+    elif not run.committed:
+        raise DrkitError(f"host {host}: nothing to commit: {'; '.join(run.failed)}")
+
+
+def _abandon(
+    run: _Run,
+    exc: BaseException,
+    repo: Repository,
+    host: str,
+    jobs: list[SnapshotJob],
+    log: Log,
+) -> None:
+    """On a failure: cancel the provider snapshots, remove the snapshot being written."""
+    for job in jobs:
+        job.cancel()
+    if run.writing is not None:
+        _discard(repo, host, run.writing, log)
+        # The run fails on it: say what the user has and does next. (After the data
+        # was committed, a failed provider-snapshot commit is reported as it is.)
+        if isinstance(exc, DrkitError) and not run.committed and "not committed" not in str(exc):
+            exc.reword(
+                f"{exc}; snapshot not committed (the earlier snapshots are unchanged): "
+                "run the backup again once the cause is fixed"
+            )
+
+
+def _finish(
+    policy: Policy,
+    repo: Repository,
+    configs: Sequence[SourceBase],
+    run: _Run,
+    jobs: list[SnapshotJob],
+    catalog: Callable[[], Catalog] | None,
+    started: dt.datetime,
+    t0: float,
+    log: Log,
+) -> BackupResult:
+    """After a commit: index the run, prune old provider snapshots, build the result."""
+    host = policy.host
+    committed, failed = run.committed, run.failed
     done = {s.name for m in committed for s in m.sources}
     failed_names = tuple(source_name(c) for c in configs if source_name(c) not in done)
     status: RunStatus = "partial" if failed else "success"
     if catalog:
         _record(catalog, repo, host, started, committed, status, "; ".join(failed) or None, log)
     _prune_machines(policy, [j.config for j in jobs if source_name(j.config) in done], started, log)
-    seconds = time.monotonic() - writer.t0
+    seconds = time.monotonic() - t0
     if failed:
         log(f"{host}: run partial: failed source(s) {', '.join(failed_names)}")
     warnings = tuple(
         f"source {name}: {text}"
-        for name, f in facts.items()
+        for name, f in run.facts.items()
         if isinstance(f, dict)
         for text in f.get("warnings", [])
     )
