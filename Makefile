@@ -4,7 +4,8 @@
 #   make drills the Docker scenario suites beyond the vultr end to end (CI runs them when
 #               their files changed: scripts/drills-stamp.sh)
 #   make faults the fault campaign (tests/faults/); writes docs/reliability.md
-.PHONY: setup docker-setup test drills faults lint demo bench rss clean
+#   make screenshot  the README's picture of the fleet page (docs/images/report.png)
+.PHONY: setup docker-setup test drills faults lint demo bench rss screenshot clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -49,6 +50,13 @@ rss: setup
 
 bench: setup
 	$(PY) bench/run.py $(BENCH)
+
+# Taken by the report page's browser test (Debian's Chromium through Playwright) from the
+# fleet it builds: the picture is of what the test asserts.
+screenshot: setup
+	@mkdir -p docs/images
+	DRKIT_REPORT_SCREENSHOT=$(CURDIR)/docs/images/report.png \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_report_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -52,8 +52,9 @@ pass_ctx = click.make_pass_decorator(Ctx)
     "shipped ones)",
 )  # fmt: skip
 @click.option(
-    "--report", "report_dir", type=click.Path(file_okay=False), help="write JSON + Markdown here"
-)
+    "--report", "report_dir", type=click.Path(file_okay=False),
+    help="write JSON, Markdown and the fleet page (index.html, as drkit report --html) here",
+)  # fmt: skip
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="write JUnit XML here")
 @identity_option
 @json_option
@@ -122,6 +123,7 @@ def drill(
         for r in reports:
             (out / f"{r.host}-{r.drill_id}.json").write_bytes(r.to_json())
         (out / "drill-summary.md").write_text(markdown(reports))
+        write_fleet_page(ctx, policies, out, log)
     if junit_file:
         Path(junit_file).write_bytes(junit_xml(reports))
 
@@ -148,6 +150,26 @@ def drill(
         sys.exit(4)
     if any(r.verdict == SETUP_ERROR for r in reports):
         sys.exit(EXIT_DRILL_SETUP)
+
+
+def write_fleet_page(
+    ctx: Ctx, policies: list[Policy], out: Path, log: Callable[[str], None]
+) -> None:
+    """The fleet page of the drilled hosts (as ``drkit report --html``) beside the drill
+    reports, read back from the repositories the drills just wrote to. A page that
+    cannot be written only warns: it never changes a drill's verdict or exit code."""
+    from drkit.actions.report import gather
+    from drkit.actions.report_html import write_page
+
+    try:
+        catalog = ctx.catalog()
+        try:
+            fleet = gather(policies, catalog, ctx.now(), log=log)
+        finally:
+            catalog.close()
+        log(f"fleet page: {write_page(fleet, out)}")
+    except (DrkitError, OSError) as exc:
+        log(f"warning: fleet page not written to {out}: {exc}")
 
 
 def rewrite_metrics(policies: list[Policy], log: Callable[[str], None]) -> None:

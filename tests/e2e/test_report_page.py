@@ -160,3 +160,28 @@ def test_no_string_from_a_repository_becomes_markup() -> None:
     assert parsed.tags <= TAGS, parsed.tags - TAGS
     assert parsed.attrs <= ATTRS, parsed.attrs - ATTRS
     assert "<script>alert(1)" in "".join(parsed.text)  # shown as text
+
+
+def test_drill_all_with_report_writes_the_fleet_page_too(tmp_path: Path, keys: Keys) -> None:
+    """`drkit drill --all --report DIR` writes index.html beside the JSON and Markdown, even
+    when every drill failed before its container (no drill image is named for these
+    hosts; DOCKER_HOST points nowhere besides), from what the repository holds: the
+    earlier, stored drills are on it."""
+    from tests.e2e.report_fleet import build_fleet
+
+    now = dt.datetime.now(dt.UTC)
+    fleet = build_fleet(tmp_path, keys.recipient, now)
+    out = tmp_path / "drill-report"
+    env = {
+        "DRKIT_POLICY_DIR": str(fleet.policy_dir),
+        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+    }
+    res = drkit("drill", "--all", "--identity", str(keys.identity_file), "--report", str(out),
+                env=env)  # fmt: skip
+    assert res.returncode == 4, res.output
+    assert "no drill image for host 'db'" in res.output
+    assert (out / "drill-summary.md").exists()
+    page = (out / "index.html").read_text()
+    for host in ("web", "db", "cache"):
+        assert f'data-host="{host}"' in page
+    assert "orders table row count" in page  # db's newest stored drill, failed
