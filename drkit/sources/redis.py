@@ -422,11 +422,18 @@ class RedisSource(Source):
             work = spooled[-1]
             args = layout.stage_args(int(time.time()))
             self.runner.check(["sh", "-c", _STAGE, "sh", work, *args], what=where, user=self.run_as)
-            owner = self._dir_owner(layout.dir) if self.config.container else None
+            if self.config.container:
+                # Before anything stops: chown needs root (sudo_user = "root" if not).
+                owner = self._dir_owner(layout.dir)
+                self._must(
+                    ["chown", "-R", owner, "--", work + "/p"],
+                    f"giving the files the owner {owner} of {layout.dir} in the container "
+                    '(needs root on the host: sudo_user = "root")',
+                )
             self._stop()
             report.actions.append(self._stop_start_text()[0])
             try:
-                self._place(work + "/p", layout.dir, owner, where)
+                self._place(work + "/p", layout.dir, where)
                 report.actions.append(f"placed the RDB as {layout.text}")
             finally:
                 self._start()
@@ -466,12 +473,10 @@ class RedisSource(Source):
         elif c.start_command:
             self._must(list(c.start_command), "starting the server (start_command)")
 
-    def _place(self, tree: str, dir_: str, owner: str | None, where: str) -> None:
+    def _place(self, tree: str, dir_: str, where: str) -> None:
         """Copy the staged ``tree`` into the server's ``dir_`` (stopped), owned like it."""
         c = self.config
         if c.container:
-            if owner:
-                self._must(["chown", "-R", owner, "--", tree], f"giving {tree} owner {owner}")
             target = f"{c.container}:{dir_.rstrip('/') or '/'}"
             self._must(["docker", "cp", "-a", tree + "/.", target], f"copying into {target}")
             return
