@@ -198,6 +198,37 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+# Fewer open files than this (``ulimit -n``) and a run fails somewhere in its middle
+# (a pipe, a chunk file, a socket): refused at the start instead, saying what to raise.
+MIN_OPEN_FILES = 64
+# The soft limit drkit raises itself to, within the hard limit (as many servers do).
+WANT_OPEN_FILES = 4096
+
+
+def ensure_open_files() -> None:
+    """Raise this process's soft open-file limit towards ``WANT_OPEN_FILES`` (within the
+    hard limit); raise DrkitError, before anything is read or written, when it stays
+    below ``MIN_OPEN_FILES``."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    want = WANT_OPEN_FILES if hard == infinite else min(hard, WANT_OPEN_FILES)
+    if soft != infinite and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft != infinite and soft < MIN_OPEN_FILES:
+        raise DrkitError(
+            f"this process may open only {soft} files at once (ulimit -n {soft}, hard limit "
+            f"{hard}); drkit needs at least {MIN_OPEN_FILES}; nothing was done: raise the "
+            f"limit (`ulimit -n 1024` in the shell or cron job, `LimitNOFILE=1024` in a "
+            "systemd unit) and run it again"
+        )
+
+
 def _next_step(exc: BaseException) -> str:
     """What to run after a stop: the note an action added on the way out (a restore:
     ``--resume``), else running the command again."""
@@ -215,6 +246,7 @@ def handle_errors(f: F) -> F:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminate)
         try:
+            ensure_open_files()
             return f(*args, **kwargs)
         except PolicyError as exc:
             for problem in exc.problems:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -542,3 +544,83 @@ def test_due_clock_jump(tmp_path: Path, keys: Keys) -> None:
             )
         row.observed.append("every run exit 0; due decisions as on a right clock")
         bench.audit(row)
+
+
+# -- file descriptors ------------------------------------------------------------------
+
+
+def limited(argv: list[str], nofile: int) -> CliResult:
+    """``drkit argv`` with at most ``nofile`` open files (``ulimit -n``), as under a
+    service manager's LimitNOFILE or a crowded container."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    res = subprocess.run(
+        [sys.executable, "-m", "drkit", *argv], capture_output=True, text=True, timeout=600,
+        preexec_fn=cap,
+    )  # fmt: skip
+    out = CliResult(res.returncode, res.stdout, res.stderr)
+    no_traceback(out)
+    return out
+
+
+@pytest.mark.faults
+def test_fd_limit(tmp_path: Path, keys: Keys) -> None:
+    """A dedup backup of many files, then a restore of them, each under a low open-file
+    limit (seeded per iteration): each works, or (below drkit's floor of 64, which it
+    checks at the start after raising its soft limit within the hard one) is refused
+    before anything is done, naming the limit and what to raise; never a traceback
+    (before the floor a run failed midway: "internal error: OSError(24)")."""
+    n = iterations(2)
+    row = Row(
+        "backup (dedup, files tree) + restore", "open-file limit (ulimit -n)",
+        "drkit's RLIMIT_NOFILE at start (seeded: 16..128)", n,
+        "works, or refused at the start naming the limit and what to raise; nothing partial",
+    )  # fmt: skip
+    with recorded(row) as outcomes:
+        tree = tmp_path / "tree"
+        make_tree(tree, seeded("fd-limit", -1), 600, 4 * 1024)
+        policy = write_policy(
+            tmp_path / "flt.toml", HOST, {"url": (tmp_path / "repo").as_uri(), "dedup": True},
+            [keys.recipient], [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
+        )  # fmt: skip
+        restore = ["restore", "--policy", str(policy), "--identity", str(keys.identity_file),
+                   "--yes"]  # fmt: skip
+        for i in range(n):
+            rnd = seeded("fd-limit", i)  # below the floor, then at or above it, in turn
+            nofile = rnd.randrange(16, 64) if i % 2 == 0 else rnd.randrange(64, 129)
+            for p in sorted(tree.rglob("*.bin"))[i::5]:
+                p.write_bytes(os.urandom(p.stat().st_size))
+            want = tree_digest(tree)
+            res = limited(["backup", "--policy", str(policy), "--json"], nofile)
+            row.injected += 1
+            if res.returncode == 0:
+                count(outcomes, f"backup at {nofile} fds: done")
+            else:
+                count(outcomes, f"backup at {nofile} fds: failed closed")
+                assert res.returncode == 1, res.output
+                row.excerpt = row.excerpt or said(
+                    res, f"open only {nofile} files", "nothing was done", "LimitNOFILE"
+                )
+                repo = tmp_path / "repo" / HOST / "snapshots"
+                assert not [p for p in repo.glob("*") if not (p / "manifest.json").exists()]
+                again = drkit("backup", "--policy", str(policy))
+                assert again.returncode == 0, again.output
+            dest = tmp_path / f"dest{i}"
+            got = limited([*restore, "--dest", str(dest)], nofile)
+            row.injected += 1
+            if got.returncode == 0:
+                count(outcomes, f"restore at {nofile} fds: done")
+            else:
+                count(outcomes, f"restore at {nofile} fds: failed closed")
+                assert got.returncode == 1, got.output
+                row.excerpt = row.excerpt or said(
+                    got, f"open only {nofile} files", "nothing was done", "ulimit -n 1024"
+                )
+                assert not staging_left(dest), staging_left(dest)
+                got = drkit(*restore, "--dest", str(dest))
+                assert got.returncode == 0, got.output
+            if tree_digest(dest / tree.relative_to("/")) != want:
+                row.bad += 1
+            assert tree_digest(dest / tree.relative_to("/")) == want, "restored tree differs"
