@@ -23,6 +23,8 @@ from drkit.durations import format_duration
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
 # Chart geometry (SVG user units; the SVG scales to the column's width).
 W, H, PAD = 320, 96, 8
+AXIS = 14  # below the plot: the first and last points' dates
+TOP = 16  # above the plot: the scale's top value
 T = TypeVar("T")
 
 CSS = """
@@ -56,7 +58,8 @@ font-size:.85em;border:1px solid currentColor;white-space:nowrap}
 figure{margin:0;background:var(--card);border:1px solid var(--line);border-radius:8px;padding:.5rem}
 figcaption{font-size:.9em;color:var(--muted)}
 svg.chart{width:100%;height:auto;display:block}
-svg.chart .axis{stroke:var(--line)}svg.chart .ref{stroke:var(--bad);stroke-dasharray:4 3}
+svg.chart .axis{stroke:var(--line)}svg.chart text{fill:var(--muted);font-size:9px}
+svg.chart .ref{stroke:var(--bad);stroke-dasharray:4 3}
 svg.chart polyline{fill:none;stroke:var(--accent);stroke-width:2}
 svg.chart circle{fill:var(--accent)}svg.chart circle.fail{fill:var(--bad)}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.5rem 0}
@@ -449,7 +452,14 @@ def _chart_figure(
         return PAD + (W - 2 * PAD) * (i / (n - 1) if n > 1 else 0.5)
 
     def y(v: float) -> float:
-        return H - PAD - (H - 2 * PAD) * (v / top)
+        return H - PAD - (H - PAD - TOP) * (v / top)
+
+    first, last = _date(points[0][0]), _date(points[-1][0])
+    labels = (
+        f'<text x="{PAD}" y="{TOP - 6}">{esc(fmt(top))}</text>'
+        f'<text x="{PAD}" y="{H + AXIS - 3}">{esc(first)}</text>'
+        f'<text x="{W - PAD}" y="{H + AXIS - 3}" text-anchor="end">{esc(last)}</text>'
+    )
 
     summary = (
         f"{title}: {n} point(s), lowest {fmt(min(values))}, highest {fmt(max(values))}, "
@@ -467,10 +477,10 @@ def _chart_figure(
         else ""
     )
     return (
-        f'<figure><svg class="chart" data-chart="{esc(kind)}" viewBox="0 0 {W} {H}" '
+        f'<figure><svg class="chart" data-chart="{esc(kind)}" viewBox="0 0 {W} {H + AXIS}" '
         f'role="img" aria-label="{esc(summary)}"><title>{esc(summary)}</title>'
         f'<line class="axis" x1="{PAD}" x2="{W - PAD}" y1="{H - PAD}" y2="{H - PAD}"/>'
-        f'{ref_line}<polyline points="{coords}"/>{dots}</svg>'
+        f'{ref_line}{labels}<polyline points="{coords}"/>{dots}</svg>'
         f"<figcaption>{esc(title)}: newest {esc(fmt(values[-1]))}, {n} point(s)</figcaption>"
         "</figure>"
     )
@@ -481,6 +491,14 @@ def _label(row: object) -> str:
         return f"{when(row.started)} drill {row.drill_id} {row.verdict}"
     if isinstance(row, SnapshotRow):
         return row.snapshot
+    return ""
+
+
+def _date(row: object) -> str:
+    if isinstance(row, DrillRow):
+        return f"{row.started.astimezone(dt.UTC):%Y-%m-%d}"
+    if isinstance(row, SnapshotRow):
+        return f"{row.time.astimezone(dt.UTC):%Y-%m-%d}"
     return ""
 
 

@@ -118,12 +118,12 @@ TAGS = {
     "html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "p", "main",
     "section", "div", "table", "caption", "thead", "tbody", "tr", "th", "td", "a", "span",
     "strong", "pre", "ul", "li", "dl", "dt", "dd", "code", "details", "summary", "figure",
-    "figcaption", "svg", "line", "polyline", "circle", "footer",
+    "figcaption", "svg", "line", "polyline", "circle", "text", "footer",
 }  # fmt: skip
 ATTRS = {
     "lang", "charset", "name", "content", "http-equiv", "class", "id", "href", "scope",
     "aria-labelledby", "aria-label", "role", "viewbox", "data-chart", "data-host", "data-state",
-    "x1", "x2", "y1", "y2", "points", "cx", "cy", "r",
+    "x1", "x2", "y1", "y2", "points", "cx", "cy", "r", "x", "y", "text-anchor",
 }  # fmt: skip
 
 
