@@ -239,6 +239,12 @@ def run_drill(
         report.checks += _in_container(
             policy, repo, assembly, identities, spec, tag, started, report, keep, log
         )
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the container went on the way out
+        exc.add_note(
+            f"host {policy.host}: the drill was stopped, its container removed and nothing "
+            f"recorded; run `drkit drill --host {policy.host}` again"
+        )
+        raise
     except DrillSetupError as exc:
         report.error = f"drill could not be set up: {exc}"
         report.verdict = SETUP_ERROR
@@ -317,6 +323,7 @@ def _in_container(
 
     user = login_user(policy)
     name = container_name(policy.host, report.snapshot)
+    swept = sweep_leftovers(policy.host, log)
     with tempfile.TemporaryDirectory(prefix="drkit-drill-") as tmp, contextlib.ExitStack() as stack:
         key, public = _keypair(Path(tmp))
         container = host_container(
@@ -339,13 +346,67 @@ def _in_container(
             identity_file=str(key), known_hosts=str(known),
         )  # fmt: skip
         runner = SshRunner(policy.host, conn)
+        # Said in the report too (``--json`` logs nothing): what a killed drill had left.
+        checks = [Check("drill", "leftovers of killed drills removed", "pass", ", ".join(swept))]
         try:
-            return _restore_and_check(
+            return checks[:1 if swept else 0] + _restore_and_check(
                 drill_policy(policy), repo, assembly, identities, runner, spec, started,
                 box.label, log,
             )  # fmt: skip
         finally:
             runner.close()
+
+
+# A drill network with no container is a killed drill's (between ``network create`` and
+# ``docker run``) once it is this old; a younger one may be a starting drill's.
+ORPHAN_NETWORK_AGE = dt.timedelta(minutes=10)
+
+
+def sweep_leftovers(host: str, log: Log) -> list[str]:
+    """Remove what killed drills of ``host`` on this machine left (kill -9, a power cut:
+    no ``finally`` ran): their containers (``drills/container.py`` judges by the owner
+    label: stopped, or the drkit that started it is gone; kept ones stay) with their
+    networks, and drill networks of ``host`` no container uses, older than
+    ``ORPHAN_NETWORK_AGE``. The container name of a new drill frees only that name; a
+    killed drill of another snapshot had another. Logged; a failure to sweep is said and
+    left to the next drill (the drill itself does not need it). Returns what went."""
+    from drkit.drills.container import (
+        DRILL_LABEL,
+        HOST_LABEL,
+        _left_by_killed_drill,
+        _remove_leftover,
+        remove_network,
+    )
+    from drkit.drills.engine import DockerError, docker
+
+    labels = ["--filter", f"label={DRILL_LABEL}=1", "--filter", f"label={HOST_LABEL}={host}"]
+    removed: list[str] = []
+    try:
+        ids = docker("ps", "-a", "-q", *labels, what="list drill containers").stdout.split()
+        for cid in ids:
+            done = docker("container", "inspect", cid.decode(), check=False, timeout=30)
+            if done.returncode != 0:  # gone meanwhile
+                continue
+            [info] = json.loads(done.stdout)
+            if _left_by_killed_drill(info, host):
+                _remove_leftover(info, host)
+                removed.append(f"container {str(info.get('Name', cid)).lstrip('/')}")
+        nets = docker("network", "ls", "-q", *labels, what="list drill networks").stdout.split()
+        now = dt.datetime.now(dt.UTC)
+        for nid in nets:
+            done = docker("network", "inspect", nid.decode(), check=False, timeout=30)
+            if done.returncode != 0:
+                continue
+            [net] = json.loads(done.stdout)
+            created = dt.datetime.fromisoformat(str(net.get("Created", "")).replace("Z", "+00:00"))
+            if not net.get("Containers") and now - created > ORPHAN_NETWORK_AGE:
+                remove_network(str(net["Name"]))
+                removed.append(f"network {net['Name']}")
+    except (DockerError, ValueError, KeyError) as exc:
+        log(f"{host}: leftovers of killed drills not swept ({exc}); the next drill tries again")
+    if removed:
+        log(f"{host}: removed what a killed drill left: {', '.join(removed)}")
+    return removed
 
 
 def _restore_and_check(
