@@ -96,8 +96,6 @@ SCENARIOS = [
       "fails closed", skip=2, after=600),
     P("p-500-delete", Fault("status", "DELETE", SNAP_OBJECT), "a DELETE of a snapshot's object",
       "succeeds", skip=6),
-    P("p-reset-delete", Fault("reset_request", "DELETE", SNAP_OBJECT),
-      "a DELETE of a snapshot's object, connection reset", "succeeds", skip=6),
     P("p-lost-delete-answer", Fault("lose_answer", "DELETE", MANIFEST),
       "a manifest's DELETE applied, its answer lost", "succeeds", skip=2),
     P("p-403-delete-manifest",
@@ -121,8 +119,6 @@ SCENARIOS = [
     P("pd-403-delete-manifest",
       Fault("status", "DELETE", MANIFEST, status=403, code="AccessDenied", times=0),
       "every manifest DELETE from the Nth on", "fails closed", skip=2),
-    P("pd-500-delete-chunk", Fault("status", "DELETE", CHUNK), "a chunk DELETE", "succeeds",
-      skip=2),
     P("pd-lost-chunk-delete-answer", Fault("lose_answer", "DELETE", CHUNK),
       "a chunk DELETE applied, its answer lost", "succeeds", skip=2),
     P("pd-403-delete-chunk",
@@ -138,8 +134,6 @@ SCENARIOS = [
     P("pd-403-get-index",
       Fault("status", "GET", INDEX, status=403, code="AccessDenied", times=0),
       "every GET of a kept snapshot's chunk index", "fails closed"),
-    P("pd-kill-removal", Fault("stall", "DELETE", SNAP_OBJECT, seconds=STALL),
-      "while removing snapshots (at the Nth DELETE)", "killed", skip=6),
     P("pd-kill-gc", Fault("stall", "DELETE", CHUNK, seconds=STALL),
       "while collecting chunks (at the Nth chunk DELETE)", "killed", skip=2),
 ]  # fmt: skip
@@ -156,7 +150,9 @@ def proxy(seaweed: SeaweedServer) -> Iterator[S3FaultProxy]:
 def test_prune_fault(
     sc: PruneScenario, tmp_path: Path, keys: Keys, seaweed: SeaweedServer, proxy: S3FaultProxy
 ) -> None:
-    n = iterations(2)
+    # Two iterations where one injects a single fault at a seeded point that matters
+    # (a kill; a fault that fails the run closed), one where the run rides it out.
+    n = iterations(1 if sc.outcome == "succeeds" else 2)
     row = Row(sc.operation, sc.words, sc.injection, n, EXPECTED[sc.outcome])
     with recorded(row) as outcomes:
         bench = PruneBench(tmp_path, keys, seaweed, proxy, dedup=sc.dedup, size=2 * MiB)
