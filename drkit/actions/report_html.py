@@ -66,7 +66,9 @@ dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;marg
 dl.facts dt{color:var(--muted)}dl.facts dd{margin:0;overflow-wrap:anywhere}
 .failed{border-left:4px solid var(--bad);padding-left:.75rem;margin:.75rem 0}
 footer{max-width:72rem;margin:2rem auto;padding:0 1rem;color:var(--muted);font-size:.85em}
-@media (max-width:40rem){body{font-size:14px}th,td{padding:.3rem}}
+@media (max-width:40rem){body{font-size:14px}th,td{padding:.3rem}
+#fleet+.scroll table{min-width:40rem}
+#fleet+.scroll th[scope=row]{position:sticky;left:0;background:var(--bg)}}
 """
 
 
