@@ -21,6 +21,9 @@ as TOML by ``suggest_toml``). The rules (docs/discover.md):
   ``command`` naming the container, or every data mount of the container
   covered; on the host: a ``postgres`` source with that database and port,
   a ``mysql``/``redis`` source without container;
+- a ``compose`` source covers its directory (as a ``files`` path), and the
+  volumes, containers and databases of its project's services, except the
+  services in its ``dumps`` (their app-native sources must cover those);
 - the volumes of a container running PostgreSQL, MySQL/MariaDB or Redis are
   covered by that container's app-native source (a dump or RDB holds their
   data);
@@ -44,6 +47,7 @@ from drkit.policy.models import (
     CaddySource,
     CertbotSource,
     CommandSource,
+    ComposeSource,
     DockerVolumeSource,
     EnvSource,
     FilesSource,
@@ -105,6 +109,7 @@ class Coverage:
         self.postgres: list[PostgresSource] = []
         self.redis: list[RedisSource] = []
         self.mysql: list[MysqlSource] = []
+        self.compose: list[ComposeSource] = []
         self.commands: list[tuple[str, list[str]]] = []
         self.pm2_users: dict[str, list[str]] = {}
         self.nats: list[NatsSource] = []
@@ -133,6 +138,9 @@ class Coverage:
                 self.redis.append(src)
             elif isinstance(src, MysqlSource):
                 self.mysql.append(src)
+            elif isinstance(src, ComposeSource):
+                self.compose.append(src)
+                self.paths.append((name, [src.dir]))
             elif isinstance(src, CommandSource):
                 self.commands.append((name, [*src.command, *(src.restore_command or [])]))
             elif isinstance(src, Pm2Source):
@@ -179,6 +187,15 @@ class Coverage:
             if (_same_container(s.container, container) if s.container and container
                 else not s.container and container is None)
         ]  # fmt: skip
+
+    def compose_of(self, container: Container) -> list[str]:
+        """``compose`` sources copying the volumes of ``container``: its project's, unless
+        its service is one of the source's ``dumps`` (an app-native source's then)."""
+        return [
+            source_name(s)
+            for s in self.compose
+            if container.project == s.project and container.service not in s.dumps
+        ]
 
     def app_native(self, container: Container) -> list[str]:
         """Sources that back up the data of ``container`` by its own means."""
@@ -272,7 +289,7 @@ def assess(facts: Facts, policy: Policy) -> list[Finding]:
         users = volume_users.get(name, [])
         by = _volume_covered(cov, facts, name)
         for c in users:
-            by += cov.app_native(c)
+            by += cov.app_native(c) + cov.compose_of(c)
         where = ", ".join(c.name for c in users) or "no container"
         mountpoint = next((v.mountpoint for v in facts.volumes if v.name == name), "")
         return Finding("volume", name, where, project, True, mountpoint, _unique(by))
@@ -366,7 +383,7 @@ def _container_finding(cov: Coverage, facts: Facts, c: Container) -> Finding:
     engine = f"{c.engine}, " if c.engine else ""
     detail = f"{engine}{c.image}, {c.state}"
     by = _mounts_covered(cov, facts, c)
-    native = cov.app_native(c)
+    native = cov.app_native(c) + cov.compose_of(c)
     covered = _unique((by or []) + native) if (by is not None or native) else []
     return Finding("container", c.name, "docker", c.project, bool(data_mounts), detail, covered)
 
@@ -391,7 +408,7 @@ def _databases(cov: Coverage, facts: Facts, containers: dict[str, Container]) ->
                 by += cov.mysql_in(c, db.name)
             elif db.engine == "redis":
                 by += cov.redis_in(c)
-            by += _mounts_covered(cov, facts, c) or []
+            by += (_mounts_covered(cov, facts, c) or []) + cov.compose_of(c)
             where, project = c.name, c.project
         elif db.engine == "mysql":
             by = cov.mysql_in(None, db.name)

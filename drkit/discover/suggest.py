@@ -1,8 +1,9 @@
 """``drkit discover --suggest``: policy TOML for what no source covers.
 
 ``suggestions(facts, findings, policy)`` proposes one source per gap, with names
-not used by the policy: a compose project's directory as a ``files`` source
-(its compose files, env files and bind mounts under it), a ``postgres`` source
+not used by the policy: a ``compose`` source per compose project (its directory,
+the volumes of the services not dumped otherwise, its images; ``dumps`` naming
+the services below), a ``files`` source for its binds outside the directory, a ``postgres`` source
 per database for a PostgreSQL container, a ``mysql`` source per MySQL/MariaDB
 container and a ``redis`` source per Redis-protocol container (app-native
 dumps, which cover their volumes), a ``docker_volume`` source for every other
@@ -20,7 +21,7 @@ from typing import Any
 
 from drkit.discover.coverage import Finding, path_covered
 from drkit.discover.facts import Facts
-from drkit.policy.models import Policy, source_name
+from drkit.policy.models import ComposeSource, Policy, source_name
 
 
 def _name(wanted: str, taken: set[str]) -> str:
@@ -45,33 +46,12 @@ def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[d
     by_project = {p.name: p for p in facts.projects}
     containers = {c.name: c for c in facts.containers}
     covered_paths: list[str] = []  # paths an earlier suggestion covers
+    composed = {s.project for s in policy.source if isinstance(s, ComposeSource)}
 
     def add(source: dict[str, Any], *found: Finding) -> None:
         out.append(source)
         for f in found:
             f.suggestion = {"source": source["name"]}
-
-    # 1. compose projects: their directory (compose files, env files, binds under it).
-    for project_name in dict.fromkeys(f.project for f in gaps if f.project):
-        p = by_project.get(project_name)
-        if p is None or not p.working_dir:
-            continue
-        files = [f for f in gaps if f.project == p.name and f.kind in
-                 ("compose-file", "env-file", "bind", "compose-project")]  # fmt: skip
-        if not files:
-            continue
-        paths = [p.working_dir]
-        paths += [f.name for f in files if f.kind == "bind" and not path_covered(f.name, paths)]
-        paths += [
-            f.name for f in files if f.kind in ("compose-file", "env-file")
-            and not path_covered(f.name, paths)
-        ]  # fmt: skip
-        covered_paths += paths
-        add(
-            {"#": f"compose project {p.name}: its files, env files and bind mounts",
-             "kind": "files", "name": _name(f"compose-{p.name}", taken), "paths": paths},
-            *files,
-        )  # fmt: skip
 
     # 2. PostgreSQL in containers: a dump per database, which also covers its volume.
     dumped: set[str] = set()
@@ -115,6 +95,47 @@ def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[d
     for f in gaps:
         if f.kind == "volume" and any(u in dumped for u in f.where.split(", ")):
             f.suggestion = {"source": "the app-native sources of " + f.where}
+        elif f.kind == "container" and f.where == "docker" and f.name in dumped:
+            f.suggestion = {"source": "the app-native source of " + f.name}
+
+    # 1. compose projects, after their databases' dumps: one compose source (directory,
+    #    the other services' volumes, images) with the dumped services in its dumps.
+    for project_name in dict.fromkeys(f.project for f in gaps if f.project):
+        p = by_project.get(project_name)
+        if p is None or not p.working_dir:
+            continue
+        parts = [f for f in gaps if f.project == p.name and f.suggestion is None and f.kind in
+                 ("compose-file", "env-file", "bind", "compose-project", "volume")]  # fmt: skip
+        if not parts:
+            continue
+        if p.name in composed:  # the policy's compose source, with the dumps above
+            for f in parts:
+                f.suggestion = {"source": "the policy's compose source and the sources above"}
+            continue
+        dumps = sorted({c.service for c in p.containers if c.name in dumped and c.service})
+        source = {
+            "#": f"compose project {p.name}: its directory, its services' volumes (read with "
+            "the project stopped), its images",
+            "kind": "compose", "name": _name(f"compose-{p.name}", taken), "project": p.name,
+            "dir": p.working_dir, "images": True,
+        }  # fmt: skip
+        if dumps:
+            source["dumps"] = dumps
+            source["#"] += f"; {', '.join(dumps)}: dumped by the source(s) above"
+        add(
+            source, *[f for f in parts if f.kind != "bind" or path_covered(f.name, [p.working_dir])]
+        )
+        covered_paths.append(p.working_dir)
+        outside = [f for f in parts if f.kind in ("bind", "compose-file", "env-file")
+                   and not path_covered(f.name, [p.working_dir])]  # fmt: skip
+        if outside:
+            add(
+                {"#": f"compose project {p.name}: files and bind mounts outside {p.working_dir}",
+                 "kind": "files", "name": _name(f"compose-{p.name}-files", taken),
+                 "paths": list(dict.fromkeys(f.name for f in outside))},
+                *outside,
+            )  # fmt: skip
+            covered_paths.extend(f.name for f in outside)
 
     # 3. every other volume, file by file (databases in them are then covered too).
     for f in gaps:

@@ -372,6 +372,38 @@ class MysqlSource(SourceBase):
         return self
 
 
+class ComposeSource(ArchiveSource):
+    """One Docker Compose project as a unit: its directory (compose and env files, bind
+    mounts under it), its named volumes read in one window with the project's containers
+    stopped (always started again), optionally its images (`docker save`); restored with
+    `docker compose up -d` and each service checked running and listening
+    (docs/sources/compose.md)."""
+
+    kind: Literal["compose"]
+    project: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="the compose project name (label com.docker.compose.project)",
+    )
+    dir: AbsolutePath = Field(
+        description="the project's working directory, archived like a `files` path"
+    )
+    exclude: list[str] = Field(default_factory=list, description="tar --exclude patterns")
+    dumps: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]] = Field(
+        default_factory=list,
+        description="services whose data an app-native source of the policy dumps "
+        "(postgres/mysql/redis with container =): their volumes are not copied and "
+        "they keep running during the copy",
+    )
+    images: bool = Field(
+        False,
+        description="also `docker save` the images the project runs, so a restore "
+        "needs no registry",
+    )
+    start_timeout: PositiveDuration = Field(
+        "2m", description="how long a restore waits for the services to run and listen"
+    )
+
+
 class SnapshotSource(SourceBase):
     """A provider snapshot of the whole machine, taken beside the data sources and pruned
     by this source's own `retention` (drkit's own only); see drkit restore-machine."""
@@ -408,6 +440,7 @@ SourceConfig = Annotated[
     | DockerVolumeSource
     | RedisSource
     | MysqlSource
+    | ComposeSource
     | SnapshotSource,
     Field(discriminator="kind"),
 ]

@@ -97,6 +97,10 @@ def test_nothing_of_the_stack_is_covered_and_the_suggestion_covers_all(tmp_path:
     }
     rdb = {s["name"]: s for s in found.suggested if s["kind"] == "redis"}
     assert rdb["redis-sessions"]["container"] == "sessions"
+    [compose] = [s for s in found.suggested if s["kind"] == "compose"]
+    assert (compose["project"], compose["dir"], compose["dumps"]) == ("shop", "/srv/shop",
+                                                                      ["cache", "db"])  # fmt: skip
+    assert by(again.findings, "container")["shop_web_1"].covered_by == ["compose-shop"]
     assert by(again.findings, "bind")["/srv/shop/uploads"].covered_by == ["compose-shop"]
 
 
@@ -335,3 +339,20 @@ def test_mysql_and_redis_sources_cover_their_containers(tmp_path: Path) -> None:
     path.write_text(path.read_text() + found.suggestion_toml())
     again = judge(output, load_policy(path))  # validates, and covers what was missing
     assert [f.name for f in again.uncovered] == []
+
+
+def test_a_compose_source_covers_its_project_but_not_its_dumped_services(tmp_path: Path) -> None:
+    sources = (
+        '[[source]]\nkind = "compose"\nname = "shop"\nproject = "shop"\ndir = "/srv/shop"\n'
+        'dumps = ["db"]\n'
+        '[[source]]\nkind = "env"\nname = "env"\npaths = ["/opt/*/.env"]\n'
+    )
+    found = judge(RECORDED, policy(tmp_path, sources))
+    volumes = by(found.findings, "volume")
+    assert volumes["shop_redisdata"].covered_by == ["shop"]  # copied with the project down
+    assert volumes["shop_pgdata"].uncovered  # db is dumped: by a source the policy lacks
+    assert by(found.findings, "bind")["/srv/shop/uploads"].covered_by == ["shop"]
+    assert by(found.findings, "compose-file")["/srv/shop/docker-compose.yml"].covered_by == ["shop"]
+    assert by(found.findings, "postgres-db")["shop"].uncovered
+    assert by(found.findings, "redis")["shop_cache_1"].covered_by == ["shop"]
+    assert {s["kind"] for s in found.suggested} == {"postgres", "redis"}  # db; sessions
