@@ -113,18 +113,20 @@ def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[d
                 f.suggestion = {"source": "the policy's compose source and the sources above"}
             continue
         dumps = sorted({c.service for c in p.containers if c.name in dumped and c.service})
-        source = {
-            "#": f"compose project {p.name}: its directory, its services' volumes (read with "
-            "the project stopped), its images",
+        note = (
+            f"compose project {p.name}: its directory, its services' volumes (read with "
+            "the project stopped), its images"
+        )
+        if dumps:
+            note += f"; {', '.join(dumps)}: dumped by the source(s) above"
+        unit: dict[str, Any] = {
+            "#": note,
             "kind": "compose", "name": _name(f"compose-{p.name}", taken), "project": p.name,
             "dir": p.working_dir, "images": True,
         }  # fmt: skip
         if dumps:
-            source["dumps"] = dumps
-            source["#"] += f"; {', '.join(dumps)}: dumped by the source(s) above"
-        add(
-            source, *[f for f in parts if f.kind != "bind" or path_covered(f.name, [p.working_dir])]
-        )
+            unit["dumps"] = dumps
+        add(unit, *[f for f in parts if f.kind != "bind" or path_covered(f.name, [p.working_dir])])
         covered_paths.append(p.working_dir)
         outside = [f for f in parts if f.kind in ("bind", "compose-file", "env-file")
                    and not path_covered(f.name, [p.working_dir])]  # fmt: skip
