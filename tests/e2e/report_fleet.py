@@ -3,8 +3,9 @@
 reports signed and stored the way ``drkit drill`` stores them (``DrillReport`` ->
 ``Repository.write_drill_report``), without running Docker.
 
-Three hosts: ``web`` healthy (drills pass), ``db`` whose newest drill failed,
-``cache`` late (its daily backup stopped two days ago, within its 3-day RPO).
+Four hosts: ``web`` healthy (drills pass), ``db`` whose newest drill failed,
+``cache`` late (its daily backup stopped two days ago, within its 3-day RPO) and
+``files`` in breach (five days ago: past its RPO).
 A hostile bucket writer also planted markup where the page shows repository text.
 """
 
@@ -74,20 +75,22 @@ def _drill(policy: Policy, snapshot: str, n: int, at: dt.datetime, rto: float, o
 
 
 def build_fleet(root: Path, recipient: str, now: dt.datetime) -> Fleet:
-    """The three hosts' policies, backups and drills (about a second of work)."""
+    """The four hosts' policies, backups and drills (about a second of work)."""
     policy_dir, repo = root / "policies", root / "repo"
     policy_dir.mkdir(parents=True)
     daily = 'rpo = "3d"\nschedule = "0 3 * * *"\n[retention]\nkeep_daily = 3\n'
-    policies = [_policy(policy_dir, repo, recipient, h, daily) for h in ("web", "db", "cache")]
-    web, db, cache = policies
+    hosts = ("web", "db", "cache", "files")
+    policies = [_policy(policy_dir, repo, recipient, h, daily) for h in hosts]
+    web, db, cache, files = policies
     day = dt.timedelta(days=1)
     today = now.replace(hour=3, minute=5, second=0, microsecond=0)
     if today > now:
         today -= day
     drills: dict[str, int] = {}
-    for policy, last in ((web, today), (db, today), (cache, today - 2 * day)):
+    for policy, last in ((web, today), (db, today), (cache, today - 2 * day),
+                         (files, today - 5 * day)):  # fmt: skip
         snaps = [_backup(policy, last - i * day) for i in range(3, -1, -1)]
-        if policy is cache:
+        if policy in (cache, files):
             continue
         count = 4 if policy is web else 3
         for n in range(count):

@@ -1,8 +1,9 @@
 """`drkit report --html` opened in a real browser (Debian's Chromium driven by
 Playwright, which downloads nothing): what a person sees on the page of a fleet with
-a healthy host, a host whose newest drill failed and a late host, all written by
-drkit's own backup and drill-report code. Also: markup a hostile bucket writer
-planted is shown as text and never runs; the page fits a phone's width; dark mode.
+a healthy host, a host whose newest drill failed, a late host and one past its RPO,
+all written by drkit's own backup and drill-report code. Also: markup a hostile
+bucket writer planted is shown as text and never runs; the page fits a phone's
+width; dark mode.
 
 ``DRKIT_REPORT_SCREENSHOT=PATH`` also saves the screenshot there (``make screenshot``
 writes the README's docs/images/report.png this way).
@@ -63,7 +64,7 @@ def test_the_page_shows_the_fleet_as_a_person_reads_it(
     res = drkit("report", "--html", str(out), "--json", env=env)
     assert res.returncode == 0, res.output
     summary = json.loads(res.stdout)
-    assert summary["hosts"] == {"web": "ok", "db": "ok", "cache": "late"}
+    assert summary["hosts"] == {"web": "ok", "db": "ok", "cache": "late", "files": "breach"}
     page_file = out / "index.html"
     text = page_file.read_text()
     assert HOSTILE not in text and "<script>" not in text  # escaped, not only inert
@@ -75,11 +76,13 @@ def test_the_page_shows_the_fleet_as_a_person_reads_it(
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(page_file.as_uri())
     try:
-        # The late host is marked late in the fleet table, the others ok.
-        for host, state in (("web", "ok"), ("db", "ok"), ("cache", "late")):
+        # The late host is marked late in the fleet table, the one past its RPO breach.
+        states = (("web", "ok"), ("db", "ok"), ("cache", "late"), ("files", "breach"))
+        for host, state in states:
             row = page.locator(f'#fleet ~ div tr[data-host="{host}"]')
             assert row.locator("td").first.locator(".badge").inner_text() == state
         assert "missed" in page.locator('tr[data-host="cache"]').inner_text()
+        assert "more than the RPO 3d" in page.locator('tr[data-host="files"]').inner_text()
 
         # The newest failed drill's failed check, in full, as text (the planted
         # <script> is shown, not run).
