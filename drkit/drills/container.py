@@ -28,6 +28,16 @@ that process). Any other (kept, still in use, another machine's, not a
 drill's) is left alone and this container gets the name with ``-2``
 (``-3``...) appended.
 
+Engine (``engine=``): a drill of a host whose policy has Docker-backed sources
+(``drills/nested.py``) runs a Docker engine of its own inside the container:
+started with ``NESTED_ENGINE_FLAGS`` (not ``--privileged``, which engines
+without CAP_SYS_RESOURCE refuse) and ``DRKIT_ENGINE=1``, on which the image's
+entrypoint starts ``dockerd`` (vfs), loads the images the host's containers
+need and starts them (``docker/hosts/common/drkit-engine``) before it reports
+ready. Only images labelled ``org.drkit.engine=dockerd`` have one; asking
+another is refused before anything starts. The inner engine's containers sit
+behind the container's own network, so the isolation above holds for them too.
+
 Otherwise everything acts on the container id that ``docker run`` printed,
 never on names or label patterns, so two drills (or a user's own containers)
 never touch each other.
@@ -52,6 +62,7 @@ from typing import Any
 from drkit.drills.engine import DockerError, docker, tail
 from drkit.drills.forward import PortForwarder
 from drkit.errors import UsageError
+from drkit.paths import state_dir
 
 LOOPBACK = "127.0.0.1"
 NETWORK_ENV = "DRKIT_DRILL_NETWORK"
@@ -63,6 +74,18 @@ DRILL_LABEL = "org.drkit.drill"
 HOST_LABEL = "org.drkit.host"
 OWNER_LABEL = "org.drkit.owner"  # <boot id>:<pid>:<start time> of the drkit that started it
 KEEP_LABEL = "org.drkit.keep"  # started with --keep: never removed by another drill
+ENGINE_LABEL = "org.drkit.engine"  # "dockerd": the image can run an engine of its own
+ENGINE_LOG = "/var/log/drkit/dockerd.log"  # inside the container
+# What a Docker engine inside the container needs (docker/README.md, "A drill with its
+# own engine"): --privileged fails on engines without CAP_SYS_RESOURCE; the inner runc
+# needs seccomp off ("unable to join session keyring"); vfs data in a volume of its
+# own, removed with the container (docker rm --volumes).
+NESTED_ENGINE_FLAGS = (
+    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "systempaths=unconfined",
+    "--device-cgroup-rule", "a *:* rwm", "--cgroupns", "private",
+    "--volume", "/var/lib/docker",
+)  # fmt: skip
 
 
 @dataclass
@@ -88,6 +111,7 @@ class HostContainer:
     network_address: str = ""
     publish: list[int] = field(default_factory=list)
     forwarder: PortForwarder | None = field(default=None, repr=False)
+    engine: bool = False
 
     @property
     def label(self) -> str:
@@ -213,6 +237,15 @@ def image_ports(image: str) -> list[int]:
     return sorted(int(key.split("/")[0]) for key in exposed if key.endswith("/tcp"))
 
 
+def image_has_engine(image: str) -> bool:
+    """Whether ``image`` can run a Docker engine of its own (``org.drkit.engine=dockerd``)."""
+    done = docker(
+        "image", "inspect", "--format", "{{json .Config.Labels}}", image,
+        what=f"inspect image {image}",
+    )  # fmt: skip
+    return (json.loads(done.stdout) or {}).get(ENGINE_LABEL) == "dockerd"
+
+
 def start_container(
     image: str,
     *,
@@ -225,6 +258,7 @@ def start_container(
     network: str | None = None,
     name: str | None = None,
     keep: bool = False,
+    engine: bool | None = None,
 ) -> HostContainer:
     """Start ``image`` as ``host``'s drill container and wait until it is ready.
 
@@ -235,14 +269,24 @@ def start_container(
     ``bridge`` (default: ``network_mode()``; see the module doc). ``name``:
     the container's name, or a suffixed one when another container holds it
     (``claim_name()``); None lets Docker choose. ``keep``: labelled as kept,
-    so that no later drill removes it as a leftover. The time
+    so that no later drill removes it as a leftover. ``engine``: run a
+    Docker engine inside (module doc); None: when the image has one. The time
     limit covers the engine's copy of the image, which takes most of it
-    with vfs.
+    with vfs, and the inner engine's start.
 
     Raises ``DockerError`` with the container's console tail when it exits
-    or is not ready in time; the container (and its network) is removed then.
+    or is not ready in time (the container and its network are removed then),
+    and before anything starts when ``engine`` is asked of an image without one.
     """
     mode = network_mode(network)
+    has_engine = image_has_engine(image)
+    if engine and not has_engine:
+        raise DockerError(
+            f"{host}'s drill needs a Docker engine inside its container, but image {image} "
+            f"has none (its Dockerfile must install docker.io and set LABEL "
+            f"{ENGINE_LABEL}=dockerd; docker/README.md, 'A drill with its own engine')"
+        )
+    engine = has_engine if engine is None else engine
     publish = list(ports) if ports is not None else image_ports(image)
     if SSH_PORT not in publish:
         publish.append(SSH_PORT)
@@ -256,6 +300,9 @@ def start_container(
     args += ["--label", f"{OWNER_LABEL}={owner()}"]
     if keep:
         args += ["--label", f"{KEEP_LABEL}=1"]
+    if engine:
+        args += NESTED_ENGINE_FLAGS
+        variables["DRKIT_ENGINE"] = "1"
     net = create_network(host) if mode == "isolated" else None
     if net is not None:
         args += ["--network", net]
@@ -273,7 +320,7 @@ def start_container(
         raise
     container = HostContainer(
         id=container_id, host=host, image=image, ports={}, name=chosen, ssh_user=ssh_user,
-        network=net, publish=publish,
+        network=net, publish=publish, engine=engine,
     )  # fmt: skip
     try:
         _wait_ready(container, started + ready_timeout)
@@ -297,6 +344,7 @@ def host_container(
     keep: bool = False,
     network: str | None = None,
     name: str | None = None,
+    engine: bool | None = None,
 ) -> Iterator[HostContainer]:
     """``start_container()``, then remove the container on exit unless ``keep``."""
     container = start_container(
@@ -310,6 +358,7 @@ def host_container(
         network=network,
         name=name,
         keep=keep,
+        engine=engine,
     )
     try:
         yield container
@@ -455,8 +504,8 @@ def _wait_ready(container: HostContainer, deadline: float) -> None:
         state, code = container.status()
         if state != "running":
             raise DockerError(
-                f"{container.label}: the container {state} (exit {code}) before it was ready:\n"
-                f"{container.logs()}"
+                f"{container.label}: the container {state} (exit {code}) before it was "
+                f"ready (console: {save_console(container)}):\n{container.logs()}"
             )
         if not container.ports:
             container.ports = (
@@ -468,8 +517,23 @@ def _wait_ready(container: HostContainer, deadline: float) -> None:
             return
         if time.monotonic() > deadline:
             what = "sshd did not answer" if marker else "its services did not start"
-            raise DockerError(f"{container.label}: {what} in time:\n{container.logs()}")
+            if container.engine and not marker:
+                what += f" (or its own Docker engine: {ENGINE_LOG} in the container)"
+            raise DockerError(
+                f"{container.label}: {what} in time (console: {save_console(container)}):\n"
+                f"{container.logs()}"
+            )
         time.sleep(0.2)
+
+
+def save_console(container: HostContainer) -> Path:
+    """The container's whole console (``docker logs``) in ``<state dir>/docker/``, kept
+    after the container is removed: what to read when it did not start."""
+    path = state_dir() / "docker" / f"console-{container.name or container.id[:12]}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = docker("logs", container.id, check=False, timeout=60)
+    path.write_bytes(done.stdout + done.stderr)
+    return path
 
 
 def _forward(container: HostContainer) -> dict[int, int]:

@@ -11,6 +11,13 @@
   the base tag and the CA bundle, so an unchanged Dockerfile is never rebuilt.
   The image names are the seed hosts' (``image_names()``); a drill uses the
   one its drill file or ``--image`` names, else its host's own.
+- Images the host's own containers need (an image with an engine of its own,
+  ``docker/hosts/<name>/containers/<container>/Dockerfile``) are built by this
+  machine's engine FROM the same base (``ensure_container_images()``), saved
+  with ``docker save`` and put into the host image's context as
+  ``containers.tar``, which ``drkit-engine`` loads inside (no registry is
+  reachable from a drill). Their files are in the context, so the host tag
+  covers them.
 
 Where the base comes from (``DRKIT_BASE_IMAGE_SOURCE``, ``choose_base_source()``):
 ``debootstrap`` (``docker/base/build.sh``, from a Debian mirror, as root) or
@@ -50,6 +57,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +79,8 @@ BASE_SOURCES = ("auto", "debootstrap", "registry")
 PULL_TIMEOUT = 600.0
 BASE_BUILD_TIMEOUT = 1800.0
 HOST_BUILD_TIMEOUT = 3600.0
+CONTAINERS_DIR = "containers"  # docker/hosts/<image>/containers/<name>/Dockerfile
+CONTAINERS_TAR = "containers.tar"  # in the host image's context; drkit-engine loads it
 
 
 class ImageBuild(NamedTuple):
@@ -324,7 +334,77 @@ def context_files(host: str) -> dict[str, Path]:
             if path.is_file() and "__pycache__" not in path.parts:
                 files[path.relative_to(directory).as_posix()] = path
     files.pop(CA_NAME, None)  # always the chosen bundle, never a stray file
+    files.pop(CONTAINERS_TAR, None)  # always the images built here, never a stray file
     return files
+
+
+def container_dirs(host: str) -> list[Path]:
+    """``docker/hosts/<host>/containers/<name>/``: one per image the host's containers
+    need inside a drill with its own engine, sorted (none for most images)."""
+    root = docker_dir() / "hosts" / host / CONTAINERS_DIR
+    return sorted(p.parent for p in root.glob("*/Dockerfile"))
+
+
+def container_image_tag(host: str, directory: Path, base_tag: str) -> str:
+    """``drkit-container-<host>-<name>:<hash>`` over the directory's files and the base."""
+    digest = hashlib.sha256(b"drkit container image v1\0" + base_tag.encode() + b"\0")
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        executable = b"x" if os.access(path, os.X_OK) else b"-"
+        name = path.relative_to(directory).as_posix().encode()
+        digest.update(name + b"\0" + executable + hashlib.sha256(path.read_bytes()).digest())
+    return f"drkit-container-{host}-{directory.name}:{digest.hexdigest()[:12]}"
+
+
+def ensure_container_images(
+    host: str, base_tag: str, timeout: float = HOST_BUILD_TIMEOUT
+) -> list[str]:
+    """Build each of ``container_dirs(host)`` FROM ``base_tag`` unless its tag exists;
+    their tags. Raises ``DockerError`` naming the image and the build log."""
+    tags = []
+    for directory in container_dirs(host):
+        tag = container_image_tag(host, directory, base_tag)
+        with _build_lock(tag):
+            if not image_exists(tag):
+                log_file = _log_file(f"{host}-{directory.name}")
+                argv = ["build", "--force-rm", "--tag", tag, "--build-arg", f"BASE={base_tag}",
+                        str(directory)]  # fmt: skip
+                _build(argv, None, log_file, timeout, f"image {directory.name} for {host}'s "
+                       f"containers ({directory})")  # fmt: skip
+        tags.append(tag)
+    return tags
+
+
+def _build(argv: list[str], context: bytes | None, log_file: Path, timeout: float,
+           what: str) -> None:  # fmt: skip
+    """``docker ARGV`` (a build) with its output in ``log_file``; ``DockerError`` naming
+    ``what`` and the log's tail when it fails or runs over ``timeout``."""
+    with open(log_file, "wb") as log:
+        try:
+            done = subprocess.run(
+                [docker_binary(), *argv],
+                input=context,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DockerError(f"{what}: build ran over {timeout:.0f} s") from exc
+    if done.returncode != 0:
+        raise DockerError(
+            f"{what}: docker build exited {done.returncode} (log {log_file}): "
+            f"{tail(log_file.read_bytes())}"
+        )
+
+
+def _saved_images(tags: list[str], directory: Path) -> Path | None:
+    """``docker save`` of ``tags`` (layers they share stored once) into ``directory``."""
+    if not tags:
+        return None
+    path = directory / CONTAINERS_TAR
+    docker("save", "--output", str(path), *tags, timeout=HOST_BUILD_TIMEOUT,
+           what=f"docker save {' '.join(tags)}")  # fmt: skip
+    return path
 
 
 def host_image_tag(host: str, base_tag: str, ca: bytes) -> str:
@@ -364,36 +444,29 @@ def ensure_host_image(
     with _build_lock(tag):
         if image_exists(tag):
             return ImageBuild(tag, False, time.monotonic() - started)
-        context = _context_tar(context_files(host), ca)
+        inner = ensure_container_images(host, base_tag, timeout)
         log_file = _log_file(host)
         # No --label: the classic builder appends a step per label after the
         # big RUN, and each costs a full vfs copy; the Dockerfiles set them.
         # --force-rm: a failed step's container (a full copy too) goes as well.
         argv = ["build", "--force-rm", "--tag", tag, "--build-arg", f"BASE={base_tag}", "-"]
-        with open(log_file, "wb") as log:
-            try:
-                done = subprocess.run(
-                    [docker_binary(), *argv],
-                    input=context,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise DockerError(f"image for {host}: build ran over {timeout:.0f} s") from exc
-        if done.returncode != 0:
-            raise DockerError(
-                f"image for {host}: docker build exited {done.returncode} (log {log_file}): "
-                f"{tail(log_file.read_bytes())}"
-            )
+        with tempfile.TemporaryDirectory(dir=log_file.parent, prefix="context-") as tmp:
+            saved = _saved_images(inner, Path(tmp))
+            context = _context_tar(context_files(host), ca, saved)
+            _build(argv, context, log_file, timeout, f"image for {host}")
     return ImageBuild(tag, True, time.monotonic() - started)
 
 
-def _context_tar(files: dict[str, Path], ca: bytes) -> bytes:
-    """The build context as a tar: fixed owners and times, so equal inputs give equal bytes."""
+def _context_tar(files: dict[str, Path], ca: bytes, saved: Path | None = None) -> bytes:
+    """The build context as a tar: fixed owners and times, so equal inputs give equal bytes;
+    ``saved``: the host's container images (``docker save``), as ``containers.tar``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        if saved is not None:
+            info = tarfile.TarInfo(CONTAINERS_TAR)
+            info.size, info.mode, info.mtime = saved.stat().st_size, 0o644, 0
+            with open(saved, "rb") as fh:
+                tar.addfile(info, fh)
         members = [
             (n, p.read_bytes(), 0o755 if os.access(p, os.X_OK) else 0o644)
             for n, p in sorted(files.items())

@@ -4,10 +4,13 @@
 # 1. Login: DRKIT_SSH_USER (default root; another name is created with
 #    passwordless sudo, like a VPS's admin user) gets the public keys from
 #    $DRKIT_AUTHORIZED_KEYS and/or a mounted /etc/drkit/authorized_keys.
-# 2. Starts each service in $DRKIT_SERVICES (set by the image's Dockerfile)
+# 2. With DRKIT_ENGINE=1 (a drill whose policy has Docker-backed sources),
+#    starts the container's own Docker engine and the host's containers
+#    (drkit-engine); a failure stops the container naming the step and its log.
+# 3. Starts each service in $DRKIT_SERVICES (set by the image's Dockerfile)
 #    with drkit-svc, in order; the first that fails stops the container with
 #    its log tail on stdout (`docker logs`).
-# 3. Writes /run/drkit/ready and prints "drkit-entrypoint: ready", then stays
+# 4. Writes /run/drkit/ready and prints "drkit-entrypoint: ready", then stays
 #    in the foreground until the container is stopped (services are stopped
 #    cleanly on SIGTERM).
 # Given arguments (`docker run IMAGE bash`), it runs them instead.
@@ -44,6 +47,13 @@ else
     log "no authorized keys given (DRKIT_AUTHORIZED_KEYS or /etc/drkit/authorized_keys): ssh logins will fail"
 fi
 
+if [ "${DRKIT_ENGINE:-0}" = 1 ]; then
+    if ! drkit-engine "$user"; then
+        log "the container's own Docker engine did not start (see above)"
+        exit 1
+    fi
+fi
+
 read -r -a services <<<"${DRKIT_SERVICES:-sshd}"
 started=()
 stop_all() {
@@ -52,7 +62,12 @@ stop_all() {
         drkit-svc stop "${started[$i]}" || true
     done
 }
-trap 'log stopping; stop_all; exit 0' TERM INT
+stop_engine() {
+    local pid
+    pid=$(cat /run/drkit/dockerd.pid 2>/dev/null) || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+}
+trap 'log stopping; stop_all; stop_engine; exit 0' TERM INT
 
 for service in "${services[@]}"; do
     if ! drkit-svc start "$service"; then

@@ -11,8 +11,9 @@
 #   ports published on 127.0.0.1) with password auth for TCP;
 # - generates en_US.UTF-8 when `locales` is installed, because restoring a
 #   database created with that collation needs it on the target;
-# - installs the entrypoint and `drkit-svc` (start/stop/restart services
-#   without systemd).
+# - installs the entrypoint, `drkit-svc` (start/stop/restart services
+#   without systemd) and `drkit-engine` (the container's own Docker engine,
+#   used only in images that install docker.io).
 set -eu
 here=/opt/drkit
 
@@ -67,4 +68,5 @@ fi
 
 install -m 755 "$here/entrypoint.sh" /usr/local/sbin/drkit-entrypoint
 install -m 755 "$here/drkit-svc" /usr/local/sbin/drkit-svc
+install -m 755 "$here/drkit-engine" /usr/local/sbin/drkit-engine
 mkdir -p /var/log/drkit
