@@ -24,7 +24,7 @@ from drkit.durations import parse_duration
 from drkit.errors import DrkitError, RepositoryError
 from drkit.policy.models import Policy, SnapshotSource, source_name
 from drkit.repository.documents import lazy_adapter, parse_document
-from drkit.repository.layout import HostSnapshots, Rejected, Repository
+from drkit.repository.layout import HostSnapshots, Rejected, Repository, manifest_key
 from drkit.repository.manifest import snapshot_time
 from drkit.retention import describe
 
@@ -171,7 +171,7 @@ def host_report(
     out.sources = _source_rows(policy, manifests, due)
     out.freshness, out.why = _freshness(policy, status, due.values(), now)
     out.drills, out.refused_drills = drill_rows(repo, policy.host)
-    out.object_lock = _object_lock(repo)
+    out.object_lock = _object_lock(repo, policy.host, out.last_snapshot)
     if retention:
         _add_retention(policy, repo, catalog, now, out)
     return out
@@ -296,11 +296,25 @@ def drill_rows(repo: Repository, host: str) -> tuple[list[DrillRow], list[tuple[
     return rows, refused
 
 
-def _object_lock(repo: Repository) -> str:
+def _object_lock(repo: Repository, host: str, newest: str | None) -> str:
+    """Whether the bucket has Object Lock and, if so, until when the newest snapshot's
+    manifest is held (one request: proof the lock is applied, not only configured)."""
     try:
-        return "enabled" if repo.store.object_lock_enabled() else "not enabled"
+        if not repo.store.object_lock_enabled():
+            return "not enabled"
     except RepositoryError as exc:
         return f"unknown: {exc}"
+    if newest is None:
+        return "enabled"
+    try:
+        until = repo.store.object_retention(manifest_key(host, newest))
+    except DrkitError as exc:
+        return f"enabled; the newest snapshot's lock could not be read: {exc}"
+    if until is None:
+        return "enabled, but the newest snapshot is not locked"
+    if until.year == dt.MAXYEAR:
+        return "enabled; the newest snapshot is under legal hold"
+    return f"enabled; the newest snapshot is locked until {until:%Y-%m-%d %H:%M} UTC"
 
 
 def _add_retention(

@@ -31,6 +31,7 @@ from drkit.sources.base import Check
 from tests.conftest import Keys
 from tests.e2e.report_fleet import _backup, _policy
 from tests.helpers import drkit
+from tests.servers.seaweed import SeaweedServer
 
 HOSTS, SNAPSHOTS, DRILLS = 4, 60, 11
 
@@ -189,3 +190,23 @@ def test_drill_all_with_report_writes_the_fleet_page_too(tmp_path: Path, keys: K
     for host in ("web", "db", "cache"):
         assert f'data-host="{host}"' in page
     assert "orders table row count" in page  # db's newest stored drill, failed
+
+
+def test_object_lock_on_s3_shows_the_newest_snapshots_hold(
+    tmp_path: Path, seaweed: SeaweedServer, keys: Keys
+) -> None:
+    """On a real S3 bucket with Object Lock (SeaweedFS), the page says the policy's days,
+    that the bucket has Object Lock, and until when the newest snapshot is held."""
+    from tests.e2e.test_ops_object_lock import creds, s3_policy
+
+    policy = s3_policy(tmp_path, seaweed, keys, seaweed.new_bucket_name("report"), days=2)
+    env = creds(seaweed)
+    for args in (("init",), ("backup",)):
+        res = drkit(*args, "--policy", str(policy), env=env)
+        assert res.returncode == 0, res.output
+    res = drkit("report", "--html", str(tmp_path / "page"), "--policy", str(policy), "--json",
+                env=env)  # fmt: skip
+    assert res.returncode == 0, res.output
+    page = (tmp_path / "page" / "index.html").read_text()
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).strftime("%Y-%m-%d")
+    assert "2 days required; bucket: enabled; the newest snapshot is locked until " + until in page
