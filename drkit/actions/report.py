@@ -30,6 +30,7 @@ from drkit.retention import describe
 
 if TYPE_CHECKING:
     from drkit.catalog.db import Catalog
+    from drkit.drills.report import DrillReport
 
 # A scheduled slot missed by more than this (and no backup since) makes a host late:
 # a backup that starts on time and runs for a while is not late.
@@ -109,6 +110,9 @@ class HostReport:
     object_lock: str = ""  # what the bucket says
     last_error: str | None = None  # the last run's, from the catalog
     error: str | None = None  # the host could not be read at all
+    # Drills this process just ran whose reports the repository does not hold (no
+    # trusted signing key, a setup error): shown apart, never counted.
+    unstored: list[DrillRow] = field(default_factory=list)
 
     @property
     def last_drill(self) -> DrillRow | None:
@@ -175,6 +179,23 @@ def host_report(
     if retention:
         _add_retention(policy, repo, catalog, now, out)
     return out
+
+
+def add_unstored(fleet: FleetReport, reports: Iterable[DrillReport]) -> None:
+    """Add the drills just run (``drkit drill --report``) that the repository does not
+    hold to their hosts' ``unstored``: without them, a drill machine without a trusted
+    signing key would publish a page of older drills only."""
+    by_host = {h.host: h for h in fleet.hosts}
+    for r in reports:
+        host = by_host.get(r.host)
+        if host is None or any(d.drill_id == r.drill_id for d in host.drills):
+            continue
+        started = dt.datetime.fromisoformat(r.started) if r.started else fleet.generated
+        checks = tuple(CheckRow(c.status, c.source, c.name, c.detail) for c in r.checks)
+        host.unstored.append(
+            DrillRow(r.drill_id, r.snapshot, r.verdict, started, r.rto_seconds, r.rpo_seconds,
+                     r.error, checks)
+        )  # fmt: skip
 
 
 class ReadOnce(Repository):

@@ -206,29 +206,45 @@ def _lock_text(h: HostReport) -> str:
     return f"{wanted}; bucket: {h.object_lock or 'unknown'}"
 
 
+UNSTORED = (
+    "this run's drill, not in the repository (no signing key the policy trusts for drill "
+    "reports, or it stopped before its report was stored): shown, not counted"
+)
+
+
+def _failed(d: DrillRow) -> bool:
+    return d.verdict in ("fail", "error") or bool(d.failed_checks)
+
+
 def _failed_checks(report: FleetReport, ids: dict[str, str]) -> str:
-    """The newest drill's failed checks (and error) of each host, in full."""
+    """The newest drill's failed checks (and error) of each host, in full; and those of
+    this run's drills the repository does not hold, said so."""
     blocks = []
     for h in report.hosts:
-        d = h.last_drill
-        if d is None or (d.verdict not in ("fail", "error") and not d.failed_checks):
-            continue
-        items = "".join(
-            f"<li><strong>{esc(c.source)}: {esc(c.name)}</strong><pre>{esc(c.detail)}</pre></li>"
-            for c in d.failed_checks
-        )
-        error = f"<p>Error:</p><pre>{esc(d.error)}</pre>" if d.error else ""
-        blocks.append(
-            f'<div class="failed" data-host="{esc(h.host)}"><h3><a href="#{ids[h.host]}">'
-            f"{esc(h.host)}</a>: drill {esc(d.drill_id)} {badge(d.verdict)}</h3>"
-            f'<p class="muted">Snapshot {esc(d.snapshot)}, started {esc(when(d.started))}; '
-            f"{len(d.failed_checks)} of {len(d.checks)} checks failed.</p>"
-            f"{error}<ul>{items}</ul></div>"
-        )
+        shown = [(d, "") for d in h.drills[-1:] if _failed(d)]
+        shown += [(d, UNSTORED) for d in h.unstored if _failed(d)]
+        blocks += [_failed_block(h.host, ids[h.host], d, note) for d, note in shown]
     body = "".join(blocks) or "<p>No host's newest drill failed.</p>"
     return (
         '<section aria-labelledby="failed"><h2 id="failed">Failed checks of the newest '
         f"drills</h2>{body}</section>"
+    )
+
+
+def _failed_block(host: str, anchor: str, d: DrillRow, note: str) -> str:
+    items = "".join(
+        f"<li><strong>{esc(c.source)}: {esc(c.name)}</strong><pre>{esc(c.detail)}</pre></li>"
+        for c in d.failed_checks
+    )
+    error = f"<p>Error:</p><pre>{esc(d.error)}</pre>" if d.error else ""
+    kind = "unstored" if note else "stored"
+    return (
+        f'<div class="failed" data-host="{esc(host)}" data-drill="{kind}"><h3>'
+        f'<a href="#{anchor}">{esc(host)}</a>: drill {esc(d.drill_id)} {badge(d.verdict)}</h3>'
+        + (f"<p><strong>{esc(note)}</strong></p>" if note else "")
+        + f'<p class="muted">Snapshot {esc(d.snapshot or "none")}, started '
+        f"{esc(when(d.started))}; {len(d.failed_checks)} of {len(d.checks)} checks failed.</p>"
+        f"{error}<ul>{items}</ul></div>"
     )
 
 
@@ -317,6 +333,12 @@ def _drills(h: HostReport) -> str:
         )
         out.append("</div>")
         out.append(_drill_history(h.drills))
+    for u in h.unstored:
+        out.append(
+            f"<p>Drill {esc(u.drill_id)} {badge(u.verdict)}: {esc(UNSTORED)}.</p>"
+            + (f"<pre>{esc(u.error)}</pre>" if u.error else "")
+            + (_checks_table(u, f"Checks of drill {esc(u.drill_id)}") if u.checks else "")
+        )
     if h.refused_drills:
         items = "".join(
             f"<li><code>{esc(n)}</code>: {esc(why)}</li>" for n, why in h.refused_drills
@@ -325,7 +347,7 @@ def _drills(h: HostReport) -> str:
     return "".join(out)
 
 
-def _checks_table(d: DrillRow) -> str:
+def _checks_table(d: DrillRow, caption: str = "Checks of the newest drill") -> str:
     if not d.checks:
         return "<p>No checks recorded.</p>"
     rows = "".join(
@@ -334,7 +356,7 @@ def _checks_table(d: DrillRow) -> str:
         for c in d.checks
     )
     columns = ("Status", "Source", "Check", "Evidence")
-    return _table(columns, rows, "Checks of the newest drill")
+    return _table(columns, rows, caption)
 
 
 def _drill_history(drills: Sequence[DrillRow]) -> str:

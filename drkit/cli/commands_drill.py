@@ -24,6 +24,7 @@ from drkit.cli.group import cli, json_option
 from drkit.errors import DrkitError, UsageError
 
 if TYPE_CHECKING:
+    from drkit.drills.report import DrillReport
     from drkit.policy.models import Policy
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -123,7 +124,7 @@ def drill(
         for r in reports:
             (out / f"{r.host}-{r.drill_id}.json").write_bytes(r.to_json())
         (out / "drill-summary.md").write_text(markdown(reports))
-        write_fleet_page(ctx, policies, out, log)
+        write_fleet_page(ctx, policies, reports, out, log)
     if junit_file:
         Path(junit_file).write_bytes(junit_xml(reports))
 
@@ -153,12 +154,17 @@ def drill(
 
 
 def write_fleet_page(
-    ctx: Ctx, policies: list[Policy], out: Path, log: Callable[[str], None]
+    ctx: Ctx,
+    policies: list[Policy],
+    reports: list[DrillReport],
+    out: Path,
+    log: Callable[[str], None],
 ) -> None:
     """The fleet page of the drilled hosts (as ``drkit report --html``) beside the drill
-    reports, read back from the repositories the drills just wrote to. A page that
-    cannot be written only warns: it never changes a drill's verdict or exit code."""
-    from drkit.actions.report import gather
+    reports, read back from the repositories the drills just wrote to; this run's drills
+    that were not stored there are shown apart. A page that cannot be written only
+    warns: it never changes a drill's verdict or exit code."""
+    from drkit.actions.report import add_unstored, gather
     from drkit.actions.report_html import write_page
 
     try:
@@ -167,6 +173,7 @@ def write_fleet_page(
             fleet = gather(policies, catalog, ctx.now(), log=log)
         finally:
             catalog.close()
+        add_unstored(fleet, reports)
         log(f"fleet page: {write_page(fleet, out)}")
     except (DrkitError, OSError) as exc:
         log(f"warning: fleet page not written to {out}: {exc}")

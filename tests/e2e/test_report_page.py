@@ -128,6 +128,7 @@ TAGS = {
 ATTRS = {
     "lang", "charset", "name", "content", "http-equiv", "class", "id", "href", "scope",
     "aria-labelledby", "aria-label", "role", "viewbox", "data-chart", "data-host", "data-state",
+    "data-drill",
     "x1", "x2", "y1", "y2", "points", "cx", "cy", "r", "x", "y", "text-anchor",
 }  # fmt: skip
 
@@ -157,6 +158,7 @@ def test_no_string_from_a_repository_becomes_markup() -> None:
         sources=[SourceRow(EVIL, EVIL, EVIL, EVIL, t, True, 1)], snapshots=[snap],
         drills=[drill], untrusted=[(EVIL, EVIL)], refused_drills=[(EVIL, EVIL)],
         retention=EVIL, retention_error=EVIL, object_lock=EVIL, last_error=EVIL,
+        unstored=[drill],
     )  # fmt: skip
     broken = HostReport("other", error=EVIL)
     page = render(FleetReport(t, [host, broken], version=EVIL))
@@ -187,9 +189,12 @@ def test_drill_all_with_report_writes_the_fleet_page_too(tmp_path: Path, keys: K
     assert "no drill image for host 'db'" in res.output
     assert (out / "drill-summary.md").exists()
     page = (out / "index.html").read_text()
-    for host in ("web", "db", "cache"):
+    for host in ("web", "db", "cache", "files"):
         assert f'data-host="{host}"' in page
     assert "orders table row count" in page  # db's newest stored drill, failed
+    # This run's drills, which the repository does not hold, are shown apart.
+    assert page.count('data-drill="unstored"') == len(fleet.policies)
+    assert "no drill image for host &#x27;cache&#x27;" in page
 
 
 def test_object_lock_on_s3_shows_the_newest_snapshots_hold(
