@@ -40,9 +40,13 @@ def report(ctx: Ctx, html_dir: str, policy_files: tuple[str, ...], hosts: tuple[
     finally:
         catalog.close()
     path = write_page(fleet, html_dir)
-    summary = {
-        "page": str(path),
-        "bytes": path.stat().st_size,
-        "hosts": {h.host: h.freshness if not h.error else "unknown" for h in fleet.hosts},
-    }
-    ctx.emit(summary, lambda: click.echo(f"report: {path} ({summary['bytes']} bytes)"))
+    states = {h.host: h.freshness if not h.error else "unknown" for h in fleet.hosts}
+    size = path.stat().st_size
+
+    def text() -> None:
+        click.echo(f"report: {path} ({size} bytes)")
+        for h in fleet.hosts:
+            if states[h.host] != "ok":
+                click.echo(f"  {h.host}: {states[h.host]}: {h.error or h.why}")
+
+    ctx.emit({"page": str(path), "bytes": size, "hosts": states}, text)

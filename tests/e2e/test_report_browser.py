@@ -65,6 +65,14 @@ def test_the_page_shows_the_fleet_as_a_person_reads_it(
     assert res.returncode == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["hosts"] == {"web": "ok", "db": "ok", "cache": "late", "files": "breach"}
+    plain = drkit("report", "--html", str(tmp_path / "again"), env=env)
+    assert plain.returncode == 0, plain.output
+    lines = plain.stdout.splitlines()
+    assert lines[0].startswith(f"report: {tmp_path / 'again' / 'index.html'} (")
+    assert lines[1:] == [  # the hosts not ok, with why
+        f"  cache: late: scheduled backup of db, env missed (due {now:%Y-%m-%d} 03:00 UTC)",
+        "  files: breach: newest backup 5d8h old, more than the RPO 3d",
+    ]
     page_file = out / "index.html"
     text = page_file.read_text()
     assert HOSTILE not in text and "<script>" not in text  # escaped, not only inert
