@@ -54,7 +54,9 @@ class PruneResult:
     incomplete_removed: list[str] = field(default_factory=list)
     incomplete_kept: list[tuple[str, str]] = field(default_factory=list)
     uploads_aborted: list[str] = field(default_factory=list)
-    chunks_removed: int = 0  # deduplicated chunks no kept snapshot references
+    chunks_removed: int = 0  # deduplicated chunk objects no kept snapshot references
+    packs_removed: int = 0  # packs no kept snapshot references
+    packs_locked: list[str] = field(default_factory=list)  # unreferenced, kept: Object Lock
     skipped: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -87,6 +89,8 @@ class PruneResult:
             "incomplete_kept": [{"snapshot": s, "reason": r} for s, r in self.incomplete_kept],
             "uploads_aborted": self.uploads_aborted,
             "chunks_removed": self.chunks_removed,
+            "packs_removed": self.packs_removed,
+            "packs_locked": self.packs_locked,
             "skipped": [{"snapshot": s, "reason": r} for s, r in self.skipped],
             "errors": self.errors,
         }
@@ -171,6 +175,7 @@ def prune(
         with _naming(host):
             gc = collect_chunks(repo, host, kept, now=now, grace=grace, dry_run=dry_run, log=log)
         result.chunks_removed, result.errors = gc.removed, result.errors + gc.errors
+        result.packs_removed, result.packs_locked = gc.packs_removed, gc.locked_kept
         result.freed_bytes += gc.freed_bytes
     return result
 

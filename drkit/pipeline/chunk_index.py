@@ -1,12 +1,17 @@
-"""The index of a ``cdc+zstd+age/v1`` artifact, written and read as a stream.
+"""The index of a chunked (``cdc+zstd+age``) artifact, written and read as a stream.
 
 A text object, one line each, so that neither side ever holds the chunk
-list in memory (a 100 GB dump has ~200 000 chunks)::
+list in memory (a 100 GB dump has ~200 000 chunks). Version 2 (packs,
+docs/dedup.md) names where each chunk is stored::
 
-    drkit-chunk-index 1 <codec> <recipient set>
-    <chunk id, 64 hex> <plain size>
+    drkit-chunk-index 2 <codec> <recipient set>
+    <chunk id, 64 hex> <plain size> <pack, 64 hex> <offset> <length> <sha256 of the stored bytes>
     ...
     end <plain size> <tree digest>
+
+Version 1 (one object per chunk, still read) has only the first two fields.
+The stored sha256 lets anyone holding the index (it is covered by the signed
+manifest's digest) check a chunk's bytes in its pack without the identity.
 
 The tree digest is the sha256 of the chunk ids' 32-byte values in order:
 each id is the sha256 of its chunk, so it commits to every plain byte in
@@ -30,23 +35,42 @@ from drkit.errors import IntegrityError
 from drkit.pipeline.streams import HashingReader
 
 MAGIC = "drkit-chunk-index"
-VERSION = 1
+VERSION = 2  # written; 1 is still read
+VERSION_1 = 1
 # The largest chunk a line may claim: the chunker's maximum (pipeline/chunked.py
 # MAX_CHUNK, a test keeps them equal). A larger claim would make the reader size
 # a decompression buffer by it.
 MAX_CHUNK_SIZE = 1 << 20
-_MAX_LINE = 256
+# A sealed chunk is its compressed bytes (zstd adds at most ~0.4%) plus age's
+# framing (16 bytes per 64 KiB, a header of a few hundred per recipient): a bound
+# that keeps a ranged read from being sized by a forged claim.
+MAX_STORED_SIZE = 2 * MAX_CHUNK_SIZE
+_MAX_LINE = 256  # a packed line is at most ~240
 # Exactly what IndexWriter writes: lower-case hex, decimal without sign or leading zeros
 # (int() alone would take "-1", "+1", "1_0", "0x..").
 _RSET = re.compile(r"[0-9a-f]{1,64}")
-_CHUNK_LINE = re.compile(r"([0-9a-f]{64}) (0|[1-9][0-9]{0,18})")
+_NUM = r"(0|[1-9][0-9]{0,18})"
+_HEX = r"([0-9a-f]{64})"
+_CHUNK_LINE = re.compile(rf"{_HEX} {_NUM}")
+_PACKED_LINE = re.compile(rf"{_HEX} {_NUM} {_HEX} {_NUM} {_NUM} {_HEX}")
 _END_LINE = re.compile(r"end (0|[1-9][0-9]{0,18}) ([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
+class Packed:
+    """Where a chunk is stored: ``length`` bytes at ``offset`` of pack ``pack`` (hex)."""
+
+    pack: str
+    offset: int
+    length: int
+    digest: bytes  # sha256 of those stored (sealed) bytes
+
+
+@dataclass(frozen=True)
 class ChunkRef:
-    id: bytes  # sha256 of the plain chunk
+    id: bytes  # keyed id of the plain chunk (v1: its sha256)
     size: int  # plain bytes
+    at: Packed | None = None  # None: an object of its own (index version 1)
 
 
 @dataclass(frozen=True)
@@ -64,14 +88,16 @@ class WrittenIndex:
 class IndexWriter:
     """Lines go to an unlinked temporary file as chunks are cut."""
 
-    def __init__(self, codec: str, rset: str) -> None:
+    def __init__(self, codec: str, rset: str, *, packed: bool = False) -> None:
+        version = VERSION if packed else VERSION_1
+        self.version = version
         self._file = tempfile.TemporaryFile(prefix="drkit-index-")  # noqa: SIM115 (returned)
         self._sha = hashlib.sha256()
         self._tree = hashlib.sha256()
         self._size = 0
         self.plain_size = 0
         self.chunks = 0
-        self._line(f"{MAGIC} {VERSION} {codec} {rset}\n")
+        self._line(f"{MAGIC} {version} {codec} {rset}\n")
 
     def _line(self, text: str) -> None:
         data = text.encode("ascii")
@@ -79,11 +105,14 @@ class IndexWriter:
         self._size += len(data)
         self._file.write(data)
 
-    def add(self, chunk_id: bytes, size: int) -> None:
+    def add(self, chunk_id: bytes, size: int, at: Packed | None = None) -> None:
+        if (at is None) != (self.version == VERSION_1):
+            raise ValueError(f"index version {self.version}: chunk location {at!r}")
         self._tree.update(chunk_id)
         self.plain_size += size
         self.chunks += 1
-        self._line(f"{chunk_id.hex()} {size}\n")
+        where = "" if at is None else f" {at.pack} {at.offset} {at.length} {at.digest.hex()}"
+        self._line(f"{chunk_id.hex()} {size}{where}\n")
 
     def finish(self) -> WrittenIndex:
         tree = self._tree.hexdigest()
@@ -117,8 +146,9 @@ class IndexReader:
         self._h = HashingReader(stream)
         self._in = io.BufferedReader(self._h, buffer_size=1 << 16)
         head = self._read_line().split(" ")
-        if len(head) != 4 or head[0] != MAGIC or head[1] != str(VERSION):
+        if len(head) != 4 or head[0] != MAGIC or head[1] not in (str(VERSION), str(VERSION_1)):
             raise self._bad("not a drkit chunk index of a known version")
+        self.version = int(head[1])
         if not head[2] or not _RSET.fullmatch(head[3]):
             raise self._bad("bad header")
         self.codec, self.rset = head[2], head[3]
@@ -148,15 +178,21 @@ class IndexReader:
             if line.startswith("end"):
                 break
             count += 1
-            chunk = _CHUNK_LINE.fullmatch(line)
+            packed = self.version != VERSION_1
+            chunk = (_PACKED_LINE if packed else _CHUNK_LINE).fullmatch(line)
             if chunk is None:
                 raise self._bad(f"bad chunk line {count}")
             chunk_id, size = bytes.fromhex(chunk[1]), int(chunk[2])
             if size > MAX_CHUNK_SIZE:
                 raise self._bad(f"chunk {count} claims {size} bytes, over {MAX_CHUNK_SIZE}")
+            at = None
+            if packed:
+                at = Packed(chunk[3], int(chunk[4]), int(chunk[5]), bytes.fromhex(chunk[6]))
+                if not 0 < at.length <= MAX_STORED_SIZE:
+                    raise self._bad(f"chunk {count} claims {at.length} stored bytes")
             tree.update(chunk_id)
             total += size
-            yield ChunkRef(chunk_id, size)
+            yield ChunkRef(chunk_id, size, at)
         end = _END_LINE.fullmatch(line)
         if end is None or int(end[1]) != total or end[2] != tree.hexdigest():
             raise self._bad("its end line does not match its chunks")

@@ -1,27 +1,30 @@
-"""The deduplicating artifact codec ``cdc+zstd+age/v1``.
+"""The deduplicating artifact codec ``cdc+zstd+age`` (docs/dedup.md).
 
 The plain stream is cut into content-defined chunks (FastCDC: cut points
 follow the content, so an insertion or a changed row moves only the chunks
 around it). Each chunk is named by a keyed hash of its plain bytes (v2:
-HMAC-SHA256 under a per-host id key; v1: sha256) and stored
-once per host and recipient set, compressed and encrypted on its own
-(``zstd`` then ``age``); a chunk a previous backup already stored is not
-compressed, encrypted or uploaded again. The artifact itself is the index
-(chunk_index.py): the chunk ids and sizes in order, streamed both ways. It
-is plain so that ``prune`` can tell which chunks are still referenced
+HMAC-SHA256 under a per-host id key; v1: sha256) and stored once per host
+and recipient set, compressed and encrypted on its own (``zstd`` then
+``age``), in a pack: sealed chunks end to end, ~16 MiB per object. A chunk
+a trusted snapshot already stored is not compressed, encrypted or uploaded
+again. The artifact itself is the index (chunk_index.py): each chunk's id,
+size, pack, offset, length and stored digest, in order, streamed both ways.
+It is plain so that ``prune`` can tell which packs are still referenced
 without the identity; it reveals which pieces snapshots share and their
-sizes, never their bytes.
+sizes, never their bytes. (Snapshots from before packs name chunks stored
+one object each; they are still read.)
 
-Integrity on the way back: age authenticates each chunk, the sha256 of its
-decompressed bytes must equal its id, the chunk list must match the tree
-digest the manifest records as ``plain_sha256``, and the index object its
-stored digest.
+Integrity on the way back: the stored bytes of each chunk must match the
+index's digest, age authenticates them, the keyed hash of the decompressed
+bytes must equal the id, the chunk list must match the tree digest the
+manifest records as ``plain_sha256``, and the index object its stored
+digest (the manifest is signed).
 
 Work is split so that two CPUs overlap: the caller's thread reads, cuts and
 hashes; worker threads compress and encrypt new chunks (zstandard and
 hashlib release the GIL; pyrage does not, but encrypts ~900 MB/s); other
-threads upload them. Memory is bounded by the chunks in flight (see
-``encode``).
+threads upload finished packs. Memory is bounded by the chunks in flight
+(see ``encode``); packs are spooled to temporary files.
 """
 
 from __future__ import annotations
@@ -29,20 +32,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
+import tempfile
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import pyrage
 import zstandard
 from pyfastcdc import FastCDC
 
-from drkit.errors import IntegrityError
+from drkit.errors import DrkitError, IntegrityError
 from drkit.pipeline.age import Identity, Recipient
-from drkit.pipeline.chunk_index import ChunkRef, IndexReader, IndexWriter, WrittenIndex
+from drkit.pipeline.chunk_index import ChunkRef, IndexReader, IndexWriter, Packed, WrittenIndex
 from drkit.pipeline.codec import Digests, decrypt_error
 from drkit.pipeline.memory import fix_mmap_threshold
 from drkit.pipeline.streams import CHUNK, PipeClosed, ThreadPipe
@@ -101,21 +107,110 @@ def chunk_id(data: bytes, id_key: bytes | None) -> bytes:
 MIN_CHUNK = 128 << 10
 AVG_CHUNK = 384 << 10
 MAX_CHUNK = 1 << 20
-_PREFETCH = 2  # chunks fetched ahead while restoring
+_PREFETCH = 3  # reads in flight while restoring (each a chunk, or a run of them in a pack)
+_GROUP_BYTES = 2 << 20  # the most one ranged read of a pack asks for (memory: x _PREFETCH)
+
+
+class IndexSource(Protocol):
+    """A trusted snapshot's chunk index, as the chunk store names it."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def stored_sha256(self) -> str: ...
 
 
 class ChunkStore(Protocol):
     """Where chunks live (one host, one recipient set ``rset``); see repository/chunks.py."""
 
     rset: str
+    pack_target: int
 
-    def has(self, chunk_id: bytes) -> bool: ...
+    def trusted_indexes(self) -> Iterator[IndexSource]: ...
 
-    def put(self, chunk_id: bytes, blob: bytes) -> None: ...
+    def open_index(self, index: Any) -> BinaryIO: ...
+
+    def retain(self, pack: str) -> bool: ...
+
+    def put_pack(self, name: str, file: BinaryIO) -> int: ...
+
+    def read(self, pack: str, start: int, length: int) -> bytes: ...
+
+    def pack_label(self, pack: str) -> str: ...
 
     def get(self, chunk_id: bytes) -> bytes: ...
 
     def label(self, chunk_id: bytes) -> str: ...
+
+
+@dataclass
+class PackSpool:
+    """A pack being filled: sealed chunks appended to an unlinked temporary file
+    (memory stays flat whatever the target size). Named by 32 random bytes."""
+
+    name: str
+    file: BinaryIO
+    size: int = 0
+
+    @classmethod
+    def new(cls) -> PackSpool:
+        spool = tempfile.TemporaryFile(prefix="drkit-pack-")  # noqa: SIM115 (kept)
+        return cls(secrets.token_hex(32), spool)
+
+    def add(self, blob: bytes) -> Packed:
+        at = Packed(self.name, self.size, len(blob), hashlib.sha256(blob).digest())
+        self.file.write(blob)
+        self.size += len(blob)
+        return at
+
+
+class Locations:
+    """Where the chunks a backup may reuse are: every packed chunk named by a trusted
+    snapshot's index whose digest matches its manifest (read on first use), and what
+    this run packed. A pack is reused only once its retention is extended
+    (``ChunkStore.retain``)."""
+
+    def __init__(self, chunks: ChunkStore) -> None:
+        self.chunks = chunks
+        self._known: dict[bytes, Packed] | None = None
+
+    def _load(self) -> dict[bytes, Packed]:
+        known: dict[bytes, Packed] = {}
+        names: dict[str, str] = {}  # one string per pack, however many chunks name it
+        for source in self.chunks.trusted_indexes():
+            if source.format != FORMAT:
+                continue  # v1 ids are unkeyed; whole artifacts have no index
+            found: dict[bytes, Packed] = {}
+            try:
+                with self.chunks.open_index(source) as stored:
+                    index = IndexReader(stored, source.label)
+                    if index.rset != self.chunks.rset or index.version == 1:
+                        continue
+                    for ref in index:
+                        if (at := ref.at) is not None and ref.id not in known:
+                            pack = names.setdefault(at.pack, at.pack)
+                            found[ref.id] = Packed(pack, at.offset, at.length, at.digest)
+            except DrkitError:
+                continue  # nothing reused from it; verify reports it
+            if index.stored_sha256 == source.stored_sha256:
+                known.update(found)
+        return known
+
+    def locate(self, chunk_id: bytes) -> Packed | None:
+        if self._known is None:
+            self._known = self._load()
+        at = self._known.get(chunk_id)
+        if at is None or not self.chunks.retain(at.pack):
+            return None
+        return at
+
+    def add(self, chunk_id: bytes, at: Packed) -> None:
+        if self._known is not None:
+            self._known[chunk_id] = at
 
 
 @dataclass(frozen=True)
@@ -126,6 +221,7 @@ class Encoded:
     new_chunks: int
     new_bytes: int  # stored bytes of the chunks this run uploaded
     reused_chunks: int
+    packs: int = 0  # packs written
 
 
 def encode(
@@ -134,83 +230,140 @@ def encode(
     chunks: ChunkStore,
     *,
     id_key: bytes,
+    locations: Locations | None = None,
     level: int = 3,
     workers: int = 2,
-    uploads: int = 3,
+    uploads: int = 2,
 ) -> Encoded:
-    """Cut ``plain`` into chunks and store those ``chunks`` lacks; return the index.
+    """Cut ``plain`` into chunks, pack those ``chunks`` cannot locate; return the index.
 
-    Three stages overlap: this thread reads, cuts and hashes; ``workers``
-    threads compress and encrypt new chunks; ``uploads`` threads store them
-    (uploads wait on the network or fsync, so they get threads of their own
-    rather than holding a CPU worker). Memory: at most ``workers + 1`` plain
-    chunks and ``uploads`` sealed ones at a time; the index goes to a
-    temporary file as it grows.
+    Three stages overlap: this thread reads, cuts and hashes, and appends
+    sealed chunks to the open pack in cut order (so a full backup's packs
+    hold the stream in order: restore reads them front to back); ``workers``
+    threads compress and encrypt new chunks; ``uploads`` threads store
+    finished packs. Memory: at most ``workers + 1`` plain chunks in sealing;
+    packs are spooled to temporary files (``uploads + 1`` at most), the
+    index too. Every pack the index names is stored before this returns.
 
-    Raises whatever ``plain.read`` raised (a failed source) or a chunk upload
+    Raises whatever ``plain.read`` raised (a failed source) or a pack upload
     raised, after the work in flight has stopped: the caller then writes no
-    index, and the chunks already stored are garbage for ``prune``.
+    index, and the packs already stored are garbage for ``prune``.
     """
     fix_mmap_threshold()
+    locations = locations or _locations_of(chunks)
     cutter = FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
     local = threading.local()
-    slots = threading.Semaphore(uploads)  # sealed chunks in upload (a sealer waits for a slot)
-    index = IndexWriter(FORMAT, chunks.rset)
-    submitted: set[bytes] = set()
-    sealing: deque[Future[Future[int]]] = deque()
+    slots = threading.Semaphore(uploads)  # finished packs waiting for an upload thread
+    index = IndexWriter(FORMAT, chunks.rset, packed=True)
+    located: dict[bytes, Packed | None] = {}  # this run's new chunks (None: still sealing)
+    # In cut order: (id, size, where) with where a location, a sealing, or None (a
+    # repeat of a chunk this run is storing, located by the time it is settled).
+    pending: deque[tuple[bytes, int, Packed | Future[bytes] | None]] = deque()
+    sealing = 0
     storing: deque[Future[int]] = deque()
-    new_bytes = 0
-    reused = 0
+    spools: list[PackSpool] = []  # open or uploading, closed on the way out
+    spool: PackSpool | None = None
+    new_bytes = reused = packs = 0
 
-    def put(chunk_id: bytes, blob: bytes) -> int:
-        try:
-            chunks.put(chunk_id, blob)
-            return len(blob)
-        finally:
-            slots.release()
-
-    def seal(chunk_id: bytes, data: bytes) -> Future[int]:
+    def seal(data: bytes) -> bytes:
         if not hasattr(local, "zstd"):
             local.zstd = zstandard.ZstdCompressor(level=level)  # one per worker thread
-        blob = pyrage.encrypt(local.zstd.compress(data), recipients)
-        del data
-        slots.acquire()
-        return store_pool.submit(put, chunk_id, blob)
+        return bytes(pyrage.encrypt(local.zstd.compress(data), recipients))
 
-    def settle(block: bool) -> None:
-        nonlocal new_bytes
-        while storing and (block or storing[0].done()):
-            new_bytes += storing.popleft().result()
+    def put(pack: PackSpool) -> int:
+        try:
+            pack.file.seek(0)
+            return chunks.put_pack(pack.name, pack.file)
+        finally:
+            pack.file.close()
+            slots.release()
+
+    def ship(pack: PackSpool) -> None:
+        nonlocal packs
+        while storing and storing[0].done():
+            storing.popleft().result()
+        slots.acquire()
+        storing.append(store_pool.submit(put, pack))
+        packs += 1
+
+    def settle() -> None:
+        nonlocal sealing, spool, new_bytes
+        cid, size, where = pending.popleft()
+        if isinstance(where, Future):
+            sealing -= 1
+            blob = where.result()
+            if spool is None:
+                spool = PackSpool.new()
+                spools.append(spool)
+            at = spool.add(blob)
+            new_bytes += len(blob)
+            located[cid] = at
+            if spool.size >= chunks.pack_target:
+                ship(spool)
+                spool = None
+        elif where is None:
+            at = located[cid]  # type: ignore[assignment]  # settled before its repeats
+        else:
+            at = where
+        index.add(cid, size, at)
 
     seal_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drkit-seal")
-    store_pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="drkit-chunk-put")
+    store_pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="drkit-pack-put")
     try:
         for piece in cutter.cut_stream(plain):
             data = bytes(piece.data)  # the view is only valid until the next cut
             cid = chunk_id(data, id_key)
-            index.add(cid, len(data))
-            if cid in submitted or chunks.has(cid):
-                reused += 1
+            if cid in located:
+                pending.append((cid, len(data), None))
+            elif (at := locations.locate(cid)) is not None:
+                pending.append((cid, len(data), at))
+            else:
+                located[cid] = None
+                while sealing > workers:
+                    settle()
+                pending.append((cid, len(data), seal_pool.submit(seal, data)))
+                sealing += 1
+                del data
                 continue
-            submitted.add(cid)
-            while len(sealing) >= workers:
-                storing.append(sealing.popleft().result())
-                settle(block=False)
-            sealing.append(seal_pool.submit(seal, cid, data))
-            del data
-        while sealing:
-            storing.append(sealing.popleft().result())
-        settle(block=True)
+            reused += 1
+            while pending and not isinstance(pending[0][2], Future):
+                settle()
+        while pending:
+            settle()
+        if spool is not None:
+            ship(spool)
+            spool = None
+        while storing:
+            storing.popleft().result()
     except BaseException:
-        for fut in sealing:
-            fut.cancel()
+        for _cid, _size, where in pending:
+            if isinstance(where, Future):
+                where.cancel()
         seal_pool.shutdown(wait=True, cancel_futures=True)
         store_pool.shutdown(wait=True, cancel_futures=True)
+        for each in spools:
+            each.file.close()
         index.discard()
         raise
     seal_pool.shutdown(wait=True)
     store_pool.shutdown(wait=True)
-    return Encoded(index.finish(), len(submitted), new_bytes, reused)
+    for cid, at in located.items():
+        if at is not None:
+            locations.add(cid, at)  # a later artifact of this run may reuse it
+    new = sum(1 for at in located.values() if at is not None)
+    return Encoded(index.finish(), new, new_bytes, reused, packs)
+
+
+_LOCATIONS: weakref.WeakKeyDictionary[Any, Locations] = weakref.WeakKeyDictionary()
+
+
+def _locations_of(chunks: ChunkStore) -> Locations:
+    """One Locations per chunk store: the artifacts of one run share what it learnt
+    (the trusted indexes are read once per run, not per artifact)."""
+    found = _LOCATIONS.get(chunks)
+    if found is None:
+        found = _LOCATIONS[chunks] = Locations(chunks)
+    return found
 
 
 def decode(
@@ -244,38 +397,39 @@ def decode(
     chunks = chunks_of(reader.rset)
     plain = ThreadPipe(max_chunks=4)
 
-    def fetch(ref: ChunkRef) -> bytes:
-        where = chunks.label(ref.id)
-        blob = chunks.get(ref.id)
+    def fetch(group: list[ChunkRef]) -> list[bytes]:
+        first = group[0].at
+        if first is None:  # one object per chunk (before packs)
+            blob = chunks.get(group[0].id)
+            if fetched is not None:
+                fetched(len(blob))
+            return [open_chunk(blob, group[0], identities, id_key, chunks.label(group[0].id))]
+        length = sum(ref.at.length for ref in group if ref.at is not None)
+        span = chunks.read(first.pack, first.offset, length)
         if fetched is not None:
-            fetched(len(blob))
-        try:
-            compressed = pyrage.decrypt(blob, identities)
-        except Exception as exc:
-            raise decrypt_error(exc, where) from None
-        try:
-            data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=ref.size)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"{where}: compressed data is corrupt ({exc})") from None
-        if len(data) != ref.size or chunk_id(data, id_key) != ref.id:
-            raise IntegrityError(f"{where}: chunk content does not match its id")
-        return data
+            fetched(len(span))
+        return [
+            open_chunk(blob, ref, identities, id_key, where)
+            for ref, blob, where in _split(span, group, chunks.pack_label(first.pack))
+        ]
 
     def produce() -> None:
         pool = ThreadPoolExecutor(max_workers=_PREFETCH, thread_name_prefix="drkit-fetch")
-        ahead: deque[Future[bytes]] = deque()
-        pending = iter(reader)
+        ahead: deque[Future[list[bytes]]] = deque()
+        pending = _groups(iter(reader))
         try:
-            for ref in _take(pending, _PREFETCH):
-                ahead.append(pool.submit(fetch, ref))
+            for group in _take(pending, _PREFETCH):
+                ahead.append(pool.submit(fetch, group))
             while ahead:
-                data = ahead.popleft().result()
-                for ref in _take(pending, 1):
-                    ahead.append(pool.submit(fetch, ref))
-                view = memoryview(data)
-                for start in range(0, len(view), CHUNK):
-                    plain.write(bytes(view[start : start + CHUNK]))
-                del view, data
+                datas = ahead.popleft().result()
+                for group in _take(pending, 1):
+                    ahead.append(pool.submit(fetch, group))
+                for data in datas:
+                    view = memoryview(data)
+                    for start in range(0, len(view), CHUNK):
+                        plain.write(bytes(view[start : start + CHUNK]))
+                    del view
+                del datas
             if expected is not None and (
                 reader.plain_size != expected.plain_size
                 or reader.tree_digest != expected.plain_sha256
@@ -308,8 +462,74 @@ def decode(
     return Digests(reader.plain_size, reader.tree_digest, reader.stored_size, reader.stored_sha256)
 
 
-def _take(it: Iterator[ChunkRef], n: int) -> list[ChunkRef]:
-    out: list[ChunkRef] = []
+def open_chunk(
+    blob: bytes, ref: ChunkRef, identities: list[Identity], id_key: bytes | None, where: str
+) -> bytes:
+    """The plain bytes of one stored chunk, checked: its stored digest (packed), age's
+    authentication, its size and its id. IntegrityError naming ``where`` otherwise."""
+    if ref.at is not None and hashlib.sha256(blob).digest() != ref.at.digest:
+        raise IntegrityError(f"{where}: stored bytes do not match the index's digest")
+    try:
+        compressed = pyrage.decrypt(blob, identities)
+    except Exception as exc:
+        raise decrypt_error(exc, where) from None
+    try:
+        data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=ref.size)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{where}: compressed data is corrupt ({exc})") from None
+    if len(data) != ref.size or chunk_id(data, id_key) != ref.id:
+        raise IntegrityError(f"{where}: chunk content does not match its id")
+    return data
+
+
+def chunk_where(pack_label: str, at: Packed) -> str:
+    """How a packed chunk is named in errors: its pack and byte range."""
+    return f"{pack_label} (bytes {at.offset}-{at.offset + at.length - 1})"
+
+
+def _split(
+    span: bytes, group: list[ChunkRef], pack_label: str
+) -> Iterator[tuple[ChunkRef, bytes, str]]:
+    """The chunks of a group from the bytes of its one ranged read."""
+    view = memoryview(span)
+    start = group[0].at.offset if group[0].at is not None else 0
+    for ref in group:
+        assert ref.at is not None
+        lo = ref.at.offset - start
+        yield ref, bytes(view[lo : lo + ref.at.length]), chunk_where(pack_label, ref.at)
+
+
+def _groups(refs: Iterator[ChunkRef]) -> Iterator[list[ChunkRef]]:
+    """``refs`` in order, runs of chunks adjacent in one pack joined (up to
+    ``_GROUP_BYTES``): one ranged read each. A chunk of its own object is alone."""
+    group: list[ChunkRef] = []
+    end = 0
+    size = 0
+    for ref in refs:
+        at = ref.at
+        if group:
+            last = group[-1].at
+            if (
+                at is None
+                or last is None
+                or at.pack != last.pack
+                or at.offset != end
+                or size + at.length > _GROUP_BYTES
+            ):
+                yield group
+                group, size = [], 0
+        group.append(ref)
+        if at is not None:
+            end, size = at.offset + at.length, size + at.length
+    if group:
+        yield group
+
+
+_T = TypeVar("_T")
+
+
+def _take(it: Iterator[_T], n: int) -> list[_T]:
+    out: list[_T] = []
     for ref in it:
         out.append(ref)
         if len(out) == n:

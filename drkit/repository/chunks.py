@@ -1,24 +1,63 @@
-"""Where deduplicated chunks live: ``<host>/chunks/<set>/<id[:2]>/<id>``.
+"""Where deduplicated chunks live: packs (``<host>/packs/<set>/<id[:2]>/<id>``),
+and before packs one object per chunk (``<host>/chunks/<set>/<id[:2]>/<id>``).
 
 ``<set>`` names the recipient set the chunks are encrypted to (a digest of
 the sorted recipient lines): a chunk is only reused by backups encrypted to
 the same recipients, so changing the recipients never leaves a snapshot
 with chunks its new identity cannot open. Chunks are per host, so pruning a
 host needs only that host's manifests to know what is still referenced.
+
+A pack is sealed chunks laid end to end (~16 MiB), named by 32 random bytes:
+nothing in it is read without a location from a snapshot's chunk index,
+which the signed manifest covers (docs/dedup.md). Which chunks a backup may
+reuse comes from the same place: the indexes of the host's trusted
+snapshots, never from listing the bucket (its holder could list a pack
+that does not hold what it claims).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
 
-from drkit.errors import IntegrityError, ObjectNotFound
+from drkit.errors import DrkitError, IntegrityError, ObjectNotFound, RepositoryError
 from drkit.repository.store import ObjectInfo, Store
+
+PACK_TARGET = 16 << 20  # bytes of sealed chunks per pack (Chunks.pack_target)
+# Tuning (docs/dedup.md): smaller packs free space sooner after prune, larger ones
+# cost fewer requests. Bounded so that a pack never needs a multipart upload of
+# thousands of parts nor holds a single chunk only.
+PACK_SIZE_ENV = "DRKIT_PACK_SIZE"
+_PACK_RANGE = (1 << 20, 1 << 30)
+
+
+def pack_target() -> int:
+    """The pack size: ``$DRKIT_PACK_SIZE`` (bytes, 1 MiB to 1 GiB) or ``PACK_TARGET``."""
+    raw = os.environ.get(PACK_SIZE_ENV, "").strip()
+    if not raw:
+        return PACK_TARGET
+    try:
+        size = int(raw)
+    except ValueError:
+        size = -1
+    if not _PACK_RANGE[0] <= size <= _PACK_RANGE[1]:
+        raise RepositoryError(
+            f"${PACK_SIZE_ENV}={raw!r}: not a pack size in bytes between "
+            f"{_PACK_RANGE[0]} and {_PACK_RANGE[1]}"
+        )
+    return size
 
 
 def chunks_prefix(host: str) -> str:
     return f"{host}/chunks/"
+
+
+def packs_prefix(host: str) -> str:
+    return f"{host}/packs/"
 
 
 def recipient_set(recipients: list[str]) -> str:
@@ -32,19 +71,40 @@ def chunk_key(host: str, rset: str, chunk_id: bytes) -> str:
     return f"{chunks_prefix(host)}{rset}/{name[:2]}/{name}"
 
 
+def pack_key(host: str, rset: str, pack: str) -> str:
+    return f"{packs_prefix(host)}{rset}/{pack[:2]}/{pack}"
+
+
+@dataclass(frozen=True)
+class TrustedIndex:
+    """The chunk index of an artifact of a trusted snapshot: its key, and the format and
+    stored digest its signed manifest records (the reader checks the index against
+    them before using a line of it)."""
+
+    key: str
+    label: str
+    format: str
+    stored_sha256: str
+
+
 class Chunks:
     """The chunks of one host and recipient set (the codec's ChunkStore).
 
-    ``has`` lists the set once, on first use, and remembers what this
-    process stores after that; a backup runs under the host lock, so no one
-    else adds or removes this host's chunks meanwhile. Ids are kept as their
-    32 bytes (~90 bytes each in a set: 2000 chunks per GB of dump).
+    Packs are written whole (``put_pack``) and read by range; which chunks a
+    backup may reuse it learns from ``trusted_indexes`` (pipeline/chunked.py
+    reads them). A backup runs under the host lock, so no one else adds or
+    removes this host's packs meanwhile. ``has`` and ``get`` serve chunks
+    stored one object each (snapshots from before packs).
     """
 
     def __init__(self, store: Store, host: str, rset: str) -> None:
         self.store, self.host, self.rset = store, host, rset
-        self._known: set[bytes] | None = None
+        self.pack_target = pack_target()
+        self._objects: set[bytes] | None = None
+        self._retained: dict[str, bool] = {}  # pack -> may be reused (retention extended)
         self._lock = threading.Lock()
+
+    # -- one object per chunk (read only) ---------------------------------------
 
     def _key(self, chunk_id: bytes) -> str:
         return chunk_key(self.host, self.rset, chunk_id)
@@ -54,24 +114,76 @@ class Chunks:
 
     def has(self, chunk_id: bytes) -> bool:
         with self._lock:
-            if self._known is None:
+            if self._objects is None:
                 prefix = f"{chunks_prefix(self.host)}{self.rset}/"
-                self._known = {
+                self._objects = {
                     _chunk_id(info.key) for info in self.store.list(prefix) if _chunk_id(info.key)
                 }
-            return chunk_id in self._known
-
-    def put(self, chunk_id: bytes, blob: bytes) -> None:
-        self.store.put_bytes(self._key(chunk_id), blob)
-        with self._lock:
-            if self._known is not None:
-                self._known.add(chunk_id)
+            return chunk_id in self._objects
 
     def get(self, chunk_id: bytes) -> bytes:
         try:
             return self.store.get_bytes(self._key(chunk_id))
         except ObjectNotFound:
             raise IntegrityError(f"{self.label(chunk_id)}: chunk is missing") from None
+
+    # -- packs --------------------------------------------------------------------
+
+    def pack_label(self, pack: str) -> str:
+        return f"{self.store.url}/{pack_key(self.host, self.rset, pack)}"
+
+    def retain(self, pack: str) -> bool:
+        """Extend ``pack``'s Object Lock retention to a new write's (a reused pack must
+        live as long as the snapshot reusing it); once per pack and process. False
+        when the store refuses: the pack's chunks are then stored anew."""
+        with self._lock:
+            known = self._retained.get(pack)
+        if known is None:
+            try:
+                self.store.extend_retention(pack_key(self.host, self.rset, pack))
+                known = True
+            except DrkitError:
+                known = False
+            with self._lock:
+                self._retained[pack] = known
+        return known
+
+    def trusted_indexes(self) -> Iterator[TrustedIndex]:
+        """The chunk indexes of the host's trusted snapshots, newest first (none when
+        no repository with trust was opened over this store in this process)."""
+        from drkit.repository.layout import object_key, repository_of  # layout imports us
+
+        repo = repository_of(self.store)
+        if repo is None or not repo.trust.snapshot_signers(self.host).keys:
+            return
+        for manifest in repo.read_host(self.host).newest_first():
+            for record in manifest.artifacts:
+                key = object_key(self.host, manifest.snapshot, record.key)
+                label = f"{self.store.url}/{key}"
+                yield TrustedIndex(key, label, record.format, record.stored_sha256)
+
+    def open_index(self, index: TrustedIndex) -> BinaryIO:
+        return self.store.get(index.key)
+
+    def put_pack(self, name: str, file: BinaryIO) -> int:
+        """Store a finished pack (``file`` from its start)."""
+        n = self.store.put(pack_key(self.host, self.rset, name), file)
+        with self._lock:
+            self._retained[name] = True  # written now: retained as long as anything new
+        return n
+
+    def read(self, pack: str, start: int, length: int) -> bytes:
+        """``length`` bytes of ``pack`` from ``start`` (one ranged GET)."""
+        try:
+            return self.store.get_range(pack_key(self.host, self.rset, pack), start, length)
+        except ObjectNotFound:
+            raise IntegrityError(f"{self.pack_label(pack)}: pack is missing") from None
+
+    def open_pack(self, pack: str) -> BinaryIO:
+        try:
+            return self.store.get(pack_key(self.host, self.rset, pack))
+        except ObjectNotFound:
+            raise IntegrityError(f"{self.pack_label(pack)}: pack is missing") from None
 
 
 def _chunk_id(key: str) -> bytes:
@@ -86,3 +198,13 @@ def _chunk_id(key: str) -> bytes:
 def list_chunks(store: Store, host: str) -> Iterator[ObjectInfo]:
     """Every chunk object of ``host`` (all recipient sets)."""
     return store.list(chunks_prefix(host))
+
+
+def list_packs(store: Store, host: str) -> Iterator[ObjectInfo]:
+    """Every pack of ``host`` (all recipient sets)."""
+    return store.list(packs_prefix(host))
+
+
+def pack_of(key: str) -> str:
+    """The pack name of a pack key (its last part)."""
+    return key.rsplit("/", 1)[-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ REPO_MARKER = "drkit.json"
 REPO_FORMAT_VERSION = 2
 DRILL_KIND = "drill-report"
 _READERS = 8  # manifests fetched at once when a host's snapshots are read whole
+_OPENED: weakref.WeakKeyDictionary[Store, Repository] = weakref.WeakKeyDictionary()
 
 
 class RepoMarker(BaseModel):
@@ -108,6 +110,13 @@ class HostSnapshots:
         return reversed(self.trusted)
 
 
+def repository_of(store: Store) -> Repository | None:
+    """The Repository last opened over ``store`` in this process, or None: how the
+    chunk store of a backup finds the trusted snapshots whose packs it may reuse
+    (repository/chunks.py) while its callers still hand it only the store."""
+    return _OPENED.get(store)
+
+
 class Repository:
     """Layout-aware access to a Store: snapshots, manifests, markers.
 
@@ -123,6 +132,7 @@ class Repository:
         self.trust = trust or Trust()
         self._format_checked = False
         self._marker_version: int | None = None
+        _OPENED[store] = self
 
     @property
     def url(self) -> str:

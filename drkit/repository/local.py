@@ -108,6 +108,16 @@ class LocalStore(Store):
         except OSError as exc:
             raise RepositoryError(f"{self.url}: cannot read {key}: {exc.strerror}") from exc
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        with self.get(key) as f:
+            f.seek(start)
+            data = f.read(length)
+        if len(data) != length:
+            raise RepositoryError(
+                f"{self.url}/{key}: bytes {start}-{start + length - 1} are beyond its end"
+            )
+        return data
+
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             st = self._path(key).stat()

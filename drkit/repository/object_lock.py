@@ -73,6 +73,12 @@ class ObjectLockGuard(Store):
     def get(self, key: str) -> BinaryIO:
         return self.inner.get(key)
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self.inner.get_range(key, start, length)
+
+    def extend_retention(self, key: str) -> bool:
+        return self.inner.extend_retention(key)
+
     def get_bytes_tagged(self, key: str) -> tuple[bytes, str | None]:
         return self.inner.get_bytes_tagged(key)
 

@@ -62,6 +62,7 @@ _NO_LOCK_CODES = frozenset(
 )
 _USERINFO = re.compile(r"//[^/@\s]*@")
 _FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+_RETAIN_MARGIN = dt.timedelta(hours=1)
 
 T = TypeVar("T")
 
@@ -416,6 +417,25 @@ class S3Store(Store):
         raw = _BodyReader(body, self, key)  # type: ignore[arg-type]
         return io.BufferedReader(raw, buffer_size=_READ_BUFFER)
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """One ranged GET; an answer that is not exactly that range is refused."""
+        end = start + length - 1
+        try:
+            answer = self._request("read", key, "GET", headers={"range": f"bytes={start}-{end}"})
+        except ObjectNotFound:
+            raise ObjectNotFound(f"{self.url}: no object {key}") from None
+        got = answer.headers.get("content-range", "")
+        if answer.status != 206 or not got.startswith(f"bytes {start}-{end}/"):
+            raise RepositoryError(
+                f"{self.url}/{key}: read of bytes {start}-{end} was answered HTTP "
+                f"{answer.status} {got or '(no Content-Range)'} ({len(answer.body)} bytes)"
+            )
+        if len(answer.body) != length:
+            raise RepositoryError(
+                f"{self.url}/{key}: read of bytes {start}-{end} gave {len(answer.body)} bytes"
+            )
+        return bytes(answer.body)
+
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             head = self._request("stat", key, "HEAD")
@@ -566,6 +586,35 @@ class S3Store(Store):
         if not until:
             return None
         return self._call("read retention of", key, _iso_date, until, "retain-until date")
+
+    def extend_retention(self, key: str) -> bool:
+        """PutObjectRetention (in the store's lock mode) to what a write now gets, plus
+        ``_RETAIN_MARGIN`` so that a reused pack outlives the manifest committed after
+        it; nothing when its retention already ends later. False when this store
+        writes without retention."""
+        headers = self._lock_headers(retain=True)
+        if not headers:
+            return False
+        until = (
+            dt.datetime.now(dt.UTC)
+            + _RETAIN_MARGIN
+            + dt.timedelta(days=self.options.object_lock_days)
+        )
+        current = self.object_retention(key)
+        if current is not None and current >= until:
+            return True
+        mode = headers["x-amz-object-lock-mode"]
+        stamp = until.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        body = (
+            '<Retention xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Mode>{mode}</Mode><RetainUntilDate>{stamp}</RetainUntilDate></Retention>"
+        ).encode()
+        md5 = _content_md5(hashlib.md5(body, usedforsecurity=False))
+        self._request(
+            "extend retention of", key, "PUT", params=[("retention", "")], body=body,
+            headers={"content-md5": md5, "content-type": "application/xml"},
+        )  # fmt: skip
+        return True
 
     def list_incomplete_uploads(self, prefix: str = "") -> builtins.list[IncompleteUpload]:
         """Open multipart uploads under this store: (key, upload id, initiated), key order."""

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from drkit.errors import RepositoryError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -98,6 +100,26 @@ class Store(ABC):
         with self.get(key) as f:
             return f.read()
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of ``key`` from byte ``start`` (a chunk in a pack).
+
+        Raises ``ObjectNotFound`` if absent, RepositoryError naming the object
+        when it is shorter than the range. The default reads from the start.
+        """
+        with self.get(key) as f:
+            skip = start
+            while skip:
+                got = f.read(min(skip, 1 << 20))
+                if not got:
+                    break
+                skip -= len(got)
+            data = f.read(length) if not skip else b""
+        if len(data) != length:
+            raise RepositoryError(
+                f"{self.url}/{key}: bytes {start}-{start + length - 1} are beyond its end"
+            )
+        return data
+
     def get_bytes_tagged(self, key: str) -> tuple[bytes, str | None]:
         """``get_bytes`` and the object's version tag (S3: its ETag) for ``put_bytes_if``;
         None where the store has no tags. Raises ``ObjectNotFound`` if absent."""
@@ -143,6 +165,13 @@ class Store(ABC):
         Raises RepositoryError naming the object when the store cannot say.
         """
         return None
+
+    def extend_retention(self, key: str) -> bool:
+        """Make ``key``'s Object Lock retention last at least as long as that of an
+        object written now (a pack a new snapshot reuses; it never shortens one).
+        False when the store has no retention to extend (the default: a local
+        directory). Raises RepositoryError naming the object when the store refuses."""
+        return False
 
     def list_incomplete_uploads(self, prefix: str = "") -> builtins.list[IncompleteUpload]:
         """Open multipart uploads whose key starts with ``prefix``, in key order.

@@ -1,4 +1,5 @@
-"""``repository.dedup``: chunks stored once, shared across snapshots, checked, collected.
+"""``repository.dedup``: chunks stored once in packs, shared across snapshots, checked,
+collected.
 
 Runs on the local repository and on S3 (SeaweedFS). The data is a command
 source streaming a file, restored by a command writing it back, so every
@@ -11,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+from drkit.repository.chunks import PACK_SIZE_ENV
 from tests.conftest import Keys
 from tests.e2e.repos import RepoTarget
 from tests.e2e.test_postgres_roundtrip import callmeback, full_schema, pg_source  # noqa: F401
@@ -45,7 +47,8 @@ def setup(tmp_path: Path, keys: Keys, repo: RepoTarget, data: bytes) -> tuple[Pa
 
 
 def backup(policy: Path, repo: RepoTarget, now: str | None = None) -> dict:
-    env = {**repo.env, "DRKIT_NOW": now} if now else repo.env
+    env = {**repo.env, PACK_SIZE_ENV: str(MiB)}  # small packs: several per test
+    env = {**env, "DRKIT_NOW": now} if now else env
     res = drkit("backup", "--policy", str(policy), "--json", env=env)
     assert res.returncode == 0, res.output
     return json.loads(res.stdout)["results"][0]
@@ -59,8 +62,8 @@ def restore(policy: Path, keys: Keys, repo: RepoTarget, *extra: str) -> object:
                  env={**repo.env, "DRKIT_NOW": "2031-01-01T00:00Z"})  # fmt: skip
 
 
-def chunk_keys(repo: RepoTarget) -> list[str]:
-    return repo.keys(f"{HOST}/chunks/")
+def pack_keys(repo: RepoTarget) -> list[str]:
+    return repo.keys(f"{HOST}/packs/")
 
 
 def test_second_backup_stores_only_changed_chunks_and_both_restore(
@@ -69,8 +72,9 @@ def test_second_backup_stores_only_changed_chunks_and_both_restore(
     data = dump_like(1, 12 * MiB)
     policy, src, out = setup(tmp_path, keys, repo, data)
     first = backup(policy, repo)
-    chunks_1 = chunk_keys(repo)
-    assert len(chunks_1) >= 8  # ~1 MiB chunks
+    chunks_1 = pack_keys(repo)
+    assert len(chunks_1) >= 3  # 1 MiB packs
+    assert not repo.keys(f"{HOST}/chunks/")  # no object per chunk
     stored_1 = sum(len(repo.read(k)) for k in chunks_1)
 
     # A few rows changed in the middle, a few appended: most chunks are unchanged.
@@ -79,8 +83,8 @@ def test_second_backup_stores_only_changed_chunks_and_both_restore(
     changed += dump_like(2, 64 << 10)
     src.write_bytes(bytes(changed))
     second = backup(policy, repo)
-    new = sorted(set(chunk_keys(repo)) - set(chunks_1))
-    assert 1 <= len(new) <= 4, new
+    new = sorted(set(pack_keys(repo)) - set(chunks_1))
+    assert 1 <= len(new) <= 2, new
     assert sum(len(repo.read(k)) for k in new) < stored_1 / 3
 
     # The second restores to the changed data, the first to the original: shared chunks
@@ -100,35 +104,53 @@ def test_second_backup_stores_only_changed_chunks_and_both_restore(
         assert result["bytes"] > 0.9 * stored_1, result
 
 
-def test_altered_or_missing_chunk_fails_verify_and_restore_naming_it(
+def test_altered_or_missing_pack_fails_verify_and_restore_naming_it(
     tmp_path: Path, keys: Keys, repo: RepoTarget
 ) -> None:
-    policy, _src, _out = setup(tmp_path, keys, repo, dump_like(3, 4 * MiB))
-    backup(policy, repo)
-    victim, gone = chunk_keys(repo)[:2]
+    data = dump_like(3, 6 * MiB)
+    policy, src, out = setup(tmp_path, keys, repo, data)
+    first = backup(policy, repo)
+    first_packs = pack_keys(repo)
+    src.write_bytes(data + b"more rows\n")
+    second = backup(policy, repo)  # shares the first's packs
+    index_key = next(k for k in repo.keys("/db/dump") if second["snapshot"] in k)
+    second_index = repo.read(index_key)
+    victim, gone = [k for k in first_packs if k.rsplit("/", 1)[-1].encode() in second_index][:2]
     repo.flip_byte(victim)
-    bad = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file),
-                env=repo.env)  # fmt: skip
-    assert bad.returncode != 0
-    assert victim in bad.output
+    for extra in (["--identity", str(keys.identity_file)], ["--no-decrypt"]):
+        bad = drkit("verify", "--policy", str(policy), "--all-snapshots", *extra, env=repo.env)
+        assert bad.returncode != 0
+        assert victim in bad.output, bad.output
+        # The report names every snapshot that needs the damaged pack.
+        needed = [ln for ln in bad.output.splitlines() if "is needed by snapshot(s)" in ln]
+        assert needed and all(
+            first["snapshot"] in ln and second["snapshot"] in ln for ln in needed
+        ), bad.output
+    # restore checks everything before it applies anything: the target is not written.
     res = restore(policy, keys, repo)
     assert res.returncode != 0 and victim in res.output, res.output
+    assert not out.exists()
+    repo.flip_byte(victim)
 
-    # Without the identity, verify still finds a chunk that is gone.
-    data = repo.read(gone)
+    # Without the identity, verify still finds a pack that is gone.
+    saved = repo.read(gone)
     if repo.root is not None:
         (repo.root / gone).unlink()
     else:
         repo.s3.delete_object(Bucket=repo.bucket, Key=f"{repo.prefix}/{gone}")
     no_id = drkit("verify", "--policy", str(policy), "--no-decrypt", env=repo.env)
     assert no_id.returncode != 0 and gone in no_id.output, no_id.output
-    repo.write(gone, data)
+    repo.write(gone, saved)
+    ok = restore(policy, keys, repo)
+    assert ok.returncode == 0, ok.output
+    assert out.read_bytes() == data + b"more rows\n"
 
     # An altered index (a chunk size changed) is refused, named, with or without the identity.
-    (index_key,) = repo.keys("/db/dump")
-    raw = repo.read(index_key)
+    raw = second_index
     line = raw.split(b"\n")[1]
-    repo.write(index_key, raw.replace(line, line[:-1] + bytes([line[-1] ^ 1]), 1))
+    fields = line.split(b" ")
+    fields[1] = str(int(fields[1]) - 1).encode()
+    repo.write(index_key, raw.replace(line, b" ".join(fields), 1))
     for extra in (["--no-decrypt"], ["--identity", str(keys.identity_file)]):
         res = drkit("verify", "--policy", str(policy), *extra, env=repo.env)
         assert res.returncode != 0 and index_key in res.output, res.output
@@ -140,7 +162,7 @@ def test_failed_source_commits_nothing_and_prune_collects_its_chunks(
     data = dump_like(4, 6 * MiB)
     policy, src, out = setup(tmp_path, keys, repo, data)
     good = backup(policy, repo)
-    kept_chunks = chunk_keys(repo)
+    kept_chunks = pack_keys(repo)
 
     # A source that streams new data then fails: chunks were stored, nothing committed.
     fail = tmp_path / "fail.sh"
@@ -148,17 +170,17 @@ def test_failed_source_commits_nothing_and_prune_collects_its_chunks(
                     " exit 3\n")  # fmt: skip
     fail.chmod(0o755)
     policy.write_text(policy.read_text().replace(f'["cat", "{src}"]', f'["{fail}"]'))
-    res = drkit("backup", "--policy", str(policy), env=repo.env)
+    res = drkit("backup", "--policy", str(policy), env={**repo.env, PACK_SIZE_ENV: str(MiB)})
     assert res.returncode != 0 and "db" in res.output
     assert len(repo.keys("manifest.json")) == 1
-    orphans = sorted(set(chunk_keys(repo)) - set(kept_chunks))
+    orphans = sorted(set(pack_keys(repo)) - set(kept_chunks))
     assert orphans, "the failed run stored chunks before failing"
 
     # prune (no grace) removes the orphans and keeps every chunk the snapshot names.
     res = drkit("prune", "--policy", str(policy), "--grace", "0s", "--json", env=repo.env)
     assert res.returncode == 0, res.output
-    assert json.loads(res.stdout)["results"][0]["chunks_removed"] == len(orphans)
-    assert chunk_keys(repo) == kept_chunks
+    assert json.loads(res.stdout)["results"][0]["packs_removed"] == len(orphans)
+    assert pack_keys(repo) == kept_chunks
     res = restore(policy, keys, repo, "--snapshot", good["snapshot"])
     assert res.returncode == 0, res.output
     assert out.read_bytes() == data
@@ -170,17 +192,17 @@ def test_prune_removes_chunks_only_the_removed_snapshot_used(
     policy, src, out = setup(tmp_path, keys, repo, dump_like(5, 4 * MiB))
     policy.write_text(policy.read_text() + "[retention]\nkeep_last = 1\n")
     backup(policy, repo, now="2030-01-01T03:00Z")
-    first_chunks = set(chunk_keys(repo))
+    first_chunks = set(pack_keys(repo))
     newer = dump_like(6, 4 * MiB)  # all different
     src.write_bytes(newer)
     backup(policy, repo, now="2030-01-02T03:00Z")
-    second_only = set(chunk_keys(repo)) - first_chunks
+    second_only = set(pack_keys(repo)) - first_chunks
     res = drkit("prune", "--policy", str(policy), "--grace", "0s", "--json",
                 env={**repo.env, "DRKIT_NOW": "2030-01-03T00:00Z"})  # fmt: skip
     assert res.returncode == 0, res.output
     (result,) = json.loads(res.stdout)["results"]
     assert len(result["removed"]) == 1
-    assert set(chunk_keys(repo)) == second_only
+    assert set(pack_keys(repo)) == second_only
     res = restore(policy, keys, repo)
     assert res.returncode == 0, res.output
     assert out.read_bytes() == newer
@@ -214,7 +236,7 @@ def test_postgres_roundtrip_with_dedup(
     )  # fmt: skip
     schema, sums = full_schema(pg, db), table_checksums(pg, db)
     drkit("backup", "--policy", str(policy), env=repo.env, check=True)
-    assert repo.keys("vultr/chunks/")
+    assert repo.keys("vultr/packs/")
     pg.psql("postgres", f"DROP DATABASE {db};")
     pg.psql("postgres", f"DROP ROLE {role};")
     res = drkit("restore", "--yes", "--policy", str(policy),

@@ -561,3 +561,15 @@ def test_s3_reprs_and_errors_hold_no_secret(seaweed: SeaweedServer, s3_store: S3
     with pytest.raises(RepositoryError) as err:
         unknown.put_bytes("k", b"x")
     assert secret not in str(err.value) and "Signature=" not in str(err.value)
+
+
+def test_get_range_reads_exactly_the_bytes_asked(store: Store) -> None:
+    data = payload(3 * MiB, seed=7)
+    store.put("packs/p", io.BytesIO(data))
+    assert store.get_range("packs/p", 0, 10) == data[:10]
+    assert store.get_range("packs/p", 1_000_003, 70_001) == data[1_000_003:1_070_004]
+    assert store.get_range("packs/p", len(data) - 5, 5) == data[-5:]
+    with pytest.raises(RepositoryError, match="packs/p"):
+        store.get_range("packs/p", len(data) - 5, 6)
+    with pytest.raises(ObjectNotFound):
+        store.get_range("packs/absent", 0, 1)
