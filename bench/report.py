@@ -223,6 +223,7 @@ def declare_all(
             ),
             ("floor-psql", "`psql -f plain.sql` into fresh DB", FLOOR),
             ("drkit", "drkit S3 → fresh DB (`restore --database`)", DRKIT),
+            *([("drkit-dedup", f"{dd} S3 → fresh DB", DRKIT)] if dedup else []),
             ("restic", "restic S3 → psql into fresh DB", PEER),
             ("borg", "borg → psql into fresh DB", PEER),
         ],
@@ -290,8 +291,22 @@ def declare_all(
             for r in ratios
             if r.num == "drkit" and r.limit is not None and r.phase in "abd"
         ]
+        # Issue 20: dedup (packs) must cost nothing against whole artifacts.
+        ratios += [
+            RatioSpec("a", "full, dedup / whole artifacts (drkit)", "drkit-dedup", "drkit",
+                      limit=1.02, target="≤ 1.02"),
+            RatioSpec("a", "full, dedup: drkit / restic (issue 20)", "drkit-dedup", "restic",
+                      limit=0.85, target="≤ 0.85"),
+            RatioSpec("c", "restore, dedup / whole artifacts (drkit)", "drkit-dedup", "drkit",
+                      limit=1.0, target="≤ 1"),
+            RatioSpec("c", "restore, dedup: drkit / restic", "drkit-dedup", "restic"),
+            RatioSpec("d", "verify, dedup: drkit / borg (issue 20)", "drkit-dedup", "borg",
+                      limit=0.7, target="≤ 0.7"),
+            RatioSpec("d", "verify, dedup / whole artifacts (drkit)", "drkit-dedup", "drkit"),
+        ]  # fmt: skip
     res.ratio_specs += [r for r in ratios if r.phase in phases]
-    ceilings = [("a", "drkit"), *([("a", "drkit-dedup")] if dedup else []), ("c", "drkit"),
+    ceilings = [("a", "drkit"), *([("a", "drkit-dedup"), ("c", "drkit-dedup")] if dedup else []),
+                ("c", "drkit"),
                 ("e", "backup-1x"), ("e", "backup-kx"), ("e", "restore-1x"),
                 ("e", "restore-kx")]  # fmt: skip
     res.ceilings += [
@@ -549,6 +564,25 @@ def restore_steps_section(steps: list[dict[str, Any]] | None) -> str:
     return "\n".join(lines)
 
 
+def requests_section(found: dict[str, dict[str, float]] | None) -> str:
+    """(g): S3 requests per GB of plain dump, each tool's one counted run of each step."""
+    if not found:
+        return ""
+    names = {"drkit": "drkit (whole artifacts)", "drkit-dedup": "drkit (`dedup = true`, packs)",
+             "restic": "restic"}  # fmt: skip
+    steps = ("full", "incremental", "restore")
+    lines = [
+        "### (g) S3 requests per GB of dump (one counted run each, through a counting proxy)",
+        "",
+        "| tool | full backup | incremental backup | restore |",
+        "|---|---|---|---|",
+    ]
+    for key, row in found.items():
+        cells = " | ".join(f"{row.get(s, 0):.1f}" for s in steps)
+        lines.append(f"| {names.get(key, key)} | {cells} |")
+    return "\n".join(lines)
+
+
 def markdown(res: Results, chart: str | None) -> str:
     meta = res.meta
     mach = meta.get("machine", {})
@@ -577,6 +611,9 @@ def markdown(res: Results, chart: str | None) -> str:
     steps = restore_steps_section(res.meta.get("restore_steps"))
     if steps:
         parts += ["", steps]
+    asked = requests_section(res.meta.get("s3_requests"))
+    if asked:
+        parts += ["", asked]
     if prof:
         parts += ["", prof]
     notes = meta.get("notes", [])

@@ -12,7 +12,7 @@ databases (each checked against the source, then dropped). Then (e) peak RSS
 at 1x and 10x the data, (f) 4 hosts concurrently vs the slowest alone, and a
 py-spy profile of one more full backup (not part of any figure).
 
-    .venv/bin/python bench/run.py [--runs 3] [--scale 30] [--quick] [--only a,b,c,d,e,f]
+    .venv/bin/python bench/run.py [--runs 3] [--scale 30] [--quick] [--only a,b,c,d,e,f,g]
 
 Writes bench/results/<date>.{json,md,png} and the generated block of
 docs/benchmarks.md (full runs only, unless --docs is given).
@@ -73,7 +73,7 @@ from tests.servers.postgres import PG_BIN  # noqa: E402
 from tests.servers.seaweed import SeaweedServer, seaweed_server  # noqa: E402
 
 DRKIT = [sys.executable, "-m", "drkit"]
-PHASES = "abcdef"
+PHASES = "abcdefg"
 _SPY_RATE = 100  # py-spy samples per second
 
 
@@ -373,6 +373,16 @@ class Bench:
             into("restic", lambda db: rnd.restic.restore(c, db)),
             into("borg", lambda db: rnd.borg.restore(c, db, rnd.borg_archive)),
         ]
+        if rnd.dedup_policy:
+            dedup = [*restore]
+            dedup[dedup.index(str(rnd.drkit_policy))] = str(rnd.dedup_policy)
+            entries.append(
+                into(
+                    "drkit-dedup",
+                    lambda db: Command.one([*dedup, "--database", db], capture=True),
+                    create=False,
+                )
+            )
         for go in rotated(entries, r):
             go()
         custom.unlink()
@@ -423,6 +433,65 @@ class Bench:
                     f"{res.restore.wall_s:.1f}s {res.restore.main_rss_mib:.0f} MiB")  # fmt: skip
                 peers.drop_bucket(self.client, bucket)
         plain.unlink()
+
+    # ---- (g) S3 requests per GB ---------------------------------------------
+
+    def requests(self) -> None:
+        """Each S3 tool's full backup, incremental backup (after churn) and restore, once,
+        through a counting proxy (untimed: the proxy adds a hop), as requests per GB of
+        the plain dump. Recorded in ``meta["s3_requests"]``."""
+        from tests.servers.s3faults import fault_proxy
+
+        c = self.cluster
+        gb = self.res.meta["workload"]["dump_bytes"] / 1e9
+        out: dict[str, dict[str, float]] = {}
+        with fault_proxy(self.s3) as proxy:
+            buckets = {
+                "drkit": self.new_bucket("req-drkit"), "drkit-dedup": self.new_bucket("req-dedup"),
+            }  # fmt: skip
+            policies = {}
+            signer = ensure_signing_key(Path(self.env["DRKIT_CONFIG_DIR"]))
+            for key, bucket in buckets.items():
+                repo = {"url": f"s3://{bucket}/drkit", "endpoint": proxy.endpoint}
+                if key == "drkit-dedup":
+                    repo["dedup"] = True
+                policies[key] = write_policy(
+                    self.work / f"req-{key}.toml", f"req-{key}", repo, [self.recipient],
+                    [self.pg_source()], signers=[signer],
+                )  # fmt: skip
+            restic = peers.Restic(
+                proxy.endpoint, self.new_bucket("req-restic"), self.s3.access_key,
+                self.s3.secret_key, "bench-restic-password", self.work / "req-restic-cache",
+            )  # fmt: skip
+            restic.init()
+
+            def counted(cmd: Command, env: dict[str, str] | None = None) -> float:
+                before = proxy.requests
+                run(cmd, env=env or self.env)
+                return round((proxy.requests - before) / gb, 1)
+
+            for step in ("full", "incremental", "restore"):
+                if step == "incremental":
+                    churn(c, self.spec.churn_seconds)
+                for key, policy in policies.items():
+                    if step == "restore":
+                        db = f"req_{key.replace('-', '_')}"
+                        argv = [*DRKIT, "restore", "--yes", "--policy", str(policy), "--identity",
+                                str(self.identity), "--database", db, "--json"]  # fmt: skip
+                        out.setdefault(key, {})[step] = counted(Command.one(argv, capture=True))
+                        c.server.psql("postgres", f"DROP DATABASE {db};")
+                    else:
+                        out.setdefault(key, {})[step] = counted(self.drkit_backup(policy))
+                if step == "restore":
+                    c.server.psql("postgres", "CREATE DATABASE req_restic;")
+                    out.setdefault("restic", {})[step] = counted(restic.restore(c, "req_restic"))
+                    c.server.psql("postgres", "DROP DATABASE req_restic;")
+                else:
+                    out.setdefault("restic", {})[step] = counted(restic.backup(c))
+                log(f"(g) {step}: " + ", ".join(f"{k} {v[step]}/GB" for k, v in out.items()))
+            for bucket in [*buckets.values(), restic.bucket]:
+                peers.drop_bucket(self.client, bucket)
+        self.res.meta["s3_requests"] = out
 
     # ---- (f) fleet ----------------------------------------------------------
 
@@ -568,7 +637,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     ap.add_argument("--scale", type=int, default=30, help="pgbench scale (default 30: bench-1G)")
     ap.add_argument("--quick", action="store_true", help="tiny data (a few MB): a smoke run")
-    ap.add_argument("--only", default=PHASES, help="phases to run, e.g. a,b (default all: a-f)")
+    ap.add_argument("--only", default=PHASES, help="phases to run, e.g. a,b (default all: a-g)")
     ap.add_argument("--rss-factor", type=int, help="(e): data multiple (default 10; --quick: 2)")
     ap.add_argument("--fleet-hosts", type=int, help="(f): hosts (default 4; --quick: 2)")
     ap.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
@@ -584,7 +653,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.only = "".join(sorted(set(args.only.replace(",", "")) & set(PHASES)))
     if not args.only or args.runs < 1:
-        ap.error("--only needs phases among a-f and --runs must be >= 1")
+        ap.error("--only needs phases among a-g and --runs must be >= 1")
     if args.fleet_hosts is None:
         args.fleet_hosts = 2 if args.quick else 4
     if args.rss_factor is None:
@@ -635,6 +704,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.rss_scaling(args.rss_factor)
             if "f" in args.only:
                 bench.fleet()
+            if "g" in args.only:
+                bench.requests()
             if args.profile if args.profile is not None else not args.quick:
                 res.profile = bench.profile(args.results_dir, stem)
     finally:
