@@ -180,22 +180,8 @@ def write_fleet_page(
 
 
 def rewrite_metrics(policies: list[Policy], log: Callable[[str], None]) -> None:
-    """Rewrite the Prometheus textfile of each policy that names one, so
-    ``drkit_last_drill_success`` follows the drill just stored, not the next backup.
+    """``drkit.actions.metrics.rewrite_metrics`` (the drill's Prometheus textfiles),
+    named here too for the callers that import it from this module."""
+    from drkit.actions.metrics import rewrite_metrics as rewrite
 
-    Read from the repository like after a backup. Problems only warn (a
-    repository that cannot be opened, an unwritable file): metrics never change
-    a drill's verdict or exit code.
-    """
-    from drkit.actions.common import open_repository
-    from drkit.actions.fleet import write_metrics
-
-    for policy in policies:
-        if policy.notify is None or not policy.notify.prometheus_textfile:
-            continue
-        try:
-            repo = open_repository(policy)
-        except DrkitError as exc:
-            log(f"warning: host {policy.host}: metrics not rewritten: {exc}")
-            continue
-        write_metrics(policy, repo, log)
+    rewrite(policies, log)
