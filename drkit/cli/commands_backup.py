@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from drkit.cli.context import (
     EXIT_CODES,
-    EXIT_PLAN_REFUSED,
     Ctx,
     handle_errors,
     identity_option,
@@ -21,11 +21,13 @@ from drkit.cli.context import (
     wait_option,
 )
 from drkit.cli.group import cli, json_option
+from drkit.cli.restore_output import emit_plan, emit_result, warn_nothing_to_resume
+from drkit.cli.summary import print_run, print_warnings, result_dict
 from drkit.errors import RestoreError, UsageError
 
 if TYPE_CHECKING:
     from drkit.actions.fleet import HostResult
-    from drkit.actions.restore import Executor, RestoreResult, Step
+    from drkit.actions.restore import Step
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
@@ -109,35 +111,11 @@ def backup(
     )  # fmt: skip
     code = exit_code(results)
     if ctx.as_json or not (quiet and code == 0):
-        ctx.emit({"results": [_as_dict(r) for r in results]}, lambda: _summary(results))
+        ctx.emit({"results": [result_dict(r) for r in results]}, lambda: print_run(results))
     else:  # -q for cron: a warning is still worth a mail
-        from drkit.cli.summary import print_warnings
-
         print_warnings(results)
     if code:
         sys.exit(code)
-
-
-def _as_dict(r: HostResult) -> dict[str, Any]:
-    """A host's result for --json: a partial or failed one names its failed sources."""
-    out = r.as_dict()
-    if r.status in ("partial", "failed"):
-        out["failed_sources"] = list(r.failed_sources)
-    return out
-
-
-def _summary(results: list[HostResult]) -> None:
-    from drkit.actions.fleet import RAN
-    from drkit.cli.summary import print_summary
-
-    ran = [r for r in results if r.status in RAN]
-    if ran:
-        print_summary(ran)
-    for r in results:
-        if r.status == "locked":
-            click.echo(f"{r.host}: SKIPPED (another run holds its lock)")
-    if not ran and not any(r.status == "locked" for r in results):
-        click.echo("nothing due")
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -317,34 +295,16 @@ def restore(
     """
     from drkit.actions.restore import format_plan
     from drkit.actions.restore_request import RestoreRequest, prepare_restore
-    from drkit.durations import parse_when
     from drkit.sources.base import RestoreOptions
 
-    if provider_snapshot is not None:
-        ident = f" --snapshot {provider_snapshot}" if provider_snapshot else ""
-        raise UsageError(
-            "booting a machine from a provider snapshot is its own command now: drkit "
-            f"restore-machine --host {host or 'HOST'}{ident} [--region R] [--size S] [--yes]"
-        )
-    if database and rename_db:
-        raise UsageError("--database and --rename-db exclude each other")
-    if target and local_target:
-        raise UsageError("--target and --local exclude each other")
-    if snapshot and at_text:
-        raise UsageError("--snapshot and --at exclude each other")
+    _refuse_conflicts(
+        host, provider_snapshot, database=database, rename_db=rename_db, target=target,
+        local_target=local_target, snapshot=snapshot, at_text=at_text,
+    )  # fmt: skip
     policy = ctx.one_policy(policy_file, host)
-    at = None
-    if at_text:
-        try:
-            at = parse_when(at_text, ctx.now())
-        except ValueError as exc:
-            raise UsageError(f"--at: {exc}") from None
+    at = _parse_at(ctx, at_text)
     identities = load_identity(identity_file)
-    password = None
-    if pg_password_env:
-        password = os.environ.get(pg_password_env)
-        if password is None:
-            raise UsageError(f"--pg-password-env: ${pg_password_env} is not set")
+    password = _password_from(pg_password_env)
     log = log_to_stderr(ctx.as_json)
     opts = RestoreOptions(
         database=database, db_suffix=rename_db or "", pg_host=pg_host, pg_port=pg_port,
@@ -359,24 +319,76 @@ def restore(
     )  # fmt: skip
     prepared = prepare_restore(policy, request, identities)
     executor, target_label = prepared.executor, prepared.target
-    assembly = executor.assembly
     if executor.progress.nothing_to_resume:
-        click.echo(
-            f"warning: host {assembly.host}: --resume: nothing to resume onto {target_label} "
-            "(no interrupted restore is recorded: none ran, or the last one completed); "
-            "every step is planned",
-            err=True,
-        )
+        warn_nothing_to_resume(executor.assembly.host, target_label)
     steps = executor.plan()
-    plan_text = format_plan(assembly, target_label, steps)
-    blocked = [s for s in steps if s.plan.blocked]
+    plan_text = format_plan(executor.assembly, target_label, steps)
     if plan_only:
-        _emit_plan(ctx, executor, target_label, steps, plan_text)
+        emit_plan(ctx, executor, target_label, steps, plan_text)
         return
+    _confirm(executor.assembly.host, steps, plan_text, yes=yes)
+    result = executor.run(log, keep_going=keep_going)
+    emit_result(ctx, executor, result, [s.source for s in steps], target_label)
+    if result.failed:
+        sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
+    if result.verdict == "fail":
+        sys.exit(1)
+
+
+def _refuse_conflicts(
+    host: str | None,
+    provider_snapshot: str | None,
+    *,
+    database: str | None,
+    rename_db: str | None,
+    target: str | None,
+    local_target: bool,
+    snapshot: str | None,
+    at_text: str | None,
+) -> None:
+    """Options that exclude each other, and the old flag that became its own command."""
+    if provider_snapshot is not None:
+        ident = f" --snapshot {provider_snapshot}" if provider_snapshot else ""
+        raise UsageError(
+            "booting a machine from a provider snapshot is its own command now: drkit "
+            f"restore-machine --host {host or 'HOST'}{ident} [--region R] [--size S] [--yes]"
+        )
+    if database and rename_db:
+        raise UsageError("--database and --rename-db exclude each other")
+    if target and local_target:
+        raise UsageError("--target and --local exclude each other")
+    if snapshot and at_text:
+        raise UsageError("--snapshot and --at exclude each other")
+
+
+def _parse_at(ctx: Ctx, at_text: str | None) -> dt.datetime | None:
+    from drkit.durations import parse_when
+
+    if not at_text:
+        return None
+    try:
+        return parse_when(at_text, ctx.now())
+    except ValueError as exc:
+        raise UsageError(f"--at: {exc}") from None
+
+
+def _password_from(var: str | None) -> str | None:
+    """--pg-password-env: the password in ``$var``; refused when it is not set."""
+    if not var:
+        return None
+    password = os.environ.get(var)
+    if password is None:
+        raise UsageError(f"--pg-password-env: ${var} is not set")
+    return password
+
+
+def _confirm(host: str, steps: list[Step], plan_text: str, *, yes: bool) -> None:
+    """Refuse a plan with a blocked step; without --yes, show the plan and ask."""
+    blocked = [s for s in steps if s.plan.blocked]
     if blocked:
         click.echo(plan_text, err=True)
         raise RestoreError(
-            f"host {assembly.host}: step {blocked[0].number} ({blocked[0].source}) is "
+            f"host {host}: step {blocked[0].number} ({blocked[0].source}) is "
             f"refused: {blocked[0].plan.blocked}; nothing was restored"
         )
     if not yes:
@@ -385,61 +397,3 @@ def restore(
             raise UsageError("restore needs --yes when not run from a terminal")
         if not click.confirm("Restore now?", err=True):
             raise UsageError("restore cancelled")
-    result = executor.run(log, keep_going=keep_going)
-    _emit_result(ctx, executor, result, [s.source for s in steps], target_label)
-    if result.failed:
-        sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
-    if result.verdict == "fail":
-        sys.exit(1)
-
-
-def _emit_plan(
-    ctx: Ctx, executor: Executor, target_label: str, steps: list[Step], plan_text: str
-) -> None:
-    """``restore --plan``: the steps; exit 6 when one is refused."""
-    assembly = executor.assembly
-    blocked = [s for s in steps if s.plan.blocked]
-    ctx.emit(
-        {"host": assembly.host, "snapshot": assembly.newest.snapshot,
-         "snapshots": [m.snapshot for m in assembly.manifests], "as_of": assembly.as_of,
-         "target": target_label, "steps": [s.as_dict() for s in steps],
-         "refused": [s.source for s in blocked],
-         "nothing_to_resume": executor.progress.nothing_to_resume},
-        lambda: click.echo(plan_text),
-    )  # fmt: skip
-    if blocked:
-        names = ", ".join(f"{s.number} ({s.source})" for s in blocked)
-        click.echo(
-            f"error: host {assembly.host}: refused: step {names}; as planned, a restore "
-            f"would restore nothing",
-            err=True,
-        )
-        sys.exit(EXIT_PLAN_REFUSED)
-
-
-def _emit_result(
-    ctx: Ctx, executor: Executor, result: RestoreResult, sources: list[str], target_label: str
-) -> None:
-    """What a restore did: each source's outcome, the checks, the verdict."""
-    outcomes = result.outcomes(sources)
-    data = {
-        "host": result.host, "snapshot": result.snapshot, "sources": result.sources,
-        "target": target_label, "steps": result.steps, "skipped": result.skipped,
-        "outcomes": outcomes, "failed": result.failed, "verdict": result.verdict,
-        "checks": [c.__dict__ for c in result.checks], "seconds": round(result.seconds, 2),
-        "nothing_to_resume": executor.progress.nothing_to_resume,
-    }  # fmt: skip
-
-    def text() -> None:
-        if result.failed:
-            click.echo("  " + ", ".join(f"{n}: {o}" for n, o in outcomes.items()))
-        for c in result.checks:
-            click.echo(f"  [{c.status}] {c.source}: {c.name}: {c.detail}")
-        used = sorted(set(result.sources.values()), reverse=True)
-        what = f"snapshot {used[0]}" if len(used) == 1 else f"snapshots {', '.join(used)}"
-        click.echo(
-            f"{result.host}: restored {what} onto {target_label} in "
-            f"{result.seconds:.1f}s ({len(result.steps)} actions); verdict: {result.verdict}"
-        )
-
-    ctx.emit(data, text)

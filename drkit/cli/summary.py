@@ -7,7 +7,7 @@ sources were committed) or FAILED, with the failed sources named.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -82,3 +82,25 @@ def summary_line(r: HostResult) -> str:
             f"failed source(s): {failed or 'unknown'}"
         )
     return f"{r.host}: FAILED" + (f" (failed source(s): {failed})" if failed else "")
+
+
+def result_dict(r: HostResult) -> dict[str, Any]:
+    """A host's result for --json: a partial or failed one names its failed sources."""
+    out = r.as_dict()
+    if r.status in ("partial", "failed"):
+        out["failed_sources"] = list(r.failed_sources)
+    return out
+
+
+def print_run(results: list[HostResult]) -> None:
+    """`drkit backup`'s text output: the summary of the hosts that ran, then the others."""
+    from drkit.actions.fleet import RAN
+
+    ran = [r for r in results if r.status in RAN]
+    if ran:
+        print_summary(ran)
+    for r in results:
+        if r.status == "locked":
+            click.echo(f"{r.host}: SKIPPED (another run holds its lock)")
+    if not ran and not any(r.status == "locked" for r in results):
+        click.echo("nothing due")
