@@ -6,6 +6,9 @@ snapshot (Vultr: up to 30 minutes) never holds up the data sources, and its
 failure or timeout is reported for that source only (``SnapshotOutcome``);
 it never raises into the data path. Pruning considers only snapshots drkit
 made for this host and source (``Owner.owns``): every other one is kept.
+
+One module (~430 lines) for the three parts of a provider snapshot's life (take,
+prune, boot a machine from it): they share the provider opening and timeouts.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ through a Runner, so drkit never dials the NATS URL itself: ``nats.py`` sends
 this file's text to ``python3`` on the host (on stdin, behind a one-line
 bootstrap in argv) and this script speaks the NATS text protocol (CONNECT,
 SUB, PUB, MSG/HMSG, PING/PONG) to the JetStream API. It must not import drkit
-or anything outside the standard library: the host has neither.
+or anything outside the standard library: the host has neither. For the same
+reason it stays one module (~770 lines): its text is what is sent, whole.
 
 Usage (argv after the bootstrap): ``OP URL [ARGS]``
 

@@ -24,6 +24,10 @@ replaced, and a failure puts back every stream the step touched. A journal
 completes or rolls it back, other restores of those streams are refused. A store
 dir is moved aside, never deleted. Streams are restored origins first, and each
 restored stream must hold at least the recorded state.
+
+Parts with a seam of their own are the ``nats_*`` modules and ``jetstream`` (the
+script run on the host); this module (~520 lines) is the source class, whose two
+modes (snapshot API, store copy) share the plan, the checks and the helper runs.
 """
 
 from __future__ import annotations
