@@ -215,3 +215,24 @@ def test_object_lock_on_s3_shows_the_newest_snapshots_hold(
     page = (tmp_path / "page" / "index.html").read_text()
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).strftime("%Y-%m-%d")
     assert "2 days required; bucket: enabled; the newest snapshot is locked until " + until in page
+
+
+def test_a_host_that_cannot_be_read_is_shown_and_the_others_are_reported(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """A repository whose format marker is malformed: that host's row says why (stderr
+    too), the other host is reported as usual, and the page is written (exit 0)."""
+    good = _policy(tmp_path, tmp_path / "repo", keys.recipient, "good", 'rpo = "1d"')
+    _backup(good, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    broken_repo = tmp_path / "broken-repo"
+    broken_repo.mkdir()
+    (broken_repo / "drkit.json").write_text("{not json")
+    _policy(tmp_path, broken_repo, keys.recipient, "broken", 'rpo = "1d"')
+    res = drkit("report", "--html", str(tmp_path / "page"), "--json",
+                env={"DRKIT_POLICY_DIR": str(tmp_path)})  # fmt: skip
+    assert res.returncode == 0, res.output
+    assert json.loads(res.stdout)["hosts"] == {"broken": "unknown", "good": "ok"}
+    assert "error: host broken: not read for the report: " in res.stderr
+    assert "drkit.json" in res.stderr
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "Could not be read:" in page and 'data-host="good"' in page
