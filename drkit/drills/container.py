@@ -76,6 +76,7 @@ OWNER_LABEL = "org.drkit.owner"  # <boot id>:<pid>:<start time> of the drkit tha
 KEEP_LABEL = "org.drkit.keep"  # started with --keep: never removed by another drill
 ENGINE_LABEL = "org.drkit.engine"  # "dockerd": the image can run an engine of its own
 ENGINE_LOG = "/var/log/drkit/dockerd.log"  # inside the container
+REMOVE_TIMEOUT = 900.0  # seconds for `docker rm` (see HostContainer.remove)
 # What a Docker engine inside the container needs (docker/README.md, "A drill with its
 # own engine"): --privileged fails on engines without CAP_SYS_RESOURCE; the inner runc
 # needs seccomp off ("unable to join session keyring"); vfs data in a volume of its
@@ -193,7 +194,9 @@ class HostContainer:
         """Remove the container, its anonymous volumes and its network; missing ones are fine."""
         if self.forwarder is not None:
             self.forwarder.close()
-        done = docker("rm", "--force", "--volumes", self.id, check=False, timeout=120)
+        # vfs deletes every file of the container's copy of its image, and of an inner
+        # engine's images and containers (its volume): minutes on a busy machine.
+        done = docker("rm", "--force", "--volumes", self.id, check=False, timeout=REMOVE_TIMEOUT)
         if done.returncode != 0 and b"No such container" not in done.stderr:
             raise DockerError(f"{self.label}: docker rm: {tail(done.stderr)}")
         if self.network is not None:

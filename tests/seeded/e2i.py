@@ -27,8 +27,14 @@ passwordless sudo: §Security Configuration, §Cloud-Init Configuration):
   dir under /home/enunez, and §Firewall & Security's /etc/iptables/rules.v4 with
   the DOCKER-USER chain.
 
-The image has no Docker engine (docker/hosts/e2i-droplet/Dockerfile), so FalkorDB,
-Opik's MySQL, the API and BentoML do not run: nginx answers 502 behind /health.
+- §Docker Containers: the containers the policy's two ``command`` sources ``docker
+  exec`` into, in the container's own Docker engine (the image's ``containers-up``):
+  ``e2i_falkordb`` holding graph-like keys, ``opik-mysql-1`` holding Opik's ``opik``
+  schema (tables, rows, a stored procedure). They are stand-ins from Debian
+  (Redis for FalkorDB, MariaDB for MySQL 8: docker/hosts/e2i-droplet/containers/), so
+  the keys are plain Redis keys, not FalkorDB graphs.
+
+The API and BentoML do not run: nginx answers 502 behind /health.
 """
 
 from __future__ import annotations
@@ -51,13 +57,39 @@ LE = "/etc/letsencrypt"
 NO_BACKEND = 502
 BLOCKED = 404
 
-# The policy's sources this image can back up and restore, and why the others cannot.
-BACKED_UP = ("supabase", "env", "certbot", "host-config", "venv")
+# The policy's sources this image can back up and restore, and why the other cannot.
+BACKED_UP = ("supabase", "env", "certbot", "host-config", "venv", "falkordb", "opik-mysql")
 NOT_IN_IMAGE = {
-    "falkordb": "`docker exec e2i_falkordb ...`: the image has no Docker engine",
-    "opik-mysql": "`docker exec opik-mysql-1 ...`: the image has no Docker engine",
     "do-snapshot": "DigitalOcean's API (a provider snapshot): no network beyond this machine",
 }
+FALKORDB = "e2i_falkordb"  # seed 002 §Docker Containers
+OPIK_MYSQL = "opik-mysql-1"
+# Keys as the E2I app's graph layer would leave them (stand-in: plain Redis keys).
+FALKORDB_KEYS = {
+    "e2i:graph:causal:nodes": ["treatment", "outcome", "confounder:age", "confounder:region"],
+    "e2i:graph:causal:meta": {"version": "7", "updated": "2026-12-01T02:47:00Z"},
+    "e2i:session:last-run": "run-20261201-0247",
+}
+OPIK_SQL = """\
+CREATE DATABASE opik;
+USE opik;
+CREATE TABLE projects (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL UNIQUE);
+CREATE TABLE traces (
+  id BIGINT AUTO_INCREMENT PRIMARY KEY,
+  project_id INT NOT NULL,
+  name VARCHAR(200) NOT NULL,
+  FOREIGN KEY (project_id) REFERENCES projects (id)
+);
+INSERT INTO projects VALUES (1, 'e2i-causal'), (2, 'e2i-copilot');
+INSERT INTO traces (project_id, name) VALUES
+  (1, 'estimate ate'), (1, 'refute placebo'), (2, 'chat turn 1'), (2, 'chat turn 2');
+CREATE PROCEDURE trace_count(IN p INT) SELECT count(*) FROM traces WHERE project_id = p;
+"""
+OPIK_STATE = (
+    "SELECT concat_ws('|', t.id, p.name, t.name) FROM opik.traces t "
+    "JOIN opik.projects p ON p.id = t.project_id ORDER BY t.id",
+    "SELECT routine_name FROM information_schema.routines WHERE routine_schema = 'opik'",
+)
 
 # Where ``certbot --nginx`` installs its TLS settings (python3-certbot-nginx, certbot).
 _CERTBOT_FILES = {
@@ -261,6 +293,7 @@ class E2iSeed:
     certificate: Certificate
     account: str  # the ACME account the renewal file names
     files: dict[str, str]  # env files: path -> content
+    containers: dict[str, object]  # container_data() of the seeded box
 
     @property
     def fingerprint(self) -> str:
@@ -403,7 +436,10 @@ def seed_e2i(box: HostContainer, password: str) -> E2iSeed:
         certificate=make_certificate(DOMAIN, days_left=60),
         account=secrets.token_hex(16),
         files=_env_files(password),
+        containers={},
     )
+    _seed_containers(box)
+    seed.containers = container_data(box)
     _seed_supabase(box, password)
     write_tree(box, _tree(seed))
     for dest, shipped in _CERTBOT_FILES.items():
@@ -413,6 +449,46 @@ def seed_e2i(box: HostContainer, password: str) -> E2iSeed:
     got, want = serving(box), expected_serving(seed)
     assert got == want, f"the seeded box does not serve what it should:\n{got}\n!=\n{want}"
     return seed
+
+
+def _redis(box: HostContainer, *args: str) -> str:
+    argv = ["docker", "exec", FALKORDB, "redis-cli", "--raw", *args]
+    return box.exec(argv).stdout.decode().strip()
+
+
+def _mysql(box: HostContainer, sql_text: str) -> str:
+    """``sql_text`` through the mysql client in Opik's container, as root (its password
+    read inside from MYSQL_ROOT_PASSWORD, as the policy does)."""
+    argv = ["docker", "exec", "-i", OPIK_MYSQL, "sh", "-c",
+            'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mysql -uroot -N -B']  # fmt: skip
+    return box.exec(argv, input=sql_text.encode()).stdout.decode().strip()
+
+
+def _seed_containers(box: HostContainer) -> None:
+    for key, value in FALKORDB_KEYS.items():
+        if isinstance(value, list):
+            _redis(box, "RPUSH", key, *value)
+        elif isinstance(value, dict):
+            _redis(box, "HSET", key, *(x for kv in sorted(value.items()) for x in kv))
+        else:
+            _redis(box, "SET", key, value)
+    _mysql(box, OPIK_SQL)
+
+
+def container_data(box: HostContainer) -> dict[str, object]:
+    """What FalkorDB's and Opik MySQL's containers hold: every key with its value, the
+    opik schema's rows and routines."""
+    keys: dict[str, object] = {}
+    for key in sorted(_redis(box, "KEYS", "*").split()):
+        kind = _redis(box, "TYPE", key)
+        if kind == "list":
+            keys[key] = _redis(box, "LRANGE", key, "0", "-1").splitlines()
+        elif kind == "hash":
+            flat = _redis(box, "HGETALL", key).splitlines()
+            keys[key] = dict(zip(flat[::2], flat[1::2], strict=True))
+        else:
+            keys[key] = _redis(box, "GET", key)
+    return {"falkordb": keys, "opik": [_mysql(box, q + ";") for q in OPIK_STATE]}
 
 
 def serving(box: HostContainer) -> dict[str, object]:

@@ -12,10 +12,10 @@ removed. The fresh target's Caddyfile is Debian's package default: the restore
 replaces it without --force (issue 15 item 3). The drill's result is returned for
 the caller to assert.
 
-A host whose image cannot run some of its policy's sources (e2i-droplet: ``command``
-sources that ``docker exec`` into containers, and the image has no Docker engine)
-backs up and restores only ``only`` (``backup --only``, ``restore --only``); its drill
-file leaves the others out (``[skip]``), so the drill restores what the image can.
+A host whose image cannot run some of its policy's sources (e2i-droplet: the provider
+snapshot, which asks DigitalOcean's API) backs up and restores only ``only`` (``backup
+--only``, ``restore --only``). Containers of an image with a Docker engine of its own
+(e2i-droplet) run it, with the host's containers, in all three: source, target, drill.
 """
 
 from __future__ import annotations
