@@ -37,7 +37,16 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from drkit.sources.pgsql import quote_literal
+# Privileges (comparing and resetting them) are drkit.sources.pgacl; also named here
+# for tests/unit/test_pgcatalog.py and tests/e2e/test_supabase.py (not this change's
+# files) until they import them from there.
+from drkit.sources.pgacl import compare_acls as compare_acls
+from drkit.sources.pgacl import compare_column_acls as compare_column_acls
+from drkit.sources.pgacl import compare_database_acl as compare_database_acl
+from drkit.sources.pgacl import global_default as global_default
+from drkit.sources.pgacl import grants as grants
+from drkit.sources.pgacl import reset_sql as reset_sql
+from drkit.sources.pgsql import COLUMN_KEY, COLUMNS, SYSTEM, json_literal, quote_literal
 
 # pg_dump's entry types that create an object, and so can collide with the target's.
 CREATING = frozenset((
@@ -46,10 +55,6 @@ CREATING = frozenset((
     "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY", "RULE", "PUBLICATION",
     "PUBLICATION TABLE", "EVENT TRIGGER",
 ))  # fmt: skip
-
-_SYSTEM = (
-    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
-)
 
 SESSION_SETTINGS = "SET LOCAL search_path = '';\nSET LOCAL quote_all_identifiers = on;\n"
 
@@ -61,34 +66,34 @@ _FUNCTION_TAG = """p.proname || '(' || coalesce((SELECT string_agg(
 # Every object pg_dump would write an entry for (and a few it leaves to extensions),
 # as "TYPE<tab>schema<tab>tag"; schema "-" for database-wide objects.
 _OBJECTS = f"""
-SELECT 'SCHEMA' AS t, '-' AS s, n.nspname AS tag FROM pg_namespace n WHERE {_SYSTEM}
+SELECT 'SCHEMA' AS t, '-' AS s, n.nspname AS tag FROM pg_namespace n WHERE {SYSTEM}
 UNION ALL SELECT 'EXTENSION', '-', extname FROM pg_extension
 UNION ALL SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
     WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'i' THEN 'INDEX'
     WHEN 'I' THEN 'INDEX' ELSE 'TABLE' END, n.nspname, c.relname
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND {_SYSTEM}
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND {SYSTEM}
 UNION ALL SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
     ELSE 'FUNCTION' END, n.nspname, {_FUNCTION_TAG}
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_SYSTEM}
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {SYSTEM}
 UNION ALL SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname
   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-  WHERE {_SYSTEM} AND t.typtype IN ('b', 'd', 'e', 'r', 'm', 'c')
+  WHERE {SYSTEM} AND t.typtype IN ('b', 'd', 'e', 'r', 'm', 'c')
     AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
     AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
 UNION ALL SELECT CASE o.contype WHEN 'f' THEN 'FK CONSTRAINT' WHEN 'c' THEN 'CHECK CONSTRAINT'
     ELSE 'CONSTRAINT' END, n.nspname, c.relname || ' ' || o.conname
   FROM pg_constraint o JOIN pg_class c ON c.oid = o.conrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM}
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {SYSTEM}
 UNION ALL SELECT 'TRIGGER', n.nspname, c.relname || ' ' || g.tgname
   FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT g.tgisinternal AND {_SYSTEM}
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT g.tgisinternal AND {SYSTEM}
 UNION ALL SELECT 'POLICY', n.nspname, c.relname || ' ' || p.polname
   FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM}
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {SYSTEM}
 UNION ALL SELECT 'RULE', n.nspname, c.relname || ' ' || r.rulename
   FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.rulename <> '_RETURN' AND {_SYSTEM}
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.rulename <> '_RETURN' AND {SYSTEM}
 UNION ALL SELECT 'PUBLICATION', '-', pubname FROM pg_publication
 UNION ALL SELECT 'PUBLICATION TABLE', n.nspname, p.pubname || ' ' || c.relname
   FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
@@ -100,33 +105,22 @@ UNION ALL SELECT 'EVENT TRIGGER', '-', evtname FROM pg_event_trigger
 _ACLS = f"""
 SELECT 'schema ' || quote_ident(n.nspname) AS k,
        coalesce(n.nspacl, acldefault('n', n.nspowner))::text[] AS acl
-  FROM pg_namespace n WHERE {_SYSTEM}
+  FROM pg_namespace n WHERE {SYSTEM}
 UNION ALL SELECT CASE c.relkind WHEN 'S' THEN 'sequence ' ELSE 'table ' END
     || quote_ident(n.nspname) || '.' || quote_ident(c.relname),
     coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char",
                                   c.relowner))::text[]
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_SYSTEM}
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {SYSTEM}
 UNION ALL SELECT 'function ' || p.oid::regprocedure::text,
     coalesce(p.proacl, acldefault('f', p.proowner))::text[]
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {_SYSTEM}
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {SYSTEM}
 """
-
-# The columns of non-system relations, and each one's key in ``column_acls`` (a tab
-# between relation and column: names may hold spaces and dots).
-_COLUMN_KEY = (
-    "'column ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) || E'\\t' "
-    "|| quote_ident(a.attname)"
-)
-_COLUMNS = f"""pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
-    AND {_SYSTEM}"""
 
 # Column privileges granted on the column itself: "column table<tab>column" -> aclitems.
 _COLUMN_ACLS = f"""
-SELECT {_COLUMN_KEY} AS k, a.attacl::text[] AS acl
-  FROM {_COLUMNS} AND cardinality(a.attacl) > 0
+SELECT {COLUMN_KEY} AS k, a.attacl::text[] AS acl
+  FROM {COLUMNS} AND cardinality(a.attacl) > 0
 """
 
 # The effective privileges of the database the query runs in (CONNECT, CREATE, TEMPORARY).
@@ -154,7 +148,7 @@ SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name, c.relkin
       WHERE r.ev_class = c.oid AND c2.oid <> c.oid AND c2.relkind IN ('v', 'm')),
       '[]') AS reads
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('v', 'm') AND {_SYSTEM}
+  WHERE c.relkind IN ('v', 'm') AND {SYSTEM}
 """
 
 # Role settings that apply in every database (ALTER ROLE ... SET), per role.
@@ -202,25 +196,25 @@ _DEFINITIONS = f"""
 SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END AS t, n.nspname AS s,
     {_FUNCTION_TAG} AS tag, {_digest("pg_get_functiondef(p.oid)")} AS d
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-  WHERE p.prokind <> 'a' AND {_SYSTEM} AND {_not_member("pg_proc", "p.oid")}
+  WHERE p.prokind <> 'a' AND {SYSTEM} AND {_not_member("pg_proc", "p.oid")}
 UNION ALL SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' ELSE 'MATERIALIZED VIEW' END,
     n.nspname, c.relname,
     {_digest(_VIEW_TEXT)}
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('v', 'm') AND {_SYSTEM} AND {_not_member("pg_class", "c.oid")}
+  WHERE c.relkind IN ('v', 'm') AND {SYSTEM} AND {_not_member("pg_class", "c.oid")}
 UNION ALL SELECT CASE c.relkind WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
     n.nspname, c.relname, coalesce((SELECT string_agg({_digest(_COLUMN_TEXT, 8)}, ' '
       ORDER BY a.attnum) FROM pg_attribute a WHERE {_OWN_COLUMNS}), '')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'f') AND {_SYSTEM} AND {_not_member("pg_class", "c.oid")}
+  WHERE c.relkind IN ('r', 'p', 'f') AND {SYSTEM} AND {_not_member("pg_class", "c.oid")}
 UNION ALL SELECT 'TRIGGER', n.nspname, c.relname || ' ' || g.tgname,
     {_digest(_TRIGGER_TEXT)}
   FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT g.tgisinternal AND {_SYSTEM}
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT g.tgisinternal AND {SYSTEM}
 UNION ALL SELECT 'POLICY', n.nspname, c.relname || ' ' || p.polname,
     {_digest(_POLICY_TEXT)}
   FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM}
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {SYSTEM}
 """
 
 # Read from a target only (never a fact): each table's columns in order, as
@@ -231,7 +225,7 @@ SELECT CASE c.relkind WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END || E'\\t' |
       {_COLUMN_TEXT}) ORDER BY a.attnum) AS cols
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_attribute a ON {_OWN_COLUMNS}
-  WHERE c.relkind IN ('r', 'p', 'f') AND {_SYSTEM} GROUP BY c.relkind, n.nspname, c.relname
+  WHERE c.relkind IN ('r', 'p', 'f') AND {SYSTEM} GROUP BY c.relkind, n.nspname, c.relname
 """
 
 # As the backup's facts have it (``server_version``, from the postgres source).
@@ -340,341 +334,6 @@ def matview_identity(entry: str) -> str | None:
     return '"' + schema.replace('"', '""') + '"."' + tag.replace('"', '""') + '"'
 
 
-# ---- privileges ------------------------------------------------------------------
-
-_ACLITEM = re.compile(r'^((?:"(?:[^"]|"")*")|[^=]*)=([A-Za-z*]*)/')
-PRIVILEGES = {
-    "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "D": "TRUNCATE",
-    "x": "REFERENCES", "t": "TRIGGER", "X": "EXECUTE", "U": "USAGE", "C": "CREATE",
-    "c": "CONNECT", "T": "TEMPORARY", "m": "MAINTAIN", "s": "SET", "A": "ALTER SYSTEM",
-}  # fmt: skip
-
-
-def grants(items: Iterable[str]) -> set[tuple[str, str]]:
-    """``aclitem`` texts as (grantee, privilege) pairs, grantor ignored; a grant option
-    is a privilege of its own (``SELECT WITH GRANT OPTION``). PUBLIC is ``PUBLIC``."""
-    out: set[tuple[str, str]] = set()
-    for item in items:
-        m = _ACLITEM.match(item)
-        if not m:
-            raise ValueError(f"not an aclitem: {item!r}")
-        who = m.group(1)
-        grantee = "PUBLIC" if who == "" else unquote(who)
-        letters = m.group(2)
-        for k, ch in enumerate(letters):
-            if ch == "*":
-                continue
-            name = PRIVILEGES.get(ch, ch)
-            if k + 1 < len(letters) and letters[k + 1] == "*":
-                name += " WITH GRANT OPTION"
-            out.add((grantee, name))
-    return out
-
-
-def compare_acls(
-    want: dict[str, list[str]], have: dict[str, list[str]], keys: Iterable[str]
-) -> tuple[list[str], list[str]]:
-    """(wider, narrower): one text per key whose privileges on the target (``have``)
-    exceed, or fall short of, the source's (``want``); a key missing on one side counts
-    as no privilege at all."""
-    wider, narrower = [], []
-    for key in sorted(keys):
-        w, h = grants(want.get(key) or []), grants(have.get(key) or [])
-        if h - w:
-            wider.append(f"{key} ({_pairs(h - w)})")
-        if w - h:
-            narrower.append(f"{key} ({_pairs(w - h)})")
-    return wider, narrower
-
-
-def compare_column_acls(
-    want: dict[str, list[str]], have: dict[str, list[str]]
-) -> tuple[list[str], list[str]]:
-    """(wider, narrower) of column privileges, over every column either side has any on
-    (a column missing on one side has none), each named ``column "s"."t" "c"``."""
-    wider, narrower = compare_acls(want, have, set(want) | set(have))
-    return [w.replace("\t", " ") for w in wider], [n.replace("\t", " ") for n in narrower]
-
-
-def compare_database_acl(
-    want: list[str], have: list[str], database: str
-) -> tuple[list[str], list[str]]:
-    """(wider, narrower) of the database's privileges, named ``database "name"``."""
-    key = 'database "' + database.replace('"', '""') + '"'
-    return compare_acls({key: want}, {key: have}, [key])
-
-
-def unquote(name: str) -> str:
-    """A name as ``quote_ident`` or ``aclitem`` output writes it, unquoted."""
-    if len(name) > 1 and name.startswith('"') and name.endswith('"'):
-        return name[1:-1].replace('""', '"')
-    return name
-
-
-def global_default(key: str) -> list[str]:
-    """The built-in privileges a global default-privilege key stands for when the
-    catalog has no row for it (PostgreSQL's ``acldefault``), as aclitem texts."""
-    role, _, kind = key.split("\t")
-    owner = '"' + unquote(role).replace('"', '""') + '"'
-    letters = {"r": "arwdDxt", "S": "rwU", "f": "X", "T": "U", "n": "UC"}.get(kind, "")
-    public = {"f": ["=X/" + owner], "T": ["=U/" + owner]}.get(kind, [])
-    return [f"{owner}={letters}/{owner}", *public]
-
-
-def _pairs(pairs: set[tuple[str, str]]) -> str:
-    by: dict[str, list[str]] = {}
-    for grantee, priv in sorted(pairs):
-        by.setdefault(grantee, []).append(priv)
-    return "; ".join(f"{g}: {', '.join(p)}" for g, p in by.items())
-
-
-def default_acl_keys(
-    want: dict[str, list[str]], have: dict[str, list[str]], internal: Iterable[str]
-) -> set[str]:
-    """The default-privilege keys to make equal: the source's, and the target's that are
-    global or in a schema that is not one of Supabase's own (``internal``, quoted)."""
-    own = set(internal)
-    return set(want) | {k for k in have if k.split("\t")[1] == "-" or k.split("\t")[1] not in own}
-
-
-# The pieces every reset below repeats. An ACL is compared as the set of (grantee,
-# privilege, grant option) it grants; PUBLIC is grantee 0.
-def _grantee(var: str) -> str:
-    return (
-        f"CASE WHEN {var}.grantee = 0 THEN 'PUBLIC' "
-        f"ELSE quote_ident(pg_get_userbyid({var}.grantee)) END"
-    )
-
-
-def _grants(acl: str) -> str:
-    return (
-        "ARRAY(SELECT DISTINCT (a.grantee, a.privilege_type, a.is_grantable)::text\n"
-        f"                        FROM aclexplode({acl}) a ORDER BY 1)"
-    )
-
-
-def _same(cur: str, des: str) -> str:
-    """SQL: the two ACLs grant the same."""
-    return f"{_grants(cur)}\n                = {_grants(des)}"
-
-
-def _nonempty(*names: str) -> str:
-    """Assignments making each empty ACL NULL: aclexplode() rejects '{}'."""
-    return "".join(f"    {n} := CASE WHEN cardinality({n}) > 0 THEN {n} END;\n" for n in names)
-
-
-def _reapply(
-    cur: str,
-    des: str,
-    revoke: str,
-    revoke_args: str,
-    grant: str,
-    grant_args: str,
-    var: str = "r",
-    only: str = "",
-) -> str:
-    """PL/pgSQL revoking everything ``cur`` grants (each grantee once; ``only`` a WHERE
-    on them) and granting what ``des`` does. ``revoke``/``grant`` are format() strings
-    whose last ``%%s`` are the grantee (and the grant option); ``*_args`` the others."""
-    return (
-        f"    FOR {var} IN SELECT DISTINCT a.grantee FROM aclexplode({cur}) a{only} LOOP\n"
-        f"      EXECUTE format('{revoke}', {revoke_args}, {_grantee(var)});\n"
-        "    END LOOP;\n"
-        f"    FOR {var} IN SELECT a.grantee, a.privilege_type, a.is_grantable"
-        f" FROM aclexplode({des}) a LOOP\n"
-        f"      EXECUTE format('{grant}%%s', {grant_args}, {_grantee(var)},\n"
-        f"        CASE WHEN {var}.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);\n"
-        "    END LOOP;\n"
-    )  # fmt: skip
-
-
-# Resets every object's privileges to the source's exactly, in the load's transaction:
-# its inputs are names the server resolves itself (to_regclass, ...) and aclitem texts
-# it parses itself; what it executes is built from what it resolved.
-_RESET_ACLS = (
-    r"""
-DO $drkit$
-DECLARE
-  want jsonb := %s::jsonb;
-  k text; items jsonb; kind text; ident text; target text; what text;
-  cur aclitem[]; des aclitem[]; r record;
-BEGIN
-  FOR k, items IN SELECT * FROM jsonb_each(want) LOOP
-    kind := split_part(k, ' ', 1);
-    ident := substr(k, length(kind) + 2);
-    target := NULL;
-    IF kind IN ('table', 'sequence') THEN
-      SELECT c.oid::regclass::text, coalesce(c.relacl, acldefault(
-               (CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner)),
-             CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
-        INTO target, cur, what FROM pg_class c WHERE c.oid = to_regclass(ident);
-    ELSIF kind = 'function' THEN
-      SELECT p.oid::regprocedure::text, coalesce(p.proacl, acldefault('f', p.proowner)),
-             'ROUTINE'
-        INTO target, cur, what FROM pg_proc p WHERE p.oid = to_regprocedure(ident);
-    ELSIF kind = 'schema' THEN
-      SELECT quote_ident(n.nspname), coalesce(n.nspacl, acldefault('n', n.nspowner)),
-             'SCHEMA'
-        INTO target, cur, what FROM pg_namespace n WHERE n.oid = to_regnamespace(ident);
-    END IF;
-    CONTINUE WHEN target IS NULL;  -- missing on the target: the check names it
-    des := ARRAY(SELECT jsonb_array_elements_text(items))::aclitem[];
-"""
-    + _nonempty("cur", "des")
-    + f"    CONTINUE WHEN {_same('cur', 'des')};\n"
-    + _reapply(
-        "cur", "des",
-        "REVOKE ALL ON %%s %%s FROM %%s CASCADE", "what, target",
-        "GRANT %%s ON %%s %%s TO %%s", "r.privilege_type, what, target",
-    )
-    + """  END LOOP;
-END $drkit$;
-"""
-)  # fmt: skip
-
-_RESET_DEFAULT_ACLS = (
-    r"""
-DO $drkit$
-DECLARE
-  want jsonb := %s::jsonb;
-  own text[] := %s::text[];
-  k text; role oid; ns oid; t "char"; word text; scope text;
-  cur aclitem[]; des aclitem[]; dflt aclitem[]; r record;
-BEGIN
-  FOR k IN SELECT jsonb_object_keys(want) UNION
-      SELECT quote_ident(pg_get_userbyid(d.defaclrole)) || E'\t'
-             || coalesce(quote_ident(n.nspname), '-') || E'\t' || d.defaclobjtype::text
-        FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
-        WHERE n.nspname IS NULL OR NOT quote_ident(n.nspname) = ANY (own) LOOP
-    role := to_regrole(split_part(k, E'\t', 1));
-    ns := CASE split_part(k, E'\t', 2) WHEN '-' THEN 0
-          ELSE to_regnamespace(split_part(k, E'\t', 2)) END;
-    t := split_part(k, E'\t', 3);
-    CONTINUE WHEN role IS NULL OR ns IS NULL;
-    word := CASE t WHEN 'r' THEN 'TABLES' WHEN 'S' THEN 'SEQUENCES' WHEN 'f' THEN 'FUNCTIONS'
-                   WHEN 'T' THEN 'TYPES' WHEN 'n' THEN 'SCHEMAS' END;
-    CONTINUE WHEN word IS NULL;
-    dflt := CASE WHEN ns = 0 THEN acldefault((CASE t WHEN 'S' THEN 's' ELSE t END)::"char", role)
-                 ELSE '{}'::aclitem[] END;
-    cur := coalesce((SELECT d.defaclacl FROM pg_default_acl d WHERE d.defaclrole = role
-                     AND d.defaclnamespace = ns AND d.defaclobjtype = t), dflt);
-    des := CASE WHEN want ? k THEN ARRAY(SELECT jsonb_array_elements_text(want -> k))::aclitem[]
-                ELSE dflt END;
-"""
-    + _nonempty("cur", "des")
-    + f"    CONTINUE WHEN {_same('cur', 'des')};\n"
-    + r"""    scope := format('FOR ROLE %%I', pg_get_userbyid(role))
-             || CASE WHEN ns = 0 THEN '' ELSE format(' IN SCHEMA %%I',
-                  (SELECT nspname FROM pg_namespace WHERE oid = ns)) END;
-"""
-    + _reapply(
-        "cur", "des",
-        "ALTER DEFAULT PRIVILEGES %%s REVOKE ALL ON %%s FROM %%s", "scope, word",
-        "ALTER DEFAULT PRIVILEGES %%s GRANT %%s ON %%s TO %%s", "scope, r.privilege_type, word",
-    )
-    + """  END LOOP;
-END $drkit$;
-"""
-)  # fmt: skip
-
-
-# Then every column's privileges: those of each column the source had privileges on
-# and of each column of the target that has any (none for a column the source did not
-# name). Run after the objects' reset: a REVOKE on a table revokes its columns' too.
-# A key is matched against the target's own spelling of its columns (same settings),
-# and what is executed names the column as the target's catalog does. An empty ACL is
-# NULL here: aclexplode() rejects an empty (zero-dimensional) array.
-_RESET_COLUMN_ACLS = (
-    r"""
-DO $drkit$
-DECLARE
-  want jsonb := %s::jsonb;
-  des aclitem[]; r record; g record;
-BEGIN
-  FOR r IN SELECT c.oid::regclass::text AS target, a.attname,
-                  CASE WHEN cardinality(a.attacl) > 0 THEN a.attacl END AS cur,
-                  want -> ("""
-    + _COLUMN_KEY
-    + r""") AS items
-      FROM """
-    + _COLUMNS
-    + r"""
-        AND (cardinality(a.attacl) > 0 OR want ? ("""
-    + _COLUMN_KEY
-    + r""")) LOOP
-    des := ARRAY(SELECT jsonb_array_elements_text(coalesce(r.items, '[]')))::aclitem[];
-"""
-    + _nonempty("des")
-    + f"    CONTINUE WHEN {_same('r.cur', 'des')};\n"
-    + _reapply(
-        "r.cur", "des",
-        "REVOKE ALL (%%I) ON TABLE %%s FROM %%s CASCADE", "r.attname, r.target",
-        "GRANT %%s (%%I) ON TABLE %%s TO %%s", "g.privilege_type, r.attname, r.target",
-        var="g",
-    )
-    + """  END LOOP;
-END $drkit$;
-"""
-)  # fmt: skip
-
-# The privileges of the database restored into (current_database()). Its owner's own
-# entry is revoked only when the source's names that role: a target whose database has
-# another owner than the source's keeps its owner's privileges (the check names them).
-_RESET_DATABASE_ACL = (
-    r"""
-DO $drkit$
-DECLARE
-  des aclitem[] := ARRAY(SELECT jsonb_array_elements_text(%s::jsonb))::aclitem[];
-  db text := quote_ident(current_database());
-  cur aclitem[]; dba oid; r record;
-BEGIN
-  SELECT coalesce(d.datacl, acldefault('d', d.datdba)), d.datdba INTO cur, dba
-    FROM pg_database d WHERE d.datname = current_database();
-"""
-    + _nonempty("cur", "des")
-    + f"    IF {_same('cur', 'des')} THEN\n      RETURN;\n    END IF;\n"
-    + _reapply(
-        "cur", "des",
-        "REVOKE ALL ON DATABASE %%s FROM %%s CASCADE", "db",
-        "GRANT %%s ON DATABASE %%s TO %%s", "r.privilege_type, db",
-        only="\n      WHERE a.grantee <> dba"
-        " OR a.grantee IN (SELECT b.grantee FROM aclexplode(des) b)",
-    )
-    + """END $drkit$;
-"""
-)  # fmt: skip
-
-
-def reset_sql(
-    acls: dict[str, list[str]],
-    default_acls: dict[str, list[str]],
-    internal: Iterable[str],
-    column_acls: dict[str, list[str]] | None = None,
-    database_acl: list[str] | None = None,
-) -> str:
-    """SQL that sets the privileges of every object in ``acls``, the default privileges,
-    the columns' and the database's to the source's exactly (run after the load, in its
-    transaction). ``column_acls`` or ``database_acl`` None: not recorded (a snapshot
-    from before drkit recorded them), so not reset: the target's are left as they are."""
-    own = "ARRAY[" + ", ".join(quote_literal(s) for s in internal) + "]"
-    sql = (
-        "SET search_path = '';\nSET quote_all_identifiers = on;\n"
-        + _RESET_DEFAULT_ACLS % (_json_literal(default_acls), own)
-        + _RESET_ACLS % _json_literal(acls)
-    )
-    if column_acls is not None:
-        sql += _RESET_COLUMN_ACLS % _json_literal(column_acls)
-    if database_acl is not None:
-        sql += _RESET_DATABASE_ACL % _json_literal(database_acl)
-    return sql
-
-
-def _json_literal(value: object) -> str:
-    """``value`` as a JSON string literal that cannot end the ``$drkit$`` body it sits in
-    (names in the facts may hold ``$``: JSON spells it ``\\u0024``)."""
-    return quote_literal(json.dumps(value).replace("$", "\\u0024"))
-
-
 # ---- definitions -----------------------------------------------------------------
 
 # Drops the trigger or policy an ``objects`` key names on the target, before the dump's
@@ -716,7 +375,7 @@ def drop_sql(key: str) -> str:
     target, if it has it."""
     if key.split("\t", 1)[0] not in ("TRIGGER", "POLICY"):
         raise ValueError(f"only a trigger or a policy is dropped to be replaced: {key!r}")
-    return _DROP % _json_literal(key)
+    return _DROP % json_literal(key)
 
 
 def column_diff(want: str, have: list[list[str]]) -> str:

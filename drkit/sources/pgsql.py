@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
+
+# Catalog fragments shared by drkit.sources.pgcatalog's queries and drkit.sources.pgacl's
+# reset: schemas that are not the system's (n: pg_namespace),
+SYSTEM = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
+# the columns of non-system relations, and each one's key in ``column_acls`` (a tab
+# between relation and column: names may hold spaces and dots).
+COLUMN_KEY = (
+    "'column ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) || E'\\t' "
+    "|| quote_ident(a.attname)"
+)
+COLUMNS = f"""pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+    AND {SYSTEM}"""
 
 
 def quote_ident(name: str) -> str:
@@ -13,6 +28,12 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def json_literal(value: object) -> str:
+    """``value`` as a JSON string literal that cannot end the ``$drkit$`` body it sits in
+    (names in the facts may hold ``$``: JSON spells it ``\\u0024``)."""
+    return quote_literal(json.dumps(value).replace("$", "\\u0024"))
 
 
 def conninfo_dbname(name: str) -> str:

@@ -18,7 +18,13 @@ TEMPLATE template0`` if needed and pg_restore (or psql, restricted by
 error. Database names reach libpq as names only (``pgsql.conninfo_dbname``).
 
 Check: row counts as at backup time, the roles present, and the roles that could
-log in then still can (LOGIN, and a password where they had one: ``logins``).
+log in then still can (LOGIN, and a password where they had one: ``logins``;
+the queries and the verdict are ``pglogins``).
+
+The pieces with a seam of their own are their own modules (``pgparallel``,
+``pgroles``, ``pglogins``, ``pgsql``, ``psqlinput``); what stays here (~550
+lines) is the source class, whose dump, plan, restore and check share one
+connection, target database and role handling (``SupabaseSource`` extends it).
 """
 
 from __future__ import annotations
@@ -43,6 +49,12 @@ from drkit.sources.base import (
     Source,
     StepPlan,
     pipe_into,
+)
+from drkit.sources.pglogins import (
+    LOGINS_SQL,
+    TARGET_LOGINS_SQL,
+    login_check,
+    unrecorded_passwords,
 )
 from drkit.sources.pgparallel import ParallelRestore
 from drkit.sources.pgroles import (
@@ -102,49 +114,10 @@ WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated))
 ORDER BY n.nspname, c.relname \\gexec
 """
 
+
 # Whether the connecting role can read pg_authid (psql's variable ``drkit_authid``): the
 # queries below read it only behind ``\\if``, as PostgreSQL checks the privileges on every
 # table a query names, whatever branch of it runs.
-_AUTHID = "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT') AS drkit_authid \\gset\n"
-
-# Which roles could log in and, where the role backing up can read pg_authid, which of
-# them had a password: names only (the hashes are in globals.sql). ``passwords`` is null
-# when pg_authid was not readable (pg_dumpall run with --no-role-passwords then, as on a
-# managed server: the restored roles have no password).
-_LOGINS_SQL = (
-    _AUTHID
-    + """\\if :drkit_authid
-SELECT json_build_object('fact', 'logins', 'value', json_build_object(
-  'roles', coalesce(json_agg(rolname ORDER BY rolname), '[]'),
-  'passwords', coalesce(
-    json_agg(rolname ORDER BY rolname) FILTER (WHERE rolpassword IS NOT NULL), '[]')))
-FROM pg_authid WHERE rolcanlogin AND rolname !~ '^pg_';
-\\else
-SELECT json_build_object('fact', 'logins', 'value', json_build_object(
-  'roles', coalesce(json_agg(rolname ORDER BY rolname), '[]'), 'passwords', NULL))
-FROM pg_roles WHERE rolcanlogin AND rolname !~ '^pg_';
-\\endif
-"""
-)
-
-# The same on a restored target: the roles that can log in, those with a password (null
-# when the connecting role cannot read pg_authid).
-_TARGET_LOGINS_SQL = (
-    _AUTHID
-    + """\\if :drkit_authid
-SELECT json_build_object(
-  'login', coalesce(json_agg(rolname) FILTER (WHERE rolcanlogin), '[]'),
-  'password', coalesce(json_agg(rolname) FILTER (WHERE rolpassword IS NOT NULL), '[]'))
-FROM pg_authid;
-\\else
-SELECT json_build_object(
-  'login', coalesce(json_agg(rolname) FILTER (WHERE rolcanlogin), '[]'), 'password', NULL)
-FROM pg_roles;
-\\endif
-"""
-)
-
-
 class PostgresSource(Source):
     kind = "postgres"
     config: PostgresConfig
@@ -212,8 +185,8 @@ class PostgresSource(Source):
     def session_sql(self) -> str:
         """More SQL for the snapshot transaction, after the row counts: each line it
         prints as ``{"fact": name, "value": ...}`` becomes ``facts[name]``. Here, with
-        the globals: ``logins`` (``_LOGINS_SQL``), what the check after a restore probes."""
-        return _LOGINS_SQL if self.config.globals else ""
+        the globals: ``logins`` (``pglogins.LOGINS_SQL``), what the check after a restore probes."""
+        return LOGINS_SQL if self.config.globals else ""
 
     def _collect_facts(self) -> None:
         proc = self._session
@@ -349,66 +322,18 @@ class PostgresSource(Source):
         return checks
 
     def _login_check(self, conn: PgConn, facts: dict[str, Any], present: set[str]) -> Check | None:
-        """The roles that could log in at backup time (``facts["logins"]``), among those
-        the restore manages (protected roles are left as the target has them): each
-        still LOGIN on the target and, if it had a password then, has one now. drkit
-        knows no password, so no role actually logs in."""
-        logins = facts.get("logins")
-        if not isinstance(logins, dict):
+        """``pglogins.login_check`` on this target (drkit knows no password, so no role
+        actually logs in)."""
+        if not isinstance(facts.get("logins"), dict):
             return None  # a snapshot from before logins were recorded
         protected = protected_roles(present, self._own_roles(conn))
-        backed = set(facts.get("roles", []))
-        login_roles = [r for r in logins.get("roles", []) if r in backed]
-        roles = [r for r in login_roles if not is_protected(r, protected)]
-        if not roles:
-            return None
-        hashed = logins.get("passwords")  # None: the backup could not read pg_authid
-        had = set(roles) if hashed is None else set(roles) & set(hashed)
-        found = json.loads(self._sql(conn, "postgres", _TARGET_LOGINS_SQL).strip())
-        can, has = set(found["login"]), found["password"]  # has: None if unreadable
-        wrong, none = [], []
-        for role in roles:
-            if role not in present:
-                wrong.append(f"{role} (missing)")
-            elif role not in can:
-                wrong.append(f"{role} (NOLOGIN)")
-            elif role in had and has is not None and role not in has:
-                if hashed is None:
-                    none.append(role)
-                else:
-                    wrong.append(f"{role} (no password; it had one at backup)")
-        notes = []
-        if hashed is None:
-            # Restored from a globals.sql without hashes: they have none unless set since.
-            notes.append("the backup could not read pg_authid, so no password was restored")
-            if none:
-                notes.append(
-                    f"no password on the target: {', '.join(none)} (set one with ALTER ROLE "
-                    "... PASSWORD where an app logs in with it)"
-                )
-        if had and has is None:
-            notes.append(
-                f"password(s) of {', '.join(sorted(had))} not verified (the connecting role "
-                "cannot read pg_authid)"
-            )
-        left = sorted(set(login_roles) - set(roles))
-        if left:
-            notes.append(f"protected role(s) {', '.join(left)} left as the target has them")
-        n = len(roles)
-        if wrong:
-            status, detail = "fail", "cannot log in as at backup: " + ", ".join(wrong)
-        elif none or (has is None and had):
-            status, detail = "warn", f"{n} role(s) can log in"
-        elif hashed is None:
-            status, detail = "pass", f"{n} role(s) can log in, with a password set since"
-        elif len(had) == n:
-            status, detail = "pass", f"{n} role(s) can log in with a password, as at backup"
-        else:
-            status, detail = (
-                "pass",
-                f"{n} role(s) can log in as at backup, {len(had)} with a password",
-            )
-        return Check(self.name, "logins", status, "; ".join([detail, *notes]))
+        return login_check(
+            self.name,
+            facts,
+            present,
+            protected,
+            lambda: json.loads(self._sql(conn, "postgres", TARGET_LOGINS_SQL).strip()),
+        )
 
     unchecked_tables: frozenset[str] = frozenset()
 
@@ -617,15 +542,6 @@ class PostgresSource(Source):
                 "(CREATE/ALTER ROLE, ALTER USER, GRANT role TO, COMMENT ON ROLE); "
                 "nothing was applied"
             ) from None
-
-
-def unrecorded_passwords(facts: dict[str, Any], created: list[str]) -> list[str]:
-    """The login roles among ``created`` whose password the backup could not read
-    (``facts["logins"]["passwords"]`` is null): they come back with none."""
-    logins = facts.get("logins")
-    if not isinstance(logins, dict) or logins.get("passwords") is not None:
-        return []
-    return sorted(set(logins.get("roles", [])) & set(created))
 
 
 def role_note(protected: set[str]) -> str:

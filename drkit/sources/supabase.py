@@ -34,6 +34,10 @@ compares privileges (columns' and the database's too), objects, definitions,
 row counts and role settings with the facts, and fails naming any object
 whose access is wider than the source's, or whose definition differs. psql's
 input starts with drkit's own ``\\restrict`` (``psqlinput``).
+
+The catalog queries, privileges and merge are ``pgcatalog``, ``pgacl`` and
+``supabase_merge``; this module (~510 lines) is the source class over
+``PostgresSource``, whose plan, load and check share the target's state.
 """
 
 from __future__ import annotations
@@ -47,19 +51,21 @@ from drkit.errors import RestoreError
 from drkit.pipeline.streams import CHUNK, read_limited
 from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
-from drkit.sources.pgcatalog import (
+from drkit.sources.pgacl import (
     compare_acls,
     compare_column_acls,
     compare_database_acl,
     default_acl_keys,
+    global_default,
+    reset_sql,
+)
+from drkit.sources.pgcatalog import (
     fact_sql,
     facts_sql,
-    global_default,
     matview_identity,
     parse_facts,
     refresh_order,
     refresh_sql,
-    reset_sql,
     target_sql,
 )
 from drkit.sources.pgroles import RESERVED_ROLES, RoleCollector, is_protected, protected_roles
