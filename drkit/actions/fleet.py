@@ -23,13 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from drkit.actions.backup import BackupResult, backup
 from drkit.actions.common import open_repository
-
-# write_metrics and prune_one are also named here for cli/commands_drill.py and
-# actions/report.py (another change's files) until they import them from
-# drkit.actions.metrics and drkit.actions.host_prune.
 from drkit.actions.host_lock import lock_host
-from drkit.actions.host_prune import prune_one as prune_one
-from drkit.actions.metrics import write_metrics as write_metrics
+from drkit.actions.metrics import write_metrics
 from drkit.actions.run_notify import Reporter
 from drkit.actions.status import due_sources
 from drkit.errors import DrkitError, PolicyError, UsageError
