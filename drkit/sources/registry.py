@@ -61,6 +61,7 @@ SOURCES: dict[str, str | type[Source]] = {
     "docker_volume": "drkit.sources.docker_volume:DockerVolumeSource",
     "redis": "drkit.sources.redis:RedisSource",
     "mysql": "drkit.sources.mysql:MysqlSource",
+    "compose": "drkit.sources.compose:ComposeSource",
     "snapshot": ProviderSnapshotStep,
 }
 SUPABASE = "drkit.sources.supabase:SupabaseSource"  # postgres with flavor = "supabase"
