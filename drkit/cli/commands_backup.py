@@ -21,7 +21,7 @@ from drkit.cli.context import (
     wait_option,
 )
 from drkit.cli.group import cli, json_option
-from drkit.cli.restore_output import emit_plan, emit_result, warn_nothing_to_resume
+from drkit.cli.restore_output import emit_plan, emit_result, exit_for, warn_nothing_to_resume
 from drkit.cli.summary import print_run, print_warnings, result_dict
 from drkit.errors import RestoreError, UsageError
 
@@ -319,8 +319,7 @@ def restore(
     )  # fmt: skip
     prepared = prepare_restore(policy, request, identities)
     executor, target_label = prepared.executor, prepared.target
-    if executor.progress.nothing_to_resume:
-        warn_nothing_to_resume(executor.assembly.host, target_label)
+    warn_nothing_to_resume(executor, target_label)
     steps = executor.plan()
     plan_text = format_plan(executor.assembly, target_label, steps)
     if plan_only:
@@ -329,10 +328,7 @@ def restore(
     _confirm(executor.assembly.host, steps, plan_text, yes=yes)
     result = executor.run(log, keep_going=keep_going)
     emit_result(ctx, executor, result, [s.source for s in steps], target_label)
-    if result.failed:
-        sys.exit(3)  # partial: some sources failed (--keep-going), the others restored
-    if result.verdict == "fail":
-        sys.exit(1)
+    exit_for(result)
 
 
 def _refuse_conflicts(

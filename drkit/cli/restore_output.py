@@ -13,13 +13,25 @@ if TYPE_CHECKING:
     from drkit.actions.restore import Executor, RestoreResult, Step
 
 
-def warn_nothing_to_resume(host: str, target_label: str) -> None:
+def warn_nothing_to_resume(executor: Executor, target_label: str) -> None:
+    """--resume with no interrupted restore recorded: every step is planned; say so."""
+    if not executor.progress.nothing_to_resume:
+        return
     click.echo(
-        f"warning: host {host}: --resume: nothing to resume onto {target_label} "
-        "(no interrupted restore is recorded: none ran, or the last one completed); "
-        "every step is planned",
+        f"warning: host {executor.assembly.host}: --resume: nothing to resume onto "
+        f"{target_label} (no interrupted restore is recorded: none ran, or the last one "
+        "completed); every step is planned",
         err=True,
     )
+
+
+def exit_for(result: RestoreResult) -> None:
+    """Exit 3 when some sources failed (--keep-going: the others restored), 1 when the
+    verdict is fail; else return."""
+    if result.failed:
+        sys.exit(3)
+    if result.verdict == "fail":
+        sys.exit(1)
 
 
 def emit_plan(
