@@ -135,6 +135,9 @@ class Bench:
             )  # fmt: skip
         if dedup:
             settings["dedup"] = True
+            # The smallest packs (#20): a backup of a few MiB writes several, so a fault
+            # at the Nth pack PUT or ranged GET has an N to land on, as chunks had.
+            self.repo.env["DRKIT_PACK_SIZE"] = str(1 << 20)
         self.src, self.out = tmp_path / "data.bin", tmp_path / "restored.bin"
         self.policy = write_policy(
             tmp_path / f"{HOST}.toml", HOST, settings, [keys.recipient],
@@ -288,14 +291,18 @@ class PruneBench(Bench):
 
     @staticmethod
     def chunks_of(index: bytes) -> set[str]:
-        """The chunk keys a chunk index names (its text format, read here on its own:
-        ``drkit-chunk-index 1 <codec> <set>``, then ``<id> <size>`` lines, ``end ...``)."""
+        """The objects a chunk index names (its text format, read here on its own:
+        ``drkit-chunk-index <version> <codec> <set>``, then per chunk ``<id> <size>``
+        (version 1: one object per chunk) or ``<id> <size> <pack> <offset> <length>
+        <sha256>`` (version 2: the pack holding it), then ``end ...``)."""
         lines = index.decode("ascii").splitlines()
         head = lines[0].split(" ")
-        assert head[0] == "drkit-chunk-index", head
+        assert head[0] == "drkit-chunk-index" and head[1] in ("1", "2"), head
         rset = head[3]
-        ids = [ln.split(" ")[0] for ln in lines[1:] if not ln.startswith("end ")]
-        return {f"{HOST}/chunks/{rset}/{i[:2]}/{i}" for i in ids}
+        fields = [ln.split(" ") for ln in lines[1:] if not ln.startswith("end ")]
+        if head[1] == "1":
+            return {f"{HOST}/chunks/{rset}/{f[0][:2]}/{f[0]}" for f in fields}
+        return {f"{HOST}/packs/{rset}/{f[2][:2]}/{f[2]}" for f in fields}
 
     def missing(self, snaps: list[str]) -> dict[str, list[str]]:
         """For each of ``snaps``, the objects its backup stored that are gone."""
@@ -308,13 +315,14 @@ class PruneBench(Bench):
         return out
 
     def orphans(self) -> list[str]:
-        """Chunks that no committed snapshot's index names."""
+        """Chunk objects and packs that no committed snapshot's index names."""
         if not self.dedup:
             return []
         referenced: set[str] = set()
         for snap in self.committed():
             referenced |= self.chunks_of(self.repo.read(f"{HOST}/snapshots/{snap}/db/dump"))
-        return sorted(set(self.repo.keys(f"{HOST}/chunks/")) - referenced)
+        stored = set(self.repo.keys(f"{HOST}/chunks/")) | set(self.repo.keys(f"{HOST}/packs/"))
+        return sorted(stored - referenced)
 
     def verified(self) -> tuple[set[str], CliResult]:
         """The listed snapshots that ``verify --all-snapshots`` passes, and its result."""
