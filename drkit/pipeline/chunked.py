@@ -109,6 +109,7 @@ AVG_CHUNK = 384 << 10
 MAX_CHUNK = 1 << 20
 _PREFETCH = 3  # reads in flight while restoring (each a chunk, or a run of them in a pack)
 _GROUP_BYTES = 2 << 20  # the most one ranged read of a pack asks for (memory: x _PREFETCH)
+_GROUP_PLAIN = 4 << 20  # ... and the most plain bytes it may hold once opened
 
 
 class IndexSource(Protocol):
@@ -500,11 +501,12 @@ def _split(
 
 
 def _groups(refs: Iterator[ChunkRef]) -> Iterator[list[ChunkRef]]:
-    """``refs`` in order, runs of chunks adjacent in one pack joined (up to
-    ``_GROUP_BYTES``): one ranged read each. A chunk of its own object is alone."""
+    """``refs`` in order, runs of chunks adjacent in one pack joined: one ranged read
+    each, of at most ``_GROUP_BYTES`` stored and ``_GROUP_PLAIN`` plain bytes (a
+    highly compressible run would otherwise decompress to many times its size, all
+    held until written). A chunk of its own object is alone."""
     group: list[ChunkRef] = []
-    end = 0
-    size = 0
+    end = stored = plain = 0
     for ref in refs:
         at = ref.at
         if group:
@@ -514,13 +516,14 @@ def _groups(refs: Iterator[ChunkRef]) -> Iterator[list[ChunkRef]]:
                 or last is None
                 or at.pack != last.pack
                 or at.offset != end
-                or size + at.length > _GROUP_BYTES
+                or stored + at.length > _GROUP_BYTES
+                or plain + ref.size > _GROUP_PLAIN
             ):
                 yield group
-                group, size = [], 0
+                group, stored, plain = [], 0, 0
         group.append(ref)
         if at is not None:
-            end, size = at.offset + at.length, size + at.length
+            end, stored, plain = at.offset + at.length, stored + at.length, plain + ref.size
     if group:
         yield group
 
