@@ -159,7 +159,7 @@ def test_kill_backup(
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_kill_restore_files(sig: int, tmp_path: Path, keys: Keys) -> None:
     term = sig == signal.SIGTERM
-    n = iterations(1 if term else 2)
+    n = iterations(2)
     row = Row(
         "restore (files tree)", TERM if term else KILL,
         "a seeded moment of the restore over an older tree", n,
@@ -233,7 +233,7 @@ def test_kill_restore_database(
     sig: int, tmp_path: Path, keys: Keys, pg: PgServer, uniq: str
 ) -> None:
     term = sig == signal.SIGTERM
-    n = iterations(1 if term else 2)
+    n = iterations(2)
     row = Row(
         "restore (database)", TERM if term else KILL,
         "a seeded moment of the restore into a fresh database", n,

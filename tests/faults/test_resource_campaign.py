@@ -572,7 +572,7 @@ def test_fd_limit(tmp_path: Path, keys: Keys) -> None:
     checks at the start after raising its soft limit within the hard one) is refused
     before anything is done, naming the limit and what to raise; never a traceback
     (before the floor a run failed midway: "internal error: OSError(24)")."""
-    n = iterations(2)
+    n = iterations(4)  # two limits below the floor, two at or above it
     row = Row(
         "backup (dedup, files tree) + restore", "open-file limit (ulimit -n)",
         "drkit's RLIMIT_NOFILE at start (seeded: 8..15, then 64..128)", n,
