@@ -317,22 +317,30 @@ def _in_container(
     log: Log,
 ) -> list[Check]:
     """Start the container, restore over SSH as the policy's user, run every check."""
-    from drkit.drills.container import container_name, host_container
+    from drkit.drills.container import container_name, host_container, sweep_leftovers
     from drkit.drills.engine import DockerError
+    from drkit.drills.nested import describe, engine_sources
     from drkit.remote.ssh import SshRunner
 
     user = login_user(policy)
     name = container_name(policy.host, report.snapshot)
     swept = sweep_leftovers(policy.host, log)
+    # The policy decides whether the container runs its own Docker engine: the sources
+    # restored into containers need one, and an image without one is refused up front.
+    needs = engine_sources(policy, spec.skip)
+    if needs:
+        log(f"{policy.host}: the drill container runs its own Docker engine for {describe(needs)}")
     with tempfile.TemporaryDirectory(prefix="drkit-drill-") as tmp, contextlib.ExitStack() as stack:
         key, public = _keypair(Path(tmp))
         container = host_container(
-            image, host=policy.host, authorized_keys=public, ssh_user=user, keep=keep, name=name
-        )
+            image, host=policy.host, authorized_keys=public, ssh_user=user, keep=keep, name=name,
+            engine=bool(needs),
+        )  # fmt: skip
         try:
             box = stack.enter_context(container)
         except DockerError as exc:  # before anything of the backup reached it
-            raise DrillSetupError(f"container {name}: {exc}") from exc
+            why = f" (Docker-backed sources: {describe(needs)})" if needs else ""
+            raise DrillSetupError(f"container {name}: {exc}{why}") from exc
         report.container = box.name
         where = f" on {box.network} at {box.network_address}" if box.network else ""
         log(f"{policy.host}: {box.label} ready in {box.ready_seconds:.1f}s{where}, "
@@ -355,58 +363,6 @@ def _in_container(
             )  # fmt: skip
         finally:
             runner.close()
-
-
-# A drill network with no container is a killed drill's (between ``network create`` and
-# ``docker run``) once it is this old; a younger one may be a starting drill's.
-ORPHAN_NETWORK_AGE = dt.timedelta(minutes=10)
-
-
-def sweep_leftovers(host: str, log: Log) -> list[str]:
-    """Remove what killed drills of ``host`` on this machine left (kill -9, a power cut:
-    no ``finally`` ran): their containers (``drills/container.py`` judges by the owner
-    label: stopped, or the drkit that started it is gone; kept ones stay) with their
-    networks, and drill networks of ``host`` no container uses, older than
-    ``ORPHAN_NETWORK_AGE``. The container name of a new drill frees only that name; a
-    killed drill of another snapshot had another. Logged; a failure to sweep is said and
-    left to the next drill (the drill itself does not need it). Returns what went."""
-    from drkit.drills.container import (
-        DRILL_LABEL,
-        HOST_LABEL,
-        _left_by_killed_drill,
-        _remove_leftover,
-        remove_network,
-    )
-    from drkit.drills.engine import DockerError, docker
-
-    labels = ["--filter", f"label={DRILL_LABEL}=1", "--filter", f"label={HOST_LABEL}={host}"]
-    removed: list[str] = []
-    try:
-        ids = docker("ps", "-a", "-q", *labels, what="list drill containers").stdout.split()
-        for cid in ids:
-            done = docker("container", "inspect", cid.decode(), check=False, timeout=30)
-            if done.returncode != 0:  # gone meanwhile
-                continue
-            [info] = json.loads(done.stdout)
-            if _left_by_killed_drill(info, host):
-                _remove_leftover(info, host)
-                removed.append(f"container {str(info.get('Name', cid)).lstrip('/')}")
-        nets = docker("network", "ls", "-q", *labels, what="list drill networks").stdout.split()
-        now = dt.datetime.now(dt.UTC)
-        for nid in nets:
-            done = docker("network", "inspect", nid.decode(), check=False, timeout=30)
-            if done.returncode != 0:
-                continue
-            [net] = json.loads(done.stdout)
-            created = dt.datetime.fromisoformat(str(net.get("Created", "")).replace("Z", "+00:00"))
-            if not net.get("Containers") and now - created > ORPHAN_NETWORK_AGE:
-                remove_network(str(net["Name"]))
-                removed.append(f"network {net['Name']}")
-    except (DockerError, ValueError, KeyError) as exc:
-        log(f"{host}: leftovers of killed drills not swept ({exc}); the next drill tries again")
-    if removed:
-        log(f"{host}: removed what a killed drill left: {', '.join(removed)}")
-    return removed
 
 
 def _restore_and_check(

@@ -15,6 +15,7 @@ is drkit.actions.host_prune.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -139,7 +140,15 @@ def backup_one(
         return HostResult(host, "locked", error=str(exc))
     except Exception as exc:
         # Also before the run started (repository unreachable): the monitor hears of it.
-        error = str(exc) if isinstance(exc, DrkitError) else f"host {host}: internal error: {exc!r}"
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            error = (
+                f"host {host}: too many open files ({exc.strerror}): raise the open-file "
+                "limit (ulimit -n, LimitNOFILE=) or run fewer --jobs, then run again"
+            )
+        else:
+            error = (
+                str(exc) if isinstance(exc, DrkitError) else f"host {host}: internal error: {exc!r}"
+            )
         reporter.failed(started or clock(), error)
         source = exc.source if isinstance(exc, DrkitError) else None
         refused = isinstance(exc, UsageError | PolicyError)

@@ -45,6 +45,7 @@ never touch each other.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -62,6 +63,7 @@ from typing import Any
 from drkit.drills.engine import DockerError, docker, tail
 from drkit.drills.forward import PortForwarder
 from drkit.errors import UsageError
+from drkit.logs import Log
 from drkit.paths import state_dir
 
 LOOPBACK = "127.0.0.1"
@@ -562,3 +564,46 @@ def _ssh_banner(port: int) -> bool:
             return conn.recv(4) == b"SSH-"
     except OSError:
         return False
+
+
+# A drill network with no container is a killed drill's (between ``network create`` and
+# ``docker run``) once it is this old; a younger one may be a starting drill's.
+ORPHAN_NETWORK_AGE = dt.timedelta(minutes=10)
+
+
+def sweep_leftovers(host: str, log: Log) -> list[str]:
+    """Remove what killed drills of ``host`` on this machine left (kill -9, a power cut:
+    no ``finally`` ran): their containers (``drills/container.py`` judges by the owner
+    label: stopped, or the drkit that started it is gone; kept ones stay) with their
+    networks, and drill networks of ``host`` no container uses, older than
+    ``ORPHAN_NETWORK_AGE``. The container name of a new drill frees only that name; a
+    killed drill of another snapshot had another. Logged; a failure to sweep is said and
+    left to the next drill (the drill itself does not need it). Returns what went."""
+    labels = ["--filter", f"label={DRILL_LABEL}=1", "--filter", f"label={HOST_LABEL}={host}"]
+    removed: list[str] = []
+    try:
+        ids = docker("ps", "-a", "-q", *labels, what="list drill containers").stdout.split()
+        for cid in ids:
+            done = docker("container", "inspect", cid.decode(), check=False, timeout=30)
+            if done.returncode != 0:  # gone meanwhile
+                continue
+            [info] = json.loads(done.stdout)
+            if _left_by_killed_drill(info, host):
+                _remove_leftover(info, host)
+                removed.append(f"container {str(info.get('Name', cid)).lstrip('/')}")
+        nets = docker("network", "ls", "-q", *labels, what="list drill networks").stdout.split()
+        now = dt.datetime.now(dt.UTC)
+        for nid in nets:
+            done = docker("network", "inspect", nid.decode(), check=False, timeout=30)
+            if done.returncode != 0:
+                continue
+            [net] = json.loads(done.stdout)
+            created = dt.datetime.fromisoformat(str(net.get("Created", "")).replace("Z", "+00:00"))
+            if not net.get("Containers") and now - created > ORPHAN_NETWORK_AGE:
+                remove_network(str(net["Name"]))
+                removed.append(f"network {net['Name']}")
+    except (DockerError, ValueError, KeyError) as exc:
+        log(f"{host}: leftovers of killed drills not swept ({exc}); the next drill tries again")
+    if removed:
+        log(f"{host}: removed what a killed drill left: {', '.join(removed)}")
+    return removed

@@ -321,8 +321,9 @@ class TarSource(Source):
         )
         staging = self.staging(opts)
         staging.survey()
-        staging.prepare()  # also recovers what a killed run left (see staging.py)
         try:
+            # Inside the try: a stop while preparing discards the staging it made.
+            staging.prepare()  # also recovers what a killed run left (see staging.py)
             # Files that changed while backed up were read again: those versions last.
             for name in [self.ARTIFACT, *facts.get("reread", [])]:
                 feed(name, lambda stream: staging.extract(TarFilter(stream, rules, self.label)))
