@@ -22,6 +22,9 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v restic >/dev/null || need_apt+=(restic)
 command -v borg >/dev/null || need_apt+=(borgbackup)
 command -v age >/dev/null || need_apt+=(age)
+# The redis and mysql sources are tested against real servers our tests start on free ports.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 # The report page's browser test drives Debian's Chromium through Playwright (which
 # then downloads no browser of its own).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)

@@ -362,18 +362,25 @@ def existing_digests(
     if not files:
         return {}
     targets = {_join(dest, f["path"]): f["sha256"] for f in files}
-    # Prints "digest  path" for each existing target; unreadable ones count as differing.
+    # Paths go in on stdin (NUL-separated: no argument-length limit, any byte in a name);
+    # out come the existing ones, an empty record, then "digest  path" records from one
+    # sha256sum per batch (not one process per file: trees of 100k files). An existing
+    # path with no digest (unreadable, a dangling link) counts as differing ("x").
     script = (
-        'for f; do [ -e "$f" ] || [ -L "$f" ] && '
-        '{ sha256sum -- "$f" 2>/dev/null || echo "x  $f"; }; done; true'
+        "t=$(mktemp) || exit 1; trap 'rm -f \"$t\"' EXIT; "
+        'xargs -0 -r sh -c \'for f; do if [ -e "$f" ] || [ -L "$f" ]; then '
+        'printf "%s\\0" "$f"; fi; done\' sh > "$t" || exit 1; '
+        'cat "$t"; printf "\\0"; xargs -0 -r sha256sum --zero -- < "$t" 2>/dev/null; true'
     )
+    listing = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in targets)
     out = runner.check(
-        ["sh", "-c", script, "sh", *targets], what="restore: checking existing files", user=user
+        ["sh", "-c", script], input=listing, what="restore: checking existing files", user=user
     ).decode("utf-8", "surrogateescape")
-    found: dict[str, str] = {}
-    for line in out.splitlines():
-        digest, _, path = line.partition("  ")
-        if path in targets:
+    existing, _, digests = out.partition("\0\0")
+    found = {path: "x" for path in existing.split("\0") if path in targets}
+    for record in digests.split("\0"):
+        digest, _, path = record.partition("  ")
+        if path in found:
             found[path] = digest
     return found
 
