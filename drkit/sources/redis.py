@@ -478,7 +478,21 @@ class RedisSource(Source):
         c = self.config
         if c.container:
             target = f"{c.container}:{dir_.rstrip('/') or '/'}"
-            self._must(["docker", "cp", "-a", tree + "/.", target], f"copying into {target}")
+            argv = ["docker", "cp", "-a", tree + "/.", target]
+            res = self.runner.run(argv, user=self.run_as)
+            if res.returncode != 0 and "getent" in res.stderr:
+                # `docker cp -a` resolves the container's user by name in its (stopped)
+                # filesystem and fails where it cannot (compose `user: redis`). Plain cp
+                # makes the files root's: open their modes so the server's user reads,
+                # appends and rewrites them (the host side stays in a 0700 directory).
+                self._must(["chmod", "-R", "a+rwX", "--", tree], f"opening modes of {tree}")
+                argv = ["docker", "cp", tree + "/.", target]
+                res = self.runner.run(argv, user=self.run_as)
+            if res.returncode != 0:
+                raise RestoreError(
+                    f"{self.label}: copying into {target}: `{shlex.join(argv)}` "
+                    f"{exit_text(res.returncode)}{tail_text(res.stderr)}"
+                )
             return
         self.runner.check(["sh", "-c", _PLACE, "sh", tree, dir_], what=where, user=self.run_as)
 
