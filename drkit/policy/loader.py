@@ -169,8 +169,4 @@ def cross_field_problems(policy: Policy) -> list[str]:
         problems.append("repository: give both access_key_id and secret_access_key, or neither")
     if repo.url.startswith("file://") and repo.immutable_days:
         problems.append("repository.immutable_days: Object Lock applies only to s3:// repositories")
-    if repo.dedup and repo.immutable_days:
-        # A reused chunk keeps the retention of the snapshot that stored it first,
-        # which may end before the new snapshot's: not immutable enough yet.
-        problems.append("repository.dedup: not available together with immutable_days yet")
     return problems

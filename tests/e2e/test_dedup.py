@@ -208,18 +208,6 @@ def test_prune_removes_chunks_only_the_removed_snapshot_used(
     assert out.read_bytes() == newer
 
 
-def test_dedup_with_object_lock_is_refused_by_validation(tmp_path: Path, keys: Keys) -> None:
-    policy = write_policy(
-        tmp_path / "p.toml", HOST,
-        {"url": "s3://bucket/x", "endpoint": "http://127.0.0.1:9", "dedup": True,
-         "immutable_days": 7},
-        [keys.recipient], [{"kind": "command", "name": "db", "command": ["true"]}],
-    )  # fmt: skip
-    res = drkit("policy", "validate", str(policy))
-    assert res.returncode == 2
-    assert "repository.dedup" in res.output and "immutable_days" in res.output
-
-
 def test_postgres_roundtrip_with_dedup(
     pg: PgServer,
     callmeback: tuple[str, str, str],  # noqa: F811 (the fixture)

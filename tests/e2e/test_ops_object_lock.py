@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,24 @@ PREFIX = "drkit"
 
 
 def s3_policy(
-    tmp_path: Path, seaweed: SeaweedServer, keys: Keys, bucket: str, host: str = HOST, days: int = 1
+    tmp_path: Path,
+    seaweed: SeaweedServer,
+    keys: Keys,
+    bucket: str,
+    host: str = HOST,
+    days: int = 1,
+    dedup: bool = False,
+    command: tuple[str, ...] = (),
 ) -> Path:
     repo = {
         "url": f"s3://{bucket}/{PREFIX}",
         "endpoint": seaweed.endpoint,
         "region": seaweed.region,
         "immutable_days": days,
+        "dedup": dedup,
     }
-    source = {"kind": "command", "name": "db", "command": ["echo", f"rows of {host}"]}
+    argv = list(command) or ["echo", f"rows of {host}"]
+    source = {"kind": "command", "name": "db", "command": argv}
     return write_policy(tmp_path / f"{host}.toml", host, repo, [keys.recipient], [source])
 
 
@@ -142,3 +153,42 @@ def test_a_fleet_run_checks_each_bucket_once_and_refuses_every_host(
         assert r.error is not None and r.error.startswith(f"host {host}: bucket {bucket} ")
     assert asked == [f"s3://{bucket}/{PREFIX}"]  # once for the whole run
     assert objects(client, bucket) == []
+
+
+def test_dedup_packs_are_held_as_long_as_the_newest_snapshot_that_uses_them(
+    tmp_path: Path, seaweed: SeaweedServer, keys: Keys
+) -> None:
+    """Dedup with Object Lock through the CLI: the second backup reuses the first one's
+    packs, and each of them is then held at least as long as that second snapshot."""
+    client = seaweed.client()
+    bucket = seaweed.new_bucket_name("lockdedup")
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(3 << 20))
+    policy = s3_policy(
+        tmp_path, seaweed, keys, bucket, days=2, dedup=True, command=("cat", str(data))
+    )
+    env = creds(seaweed)
+    assert drkit("policy", "validate", str(policy), env=env).returncode == 0
+    assert drkit("init", "--policy", str(policy), env=env).returncode == 0
+    first = drkit("backup", "--policy", str(policy), env=env)
+    assert first.returncode == 0, first.output
+    packs = sorted(k for k in objects(client, bucket) if "/packs/" in k)
+    assert packs, objects(client, bucket)
+    held = {k: client.head_object(Bucket=bucket, Key=k)["ObjectLockRetainUntilDate"] for k in packs}
+
+    time.sleep(2)  # the second snapshot's retention ends later than the first's
+    second = drkit("backup", "--policy", str(policy), "--json", env=env)
+    assert second.returncode == 0, second.output
+    snapshot = json.loads(second.stdout)["results"][0]["snapshot"]
+    manifest = next(
+        k for k in objects(client, bucket) if f"/snapshots/{snapshot}/" in k and "manifest" in k
+    )
+    until = client.head_object(Bucket=bucket, Key=manifest)["ObjectLockRetainUntilDate"]
+    assert sorted(k for k in objects(client, bucket) if "/packs/" in k) == packs  # reused
+    for key in packs:
+        now_held = client.head_object(Bucket=bucket, Key=key)["ObjectLockRetainUntilDate"]
+        assert now_held >= until, (key, now_held, until)
+        assert now_held > held[key], key
+    res = drkit("verify", "--policy", str(policy), "--all-snapshots",
+                "--identity", str(keys.identity_file), env=env)  # fmt: skip
+    assert res.returncode == 0, res.output
