@@ -24,7 +24,11 @@ PATHS=(docker drkit/drills drkit/actions/drill.py drkit/cli/commands_drill.py
        tests/sources/test_nats_live.py tests/sources/test_docker_volume.py
        tests/sources/test_pm2_deploy.py drkit/sources/docker_volume.py
        drkit/sources/pm2.py drkit/sources/listening.py 'drkit/sources/nats*'
-       drkit/sources/jetstream.py)
+       drkit/sources/jetstream.py
+       # compose, mysql and redis sources end to end on the dockerhost (#18)
+       tests/e2e/test_compose.py tests/e2e/test_compose_containers.py
+       drkit/sources/compose.py drkit/sources/mysql.py drkit/sources/redis.py
+       drkit/sources/sqldump.py drkit/sources/pm2_state.py drkit/sources/tree_listing.py)
 
 digest() {
     # Path and content (as in the working tree) of every file under PATHS that git

@@ -22,6 +22,8 @@ from tests.servers.seaweed import SeaweedServer, seaweed_server
 DRILL_SUITES = {
     "tests/e2e/test_vultr_acceptance.py": None,
     "tests/drills/test_drill.py": ("test_drill_fails_", "test_drill_refuses_"),
+    # builds a broken engine image (minutes on vfs); make test keeps the two quick ones
+    "tests/drills/test_drill_setup_errors.py": ("test_an_engine_inside_",),
     "tests/drills/test_drill_image.py": None,
     "tests/drills/test_drill_all.py": None,  # None: every test of the file
     "tests/e2e/test_postgres_container.py": None,

@@ -269,14 +269,14 @@ def test_discover_lists_the_compose_stack_and_suggest_covers_it(
                    for row in table.splitlines()), table  # fmt: skip
 
     suggestion = drkit("discover", "--policy", str(policy), "--suggest", check=True).stdout
-    assert "[[source]]" in suggestion and 'kind = "docker_volume"' in suggestion
+    assert 'kind = "compose"' in suggestion and 'kind = "redis"' in suggestion
     extended = tmp_path / "extended.toml"
     extended.write_text(policy.read_text() + suggestion)
     drkit("policy", "validate", str(extended), check=True)
     again = json.loads(drkit("discover", "--policy", str(extended), "--json", check=True).stdout)
     assert again["uncovered"] == 0, [f for f in again["findings"] if f["uncovered"]]
     assert _by(again, "volume")["shop_pgdata"]["covered_by"] == ["pg-shop_db_1-shop"]
-    assert _by(again, "volume")["shop_redisdata"]["covered_by"] == ["volume-shop_redisdata"]
+    assert _by(again, "volume")["shop_redisdata"]["covered_by"] == ["redis-shop_cache_1"]
     print(f"discover took {took:.1f} s")
 
 
