@@ -129,7 +129,7 @@ class LocalStore(Store):
         if not self.root.exists():
             return
         found: list[ObjectInfo] = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(self._walk_from(prefix)):
             for name in files:
                 if name.startswith(_TMP_PREFIX):
                     continue
@@ -139,6 +139,14 @@ class LocalStore(Store):
                     st = full.stat()
                     found.append(ObjectInfo(key, st.st_size, _mtime(st.st_mtime)))
         yield from sorted(found, key=lambda o: o.key)
+
+    def _walk_from(self, prefix: str) -> Path:
+        """The deepest directory every key starting with ``prefix`` lies under: a listing
+        of one host's snapshots does not walk every other host's packs and snapshots."""
+        parts = prefix.rpartition("/")[0].split("/")
+        if not all(parts) or any(p in (".", "..") for p in parts):
+            return self.root  # no directory part (or an odd one): filter the whole tree
+        return self.root.joinpath(*parts)
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         # Directories hold objects: delete() removes the ones it leaves empty.
@@ -155,7 +163,7 @@ class LocalStore(Store):
         if not self.root.exists():
             return []
         found: builtins.list[IncompleteUpload] = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(self._walk_from(prefix)):
             for name in files:
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
