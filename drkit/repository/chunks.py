@@ -167,7 +167,7 @@ class Chunks:
 
     def put_pack(self, name: str, file: BinaryIO) -> int:
         """Store a finished pack (``file`` from its start)."""
-        n = self.store.put(pack_key(self.host, self.rset, name), file)
+        n = self.store.put_file(pack_key(self.host, self.rset, name), file)
         with self._lock:
             self._retained[name] = True  # written now: retained as long as anything new
         return n

@@ -58,6 +58,10 @@ class ObjectLockGuard(Store):
         self._require(key)
         return self.inner.put(key, stream)
 
+    def put_file(self, key: str, file: BinaryIO) -> int:
+        self._require(key)
+        return self.inner.put_file(key, file)
+
     def put_without_retention(self, key: str, stream: BinaryIO) -> int:
         # Checked too: a run on a bucket without Object Lock must not even take its lock.
         self._require(key)

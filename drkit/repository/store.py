@@ -88,6 +88,13 @@ class Store(ABC):
         """
         return self.put(key, stream)
 
+    def put_file(self, key: str, file: BinaryIO) -> int:
+        """``put`` of a finished, seekable file (a pack spooled to disk), from its start.
+        The default streams it like any other; a store that can send a file of known
+        size in one request (S3: one PUT instead of a multipart upload) does."""
+        file.seek(0)
+        return self.put(key, file)
+
     def put_bytes(self, key: str, data: bytes, *, retain: bool = True) -> int:
         """``put`` of an in-memory object; ``retain=False``: ``put_without_retention``."""
         import io

@@ -95,6 +95,19 @@ def test_put_get_round_trip(store: Store, size: int) -> None:
     assert abs((dt.datetime.now(dt.UTC) - info.modified).total_seconds()) < 300
 
 
+@pytest.mark.parametrize(
+    "size", [0, 1000, PART_SIZE + 17, 12 * MiB + 5], ids=["0", "1kB", "part+", "12MiB"]
+)
+def test_put_file_stores_the_whole_file_from_its_start(
+    store: Store, size: int, tmp_path: Path
+) -> None:
+    data = payload(size, seed=size + 1)
+    with open(tmp_path / "pack", "w+b") as fh:
+        fh.write(data)  # left at its end: put_file sends it from its start
+        assert store.put_file("host/packs/p1", fh) == size
+    assert store.get_bytes("host/packs/p1") == data
+
+
 def test_put_accepts_short_reads(store: Store) -> None:
     data = payload(PART_SIZE + 3 * MiB, seed=7)
     assert store.put("trickle", TrickleStream(data)) == len(data)
