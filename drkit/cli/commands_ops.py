@@ -123,13 +123,21 @@ def _print_prune(res: PruneResult) -> None:
         click.echo(f"  abort  {label}")
     for sid, why in res.skipped:
         click.echo(f"  skip   {sid}  {why}")
+    for why in res.packs_locked:
+        click.echo(f"  keep   {why}")
     verb = "would remove" if res.dry_run else "removed"
+    # Chunk storage only where the repository has any: a whole-artifact line stays as it was.
+    chunks = [f"{res.packs_removed} pack(s)"] if res.packs_removed or res.packs_locked else []
+    chunks += [f"{res.chunks_removed} chunk object(s)"] if res.chunks_removed else []
     click.echo(
-        f"{res.host}: {verb} {len(res.removed)} snapshot(s) ({res.freed_bytes} bytes), "
+        f"{res.host}: {verb} {len(res.removed)} snapshot(s), "
         f"{len(res.incomplete_removed)} incomplete (kept {len(res.incomplete_kept)}), "
-        f"{len(res.uploads_aborted)} upload(s); "
-        f"kept {len(res.kept)}"
-    )
+        f"{len(res.uploads_aborted)} upload(s)"
+        + "".join(f", {c}" for c in chunks)
+        + (f" ({len(res.packs_locked)} unreferenced pack(s) held by Object Lock)"
+           if res.packs_locked else "")
+        + f": {res.freed_bytes} bytes; kept {len(res.kept)}"
+    )  # fmt: skip
 
 
 @cli.command("schedule", epilog=EXIT_CODES)
