@@ -146,7 +146,14 @@ class LocalStore(Store):
         parts = prefix.rpartition("/")[0].split("/")
         if not all(parts) or any(p in (".", "..") for p in parts):
             return self.root  # no directory part (or an odd one): filter the whole tree
-        return self.root.joinpath(*parts)
+        start = self.root
+        for part in parts:
+            start = start / part
+            # os.walk follows a symlink given as its top, never one met below it: a
+            # planted `host/packs -> /etc` must stay unlisted (prune deletes what it lists).
+            if start.is_symlink():
+                return self.root
+        return start
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         # Directories hold objects: delete() removes the ones it leaves empty.

@@ -586,3 +586,20 @@ def test_get_range_reads_exactly_the_bytes_asked(store: Store) -> None:
         store.get_range("packs/p", len(data) - 5, 6)
     with pytest.raises(ObjectNotFound):
         store.get_range("packs/absent", 0, 1)
+
+
+def test_a_local_listing_never_follows_a_planted_directory_symlink(tmp_path: Path) -> None:
+    """Whoever can write the repository directory plants ``host/packs -> outside``: no
+    listing (prune deletes what it lists as unreferenced packs) may name what is outside."""
+    from drkit.repository.local import LocalStore
+
+    store = LocalStore(tmp_path / "repo")
+    store.put("host/snapshots/s1/manifest.json", io.BytesIO(b"{}"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"not the repository's")
+    (tmp_path / "repo" / "host" / "packs").symlink_to(outside)
+    for prefix in ("", "host/", "host/packs/", "host/packs/p", "host/packs/precious"):
+        assert [o.key for o in store.list(prefix) if "precious" in o.key] == [], prefix
+        assert store.list_incomplete_uploads(prefix) == [], prefix
+    assert (outside / "precious").read_bytes() == b"not the repository's"
