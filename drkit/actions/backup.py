@@ -31,7 +31,7 @@ from drkit.actions.snapshot_writer import LockCheck, SnapshotWriter
 from drkit.errors import DrkitError, UsageError
 from drkit.logs import Log, quiet
 from drkit.pipeline.streams import TeeReader
-from drkit.policy.models import Policy, SnapshotSource, SourceBase, source_name
+from drkit.policy.models import MachineImageConfig, Policy, SourceConfigBase, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import Repository, snapshot_prefix
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
@@ -100,8 +100,8 @@ def backup(
         raise UsageError(f"host {host}: no source selected")
     require_object_lock(repo, policy.repository, host)  # fail closed before any write
     repo.trust.signer_for(host)  # refused here: a snapshot restore would not trust
-    machines = [c for c in configs if isinstance(c, SnapshotSource)]
-    data = [c for c in configs if not isinstance(c, SnapshotSource)]
+    machines = [c for c in configs if isinstance(c, MachineImageConfig)]
+    data = [c for c in configs if not isinstance(c, MachineImageConfig)]
     if data and runner is None:
         runner = open_runner(host, policy.connection)
     repo.init()
@@ -145,7 +145,7 @@ def _commit_data(
     run: _Run,
     writer: SnapshotWriter,
     host: str,
-    data: Sequence[SourceBase],
+    data: Sequence[SourceConfigBase],
     runner: Runner,
     started: dt.datetime,
     log: Log,
@@ -203,7 +203,7 @@ def _abandon(
 def _finish(
     policy: Policy,
     repo: Repository,
-    configs: Sequence[SourceBase],
+    configs: Sequence[SourceConfigBase],
     run: _Run,
     jobs: list[SnapshotJob],
     catalog: Callable[[], Catalog] | None,
@@ -242,7 +242,7 @@ def _finish(
 
 def _back_up_source(
     host: str,
-    config: SourceBase,
+    config: SourceConfigBase,
     runner: Runner,
     store: Callable[[str, BinaryIO], ArtifactRecord],
     facts: dict[str, Any],
@@ -275,7 +275,7 @@ def _back_up_source(
 
 
 def _start_machines(
-    policy: Policy, configs: list[SnapshotSource], started: dt.datetime, log: Log
+    policy: Policy, configs: list[MachineImageConfig], started: dt.datetime, log: Log
 ) -> list[SnapshotJob]:
     if not configs:
         return []
@@ -310,7 +310,7 @@ def _machine_records(
 
 
 def _prune_machines(
-    policy: Policy, configs: list[SnapshotSource], now: dt.datetime, log: Log
+    policy: Policy, configs: list[MachineImageConfig], now: dt.datetime, log: Log
 ) -> None:
     """Apply each source's own retention to drkit's provider snapshots; problems only warn
     (the new snapshot exists; an old one left over costs money, not data)."""

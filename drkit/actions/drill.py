@@ -71,7 +71,7 @@ from drkit.drills.report import DrillReport
 from drkit.drills.spec import DrillSpec, spec_for
 from drkit.errors import DrkitError, PolicyError, RestoreError, UsageError
 from drkit.pipeline.age import Identity
-from drkit.policy.models import Connection, NatsSource, Policy, PostgresSource, source_name
+from drkit.policy.models import Connection, NatsConfig, Policy, PostgresConfig, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import Repository
 from drkit.repository.manifest import snapshot_time
@@ -103,12 +103,12 @@ def drill_policy(policy: Policy) -> Policy:
     """
     sources = []
     for src in policy.source:
-        if isinstance(src, PostgresSource) and src.container is None:
+        if isinstance(src, PostgresConfig) and src.container is None:
             src = src.model_copy(
                 update={"host": None, "port": 5432, "user": "postgres", "password": None,
                         "sudo_user": "postgres", "bin_dir": None}
             )  # fmt: skip
-        elif isinstance(src, NatsSource) and src.mode == "snapshot":
+        elif isinstance(src, NatsConfig) and src.mode == "snapshot":
             src = src.model_copy(update={"url": CONTAINER_NATS, "credentials": None})
         sources.append(src)
     return policy.model_copy(update={"source": sources})
@@ -385,7 +385,7 @@ def _restore_and_check(
     checks += certificate_checks(executor.facts, started, spec.cert_warn_days)
     pg: dict[str, tuple[PgConn, str]] = {}
     for src in policy.source:
-        if isinstance(src, PostgresSource):
+        if isinstance(src, PostgresConfig):
             pg[source_name(src)] = (
                 PgConn(None, 5432, "postgres", None, None, src.container),
                 src.database,

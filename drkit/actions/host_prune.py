@@ -10,7 +10,7 @@ from drkit.actions.common import open_repository
 from drkit.actions.host_lock import lock_host
 from drkit.errors import DrkitError
 from drkit.logs import Log, quiet
-from drkit.policy.models import Policy, SnapshotSource, source_name
+from drkit.policy.models import MachineImageConfig, Policy, source_name
 
 if TYPE_CHECKING:
     from drkit.actions.prune import PruneResult
@@ -35,7 +35,7 @@ def prune_one(
     repo = open_repository(policy)
     # A provider snapshot's retention is for the provider's copies, not for data.
     sources = {
-        source_name(s): (None if isinstance(s, SnapshotSource) else s.retention)
+        source_name(s): (None if isinstance(s, MachineImageConfig) else s.retention)
         for s in policy.source
     }
 

@@ -24,7 +24,7 @@ from drkit import retention
 from drkit.durations import parse_duration
 from drkit.errors import DrkitError, UsageError
 from drkit.logs import Log, quiet
-from drkit.policy.models import Policy, SnapshotSource, source_name
+from drkit.policy.models import MachineImageConfig, Policy, source_name
 from drkit.providers.base import (
     CreatedInstance,
     Owner,
@@ -37,11 +37,11 @@ from drkit.providers.factory import open_provider, source_label
 from drkit.retention import Policy as RetentionRules
 from drkit.retention import RetentionLike, SnapInfo
 
-OpenProvider = Callable[[Policy, SnapshotSource], Provider]
+OpenProvider = Callable[[Policy, MachineImageConfig], Provider]
 DEFAULT_RESTORE_TIMEOUT = "15m"
 
 
-def _seconds(policy: Policy, config: SnapshotSource, key: str, value: str) -> float:
+def _seconds(policy: Policy, config: MachineImageConfig, key: str, value: str) -> float:
     try:
         return parse_duration(value).total_seconds()
     except ValueError as exc:
@@ -53,7 +53,7 @@ def _seconds(policy: Policy, config: SnapshotSource, key: str, value: str) -> fl
 
 def take_snapshot(
     policy: Policy,
-    config: SnapshotSource,
+    config: MachineImageConfig,
     now: dt.datetime | None = None,
     *,
     connect: OpenProvider = open_provider,
@@ -121,7 +121,7 @@ class SnapshotJob:
     def __init__(
         self,
         policy: Policy,
-        config: SnapshotSource,
+        config: MachineImageConfig,
         now: dt.datetime | None = None,
         *,
         connect: OpenProvider = open_provider,
@@ -192,7 +192,7 @@ class SnapshotJob:
 
 def start_snapshot(
     policy: Policy,
-    config: SnapshotSource,
+    config: MachineImageConfig,
     now: dt.datetime | None = None,
     *,
     connect: OpenProvider = open_provider,
@@ -259,7 +259,7 @@ class PruneReport:
 
 
 def source_rules(
-    config: SnapshotSource, keep_last: int | None = None, keep_within: str | None = None
+    config: MachineImageConfig, keep_last: int | None = None, keep_within: str | None = None
 ) -> RetentionRules:
     """The source's own ``retention`` (none: keep everything), with keep_last/keep_within
     overridden when given. Provider snapshots never use the host's data retention."""
@@ -277,7 +277,7 @@ def source_rules(
 
 def prune_provider_snapshots(
     policy: Policy,
-    config: SnapshotSource,
+    config: MachineImageConfig,
     keep_last: int | None = None,
     keep_within: str | None = None,
     dry_run: bool = False,
@@ -333,7 +333,7 @@ class ProviderRestore:
 
 def restore_from_snapshot(
     policy: Policy,
-    config: SnapshotSource,
+    config: MachineImageConfig,
     snapshot_id: str | None = None,
     region: str | None = None,
     size: str | None = None,

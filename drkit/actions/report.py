@@ -22,7 +22,7 @@ from drkit.actions.status import _DrillDoc as StatusDrillDoc
 from drkit.actions.status import complete_manifests, due_sources, host_status
 from drkit.durations import parse_duration
 from drkit.errors import DrkitError, RepositoryError
-from drkit.policy.models import Policy, SnapshotSource, source_name
+from drkit.policy.models import MachineImageConfig, Policy, source_name
 from drkit.repository.documents import lazy_adapter, parse_document
 from drkit.repository.layout import HostSnapshots, Rejected, Repository, manifest_key
 from drkit.repository.manifest import snapshot_time
@@ -348,7 +348,7 @@ def _add_retention(
 
     # A provider snapshot's retention is for the provider's copies (as prune_one).
     sources = {
-        source_name(s): (None if isinstance(s, SnapshotSource) else s.retention)
+        source_name(s): (None if isinstance(s, MachineImageConfig) else s.retention)
         for s in policy.source
     }
     try:

@@ -71,9 +71,9 @@ def restore_machine(
     ``snapshot_id`` None: the newest complete snapshot drkit made for the source.
     """
     from drkit.actions.provider_snapshot import restore_from_snapshot
-    from drkit.policy.models import SnapshotSource, source_name
+    from drkit.policy.models import MachineImageConfig, source_name
 
-    configs = [s for s in policy.source if isinstance(s, SnapshotSource)]
+    configs = [s for s in policy.source if isinstance(s, MachineImageConfig)]
     if only:
         configs = [s for s in configs if source_name(s) in only]
     if not configs:

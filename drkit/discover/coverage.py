@@ -44,19 +44,19 @@ from urllib.parse import urlsplit
 
 from drkit.discover.facts import Container, Facts
 from drkit.policy.models import (
-    CaddySource,
-    CertbotSource,
-    CommandSource,
-    ComposeSource,
-    DockerVolumeSource,
-    EnvSource,
-    FilesSource,
-    MysqlSource,
-    NatsSource,
-    Pm2Source,
+    CaddyConfig,
+    CertbotConfig,
+    CommandConfig,
+    ComposeConfig,
+    DockerVolumeConfig,
+    EnvConfig,
+    FilesConfig,
+    MysqlConfig,
+    NatsConfig,
+    Pm2Config,
     Policy,
-    PostgresSource,
-    RedisSource,
+    PostgresConfig,
+    RedisConfig,
     source_name,
 )
 
@@ -106,44 +106,44 @@ class Coverage:
     def __init__(self, policy: Policy) -> None:
         self.paths: list[tuple[str, list[str]]] = []  # (source name, path patterns)
         self.volumes: dict[str, list[str]] = {}
-        self.postgres: list[PostgresSource] = []
-        self.redis: list[RedisSource] = []
-        self.mysql: list[MysqlSource] = []
-        self.compose: list[ComposeSource] = []
+        self.postgres: list[PostgresConfig] = []
+        self.redis: list[RedisConfig] = []
+        self.mysql: list[MysqlConfig] = []
+        self.compose: list[ComposeConfig] = []
         self.commands: list[tuple[str, list[str]]] = []
         self.pm2_users: dict[str, list[str]] = {}
-        self.nats: list[NatsSource] = []
+        self.nats: list[NatsConfig] = []
         self.caddy: list[str] = []
         self.certbot: list[str] = []
         self.names = [source_name(s) for s in policy.source]
         for src in policy.source:
             name = source_name(src)
-            if isinstance(src, FilesSource | EnvSource):
+            if isinstance(src, FilesConfig | EnvConfig):
                 self.paths.append((name, list(src.paths)))
-            elif isinstance(src, CaddySource):
+            elif isinstance(src, CaddyConfig):
                 self.paths.append((name, [*src.config_paths, src.data_dir]))
                 self.caddy.append(name)
-            elif isinstance(src, CertbotSource):
+            elif isinstance(src, CertbotConfig):
                 self.paths.append((name, [src.dir]))
                 self.certbot.append(name)
-            elif isinstance(src, NatsSource):
+            elif isinstance(src, NatsConfig):
                 self.nats.append(src)
                 if src.store_dir:
                     self.paths.append((name, [src.store_dir]))
-            elif isinstance(src, DockerVolumeSource):
+            elif isinstance(src, DockerVolumeConfig):
                 self.volumes.setdefault(src.volume, []).append(name)
-            elif isinstance(src, PostgresSource):
+            elif isinstance(src, PostgresConfig):
                 self.postgres.append(src)
-            elif isinstance(src, RedisSource):
+            elif isinstance(src, RedisConfig):
                 self.redis.append(src)
-            elif isinstance(src, MysqlSource):
+            elif isinstance(src, MysqlConfig):
                 self.mysql.append(src)
-            elif isinstance(src, ComposeSource):
+            elif isinstance(src, ComposeConfig):
                 self.compose.append(src)
                 self.paths.append((name, [src.dir]))
-            elif isinstance(src, CommandSource):
+            elif isinstance(src, CommandConfig):
                 self.commands.append((name, [*src.command, *(src.restore_command or [])]))
-            elif isinstance(src, Pm2Source):
+            elif isinstance(src, Pm2Config):
                 self.pm2_users.setdefault(src.user, []).append(name)
 
     def path(self, path: str) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from drkit.discover.coverage import Finding, path_covered
 from drkit.discover.facts import Facts
-from drkit.policy.models import ComposeSource, Policy, source_name
+from drkit.policy.models import ComposeConfig, Policy, source_name
 
 
 def _name(wanted: str, taken: set[str]) -> str:
@@ -46,7 +46,7 @@ def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[d
     by_project = {p.name: p for p in facts.projects}
     containers = {c.name: c for c in facts.containers}
     covered_paths: list[str] = []  # paths an earlier suggestion covers
-    composed = {s.project for s in policy.source if isinstance(s, ComposeSource)}
+    composed = {s.project for s in policy.source if isinstance(s, ComposeConfig)}
 
     def add(source: dict[str, Any], *found: Finding) -> None:
         out.append(source)

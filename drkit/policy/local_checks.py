@@ -109,12 +109,12 @@ def _check_local_programs(policy: Policy, out: Findings) -> None:
     the policy may be validated on another machine than the one that backs up."""
     import shutil
 
-    from drkit.policy.models import PostgresSource
+    from drkit.policy.models import PostgresConfig
 
     if policy.connection.type == "ssh":
         return
     for i, src in enumerate(policy.source):
-        if not isinstance(src, PostgresSource) or src.container:
+        if not isinstance(src, PostgresConfig) or src.container:
             continue
         needed = ["pg_dump", *(["pg_dumpall"] if src.globals else [])]
         where = f"in {src.bin_dir}" if src.bin_dir else "on PATH"

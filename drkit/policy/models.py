@@ -134,7 +134,7 @@ class Retention(Model):
     keep_within: Duration | None = Field(None, description="duration such as 7d or 36h")
 
 
-class SourceBase(Model):
+class SourceConfigBase(Model):
     name: str | None = Field(None, pattern=NAME_RE, description="defaults to the kind")
     schedule: Cron | None = Field(None, description="cron expression overriding the host's")
     retention: Retention | None = Field(None, description="overrides the host's retention")
@@ -144,7 +144,7 @@ class SourceBase(Model):
     )
 
 
-class PostgresSource(SourceBase):
+class PostgresConfig(SourceConfigBase):
     """pg_dump of one database (uncompressed custom format; the pipeline compresses)
     plus the cluster's roles; facts: exact row counts per table in the dump's snapshot."""
 
@@ -167,7 +167,7 @@ class PostgresSource(SourceBase):
     )
 
 
-class ArchiveSource(SourceBase):
+class ArchiveConfig(SourceConfigBase):
     """A source stored as a tar archive: restores check every member (docs/security.md)."""
 
     allow_setid: bool = Field(
@@ -183,7 +183,7 @@ class ArchiveSource(SourceBase):
     )
 
 
-class FilesSource(ArchiveSource):
+class FilesConfig(ArchiveConfig):
     """A tar of paths keeping modes, owners and symlinks; facts: each file's size and sha256."""
 
     kind: Literal["files"]
@@ -191,14 +191,14 @@ class FilesSource(ArchiveSource):
     exclude: list[str] = Field(default_factory=list, description="tar --exclude patterns")
 
 
-class EnvSource(ArchiveSource):
+class EnvConfig(ArchiveConfig):
     """.env files; every pattern must match; facts: key names and digests, never values."""
 
     kind: Literal["env"]
     paths: list[AbsolutePath] = Field(min_length=1, description="files or globs, e.g. /root/*/.env")
 
 
-class CommandSource(SourceBase):
+class CommandConfig(SourceConfigBase):
     """Any command whose stdout is the artifact; non-zero exit or no output fails it."""
 
     kind: Literal["command"]
@@ -214,7 +214,7 @@ class CommandSource(SourceBase):
     )
 
 
-class Pm2Source(ArchiveSource):
+class Pm2Config(ArchiveConfig):
     """`pm2 save` dump and ecosystem files; facts: app names, cwd and script (never env)."""
 
     kind: Literal["pm2"]
@@ -224,7 +224,7 @@ class Pm2Source(ArchiveSource):
     ecosystem: list[str] = Field(default_factory=list, description="ecosystem.config.js paths")
 
 
-class CaddySource(ArchiveSource):
+class CaddyConfig(ArchiveConfig):
     """Caddyfile(s) and the data dir (certificates, ACME account); facts: certificates."""
 
     kind: Literal["caddy"]
@@ -232,14 +232,14 @@ class CaddySource(ArchiveSource):
     data_dir: str = "/var/lib/caddy/.local/share/caddy"
 
 
-class CertbotSource(ArchiveSource):
+class CertbotConfig(ArchiveConfig):
     """/etc/letsencrypt with its symlinks intact; facts: each certificate's names and expiry."""
 
     kind: Literal["certbot"]
     dir: str = "/etc/letsencrypt"
 
 
-class NatsSource(ArchiveSource):
+class NatsConfig(ArchiveConfig):
     """JetStream streams (KV and object-store buckets included) through the snapshot API,
     or a stop-copy-start of the store directory; facts: messages, bytes, first/last
     sequence per stream."""
@@ -261,7 +261,7 @@ class NatsSource(ArchiveSource):
     )
 
 
-class DockerVolumeSource(ArchiveSource):
+class DockerVolumeConfig(ArchiveConfig):
     """A named Docker volume's contents, tarred from its mountpoint on the host (needs root
     or ``sudo_user = "root"``); facts: each file's size and sha256, a content digest."""
 
@@ -284,7 +284,7 @@ ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CONTAINER_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class RedisSource(SourceBase):
+class RedisConfig(SourceConfigBase):
     """A Redis-protocol server (Redis, Valkey, FalkorDB) on the host or in a container:
     an RDB over the replication protocol (`redis-cli --rdb -`), restored by stopping the
     server, placing the RDB where its config says and starting it (docs/sources/redis.md);
@@ -324,7 +324,7 @@ class RedisSource(SourceBase):
         return v
 
     @model_validator(mode="after")
-    def _one_way_to_restart(self) -> RedisSource:
+    def _one_way_to_restart(self) -> RedisConfig:
         if self.container and (self.service or self.start_command):
             raise ValueError(
                 "container: the container is stopped and started; "
@@ -335,7 +335,7 @@ class RedisSource(SourceBase):
         return self
 
 
-class MysqlSource(SourceBase):
+class MysqlConfig(SourceConfigBase):
     """MySQL or MariaDB on the host or in a container: `mysqldump --single-transaction
     --routines --triggers --events`, restored by loading it into the server
     (docs/sources/mysql.md); facts: rows per table, counted in the dump's snapshot."""
@@ -364,7 +364,7 @@ class MysqlSource(SourceBase):
     client: str = Field("mysql", description="the client used for restores and counts")
 
     @model_validator(mode="after")
-    def _password_source(self) -> MysqlSource:
+    def _password_source(self) -> MysqlConfig:
         if self.container_password_env and not self.container:
             raise ValueError("container_password_env needs container")
         if self.container_password_env and self.password:
@@ -372,7 +372,7 @@ class MysqlSource(SourceBase):
         return self
 
 
-class ComposeSource(ArchiveSource):
+class ComposeConfig(ArchiveConfig):
     """One Docker Compose project as a unit: its directory (compose and env files, bind
     mounts under it), its named volumes read in one window with the project's containers
     stopped (always started again), optionally its images (`docker save`); restored with
@@ -404,7 +404,7 @@ class ComposeSource(ArchiveSource):
     )
 
 
-class SnapshotSource(SourceBase):
+class MachineImageConfig(SourceConfigBase):
     """A provider snapshot of the whole machine, taken beside the data sources and pruned
     by this source's own `retention` (drkit's own only); see drkit restore-machine."""
 
@@ -429,19 +429,19 @@ class SnapshotSource(SourceBase):
 
 
 SourceConfig = Annotated[
-    PostgresSource
-    | FilesSource
-    | EnvSource
-    | CommandSource
-    | Pm2Source
-    | CaddySource
-    | CertbotSource
-    | NatsSource
-    | DockerVolumeSource
-    | RedisSource
-    | MysqlSource
-    | ComposeSource
-    | SnapshotSource,
+    PostgresConfig
+    | FilesConfig
+    | EnvConfig
+    | CommandConfig
+    | Pm2Config
+    | CaddyConfig
+    | CertbotConfig
+    | NatsConfig
+    | DockerVolumeConfig
+    | RedisConfig
+    | MysqlConfig
+    | ComposeConfig
+    | MachineImageConfig,
     Field(discriminator="kind"),
 ]
 
@@ -506,6 +506,6 @@ class Policy(Model):
         return self._origin or f"policy of host {self.host}"
 
 
-def source_name(src: SourceBase) -> str:
+def source_name(src: SourceConfigBase) -> str:
     """The name a source's artifacts are stored under (its ``name`` or its kind)."""
     return src.name or str(getattr(src, "kind"))  # noqa: B009 - every concrete source has kind

@@ -62,7 +62,7 @@ def _type_name(info: FieldInfo) -> str:
     names = [_CHECKED[n] for f in direct if (n := getattr(f, "__name__", "")) in _CHECKED]
     if names and text == "str":
         return names[0]
-    if text.startswith("list[Annotated[PostgresSource"):
+    if text.startswith("list[Annotated[PostgresConfig"):
         return "array of tables (below)"
     choices = re.fullmatch(r"tuple\[Literal\[(.*)\], \.\.\.\]", text)
     if choices:  # written in TOML as an array of strings
@@ -115,8 +115,15 @@ def render() -> str:
         ("[notify]", models.Notify),
     ):
         out += [f"## {title}", "", inspect.cleandoc(model.__doc__ or ""), "", *_table(model), ""]
-    out += ["## [[source]]", "", "Keys every source takes:", "", *_table(models.SourceBase), ""]
-    base = set(models.SourceBase.model_fields)
+    out += [
+        "## [[source]]",
+        "",
+        "Keys every source takes:",
+        "",
+        *_table(models.SourceConfigBase),
+        "",
+    ]
+    base = set(models.SourceConfigBase.model_fields)
     for model in get_args(get_args(models.SourceConfig)[0]):
         kind = get_args(model.model_fields["kind"].annotation)[0]
         out += [f'### kind = "{kind}"', ""]

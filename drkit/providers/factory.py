@@ -19,7 +19,7 @@ from collections.abc import Callable
 from drkit import secrets
 from drkit.durations import parse_duration
 from drkit.errors import SecretError
-from drkit.policy.models import Policy, SnapshotSource, source_name
+from drkit.policy.models import MachineImageConfig, Policy, source_name
 from drkit.providers.base import Owner, Provider, ProviderError
 from drkit.retry import Backoff, Clock
 
@@ -49,7 +49,7 @@ PROVIDERS: dict[str, Callable[[], type[Provider]]] = {
 }
 
 
-def source_label(policy: Policy, config: SnapshotSource) -> str:
+def source_label(policy: Policy, config: MachineImageConfig) -> str:
     """``host H: source S: <provider> <resource>``, as every provider error starts."""
     return (
         f"host {policy.host}: source {source_name(config)}: {config.provider} {config.resource_id}"
@@ -58,7 +58,7 @@ def source_label(policy: Policy, config: SnapshotSource) -> str:
 
 def open_provider(
     policy: Policy,
-    config: SnapshotSource,
+    config: MachineImageConfig,
     *,
     endpoint: str | None = None,
     clock: Clock | None = None,
@@ -92,7 +92,7 @@ def open_provider(
     )
 
 
-def _endpoint(config: SnapshotSource) -> str | None:
+def _endpoint(config: MachineImageConfig) -> str | None:
     configured = getattr(config, "endpoint", None)
     if configured:
         return str(configured)

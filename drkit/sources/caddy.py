@@ -25,7 +25,7 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-from drkit.policy.models import CaddySource as CaddyConfig
+from drkit.policy.models import CaddyConfig
 from drkit.sources.base import (
     Artifact,
     Check,

@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from drkit.policy.models import CertbotSource as CertbotConfig
+from drkit.policy.models import CertbotConfig
 from drkit.sources.base import Artifact, Check, Feed, RestoreOptions, RestoreReport, StepPlan
 from drkit.sources.certs import certificate_fact
 from drkit.sources.nginxconf import tls_servers

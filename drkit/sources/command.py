@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 from drkit import secrets
 from drkit.errors import RestoreError
-from drkit.policy.models import CommandSource as CommandConfig
+from drkit.policy.models import CommandConfig
 from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, pipe_into
 
 

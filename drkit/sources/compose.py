@@ -47,7 +47,7 @@ from typing import Any, BinaryIO
 
 from drkit.durations import parse_duration
 from drkit.errors import RestoreError, SourceError
-from drkit.policy.models import ComposeSource as ComposeConfig
+from drkit.policy.models import ComposeConfig
 from drkit.remote.base import exit_text, tail_text
 from drkit.sources import listening
 from drkit.sources.base import (

@@ -58,7 +58,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from drkit.errors import RestoreError, SourceError
-from drkit.policy.models import DockerVolumeSource as DockerVolumeConfig
+from drkit.policy.models import DockerVolumeConfig
 from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import (
     Artifact,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from drkit.errors import SourceError
-from drkit.policy.models import EnvSource as EnvConfig
+from drkit.policy.models import EnvConfig
 from drkit.sources.base import Artifact
 from drkit.sources.tarball import TarSource
 

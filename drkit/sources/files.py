@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from drkit.policy.models import FilesSource as FilesConfig
+from drkit.policy.models import FilesConfig
 from drkit.sources.base import Artifact
 from drkit.sources.tarball import TarSource
 

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 
 from drkit import secrets
 from drkit.errors import RestoreError, SourceError
-from drkit.policy.models import MysqlSource as MysqlConfig
+from drkit.policy.models import MysqlConfig
 from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import (
     Artifact,

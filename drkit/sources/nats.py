@@ -45,7 +45,7 @@ from typing import Any, BinaryIO
 
 from drkit import secrets
 from drkit.errors import DrkitError, RestoreError, SourceError, UsageError
-from drkit.policy.models import NatsSource as NatsConfig
+from drkit.policy.models import NatsConfig
 from drkit.remote.base import Process, exit_text
 from drkit.sources import jetstream
 from drkit.sources.base import (

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drkit.errors import DrkitError, RestoreError, SourceError
-from drkit.policy.models import Pm2Source as Pm2Config
+from drkit.policy.models import Pm2Config
 from drkit.sources.base import (
     Artifact,
     Check,

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, cast
 from drkit import redact, secrets
 from drkit.errors import RestoreError, SourceError, UsageError
 from drkit.pipeline.streams import read_limited
-from drkit.policy.models import PostgresSource as PostgresConfig
+from drkit.policy.models import PostgresConfig
 from drkit.remote.base import Process, exit_text, tail_text
 from drkit.sources.base import (
     Artifact,

@@ -53,7 +53,7 @@ from typing import Any, BinaryIO
 from drkit import secrets
 from drkit.durations import parse_duration
 from drkit.errors import RestoreError, SourceError
-from drkit.policy.models import RedisSource as RedisConfig
+from drkit.policy.models import RedisConfig
 from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import (
     Artifact,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from drkit.errors import UsageError
-from drkit.policy.models import SourceBase, source_name
+from drkit.policy.models import SourceConfigBase, source_name
 from drkit.remote.base import Runner
 from drkit.sources.base import Artifact, Feed, RestoreOptions, RestoreReport, Source, StepPlan
 
@@ -81,7 +81,7 @@ def source_class(kind: str, flavor: str = "plain") -> type[Source] | None:
     return cls
 
 
-def build_source(config: SourceBase, runner: Runner) -> Source:
+def build_source(config: SourceConfigBase, runner: Runner) -> Source:
     """The Source object for one policy entry; unimplemented kinds are a clear error."""
     kind = str(getattr(config, "kind"))  # noqa: B009
     cls = source_class(kind, str(getattr(config, "flavor", "plain")))

@@ -75,7 +75,7 @@ def restore(policy: Path, keys: Any, target: PgServer, *args: str) -> dict[str, 
 
 def logins_check(target: PgServer, facts: dict[str, Any], user: str = "postgres") -> Any:
     """The source's check run on its own, as a drill does, against ``target``."""
-    from drkit.policy.models import PostgresSource as Config
+    from drkit.policy.models import PostgresConfig as Config
     from drkit.remote.local import LocalRunner
     from drkit.sources.base import RestoreOptions
     from drkit.sources.postgres import PostgresSource

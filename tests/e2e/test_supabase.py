@@ -262,7 +262,7 @@ def test_plain_postgres_target_is_refused_in_the_plan(backed_up: Path, keys) -> 
 def test_check_fails_naming_widened_access(source: PgServer) -> None:
     """The post-restore check (a drill runs the same) fails naming each object, and each
     default privilege, whose access is wider than the source's."""
-    from drkit.policy.models import PostgresSource as Config
+    from drkit.policy.models import PostgresConfig as Config
     from drkit.remote.local import LocalRunner
     from drkit.sources.base import Check, RestoreOptions
     from drkit.sources.pgcatalog import parse_facts, target_sql
@@ -420,7 +420,7 @@ def test_definitions_edited_on_the_source_replace_the_targets(keys, tmp_path: Pa
     as the source had them (merged, they used to keep the target's definition); the plan
     names each; a table whose columns differ is kept and warned about; the check fails
     when a definition still differs."""
-    from drkit.policy.models import PostgresSource as Config
+    from drkit.policy.models import PostgresConfig as Config
     from drkit.remote.local import LocalRunner
     from drkit.sources.base import RestoreOptions
     from drkit.sources.pgcatalog import parse_facts, target_sql

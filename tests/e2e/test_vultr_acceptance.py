@@ -92,7 +92,7 @@ def package_default_then_edited(
     --force-files."""
     from drkit.actions.restore_target import target_runner
     from drkit.policy.loader import load_policy
-    from drkit.policy.models import CaddySource as CaddyConfig
+    from drkit.policy.models import CaddyConfig
     from drkit.sources.base import RestoreOptions
     from drkit.sources.caddy import CaddySource
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from drkit.policy.models import Policy, SnapshotSource
+from drkit.policy.models import MachineImageConfig, Policy
 from drkit.providers.base import Provider
 from drkit.providers.factory import open_provider
 from drkit.retry import Backoff
@@ -116,9 +116,9 @@ def make_policy(kind: str, **source: Any) -> Policy:
     )
 
 
-def snapshot_source(policy: Policy) -> SnapshotSource:
+def snapshot_source(policy: Policy) -> MachineImageConfig:
     src = policy.source[0]
-    assert isinstance(src, SnapshotSource)
+    assert isinstance(src, MachineImageConfig)
     return src
 
 
@@ -134,10 +134,10 @@ class Env:
     opened: list[Provider] = field(default_factory=list)
 
     @property
-    def source(self) -> SnapshotSource:
+    def source(self) -> MachineImageConfig:
         return snapshot_source(self.policy)
 
-    def connect(self, policy: Policy, config: SnapshotSource) -> Provider:
+    def connect(self, policy: Policy, config: MachineImageConfig) -> Provider:
         provider = open_provider(
             policy,
             config,

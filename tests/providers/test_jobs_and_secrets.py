@@ -11,7 +11,7 @@ import pytest
 
 from drkit.actions.provider_snapshot import SnapshotJob, start_snapshot, take_snapshot
 from drkit.errors import SecretError
-from drkit.policy.models import Policy, SnapshotSource
+from drkit.policy.models import MachineImageConfig, Policy
 from drkit.providers import factory
 from drkit.providers.base import Provider, ProviderError
 from drkit.providers.factory import open_provider
@@ -25,7 +25,7 @@ from tests.providers.fake_vultr import FakeVultr
 def real_time(env: Env, poll: float = 0.02) -> Any:
     """A connect() on the real clock with short polls: the job really runs concurrently."""
 
-    def connect(policy: Policy, config: SnapshotSource) -> Provider:
+    def connect(policy: Policy, config: MachineImageConfig) -> Provider:
         return open_provider(
             policy, config, endpoint=base_url(env.api, env.kind), clock=Clock(), poll_interval=poll
         )

@@ -20,7 +20,7 @@ from drkit.actions.backup import backup
 from drkit.actions.common import open_repository
 from drkit.errors import SourceError
 from drkit.policy.loader import load_policy
-from drkit.policy.models import CommandSource as CommandConfig
+from drkit.policy.models import CommandConfig
 from drkit.remote import ssh
 from drkit.remote.ssh import SshRunner
 from drkit.sources.base import pipe_into

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from drkit.errors import SourceError
-from drkit.policy.models import DockerVolumeSource as VolumeConfig
+from drkit.policy.models import DockerVolumeConfig as VolumeConfig
 from drkit.remote.local import LocalRunner
 from drkit.sources.docker_volume import DockerVolumeSource
 from tests.helpers import drkit, toml_value, write_policy

@@ -34,8 +34,7 @@ from drkit.actions.restore import Executor
 from drkit.errors import RestoreError, SourceError, UsageError
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
-from drkit.policy.models import Connection
-from drkit.policy.models import NatsSource as NatsConfig
+from drkit.policy.models import Connection, NatsConfig
 from drkit.remote.local import LocalRunner
 from drkit.remote.ssh import SshRunner
 from drkit.sources import jetstream, registry

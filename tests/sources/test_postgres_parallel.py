@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import pytest
 
 from drkit.errors import DrkitError, IntegrityError
-from drkit.policy.models import PostgresSource as PostgresConfig
+from drkit.policy.models import PostgresConfig
 from drkit.remote.local import LocalRunner
 from drkit.sources import pgparallel as pgmod
 from drkit.sources.base import RestoreOptions
