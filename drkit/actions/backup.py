@@ -26,13 +26,14 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from drkit.actions.common import open_runner, require_object_lock
+from drkit.actions.repository_access import require_object_lock
 from drkit.actions.snapshot_writer import LockCheck, SnapshotWriter
 from drkit.errors import DrkitError, UsageError
 from drkit.logs import Log, quiet
 from drkit.pipeline.streams import TeeReader
 from drkit.policy.models import MachineImageConfig, Policy, SourceConfigBase, source_name
 from drkit.remote.base import Runner
+from drkit.remote.factory import open_runner
 from drkit.repository.layout import Repository, snapshot_prefix
 from drkit.repository.manifest import ArtifactRecord, Manifest, SourceRecord, new_snapshot_id
 from drkit.sources.registry import build_source

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drkit.actions.common import open_repository
+from drkit.actions.repository_access import open_repository
 from drkit.catalog.db import Catalog
 from drkit.catalog.sync import sync
 from drkit.policy.models import Policy

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drkit.actions.common import open_runner
 from drkit.discover.coverage import Finding, assess
 from drkit.discover.facts import Facts, parse
 from drkit.discover.script import SCRIPT
@@ -14,6 +13,7 @@ from drkit.discover.suggest import render, suggestions
 from drkit.errors import SourceError
 from drkit.policy.models import Policy
 from drkit.remote.base import Runner, exit_text, tail_text
+from drkit.remote.factory import open_runner
 
 WHAT = "the discovery script (drkit/discover/script.py)"
 

@@ -58,14 +58,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drkit.actions.common import (
-    Assembly,
-    data_sources,
-    open_repository,
-    select_sources,
-    with_signing_key,
-)
+from drkit.actions.repository_access import open_repository, with_signing_key
 from drkit.actions.restore import Executor
+from drkit.actions.snapshot_select import Assembly, data_sources, select_sources
 from drkit.drills.checks import certificate_checks, declared_checks, verdict
 from drkit.drills.report import DrillReport
 from drkit.drills.spec import DrillSpec, spec_for

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drkit.actions.backup import BackupResult, backup
-from drkit.actions.common import open_repository
 from drkit.actions.host_lock import lock_host
 from drkit.actions.metrics import write_metrics
+from drkit.actions.repository_access import open_repository
 from drkit.actions.run_notify import Reporter
 from drkit.actions.status import due_sources
 from drkit.errors import DrkitError, PolicyError, UsageError

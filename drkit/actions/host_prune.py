@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from drkit.actions.common import open_repository
 from drkit.actions.host_lock import lock_host
+from drkit.actions.repository_access import open_repository
 from drkit.errors import DrkitError
 from drkit.logs import Log, quiet
 from drkit.policy.models import MachineImageConfig, Policy, source_name

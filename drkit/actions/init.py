@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from drkit.actions.common import open_repository, require_object_lock
+from drkit.actions.repository_access import open_repository, require_object_lock
 from drkit.paths import config_dir, default_identity_file
 from drkit.policy.loader import load_policy
 from drkit.policy.models import Policy

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drkit.actions.common import open_repository
+from drkit.actions.repository_access import open_repository
 from drkit.actions.status import last_drill_passed, newest_holding
 from drkit.durations import parse_duration
 from drkit.errors import DrkitError

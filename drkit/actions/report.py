@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from drkit import __version__
-from drkit.actions.common import open_repository
+from drkit.actions.repository_access import open_repository
 from drkit.actions.status import _DrillDoc as StatusDrillDoc
 from drkit.actions.status import complete_manifests, due_sources, host_status
 from drkit.durations import parse_duration

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
-from drkit.actions.common import Assembly, object_label, read_artifact, read_facts
+from drkit.actions.artifact_read import object_label, read_artifact, read_facts
+from drkit.actions.snapshot_select import Assembly
 from drkit.errors import DrkitError, IntegrityError, RestoreError
 from drkit.paths import state_dir
 from drkit.pipeline import chunked

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from drkit.actions.common import data_sources, open_repository, provider_snapshots, select_sources
+from drkit.actions.repository_access import open_repository
 from drkit.actions.restore import Executor
 from drkit.actions.restore_target import target_runner
+from drkit.actions.snapshot_select import data_sources, provider_snapshots, select_sources
 from drkit.pipeline.age import Identity
 from drkit.policy.models import Policy
 from drkit.sources.base import RestoreOptions

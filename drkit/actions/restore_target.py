@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from drkit.actions.common import open_runner
 from drkit.errors import UsageError
 from drkit.policy.models import Connection, Policy
 from drkit.remote.base import Runner
+from drkit.remote.factory import open_runner
 
 
 def target_runner(

@@ -8,7 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from drkit.actions.common import open_repository
+from drkit.actions.repository_access import open_repository
 from drkit.policy.models import Policy
 from drkit.repository.manifest import Manifest
 

@@ -8,6 +8,7 @@ this module only writes them, so the two do not mix.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import time
@@ -15,7 +16,6 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
 
 from drkit import __version__
-from drkit.actions.common import policy_digest
 from drkit.errors import RepositoryError
 from drkit.logs import Log
 from drkit.pipeline import chunked
@@ -156,3 +156,8 @@ class SnapshotWriter:
             f"{host}: snapshot {snapshot} committed ({manifest.stored_bytes} bytes, {seconds:.1f}s)"
         )
         return manifest
+
+
+def policy_digest(policy: Policy) -> str:
+    """The digest a manifest records of the policy it was taken under."""
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()

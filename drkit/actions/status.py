@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from drkit.actions.common import open_repository
+from drkit.actions.repository_access import open_repository
 from drkit.errors import RepositoryError
 from drkit.repository.documents import lazy_adapter, parse_document
 

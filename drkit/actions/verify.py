@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from drkit.actions.common import object_label, read_artifact, select_snapshot
+from drkit.actions.artifact_read import object_label, read_artifact
+from drkit.actions.snapshot_select import select_snapshot
 from drkit.errors import DrkitError, IntegrityError
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity

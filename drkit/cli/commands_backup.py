@@ -138,7 +138,7 @@ def verify(
     identity_file: str | None,
 ) -> None:
     """Read, authenticate and hash every object of a snapshot, without restoring."""
-    from drkit.actions.common import open_repository
+    from drkit.actions.repository_access import open_repository
     from drkit.actions.verify import verify_host
 
     policy = ctx.one_policy(policy_file, host)

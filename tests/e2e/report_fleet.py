@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from drkit.actions.common import open_repository
 from drkit.actions.fleet import backup_one
+from drkit.actions.repository_access import open_repository
 from drkit.drills.report import DrillReport
 from drkit.policy.loader import load_policy
 from drkit.policy.models import Policy

@@ -7,7 +7,9 @@ import os
 import pwd
 from pathlib import Path
 
-from drkit.actions.common import open_repository, read_facts, select_snapshot
+from drkit.actions.artifact_read import read_facts
+from drkit.actions.repository_access import open_repository
+from drkit.actions.snapshot_select import select_snapshot
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
 from tests.helpers import drkit, write_policy

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from drkit.actions import common
+from drkit.actions import repository_access
 from drkit.actions.fleet import backup_fleet
 from drkit.policy.loader import load_policy
 from drkit.repository.s3 import S3Store
@@ -146,7 +146,7 @@ def test_a_fleet_run_checks_each_bucket_once_and_refuses_every_host(
         return real(self)
 
     monkeypatch.setattr(S3Store, "object_lock_enabled", counted)
-    monkeypatch.setattr(common, "_object_lock_checked", {})
+    monkeypatch.setattr(repository_access, "_object_lock_checked", {})
     results = backup_fleet(policies, jobs=3, catalog=None, log=lambda _m: None)
     assert [r.status for r in results] == ["failed"] * 3
     for host, r in zip(hosts, results, strict=True):

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from drkit.actions.common import open_repository, read_facts
+from drkit.actions.artifact_read import read_facts
+from drkit.actions.repository_access import open_repository
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
 from drkit.repository.layout import Repository

@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse
 
-from drkit.actions.common import open_repository
 from drkit.actions.report import (
     CheckRow,
     DrillRow,
@@ -24,6 +23,7 @@ from drkit.actions.report import (
     gather,
 )
 from drkit.actions.report_html import render
+from drkit.actions.repository_access import open_repository
 from drkit.drills.report import DrillReport
 from drkit.policy.models import Policy
 from drkit.repository.manifest import new_snapshot_id

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from drkit.actions.common import Assembly
 from drkit.actions.restore import Progress
+from drkit.actions.snapshot_select import Assembly
 from drkit.errors import RestoreError
 from drkit.pipeline.age import parse_recipient
 from drkit.pipeline.codec import encode

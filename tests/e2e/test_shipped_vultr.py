@@ -36,7 +36,9 @@ from typing import Any
 
 import pytest
 
-from drkit.actions.common import open_repository, read_facts, select_snapshot
+from drkit.actions.artifact_read import read_facts
+from drkit.actions.repository_access import open_repository
+from drkit.actions.snapshot_select import select_snapshot
 from drkit.drills.container import HostContainer
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from drkit.actions.artifact_read import read_facts
 from drkit.actions.backup import backup
-from drkit.actions.common import open_repository, read_facts
+from drkit.actions.repository_access import open_repository
 from drkit.errors import DrkitError
 from drkit.locks import LockLost
 from drkit.pipeline.age import load_identities

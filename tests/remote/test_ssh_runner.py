@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from drkit.actions.backup import backup
-from drkit.actions.common import open_repository
+from drkit.actions.repository_access import open_repository
 from drkit.errors import SourceError
 from drkit.policy.loader import load_policy
 from drkit.policy.models import CommandConfig

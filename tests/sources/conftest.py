@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from drkit.actions.common import open_repository, read_facts, select_snapshot
+from drkit.actions.artifact_read import read_facts
+from drkit.actions.repository_access import open_repository
+from drkit.actions.snapshot_select import select_snapshot
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
 

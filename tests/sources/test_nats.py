@@ -29,8 +29,10 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from drkit.actions import backup as backup_action
-from drkit.actions.common import open_repository, read_facts, select_snapshot
+from drkit.actions.artifact_read import read_facts
+from drkit.actions.repository_access import open_repository
 from drkit.actions.restore import Executor
+from drkit.actions.snapshot_select import select_snapshot
 from drkit.errors import RestoreError, SourceError, UsageError
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy

@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from drkit.actions.common import open_repository, read_facts
+from drkit.actions.artifact_read import read_facts
+from drkit.actions.repository_access import open_repository
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
 from drkit.sources.pm2 import dump_identity, judge
