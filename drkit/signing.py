@@ -245,8 +245,10 @@ def _openssh_ed25519(data: bytes, path: Path) -> tuple[bytes, bytes]:
     reader = _Reader(blob[len(_OPENSSH_MAGIC) :], bad)
     cipher, kdf, _options = reader.string(), reader.string(), reader.string()
     if (cipher, kdf) != (b"none", b"none"):
-        raise CryptoError(f"{path}: the signing key is passphrase-protected; drkit needs it "
-                          "unencrypted (protect the file instead: 0600, root only)")  # fmt: skip
+        raise CryptoError(
+            f"{path}: the signing key is passphrase-protected; drkit needs it "
+            "unencrypted (protect the file instead: 0600, root only)"
+        )
     if reader.uint32() != 1:
         raise bad
     reader.string()  # the public key blob, repeated in the private section

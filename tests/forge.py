@@ -62,17 +62,36 @@ def forge_snapshot(
     target.write(f"{prefix}{source}/{artifact}", blob)
     facts_blob, facts_digests = _sealed(json.dumps(facts or {}).encode(), recipient)
     target.write(f"{prefix}facts.json.age", facts_blob)
-    record = {"source": source, "name": artifact, "key": f"{source}/{artifact}",
-              "format": FORMAT, "new_bytes": 0, **digests}  # fmt: skip
+    record = {
+        "source": source,
+        "name": artifact,
+        "key": f"{source}/{artifact}",
+        "format": FORMAT,
+        "new_bytes": 0,
+        **digests,
+    }
     manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "host": host,
-        "snapshot": snapshot, "started": _started(snapshot), "finished": _started(snapshot),
-        "status": "complete", "drkit_version": "0.1.0", "policy_sha256": "0" * 64,
-        "recipients": [recipient], "extra": {},
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "host": host,
+        "snapshot": snapshot,
+        "started": _started(snapshot),
+        "finished": _started(snapshot),
+        "status": "complete",
+        "drkit_version": "0.1.0",
+        "policy_sha256": "0" * 64,
+        "recipients": [recipient],
+        "extra": {},
         "sources": [{"name": source, "kind": kind, "seconds": 0.1, "artifacts": [record]}],
-        "facts": {"source": "facts.json.age", "name": "facts.json.age", "key": "facts.json.age",
-                  "format": FORMAT, "new_bytes": 0, **facts_digests},
-    }  # fmt: skip
+        "facts": {
+            "source": "facts.json.age",
+            "name": "facts.json.age",
+            "key": "facts.json.age",
+            "format": FORMAT,
+            "new_bytes": 0,
+            **facts_digests,
+        },
+    }
     if sign_with is not None:
         manifest = sign_with.sign(SIGNED_KIND, manifest)
     target.write(f"{prefix}manifest.json", json.dumps(manifest).encode())
@@ -98,8 +117,9 @@ def copy_snapshot(target: RepoTarget, host: str, snapshot: str, new_id: str) -> 
         target.write(f"{host}/snapshots/{new_id}/{key[len(old) :]}", target.read(key))
 
 
-def plant_v1_chunks(target: RepoTarget, host: str, rset: str, plain: bytes, junk: bytes,
-                    recipient: str) -> int:  # fmt: skip
+def plant_v1_chunks(
+    target: RepoTarget, host: str, rset: str, plain: bytes, junk: bytes, recipient: str
+) -> int:
     """Plant, under every id an unkeyed (sha256) chunker would give the chunks of
     ``plain``, a chunk that decrypts to ``junk``: a backup that reused them would
     restore junk. Returns how many were planted."""

@@ -100,9 +100,15 @@ def drill_policy(policy: Policy) -> Policy:
     for src in policy.source:
         if isinstance(src, PostgresConfig) and src.container is None:
             src = src.model_copy(
-                update={"host": None, "port": 5432, "user": "postgres", "password": None,
-                        "sudo_user": "postgres", "bin_dir": None}
-            )  # fmt: skip
+                update={
+                    "host": None,
+                    "port": 5432,
+                    "user": "postgres",
+                    "password": None,
+                    "sudo_user": "postgres",
+                    "bin_dir": None,
+                }
+            )
         elif isinstance(src, NatsConfig) and src.mode == "snapshot":
             src = src.model_copy(update={"url": CONTAINER_NATS, "credentials": None})
         sources.append(src)
@@ -167,9 +173,16 @@ def drill_hosts(
             continue
         spec = specs.get(policy.host) or DrillSpec(host=policy.host)
         report = run_drill(
-            policy, repo, identities, spec, snapshot=snapshot, image=image, keep=keep,
-            catalog=catalog, log=log,
-        )  # fmt: skip
+            policy,
+            repo,
+            identities,
+            spec,
+            snapshot=snapshot,
+            image=image,
+            keep=keep,
+            catalog=catalog,
+            log=log,
+        )
         reports.append(report)
     return reports
 
@@ -177,10 +190,17 @@ def drill_hosts(
 def _report(host: str, started: dt.datetime) -> DrillReport:
     drill_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
     return DrillReport(
-        host=host, drill_id=drill_id, snapshot="", started=started.isoformat(timespec="seconds"),
-        finished="", verdict="fail", rto_seconds=0.0, rpo_seconds=0.0, image_build_seconds=0.0,
+        host=host,
+        drill_id=drill_id,
+        snapshot="",
+        started=started.isoformat(timespec="seconds"),
+        finished="",
+        verdict="fail",
+        rto_seconds=0.0,
+        rpo_seconds=0.0,
+        image_build_seconds=0.0,
         image="",
-    )  # fmt: skip
+    )
 
 
 def _keypair(directory: Path) -> tuple[Path, str]:
@@ -293,8 +313,10 @@ def _image(host: str, report: DrillReport, log: Log) -> str:
     report.image_built = base.built or image.built
     report.image_build_seconds = round(time.monotonic() - t_build, 1)
     state = "built" if report.image_built else "cached"
-    log(f"{host}: image {image.tag} (chosen by {report.image_from}; "
-        f"{state}, {report.image_build_seconds}s)")  # fmt: skip
+    log(
+        f"{host}: image {image.tag} (chosen by {report.image_from}; "
+        f"{state}, {report.image_build_seconds}s)"
+    )
     log(f"{host}: base {base.tag}: {base.source}")
     return image.tag
 
@@ -328,9 +350,14 @@ def _in_container(
     with tempfile.TemporaryDirectory(prefix="drkit-drill-") as tmp, contextlib.ExitStack() as stack:
         key, public = _keypair(Path(tmp))
         container = host_container(
-            image, host=policy.host, authorized_keys=public, ssh_user=user, keep=keep, name=name,
+            image,
+            host=policy.host,
+            authorized_keys=public,
+            ssh_user=user,
+            keep=keep,
+            name=name,
             engine=bool(needs),
-        )  # fmt: skip
+        )
         try:
             box = stack.enter_context(container)
         except DockerError as exc:  # before anything of the backup reached it
@@ -338,24 +365,37 @@ def _in_container(
             raise DrillSetupError(f"container {name}: {exc}{why}") from exc
         report.container = box.name
         where = f" on {box.network} at {box.network_address}" if box.network else ""
-        log(f"{policy.host}: {box.label} ready in {box.ready_seconds:.1f}s{where}, "
-            f"logging in as {user}")  # fmt: skip
+        log(
+            f"{policy.host}: {box.label} ready in {box.ready_seconds:.1f}s{where}, "
+            f"logging in as {user}"
+        )
         if keep:
             log(f"{policy.host}: kept: docker exec -it {box.name} bash")
         known = Path(tmp) / "known_hosts"
         known.write_text(box.known_hosts_line())
         conn = Connection(
-            type="ssh", address=box.address, port=box.port(22), user=user,
-            identity_file=str(key), known_hosts=str(known),
-        )  # fmt: skip
+            type="ssh",
+            address=box.address,
+            port=box.port(22),
+            user=user,
+            identity_file=str(key),
+            known_hosts=str(known),
+        )
         runner = SshRunner(policy.host, conn)
         # Said in the report too (``--json`` logs nothing): what a killed drill had left.
         checks = [Check("drill", "leftovers of killed drills removed", "pass", ", ".join(swept))]
         try:
-            return checks[:1 if swept else 0] + _restore_and_check(
-                drill_policy(policy), repo, assembly, identities, runner, spec, started,
-                box.label, log,
-            )  # fmt: skip
+            return checks[: 1 if swept else 0] + _restore_and_check(
+                drill_policy(policy),
+                repo,
+                assembly,
+                identities,
+                runner,
+                spec,
+                started,
+                box.label,
+                log,
+            )
         finally:
             runner.close()
 
@@ -405,8 +445,9 @@ def refuse_blocked(host: str, executor: Executor) -> None:
         )
 
 
-def _store(repo: Repository, report: DrillReport, catalog: Callable[[], Catalog] | None,
-           log: Log) -> None:  # fmt: skip
+def _store(
+    repo: Repository, report: DrillReport, catalog: Callable[[], Catalog] | None, log: Log
+) -> None:
     try:
         key = repo.write_drill_report(report.host, report.drill_id, json.loads(report.to_json()))
     except DrkitError as exc:
@@ -417,12 +458,17 @@ def _store(repo: Repository, report: DrillReport, catalog: Callable[[], Catalog]
     try:
         cat = catalog()
         cat.record_drill(
-            repo.url, report.host, report.drill_id, report.snapshot,
-            dt.datetime.fromisoformat(report.started), dt.datetime.fromisoformat(report.finished),
+            repo.url,
+            report.host,
+            report.drill_id,
+            report.snapshot,
+            dt.datetime.fromisoformat(report.started),
+            dt.datetime.fromisoformat(report.finished),
             report.verdict,  # type: ignore[arg-type]
-            rto_seconds=report.rto_seconds, rpo_seconds=report.rpo_seconds,
+            rto_seconds=report.rto_seconds,
+            rpo_seconds=report.rpo_seconds,
             report_key=key or None,
-        )  # fmt: skip
+        )
         cat.close()
     except DrkitError as exc:
         log(f"{report.host}: drill not recorded in the catalog: {exc}")

@@ -41,11 +41,17 @@ def prune_one(
 
     def run() -> PruneResult:
         return prune(
-            repo, policy.host, policy.retention, now=now, dry_run=dry_run,
+            repo,
+            policy.host,
+            policy.retention,
+            now=now,
+            dry_run=dry_run,
             drilled=drilled_snapshots(repo, policy.host, catalog),
-            drilled_with=newest_drill_used(repo, policy.host), grace=grace,
-            sources=sources, log=log,
-        )  # fmt: skip
+            drilled_with=newest_drill_used(repo, policy.host),
+            grace=grace,
+            sources=sources,
+            log=log,
+        )
 
     if dry_run:
         return run()

@@ -193,9 +193,17 @@ def add_unstored(fleet: FleetReport, reports: Iterable[DrillReport]) -> None:
         started = dt.datetime.fromisoformat(r.started) if r.started else fleet.generated
         checks = tuple(CheckRow(c.status, c.source, c.name, c.detail) for c in r.checks)
         host.unstored.append(
-            DrillRow(r.drill_id, r.snapshot, r.verdict, started, r.rto_seconds, r.rpo_seconds,
-                     r.error, checks)
-        )  # fmt: skip
+            DrillRow(
+                r.drill_id,
+                r.snapshot,
+                r.verdict,
+                started,
+                r.rto_seconds,
+                r.rpo_seconds,
+                r.error,
+                checks,
+            )
+        )
 
 
 class ReadOnce(Repository):
@@ -224,9 +232,12 @@ def _snapshot_row(manifest: Any) -> SnapshotRow:
         s.name: sum(a.stored_size + a.new_bytes for a in s.artifacts) for s in manifest.sources
     }
     return SnapshotRow(
-        manifest.snapshot, snapshot_time(manifest.snapshot), manifest.status == "complete",
-        manifest.stored_bytes, by_source,
-    )  # fmt: skip
+        manifest.snapshot,
+        snapshot_time(manifest.snapshot),
+        manifest.status == "complete",
+        manifest.stored_bytes,
+        by_source,
+    )
 
 
 def _source_rows(policy: Policy, manifests: list[Any], due: dict[str, Any]) -> list[SourceRow]:
@@ -238,13 +249,15 @@ def _source_rows(policy: Policy, manifests: list[Any], due: dict[str, Any]) -> l
         d = due.get(name)
         rows.append(
             SourceRow(
-                name, str(getattr(src, "kind", "")), src.schedule or policy.schedule,
+                name,
+                str(getattr(src, "kind", "")),
+                src.schedule or policy.schedule,
                 newest.snapshot if newest else None,
                 snapshot_time(newest.snapshot) if newest else None,
                 bool(d and d.due),
                 sum(a.stored_size + a.new_bytes for a in record.artifacts) if record else None,
             )
-        )  # fmt: skip
+        )
     return rows
 
 
@@ -305,14 +318,23 @@ def drill_rows(repo: Repository, host: str) -> tuple[list[DrillRow], list[tuple[
             continue
         started = doc.started if doc.started.tzinfo else doc.started.replace(tzinfo=dt.UTC)
         if started > latest:
-            refused.append((doc.drill_id, f"{origin}: started {started:%Y-%m-%d %H:%M} UTC, "
-                            "later than now"))  # fmt: skip
+            refused.append(
+                (doc.drill_id, f"{origin}: started {started:%Y-%m-%d %H:%M} UTC, later than now")
+            )
             continue
         checks = tuple(CheckRow(c.status, c.source, c.name, c.detail) for c in doc.checks)
         rows.append(
-            DrillRow(doc.drill_id, doc.snapshot, doc.verdict, started, doc.rto_seconds,
-                     doc.rpo_seconds, doc.error, checks)
-        )  # fmt: skip
+            DrillRow(
+                doc.drill_id,
+                doc.snapshot,
+                doc.verdict,
+                started,
+                doc.rto_seconds,
+                doc.rpo_seconds,
+                doc.error,
+                checks,
+            )
+        )
     rows.sort(key=lambda d: (d.started, d.drill_id))
     return rows, refused
 
@@ -353,10 +375,15 @@ def _add_retention(
     }
     try:
         result = prune(
-            repo, policy.host, policy.retention, now=now, dry_run=True,
+            repo,
+            policy.host,
+            policy.retention,
+            now=now,
+            dry_run=True,
             drilled=drilled_snapshots(repo, policy.host, catalog),
-            drilled_with=newest_drill_used(repo, policy.host), sources=sources,
-        )  # fmt: skip
+            drilled_with=newest_drill_used(repo, policy.host),
+            sources=sources,
+        )
     except DrkitError as exc:
         out.retention_error = str(exc)
         return
@@ -368,9 +395,16 @@ def _add_retention(
             rows.append(row)
             continue
         rows.append(
-            SnapshotRow(row.snapshot, row.time, row.complete, row.stored_bytes, row.by_source,
-                        d.keep, tuple(d.reasons))
-        )  # fmt: skip
+            SnapshotRow(
+                row.snapshot,
+                row.time,
+                row.complete,
+                row.stored_bytes,
+                row.by_source,
+                d.keep,
+                tuple(d.reasons),
+            )
+        )
     out.snapshots = rows
     if result.errors:
         out.retention_error = "; ".join(result.errors)

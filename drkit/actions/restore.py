@@ -72,10 +72,17 @@ class Step:
     note: str | None = None  # e.g. "not in snapshot X: from an older one"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"step": self.number, "source": self.source, "kind": self.kind,
-                "snapshot": self.snapshot, "taken": self.taken, "note": self.note,
-                "actions": self.plan.actions, "blocked": self.plan.blocked,
-                "already_done": self.done}  # fmt: skip
+        return {
+            "step": self.number,
+            "source": self.source,
+            "kind": self.kind,
+            "snapshot": self.snapshot,
+            "taken": self.taken,
+            "note": self.note,
+            "actions": self.plan.actions,
+            "blocked": self.plan.blocked,
+            "already_done": self.done,
+        }
 
 
 @dataclass
@@ -99,10 +106,9 @@ class RestoreResult:
     def outcomes(self, names: list[str]) -> dict[str, str]:
         """Each source of the restore: restored / failed / done earlier (resume)."""
         return {
-            n: "failed" if n in self.failed else "done earlier" if n in self.skipped
-            else "restored"
+            n: "failed" if n in self.failed else "done earlier" if n in self.skipped else "restored"
             for n in names
-        }  # fmt: skip
+        }
 
 
 def order_sources(records: list[SourceRecord]) -> list[SourceRecord]:
@@ -279,10 +285,13 @@ class Executor:
                 entries = facts.get("entries", [])
                 path, up = written_through(entries, planted)
                 if up and not plan.blocked:
-                    steps[-1].plan = StepPlan(plan.actions, (
-                        f"{path} would be written through {dest.rstrip('/')}{up}, a symlink "
-                        f"that {planted_by[up]} writes, to {planted[up]}: outside --dest {dest}"
-                    ))  # fmt: skip
+                    steps[-1].plan = StepPlan(
+                        plan.actions,
+                        (
+                            f"{path} would be written through {dest.rstrip('/')}{up}, a symlink "
+                            f"that {planted_by[up]} writes, to {planted[up]}: outside --dest {dest}"
+                        ),
+                    )
                 links = escaping_links(entries, dest)
                 planted.update(links)
                 planted_by.update(dict.fromkeys(links, f"step {n} ({rec.name})"))
@@ -305,8 +314,10 @@ class Executor:
             staged[rec.name] = self.sources[rec.name].staged_artifacts(facts, self.opts)
             for artifact in rec.artifacts:
                 if artifact.name in staged[rec.name]:
-                    log(f"{host}: {rec.name}/{artifact.name}: verified while it loads into a "
-                        "staging area, applied only after (no second read)")  # fmt: skip
+                    log(
+                        f"{host}: {rec.name}/{artifact.name}: verified while it loads into a "
+                        "staging area, applied only after (no second read)"
+                    )
                 else:
                     objects.append((self.manifest_of(rec.name), artifact))
         try:

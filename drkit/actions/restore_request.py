@@ -51,9 +51,13 @@ def prepare_restore(
     # A whole-host plan also points to the provider snapshot, if one was recorded.
     optional = set() if only else provider_snapshots(policy)
     assembly = select_sources(
-        repo, policy.host, data_sources(policy, only), request.snapshot, request.at,
+        repo,
+        policy.host,
+        data_sources(policy, only),
+        request.snapshot,
+        request.at,
         optional=optional,
-    )  # fmt: skip
+    )
     runner, label = target_runner(
         policy,
         request.target,
@@ -62,7 +66,13 @@ def prepare_restore(
         accept_new_host_key=request.accept_new_host_key,
     )
     executor = Executor(
-        policy, repo, assembly, identities, runner, request.options, target=label,
+        policy,
+        repo,
+        assembly,
+        identities,
+        runner,
+        request.options,
+        target=label,
         resume=request.resume,
-    )  # fmt: skip
+    )
     return PreparedRestore(executor, label)

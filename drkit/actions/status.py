@@ -265,9 +265,15 @@ def drill_reports(repo: Repository, host: str) -> list[DrillSummary]:
         if started > latest:
             continue
         out.append(
-            DrillSummary(doc.drill_id, doc.snapshot, doc.verdict, started, doc.rto_seconds,
-                         tuple(doc.snapshots))
-        )  # fmt: skip
+            DrillSummary(
+                doc.drill_id,
+                doc.snapshot,
+                doc.verdict,
+                started,
+                doc.rto_seconds,
+                tuple(doc.snapshots),
+            )
+        )
     return sorted(out, key=lambda d: (d.started, d.drill))
 
 
@@ -278,9 +284,10 @@ def last_drill(repo: Repository, host: str, catalog: Catalog | None = None) -> D
     row = catalog.last_drill(host) if catalog is not None else None
     if row is not None:
         candidates.append(
-            DrillSummary(row.drill_id, row.snapshot_id, row.verdict, _aware(row.started),
-                         row.rto_seconds)
-        )  # fmt: skip
+            DrillSummary(
+                row.drill_id, row.snapshot_id, row.verdict, _aware(row.started), row.rto_seconds
+            )
+        )
     return max(candidates, key=lambda d: d.started) if candidates else None
 
 

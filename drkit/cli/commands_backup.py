@@ -106,9 +106,16 @@ def backup(
             log(f"{r.host}: not due")
 
     results = backup_fleet(
-        policies, jobs=jobs, catalog=ctx.catalog, log=log, on_done=done,
-        clock=ctx.now, due=due, wait=wait, only=set(only) or None,
-    )  # fmt: skip
+        policies,
+        jobs=jobs,
+        catalog=ctx.catalog,
+        log=log,
+        on_done=done,
+        clock=ctx.now,
+        due=due,
+        wait=wait,
+        only=set(only) or None,
+    )
     code = exit_code(results)
     if ctx.as_json or not (quiet and code == 0):
         ctx.emit({"results": [result_dict(r) for r in results]}, lambda: print_run(results))
@@ -298,25 +305,45 @@ def restore(
     from drkit.sources.base import RestoreOptions
 
     _refuse_conflicts(
-        host, provider_snapshot, database=database, rename_db=rename_db, target=target,
-        local_target=local_target, snapshot=snapshot, at_text=at_text,
-    )  # fmt: skip
+        host,
+        provider_snapshot,
+        database=database,
+        rename_db=rename_db,
+        target=target,
+        local_target=local_target,
+        snapshot=snapshot,
+        at_text=at_text,
+    )
     policy = ctx.one_policy(policy_file, host)
     at = _parse_at(ctx, at_text)
     identities = load_identity(identity_file)
     password = _password_from(pg_password_env)
     log = log_to_stderr(ctx.as_json)
     opts = RestoreOptions(
-        database=database, db_suffix=rename_db or "", pg_host=pg_host, pg_port=pg_port,
-        pg_user=pg_user, pg_password=password, dest=dest, log=log,
-        force_files=force or force_files, force_db=force or force_db, reload=not no_reload,
+        database=database,
+        db_suffix=rename_db or "",
+        pg_host=pg_host,
+        pg_port=pg_port,
+        pg_user=pg_user,
+        pg_password=password,
+        dest=dest,
+        log=log,
+        force_files=force or force_files,
+        force_db=force or force_db,
+        reload=not no_reload,
         pg_jobs=pg_jobs,
-    )  # fmt: skip
+    )
     request = RestoreRequest(
-        snapshot=snapshot, at=at, only=only, target=target, target_identity=target_identity,
-        target_known_hosts=target_known_hosts, accept_new_host_key=accept_new_host_key,
-        resume=resume, options=opts,
-    )  # fmt: skip
+        snapshot=snapshot,
+        at=at,
+        only=only,
+        target=target,
+        target_identity=target_identity,
+        target_known_hosts=target_known_hosts,
+        accept_new_host_key=accept_new_host_key,
+        resume=resume,
+        options=opts,
+    )
     prepared = prepare_restore(policy, request, identities)
     executor, target_label = prepared.executor, prepared.target
     warn_nothing_to_resume(executor, target_label)

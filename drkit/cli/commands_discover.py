@@ -16,10 +16,11 @@ COLUMNS = f"{'KIND':<16} {'NAME':<40} {'WHERE':<22} COVERED BY"
 @click.option("--host", help="the host (its policy from the policy directory)")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="policy file")
 @click.option(
-    "--suggest", is_flag=True,
+    "--suggest",
+    is_flag=True,
     help="print policy TOML ([[source]] tables) for what no source covers, to append to "
     "the policy file (with --json: as the 'suggest' key)",
-)  # fmt: skip
+)
 @json_option
 @pass_ctx
 @handle_errors
@@ -40,15 +41,21 @@ def discover(ctx: Ctx, host: str | None, policy_file: str | None, suggest: bool)
     def text() -> None:
         if suggest:
             click.echo(found.suggestion_toml(), nl=False)
-            click.echo(f"{policy.host}: {len(found.uncovered)} uncovered, {len(found.suggested)} "
-                       "source(s) suggested", err=True)  # fmt: skip
+            click.echo(
+                f"{policy.host}: {len(found.uncovered)} uncovered, {len(found.suggested)} "
+                "source(s) suggested",
+                err=True,
+            )
             return
         facts = found.facts
-        click.echo(f"host {policy.host} (login {facts.user or '?'}, "
-                   f"docker {facts.docker or 'none'})")  # fmt: skip
+        click.echo(
+            f"host {policy.host} (login {facts.user or '?'}, docker {facts.docker or 'none'})"
+        )
         for p in facts.projects:
-            click.echo(f"compose project {p.name} in {p.working_dir}: "
-                       f"services {', '.join(p.services)}; files {', '.join(p.files)}")  # fmt: skip
+            click.echo(
+                f"compose project {p.name} in {p.working_dir}: "
+                f"services {', '.join(p.services)}; files {', '.join(p.files)}"
+            )
         click.echo(COLUMNS)
         for f in found.findings:
             covered = ", ".join(f.covered_by) or ("NOT COVERED" if f.data else "-")
@@ -57,8 +64,10 @@ def discover(ctx: Ctx, host: str | None, policy_file: str | None, suggest: bool)
             click.echo(f"warning: {error}", err=True)
         gaps = found.uncovered
         if gaps:
-            click.echo(f"{len(gaps)} not covered by any source of the policy "
-                       f"(drkit discover --host {policy.host} --suggest)")  # fmt: skip
+            click.echo(
+                f"{len(gaps)} not covered by any source of the policy "
+                f"(drkit discover --host {policy.host} --suggest)"
+            )
         else:
             click.echo("every source of data found is covered")
 

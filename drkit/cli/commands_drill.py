@@ -36,9 +36,11 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--all", "all_hosts", is_flag=True, help="every host in the policy directory")
 @click.option("--snapshot", help="snapshot id (default: the newest)")
 @click.option(
-    "--image", "image", metavar="NAME",
+    "--image",
+    "image",
+    metavar="NAME",
     help="drill image docker/hosts/NAME/ (default: the drill file's image, else the host name)",
-)  # fmt: skip
+)
 @click.option("--keep", is_flag=True, help="keep the container for inspection")
 @click.option(
     "--drills-dir",
@@ -48,14 +50,18 @@ pass_ctx = click.make_pass_decorator(Ctx)
     "./restore_drills, <config dir>/restore_drills and the shipped ones holding any)",
 )
 @click.option(
-    "--docker-dir", type=click.Path(file_okay=False, exists=True), envvar="DRKIT_DOCKER_DIR",
+    "--docker-dir",
+    type=click.Path(file_okay=False, exists=True),
+    envvar="DRKIT_DOCKER_DIR",
     help="drill image files laid out like docker/ (or $DRKIT_DOCKER_DIR; default: the "
     "shipped ones)",
-)  # fmt: skip
+)
 @click.option(
-    "--report", "report_dir", type=click.Path(file_okay=False),
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
     help="write JSON, Markdown and the fleet page (index.html, as drkit report --html) here",
-)  # fmt: skip
+)
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="write JUnit XML here")
 @identity_option
 @json_option
@@ -114,9 +120,15 @@ def drill(
     log = log_to_stderr(ctx.as_json)
     log(f"drill files: {directory}")
     reports = drill_hosts(
-        policies, identities, specs, snapshot=snapshot, image=image, keep=keep,
-        catalog=ctx.catalog, log=log,
-    )  # fmt: skip
+        policies,
+        identities,
+        specs,
+        snapshot=snapshot,
+        image=image,
+        keep=keep,
+        catalog=ctx.catalog,
+        log=log,
+    )
     rewrite_metrics(policies, log)
     if report_dir:
         out = Path(report_dir)

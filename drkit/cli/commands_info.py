@@ -240,8 +240,13 @@ def status(ctx: Ctx, policy_files: tuple[str, ...], hosts: tuple[str, ...]) -> N
 def _unread_row(policy: Policy, error: str | None) -> dict[str, Any]:
     """A status row for a host whose repository could not be read: neither fresh nor a
     breach, just unknown (exit 3 unless another host breached)."""
-    return {"host": policy.host, "error": error, "rpo": policy.rpo, "breach": False,
-            "drill_failed": False}  # fmt: skip
+    return {
+        "host": policy.host,
+        "error": error,
+        "rpo": policy.rpo,
+        "breach": False,
+        "drill_failed": False,
+    }
 
 
 def _drill_text(drill: dict[str, Any] | None) -> str:

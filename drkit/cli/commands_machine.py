@@ -86,9 +86,15 @@ def restore_machine(
         )
     config = configs[0]
     done = restore_from_snapshot(
-        policy, config, snapshot_id, region, size, yes,
-        now=ctx.now(), log=log_to_stderr(ctx.as_json),
-    )  # fmt: skip
+        policy,
+        config,
+        snapshot_id,
+        region,
+        size,
+        yes,
+        now=ctx.now(),
+        log=log_to_stderr(ctx.as_json),
+    )
     instance = done.instance
     data = {
         "host": policy.host,

@@ -79,9 +79,14 @@ def prune(
     for policy in policies:
         try:
             res = prune_one(
-                policy, now=now, dry_run=dry_run, grace=grace_delta, catalog=catalog,
-                wait=wait, log=log,
-            )  # fmt: skip
+                policy,
+                now=now,
+                dry_run=dry_run,
+                grace=grace_delta,
+                catalog=catalog,
+                wait=wait,
+                log=log,
+            )
         except LockHeld as exc:
             click.echo(f"error: {exc}", err=True)
             rows.append({"host": policy.host, "status": "locked", "error": str(exc)})
@@ -134,27 +139,37 @@ def _print_prune(res: PruneResult) -> None:
         f"{len(res.incomplete_removed)} incomplete (kept {len(res.incomplete_kept)}), "
         f"{len(res.uploads_aborted)} upload(s)"
         + "".join(f", {c}" for c in chunks)
-        + (f" ({len(res.packs_locked)} unreferenced pack(s) held by Object Lock)"
-           if res.packs_locked else "")
+        + (
+            f" ({len(res.packs_locked)} unreferenced pack(s) held by Object Lock)"
+            if res.packs_locked
+            else ""
+        )
         + f": {res.freed_bytes} bytes; kept {len(res.kept)}"
-    )  # fmt: skip
+    )
 
 
 @cli.command("schedule", epilog=EXIT_CODES)
 @policy_options
 @click.option(
-    "-n", "count", type=click.IntRange(1, 100), default=3, show_default=True,
+    "-n",
+    "count",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
     help="next runs shown per schedule",
-)  # fmt: skip
+)
 @click.option(
     "--emit",
     type=click.Choice(["cron", "systemd"]),
     help="print a crontab entry, or a systemd service and timer, running `backup --due`",
 )
 @click.option(
-    "--every", type=click.IntRange(1, 60), default=10, show_default=True,
+    "--every",
+    type=click.IntRange(1, 60),
+    default=10,
+    show_default=True,
     help="--emit: minutes between two `backup --due` runs",
-)  # fmt: skip
+)
 @click.option("--user", help="--emit: run as this user (cron.d user field, systemd User=)")
 @click.option(
     "--env-file",

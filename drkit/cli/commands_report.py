@@ -12,9 +12,12 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 @cli.command(epilog=EXIT_CODES)
 @click.option(
-    "--html", "html_dir", required=True, type=click.Path(file_okay=False),
+    "--html",
+    "html_dir",
+    required=True,
+    type=click.Path(file_okay=False),
     help="directory to write the page into (index.html; created if missing)",
-)  # fmt: skip
+)
 @policy_options
 @json_option
 @pass_ctx

@@ -20,9 +20,12 @@ class _Cli(click.Group):
     printed as JSON on stdout (a script reading stdout gets a document, not nothing)."""
 
     def make_context(
-        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
         **extra: Any,
-    ) -> click.Context:  # fmt: skip
+    ) -> click.Context:
         wants_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
         try:
             ctx = super().make_context(info_name, args, parent, **extra)

@@ -41,13 +41,18 @@ def emit_plan(
     assembly = executor.assembly
     blocked = [s for s in steps if s.plan.blocked]
     ctx.emit(
-        {"host": assembly.host, "snapshot": assembly.newest.snapshot,
-         "snapshots": [m.snapshot for m in assembly.manifests], "as_of": assembly.as_of,
-         "target": target_label, "steps": [s.as_dict() for s in steps],
-         "refused": [s.source for s in blocked],
-         "nothing_to_resume": executor.progress.nothing_to_resume},
+        {
+            "host": assembly.host,
+            "snapshot": assembly.newest.snapshot,
+            "snapshots": [m.snapshot for m in assembly.manifests],
+            "as_of": assembly.as_of,
+            "target": target_label,
+            "steps": [s.as_dict() for s in steps],
+            "refused": [s.source for s in blocked],
+            "nothing_to_resume": executor.progress.nothing_to_resume,
+        },
         lambda: click.echo(plan_text),
-    )  # fmt: skip
+    )
     if blocked:
         names = ", ".join(f"{s.number} ({s.source})" for s in blocked)
         click.echo(
@@ -64,12 +69,19 @@ def emit_result(
     """What a restore did: each source's outcome, the checks, the verdict."""
     outcomes = result.outcomes(sources)
     data = {
-        "host": result.host, "snapshot": result.snapshot, "sources": result.sources,
-        "target": target_label, "steps": result.steps, "skipped": result.skipped,
-        "outcomes": outcomes, "failed": result.failed, "verdict": result.verdict,
-        "checks": [c.__dict__ for c in result.checks], "seconds": round(result.seconds, 2),
+        "host": result.host,
+        "snapshot": result.snapshot,
+        "sources": result.sources,
+        "target": target_label,
+        "steps": result.steps,
+        "skipped": result.skipped,
+        "outcomes": outcomes,
+        "failed": result.failed,
+        "verdict": result.verdict,
+        "checks": [c.__dict__ for c in result.checks],
+        "seconds": round(result.seconds, 2),
         "nothing_to_resume": executor.progress.nothing_to_resume,
-    }  # fmt: skip
+    }
 
     def text() -> None:
         if result.failed:

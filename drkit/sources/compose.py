@@ -99,8 +99,15 @@ class ComposeSource(TarSource):
     def containers(self, error: type[Exception] = SourceError) -> list[dict[str, Any]]:
         """``docker inspect`` of every container of the project (running or not)."""
         label = f"label={PROJECT_LABEL}={self.config.project}"
-        ids = self.docker("ps", "-aq", "--no-trunc", "--filter", label, what="listing the "
-                          "project's containers", error=error).split()  # fmt: skip
+        ids = self.docker(
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            label,
+            what="listing the project's containers",
+            error=error,
+        ).split()
         if not ids:
             return []
         out = self.docker("inspect", *ids, what="inspecting the project's containers", error=error)
@@ -108,8 +115,9 @@ class ComposeSource(TarSource):
         return found
 
     def volumes_root(self, error: type[Exception] = SourceError) -> str:
-        root = self.docker("info", "--format", "{{.DockerRootDir}}", what="docker info",
-                           error=error).strip()  # fmt: skip
+        root = self.docker(
+            "info", "--format", "{{.DockerRootDir}}", what="docker info", error=error
+        ).strip()
         if not root.startswith("/"):
             raise error(f"{self.label}: docker info gave no DockerRootDir ({root!r})")
         return posixpath.join(root, "volumes")
@@ -165,12 +173,22 @@ class ComposeSource(TarSource):
         yield from self.tar_artifacts([c.dir], c.exclude)
         self.facts.update(self.listing_facts())
 
-        skipped = {m["Name"] for info in found if _service(info)["service"] in c.dumps
-                   for m in info.get("Mounts", []) if m.get("Type") == "volume"}  # fmt: skip
+        skipped = {
+            m["Name"]
+            for info in found
+            if _service(info)["service"] in c.dumps
+            for m in info.get("Mounts", [])
+            if m.get("Type") == "volume"
+        }
         names = sorted(
-            {m["Name"] for info in found for m in info.get("Mounts", [])
-             if m.get("Type") == "volume"} - skipped
-        )  # fmt: skip
+            {
+                m["Name"]
+                for info in found
+                for m in info.get("Mounts", [])
+                if m.get("Type") == "volume"
+            }
+            - skipped
+        )
         root = self.volumes_root()
         volumes: dict[str, dict[str, Any]] = {}
         for name in names:
@@ -183,8 +201,11 @@ class ComposeSource(TarSource):
                     "are read; back it up with its own source and list its service in dumps"
                 )
             volumes[name] = {"labels": record.get("Labels") or {}}
-        stop = {i["Id"]: i["Name"].lstrip("/") for i in found
-                if i["State"].get("Running") and _service(i)["service"] not in c.dumps}  # fmt: skip
+        stop = {
+            i["Id"]: i["Name"].lstrip("/")
+            for i in found
+            if i["State"].get("Running") and _service(i)["service"] not in c.dumps
+        }
         stopped: list[str] = []
         if volumes:
             scanner = TarScanner()
@@ -200,9 +221,13 @@ class ComposeSource(TarSource):
             yield Artifact(IMAGES, lambda: self.command_stream(["docker", "save", *images]))
             self.facts["images"] = images
         self.facts.update(
-            project=c.project, config_files=config_files, services=services, volumes=volumes,
-            skipped_volumes=sorted(skipped), stopped=sorted(stopped),
-        )  # fmt: skip
+            project=c.project,
+            config_files=config_files,
+            services=services,
+            volumes=volumes,
+            skipped_volumes=sorted(skipped),
+            stopped=sorted(stopped),
+        )
 
     @contextmanager
     def _stopped_while(
@@ -235,10 +260,14 @@ class ComposeSource(TarSource):
         if opts.dest:
             return StepPlan([*actions, "volumes, images and services: not with --dest"], blocked)
         if facts.get("images"):
-            actions.append(f"docker load {len(facts['images'])} image(s): "
-                           + ", ".join(facts["images"]))  # fmt: skip
-        running = [i["Name"].lstrip("/") for i in self.containers(RestoreError)
-                   if i["State"].get("Running")]  # fmt: skip
+            actions.append(
+                f"docker load {len(facts['images'])} image(s): " + ", ".join(facts["images"])
+            )
+        running = [
+            i["Name"].lstrip("/")
+            for i in self.containers(RestoreError)
+            if i["State"].get("Running")
+        ]
         if running:
             actions.append(f"stop running container(s) {', '.join(running)} (--force-db)")
             if not opts.force_db and facts.get("volumes"):
@@ -284,8 +313,11 @@ class ComposeSource(TarSource):
 
             feed(IMAGES, load)
             report.actions.append(f"loaded image(s) {', '.join(facts['images'])}")
-        running = {i["Id"]: i["Name"].lstrip("/") for i in self.containers(RestoreError)
-                   if i["State"].get("Running")}  # fmt: skip
+        running = {
+            i["Id"]: i["Name"].lstrip("/")
+            for i in self.containers(RestoreError)
+            if i["State"].get("Running")
+        }
         if running:
             self.docker("stop", *running, what="stopping the project", error=RestoreError)
             report.actions.append(f"stopped {', '.join(sorted(running.values()))} (--force-db)")
@@ -314,20 +346,31 @@ class ComposeSource(TarSource):
             if record is None:
                 labels = info.get("labels") or {}
                 args = [a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")]
-                self.docker("volume", "create", *args, name, what=f"creating volume {name}",
-                            error=RestoreError)  # fmt: skip
+                self.docker(
+                    "volume",
+                    "create",
+                    *args,
+                    name,
+                    what=f"creating volume {name}",
+                    error=RestoreError,
+                )
                 record = self.volume(name, RestoreError) or {}
             mp = str(record.get("Mountpoint") or "")
             if mp != posixpath.join(root, name, "_data"):
                 raise RestoreError(f"{self.label}: volume {name} is not at {root}/{name}/_data")
             # Allowed by describe (--force-db): emptied, then filled with the backup's.
-            self.runner.check(["find", mp, "-mindepth", "1", "-delete"],
-                              what=f"{self.label}: emptying {mp}", user=self.run_as)  # fmt: skip
+            self.runner.check(
+                ["find", mp, "-mindepth", "1", "-delete"],
+                what=f"{self.label}: emptying {mp}",
+                user=self.run_as,
+            )
         conf = confine(self.runner, root, ["/"], label=self.label, user=self.run_as)
         rules = MemberRules(
-            tuple(f"/{n}" for n in volumes), self.config.allow_setid, conf.escapes,
+            tuple(f"/{n}" for n in volumes),
+            self.config.allow_setid,
+            conf.escapes,
             tuple(self.config.symlinks_to),
-        )  # fmt: skip
+        )
         tar = ["tar", "-C", root, "-x", "-p", "--same-owner", "--numeric-owner", "-f", "-"]
         where = f"{self.label}: restoring volumes into {root}"
 
@@ -354,8 +397,9 @@ class ComposeSource(TarSource):
             bad = problems.get(s["service"])
             ports = ", ".join(s["ports"])
             detail = bad or ("running" + (f", listening on {ports}" if ports else ""))
-            checks.append(Check(self.name, f"service {s['service']}", "fail" if bad else "pass",
-                                detail))  # fmt: skip
+            checks.append(
+                Check(self.name, f"service {s['service']}", "fail" if bad else "pass", detail)
+            )
         return checks
 
     def _service_problems(self, services: list[dict[str, Any]]) -> dict[str, str]:

@@ -145,8 +145,7 @@ class NatsSource(TarSource):
                 chosen.append((name, "snapshot"))
                 continue
             state = s.get("state") or {}
-            memory.append({"name": name, "messages": state.get("messages", 0),
-                           "exported": export})  # fmt: skip
+            memory.append({"name": name, "messages": state.get("messages", 0), "exported": export})
             if export:
                 chosen.append((name, "export"))
             elif wanted == "all":
@@ -248,8 +247,10 @@ class NatsSource(TarSource):
         if self._stopcopy(facts):
             return self._describe_store(facts, opts)
         streams = restore_order(facts.get("streams", []))
-        notes = [f"memory stream {s['name']}: NOT in the backup ({s['reason']})"
-                 for s in facts.get("skipped", [])]  # fmt: skip
+        notes = [
+            f"memory stream {s['name']}: NOT in the backup ({s['reason']})"
+            for s in facts.get("skipped", [])
+        ]
         if not streams:
             return StepPlan(["the snapshot holds no streams", *notes])
         journal = Journal.load(self)
@@ -258,11 +259,15 @@ class NatsSource(TarSource):
         actions = []
         if journal is not None:
             if journal.data.get("backup") != backup_key(streams):
-                return StepPlan(notes, f"--resume: the interrupted restore recorded in "
-                                f"{journal.path} was of another backup; resume it with the "
-                                "snapshot it restored (--snapshot)")  # fmt: skip
-            actions.append(f"resume the interrupted restore recorded in {journal.path} "
-                           f"({journal.describe()})")  # fmt: skip
+                return StepPlan(
+                    notes,
+                    f"--resume: the interrupted restore recorded in "
+                    f"{journal.path} was of another backup; resume it with the "
+                    "snapshot it restored (--snapshot)",
+                )
+            actions.append(
+                f"resume the interrupted restore recorded in {journal.path} ({journal.describe()})"
+            )
         on_target = self.helper_json("info", "--all", error=RestoreError)["streams"]
         names = {s["name"] for s in streams}
         existing = {t["config"]["name"] for t in on_target} & names
@@ -271,16 +276,19 @@ class NatsSource(TarSource):
             verb = "DELETE and replace (--force-db)" if s["name"] in existing else "create"
             status = journal.status(s["name"]) if journal else "pending"
             if status == "restored" and s["name"] in existing:
-                actions.append(f"stream {s['name']} at {self.url}: keep (restored by the "
-                               "interrupted restore)")  # fmt: skip
+                actions.append(
+                    f"stream {s['name']} at {self.url}: keep (restored by the interrupted restore)"
+                )
                 continue
             if status != "pending":
                 verb = "finish replacing (interrupted restore)"
             elif s["name"] in existing and s["name"] not in foreign:
                 verb = "DELETE and replace (as the interrupted restore was told)"
             if s.get("how") == "export":
-                verb += (f" from memory, republishing {s['exported']} exported message(s) "
-                         "(new sequence numbers, no consumers)")  # fmt: skip
+                verb += (
+                    f" from memory, republishing {s['exported']} exported message(s) "
+                    "(new sequence numbers, no consumers)"
+                )
                 actions.append(f"stream {s['name']} at {self.url}: {verb}")
                 continue
             actions.append(f"stream {s['name']} at {self.url}: {verb}, {summary(s)}")

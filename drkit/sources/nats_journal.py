@@ -46,10 +46,14 @@ def backup_key(streams: list[dict[str, Any]]) -> str:
     """Which backup a restore is of: each stream's name and recorded state (the same
     from the facts, for the plan, as from the index, for the restore)."""
     rows = sorted(
-        [s["name"], int(s.get("first_seq") or 0), int(s.get("last_seq") or 0),
-         int(s.get("messages") or 0)]
+        [
+            s["name"],
+            int(s.get("first_seq") or 0),
+            int(s.get("last_seq") or 0),
+            int(s.get("messages") or 0),
+        ]
         for s in streams
-    )  # fmt: skip
+    )
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:32]
 
 
@@ -103,8 +107,11 @@ class Journal:
     # ---- what it says ---------------------------------------------------------
     def entry(self, name: str) -> dict[str, Any]:
         e: dict[str, Any] = self.data["streams"].get(name) or {
-            "status": "pending", "existed": False, "copy": None, "how": None
-        }  # fmt: skip
+            "status": "pending",
+            "existed": False,
+            "copy": None,
+            "how": None,
+        }
         return e
 
     def status(self, name: str) -> str:
@@ -125,10 +132,14 @@ class Journal:
             by[e["status"]].append(text)
         parts = [
             f"{label}: {', '.join(by[s])}"
-            for s, label in (("restored", "restored"), ("replacing", "being replaced"),
-                             ("copied", "being replaced"), ("pending", "not started"))
+            for s, label in (
+                ("restored", "restored"),
+                ("replacing", "being replaced"),
+                ("copied", "being replaced"),
+                ("pending", "not started"),
+            )
             if by[s]
-        ]  # fmt: skip
+        ]
         return f"started {self.data.get('started', '?')}; " + "; ".join(parts)
 
     # ---- changes ----------------------------------------------------------------

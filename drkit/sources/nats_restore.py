@@ -127,8 +127,9 @@ class StreamsRestore:
             how = e.get("how", "snapshot")
             what = f"{self.label}: stream {e['name']} ({e['artifact']})"
 
-            def check(stream: BinaryIO, artifact: str = e["artifact"], how: str = how,
-                      what: str = what) -> None:  # fmt: skip
+            def check(
+                stream: BinaryIO, artifact: str = e["artifact"], how: str = how, what: str = what
+            ) -> None:
                 self.sizes[artifact] = check_artifact(stream, how, what)
 
             self.feed(e["artifact"], check)

@@ -269,10 +269,16 @@ def overlaps(restoring: list[dict[str, Any]], target: list[dict[str, Any]]) -> l
         if cfg.get("name") in names:
             continue
         for s in restoring:
-            pairs = [(x, y) for x in cfg.get("subjects") or [] for y in s.get("subjects") or []
-                     if subjects_overlap(x, y)]  # fmt: skip
+            pairs = [
+                (x, y)
+                for x in cfg.get("subjects") or []
+                for y in s.get("subjects") or []
+                if subjects_overlap(x, y)
+            ]
             if pairs:
                 took = ", ".join(f"{x} (needs {y})" if x != y else x for x, y in pairs)
-                found.append(f"stream {cfg.get('name')} on the target takes subjects {took} of "
-                             f"stream {s['name']}")  # fmt: skip
+                found.append(
+                    f"stream {cfg.get('name')} on the target takes subjects {took} of "
+                    f"stream {s['name']}"
+                )
     return found

@@ -16,10 +16,22 @@ from drkit.sources.pgsql import COLUMN_KEY, COLUMNS, json_literal, quote_literal
 
 _ACLITEM = re.compile(r'^((?:"(?:[^"]|"")*")|[^=]*)=([A-Za-z*]*)/')
 PRIVILEGES = {
-    "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "D": "TRUNCATE",
-    "x": "REFERENCES", "t": "TRIGGER", "X": "EXECUTE", "U": "USAGE", "C": "CREATE",
-    "c": "CONNECT", "T": "TEMPORARY", "m": "MAINTAIN", "s": "SET", "A": "ALTER SYSTEM",
-}  # fmt: skip
+    "r": "SELECT",
+    "a": "INSERT",
+    "w": "UPDATE",
+    "d": "DELETE",
+    "D": "TRUNCATE",
+    "x": "REFERENCES",
+    "t": "TRIGGER",
+    "X": "EXECUTE",
+    "U": "USAGE",
+    "C": "CREATE",
+    "c": "CONNECT",
+    "T": "TEMPORARY",
+    "m": "MAINTAIN",
+    "s": "SET",
+    "A": "ALTER SYSTEM",
+}
 
 
 def grants(items: Iterable[str]) -> set[tuple[str, str]]:
@@ -157,7 +169,7 @@ def _reapply(
         f"      EXECUTE format('{grant}%%s', {grant_args}, {_grantee(var)},\n"
         f"        CASE WHEN {var}.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);\n"
         "    END LOOP;\n"
-    )  # fmt: skip
+    )
 
 
 # Resets every object's privileges to the source's exactly, in the load's transaction:
@@ -195,14 +207,17 @@ BEGIN
     + _nonempty("cur", "des")
     + f"    CONTINUE WHEN {_same('cur', 'des')};\n"
     + _reapply(
-        "cur", "des",
-        "REVOKE ALL ON %%s %%s FROM %%s CASCADE", "what, target",
-        "GRANT %%s ON %%s %%s TO %%s", "r.privilege_type, what, target",
+        "cur",
+        "des",
+        "REVOKE ALL ON %%s %%s FROM %%s CASCADE",
+        "what, target",
+        "GRANT %%s ON %%s %%s TO %%s",
+        "r.privilege_type, what, target",
     )
     + """  END LOOP;
 END $drkit$;
 """
-)  # fmt: skip
+)
 
 _RESET_DEFAULT_ACLS = (
     r"""
@@ -240,14 +255,17 @@ BEGIN
                   (SELECT nspname FROM pg_namespace WHERE oid = ns)) END;
 """
     + _reapply(
-        "cur", "des",
-        "ALTER DEFAULT PRIVILEGES %%s REVOKE ALL ON %%s FROM %%s", "scope, word",
-        "ALTER DEFAULT PRIVILEGES %%s GRANT %%s ON %%s TO %%s", "scope, r.privilege_type, word",
+        "cur",
+        "des",
+        "ALTER DEFAULT PRIVILEGES %%s REVOKE ALL ON %%s FROM %%s",
+        "scope, word",
+        "ALTER DEFAULT PRIVILEGES %%s GRANT %%s ON %%s TO %%s",
+        "scope, r.privilege_type, word",
     )
     + """  END LOOP;
 END $drkit$;
 """
-)  # fmt: skip
+)
 
 
 # Then every column's privileges: those of each column the source had privileges on
@@ -279,15 +297,18 @@ BEGIN
     + _nonempty("des")
     + f"    CONTINUE WHEN {_same('r.cur', 'des')};\n"
     + _reapply(
-        "r.cur", "des",
-        "REVOKE ALL (%%I) ON TABLE %%s FROM %%s CASCADE", "r.attname, r.target",
-        "GRANT %%s (%%I) ON TABLE %%s TO %%s", "g.privilege_type, r.attname, r.target",
+        "r.cur",
+        "des",
+        "REVOKE ALL (%%I) ON TABLE %%s FROM %%s CASCADE",
+        "r.attname, r.target",
+        "GRANT %%s (%%I) ON TABLE %%s TO %%s",
+        "g.privilege_type, r.attname, r.target",
         var="g",
     )
     + """  END LOOP;
 END $drkit$;
 """
-)  # fmt: skip
+)
 
 # The privileges of the database restored into (current_database()). Its owner's own
 # entry is revoked only when the source's names that role: a target whose database has
@@ -306,15 +327,18 @@ BEGIN
     + _nonempty("cur", "des")
     + f"    IF {_same('cur', 'des')} THEN\n      RETURN;\n    END IF;\n"
     + _reapply(
-        "cur", "des",
-        "REVOKE ALL ON DATABASE %%s FROM %%s CASCADE", "db",
-        "GRANT %%s ON DATABASE %%s TO %%s", "r.privilege_type, db",
+        "cur",
+        "des",
+        "REVOKE ALL ON DATABASE %%s FROM %%s CASCADE",
+        "db",
+        "GRANT %%s ON DATABASE %%s TO %%s",
+        "r.privilege_type, db",
         only="\n      WHERE a.grantee <> dba"
         " OR a.grantee IN (SELECT b.grantee FROM aclexplode(des) b)",
     )
     + """END $drkit$;
 """
-)  # fmt: skip
+)
 
 
 def reset_sql(

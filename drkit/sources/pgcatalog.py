@@ -49,12 +49,32 @@ from drkit.sources.pgacl import reset_sql as reset_sql
 from drkit.sources.pgsql import COLUMN_KEY, COLUMNS, SYSTEM, json_literal, quote_literal
 
 # pg_dump's entry types that create an object, and so can collide with the target's.
-CREATING = frozenset((
-    "SCHEMA", "EXTENSION", "TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "TABLE",
-    "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE", "INDEX", "CONSTRAINT",
-    "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY", "RULE", "PUBLICATION",
-    "PUBLICATION TABLE", "EVENT TRIGGER",
-))  # fmt: skip
+CREATING = frozenset(
+    (
+        "SCHEMA",
+        "EXTENSION",
+        "TYPE",
+        "DOMAIN",
+        "FUNCTION",
+        "PROCEDURE",
+        "AGGREGATE",
+        "TABLE",
+        "VIEW",
+        "MATERIALIZED VIEW",
+        "SEQUENCE",
+        "FOREIGN TABLE",
+        "INDEX",
+        "CONSTRAINT",
+        "FK CONSTRAINT",
+        "CHECK CONSTRAINT",
+        "TRIGGER",
+        "POLICY",
+        "RULE",
+        "PUBLICATION",
+        "PUBLICATION TABLE",
+        "EVENT TRIGGER",
+    )
+)
 
 SESSION_SETTINGS = "SET LOCAL search_path = '';\nSET LOCAL quote_all_identifiers = on;\n"
 

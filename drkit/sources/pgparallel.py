@@ -163,10 +163,11 @@ class ParallelRestore:
         conn, src = self.conn, self.source
         load = self._pg_restore(staging, "--section=pre-data", "--section=data")
         sinks = [
-            Sink(conn.shell(SPOOL_WRITE, spool.dump), f"{self.what}: spooling to {spool.dump}",
-                 limit),
+            Sink(
+                conn.shell(SPOOL_WRITE, spool.dump), f"{self.what}: spooling to {spool.dump}", limit
+            ),
             Sink(load, f"{self.what} (schema and data)"),
-        ]  # fmt: skip
+        ]
         tee_into(src.runner, sinks, stream, env=conn.env(), user=src.run_as)
         return sinks[0].cut
 
@@ -206,9 +207,11 @@ class ParallelRestore:
         # connected to the database only we use.
         for stmt in (sql + " WITH (FORCE);", sql + ";"):
             res = src.runner.run(
-                self.conn.psql("postgres"), input=stmt.encode(), env=self.conn.env(),
+                self.conn.psql("postgres"),
+                input=stmt.encode(),
+                env=self.conn.env(),
                 user=src.run_as,
-            )  # fmt: skip
+            )
             if res.returncode == 0:
                 return
         message = f"could not drop the staging database {staging}{tail_text(res.stderr)}"
@@ -282,8 +285,10 @@ def tee_into(
     for p, sink in zip(procs, sinks, strict=True):
         rc = p.wait()
         if rc != 0:
-            failed.append(f"{sink.what}: command `{shlex.join(sink.argv)}` {exit_text(rc)}"
-                          f"{tail_text(p.stderr_tail())}")  # fmt: skip
+            failed.append(
+                f"{sink.what}: command `{shlex.join(sink.argv)}` {exit_text(rc)}"
+                f"{tail_text(p.stderr_tail())}"
+            )
     for t in readers:
         t.join()
     if failed:

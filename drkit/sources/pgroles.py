@@ -37,25 +37,54 @@ from dataclasses import dataclass, field
 
 from drkit.sources.pgtokens import GlobalsRefused, Token, tokenize
 
-RESERVED_ROLES = frozenset((
-    "postgres",
-    "anon", "authenticated", "authenticator", "dashboard_user", "pgbouncer",
-    "service_role", "supabase_admin", "supabase_auth_admin", "supabase_functions_admin",
-    "supabase_read_only_user", "supabase_realtime_admin", "supabase_replication_admin",
-    "supabase_storage_admin", "supabase_etl_admin", "supabase_privileged_role",
-    "pgsodium_keyholder", "pgsodium_keyiduser", "pgsodium_keymaker", "pgtle_admin",
-))  # fmt: skip
+RESERVED_ROLES = frozenset(
+    (
+        "postgres",
+        "anon",
+        "authenticated",
+        "authenticator",
+        "dashboard_user",
+        "pgbouncer",
+        "service_role",
+        "supabase_admin",
+        "supabase_auth_admin",
+        "supabase_functions_admin",
+        "supabase_read_only_user",
+        "supabase_realtime_admin",
+        "supabase_replication_admin",
+        "supabase_storage_admin",
+        "supabase_etl_admin",
+        "supabase_privileged_role",
+        "pgsodium_keyholder",
+        "pgsodium_keyiduser",
+        "pgsodium_keymaker",
+        "pgtle_admin",
+    )
+)
 
 # The target's own roles, never altered: its bootstrap superuser, the connecting role.
 OWN_ROLES_SQL = "SELECT rolname FROM pg_roles WHERE oid = 10 UNION SELECT current_user;"
 
 # Role specifications that are not names: they would alter whoever connects.
 _NOT_NAMES = frozenset(("current_user", "current_role", "session_user", "public", "none", "all"))
-_ATTRIBUTES = frozenset((
-    "superuser", "nosuperuser", "createdb", "nocreatedb", "createrole", "nocreaterole",
-    "inherit", "noinherit", "login", "nologin", "replication", "noreplication",
-    "bypassrls", "nobypassrls",
-))  # fmt: skip
+_ATTRIBUTES = frozenset(
+    (
+        "superuser",
+        "nosuperuser",
+        "createdb",
+        "nocreatedb",
+        "createrole",
+        "nocreaterole",
+        "inherit",
+        "noinherit",
+        "login",
+        "nologin",
+        "replication",
+        "noreplication",
+        "bypassrls",
+        "nobypassrls",
+    )
+)
 # pg_dumpall's header settings: dropped (the rebuilt SQL needs none of them).
 _HEADER_SETTINGS = {
     "default_transaction_read_only": None,

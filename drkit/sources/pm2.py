@@ -367,10 +367,19 @@ class Pm2Source(TarSource):
         scanner = TarScanner(keep_content=True, content_limit=self.content_limit)
         others = [f"--add-file={p.lstrip('/')}" for p in paths if p != taken.dump]
         argv = [
-            "tar", "-c", "-f", "-", *(f"--exclude={e}" for e in exclude),
+            "tar",
+            "-c",
+            "-f",
+            "-",
+            *(f"--exclude={e}" for e in exclude),
             f"--exclude={STAGING_PREFIX}*",
-            "-C", taken.copy, f"--add-file={taken.dump.lstrip('/')}", "-C", "/", *others,
-        ]  # fmt: skip
+            "-C",
+            taken.copy,
+            f"--add-file={taken.dump.lstrip('/')}",
+            "-C",
+            "/",
+            *others,
+        ]
 
         def opener() -> Any:
             self._tar = TarStream(self, argv, f"/tmp/.drkit-tar-{secrets.token_hex(8)}.log")

@@ -121,10 +121,12 @@ def dump_identity(entry: dict[str, Any]) -> tuple[str, str, str, int, int]:
     """What tells one started process from another, for a ``dump.pm2`` entry: name,
     namespace, status, restart count and start time (pm2 leaves ``pm_id`` out)."""
     return (
-        str(entry.get("name")), str(entry.get("namespace") or "default"),
-        str(entry.get("status") or "unknown"), _int(entry.get("restart_time")),
+        str(entry.get("name")),
+        str(entry.get("namespace") or "default"),
+        str(entry.get("status") or "unknown"),
+        _int(entry.get("restart_time")),
         _int(entry.get("pm_uptime")),
-    )  # fmt: skip
+    )
 
 
 def process_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:
@@ -169,9 +171,13 @@ def judge(
     was = {p["pm_id"]: tuple(p[k] for k in key) for p in before}
     moved = {p["name"] for p in after if was[p["pm_id"]] != tuple(p[k] for k in key)}
     # Equal processes, a dump of other starts: the dump was written before the last restart.
-    moved |= {k[0] for k in dumped - Counter(
-        (p["name"], p["namespace"], p["status"], p["restarts"], p["uptime"]) for p in after
-    )}  # fmt: skip
+    moved |= {
+        k[0]
+        for k in dumped
+        - Counter(
+            (p["name"], p["namespace"], p["status"], p["restarts"], p["uptime"]) for p in after
+        )
+    }
     return changes, sorted(moved)
 
 

@@ -135,9 +135,15 @@ class Staging:
     """
 
     def __init__(
-        self, runner: Runner, dest: str, roots: list[str], *, ident: str, label: str,
+        self,
+        runner: Runner,
+        dest: str,
+        roots: list[str],
+        *,
+        ident: str,
+        label: str,
         user: str | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.runner, self.roots, self.label, self.user = runner, roots, label, user
         self.prefix = "" if dest == "/" else dest.rstrip("/")
         self.ident = hashlib.sha256(ident.encode()).hexdigest()[:12]

@@ -90,12 +90,35 @@ from drkit.sources.supabase_merge import (
 
 # Not in the data dump: Supabase's own state (its services rebuild it), not the user's.
 INTERNAL_SCHEMAS = (
-    "_analytics", "_realtime", "_supavisor", "auth", "extensions", "pgbouncer", "realtime",
-    "storage", "supabase_functions", "supabase_migrations", "cron", "dbdev", "graphql",
-    "graphql_public", "net", "pgmq", "pgsodium", "pgsodium_masks", "pgtle", "repack",
-    "tiger", "tiger_data", "topology", "vault", "information_schema", "pg_*",
-    "timescaledb_*", "_timescaledb_*",
-)  # fmt: skip
+    "_analytics",
+    "_realtime",
+    "_supavisor",
+    "auth",
+    "extensions",
+    "pgbouncer",
+    "realtime",
+    "storage",
+    "supabase_functions",
+    "supabase_migrations",
+    "cron",
+    "dbdev",
+    "graphql",
+    "graphql_public",
+    "net",
+    "pgmq",
+    "pgsodium",
+    "pgsodium_masks",
+    "pgtle",
+    "repack",
+    "tiger",
+    "tiger_data",
+    "topology",
+    "vault",
+    "information_schema",
+    "pg_*",
+    "timescaledb_*",
+    "_timescaledb_*",
+)
 DATA_SCHEMAS = ("auth", "storage")  # internal, but their rows are the users' data
 MIGRATION_TABLES = ("auth.schema_migrations", "storage.migrations", "supabase_functions.migrations")
 PARTS = ("roles.sql", "schema.sql", "data.sql")
@@ -105,12 +128,14 @@ FORMAT = "supabase-merge"  # facts["format"]: objects, privileges and matviews r
 _ROLE_LINE = re.compile(r'^(CREATE|ALTER) ROLE "((?:[^"]|"")+)"')
 
 _ROLE_FACTS = fact_sql(
-    "all_roles", "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'",
+    "all_roles",
+    "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_'",
     "jsonb_agg(q.rolname ORDER BY q.rolname)",
 ) + fact_sql(
-    "login_roles", "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname !~ '^pg_'",
+    "login_roles",
+    "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname !~ '^pg_'",
     "jsonb_agg(q.rolname ORDER BY q.rolname)",
-)  # fmt: skip
+)
 
 
 def filter_roles(line: str) -> str:
@@ -136,25 +161,35 @@ class SupabaseSource(PostgresSource):
     def artifacts(self) -> Iterator[Artifact]:
         conn = self.conn()
         env = conn.env()
-        readable = self._sql(
-            conn, self.config.database,
-            "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT');",
-        ).strip() == "t"  # fmt: skip
+        readable = (
+            self._sql(
+                conn,
+                self.config.database,
+                "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT');",
+            ).strip()
+            == "t"
+        )
         self.facts.update(globals=False, flavor="supabase", passwords=readable)
         snapshot = self._open_session(conn)
         try:
             hashes = [] if readable else ["--no-role-passwords"]
             roles = conn.argv("pg_dumpall", "--roles-only", *hashes, "--quote-all-identifiers")
             schema = conn.argv(
-                "pg_dump", "--schema-only", "--quote-all-identifiers", f"--snapshot={snapshot}",
+                "pg_dump",
+                "--schema-only",
+                "--quote-all-identifiers",
+                f"--snapshot={snapshot}",
                 database=self.config.database,
-            )  # fmt: skip
+            )
             data = conn.argv(
-                "pg_dump", "--data-only", "--quote-all-identifiers", f"--snapshot={snapshot}",
+                "pg_dump",
+                "--data-only",
+                "--quote-all-identifiers",
+                f"--snapshot={snapshot}",
                 *(f"--exclude-schema={s}" for s in INTERNAL_SCHEMAS if s not in DATA_SCHEMAS),
                 *(f"--exclude-table={t}" for t in MIGRATION_TABLES),
                 database=self.config.database,
-            )  # fmt: skip
+            )
             names = RoleCollector()
             yield Artifact(
                 PARTS[0],
@@ -171,17 +206,22 @@ class SupabaseSource(PostgresSource):
 
     # ---- restore ------------------------------------------------------
     def _target(self, conn: PgConn, database: str) -> Target:
-        exists = self._sql(
-            conn, "postgres",
-            f"SELECT count(*) FROM pg_database WHERE datname = {quote_literal(database)};",
-        ).strip() != "0"  # fmt: skip
+        exists = (
+            self._sql(
+                conn,
+                "postgres",
+                f"SELECT count(*) FROM pg_database WHERE datname = {quote_literal(database)};",
+            ).strip()
+            != "0"
+        )
         if not exists:
             return Target(False, self._roles(conn))
         found = parse_facts(self._sql(conn, database, target_sql(*_TARGET_FACTS)))
         return _existing(found, self._roles(conn))
 
-    def _blocked(self, facts: dict[str, Any], target: Target, database: str, where: str,
-                 opts: RestoreOptions) -> str | None:  # fmt: skip
+    def _blocked(
+        self, facts: dict[str, Any], target: Target, database: str, where: str, opts: RestoreOptions
+    ) -> str | None:
         if facts.get("format") != FORMAT:
             return (
                 "this Supabase snapshot was taken by an older drkit, whose restores could widen "
@@ -203,9 +243,10 @@ class SupabaseSource(PostgresSource):
                 "create Supabase's reserved objects itself"
             )
         own = sorted(
-            f"{o.split(chr(9))[1]}.{o.split(chr(9))[2]}" for o in target.objects
+            f"{o.split(chr(9))[1]}.{o.split(chr(9))[2]}"
+            for o in target.objects
             if o.startswith("TABLE\t") and o.split("\t")[1] not in SUPABASE_SCHEMAS
-        )  # fmt: skip
+        )
         if own:
             more = f" (--force-db does not apply: {_NO_FORCE})" if opts.force_db else ""
             return (
@@ -252,8 +293,9 @@ class SupabaseSource(PostgresSource):
             return StepPlan(lines, blocked)
         if not self._restricts(conn):
             return StepPlan(lines, self._no_restrict(database, where))
-        lines += [f"Supabase database {database} on {where}: " + m
-                  for m in merge_lines(facts, target)]  # fmt: skip
+        lines += [
+            f"Supabase database {database} on {where}: " + m for m in merge_lines(facts, target)
+        ]
         views = refresh_order(facts.get("matviews", []))
         lines.append(
             f"load data of {len(facts.get('tables', {}))} table(s) and materialized view(s) "
@@ -263,13 +305,16 @@ class SupabaseSource(PostgresSource):
         unrecorded = _unrecorded(facts)
         lines.append(
             f"privileges: {len(facts.get('acls', {}))} object(s), "
-            + ("" if "column_acls" not in facts
-               else f"{len(facts['column_acls'])} column(s) with privileges, ")
+            + (
+                ""
+                if "column_acls" not in facts
+                else f"{len(facts['column_acls'])} column(s) with privileges, "
+            )
             + ("" if "database_acl" not in facts else f"database {database}, ")
             + f"{len(facts.get('default_acls', {}))} default-privilege entr(ies) set to the "
             "source's exactly after the load, then checked (wider access fails the restore)"
             + (f"; {unrecorded}: left as the target has them" if unrecorded else "")
-        )  # fmt: skip
+        )
         return StepPlan(lines)
 
     def restore(self, feed: Feed, facts: dict[str, Any], opts: RestoreOptions) -> RestoreReport:
@@ -290,10 +335,12 @@ class SupabaseSource(PostgresSource):
         except ValueError as exc:
             raise RestoreError(f"{self.label}: {exc}; nothing was applied") from None
         tail += reset_sql(
-            facts.get("acls", {}), facts.get("default_acls", {}),
+            facts.get("acls", {}),
+            facts.get("default_acls", {}),
             [quoted(s) for s in SUPABASE_SCHEMAS],
-            facts.get("column_acls"), facts.get("database_acl"),
-        )  # fmt: skip
+            facts.get("column_acls"),
+            facts.get("database_acl"),
+        )
 
         def roles(stream: BinaryIO) -> bytes:
             # Roles the target already has are left as they are (like globals).
@@ -319,14 +366,17 @@ class SupabaseSource(PostgresSource):
                 + ", ".join(object_text(o) for o in merge.replaced)
                 + " with the source's (edited on the source)"
             )
-        report.actions.append("set every object's, column's, the database's and the default "
-                              "privileges to the source's")  # fmt: skip
+        report.actions.append(
+            "set every object's, column's, the database's and the default "
+            "privileges to the source's"
+        )
         if protected:
             report.actions.append(role_note(set(protected)))
         return report
 
-    def _load(self, conn: PgConn, database: str, feed: Feed, roles: Any,
-              merge: MergeFilter, tail: str) -> None:  # fmt: skip
+    def _load(
+        self, conn: PgConn, database: str, feed: Feed, roles: Any, merge: MergeFilter, tail: str
+    ) -> None:
         """One psql transaction: roles, merged schema, data, refreshes and ``tail``."""
         argv = conn.psql(database, "--single-transaction")
         what = f"{self.label}: restoring Supabase database {database}"
@@ -377,14 +427,25 @@ class SupabaseSource(PostgresSource):
         found = parse_facts(self._sql(conn, database, target_sql(*names)))
         checks.append(self._privilege_check(facts, found, database))
         missing = sorted(set(facts.get("objects", [])) - set(found["objects"]))
-        checks.append(Check(
-            self.name, f"objects in {database}", "fail" if missing else "pass",
-            f"missing: {'; '.join(m.replace(chr(9), ' ') for m in missing[:8])}" if missing
-            else f"all {len(facts.get('objects', []))} object(s) of the source are there",
-        ))  # fmt: skip
+        checks.append(
+            Check(
+                self.name,
+                f"objects in {database}",
+                "fail" if missing else "pass",
+                f"missing: {'; '.join(m.replace(chr(9), ' ') for m in missing[:8])}"
+                if missing
+                else f"all {len(facts.get('objects', []))} object(s) of the source are there",
+            )
+        )
         target = _existing(found, self._roles(conn))
-        checks.append(_definition_check(self.name, database, definition_changes(facts, target),
-                                        len(facts.get("definitions", {}))))  # fmt: skip
+        checks.append(
+            _definition_check(
+                self.name,
+                database,
+                definition_changes(facts, target),
+                len(facts.get("definitions", {})),
+            )
+        )
         user = set(facts.get("roles", []))
         reserved = set(facts.get("all_roles", [])) & RESERVED_ROLES & target.roles
         wrong = settings_differ(facts, target, user)
@@ -400,8 +461,9 @@ class SupabaseSource(PostgresSource):
         checks.append(Check(self.name, "role settings", status, detail))
         return checks
 
-    def _privilege_check(self, facts: dict[str, Any], found: dict[str, Any],
-                         database: str) -> Check:  # fmt: skip
+    def _privilege_check(
+        self, facts: dict[str, Any], found: dict[str, Any], database: str
+    ) -> Check:
         want, have = facts.get("acls", {}), found["acls"]
         wider, narrower = compare_acls(want, have, want)
         dwant, dhave = dict(facts.get("default_acls", {})), dict(found["default_acls"])
@@ -438,13 +500,15 @@ class SupabaseSource(PostgresSource):
             detail = " | ".join(parts + ([note] if note else []))
             return Check(self.name, f"privileges in {database}", "fail", detail)
         return Check(
-            self.name, f"privileges in {database}", "pass",
+            self.name,
+            f"privileges in {database}",
+            "pass",
             (f"{note}; " if note else "")
             + f"{len(want)} object(s), "
             + (f"{len(columns)} column(s), " if "column_acls" in facts else "")
             + (f"database {database}, " if "database_acl" in facts else "")
             + f"{len(keys)} default-privilege entr(ies) equal the source's",
-        )  # fmt: skip
+        )
 
 
 # What a restore reads of an existing target (``Target``), before the load and after.
@@ -453,9 +517,15 @@ _TARGET_FACTS = ("objects", "role_settings", "definitions", "table_columns", "se
 
 def _existing(found: dict[str, Any], roles: set[str]) -> Target:
     """The target that ``found`` (its ``_TARGET_FACTS``) and ``roles`` describe."""
-    return Target(True, roles, set(found["objects"]), found["role_settings"],
-                  found["definitions"], found["table_columns"],
-                  found["server_version"])  # fmt: skip
+    return Target(
+        True,
+        roles,
+        set(found["objects"]),
+        found["role_settings"],
+        found["definitions"],
+        found["table_columns"],
+        found["server_version"],
+    )
 
 
 def _definition_check(source: str, database: str, changes: Changes, count: int) -> Check:
@@ -467,8 +537,9 @@ def _definition_check(source: str, database: str, changes: Changes, count: int) 
     name = f"definitions in {database}"
     if not changes.recorded:
         return Check(source, name, "pass", UNRECORDED)
-    printed = [o for o in changes.replace
-               if changes.versions and o.split("\t", 1)[0] in PRINTED_KINDS]  # fmt: skip
+    printed = [
+        o for o in changes.replace if changes.versions and o.split("\t", 1)[0] in PRINTED_KINDS
+    ]
     failed = [o for o in changes.replace if o not in printed]
     kept = [f"{object_text(o)}: {why}" for o, why in changes.kept]
     notes = [f"kept as the target has them: {'; '.join(kept[:8])}"] if kept else []
@@ -488,12 +559,15 @@ def _definition_check(source: str, database: str, changes: Changes, count: int) 
 def _unrecorded(facts: dict[str, Any]) -> str:
     """What a snapshot from before drkit recorded column and database privileges lacks
     ("" when it has both): those privileges are then neither reset nor checked."""
-    missing = [w for f, w in (("column_acls", "column"), ("database_acl", "database"))
-               if f not in facts]  # fmt: skip
+    missing = [
+        w for f, w in (("column_acls", "column"), ("database_acl", "database")) if f not in facts
+    ]
     if not missing:
         return ""
-    return (f"{' and '.join(missing)} privileges not recorded (a snapshot taken before drkit "
-            "recorded them)")  # fmt: skip
+    return (
+        f"{' and '.join(missing)} privileges not recorded (a snapshot taken before drkit "
+        "recorded them)"
+    )
 
 
 _NO_FORCE = (

@@ -40,10 +40,24 @@ _HEADER = re.compile(r"^-- Name: (.*?); Type: ([A-Z ]+); Schema: (.*?); Owner: "
 # Supabase's own schemas: present on every fresh instance (merged, never created) and
 # where its own default privileges are left as the target has them.
 SUPABASE_SCHEMAS = (
-    "auth", "storage", "realtime", "extensions", "graphql", "graphql_public", "pgbouncer",
-    "supabase_functions", "supabase_migrations", "vault", "pgsodium", "pgsodium_masks",
-    "net", "cron", "_realtime", "_analytics", "_supavisor",
-)  # fmt: skip
+    "auth",
+    "storage",
+    "realtime",
+    "extensions",
+    "graphql",
+    "graphql_public",
+    "pgbouncer",
+    "supabase_functions",
+    "supabase_migrations",
+    "vault",
+    "pgsodium",
+    "pgsodium_masks",
+    "net",
+    "cron",
+    "_realtime",
+    "_analytics",
+    "_supavisor",
+)
 # Without these a target is not a Supabase (GoTrue and the storage API own them).
 REQUIRED_SCHEMAS = ("auth", "storage")
 
@@ -51,9 +65,12 @@ REQUIRED_SCHEMAS = ("auth", "storage")
 # the CREATE line pg_dump starts the entry's statement with, made CREATE OR REPLACE;
 # None: the target's is dropped first (DROP TRIGGER / DROP POLICY have no OR REPLACE).
 REPLACEABLE: dict[str, str | None] = {
-    "FUNCTION": "CREATE FUNCTION ", "PROCEDURE": "CREATE PROCEDURE ", "VIEW": "CREATE VIEW ",
-    "TRIGGER": None, "POLICY": None,
-}  # fmt: skip
+    "FUNCTION": "CREATE FUNCTION ",
+    "PROCEDURE": "CREATE PROCEDURE ",
+    "VIEW": "CREATE VIEW ",
+    "TRIGGER": None,
+    "POLICY": None,
+}
 # Kept as the target has them when they differ (reported): altering a table's columns,
 # or re-creating a materialized view (its dependents), is not a restore's to do.
 COLUMNS = ("TABLE", "FOREIGN TABLE")
@@ -263,11 +280,13 @@ def merge_lines(facts: dict[str, Any], target: Target) -> list[str]:
         text += f"; event trigger(s) {', '.join(events)})" if events else ")"
     lines.append(text)
     for o in changes.replace:
-        lines.append(f"replaces the target's definition of {object_text(o)} (edited on the "
-                     "source)")  # fmt: skip
+        lines.append(f"replaces the target's definition of {object_text(o)} (edited on the source)")
     for o, why in changes.kept:
-        what = ("the data load may fail" if o.split("\t", 1)[0] in COLUMNS
-                else "kept as the target has it")  # fmt: skip
+        what = (
+            "the data load may fail"
+            if o.split("\t", 1)[0] in COLUMNS
+            else "kept as the target has it"
+        )
         lines.append(f"warn: {object_text(o)}: {why}; {what}")
     if changes.replace and changes.versions:
         lines.append(f"{changes.versions}: {PRINTED}")
@@ -279,9 +298,10 @@ def merge_lines(facts: dict[str, Any], target: Target) -> list[str]:
         pub, _, table = tag.partition(" ")
         lines.append(f"publication {pub}: add member {schema}.{table}")
     inside = [
-        o for o in created
+        o
+        for o in created
         if o.split("\t")[1] in SUPABASE_SCHEMAS and not o.startswith("PUBLICATION TABLE\t")
-    ]  # fmt: skip
+    ]
     text = f"create: {len(created)} object(s)"
     if inside:
         text += " - the user's own in Supabase's schemas: " + ", ".join(

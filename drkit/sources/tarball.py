@@ -73,9 +73,12 @@ class TarStream(CommandStream):
 
     def __init__(self, source: TarSource, argv: list[str], log: str) -> None:
         super().__init__(
-            source, ["sh", "-c", _TAR_WITH_LOG, "sh", log, *argv],
-            env=None, expect_output=True, user=None,
-        )  # fmt: skip
+            source,
+            ["sh", "-c", _TAR_WITH_LOG, "sh", log, *argv],
+            env=None,
+            expect_output=True,
+            user=None,
+        )
         self._runner, self._log, self._user = source.runner, log, source.run_as
         self.changed: list[str] = []
         self.vanished: list[str] = []
@@ -211,9 +214,11 @@ class TarSource(Source):
         if conf.blocked:
             raise RestoreError(f"{self.label}: {conf.blocked}")
         return MemberRules(
-            tuple(self.policy_paths()), self.config.allow_setid, conf.escapes,
+            tuple(self.policy_paths()),
+            self.config.allow_setid,
+            conf.escapes,
             tuple(self.config.symlinks_to),
-        )  # fmt: skip
+        )
 
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:
         dest = opts.dest or "/"
@@ -269,9 +274,13 @@ class TarSource(Source):
     def staging(self, opts: RestoreOptions) -> Staging:
         """Where and how this source's archive is staged on the target (``staging.py``)."""
         return Staging(
-            self.runner, opts.dest or "/", self.policy_paths(), ident=f"{self.kind}/{self.name}",
-            label=self.label, user=self.run_as,
-        )  # fmt: skip
+            self.runner,
+            opts.dest or "/",
+            self.policy_paths(),
+            ident=f"{self.kind}/{self.name}",
+            label=self.label,
+            user=self.run_as,
+        )
 
     def _holds_files(self, dest: str) -> bool:
         """Whether anything but directories exists under the policy paths beneath ``dest``."""

@@ -32,8 +32,12 @@ from drkit.sources.tarscan import BLOCK, _num, _parse_pax, _str
 _FILE, _HARD, _SYM, _DIR = b"0", b"1", b"2", b"5"
 _KINDS = {b"0": _FILE, b"\0": _FILE, b"7": _FILE, b"1": _HARD, b"2": _SYM, b"5": _DIR}
 _REFUSED = {b"3": "a character device", b"4": "a block device", b"6": "a fifo"}
-_TARINFO_TYPES = {_FILE: tarfile.REGTYPE, _HARD: tarfile.LNKTYPE,
-                  _SYM: tarfile.SYMTYPE, _DIR: tarfile.DIRTYPE}  # fmt: skip
+_TARINFO_TYPES = {
+    _FILE: tarfile.REGTYPE,
+    _HARD: tarfile.LNKTYPE,
+    _SYM: tarfile.SYMTYPE,
+    _DIR: tarfile.DIRTYPE,
+}
 _GLOB = set("*?[")
 SETID = 0o6000
 
@@ -62,8 +66,11 @@ def within(path: str, roots: tuple[str, ...]) -> bool:
         root = root.rstrip("/") or "/"
         if _GLOB & set(root):
             p = PurePosixPath(path)
-            if any(a.match(root) for a in (p, *p.parents) if len(a.parts) == len(
-                    PurePosixPath(root).parts)):  # fmt: skip
+            if any(
+                a.match(root)
+                for a in (p, *p.parents)
+                if len(a.parts) == len(PurePosixPath(root).parts)
+            ):
                 return True
         elif root == "/" or path == root or path.startswith(root + "/"):
             return True

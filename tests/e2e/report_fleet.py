@@ -64,12 +64,19 @@ def _drill(policy: Policy, snapshot: str, n: int, at: dt.datetime, rto: float, o
     if not ok:
         checks.append(Check("db", FAILED_CHECK, "fail", HOSTILE_DETAIL))
     report = DrillReport(
-        host=policy.host, drill_id=f"d{n:02d}", snapshot=snapshot,
-        started=at.isoformat(), finished=(at + dt.timedelta(seconds=rto)).isoformat(),
-        verdict="pass" if ok else "fail", rto_seconds=rto, rpo_seconds=3600.0 * (n + 1),
-        image_build_seconds=0.0, image=f"drkit-host-{policy.host}:test", checks=checks,
+        host=policy.host,
+        drill_id=f"d{n:02d}",
+        snapshot=snapshot,
+        started=at.isoformat(),
+        finished=(at + dt.timedelta(seconds=rto)).isoformat(),
+        verdict="pass" if ok else "fail",
+        rto_seconds=rto,
+        rpo_seconds=3600.0 * (n + 1),
+        image_build_seconds=0.0,
+        image=f"drkit-host-{policy.host}:test",
+        checks=checks,
         snapshots=[snapshot],
-    )  # fmt: skip
+    )
     repo = open_repository(policy, signing=True)
     repo.write_drill_report(policy.host, report.drill_id, json.loads(report.to_json()))
 
@@ -87,8 +94,12 @@ def build_fleet(root: Path, recipient: str, now: dt.datetime) -> Fleet:
     if today > now:
         today -= day
     drills: dict[str, int] = {}
-    for policy, last in ((web, today), (db, today), (cache, today - 2 * day),
-                         (files, today - 5 * day)):  # fmt: skip
+    for policy, last in (
+        (web, today),
+        (db, today),
+        (cache, today - 2 * day),
+        (files, today - 5 * day),
+    ):
         snaps = [_backup(policy, last - i * day) for i in range(3, -1, -1)]
         if policy in (cache, files):
             continue

@@ -82,9 +82,13 @@ def run(*args: str) -> CliResult:
     """The real CLI; a hang (a FIFO read waiting for a writer) fails the test."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "drkit", *args], capture_output=True, text=True, timeout=60,
-            env={**os.environ, "DRKIT_NOW": "2026-12-07T03:30:00Z"}, check=False,
-        )  # fmt: skip
+            [sys.executable, "-m", "drkit", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "DRKIT_NOW": "2026-12-07T03:30:00Z"},
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"drkit {' '.join(args)} hung")
     return CliResult(done.returncode, done.stdout, done.stderr)
@@ -159,8 +163,12 @@ def test_a_policy_backup_would_refuse_is_refused_naming_the_file_and_the_fleet_g
     write_policy(directory / "good.toml", "good", repo, [recipient], sources)
     no_recipients = write_policy(directory / f"{HOST}.toml", HOST, repo, [recipient], sources)
     missing = tmp_path / "recipients.txt"
-    text = re.sub(r"^recipients = .*$", f'recipients_file = "{missing}"',
-                  no_recipients.read_text(), flags=re.M)  # fmt: skip
+    text = re.sub(
+        r"^recipients = .*$",
+        f'recipients_file = "{missing}"',
+        no_recipients.read_text(),
+        flags=re.M,
+    )
     no_recipients.write_text(text)
     identity = tmp_path / "id_ed25519"
     ssh = '[connection]\ntype = "ssh"\naddress = "127.0.0.1"\n'

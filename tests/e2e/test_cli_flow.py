@@ -58,15 +58,34 @@ def test_ssh_ed25519_recipient_backs_up_and_restores(
         [{"kind": "env", "name": "env-files", "paths": [f"{app}/.env"]}],
     )
     drkit("backup", "--policy", str(policy), env=repo.env, check=True)
-    verify = drkit("verify", "--policy", str(policy), "--identity", str(key), "--json",
-                   env=repo.env, check=True)  # fmt: skip
+    verify = drkit(
+        "verify",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(key),
+        "--json",
+        env=repo.env,
+        check=True,
+    )
     assert json.loads(verify.stdout)["results"][0]["ok"] is True
-    refused = drkit("verify", "--policy", str(policy), "--identity",
-                    str(other_keys.identity_file), env=repo.env)  # fmt: skip
+    refused = drkit(
+        "verify", "--policy", str(policy), "--identity", str(other_keys.identity_file), env=repo.env
+    )
     assert refused.returncode == 1 and "does not match any recipient" in refused.output
     dest = tmp_path / "dest"
-    drkit("restore", "--yes", "--policy", str(policy), "--dest", str(dest),
-          "--identity", str(key), env=repo.env, check=True)  # fmt: skip
+    drkit(
+        "restore",
+        "--yes",
+        "--policy",
+        str(policy),
+        "--dest",
+        str(dest),
+        "--identity",
+        str(key),
+        env=repo.env,
+        check=True,
+    )
     assert (dest / str(app).lstrip("/") / ".env").read_text() == "TOKEN=ssh-recipient-test\n"
 
 
@@ -265,10 +284,21 @@ def test_no_secret_in_logs_manifests_or_catalog(
     dest = tmp_path / "restored"
     outputs.append(
         drkit(
-            "restore", "--yes", "--json", "--policy", str(policy), "--only", "env-files",
-            "--dest", str(dest), "--identity", str(keys.identity_file), env=env, check=True,
+            "restore",
+            "--yes",
+            "--json",
+            "--policy",
+            str(policy),
+            "--only",
+            "env-files",
+            "--dest",
+            str(dest),
+            "--identity",
+            str(keys.identity_file),
+            env=env,
+            check=True,
         ).output
-    )  # fmt: skip
+    )
     # The restore did bring the values back (so the greps below look for real data).
     restored = (dest / str(app).lstrip("/") / ".env").read_text()
     assert env_values[0] in restored and env_values[1] in restored

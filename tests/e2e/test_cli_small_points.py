@@ -38,9 +38,12 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, keys) -> None:
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "a.env").write_text("A=1\n")
     policy = write_policy(
-        tmp_path / "p.toml", "h1", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        tmp_path / "p.toml",
+        "h1",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
         [{"kind": "env", "paths": [f"{tmp_path}/app/*.env"]}],
-    )  # fmt: skip
+    )
     drkit("backup", "--policy", str(policy), check=True)
     ident = ("--identity", str(keys.identity_file))
     said = "--resume: nothing to resume onto"
@@ -48,8 +51,9 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, keys) -> None:
     assert plan.returncode == 0, plan.output
     assert said in plan.stderr and json.loads(plan.stdout)["nothing_to_resume"] is True
     dest = tmp_path / "dest"
-    run = drkit("restore", "--policy", str(policy), "--yes", "--resume", "--dest", str(dest),
-                *ident)  # fmt: skip
+    run = drkit(
+        "restore", "--policy", str(policy), "--yes", "--resume", "--dest", str(dest), *ident
+    )
     assert run.returncode == 0, run.output
     assert said in run.stderr
     assert (dest / str(tmp_path / "app" / "a.env").lstrip("/")).read_text() == "A=1\n"

@@ -27,12 +27,20 @@ def command_policy(
         'notify = { healthchecks = "env:T_HC", ntfy = "env:T_NTFY", ntfy_token = "env:T_TOK", '
         'webhook = "env:T_HOOK", ntfy_events = ["success", "fail"], timeout = "5s" }'
     )
-    source = {"kind": "command", "name": "api-export", "command": command,
-              "restore_command": restore}  # fmt: skip
+    source = {
+        "kind": "command",
+        "name": "api-export",
+        "command": command,
+        "restore_command": restore,
+    }
     path = write_policy(
-        tmp_path / f"{host}.toml", host, {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [source], extra=notify,
-    )  # fmt: skip
+        tmp_path / f"{host}.toml",
+        host,
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [source],
+        extra=notify,
+    )
     # The source is the file's last table: its env (an inline table) goes at the end.
     path.write_text(path.read_text() + 'env = { API_TOKEN = "env:T_API_TOKEN" }\n')
     return path
@@ -49,16 +57,20 @@ def test_command_secret_by_reference_reaches_the_command_and_no_output(
     env = {**secrets_env(receiver), "T_API_TOKEN": token}
     seen, seen_restore, restored = (tmp_path / n for n in ("seen", "seen-restore", "restored"))
     good = command_policy(
-        tmp_path, "exporter", keys,
+        tmp_path,
+        "exporter",
+        keys,
         ["sh", "-c", f'printf %s "$API_TOKEN" > {seen}; echo exported'],
         ["sh", "-c", f'cat > {restored}; printf %s "$API_TOKEN" > {seen_restore}'],
-    )  # fmt: skip
+    )
     # A command that prints its secret on stderr and fails: its tail reaches the error.
     leaky = command_policy(
-        tmp_path, "leaky", keys,
+        tmp_path,
+        "leaky",
+        keys,
         ["sh", "-c", 'echo "curl: (22) 401 with Authorization: Bearer $API_TOKEN" >&2; exit 22'],
         ["cat"],
-    )  # fmt: skip
+    )
     ident = ["--identity", str(keys.identity_file)]
     runs: list[CliResult] = [
         drkit("backup", "--policy", str(good), "--json", env=env),

@@ -59,9 +59,18 @@ class Host:
         snapshot = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).strftime(
             "%Y%m%dT%H%M%S.000Z-abcdef"
         )
-        forge.forge_snapshot(self.repo, HOST, snapshot, self.keys.recipient, source, kind,
-                             artifact, data, facts={source: facts or {}},
-                             sign_with=SigningKey.load())  # fmt: skip
+        forge.forge_snapshot(
+            self.repo,
+            HOST,
+            snapshot,
+            self.keys.recipient,
+            source,
+            kind,
+            artifact,
+            data,
+            facts={source: facts or {}},
+            sign_with=SigningKey.load(),
+        )
 
 
 def tar_of(*members: tuple[str, str, Any]) -> bytes:
@@ -75,8 +84,11 @@ def tar_of(*members: tuple[str, str, Any]) -> bytes:
                 info.size = len(value)
                 tar.addfile(info, io.BytesIO(value))
                 continue
-            info.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
-                         "dir": tarfile.DIRTYPE}[kind]  # fmt: skip
+            info.type = {
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "dir": tarfile.DIRTYPE,
+            }[kind]
             info.linkname = value or ""
             tar.addfile(info)
     return buf.getvalue()
@@ -176,10 +188,12 @@ def _release_tree(h: Host) -> Path:
     release.mkdir(parents=True)
     (release / ".env").write_text("TOKEN=at-backup\n")
     (h.app / "current").symlink_to(release)
-    h.write([
-        {"kind": "files", "name": "app", "paths": [str(h.app)]},
-        {"kind": "env", "name": "env", "paths": [str(h.app / "current" / ".env")]},
-    ])  # fmt: skip
+    h.write(
+        [
+            {"kind": "files", "name": "app", "paths": [str(h.app)]},
+            {"kind": "env", "name": "env", "paths": [str(h.app / "current" / ".env")]},
+        ]
+    )
     h.backup()
     (release / ".env").write_text("TOKEN=live\n")  # changed since: must survive --dest
     return release
@@ -225,8 +239,12 @@ def _facts_target_case(kind: str, h: Host) -> tuple[dict[str, Any], str, bytes, 
     """(policy source, artifact, archive, forged facts naming ../victim as the target)."""
     t = h.tmp
     if kind == "caddy":
-        source = {"kind": "caddy", "name": "web", "config_paths": [str(t / "etc" / "caddy")],
-                  "data_dir": str(t / "caddydata")}  # fmt: skip
+        source = {
+            "kind": "caddy",
+            "name": "web",
+            "config_paths": [str(t / "etc" / "caddy")],
+            "data_dir": str(t / "caddydata"),
+        }
         archive = tar_of((rel(t / "caddydata" / "x.txt"), "file", b"x"))
         return source, "caddy.tar", archive, {"data_dir": "../victim"}
     if kind == "pm2":
@@ -237,8 +255,13 @@ def _facts_target_case(kind: str, h: Host) -> tuple[dict[str, Any], str, bytes, 
         source = {"kind": "docker_volume", "name": "web", "volume": "shop"}
         archive = tar_of(("./data.txt", "file", b"x"))
         return source, "volume.tar", archive, {"volume": "../victim", "files": 1, "bytes": 1}
-    source = {"kind": "nats", "name": "web", "mode": "stop-copy",
-              "store_dir": str(t / "store"), "container": "drkit-no-such-container"}  # fmt: skip
+    source = {
+        "kind": "nats",
+        "name": "web",
+        "mode": "stop-copy",
+        "store_dir": str(t / "store"),
+        "container": "drkit-no-such-container",
+    }
     archive = tar_of((rel(t / "store" / "jetstream" / "x"), "file", b"x"))
     facts = {"mode": "stop-copy", "store_dir": "../victim", "container": "evil"}
     return source, "store.tar", archive, facts

@@ -152,8 +152,18 @@ def test_wrong_identity_restores_nothing(
         assert dbs.strip() == ""
         assert not dest.exists() or list(dest.rglob("*")) == []
         # The right identity then restores all of it: the failure was the key alone.
-        drkit("restore", "--yes", "--policy", str(policy), "--dest", str(dest),
-              "--identity", str(keys.identity_file), env=repo.env, check=True)  # fmt: skip
+        drkit(
+            "restore",
+            "--yes",
+            "--policy",
+            str(policy),
+            "--dest",
+            str(dest),
+            "--identity",
+            str(keys.identity_file),
+            env=repo.env,
+            check=True,
+        )
         assert role_exists(pg, role)
         assert pg.psql(db, "SELECT count(*) FROM t;").strip() == "1"
         assert (dest / str(app).lstrip("/") / ".env").read_text() == "A=1\n"

@@ -146,16 +146,21 @@ def test_a_virtualenv_link_out_of_the_tree_needs_symlinks_to(tmp_path: Path, key
 
     def policy(**extra: object) -> Path:
         return write_policy(
-            tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()},
-            [keys.recipient], [{"kind": "files", "name": "venv", "paths": [str(venv)], **extra}],
-        )  # fmt: skip
+            tmp_path / "box.toml",
+            "box",
+            {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [{"kind": "files", "name": "venv", "paths": [str(venv)], **extra}],
+        )
 
     drkit("backup", "--policy", str(policy()), check=True)
     args = ["restore", "--dest", str(dest), "--yes", "--identity", str(keys.identity_file)]
     refused = drkit(*args, "--policy", str(policy()))
     assert refused.returncode == 1, refused.output
-    assert "symlink to '/usr/bin/python3' leads outside the source's policy paths (list its " \
-        "directory in symlinks_to" in refused.stderr, refused.stderr  # fmt: skip
+    assert (
+        "symlink to '/usr/bin/python3' leads outside the source's policy paths (list its "
+        "directory in symlinks_to" in refused.stderr
+    ), refused.stderr
     assert not (dest / str(venv).lstrip("/") / "bin" / "python").is_symlink()
 
     res = drkit(*args, "--policy", str(policy(symlinks_to=["/usr/bin"])))

@@ -16,8 +16,10 @@ def test_fleet_partial_failure_and_concurrency(keys, tmp_path: Path) -> None:
     repo = {"url": (tmp_path / "repo").as_uri()}
     for host in ("alpha", "bravo", "charlie"):
         # Each host's dump records when it ran, so overlap proves concurrency.
-        script = f"date +%s.%N > {marks}/{host}.start; sleep 1; echo {host}-data; " \
-                 f"date +%s.%N > {marks}/{host}.end"  # fmt: skip
+        script = (
+            f"date +%s.%N > {marks}/{host}.start; sleep 1; echo {host}-data; "
+            f"date +%s.%N > {marks}/{host}.end"
+        )
         source = {"kind": "command", "name": "dump", "command": ["sh", "-c", script]}
         write_policy(pdir / f"{host}.toml", host, repo, [keys.recipient], [source])
     failing = {"kind": "command", "name": "dump", "command": ["sh", "-c", "exit 7"]}
@@ -27,8 +29,11 @@ def test_fleet_partial_failure_and_concurrency(keys, tmp_path: Path) -> None:
     assert res.returncode == 3, res.output
     results = {r["host"]: r for r in json.loads(res.stdout)["results"]}
     assert {h: r["status"] for h, r in results.items()} == {
-        "alpha": "success", "broken": "failed", "bravo": "success", "charlie": "success",
-    }  # fmt: skip
+        "alpha": "success",
+        "broken": "failed",
+        "bravo": "success",
+        "charlie": "success",
+    }
     assert "host broken: source dump" in results["broken"]["error"]
     assert "exited with status 7" in results["broken"]["error"]
     spans = [

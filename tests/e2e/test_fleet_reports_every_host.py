@@ -27,9 +27,12 @@ def fleet(tmp_path: Path, keys) -> tuple[Path, str]:
     env = [{"kind": "env", "paths": [f"{tmp_path}/*.env"]}]
     repo = {"url": (tmp_path / "repo").as_uri()}
     good = write_policy(pol / "good.toml", "good", repo, [keys.recipient], env, 'rpo = "1d"')
-    s3 = {"url": "s3://bucket/x", "endpoint": "http://127.0.0.1:9",
-          "access_key_id": "env:DRKIT_TEST_UNSET_A",
-          "secret_access_key": "env:DRKIT_TEST_UNSET_B"}  # fmt: skip
+    s3 = {
+        "url": "s3://bucket/x",
+        "endpoint": "http://127.0.0.1:9",
+        "access_key_id": "env:DRKIT_TEST_UNSET_A",
+        "secret_access_key": "env:DRKIT_TEST_UNSET_B",
+    }
     write_policy(pol / "nosecret.toml", "nosecret", s3, [keys.recipient], env, 'rpo = "1d"')
     nosigners = write_policy(pol / "nosigners.toml", "nosigners", repo, [keys.recipient], env)
     gone = f'[encryption]\nsigners_file = "{tmp_path}/gone.txt"\n'
@@ -67,16 +70,23 @@ def test_status_snapshots_and_catalog_sync_report_every_host(tmp_path: Path, key
     assert lines[0].split() == ["HOST", "SNAPSHOT", "STORED", "BYTES", "SOURCES"]
     assert any(ln.startswith("good ") and sid in ln for ln in lines)
     assert any(
-        INCOMPLETE in ln and "INCOMPLETE" in ln and "2h old" in ln
+        INCOMPLETE in ln
+        and "INCOMPLETE" in ln
+        and "2h old" in ln
         and "prune removes it after 2030-01-06T12:00:00Z" in ln
         for ln in lines
-    ), lines  # fmt: skip
+    ), lines
     assert any(ln.startswith("nosecret") and "ERROR: " in ln for ln in lines), lines
     as_json = json.loads(drkit(*base, "snapshots", "--json", env=LATER).stdout)
     assert as_json["incomplete"] == [
-        {"host": "good", "snapshot": INCOMPLETE, "age": "2h", "age_seconds": 7200,
-         "prunable_after": "2030-01-06T12:00:00Z"}
-    ]  # fmt: skip
+        {
+            "host": "good",
+            "snapshot": INCOMPLETE,
+            "age": "2h",
+            "age_seconds": 7200,
+            "prunable_after": "2030-01-06T12:00:00Z",
+        }
+    ]
     assert sorted(e["host"] for e in as_json["errors"]) == ["nosecret", "nosigners"]
 
     sync = drkit(*base, "catalog", "sync", "--json", env=LATER)

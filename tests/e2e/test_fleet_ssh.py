@@ -67,21 +67,33 @@ def test_all_over_ssh_one_connection_cut_mid_dump(
         data[host] = tmp_path / f"{host}.bin"
         data[host].write_bytes(os.urandom(12 * MB))  # more than one 8 MiB S3 part
         sources = [
-            {"kind": "command", "name": "appdata", "command": ["cat", str(data[host])],
-             "restore_command": ["sh", "-c", f"cat > {tmp_path}/restored-{host}.bin"]},
-        ]  # fmt: skip
+            {
+                "kind": "command",
+                "name": "appdata",
+                "command": ["cat", str(data[host])],
+                "restore_command": ["sh", "-c", f"cat > {tmp_path}/restored-{host}.bin"],
+            },
+        ]
         if host == "charlie":  # its first source is stored before the cut: it must go too
             sources.append({"kind": "command", "name": "dump", "command": BIG})
-        write_policy(pdir / f"{host}.toml", host, repo.policy, [keys.recipient], sources,
-                     extra=connection_table(server, known))  # fmt: skip
+        write_policy(
+            pdir / f"{host}.toml",
+            host,
+            repo.policy,
+            [keys.recipient],
+            sources,
+            extra=connection_table(server, known),
+        )
     if sudo_login:
         known = servers[0].write_known_hosts(tmp_path / "known_delta")
         write_policy(
-            pdir / "delta.toml", "delta", repo.policy, [keys.recipient],
-            [{"kind": "command", "name": "roles", "command": ["id", "-un"],
-              "sudo_user": "nobody"}],
+            pdir / "delta.toml",
+            "delta",
+            repo.policy,
+            [keys.recipient],
+            [{"kind": "command", "name": "roles", "command": ["id", "-un"], "sudo_user": "nobody"}],
             extra=connection_table(servers[0], known, user=sudo_login),
-        )  # fmt: skip
+        )
 
     cut: dict[str, int] = {}
 
@@ -98,8 +110,7 @@ def test_all_over_ssh_one_connection_cut_mid_dump(
     killer = threading.Thread(target=cut_charlie, daemon=True)
     killer.start()
     t0 = time.monotonic()
-    res = drkit("--policy-dir", str(pdir), "backup", "--all", "--jobs", "4", "--json",
-                env=repo.env)  # fmt: skip
+    res = drkit("--policy-dir", str(pdir), "backup", "--all", "--jobs", "4", "--json", env=repo.env)
     seconds = time.monotonic() - t0
     killer.join(timeout=60)
     assert cut.get("killed"), f"the dump was never cut: {res.output}"
@@ -122,15 +133,27 @@ def test_all_over_ssh_one_connection_cut_mid_dump(
     # charlie: nothing committed, nothing left behind, no multipart upload still open.
     assert repo.keys("charlie/") == []
     assert repo.open_uploads() == []
-    snaps = json.loads(drkit("--policy-dir", str(pdir), "snapshots", "--json",
-                             env=repo.env).stdout)["snapshots"]  # fmt: skip
+    snaps = json.loads(
+        drkit("--policy-dir", str(pdir), "snapshots", "--json", env=repo.env).stdout
+    )["snapshots"]
     assert sorted(s["host"] for s in snaps) == ["alpha", "bravo"]
 
     # alpha and bravo come back byte for byte, over SSH.
     for host, server in zip(("alpha", "bravo"), servers[:2], strict=True):
-        drkit("--policy-dir", str(pdir), "restore", "--host", host, "--yes",
-              "--target", f"ssh://root@127.0.0.1:{server.port}",
-              "--identity", str(keys.identity_file), env=repo.env, check=True)  # fmt: skip
+        drkit(
+            "--policy-dir",
+            str(pdir),
+            "restore",
+            "--host",
+            host,
+            "--yes",
+            "--target",
+            f"ssh://root@127.0.0.1:{server.port}",
+            "--identity",
+            str(keys.identity_file),
+            env=repo.env,
+            check=True,
+        )
         assert (tmp_path / f"restored-{host}.bin").read_bytes() == data[host].read_bytes()
 
     # Each failed host's error names its source (for the summary's "failed sources").

@@ -37,10 +37,13 @@ class Site:
         self.env_file = self.app / ".env"
         self.env_file.write_text("TOKEN=real-1\n")
         self.policy = write_policy(
-            tmp_path / f"{HOST}.toml", HOST, repo.policy, [keys.recipient],
+            tmp_path / f"{HOST}.toml",
+            HOST,
+            repo.policy,
+            [keys.recipient],
             [{"kind": "env", "name": "env", "paths": [str(self.env_file)]}],
             extra=policy.get("extra", ""),
-        )  # fmt: skip
+        )
         self.dest = tmp_path / "restored"
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
@@ -89,9 +92,18 @@ def _assert_ignored(site: Site, real: str, forged: str, reason: str) -> None:
 
 def _plant_complete(site: Site, snapshot: str, sign_with: Any = None) -> None:
     evil = forge.evil_tar({str(site.env_file): b"TOKEN=attacker\n", "/etc/cron.d/x": b"* * * *"})
-    forge.forge_snapshot(site.repo, HOST, snapshot, site.keys.recipient, "env", "env",
-                         "env.tar", evil, facts={"env": {"kind": "env"}},
-                         sign_with=sign_with)  # fmt: skip
+    forge.forge_snapshot(
+        site.repo,
+        HOST,
+        snapshot,
+        site.keys.recipient,
+        "env",
+        "env",
+        "env.tar",
+        evil,
+        facts={"env": {"kind": "env"}},
+        sign_with=sign_with,
+    )
 
 
 def test_a_complete_new_snapshot_is_refused(tmp_path: Path, repo: RepoTarget, keys) -> None:
@@ -170,9 +182,12 @@ def test_a_copy_under_another_host_is_refused(tmp_path: Path, repo: RepoTarget, 
     for key in site.repo.keys(f"{HOST}/snapshots/{real}/"):
         site.repo.write(key.replace(f"{HOST}/", "e2i/", 1), site.repo.read(key))
     other = write_policy(
-        tmp_path / "e2i.toml", "e2i", repo.policy, [keys.recipient],
+        tmp_path / "e2i.toml",
+        "e2i",
+        repo.policy,
+        [keys.recipient],
         [{"kind": "env", "name": "env", "paths": [str(site.env_file)]}],
-    )  # fmt: skip
+    )
     res = drkit("verify", "--policy", str(other), "--json", *site.ident(), env=repo.env)
     assert res.returncode == 1, res.output
     [result] = json.loads(res.stdout)["results"]
@@ -187,13 +202,19 @@ def test_a_newer_repository_format_is_refused_everywhere(
     site.repo.write(
         "drkit.json", json.dumps({"format": "drkit-repository", "version": 99}).encode()
     )
-    for args in (("verify", *site.ident()), ("restore", "--plan", *site.ident()), ("status",),
-                 ("snapshots",), ("backup",)):  # fmt: skip
+    for args in (
+        ("verify", *site.ident()),
+        ("restore", "--plan", *site.ident()),
+        ("status",),
+        ("snapshots",),
+        ("backup",),
+    ):
         res = site.run(*args)
         # status and snapshots report the host unreadable in its row and go on: exit 3.
         assert res.returncode in ((3,) if args in (("status",), ("snapshots",)) else (1, 2)), (
-            args, res.output,
-        )  # fmt: skip
+            args,
+            res.output,
+        )
         assert "drkit.json" in res.stderr and "newer" in res.stderr, (args, res.stderr)
         assert "Traceback" not in res.output
 
@@ -207,17 +228,27 @@ def test_a_chunk_planted_under_a_guessable_id_is_never_reused(
     known = tmp_path / "known.bin"
     known.write_bytes(bytes(range(256)) * 8192)  # 2 MiB everyone could know
     policy = write_policy(
-        tmp_path / f"{HOST}.toml", HOST, {**repo.policy, "dedup": True}, [keys.recipient],
+        tmp_path / f"{HOST}.toml",
+        HOST,
+        {**repo.policy, "dedup": True},
+        [keys.recipient],
         [{"kind": "command", "name": "blob", "command": ["cat", str(known)]}],
-    )  # fmt: skip
+    )
     planted = forge.plant_v1_chunks(
         repo, HOST, recipient_set([keys.recipient]), known.read_bytes(), b"junk", keys.recipient
     )
     assert planted >= 2
     res = drkit("backup", "--policy", str(policy), env=repo.env)
     assert res.returncode == 0, res.output
-    verify = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file),
-                   "--json", env=repo.env)  # fmt: skip
+    verify = drkit(
+        "verify",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--json",
+        env=repo.env,
+    )
     assert verify.returncode == 0, verify.output
 
 

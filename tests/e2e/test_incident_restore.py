@@ -32,20 +32,38 @@ def host(pg: PgServer, uniq: str, keys, tmp_path: Path) -> dict[str, object]:
         (root / app / "server.js").write_text(f"// {app}\n")
     marker = tmp_path / "slow-step-started"
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
         [
             {"kind": "env", "name": "env-files", "paths": [f"{root}/*/.env"]},
-            {"kind": "postgres", "name": "callmeback", "database": db, "host": "127.0.0.1",
-             "port": pg.port, "user": "postgres"},
-            {"kind": "files", "name": "apps", "paths": [f"{root}/voice-pipeline/server.js",
-                                                       f"{root}/db-proxy/server.js"]},
+            {
+                "kind": "postgres",
+                "name": "callmeback",
+                "database": db,
+                "host": "127.0.0.1",
+                "port": pg.port,
+                "user": "postgres",
+            },
+            {
+                "kind": "files",
+                "name": "apps",
+                "paths": [f"{root}/voice-pipeline/server.js", f"{root}/db-proxy/server.js"],
+            },
             # A last step slow enough to interrupt: touches a marker, then waits.
-            {"kind": "command", "name": "pm2-stub", "command": ["echo", "apps"],
-             "restore_command": ["sh", "-c",
-                                 f"cat >/dev/null; echo $$ > {marker}.pid; touch {marker}; "
-                                 "exec sleep 30"]},
+            {
+                "kind": "command",
+                "name": "pm2-stub",
+                "command": ["echo", "apps"],
+                "restore_command": [
+                    "sh",
+                    "-c",
+                    f"cat >/dev/null; echo $$ > {marker}.pid; touch {marker}; exec sleep 30",
+                ],
+            },
         ],
-    )  # fmt: skip
+    )
     return {"policy": policy, "db": db, "role": role, "root": root, "marker": marker}
 
 
@@ -69,12 +87,15 @@ def test_plan_lists_ordered_steps_and_touches_nothing(pg: PgServer, host, keys) 
     res = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), check=True)
     steps = json.loads(res.stdout)["steps"]
     assert [(s["step"], s["source"], s["kind"]) for s in steps] == [
-        (1, "callmeback", "postgres"), (2, "env-files", "env"), (3, "apps", "files"),
+        (1, "callmeback", "postgres"),
+        (2, "env-files", "env"),
+        (3, "apps", "files"),
         (4, "pm2-stub", "command"),
-    ]  # fmt: skip
+    ]
     assert any(f"database {host['db']}" in a and "create" in a for a in steps[0]["actions"])
-    assert any(f"keep existing {host['role']}" in a or host["role"] in a
-               for a in steps[0]["actions"])  # fmt: skip
+    assert any(
+        f"keep existing {host['role']}" in a or host["role"] in a for a in steps[0]["actions"]
+    )
     assert "write 2 file(s) under /" in steps[1]["actions"][0]
     assert all(s["blocked"] is None for s in steps)
     text = drkit("restore", "--policy", policy, "--plan", *ident(keys), check=True).stdout
@@ -101,8 +122,9 @@ def test_plan_with_a_refused_step_exits_6_naming_it(pg: PgServer, host, keys) ->
     assert text.returncode == 6, text.output
     assert "! REFUSED:" in text.stdout and "refused: step 1 (callmeback)" in text.stderr
     # Nothing refused: exit 0, an empty list.
-    ok = drkit("restore", "--policy", policy, "--plan", "--json", "--rename-db", "_plan",
-               *ident(keys))  # fmt: skip
+    ok = drkit(
+        "restore", "--policy", policy, "--plan", "--json", "--rename-db", "_plan", *ident(keys)
+    )
     assert ok.returncode == 0, ok.output
     assert json.loads(ok.stdout)["refused"] == []
     # Without --plan a refused restore keeps failing with exit 1, restoring nothing.
@@ -118,8 +140,18 @@ def test_existing_database_refused_then_rename_db(pg: PgServer, host, keys) -> N
     assert res.returncode == 1
     assert f"database {host['db']}" in res.stderr and "--rename-db" in res.stderr
     assert "nothing was restored" in res.stderr
-    res = drkit("restore", "--yes", "--policy", policy, "--only", "callmeback",
-                "--rename-db", "_restored", *ident(keys), "--json")  # fmt: skip
+    res = drkit(
+        "restore",
+        "--yes",
+        "--policy",
+        policy,
+        "--only",
+        "callmeback",
+        "--rename-db",
+        "_restored",
+        *ident(keys),
+        "--json",
+    )
     assert res.returncode == 0, res.output
     out = json.loads(res.stdout)
     assert out["verdict"] == "pass"
@@ -138,8 +170,10 @@ def test_killed_restore_resumes_without_redoing_steps(pg: PgServer, host, keys, 
     shutil.rmtree(host["root"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "drkit", "restore", "--yes", "--policy", policy, *ident(keys)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not Path(host["marker"]).exists():
@@ -212,18 +246,30 @@ def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(host, key
     full = json.loads(drkit("snapshots", "--policy", policy, "--json").stdout)["snapshots"][0]
     partial_policy = Path(policy).with_name("partial.toml")
     text = Path(policy).read_text()
-    partial_policy.write_text(text[: text.index("[[source]]")] + text[text.index(
-        '[[source]]\nkind = "files"'):])  # fmt: skip
+    partial_policy.write_text(
+        text[: text.index("[[source]]")] + text[text.index('[[source]]\nkind = "files"') :]
+    )
     drkit("backup", "--policy", str(partial_policy), check=True)
     plan = live_plan(policy, keys)
     newest = plan["snapshot"]
     assert newest != full["snapshot"] and plan["snapshots"] == [newest, full["snapshot"]]
     assert {s["source"]: s["snapshot"] for s in plan["steps"]} == {
-        "callmeback": full["snapshot"], "env-files": full["snapshot"], "apps": newest,
+        "callmeback": full["snapshot"],
+        "env-files": full["snapshot"],
+        "apps": newest,
         "pm2-stub": newest,
-    }  # fmt: skip
-    plan = drkit("restore", "--policy", policy, "--only", "apps", "--plan", "--json",
-                 *ident(keys), check=True)  # fmt: skip
+    }
+    plan = drkit(
+        "restore",
+        "--policy",
+        policy,
+        "--only",
+        "apps",
+        "--plan",
+        "--json",
+        *ident(keys),
+        check=True,
+    )
     assert [s["snapshot"] for s in json.loads(plan.stdout)["steps"]] == [newest]
     bad = drkit("restore", "--policy", policy, "--only", "nosuch", "--plan", *ident(keys))
     assert bad.returncode == 2 and "--only nosuch: not a data source" in bad.stderr
@@ -237,16 +283,29 @@ def test_a_failing_step_says_what_was_restored_and_keep_going_restores_the_rest(
     root, marker = tmp_path / "root", tmp_path / "after-ran"
     (root / "app").mkdir(parents=True)
     (root / "app" / ".env").write_text("PORT=1\n")
-    policy = str(write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
-        [
-            {"kind": "env", "name": "env-files", "paths": [f"{root}/*/.env"]},
-            {"kind": "command", "name": "breaks", "command": ["echo", "x"],
-             "restore_command": ["sh", "-c", "cat >/dev/null; echo no room >&2; exit 3"]},
-            {"kind": "command", "name": "after", "command": ["echo", "y"],
-             "restore_command": ["sh", "-c", f"cat > {marker}"]},
-        ],
-    ))  # fmt: skip
+    policy = str(
+        write_policy(
+            tmp_path / "vultr.toml",
+            "vultr",
+            {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [
+                {"kind": "env", "name": "env-files", "paths": [f"{root}/*/.env"]},
+                {
+                    "kind": "command",
+                    "name": "breaks",
+                    "command": ["echo", "x"],
+                    "restore_command": ["sh", "-c", "cat >/dev/null; echo no room >&2; exit 3"],
+                },
+                {
+                    "kind": "command",
+                    "name": "after",
+                    "command": ["echo", "y"],
+                    "restore_command": ["sh", "-c", f"cat > {marker}"],
+                },
+            ],
+        )
+    )
     drkit("backup", "--policy", policy, check=True)
     shutil.rmtree(root)
 

@@ -23,10 +23,17 @@ SOURCE = {"kind": "command", "name": "db", "command": ["echo", "x"]}
 
 def a_lock(**changes: object) -> bytes:
     doc: dict[str, object] = {
-        "format": "drkit-lock", "version": 1, "host": HOST, "owner": "backup-01",
-        "pid": 4242, "operation": "backup", "started": "2026-12-01T00:00:00+00:00",
-        "heartbeat": "2026-12-01T00:00:00+00:00", "ttl": 900.0, "token": "deadbeef",
-    }  # fmt: skip
+        "format": "drkit-lock",
+        "version": 1,
+        "host": HOST,
+        "owner": "backup-01",
+        "pid": 4242,
+        "operation": "backup",
+        "started": "2026-12-01T00:00:00+00:00",
+        "heartbeat": "2026-12-01T00:00:00+00:00",
+        "ttl": 900.0,
+        "token": "deadbeef",
+    }
     return json.dumps({**doc, **changes}).encode()
 
 
@@ -65,9 +72,13 @@ def test_an_unreadable_lock_unchanged_for_the_ttl_is_replaced(tmp_path: Path, ke
     """Never blocks for longer than one TTL: then it is replaced with a warning."""
     root = tmp_path / "repo"
     policy = write_policy(
-        tmp_path / "p.toml", HOST, {"url": root.as_uri()}, [keys.recipient], [SOURCE],
+        tmp_path / "p.toml",
+        HOST,
+        {"url": root.as_uri()},
+        [keys.recipient],
+        [SOURCE],
         extra='lock_ttl = "1m"',
-    )  # fmt: skip
+    )
     (root / HOST / "locks").mkdir(parents=True)
     (root / LOCK).write_bytes(b"[1, 2, 3]")
     old = time.time() - 120

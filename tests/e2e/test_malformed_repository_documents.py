@@ -27,8 +27,13 @@ def _site(tmp_path: Path, keys: Keys) -> tuple[Path, RepoTarget, str]:
     env_file = tmp_path / "app" / ".env"
     env_file.parent.mkdir()
     env_file.write_text("TOKEN=x\n")
-    policy = write_policy(tmp_path / "p.toml", HOST, target.policy, [keys.recipient],
-                          [{"kind": "env", "name": "env", "paths": [str(env_file)]}])  # fmt: skip
+    policy = write_policy(
+        tmp_path / "p.toml",
+        HOST,
+        target.policy,
+        [keys.recipient],
+        [{"kind": "env", "name": "env", "paths": [str(env_file)]}],
+    )
     res = drkit("backup", "--policy", str(policy), "--json", check=True)
     return policy, target, str(json.loads(res.stdout)["results"][0]["snapshot"])
 
@@ -42,11 +47,16 @@ def _clean(res: CliResult, code: tuple[int, ...], *names: str) -> None:
 
 @pytest.mark.parametrize(
     "body, what",
-    [(b"[1, 2]", "not a JSON object"), (b"\x00garbage", "not JSON"),
-     (json.dumps({"format": "drkit-manifest", "version": 2, "sources": "x"}).encode(),
-      "not signed")],
+    [
+        (b"[1, 2]", "not a JSON object"),
+        (b"\x00garbage", "not JSON"),
+        (
+            json.dumps({"format": "drkit-manifest", "version": 2, "sources": "x"}).encode(),
+            "not signed",
+        ),
+    ],
     ids=["list", "garbage", "unsigned-wrong-shape"],
-)  # fmt: skip
+)
 def test_a_malformed_manifest_is_named_and_skipped(
     tmp_path: Path, keys: Keys, body: bytes, what: str
 ) -> None:
@@ -55,28 +65,52 @@ def test_a_malformed_manifest_is_named_and_skipped(
     target.write(f"{HOST}/snapshots/{bad}/manifest.json", body)
     verify = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file))
     _clean(verify, (1,), f"{HOST}/snapshots/{bad}/manifest.json", what)
-    plan = drkit("restore", "--plan", "--policy", str(policy), "--json",
-                 "--identity", str(keys.identity_file))  # fmt: skip
+    plan = drkit(
+        "restore",
+        "--plan",
+        "--policy",
+        str(policy),
+        "--json",
+        "--identity",
+        str(keys.identity_file),
+    )
     _clean(plan, (0,), real)
-    named = drkit("restore", "--plan", "--policy", str(policy), "--snapshot", bad,
-                  "--identity", str(keys.identity_file))  # fmt: skip
+    named = drkit(
+        "restore",
+        "--plan",
+        "--policy",
+        str(policy),
+        "--snapshot",
+        bad,
+        "--identity",
+        str(keys.identity_file),
+    )
     _clean(named, (1, 2), bad, what)
 
 
 @pytest.mark.parametrize(
     "marker",
-    [b"not json", b"[]", json.dumps({"format": "drkit-repository", "version": "two"}).encode(),
-     json.dumps({"format": "other", "version": 1}).encode()],
+    [
+        b"not json",
+        b"[]",
+        json.dumps({"format": "drkit-repository", "version": "two"}).encode(),
+        json.dumps({"format": "other", "version": 1}).encode(),
+    ],
     ids=["garbage", "list", "string-version", "wrong-format"],
-)  # fmt: skip
+)
 def test_a_malformed_format_marker_stops_every_command(
     tmp_path: Path, keys: Keys, marker: bytes
 ) -> None:
     policy, target, _real = _site(tmp_path, keys)
     target.write("drkit.json", marker)
     ident = ("--identity", str(keys.identity_file))
-    for args in (("verify", *ident), ("snapshots",), ("status",), ("backup",),
-                 ("prune", "--dry-run")):  # fmt: skip
+    for args in (
+        ("verify", *ident),
+        ("snapshots",),
+        ("status",),
+        ("backup",),
+        ("prune", "--dry-run"),
+    ):
         res = drkit(*args, "--policy", str(policy))
         _clean(res, (1, 2, 3), "drkit.json", "format marker")
 
@@ -87,19 +121,30 @@ def test_facts_that_are_not_an_object_are_a_clear_error(tmp_path: Path, keys: Ke
     policy, target, real = _site(tmp_path, keys)
     prefix = f"{HOST}/snapshots/{real}/"
     out = io.BytesIO()
-    digests = encode(io.BytesIO(b"[1, 2]"), [parse_recipient(keys.recipient)],
-                     lambda s: out.write(s.read()))  # fmt: skip
+    digests = encode(
+        io.BytesIO(b"[1, 2]"), [parse_recipient(keys.recipient)], lambda s: out.write(s.read())
+    )
     target.write(prefix + "facts.json.age", out.getvalue())
     manifest = json.loads(target.read(prefix + "manifest.json"))
     manifest["facts"].update(
-        plain_size=digests.plain_size, plain_sha256=digests.plain_sha256,
-        stored_size=digests.stored_size, stored_sha256=digests.stored_sha256,
-    )  # fmt: skip
+        plain_size=digests.plain_size,
+        plain_sha256=digests.plain_sha256,
+        stored_size=digests.stored_size,
+        stored_sha256=digests.stored_sha256,
+    )
     resigned = SigningKey.load().sign(SIGNED_KIND, manifest)
     target.write(prefix + "manifest.json", dump_document(resigned))
     dest = tmp_path / "dest"
-    res = drkit("restore", "--yes", "--policy", str(policy), "--dest", str(dest),
-                "--identity", str(keys.identity_file))  # fmt: skip
+    res = drkit(
+        "restore",
+        "--yes",
+        "--policy",
+        str(policy),
+        "--dest",
+        str(dest),
+        "--identity",
+        str(keys.identity_file),
+    )
     _clean(res, (1,), f"{prefix}facts.json.age", "unreadable facts")
     assert not dest.exists()
 
@@ -108,9 +153,17 @@ def test_unsigned_or_malformed_drill_reports_decide_nothing(tmp_path: Path, keys
     """A planted failing report must not raise an alarm, a planted passing one must not
     make prune keep a snapshot, garbage must not crash status."""
     policy, target, real = _site(tmp_path, keys)
-    report = {"format": "drkit-drill", "version": 1, "host": HOST, "drill_id": "d1",
-              "snapshot": real, "snapshots": [real], "verdict": "fail",
-              "started": "2026-01-01T00:00:00+00:00", "rto_seconds": 1.0}  # fmt: skip
+    report = {
+        "format": "drkit-drill",
+        "version": 1,
+        "host": HOST,
+        "drill_id": "d1",
+        "snapshot": real,
+        "snapshots": [real],
+        "verdict": "fail",
+        "started": "2026-01-01T00:00:00+00:00",
+        "rto_seconds": 1.0,
+    }
     target.write(f"{HOST}/drills/d1.json", json.dumps(report).encode())
     target.write(f"{HOST}/drills/d2.json", b"{not json")
     target.write(f"{HOST}/drills/d3.json", b"[]")

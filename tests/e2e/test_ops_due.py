@@ -14,8 +14,9 @@ from tests.helpers import drkit, write_policy
 
 def tick(pdir: Path, when: str, *args: str) -> dict[str, dict]:
     """One cron tick at ``when``: host -> result."""
-    res = drkit("--policy-dir", str(pdir), "backup", "--due", "--json", *args,
-                env={"DRKIT_NOW": when})  # fmt: skip
+    res = drkit(
+        "--policy-dir", str(pdir), "backup", "--due", "--json", *args, env={"DRKIT_NOW": when}
+    )
     assert res.returncode == 0, res.output
     return {r["host"]: r for r in json.loads(res.stdout)["results"]}
 
@@ -36,13 +37,23 @@ def test_each_slot_runs_once_and_missed_slots_run_once(tmp_path: Path, keys: Key
     sources = [
         {"kind": "command", "name": "db", "command": ["echo", "db"]},
         # Weekly, on Sundays at 04:00 (2030-01-06 is a Sunday).
-        {"kind": "command", "name": "venv", "command": ["echo", "venv"],
-         "schedule": "0 4 * * 0"},
-    ]  # fmt: skip
-    write_policy(pdir / "daily.toml", "daily", {"url": repo.as_uri()}, [keys.recipient],
-                 sources, extra='schedule = "0 3 * * *"')  # fmt: skip
-    write_policy(pdir / "manual.toml", "manual", {"url": repo.as_uri()}, [keys.recipient],
-                 [{"kind": "command", "name": "x", "command": ["echo", "x"]}])  # fmt: skip
+        {"kind": "command", "name": "venv", "command": ["echo", "venv"], "schedule": "0 4 * * 0"},
+    ]
+    write_policy(
+        pdir / "daily.toml",
+        "daily",
+        {"url": repo.as_uri()},
+        [keys.recipient],
+        sources,
+        extra='schedule = "0 3 * * *"',
+    )
+    write_policy(
+        pdir / "manual.toml",
+        "manual",
+        {"url": repo.as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "x", "command": ["echo", "x"]}],
+    )
 
     # Never backed up: due at once, every source; the host without a schedule never.
     first = tick(pdir, "2030-01-01T02:00:00Z")
@@ -65,9 +76,12 @@ def test_each_slot_runs_once_and_missed_slots_run_once(tmp_path: Path, keys: Key
 
     # Snapshot ids name each run's start: exactly one per slot.
     assert [s[:20] for s in snapshot_ids(repo, "daily")] == [
-        "20300101T020000.000Z", "20300101T030000.000Z", "20300105T120000.000Z",
-        "20300106T030000.000Z", "20300106T040000.000Z",
-    ]  # fmt: skip
+        "20300101T020000.000Z",
+        "20300101T030000.000Z",
+        "20300105T120000.000Z",
+        "20300106T030000.000Z",
+        "20300106T040000.000Z",
+    ]
     assert not (repo / "manual").exists()
     # An explicit backup still backs up a host without a schedule, every source.
     res = drkit("--policy-dir", str(pdir), "backup", "--host", "manual", "--json")
@@ -79,12 +93,22 @@ def test_a_failed_run_is_retried_at_the_next_tick(tmp_path: Path, keys: Keys) ->
     pdir.mkdir()
     flag = tmp_path / "broken"
     flag.touch()
-    source = {"kind": "command", "name": "db",
-              "command": ["sh", "-c", f"test ! -e {flag} && echo db"]}  # fmt: skip
-    write_policy(pdir / "h.toml", "h", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
-                 [source], extra='schedule = "0 3 * * *"')  # fmt: skip
-    failed = drkit("--policy-dir", str(pdir), "backup", "--due",
-                   env={"DRKIT_NOW": "2030-01-01T01:00:00Z"})  # fmt: skip
+    source = {
+        "kind": "command",
+        "name": "db",
+        "command": ["sh", "-c", f"test ! -e {flag} && echo db"],
+    }
+    write_policy(
+        pdir / "h.toml",
+        "h",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [source],
+        extra='schedule = "0 3 * * *"',
+    )
+    failed = drkit(
+        "--policy-dir", str(pdir), "backup", "--due", env={"DRKIT_NOW": "2030-01-01T01:00:00Z"}
+    )
     assert failed.returncode == 1 and "error: host h: source db" in failed.stderr
     flag.unlink()
     # ...and the next tick tries again (a failure does not count as the slot's run).
@@ -95,9 +119,14 @@ def test_a_failed_run_is_retried_at_the_next_tick(tmp_path: Path, keys: Keys) ->
 def test_jitter_delays_each_slot_by_a_stable_per_host_offset(tmp_path: Path, keys: Keys) -> None:
     pdir = tmp_path / "policies"
     pdir.mkdir()
-    write_policy(pdir / "j.toml", "jittery", {"url": (tmp_path / "repo").as_uri()},
-                 [keys.recipient], [{"kind": "command", "name": "a", "command": ["echo", "a"]}],
-                 extra='schedule = "0 3 * * *"\njitter = "30m"')  # fmt: skip
+    write_policy(
+        pdir / "j.toml",
+        "jittery",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "a", "command": ["echo", "a"]}],
+        extra='schedule = "0 3 * * *"\njitter = "30m"',
+    )
     offset = jitter_offset("jittery", 30 * 60)
     assert offset > dt.timedelta(minutes=1)  # this host's offset is not ~0 (else no test)
     slot = dt.datetime(2030, 1, 2, 3, 0, tzinfo=dt.UTC) + offset
@@ -110,8 +139,15 @@ def test_jitter_delays_each_slot_by_a_stable_per_host_offset(tmp_path: Path, key
     assert ran(tick(pdir, at(slot))) == {"jittery": ["a"]}
     assert ran(tick(pdir, at(slot + dt.timedelta(minutes=10)))) == {}
 
-    listing = drkit("--policy-dir", str(pdir), "schedule", "--json", "-n", "2",
-                    env={"DRKIT_NOW": "2030-01-01T12:00:00Z"})  # fmt: skip
+    listing = drkit(
+        "--policy-dir",
+        str(pdir),
+        "schedule",
+        "--json",
+        "-n",
+        "2",
+        env={"DRKIT_NOW": "2030-01-01T12:00:00Z"},
+    )
     assert listing.returncode == 0, listing.output
     (row,) = json.loads(listing.stdout)["hosts"]
     assert row["next"][0] == at(slot)
@@ -136,11 +172,14 @@ def test_schedule_emits_cron_and_systemd_entries(tmp_path: Path, keys: Keys) -> 
 
 def test_schedules_and_durations_are_checked_at_load(tmp_path: Path, keys: Keys) -> None:
     path = write_policy(
-        tmp_path / "bad.toml", "bad", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        tmp_path / "bad.toml",
+        "bad",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
         [{"kind": "command", "name": "a", "command": ["echo"], "schedule": "61 * * * *"}],
         extra='schedule = "*/5 * * * * *"\njitter = "soon"\nlock_ttl = "0s"\n'
         'notify = { timeout = "10 s x", prometheus_textfile = "drkit.prom" }',
-    )  # fmt: skip
+    )
     res = drkit("policy", "validate", str(path))
     assert res.returncode == 2
     for problem in (

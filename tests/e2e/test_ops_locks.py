@@ -39,8 +39,11 @@ def running_backup(
     gate.mkdir(exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "drkit", "backup", "--policy", str(policy), "--json"],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (gate / "started").exists():
@@ -98,9 +101,11 @@ def test_another_machine_is_stopped_by_the_repository_lock(
         # --wait: the same run waits for the holder, then backs up.
         waiting = subprocess.Popen(
             [sys.executable, "-m", "drkit", "backup", "--policy", str(policy), "--wait", "2m"],
-            env={**os.environ, **elsewhere}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **elsewhere},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         try:
             time.sleep(1.5)
             assert waiting.poll() is None  # still waiting while the first one runs
@@ -120,10 +125,18 @@ def test_a_dead_holders_lock_is_taken_over_after_its_ttl(tmp_path: Path, keys: K
     )
     beat = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=20)
     stale = {
-        "format": "drkit-lock", "version": 1, "host": HOST, "owner": "backup-01", "pid": 4242,
-        "operation": "backup", "started": beat.isoformat(), "heartbeat": beat.isoformat(),
-        "ttl": 900.0, "token": "deadbeef", "pidns": None,
-    }  # fmt: skip
+        "format": "drkit-lock",
+        "version": 1,
+        "host": HOST,
+        "owner": "backup-01",
+        "pid": 4242,
+        "operation": "backup",
+        "started": beat.isoformat(),
+        "heartbeat": beat.isoformat(),
+        "ttl": 900.0,
+        "token": "deadbeef",
+        "pidns": None,
+    }
     (root / HOST / "locks").mkdir(parents=True)
     (root / HOST / "locks" / "backup.json").write_text(json.dumps(stale))
     res = drkit("backup", "--policy", str(policy))
@@ -142,8 +155,13 @@ def test_exit_code_of_a_locked_host_beside_others(tmp_path: Path, keys: Keys, ot
     gate = tmp_path / "gate"
     policy = slow_policy(pdir, keys, repo, gate)
     command = ["false"] if other == "failing" else ["echo", "ok"]
-    write_policy(pdir / "other.toml", "other", repo, [keys.recipient],
-                 [{"kind": "command", "name": "c", "command": command}])  # fmt: skip
+    write_policy(
+        pdir / "other.toml",
+        "other",
+        repo,
+        [keys.recipient],
+        [{"kind": "command", "name": "c", "command": command}],
+    )
     with running_backup(policy, gate, {}):
         res = drkit("--policy-dir", str(pdir), "backup", "--all", "--json")
     statuses = {r["host"]: r["status"] for r in json.loads(res.stdout)["results"]}

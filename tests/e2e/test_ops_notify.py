@@ -81,10 +81,13 @@ def notify_policy(tmp_path: Path, keys: Keys, command: list[str], prom: Path) ->
         f'webhook = "env:T_HOOK", prometheus_textfile = "{prom}", timeout = "5s" }}'
     )
     return write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [{"kind": "command", "name": "db", "command": command}],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "db", "command": command}],
         extra=f'rpo = "26h"\n{notify}',
-    )  # fmt: skip
+    )
 
 
 def secrets_env(rec: Receiver) -> dict[str, str]:
@@ -160,8 +163,12 @@ def test_an_unreachable_channel_only_warns(tmp_path: Path, keys: Keys) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     prom = tmp_path / "drkit.prom"
     policy = notify_policy(tmp_path, keys, ["echo", "hello"], prom)
-    env = {"T_HC": f"{dead}/{PING}", "T_NTFY": f"{dead}/t", "T_TOK": "x" * 8,
-           "T_HOOK": f"{dead}/hook"}  # fmt: skip
+    env = {
+        "T_HC": f"{dead}/{PING}",
+        "T_NTFY": f"{dead}/t",
+        "T_TOK": "x" * 8,
+        "T_HOOK": f"{dead}/hook",
+    }
     res = drkit("backup", "--policy", str(policy), env=env)
     assert res.returncode == 0, res.output
     assert f"warning: notify healthchecks start ping to {dead} failed" in res.stderr

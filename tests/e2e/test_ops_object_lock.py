@@ -114,8 +114,9 @@ def test_init_creates_the_bucket_with_object_lock_and_backups_are_retained(
         assert head["ObjectLockMode"] == "GOVERNANCE", key
         left = head["ObjectLockRetainUntilDate"] - now
         assert dt.timedelta(days=1, hours=23) < left <= dt.timedelta(days=2), key
-    restored = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file),
-                     env=env)  # fmt: skip
+    restored = drkit(
+        "verify", "--policy", str(policy), "--identity", str(keys.identity_file), env=env
+    )
     assert restored.returncode == 0, restored.output
     # The host's lock object is rewritten by heartbeats and deleted at the end of the
     # run: none of its versions may be held by retention (they would pile up, locked).
@@ -189,6 +190,13 @@ def test_dedup_packs_are_held_as_long_as_the_newest_snapshot_that_uses_them(
         now_held = client.head_object(Bucket=bucket, Key=key)["ObjectLockRetainUntilDate"]
         assert now_held >= until, (key, now_held, until)
         assert now_held > held[key], key
-    res = drkit("verify", "--policy", str(policy), "--all-snapshots",
-                "--identity", str(keys.identity_file), env=env)  # fmt: skip
+    res = drkit(
+        "verify",
+        "--policy",
+        str(policy),
+        "--all-snapshots",
+        "--identity",
+        str(keys.identity_file),
+        env=env,
+    )
     assert res.returncode == 0, res.output

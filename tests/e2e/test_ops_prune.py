@@ -22,9 +22,12 @@ def backed_up_daily(tmp_path: Path, keys: Keys) -> tuple[Path, list[str]]:
     """A host backed up once a day for five days (clock set by $DRKIT_NOW)."""
     repo = tmp_path / "repo"
     policy = write_policy(
-        tmp_path / f"{HOST}.toml", HOST, {"url": repo.as_uri()}, [keys.recipient],
+        tmp_path / f"{HOST}.toml",
+        HOST,
+        {"url": repo.as_uri()},
+        [keys.recipient],
         [{"kind": "command", "name": "db", "command": ["echo", "rows"]}],
-    )  # fmt: skip
+    )
     policy.write_text(policy.read_text() + "[retention]\nkeep_last = 2\n")
     ids = []
     for day in DAYS:
@@ -49,8 +52,15 @@ def test_prune_keeps_the_newest_and_the_drilled_and_reports_why(tmp_path: Path, 
     # A drill passed on the second snapshot (a report as the drill feature stores it).
     drills = tmp_path / "repo" / HOST / "drills"
     drills.mkdir()
-    report = {"format": "drkit-drill", "version": 1, "host": HOST, "drill_id": "d1",
-              "snapshot": ids[1], "started": "2030-01-02T05:00Z", "verdict": "pass"}  # fmt: skip
+    report = {
+        "format": "drkit-drill",
+        "version": 1,
+        "host": HOST,
+        "drill_id": "d1",
+        "snapshot": ids[1],
+        "started": "2030-01-02T05:00Z",
+        "verdict": "pass",
+    }
     (drills / "d1.json").write_text(signed_drill_report(report))
     # A killed run's leftovers: an old one and one from a run that may still be going.
     for sid in ("20291231T030000Z-dead01", "20300105T235900Z-young1"):
@@ -62,8 +72,10 @@ def test_prune_keeps_the_newest_and_the_drilled_and_reports_why(tmp_path: Path, 
     assert dry.returncode == 0, dry.output
     (result,) = json.loads(dry.stdout)["results"]
     reasons = {s["snapshot"]: (s["keep"], s["reasons"]) for s in result["snapshots"]}
-    assert reasons[ids[4]] == (True, ["last 1 of 2", "newest complete snapshot",
-                                      "newest complete snapshot of source db"])  # fmt: skip
+    assert reasons[ids[4]] == (
+        True,
+        ["last 1 of 2", "newest complete snapshot", "newest complete snapshot of source db"],
+    )
     assert reasons[ids[3]] == (True, ["last 2 of 2"])
     assert reasons[ids[1]] == (True, ["newest snapshot that passed a drill"])
     for sid in (ids[0], ids[2]):
@@ -82,8 +94,15 @@ def test_prune_keeps_the_newest_and_the_drilled_and_reports_why(tmp_path: Path, 
     left = sorted(p.name for p in (tmp_path / "repo" / HOST / "snapshots").iterdir())
     assert "20291231T030000Z-dead01" not in left and "20300105T235900Z-young1" in left
     # What is left still verifies and restores: prune removed whole snapshots only.
-    ok = drkit("verify", "--policy", str(policy), "--all-snapshots",
-               "--identity", str(keys.identity_file), env={"DRKIT_NOW": LATER})  # fmt: skip
+    ok = drkit(
+        "verify",
+        "--policy",
+        str(policy),
+        "--all-snapshots",
+        "--identity",
+        str(keys.identity_file),
+        env={"DRKIT_NOW": LATER},
+    )
     assert ok.returncode == 0, ok.output
     # The catalog was synced for the host: it lists exactly what the repository holds.
     catalog = Catalog(default_catalog_url())
@@ -100,16 +119,34 @@ def test_prune_keeps_every_snapshot_the_newest_passing_drill_restored_from(
     policy, ids = backed_up_daily(tmp_path, keys)
     drills = tmp_path / "repo" / HOST / "drills"
     drills.mkdir()
-    older = {"format": "drkit-drill", "version": 1, "host": HOST, "drill_id": "d0",
-             "snapshot": ids[0], "snapshots": [ids[0]], "started": "2030-01-01T05:00Z",
-             "verdict": "pass"}  # fmt: skip
+    older = {
+        "format": "drkit-drill",
+        "version": 1,
+        "host": HOST,
+        "drill_id": "d0",
+        "snapshot": ids[0],
+        "snapshots": [ids[0]],
+        "started": "2030-01-01T05:00Z",
+        "verdict": "pass",
+    }
     # The newest drill took the database from ids[2] and the env files from ids[1].
-    newest = {**older, "drill_id": "d1", "snapshot": ids[2], "snapshots": [ids[1], ids[2]],
-              "started": "2030-01-03T05:00Z"}  # fmt: skip
+    newest = {
+        **older,
+        "drill_id": "d1",
+        "snapshot": ids[2],
+        "snapshots": [ids[1], ids[2]],
+        "started": "2030-01-03T05:00Z",
+    }
     (drills / "d0.json").write_text(signed_drill_report(older))
     (drills / "d1.json").write_text(signed_drill_report(newest))
-    res = drkit("prune", "--policy", str(policy), "--dry-run", "--json",
-                env={"DRKIT_NOW": "2030-01-06T00:00:00Z"})  # fmt: skip
+    res = drkit(
+        "prune",
+        "--policy",
+        str(policy),
+        "--dry-run",
+        "--json",
+        env={"DRKIT_NOW": "2030-01-06T00:00:00Z"},
+    )
     assert res.returncode == 0, res.output
     (result,) = json.loads(res.stdout)["results"]
     reasons = {s["snapshot"]: (s["keep"], s["reasons"]) for s in result["snapshots"]}
@@ -121,9 +158,12 @@ def test_prune_keeps_every_snapshot_the_newest_passing_drill_restored_from(
 
 def test_prune_needs_a_host_and_checks_its_flags(tmp_path: Path, keys: Keys) -> None:
     policy = write_policy(
-        tmp_path / "p.toml", HOST, {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        tmp_path / "p.toml",
+        HOST,
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
         [{"kind": "command", "name": "db", "command": ["echo", "rows"]}],
-    )  # fmt: skip
+    )
     assert drkit("prune").returncode == 2
     bad = drkit("prune", "--policy", str(policy), "--grace", "soon")
     assert bad.returncode == 2 and "--grace: not a duration" in bad.stderr
@@ -145,12 +185,19 @@ def test_prune_keeps_what_object_lock_protects_on_seaweedfs(
     env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
 
     def policy(name: str, days: int) -> Path:
-        repo = {"url": f"s3://{bucket}/fleet", "endpoint": seaweed.endpoint,
-                "region": seaweed.region, "immutable_days": days}  # fmt: skip
+        repo = {
+            "url": f"s3://{bucket}/fleet",
+            "endpoint": seaweed.endpoint,
+            "region": seaweed.region,
+            "immutable_days": days,
+        }
         path = write_policy(
-            tmp_path / f"{name}.toml", HOST, repo, [keys.recipient],
+            tmp_path / f"{name}.toml",
+            HOST,
+            repo,
+            [keys.recipient],
             [{"kind": "command", "name": "db", "command": ["echo", "rows"]}],
-        )  # fmt: skip
+        )
         path.write_text(path.read_text() + "[retention]\nkeep_last = 1\n")
         return path
 
@@ -184,6 +231,13 @@ def test_prune_keeps_what_object_lock_protects_on_seaweedfs(
     left = client.list_objects_v2(Bucket=bucket, Prefix=f"fleet/{HOST}/snapshots/")
     snapshots = sorted({o["Key"].split("/")[3] for o in left.get("Contents", [])})
     assert snapshots == ids[1:]  # the locked ones are whole, the removed one is gone
-    ok = drkit("verify", "--policy", str(plain), "--all-snapshots",
-               "--identity", str(keys.identity_file), env={**env, "DRKIT_NOW": LATER})  # fmt: skip
+    ok = drkit(
+        "verify",
+        "--policy",
+        str(plain),
+        "--all-snapshots",
+        "--identity",
+        str(keys.identity_file),
+        env={**env, "DRKIT_NOW": LATER},
+    )
     assert ok.returncode == 0, ok.output

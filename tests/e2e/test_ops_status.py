@@ -15,10 +15,13 @@ from tests.helpers import drkit, signed_drill_report, write_policy
 
 def test_status_shows_the_last_drill(tmp_path: Path, keys: Keys) -> None:
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
         extra='rpo = "26h"',
-    )  # fmt: skip
+    )
     res = drkit("backup", "--policy", str(policy), "--json")
     assert res.returncode == 0, res.output
     snapshot = json.loads(res.stdout)["results"][0]["snapshot"]
@@ -52,8 +55,9 @@ def test_a_snapshot_of_one_weekly_source_does_not_hide_a_stale_daily_one(
     repo = {"url": (tmp_path / "repo").as_uri()}
     db = {"kind": "command", "name": "db", "command": ["echo", "db"]}
     venv = {"kind": "command", "name": "venv", "command": ["echo", "v"], "schedule": "0 4 * * 0"}
-    full = write_policy(tmp_path / "full.toml", "e2i", repo, [keys.recipient], [db, venv],
-                        extra='rpo = "26h"')  # fmt: skip
+    full = write_policy(
+        tmp_path / "full.toml", "e2i", repo, [keys.recipient], [db, venv], extra='rpo = "26h"'
+    )
     only_venv = write_policy(tmp_path / "venv.toml", "e2i", repo, [keys.recipient], [venv])
     now = dt.datetime.now(dt.UTC)
 
@@ -79,10 +83,19 @@ def drill_report(
     """A drill report where `drkit drill` stores it (drkit.drills.report.DrillReport)."""
     folder = repo / host / "drills"
     folder.mkdir(parents=True, exist_ok=True)
-    report = {"format": "drkit-drill", "version": 1, "host": host, "drill_id": drill,
-              "snapshot": snapshot, "started": started, "finished": started,
-              "verdict": verdict, "rto_seconds": 12.5, "rpo_seconds": 60.0,
-              "checks": []}  # fmt: skip
+    report = {
+        "format": "drkit-drill",
+        "version": 1,
+        "host": host,
+        "drill_id": drill,
+        "snapshot": snapshot,
+        "started": started,
+        "finished": started,
+        "verdict": verdict,
+        "rto_seconds": 12.5,
+        "rpo_seconds": 60.0,
+        "checks": [],
+    }
     (folder / f"{drill}.json").write_text(signed_drill_report(report))
 
 
@@ -92,9 +105,13 @@ def test_status_shows_drill_and_breach_from_the_repository_alone(
     """A fresh laptop (empty catalog) sees the last drill next to freshness, text and JSON."""
     repo = tmp_path / "repo"
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
-        [{"kind": "command", "name": "db", "command": ["echo", "x"]}], extra='rpo = "26h"',
-    )  # fmt: skip
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": repo.as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
+        extra='rpo = "26h"',
+    )
     day0 = {"DRKIT_NOW": "2030-03-01T03:00:00Z"}
     res = drkit("backup", "--policy", str(policy), "--json", env=day0)
     assert res.returncode == 0, res.output
@@ -108,9 +125,14 @@ def test_status_shows_drill_and_breach_from_the_repository_alone(
     assert ok.returncode == 0, ok.output
     row = json.loads(ok.stdout)["hosts"][0]
     assert row["breach"] is False and row["age"] == "9h"
-    assert row["last_drill"] == {"drill": "d-new", "snapshot": snapshot, "verdict": "pass",
-                                 "started": "2030-03-01T09:30:00+00:00", "rto_seconds": 12.5,
-                                 "age": "2h30m"}  # fmt: skip
+    assert row["last_drill"] == {
+        "drill": "d-new",
+        "snapshot": snapshot,
+        "verdict": "pass",
+        "started": "2030-03-01T09:30:00+00:00",
+        "rto_seconds": 12.5,
+        "age": "2h30m",
+    }
     text = drkit("status", "--policy", str(policy), env=fresh)
     assert text.returncode == 0, text.output
     assert "age 9h" in text.stdout and "rpo 26h" in text.stdout
@@ -129,8 +151,9 @@ def test_status_shows_drill_and_breach_from_the_repository_alone(
     catalog = Catalog(default_catalog_url())
     try:
         started = dt.datetime(2030, 3, 2, 8, 0, tzinfo=dt.UTC)
-        catalog.record_drill(repo.as_uri(), "vultr", "d-cat", snapshot, started, started,
-                             "fail", 30.0, 60.0)  # fmt: skip
+        catalog.record_drill(
+            repo.as_uri(), "vultr", "d-cat", snapshot, started, started, "fail", 30.0, 60.0
+        )
     finally:
         catalog.close()
     text = drkit("status", "--policy", str(policy), env=late)
@@ -139,10 +162,13 @@ def test_status_shows_drill_and_breach_from_the_repository_alone(
 
 def test_status_without_a_drill_or_a_backup(tmp_path: Path, keys: Keys) -> None:
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
         extra='rpo = "26h"',
-    )  # fmt: skip
+    )
     res = drkit("status", "--policy", str(policy))
     assert res.returncode == 1, res.output  # never backed up: a breach
     assert "age never" in res.stdout and "BREACH drill never" in res.stdout
@@ -154,11 +180,16 @@ def test_prometheus_textfile_follows_the_newest_drill(tmp_path: Path, keys: Keys
     repo = tmp_path / "repo"
     prom = tmp_path / "metrics" / "drkit.prom"
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
-        [{"kind": "command", "name": "db", "command": ["echo", "x"]},
-         {"kind": "command", "name": "env", "command": ["echo", "y"]}],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": repo.as_uri()},
+        [keys.recipient],
+        [
+            {"kind": "command", "name": "db", "command": ["echo", "x"]},
+            {"kind": "command", "name": "env", "command": ["echo", "y"]},
+        ],
         extra=f'rpo = "26h"\nnotify = {{ prometheus_textfile = "{prom}" }}',
-    )  # fmt: skip
+    )
 
     def drill_samples() -> dict[str, float]:
         families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
@@ -191,14 +222,20 @@ def test_the_drill_command_rewrites_the_textfile_after_a_drill(tmp_path: Path, k
     repo = tmp_path / "repo"
     prom = tmp_path / "metrics" / "drkit.prom"
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": repo.as_uri()},
+        [keys.recipient],
         [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
         extra=f'notify = {{ prometheus_textfile = "{prom}" }}',
-    )  # fmt: skip
+    )
     plain = write_policy(
-        tmp_path / "e2i.toml", "e2i", {"url": repo.as_uri()}, [keys.recipient],
+        tmp_path / "e2i.toml",
+        "e2i",
+        {"url": repo.as_uri()},
+        [keys.recipient],
         [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
-    )  # fmt: skip
+    )
     res = drkit("backup", "--policy", str(policy), "--json")
     assert res.returncode == 0, res.output
     snapshot = json.loads(res.stdout)["results"][0]["snapshot"]
@@ -211,8 +248,9 @@ def test_the_drill_command_rewrites_the_textfile_after_a_drill(tmp_path: Path, k
     assert drill_success() == []
     logged: list[str] = []
     for verdict, want in (("fail", 0.0), ("pass", 1.0)):
-        drill_report(repo, "vultr", f"d-{verdict}", snapshot, dt.datetime.now(dt.UTC).isoformat(),
-                     verdict)  # fmt: skip
+        drill_report(
+            repo, "vultr", f"d-{verdict}", snapshot, dt.datetime.now(dt.UTC).isoformat(), verdict
+        )
         rewrite_metrics([load_policy(policy), load_policy(plain)], logged.append)
         assert drill_success() == [want], verdict
     assert logged == []
@@ -223,9 +261,12 @@ def test_status_exits_1_when_the_last_drill_failed(tmp_path: Path, keys: Keys) -
     """A monitor hears of a failed drill; never drilled (no rpo, no breach) stays exit 0."""
     repo = tmp_path / "repo"
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": repo.as_uri()}, [keys.recipient],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": repo.as_uri()},
+        [keys.recipient],
         [{"kind": "command", "name": "db", "command": ["echo", "x"]}],
-    )  # fmt: skip
+    )
     res = drkit("backup", "--policy", str(policy), "--json")
     assert res.returncode == 0, res.output
     snapshot = json.loads(res.stdout)["results"][0]["snapshot"]

@@ -22,9 +22,14 @@ def fleet(tmp_path: Path, keys: Keys) -> list[Path]:
     """vultr: a data source and a provider snapshot that fails (its token is not set), so
     the data is committed without it; hetzner: fine; e2i: its dump fails."""
     repo = {"url": (tmp_path / "repo").as_uri()}
-    droplet = {"kind": "snapshot", "name": "droplet", "provider": "digitalocean",
-               "resource_id": "4242", "token": f"env:{UNSET}",
-               "endpoint": "http://127.0.0.1:9"}  # fmt: skip
+    droplet = {
+        "kind": "snapshot",
+        "name": "droplet",
+        "provider": "digitalocean",
+        "resource_id": "4242",
+        "token": f"env:{UNSET}",
+        "endpoint": "http://127.0.0.1:9",
+    }
     ok = {"kind": "command", "name": "db", "command": ["echo", "rows"]}
     bad = {"kind": "command", "name": "pgdump", "command": ["sh", "-c", "exit 7"]}
     return [
@@ -64,15 +69,31 @@ def test_the_terminal_table_shows_partial_and_failed(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = [
-        HostResult("vultr", "partial", snapshot="20300101T030000Z-aaaaaa", artifacts=1,
-                   plain_bytes=10, stored_bytes=20, seconds=1.0, sources=("db",),
-                   error="host vultr: source droplet: digitalocean 4242: snapshot: errored",
-                   failed_sources=("droplet",)),
-        HostResult("hetzner", "success", snapshot="20300101T030000Z-bbbbbb", artifacts=1,
-                   plain_bytes=10, stored_bytes=20, seconds=1.0, sources=("db",)),
+        HostResult(
+            "vultr",
+            "partial",
+            snapshot="20300101T030000Z-aaaaaa",
+            artifacts=1,
+            plain_bytes=10,
+            stored_bytes=20,
+            seconds=1.0,
+            sources=("db",),
+            error="host vultr: source droplet: digitalocean 4242: snapshot: errored",
+            failed_sources=("droplet",),
+        ),
+        HostResult(
+            "hetzner",
+            "success",
+            snapshot="20300101T030000Z-bbbbbb",
+            artifacts=1,
+            plain_bytes=10,
+            stored_bytes=20,
+            seconds=1.0,
+            sources=("db",),
+        ),
         # The table reads failed_sources, not the error text (which need not name it).
         HostResult("e2i", "failed", error="host e2i: connection lost", failed_sources=("pgdump",)),
-    ]  # fmt: skip
+    ]
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setenv("COLUMNS", "160")
     monkeypatch.setenv("NO_COLOR", "1")

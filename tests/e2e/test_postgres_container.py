@@ -37,8 +37,12 @@ class ContainerPg:
     def _exec(self, argv: list[str], sql: str | None = None, check: bool = True) -> str:
         res = subprocess.run(
             ["docker", "exec", "-i", "-u", "postgres", self.container, *argv],
-            input=sql, capture_output=True, text=True, check=False, timeout=300,
-        )  # fmt: skip
+            input=sql,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
         if check and res.returncode != 0:
             raise AssertionError(f"{argv[0]} in {self.container}: {res.stderr}")
         return res.stdout
@@ -72,8 +76,17 @@ def pg_container() -> Iterator[ContainerPg]:
         pytest.skip(f"no Docker engine or e2i-droplet image here: {exc}")
     name = f"drkit-test-pg-{secrets.token_hex(4)}"
     try:
-        docker("run", "--detach", "--init", "--name", name, "--env", "DRKIT_SERVICES=postgresql",
-               image, timeout=600)  # fmt: skip
+        docker(
+            "run",
+            "--detach",
+            "--init",
+            "--name",
+            name,
+            "--env",
+            "DRKIT_SERVICES=postgresql",
+            image,
+            timeout=600,
+        )
         deadline = time.monotonic() + 300
         while docker("exec", name, "test", "-e", "/run/drkit/ready", check=False).returncode:
             status = docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
@@ -96,12 +109,22 @@ def test_backup_drop_restore_through_docker_exec(
     pg.psql("postgres", f"ALTER ROLE postgres PASSWORD '{password}';")
     pg.load(db, owner)
     policy = write_policy(
-        tmp_path / "e2i.toml", "e2i-droplet", {"url": (tmp_path / "repo").as_uri()},
+        tmp_path / "e2i.toml",
+        "e2i-droplet",
+        {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient],
-        [{"kind": "postgres", "name": "supabase-db", "container": pg.container,
-          "database": db, "host": "127.0.0.1", "user": "postgres",
-          "password": "env:DRKIT_TEST_PGPW"}],
-    )  # fmt: skip
+        [
+            {
+                "kind": "postgres",
+                "name": "supabase-db",
+                "container": pg.container,
+                "database": db,
+                "host": "127.0.0.1",
+                "user": "postgres",
+                "password": "env:DRKIT_TEST_PGPW",
+            }
+        ],
+    )
     env = {"DRKIT_TEST_PGPW": password}
     schema_before = schema_dump(pg, db)  # type: ignore[arg-type]
     sums_before = table_checksums(pg, db)  # type: ignore[arg-type]
@@ -113,18 +136,32 @@ def test_backup_drop_restore_through_docker_exec(
 
     pg.psql("postgres", f"DROP DATABASE {db} WITH (FORCE); DROP ROLE {owner};")
     assert pg.psql("postgres", f"SELECT count(*) FROM pg_roles WHERE rolname = '{owner}';") == "0\n"
-    res = drkit("--json", "restore", "--policy", str(policy), "--yes",
-                "--identity", str(keys.identity_file), env=env, check=True)  # fmt: skip
+    res = drkit(
+        "--json",
+        "restore",
+        "--policy",
+        str(policy),
+        "--yes",
+        "--identity",
+        str(keys.identity_file),
+        env=env,
+        check=True,
+    )
     out = json.loads(res.stdout)
     assert out["verdict"] == "pass", out
     assert password not in res.output
 
     assert table_checksums(pg, db) == sums_before  # type: ignore[arg-type]
     assert schema_dump(pg, db) == schema_before  # type: ignore[arg-type]
-    assert pg.psql("postgres", f"SELECT pg_get_userbyid(datdba) FROM pg_database "
-                   f"WHERE datname = '{db}';").strip() == owner  # fmt: skip
+    assert (
+        pg.psql(
+            "postgres", f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}';"
+        ).strip()
+        == owner
+    )
 
     # A second restore meets the live database and refuses rather than overwrite it.
-    again = drkit("restore", "--policy", str(policy), "--yes",
-                  "--identity", str(keys.identity_file), env=env)  # fmt: skip
+    again = drkit(
+        "restore", "--policy", str(policy), "--yes", "--identity", str(keys.identity_file), env=env
+    )
     assert again.returncode != 0 and db in again.stderr

@@ -43,11 +43,18 @@ def target() -> Iterator[PgServer]:
 def app(pg: PgServer, uniq: str) -> Iterator[dict[str, str]]:
     """A database owned by a role that logs in with a password, and a second role that
     logs in with none (peer or trust authentication: nothing to restore)."""
-    names = {"db": f"logins_{uniq}", "app": f"app_{uniq}", "nopw": f"nopw_{uniq}",
-             "reader": f"reader_{uniq}"}  # fmt: skip
-    pg.psql("postgres", f"CREATE ROLE {names['app']} LOGIN PASSWORD 'pw-{uniq}';\n"
-            f"CREATE ROLE {names['nopw']} LOGIN;\n"
-            f"CREATE DATABASE {names['db']} OWNER {names['app']};")  # fmt: skip
+    names = {
+        "db": f"logins_{uniq}",
+        "app": f"app_{uniq}",
+        "nopw": f"nopw_{uniq}",
+        "reader": f"reader_{uniq}",
+    }
+    pg.psql(
+        "postgres",
+        f"CREATE ROLE {names['app']} LOGIN PASSWORD 'pw-{uniq}';\n"
+        f"CREATE ROLE {names['nopw']} LOGIN;\n"
+        f"CREATE DATABASE {names['db']} OWNER {names['app']};",
+    )
     pg.psql(names["db"], "CREATE TABLE calls AS SELECT generate_series(1, 5) AS id;")
     yield names
     pg.psql("postgres", f"DROP DATABASE IF EXISTS {names['db']} WITH (FORCE);", check=False)
@@ -66,9 +73,20 @@ def backup_facts(policy: Path, keys: Any, tmp_path: Path) -> dict[str, Any]:
 
 
 def restore(policy: Path, keys: Any, target: PgServer, *args: str) -> dict[str, Any]:
-    res = drkit("restore", "--yes", "--json", "--policy", str(policy), "--identity",
-                str(keys.identity_file), "--pg-port", str(target.port), "--pg-user",
-                "postgres", *args)  # fmt: skip
+    res = drkit(
+        "restore",
+        "--yes",
+        "--json",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--pg-port",
+        str(target.port),
+        "--pg-user",
+        "postgres",
+        *args,
+    )
     assert res.returncode == 0, res.output
     return dict(json.loads(res.stdout))
 
@@ -80,8 +98,14 @@ def logins_check(target: PgServer, facts: dict[str, Any], user: str = "postgres"
     from drkit.sources.base import RestoreOptions
     from drkit.sources.postgres import PostgresSource
 
-    config = Config(kind="postgres", name="db", database=facts["database"],
-                    host="127.0.0.1", port=target.port, user="postgres")  # fmt: skip
+    config = Config(
+        kind="postgres",
+        name="db",
+        database=facts["database"],
+        host="127.0.0.1",
+        port=target.port,
+        user="postgres",
+    )
     src = PostgresSource("db", config, LocalRunner())
     checks = {c.name: c for c in src.check(facts, RestoreOptions(pg_user=user))}
     return checks["logins"]
@@ -124,21 +148,27 @@ def test_roles_that_logged_in_still_can_and_a_nologin_one_fails_by_name(
 
     # Put right, but probed as a role that cannot read pg_authid: LOGIN is checked, the
     # passwords are a warning saying they could not be verified.
-    target.psql("postgres", f"ALTER ROLE {app['app']} PASSWORD 'again';\n"
-                f"ALTER ROLE {app['nopw']} LOGIN;\n"
-                f"CREATE ROLE {app['reader']} LOGIN;")  # fmt: skip
+    target.psql(
+        "postgres",
+        f"ALTER ROLE {app['app']} PASSWORD 'again';\n"
+        f"ALTER ROLE {app['nopw']} LOGIN;\n"
+        f"CREATE ROLE {app['reader']} LOGIN;",
+    )
     target.psql(app["db"], f"GRANT SELECT ON calls TO {app['reader']};")  # the row counts
     check = logins_check(target, facts)
     assert check.status == "pass", check.detail
     check = logins_check(target, facts, user=app["reader"])
     assert check.status == "warn", check.detail
     unverified = check.detail.split("; password(s) of ", 1)[1]
-    assert unverified.startswith(f"{app['app']} not verified (the connecting role cannot read "
-                                 "pg_authid)"), check.detail  # fmt: skip
+    assert unverified.startswith(
+        f"{app['app']} not verified (the connecting role cannot read pg_authid)"
+    ), check.detail
     target.psql("postgres", f"ALTER ROLE {app['app']} NOLOGIN;")
     check = logins_check(target, facts, user=app["reader"])
-    assert (check.status, check.detail.startswith(f"cannot log in as at backup: {app['app']} ")
-            ) == ("fail", True)  # fmt: skip
+    assert (
+        check.status,
+        check.detail.startswith(f"cannot log in as at backup: {app['app']} "),
+    ) == ("fail", True)
 
 
 def test_backup_without_pg_authid_plan_and_check_name_roles_needing_a_password(
@@ -162,9 +192,20 @@ def test_backup_without_pg_authid_plan_and_check_name_roles_needing_a_password(
     assert facts["logins"]["passwords"] is None
     assert {app["app"], reader} <= set(facts["logins"]["roles"])
 
-    plan = drkit("restore", "--plan", "--json", "--policy", str(policy), "--identity",
-                 str(keys.identity_file), "--pg-port", str(target.port), "--pg-user",
-                 "postgres", check=True)  # fmt: skip
+    plan = drkit(
+        "restore",
+        "--plan",
+        "--json",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--pg-port",
+        str(target.port),
+        "--pg-user",
+        "postgres",
+        check=True,
+    )
     actions = json.loads(plan.stdout)["steps"][0]["actions"]
     [line] = [a for a in actions if "could not read password hashes" in a]
     named = line.split("login role(s) ", 1)[1].split(" will need a new password")[0]

@@ -197,8 +197,17 @@ def test_globals_larger_than_one_block_restore_every_role(
         )
         drkit("backup", "--policy", str(policy), check=True)
         pg.psql("postgres", drop)
-        drkit("restore", "--yes", "--policy", str(policy), "--rename-db", "_roles",
-              "--identity", str(keys.identity_file), check=True)  # fmt: skip
+        drkit(
+            "restore",
+            "--yes",
+            "--policy",
+            str(policy),
+            "--rename-db",
+            "_roles",
+            "--identity",
+            str(keys.identity_file),
+            check=True,
+        )
         back = pg.psql("postgres", f"SELECT count(*) FROM pg_roles WHERE rolname LIKE '{prefix}%';")
         assert int(back.strip()) == count
     finally:

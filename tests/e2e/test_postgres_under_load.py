@@ -38,15 +38,27 @@ def test_backup_under_pgbench_load_restores_a_consistent_snapshot(
     base = [str(PG_BIN / "pgbench"), "-h", pg.host, "-p", str(pg.port), "-U", pg.user]
     subprocess.run([*base, "-i", "-q", "-s", "2", db], check=True, capture_output=True)
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()},
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient],
-        [{"kind": "postgres", "name": "bench", "database": db, "host": "127.0.0.1",
-          "port": pg.port, "user": "postgres"}],
-    )  # fmt: skip
+        [
+            {
+                "kind": "postgres",
+                "name": "bench",
+                "database": db,
+                "host": "127.0.0.1",
+                "port": pg.port,
+                "user": "postgres",
+            }
+        ],
+    )
     load = subprocess.Popen(
         [*base, "-c", "4", "-j", "2", "-T", "120", "-n", db],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         history = "SELECT count(*) FROM pgbench_history;"
         deadline = time.monotonic() + 30
@@ -63,8 +75,17 @@ def test_backup_under_pgbench_load_restores_a_consistent_snapshot(
     after = int(pg.psql(db, history).strip())
     assert after > during, "the load did not run during and after the backup"
 
-    res = drkit("restore", "--policy", str(policy), "--rename-db", "_restored", "--yes", "--json",
-                "--identity", str(keys.identity_file))  # fmt: skip
+    res = drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--rename-db",
+        "_restored",
+        "--yes",
+        "--json",
+        "--identity",
+        str(keys.identity_file),
+    )
     assert res.returncode == 0, res.output
     report = json.loads(res.stdout)
     assert report["verdict"] == "pass", report["checks"]  # row counts = the snapshot's

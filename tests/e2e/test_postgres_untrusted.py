@@ -39,12 +39,22 @@ def compromised_bin(tmp_path: Path, *, dumpall_extra: str = "", dump_awk: str = 
 
 
 def pg_policy(tmp_path: Path, pg: PgServer, keys, db: str, **source: object) -> Path:
-    src = {"kind": "postgres", "name": "db", "database": db, "host": "127.0.0.1",
-           "port": pg.port, "user": "postgres", **source}  # fmt: skip
+    src = {
+        "kind": "postgres",
+        "name": "db",
+        "database": db,
+        "host": "127.0.0.1",
+        "port": pg.port,
+        "user": "postgres",
+        **source,
+    }
     return write_policy(
-        tmp_path / "vultr.toml", "vultr", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [src],
-    )  # fmt: skip
+        tmp_path / "vultr.toml",
+        "vultr",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [src],
+    )
 
 
 def ident(keys) -> list[str]:
@@ -98,8 +108,17 @@ def test_globals_hold_only_role_statements_and_never_touch_protected_roles(
             f"alter role postgres password 'pwned-{uniq}';"
             in (tmp_path / "globals-as-dumped.sql").read_text()
         )  # the snapshot holds what the compromised host added
-        res = drkit("restore", "--yes", "--policy", policy, "--rename-db", "_r", "--force",
-                    *ident(keys), "--json")  # fmt: skip
+        res = drkit(
+            "restore",
+            "--yes",
+            "--policy",
+            policy,
+            "--rename-db",
+            "_r",
+            "--force",
+            *ident(keys),
+            "--json",
+        )
         assert res.returncode == 0, res.output
         # The roles drkit must never alter are as they were, whatever the letter case.
         assert {r: role_state(pg, r) for r in before} == before
@@ -119,15 +138,23 @@ def test_globals_hold_only_role_statements_and_never_touch_protected_roles(
         assert res.returncode != 0
         assert f"globals.sql line {line}: psql meta-command `\\!`" in res.stderr
         assert not marker.exists()
-        assert pg.psql("postgres", f"SELECT count(*) FROM pg_roles WHERE rolname = '{new_role}';"
-                       ).strip() == "0"  # fmt: skip
+        assert (
+            pg.psql(
+                "postgres", f"SELECT count(*) FROM pg_roles WHERE rolname = '{new_role}';"
+            ).strip()
+            == "0"
+        )
         gone = pg.psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname='{restored}';")
         assert gone.strip() == "0"
     finally:
         pg.psql("postgres", f"DROP DATABASE IF EXISTS {restored} WITH (FORCE);", check=False)
-        pg.psql("postgres", f"DROP ROLE IF EXISTS {new_role}; DROP ROLE IF EXISTS authenticator;"
-                " ALTER ROLE postgres PASSWORD NULL; ALTER ROLE postgres RESET ALL;"
-                " COMMENT ON ROLE postgres IS NULL;", check=False)  # fmt: skip
+        pg.psql(
+            "postgres",
+            f"DROP ROLE IF EXISTS {new_role}; DROP ROLE IF EXISTS authenticator;"
+            " ALTER ROLE postgres PASSWORD NULL; ALTER ROLE postgres RESET ALL;"
+            " COMMENT ON ROLE postgres IS NULL;",
+            check=False,
+        )
 
 
 def test_plain_dump_cannot_run_meta_commands(
@@ -143,8 +170,9 @@ def test_plain_dump_cannot_run_meta_commands(
         f'print "\\\\unrestrict " key; print "\\\\! touch {marker}"; print "\\\\restrict " key }}'
     )
     bindir = compromised_bin(tmp_path, dump_awk=lift)
-    policy = str(pg_policy(tmp_path, pg, keys, small_db, bin_dir=str(bindir), format="plain",
-                           globals=False))  # fmt: skip
+    policy = str(
+        pg_policy(tmp_path, pg, keys, small_db, bin_dir=str(bindir), format="plain", globals=False)
+    )
     restored = f"{small_db}_plain"
     try:
         drkit("backup", "--policy", policy, check=True)
@@ -167,12 +195,30 @@ def test_database_names_are_names_not_connection_strings(
     policy = str(pg_policy(tmp_path, pg, keys, small_db, globals=False))
     try:
         drkit("backup", "--policy", policy, check=True)
-        plan = drkit("restore", "--policy", policy, "--database", target, "--plan", "--json",
-                     *ident(keys), check=True)  # fmt: skip
+        plan = drkit(
+            "restore",
+            "--policy",
+            policy,
+            "--database",
+            target,
+            "--plan",
+            "--json",
+            *ident(keys),
+            check=True,
+        )
         (step,) = json.loads(plan.stdout)["steps"]
         assert any(f"database {target} on " in a and "create" in a for a in step["actions"])
-        res = drkit("restore", "--yes", "--policy", policy, "--database", target,
-                    "--pg-jobs", "1", *ident(keys))  # fmt: skip
+        res = drkit(
+            "restore",
+            "--yes",
+            "--policy",
+            policy,
+            "--database",
+            target,
+            "--pg-jobs",
+            "1",
+            *ident(keys),
+        )
         assert res.returncode == 0, res.output
         in_postgres = pg.psql("postgres", f"SELECT to_regclass('marker_{uniq}') IS NULL;")
         assert in_postgres.strip() == "t"  # nothing went into the existing postgres database

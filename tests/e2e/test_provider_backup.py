@@ -57,10 +57,19 @@ def do_api(token: str) -> Iterator[FakeDigitalOcean]:
 
 
 def snapshot_source(provider: str, resource_id: str, endpoint: str, **more: str) -> dict[str, str]:
-    return {"kind": "snapshot", "name": "droplet", "provider": provider,
-            "resource_id": resource_id, "token": f"env:{TOKEN_ENV}", "endpoint": endpoint,
-            "poll_interval": "1s", "wait_timeout": "1m", "region": "nyc3",
-            "size": "s-2vcpu-4gb", **more}  # fmt: skip
+    return {
+        "kind": "snapshot",
+        "name": "droplet",
+        "provider": provider,
+        "resource_id": resource_id,
+        "token": f"env:{TOKEN_ENV}",
+        "endpoint": endpoint,
+        "poll_interval": "1s",
+        "wait_timeout": "1m",
+        "region": "nyc3",
+        "size": "s-2vcpu-4gb",
+        **more,
+    }
 
 
 def policy_file(
@@ -79,12 +88,16 @@ def policy_file(
         {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient],
         [
-            {"kind": "command", "name": "app", "command": ["echo", "app-data"],
-             "restore_command": ["sh", "-c", f"cat > {out}"]},
+            {
+                "kind": "command",
+                "name": "app",
+                "command": ["echo", "app-data"],
+                "restore_command": ["sh", "-c", f"cat > {out}"],
+            },
             snapshot_source("digitalocean", str(DROPLET), api.url, **source),
         ],
         extra=extra,
-    )  # fmt: skip
+    )
     if retention:
         # The source's retention sits inside its [[source]] table (the last one written).
         path.write_text(path.read_text() + f"retention = {retention}\n")
@@ -128,8 +141,9 @@ def test_data_commits_while_the_provider_snapshot_is_pending_then_it_is_recorded
     do_api.action_result = "in-progress"  # the droplet snapshot runs until released below
     policy = policy_file(tmp_path, keys, do_api)
     argv = [sys.executable, "-m", "drkit", "backup", "--policy", str(policy), "--json"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ))  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
     try:
         # The data snapshot is committed while the provider still answers in-progress.
         wait_for(lambda: committed(tmp_path), "the data snapshot's manifest")
@@ -198,12 +212,12 @@ def test_data_commits_while_the_provider_snapshot_is_pending_then_it_is_recorded
     assert facts["id"] == str(made["id"]) and facts["size_gb"] == 12.34
 
     # A data restore takes each source from its snapshot, skips the provider snapshot step.
-    plan = drkit("restore", "--policy", str(policy), "--plan", "--identity",
-                 str(keys.identity_file))  # fmt: skip
+    plan = drkit(
+        "restore", "--policy", str(policy), "--plan", "--identity", str(keys.identity_file)
+    )
     assert plan.returncode == 0, plan.output
     assert "droplet (snapshot)" in plan.stdout and "drkit restore-machine" in plan.stdout
-    done = drkit("restore", "--policy", str(policy), "--yes", "--identity",
-                 str(keys.identity_file))  # fmt: skip
+    done = drkit("restore", "--policy", str(policy), "--yes", "--identity", str(keys.identity_file))
     assert done.returncode == 0, done.output
     assert (tmp_path / "restored.txt").read_text() == "app-data\n"
 
@@ -213,8 +227,7 @@ def test_a_failed_or_timed_out_provider_snapshot_fails_only_that_source(
     failure: str, tmp_path: Path, keys: Keys, do_api: FakeDigitalOcean, token: str
 ) -> None:
     do_api.action_result = "errored" if failure == "errored" else "in-progress"
-    policy = policy_file(tmp_path, keys, do_api, extra='schedule = "0 3 * * *"',
-                         wait_timeout="2s")  # fmt: skip
+    policy = policy_file(tmp_path, keys, do_api, extra='schedule = "0 3 * * *"', wait_timeout="2s")
     t1 = "2030-01-01T03:05:00Z"
     res = drkit("backup", "--policy", str(policy), "--due", "--json", env={"DRKIT_NOW": t1})
     assert res.returncode == 3, res.output
@@ -222,8 +235,10 @@ def test_a_failed_or_timed_out_provider_snapshot_fails_only_that_source(
     assert result["status"] == "partial" and result["sources"] == ["app"]
     assert result["failed_sources"] == ["droplet"]
     (action,) = do_api.actions
-    prefix = (f"error: host {HOST}: source droplet: digitalocean droplet {DROPLET}: "
-              f"snapshot drkit:host={HOST}:source=droplet:")  # fmt: skip
+    prefix = (
+        f"error: host {HOST}: source droplet: digitalocean droplet {DROPLET}: "
+        f"snapshot drkit:host={HOST}:source=droplet:"
+    )
     assert prefix in res.stderr
     if failure == "errored":
         assert f"Z: action {action} errored" in res.stderr
@@ -260,10 +275,13 @@ def test_provider_snapshots_are_pruned_by_the_source_retention_only_among_drkits
 ) -> None:
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     old = [
-        do_api.add_snapshot(DROPLET, f"drkit:host={HOST}:source=droplet:2026010{d}T040000Z",
-                            base + dt.timedelta(days=d))
+        do_api.add_snapshot(
+            DROPLET,
+            f"drkit:host={HOST}:source=droplet:2026010{d}T040000Z",
+            base + dt.timedelta(days=d),
+        )
         for d in (1, 2, 3)
-    ]  # fmt: skip
+    ]
     by_hand = do_api.add_snapshot(DROPLET, "before-upgrade", base)
     other_host = do_api.add_snapshot(
         DROPLET, "drkit:host=vultr:source=droplet:20260101T040000Z", base
@@ -287,16 +305,23 @@ def test_data_snapshots_keep_their_places_in_the_host_retention(
     """Each run commits a data snapshot and a provider snapshot's one: the host's
     keep_last counts each kind apart, so the data history is not halved."""
     policy = policy_file(tmp_path, keys, do_api)
-    policy.write_text(policy.read_text().replace("[repository]", "[retention]\nkeep_last = 2\n"
-                                                  "[repository]"))  # fmt: skip
+    policy.write_text(
+        policy.read_text().replace("[repository]", "[retention]\nkeep_last = 2\n[repository]")
+    )
     runs = []
     for day in (1, 2, 3):
-        res = drkit("backup", "--policy", str(policy), "--json",
-                    env={"DRKIT_NOW": f"2030-01-0{day}T03:00:00Z"})  # fmt: skip
+        res = drkit(
+            "backup",
+            "--policy",
+            str(policy),
+            "--json",
+            env={"DRKIT_NOW": f"2030-01-0{day}T03:00:00Z"},
+        )
         assert res.returncode == 0, res.output
         runs.append(json.loads(res.stdout)["results"][0]["snapshots"])
-    pruned = drkit("prune", "--policy", str(policy), "--json",
-                   env={"DRKIT_NOW": "2030-01-04T03:00:00Z"})  # fmt: skip
+    pruned = drkit(
+        "prune", "--policy", str(policy), "--json", env={"DRKIT_NOW": "2030-01-04T03:00:00Z"}
+    )
     assert pruned.returncode == 0, pruned.output
     left = committed(tmp_path)
     data = [m for m in left if manifest_of(tmp_path, m)["sources"][0]["name"] == "app"]
@@ -307,8 +332,11 @@ def test_data_snapshots_keep_their_places_in_the_host_retention(
 
 # -- restore-machine, each provider ---------------------------------------------------
 
-INSTANCE = {"digitalocean": str(DROPLET), "vultr": "cb676a46-66fd-4dfb-b839-443f2e6c0b60",
-            "hetzner": "42"}  # fmt: skip
+INSTANCE = {
+    "digitalocean": str(DROPLET),
+    "vultr": "cb676a46-66fd-4dfb-b839-443f2e6c0b60",
+    "hetzner": "42",
+}
 
 
 def provider_fake(kind: str, token: str) -> FakeApi:
@@ -340,13 +368,26 @@ def create_request(kind: str, snapshot_id: str) -> tuple[str, dict[str, Any]]:
     """The exact request each provider's client sends to boot the copy."""
     name = "e2i-restore-20300102-030000"
     if kind == "digitalocean":
-        return "/v2/droplets", {"name": name, "region": "fra1", "size": "s-2vcpu-4gb",
-                                "image": int(snapshot_id)}  # fmt: skip
+        return "/v2/droplets", {
+            "name": name,
+            "region": "fra1",
+            "size": "s-2vcpu-4gb",
+            "image": int(snapshot_id),
+        }
     if kind == "vultr":
-        return "/v2/instances", {"region": "fra1", "plan": "s-2vcpu-4gb",
-                                 "snapshot_id": snapshot_id, "label": name}  # fmt: skip
-    return "/v1/servers", {"name": name, "server_type": "s-2vcpu-4gb", "image": int(snapshot_id),
-                           "location": "fra1", "start_after_create": True}  # fmt: skip
+        return "/v2/instances", {
+            "region": "fra1",
+            "plan": "s-2vcpu-4gb",
+            "snapshot_id": snapshot_id,
+            "label": name,
+        }
+    return "/v1/servers", {
+        "name": name,
+        "server_type": "s-2vcpu-4gb",
+        "image": int(snapshot_id),
+        "location": "fra1",
+        "start_after_create": True,
+    }
 
 
 @pytest.mark.parametrize("kind", ["digitalocean", "vultr", "hetzner"])
@@ -356,14 +397,18 @@ def test_restore_from_provider_snapshot_plans_then_creates_a_machine(
     with serve(provider_fake(kind, token)) as api:
         base = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
         older = seed(api, f"drkit:host={HOST}:source=droplet:20300101T030000Z", base)
-        newest = seed(api, f"drkit:host={HOST}:source=droplet:20300101T150000Z",
-                      base + dt.timedelta(hours=12))  # fmt: skip
+        newest = seed(
+            api, f"drkit:host={HOST}:source=droplet:20300101T150000Z", base + dt.timedelta(hours=12)
+        )
         seed(api, "made-by-hand-later", base + dt.timedelta(hours=20))  # never chosen by default
         endpoint = api.url + ("/v1" if kind == "hetzner" else "")
         policy = write_policy(
-            tmp_path / f"{HOST}.toml", HOST, {"url": (tmp_path / "repo").as_uri()},
-            [keys.recipient], [snapshot_source(kind, INSTANCE[kind], endpoint)],
-        )  # fmt: skip
+            tmp_path / f"{HOST}.toml",
+            HOST,
+            {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [snapshot_source(kind, INSTANCE[kind], endpoint)],
+        )
         now = {"DRKIT_NOW": "2030-01-02T03:00:00Z"}
 
         # As a person runs it in an incident: the host's name, its policy in the policy dir.

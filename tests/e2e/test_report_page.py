@@ -54,22 +54,34 @@ def grow(policy: Policy, first: str, start: dt.datetime, count: int) -> None:
         for rel in objects:
             if url.scheme == "file":
                 root = Path(url.path)
-                shutil.copytree(root / prefix, root / policy.host / "snapshots" / sid,
-                                ignore=shutil.ignore_patterns("manifest.json"))  # fmt: skip
+                shutil.copytree(
+                    root / prefix,
+                    root / policy.host / "snapshots" / sid,
+                    ignore=shutil.ignore_patterns("manifest.json"),
+                )
                 break
-            repo.store.put_bytes(f"{policy.host}/snapshots/{sid}/{rel}",
-                                 repo.store.get_bytes(prefix + rel))  # fmt: skip
+            repo.store.put_bytes(
+                f"{policy.host}/snapshots/{sid}/{rel}", repo.store.get_bytes(prefix + rel)
+            )
         stamp = at.isoformat()
-        repo.write_manifest(dataclasses.replace(manifest, snapshot=sid, started=stamp,
-                                                finished=stamp))  # fmt: skip
+        repo.write_manifest(
+            dataclasses.replace(manifest, snapshot=sid, started=stamp, finished=stamp)
+        )
         if n % 5 == 0 and n // 5 <= DRILLS:
             report = DrillReport(
-                host=policy.host, drill_id=f"d{n:03d}", snapshot=sid, started=stamp,
-                finished=stamp, verdict="fail" if n == 5 else "pass",
-                rto_seconds=60.0 + n, rpo_seconds=3600.0, image_build_seconds=0.0,
-                image="drkit-host-x:test", snapshots=[sid],
+                host=policy.host,
+                drill_id=f"d{n:03d}",
+                snapshot=sid,
+                started=stamp,
+                finished=stamp,
+                verdict="fail" if n == 5 else "pass",
+                rto_seconds=60.0 + n,
+                rpo_seconds=3600.0,
+                image_build_seconds=0.0,
+                image="drkit-host-x:test",
+                snapshots=[sid],
                 checks=[Check("db", f"check {k}", "pass", "ok " * 20) for k in range(8)],
-            )  # fmt: skip
+            )
             repo.write_drill_report(policy.host, report.drill_id, json.loads(report.to_json()))
 
 
@@ -120,17 +132,78 @@ EVIL = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>&amp;"
 
 # Every tag and attribute the renderer itself writes.
 TAGS = {
-    "html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "p", "main",
-    "section", "div", "table", "caption", "thead", "tbody", "tr", "th", "td", "a", "span",
-    "strong", "pre", "ul", "li", "dl", "dt", "dd", "code", "details", "summary", "figure",
-    "figcaption", "svg", "line", "polyline", "circle", "text", "footer",
-}  # fmt: skip
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "header",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "main",
+    "section",
+    "div",
+    "table",
+    "caption",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "a",
+    "span",
+    "strong",
+    "pre",
+    "ul",
+    "li",
+    "dl",
+    "dt",
+    "dd",
+    "code",
+    "details",
+    "summary",
+    "figure",
+    "figcaption",
+    "svg",
+    "line",
+    "polyline",
+    "circle",
+    "text",
+    "footer",
+}
 ATTRS = {
-    "lang", "charset", "name", "content", "http-equiv", "class", "id", "href", "scope",
-    "aria-labelledby", "aria-label", "role", "viewbox", "data-chart", "data-host", "data-state",
+    "lang",
+    "charset",
+    "name",
+    "content",
+    "http-equiv",
+    "class",
+    "id",
+    "href",
+    "scope",
+    "aria-labelledby",
+    "aria-label",
+    "role",
+    "viewbox",
+    "data-chart",
+    "data-host",
+    "data-state",
     "data-drill",
-    "x1", "x2", "y1", "y2", "points", "cx", "cy", "r", "x", "y", "text-anchor",
-}  # fmt: skip
+    "x1",
+    "x2",
+    "y1",
+    "y2",
+    "points",
+    "cx",
+    "cy",
+    "r",
+    "x",
+    "y",
+    "text-anchor",
+}
 
 
 class Tags(HTMLParser):
@@ -154,12 +227,23 @@ def test_no_string_from_a_repository_becomes_markup() -> None:
     drill = DrillRow(EVIL, EVIL, "fail", t, 10.0, 20.0, EVIL, checks)
     snap = SnapshotRow(EVIL, t, True, 10, {EVIL: 10}, False, (EVIL,))
     host = HostReport(
-        EVIL, repository=EVIL, rpo=EVIL, freshness=EVIL, why=EVIL, last_snapshot=EVIL,
-        sources=[SourceRow(EVIL, EVIL, EVIL, EVIL, t, True, 1)], snapshots=[snap],
-        drills=[drill], untrusted=[(EVIL, EVIL)], refused_drills=[(EVIL, EVIL)],
-        retention=EVIL, retention_error=EVIL, object_lock=EVIL, last_error=EVIL,
+        EVIL,
+        repository=EVIL,
+        rpo=EVIL,
+        freshness=EVIL,
+        why=EVIL,
+        last_snapshot=EVIL,
+        sources=[SourceRow(EVIL, EVIL, EVIL, EVIL, t, True, 1)],
+        snapshots=[snap],
+        drills=[drill],
+        untrusted=[(EVIL, EVIL)],
+        refused_drills=[(EVIL, EVIL)],
+        retention=EVIL,
+        retention_error=EVIL,
+        object_lock=EVIL,
+        last_error=EVIL,
         unstored=[drill],
-    )  # fmt: skip
+    )
     broken = HostReport("other", error=EVIL)
     page = render(FleetReport(t, [host, broken], version=EVIL))
     parsed = Tags()
@@ -183,8 +267,9 @@ def test_drill_all_with_report_writes_the_fleet_page_too(tmp_path: Path, keys: K
         "DRKIT_POLICY_DIR": str(fleet.policy_dir),
         "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
     }
-    res = drkit("drill", "--all", "--identity", str(keys.identity_file), "--report", str(out),
-                env=env)  # fmt: skip
+    res = drkit(
+        "drill", "--all", "--identity", str(keys.identity_file), "--report", str(out), env=env
+    )
     assert res.returncode == 4, res.output
     assert "no drill image for host 'db'" in res.output
     assert (out / "drill-summary.md").exists()
@@ -209,8 +294,9 @@ def test_object_lock_on_s3_shows_the_newest_snapshots_hold(
     for args in (("init",), ("backup",)):
         res = drkit(*args, "--policy", str(policy), env=env)
         assert res.returncode == 0, res.output
-    res = drkit("report", "--html", str(tmp_path / "page"), "--policy", str(policy), "--json",
-                env=env)  # fmt: skip
+    res = drkit(
+        "report", "--html", str(tmp_path / "page"), "--policy", str(policy), "--json", env=env
+    )
     assert res.returncode == 0, res.output
     page = (tmp_path / "page" / "index.html").read_text()
     until = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).strftime("%Y-%m-%d")
@@ -228,8 +314,13 @@ def test_a_host_that_cannot_be_read_is_shown_and_the_others_are_reported(
     broken_repo.mkdir()
     (broken_repo / "drkit.json").write_text("{not json")
     _policy(tmp_path, broken_repo, keys.recipient, "broken", 'rpo = "1d"')
-    res = drkit("report", "--html", str(tmp_path / "page"), "--json",
-                env={"DRKIT_POLICY_DIR": str(tmp_path)})  # fmt: skip
+    res = drkit(
+        "report",
+        "--html",
+        str(tmp_path / "page"),
+        "--json",
+        env={"DRKIT_POLICY_DIR": str(tmp_path)},
+    )
     assert res.returncode == 0, res.output
     assert json.loads(res.stdout)["hosts"] == {"broken": "unknown", "good": "ok"}
     assert "error: host broken: not read for the report: " in res.stderr

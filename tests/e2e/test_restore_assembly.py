@@ -31,8 +31,7 @@ def ident(keys: Keys) -> list[str]:
 
 def tick(pdir: Path, when: str) -> list[str]:
     """One cron tick at ``when``: the sources backed up (none if nothing was due)."""
-    res = drkit("--policy-dir", str(pdir), "backup", "--due", "--json",
-                env={"DRKIT_NOW": when})  # fmt: skip
+    res = drkit("--policy-dir", str(pdir), "backup", "--due", "--json", env={"DRKIT_NOW": when})
     assert res.returncode == 0, res.output
     [result] = json.loads(res.stdout)["results"]
     return list(result["sources"]) if result["status"] == "success" else []
@@ -72,14 +71,25 @@ def test_mixed_schedules_restore_the_newest_of_each_source(
     pdir, repo = tmp_path / "policies", tmp_path / "repo"
     pdir.mkdir()
     sources = [
-        {"kind": "postgres", "name": "db", "database": db, "host": "127.0.0.1",
-         "port": pg.port, "user": "postgres"},
+        {
+            "kind": "postgres",
+            "name": "db",
+            "database": db,
+            "host": "127.0.0.1",
+            "port": pg.port,
+            "user": "postgres",
+        },
         # Weekly, Sundays at 04:00 (2030-01-06 is a Sunday); the database every 6 h.
-        {"kind": "env", "name": "env-files", "paths": [f"{root}/*/.env"],
-         "schedule": "0 4 * * 0"},
-    ]  # fmt: skip
-    policy = write_policy(pdir / "mixed.toml", "mixed", {"url": repo.as_uri()},
-                          [keys.recipient], sources, extra='schedule = "0 */6 * * *"')  # fmt: skip
+        {"kind": "env", "name": "env-files", "paths": [f"{root}/*/.env"], "schedule": "0 4 * * 0"},
+    ]
+    policy = write_policy(
+        pdir / "mixed.toml",
+        "mixed",
+        {"url": repo.as_uri()},
+        [keys.recipient],
+        sources,
+        extra='schedule = "0 */6 * * *"',
+    )
 
     def stage(name: str, env: str) -> dict[str, str]:
         pg.psql(db, f"INSERT INTO marks VALUES ('{name}');")
@@ -120,16 +130,21 @@ def test_mixed_schedules_restore_the_newest_of_each_source(
     assert f" 2. env-files (env) from snapshot {s2} (taken " in text
     # --at picks per source; --snapshot is "as of that snapshot", older ones fill its gaps.
     assert sources_of(plan(policy, keys, "--at", "2030-01-06T05:00:00Z")) == {
-        "db": s1, "env-files": s2}  # fmt: skip
+        "db": s1,
+        "env-files": s2,
+    }
     assert sources_of(plan(policy, keys, "--at", "2030-01-06T01:00:00Z")) == {
-        "db": s1, "env-files": s0}  # fmt: skip
+        "db": s1,
+        "env-files": s0,
+    }
     as_of = plan(policy, keys, "--snapshot", s1)
     assert sources_of(as_of) == {"db": s1, "env-files": s0}
     notes = {s["source"]: s["note"] for s in as_of["steps"]}  # type: ignore[attr-defined]
     assert notes["db"] is None and f"not in snapshot {s1}" in notes["env-files"]
     assert sources_of(plan(policy, keys, "--only", "db")) == {"db": s3}
-    none = drkit("restore", "--policy", str(policy), "--at", "2030-01-05T22:00:00Z", "--plan",
-                 *ident(keys))  # fmt: skip
+    none = drkit(
+        "restore", "--policy", str(policy), "--at", "2030-01-05T22:00:00Z", "--plan", *ident(keys)
+    )
     assert none.returncode == 1 and "no trusted committed snapshot at or before" in none.stderr
 
     # Incident: the database and the env file are gone. Everything comes back as newest.
@@ -142,8 +157,20 @@ def test_mixed_schedules_restore_the_newest_of_each_source(
     assert table_checksums(pg, db) == db3
     assert env_file.read_text() == "PORT=2\nTOKEN=two\n"
     # --at restores that point's data, here the database beside the live one.
-    res = drkit("restore", "--policy", str(policy), "--at", "2030-01-06T05:00:00Z", "--only",
-                "db", "--rename-db", "_at", "--yes", "--json", *ident(keys))  # fmt: skip
+    res = drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--at",
+        "2030-01-06T05:00:00Z",
+        "--only",
+        "db",
+        "--rename-db",
+        "_at",
+        "--yes",
+        "--json",
+        *ident(keys),
+    )
     assert res.returncode == 0, res.output
     assert json.loads(res.stdout)["sources"] == {"db": s1}
     assert table_checksums(pg, f"{db}_at") == db1
@@ -161,13 +188,16 @@ def test_mixed_schedules_restore_the_newest_of_each_source(
 
 
 def _manifest(sid: str, names: list[str]) -> Manifest:
-    return Manifest("h", sid, "", "", "", "", [], [SourceRecord(n, "env", [], 0.0) for n in names],
-                    None)  # fmt: skip
+    return Manifest(
+        "h", sid, "", "", "", "", [], [SourceRecord(n, "env", [], 0.0) for n in names], None
+    )
 
 
 def test_resume_of_a_different_assembly_is_refused() -> None:
-    old, new = _manifest("20300101T000000Z-aaaaaa", ["db", "env"]), _manifest(
-        "20300102T000000Z-bbbbbb", ["db"])  # fmt: skip
+    old, new = (
+        _manifest("20300101T000000Z-aaaaaa", ["db", "env"]),
+        _manifest("20300102T000000Z-bbbbbb", ["db"]),
+    )
     first = Assembly("h", {"db": (old, old.sources[0]), "env": (old, old.sources[1])})
     progress = Progress(first, "local", resume=False)
     progress.mark("db")
@@ -177,7 +207,8 @@ def test_resume_of_a_different_assembly_is_refused() -> None:
     with pytest.raises(RestoreError) as err:
         Progress(second, "local", resume=True)
     assert f"db from {old.snapshot}" in str(err.value) and f"--snapshot {old.snapshot}" in str(
-        err.value)  # fmt: skip
+        err.value
+    )
     assert Progress(first, "other-target", resume=True).done == []  # per target
 
 
@@ -186,17 +217,33 @@ def pg_host(pg: PgServer, uniq: str, keys: Keys, tmp_path: Path) -> dict[str, ob
     """A host with one database (no globals) and one env file, backed up once."""
     db = f"staged_src_{uniq}"
     pg.psql("postgres", f"CREATE DATABASE {db};")
-    pg.psql(db, "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1,20000) g;"
-                "CREATE INDEX ON t (md5);")  # fmt: skip
+    pg.psql(
+        db,
+        "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1,20000) g;"
+        "CREATE INDEX ON t (md5);",
+    )
     env_file = tmp_path / "root" / "app" / ".env"
     env_file.parent.mkdir(parents=True)
     env_file.write_text("PORT=1\n")
     repo = tmp_path / "repo"
-    policy = write_policy(tmp_path / "h.toml", "staged", {"url": repo.as_uri()}, [keys.recipient], [
-        {"kind": "postgres", "name": "db", "database": db, "globals": False, "host": "127.0.0.1",
-         "port": pg.port, "user": "postgres"},
-        {"kind": "env", "name": "env-files", "paths": [str(env_file)]},
-    ])  # fmt: skip
+    policy = write_policy(
+        tmp_path / "h.toml",
+        "staged",
+        {"url": repo.as_uri()},
+        [keys.recipient],
+        [
+            {
+                "kind": "postgres",
+                "name": "db",
+                "database": db,
+                "globals": False,
+                "host": "127.0.0.1",
+                "port": pg.port,
+                "user": "postgres",
+            },
+            {"kind": "env", "name": "env-files", "paths": [str(env_file)]},
+        ],
+    )
     drkit("backup", "--policy", str(policy), check=True)
     [snap] = list((repo / "staged" / "snapshots").iterdir())
     env_file.unlink()
@@ -224,15 +271,37 @@ def test_tampered_dump_into_a_fresh_database_leaves_no_database(
         pg.psql("postgres", f"CREATE DATABASE {other};")
         pg.psql(other, "CREATE TABLE t AS SELECT 1 AS g, 'evil' AS md5;")
         plain = subprocess.run(
-            [str(PG_BIN / "pg_dump"), "-Fc", "-Z0", "-h", pg.host, "-p", str(pg.port), "-U",
-             pg.user, other], capture_output=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                str(PG_BIN / "pg_dump"),
+                "-Fc",
+                "-Z0",
+                "-h",
+                pg.host,
+                "-p",
+                str(pg.port),
+                "-U",
+                pg.user,
+                other,
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
         with dump.open("wb") as out:
-            encode(io.BytesIO(plain), [parse_recipient(keys.recipient)],
-                   lambda s: out.write(s.read()))  # fmt: skip
+            encode(
+                io.BytesIO(plain), [parse_recipient(keys.recipient)], lambda s: out.write(s.read())
+            )
     target = f"staged_dst_{uniq}"
-    res = drkit("restore", "--policy", str(pg_host["policy"]), "--database", target,
-                "--pg-jobs", "2", "--yes", *ident(keys))  # fmt: skip
+    res = drkit(
+        "restore",
+        "--policy",
+        str(pg_host["policy"]),
+        "--database",
+        target,
+        "--pg-jobs",
+        "2",
+        "--yes",
+        *ident(keys),
+    )
     assert res.returncode == 1, res.output
     # The dump was not read twice: it was verified while loading into the staging database.
     assert "db/database.pgdump: verified while it loads into a staging area" in res.stderr
@@ -250,8 +319,9 @@ def test_a_tampered_env_artifact_is_still_checked_before_anything(
     data[-5] ^= 0x01
     env.write_bytes(bytes(data))
     target = f"staged_dst_{uniq}"
-    res = drkit("restore", "--policy", str(pg_host["policy"]), "--database", target,
-                "--yes", *ident(keys))  # fmt: skip
+    res = drkit(
+        "restore", "--policy", str(pg_host["policy"]), "--database", target, "--yes", *ident(keys)
+    )
     assert res.returncode == 1, res.output
     assert f"env-files/{env.name}: stored digest does not match" in res.stderr
     assert "nothing was restored" in res.stderr
@@ -261,11 +331,22 @@ def test_a_tampered_env_artifact_is_still_checked_before_anything(
 def test_a_fresh_database_restore_verified_while_loading_equals_the_source(
     pg: PgServer, pg_host: dict[str, object], uniq: str, keys: Keys
 ) -> None:
-    before = pg.psql(str(pg_host["db"]), "SELECT count(*), md5(string_agg(md5, '' ORDER BY g)) "
-                                         "FROM t;")  # fmt: skip
+    before = pg.psql(
+        str(pg_host["db"]), "SELECT count(*), md5(string_agg(md5, '' ORDER BY g)) FROM t;"
+    )
     target = f"staged_ok_{uniq}"
-    res = drkit("restore", "--policy", str(pg_host["policy"]), "--database", target,
-                "--pg-jobs", "2", "--yes", "--json", *ident(keys))  # fmt: skip
+    res = drkit(
+        "restore",
+        "--policy",
+        str(pg_host["policy"]),
+        "--database",
+        target,
+        "--pg-jobs",
+        "2",
+        "--yes",
+        "--json",
+        *ident(keys),
+    )
     assert res.returncode == 0, res.output
     out = json.loads(res.stdout)
     assert out["verdict"] == "pass"

@@ -62,14 +62,17 @@ def test_shipped_conversational_policy_backs_up_a_seeded_host_restores_and_drill
     token = "test-" + secrets.token_hex(16)
     seeded: list[ConversationalSeed] = []
     drill = run_scenario(
-        HOST, tmp_path, keys, phases,
+        HOST,
+        tmp_path,
+        keys,
+        phases,
         seed=lambda box: seeded.append(seed_conversational(box, token)),
         check_facts=lambda facts: assert_facts(facts, seeded[0]),
         check_target=lambda res, target: assert_restored(res, target, seeded[0]),
         user=USER,
         box_env={"DRKIT_NATS_ARGS": f"--auth {token}"},
         env={"NATS_TOKEN": token},
-    )  # fmt: skip
+    )
     assert_drill(drill, seeded[0])
     print("\n" + phases.report())
 

@@ -77,7 +77,10 @@ def test_shipped_e2i_policy_backs_up_a_seeded_host_and_restores_what_the_image_a
     password = "test-" + secrets.token_hex(12)  # postgres's, on the host and the fresh one
     seeded: list[E2iSeed] = []
     drill = run_scenario(
-        HOST, tmp_path, keys, phases,
+        HOST,
+        tmp_path,
+        keys,
+        phases,
         seed=lambda box: seeded.append(seed_e2i(box, password)),
         check_facts=lambda facts: assert_facts(facts, seeded[0]),
         check_target=lambda res, target: assert_restored(res, target, seeded[0]),
@@ -87,7 +90,7 @@ def test_shipped_e2i_policy_backs_up_a_seeded_host_and_restores_what_the_image_a
         only=BACKED_UP,
         prepare_target=lambda target: set_postgres_password(target, password, TARGET_PG_PORT),
         restore_args=("--pg-port", str(TARGET_PG_PORT)),
-    )  # fmt: skip
+    )
     assert_drill_passes_with_the_containers(drill)
     print("\n" + phases.report())
 

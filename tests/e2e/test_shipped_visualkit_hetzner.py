@@ -52,11 +52,14 @@ def test_shipped_visualkit_policy_backs_up_a_seeded_host_restores_and_drills_it(
     seeded: list[VisualkitSeed] = []
 
     drill = run_scenario(
-        HOST, tmp_path, keys, phases,
+        HOST,
+        tmp_path,
+        keys,
+        phases,
         seed=lambda box: seeded.append(seed_visualkit(box)),
         check_facts=lambda facts: assert_facts(facts, seeded[0]),
         check_target=lambda res, target: assert_restored(res, target, seeded[0]),
-    )  # fmt: skip
+    )
     assert_drill(drill)
     print("\n" + phases.report())
 

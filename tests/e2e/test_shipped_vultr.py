@@ -79,8 +79,11 @@ def snapshot_facts(policy: Path, identity: Path) -> dict[str, Any]:
 
 def roles(box: HostContainer) -> dict[str, bool]:
     """The seeded roles that exist, with whether they may log in."""
-    out = sql(box, f"SELECT rolname, rolcanlogin FROM pg_roles "
-                   f"WHERE rolname IN ('{OWNER}', '{SERVICE_ROLE}') ORDER BY 1;")  # fmt: skip
+    out = sql(
+        box,
+        f"SELECT rolname, rolcanlogin FROM pg_roles "
+        f"WHERE rolname IN ('{OWNER}', '{SERVICE_ROLE}') ORDER BY 1;",
+    )
     return {name: flag == "t" for name, flag in (ln.split("|") for ln in out.split())}
 
 
@@ -146,12 +149,14 @@ def test_shipped_vultr_policy_backs_up_a_seeded_host_restores_and_drills_it(
         # ---- backup over SSH with the shipped policy ------------------------------------
         policies = tmp_path / "policies"
         policy = shipped_policy(
-            HOST, policies,
-            connection=ssh_connection(source.port(22), login.identity,
-                                      write_known_hosts(tmp_path / "known_hosts", source)),
+            HOST,
+            policies,
+            connection=ssh_connection(
+                source.port(22), login.identity, write_known_hosts(tmp_path / "known_hosts", source)
+            ),
             repository={"url": (tmp_path / "repo").as_uri()},
             encryption=encryption_files(tmp_path, HOST, keys.recipient),
-        )  # fmt: skip
+        )
         env = {"DRKIT_POLICY_DIR": str(policies)}
         ident = ["--identity", str(keys.identity_file)]
         backup = drkit("backup", "--host", HOST, env=env)
@@ -163,9 +168,16 @@ def test_shipped_vultr_policy_backs_up_a_seeded_host_restores_and_drills_it(
         # ---- the drill runs meanwhile, in a container of its own ------------------------
         with ThreadPoolExecutor(1) as pool:
             drill_run = pool.submit(
-                drkit, "drill", "--host", HOST, "--drills-dir", str(DRILLS), *ident, "--json",
+                drkit,
+                "drill",
+                "--host",
+                HOST,
+                "--drills-dir",
+                str(DRILLS),
+                *ident,
+                "--json",
                 env=env,
-            )  # fmt: skip
+            )
             drill_started = time.monotonic()
 
             # ---- restore onto a fresh host of the same image ----------------------------
@@ -176,11 +188,21 @@ def test_shipped_vultr_policy_backs_up_a_seeded_host_restores_and_drills_it(
             assert is_package_default(target, "/etc/caddy/Caddyfile", "caddy")
             dest = f"ssh://root@127.0.0.1:{target.port(22)}"
             restored = drkit(
-                "restore", "--host", HOST, "--target", dest,
-                "--target-identity", str(login.identity),
-                "--target-known-hosts", str(tmp_path / "target_known_hosts"),
-                "--accept-new-host-key", *ident, "--yes", "--json", env=env,
-            )  # fmt: skip
+                "restore",
+                "--host",
+                HOST,
+                "--target",
+                dest,
+                "--target-identity",
+                str(login.identity),
+                "--target-known-hosts",
+                str(tmp_path / "target_known_hosts"),
+                "--accept-new-host-key",
+                *ident,
+                "--yes",
+                "--json",
+                env=env,
+            )
             mark("restore")
             assert_restored(restored, target, seed, source_sums, calls)
             mark("restore checks")
@@ -236,8 +258,9 @@ def assert_restored(
 
     assert checksums(lambda q: sql_in(target, DATABASE, q)) == sums
     assert roles(target) == {OWNER: True, SERVICE_ROLE: True}
-    owner = sql(target, f"SELECT pg_get_userbyid(datdba) FROM pg_database "
-                        f"WHERE datname = '{DATABASE}';")  # fmt: skip
+    owner = sql(
+        target, f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{DATABASE}';"
+    )
     assert owner.strip() == OWNER
     paths = sorted(seed.env_files)
     assert env_state(target, paths) == {p: ("600 root:root", seed.env_files[p]) for p in paths}

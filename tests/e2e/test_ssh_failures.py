@@ -81,28 +81,50 @@ def box(tmp_path: Path, keys: Any) -> dict[str, Any]:
     marker = tmp_path / "restore-started"
     (tmp_path / "app.conf").write_text("listen 8080\n")
     policy = write_policy(
-        tmp_path / "sshbox.toml", "sshbox", {"url": (tmp_path / "repo").as_uri()},
+        tmp_path / "sshbox.toml",
+        "sshbox",
+        {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient],
         [
-            {"kind": "command", "name": "blob", "command": random_bytes(8_000_000),
-             "restore_command": ["sh", "-c", f"touch {marker}; sleep 60; cat >/dev/null"]},
-            {"kind": "command", "name": "fails", "command": random_bytes(4_000_000),
-             "restore_command": ["sh", "-c", "echo no room >&2; exit 3"]},
+            {
+                "kind": "command",
+                "name": "blob",
+                "command": random_bytes(8_000_000),
+                "restore_command": ["sh", "-c", f"touch {marker}; sleep 60; cat >/dev/null"],
+            },
+            {
+                "kind": "command",
+                "name": "fails",
+                "command": random_bytes(4_000_000),
+                "restore_command": ["sh", "-c", "echo no room >&2; exit 3"],
+            },
             {"kind": "files", "name": "conf", "paths": [str(tmp_path / "app.conf")]},
         ],
-    )  # fmt: skip
+    )
     drkit("backup", "--policy", str(policy), check=True)
-    return {"policy": str(policy), "marker": marker, "ident": str(keys.identity_file),
-            "dest": str(tmp_path / "dest")}  # fmt: skip
+    return {
+        "policy": str(policy),
+        "marker": marker,
+        "ident": str(keys.identity_file),
+        "dest": str(tmp_path / "dest"),
+    }
 
 
 def target_args(box: dict[str, Any], server: SshHost, known: Path, *extra: str) -> list[str]:
     return [
-        "restore", "--policy", box["policy"], "--identity", box["ident"],
-        "--target", f"ssh://root@127.0.0.1:{server.port}",
-        "--target-identity", str(server.identity_file), "--target-known-hosts", str(known),
+        "restore",
+        "--policy",
+        box["policy"],
+        "--identity",
+        box["ident"],
+        "--target",
+        f"ssh://root@127.0.0.1:{server.port}",
+        "--target-identity",
+        str(server.identity_file),
+        "--target-known-hosts",
+        str(known),
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 # ---- host keys: the key offered and the flag that applies ------------------------
@@ -118,10 +140,14 @@ def test_restore_target_unknown_rsa_host_key_names_rsa_and_the_flags(
         plan = ("--plan", "--only", "conf", "--dest", box["dest"])
         res = strict(*target_args(box, server, known, *plan))
         assert_clean_failure(
-            res, 1, "REFUSED: unknown host key ssh-rsa", server.fingerprint,
-            "ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub", "--accept-new-host-key",
+            res,
+            1,
+            "REFUSED: unknown host key ssh-rsa",
+            server.fingerprint,
+            "ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub",
+            "--accept-new-host-key",
             "--target-known-hosts",
-        )  # fmt: skip
+        )
         assert "ed25519" not in res.stderr and "accept_new_host_key" not in res.stderr
         assert "[connection]" not in res.stderr
         assert not known.exists()
@@ -136,9 +162,15 @@ def test_restore_target_unknown_rsa_host_key_names_rsa_and_the_flags(
         known.write_text(server.known_hosts_line(" ".join(other.split()[:2])))
         res = strict(*target_args(box, server, known, *plan, "--accept-new-host-key"))
         assert_clean_failure(
-            res, 1, "CHANGED", "presents ssh-rsa", server.fingerprint, "ssh_host_rsa_key.pub",
-            "ssh-keygen -R", "pass --accept-new-host-key",
-        )  # fmt: skip
+            res,
+            1,
+            "CHANGED",
+            "presents ssh-rsa",
+            server.fingerprint,
+            "ssh_host_rsa_key.pub",
+            "ssh-keygen -R",
+            "pass --accept-new-host-key",
+        )
         assert "accept_new_host_key" not in res.stderr
 
         # Only a key of another type is known: the server has none such and hangs up
@@ -147,9 +179,14 @@ def test_restore_target_unknown_rsa_host_key_names_rsa_and_the_flags(
         known.write_text(server.known_hosts_line(" ".join(ed.split()[:2])))
         res = strict(*target_args(box, server, known, *plan, "--accept-new-host-key"))
         assert_clean_failure(
-            res, 1, "cannot connect", "offered only the host key type(s)", "ssh-ed25519",
-            "ssh-keygen -R", "pass --accept-new-host-key",
-        )  # fmt: skip
+            res,
+            1,
+            "cannot connect",
+            "offered only the host key type(s)",
+            "ssh-ed25519",
+            "ssh-keygen -R",
+            "pass --accept-new-host-key",
+        )
 
 
 def test_backup_unknown_host_key_names_the_policy_setting(
@@ -157,16 +194,22 @@ def test_backup_unknown_host_key_names_the_policy_setting(
 ) -> None:
     known = tmp_path / "nothing_known"
     policy = write_policy(
-        tmp_path / "remote.toml", "remote", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [{"kind": "command", "name": "x", "command": ["echo", "x"]}],
+        tmp_path / "remote.toml",
+        "remote",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "x", "command": ["echo", "x"]}],
         extra=connection_table(sshd, known),
-    )  # fmt: skip
+    )
     res = strict("backup", "--policy", str(policy))
     assert_clean_failure(
-        res, 1, "unknown host key ssh-ed25519", sshd.fingerprint,
+        res,
+        1,
+        "unknown host key ssh-ed25519",
+        sshd.fingerprint,
         "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub",
         "accept_new_host_key = true in the policy's [connection]",
-    )  # fmt: skip
+    )
     assert "--accept-new-host-key" not in res.stderr
     assert not known.exists()
 
@@ -177,10 +220,17 @@ def test_backup_unknown_host_key_names_the_policy_setting(
 def test_restore_onto_an_unreachable_target(tmp_path: Path, box: dict[str, Any]) -> None:
     port = free_port()  # nothing listens there
     res = strict(
-        "restore", "--policy", box["policy"], "--identity", box["ident"], "--yes",
-        "--target", f"ssh://root@127.0.0.1:{port}",
-        "--target-known-hosts", str(tmp_path / "kh"),
-    )  # fmt: skip
+        "restore",
+        "--policy",
+        box["policy"],
+        "--identity",
+        box["ident"],
+        "--yes",
+        "--target",
+        f"ssh://root@127.0.0.1:{port}",
+        "--target-known-hosts",
+        str(tmp_path / "kh"),
+    )
     assert_clean_failure(res, 1, "host sshbox:", "cannot connect")
 
 
@@ -236,9 +286,13 @@ def test_backup_of_a_host_whose_sshd_is_stopped(tmp_path: Path, keys: Any) -> No
         known = server.write_known_hosts(tmp_path / "kh")
         table = connection_table(server, known)
     policy = write_policy(
-        tmp_path / "gone.toml", "gone", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
-        [{"kind": "command", "name": "x", "command": ["echo", "x"]}], extra=table,
-    )  # fmt: skip
+        tmp_path / "gone.toml",
+        "gone",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [{"kind": "command", "name": "x", "command": ["echo", "x"]}],
+        extra=table,
+    )
     res = strict("backup", "--policy", str(policy))
     assert_clean_failure(res, 1, "host gone:", "cannot connect")
 
@@ -249,10 +303,13 @@ def test_backup_with_the_connection_dropped_mid_stream(tmp_path: Path, keys: Any
     with sshd_server() as server:
         known = server.write_known_hosts(tmp_path / "kh")
         policy = write_policy(
-            tmp_path / "cut.toml", "cut", {"url": (tmp_path / "repo").as_uri()},
-            [keys.recipient], [{"kind": "command", "name": "dump", "command": ["sh", "-c", dump]}],
+            tmp_path / "cut.toml",
+            "cut",
+            {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [{"kind": "command", "name": "dump", "command": ["sh", "-c", dump]}],
             extra=connection_table(server, known),
-        )  # fmt: skip
+        )
 
         def drop_once_started() -> None:
             deadline = time.monotonic() + 120

@@ -65,8 +65,18 @@ def test_kill_9_mid_force_restore_leaves_the_old_or_the_new_file_whole(
     (h.app / "small.txt").write_text("old\n")
     old, old_stat = digest(blob), blob.stat()
 
-    argv = [sys.executable, "-m", "drkit", "restore", "--yes", "--force", "--policy",
-            str(h.policy), "--identity", str(keys.identity_file)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "drkit",
+        "restore",
+        "--yes",
+        "--force",
+        "--policy",
+        str(h.policy),
+        "--identity",
+        str(keys.identity_file),
+    ]
     log = (tmp_path / "restore.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed_at = 0
@@ -172,10 +182,21 @@ def test_a_member_named_like_a_staging_dir_is_refused(tmp_path: Path, keys: Keys
     (h.app / "index.html").write_text("live\n")
     h.backup()
     evil = rel(h.app / f"{PREFIX}0123456789ab-1" / "x")
-    h.forge("app", "files", "files.tar", tar_of((rel(h.app / "index.html"), "file", b"ok\n"),
-                                                 (evil, "file", b"x")))  # fmt: skip
-    res = drkit("restore", "--yes", "--force", "--policy", str(h.policy), "--identity",
-                str(keys.identity_file))  # fmt: skip
+    h.forge(
+        "app",
+        "files",
+        "files.tar",
+        tar_of((rel(h.app / "index.html"), "file", b"ok\n"), (evil, "file", b"x")),
+    )
+    res = drkit(
+        "restore",
+        "--yes",
+        "--force",
+        "--policy",
+        str(h.policy),
+        "--identity",
+        str(keys.identity_file),
+    )
     assert res.returncode == 1, res.output
     assert f"archive member '/{evil}' refused" in res.stderr, res.stderr
     assert (h.app / "index.html").read_text() == "live\n"

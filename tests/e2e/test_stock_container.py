@@ -99,15 +99,20 @@ def runner_image(engine: None) -> str:  # noqa: F811
         return tag
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data, mode in (("Dockerfile", RUNNER_DOCKERFILE.encode(), 0o644),
-                                 ("docker", cli, 0o755)):  # fmt: skip
+        for name, data, mode in (
+            ("Dockerfile", RUNNER_DOCKERFILE.encode(), 0o644),
+            ("docker", cli, 0o755),
+        ):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
     done = subprocess.run(
         ["docker", "build", "--force-rm", "-q", "-t", tag, "--build-arg", f"BASE={base}", "-"],
-        input=buffer.getvalue(), capture_output=True, timeout=900, check=False,
-    )  # fmt: skip
+        input=buffer.getvalue(),
+        capture_output=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
     return tag
 
@@ -133,9 +138,13 @@ def container(image: str, *args: str, host: str | None = None) -> Iterator[str]:
 def _remove_drill_containers(host: str) -> None:
     ids = docker("ps", "-aq", "--filter", f"name=drkit-drill-{host}-", check=False).split()
     for cid in ids:
-        networks = docker("inspect", "--format",
-                          "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", cid,
-                          check=False).split()  # fmt: skip
+        networks = docker(
+            "inspect",
+            "--format",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+            cid,
+            check=False,
+        ).split()
         docker("rm", "-f", cid, check=False, timeout=300)
         for net in networks:
             if net.startswith("drkit-drill-"):
@@ -158,8 +167,9 @@ def apt_mirrors() -> list[str]:
 def git_archive(dest: Path) -> None:
     """The source as a checkout gives it: the committed tree of HEAD."""
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True,
-                             check=True, timeout=120).stdout  # fmt: skip
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True, timeout=120
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="tar")
 
@@ -296,8 +306,14 @@ class Runner:
         for name in env:
             argv += ["-e", name]  # values from the CLI's environment, not its arguments
         argv += [self.cid, "bash", "-e", "-c", script]
-        done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
-                              timeout=1800, check=False)  # fmt: skip
+        done = subprocess.run(
+            argv,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
         return done.returncode, done.stdout + done.stderr
 
     def read_file_commands(self) -> None:
@@ -386,10 +402,20 @@ def test_the_drill_workflow_runs_in_a_stock_container(
     workflow = parse_yaml(WORKFLOW.read_text())
     [job] = workflow["jobs"].values()
     started = time.monotonic()
-    with container(runner_image, "--user", "runner", "--group-add", socket_gid,
-                   "-v", "/var/run/docker.sock:/var/run/docker.sock",
-                   "-v", f"{work}:{WORKSPACE}", "-v", f"{repo}:{repo}",
-                   host=host) as cid:  # fmt: skip
+    with container(
+        runner_image,
+        "--user",
+        "runner",
+        "--group-add",
+        socket_gid,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        f"{work}:{WORKSPACE}",
+        "-v",
+        f"{repo}:{repo}",
+        host=host,
+    ) as cid:
         runner = Runner(cid, secrets, tmp_path / "artifacts")
         # The workflow names deb.debian.org, this machine's mirror. Where the machine's
         # apt uses another, the drill uses that one, as a user behind a mirror would
@@ -399,8 +425,9 @@ def test_the_drill_workflow_runs_in_a_stock_container(
         if ours and mirror.rstrip("/") not in ours:
             runner.env_overrides["DRKIT_DEBIAN_MIRROR"] = ours[0]
         runner.run_job(job, workflow.get("env", {}))
-        left = runner.exec_(f"ls -A {RUNNER_TEMP}/drkit {WORKSPACE}/drill-report 2>&1; true",
-                            runner.base_env())[1]  # fmt: skip
+        left = runner.exec_(
+            f"ls -A {RUNNER_TEMP}/drkit {WORKSPACE}/drill-report 2>&1; true", runner.base_env()
+        )[1]
     seconds = time.monotonic() - started
     print(runner.report())
     assert not runner.failed, runner.report()
@@ -463,9 +490,14 @@ class Newcomer:
         env = {"PIP_CERT": CA_IN_CONTAINER, "DEBIAN_FRONTEND": "noninteractive"}
         argv = ["docker", "exec", "-i", "-w", self.cwd, *(f"-e{n}" for n in env)]
         done = subprocess.run(
-            [*argv, self.cid, "bash", "-lc", command], input=answer, env={**os.environ, **env},
-            capture_output=True, text=True, timeout=900, check=False,
-        )  # fmt: skip
+            [*argv, self.cid, "bash", "-lc", command],
+            input=answer,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         out = done.stdout + done.stderr
         took = time.monotonic() - started
         self.log.append(f"$ {command}   # exit {done.returncode}, {took:.1f} s\n{out[-1500:]}")
@@ -482,19 +514,29 @@ def test_first_hour_in_a_fresh_container(tmp_path: Path) -> None:
     assert "pipx" in apt.split(), apt
     using = {
         start: readme_command("## Using it", start).replace("vultr", "example")
-        for start in ("drkit init", "drkit policy validate", "drkit backup --host",
-                      "drkit snapshots --host", "drkit verify --host",
-                      "drkit restore --host vultr --plan", "drkit restore --host vultr --yes",
-                      "drkit status")
-    }  # fmt: skip
+        for start in (
+            "drkit init",
+            "drkit policy validate",
+            "drkit backup --host",
+            "drkit snapshots --host",
+            "drkit verify --host",
+            "drkit restore --host vultr --plan",
+            "drkit restore --host vultr --yes",
+            "drkit status",
+        )
+    }
     started = time.monotonic()
     with container(base_image()) as cid:
         me = Newcomer(cid)
         me.sh(apt, answer="y\n")  # apt asks before installing: the person says yes
         me.sh(readme_command("## Install", "pipx ensurepath"))
         # The source, as a checkout or an unpacked tarball gives it.
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--prefix=drkit/", "HEAD"],
-                                 capture_output=True, check=True, timeout=120).stdout  # fmt: skip
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--prefix=drkit/", "HEAD"],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
         subprocess.run(["docker", "cp", "-", f"{cid}:/root/"], input=archive, check=True)
         me.cwd = "/root/drkit"
         me.sh(pipx)
@@ -510,8 +552,10 @@ def test_first_hour_in_a_fresh_container(tmp_path: Path) -> None:
         assert "internal error" not in out, out
         # Edited as a newcomer would: a files source for the site, the sample's env
         # source kept (it matches /root/*/.env).
-        me.sh("mkdir -p /root/app /srv/site && printf 'API_TOKEN=abc\\nPORT=8080\\n' > "
-              "/root/app/.env && echo '<h1>first hour</h1>' > /srv/site/index.html")  # fmt: skip
+        me.sh(
+            "mkdir -p /root/app /srv/site && printf 'API_TOKEN=abc\\nPORT=8080\\n' > "
+            "/root/app/.env && echo '<h1>first hour</h1>' > /srv/site/index.html"
+        )
         sample = tmp_path / "example.toml"
         docker("cp", f"{cid}:/root/.config/drkit/policies/example.toml", str(sample))
         text = sample.read_text()

@@ -104,9 +104,19 @@ CREATE VIEW public.profile_names AS SELECT id, username FROM public.profiles;
 
 # Every table and materialized view whose rows are the user's (realtime's and the
 # migration tables are Supabase's own state, kept as the target has them).
-DIGESTED = ["app.settings", "auth.users", "auth.refresh_tokens", "auth.audit_log_entries",
-            "storage.buckets", "storage.objects", "public.profiles", "public.audit_log",
-            "public.messages", "public.plan_counts", "public.plan_summary"]  # fmt: skip
+DIGESTED = [
+    "app.settings",
+    "auth.users",
+    "auth.refresh_tokens",
+    "auth.audit_log_entries",
+    "storage.buckets",
+    "storage.objects",
+    "public.profiles",
+    "public.audit_log",
+    "public.messages",
+    "public.plan_counts",
+    "public.plan_summary",
+]
 
 
 def schema_text(pg: PgServer) -> str:
@@ -129,35 +139,35 @@ def catalog(pg: PgServer) -> dict[str, list[str]]:
     schemas = "(SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'auth', 'storage', 'app'))"
     queries = {
         "relacl": f"SELECT oid::regclass || coalesce(relacl::text, '-') FROM pg_class "
-                  f"WHERE relnamespace IN {schemas}",
+        f"WHERE relnamespace IN {schemas}",
         "proacl": f"SELECT oid::regprocedure || coalesce(proacl::text, '-') FROM pg_proc "
-                  f"WHERE pronamespace IN {schemas}",
+        f"WHERE pronamespace IN {schemas}",
         "attacl": "SELECT attrelid::regclass || '.' || attname || ':' || (SELECT string_agg("
-                  "x::text, ',' ORDER BY x::text) FROM unnest(attacl) x) FROM pg_attribute "
-                  f"WHERE attrelid IN (SELECT oid FROM pg_class WHERE relnamespace IN {schemas}) "
-                  "AND cardinality(attacl) > 0",
+        "x::text, ',' ORDER BY x::text) FROM unnest(attacl) x) FROM pg_attribute "
+        f"WHERE attrelid IN (SELECT oid FROM pg_class WHERE relnamespace IN {schemas}) "
+        "AND cardinality(attacl) > 0",
         "datacl": "SELECT datname || ':' || (SELECT string_agg(x::text, ',' ORDER BY x::text) "
-                  "FROM unnest(coalesce(datacl, acldefault('d', datdba))) x) FROM pg_database "
-                  "WHERE datname = current_database()",
+        "FROM unnest(coalesce(datacl, acldefault('d', datdba))) x) FROM pg_database "
+        "WHERE datname = current_database()",
         "defacl": "SELECT defaclrole::regrole || coalesce(nspname, '-') || defaclobjtype::text "
-                  "|| defaclacl::text FROM pg_default_acl LEFT JOIN pg_namespace n "
-                  "ON n.oid = defaclnamespace",
+        "|| defaclacl::text FROM pg_default_acl LEFT JOIN pg_namespace n "
+        "ON n.oid = defaclnamespace",
         "policies": "SELECT schemaname || '.' || tablename || ':' || policyname || ':' "
-                    "|| coalesce(qual, '') || coalesce(with_check, '') FROM pg_policies",
+        "|| coalesce(qual, '') || coalesce(with_check, '') FROM pg_policies",
         "triggers": "SELECT tgrelid::regclass || ':' || tgname || ':' || tgenabled::text "
-                    "FROM pg_trigger WHERE NOT tgisinternal",
+        "FROM pg_trigger WHERE NOT tgisinternal",
         "publication": "SELECT schemaname || '.' || tablename FROM pg_publication_tables "
-                       "WHERE pubname = 'supabase_realtime'",
+        "WHERE pubname = 'supabase_realtime'",
         "event_triggers": "SELECT evtname || ':' || evtenabled::text FROM pg_event_trigger",
         "roles": "SELECT rolname || ':' || rolcanlogin || ':' || rolconnlimit || ':' "
-                 "|| coalesce(rolpassword, '-') || ':' || coalesce(array_to_string(("
-                 "SELECT setconfig FROM pg_db_role_setting WHERE setrole = a.oid "
-                 "AND setdatabase = 0), ','), '') FROM pg_authid a WHERE rolname LIKE 'e2i_%'",
+        "|| coalesce(rolpassword, '-') || ':' || coalesce(array_to_string(("
+        "SELECT setconfig FROM pg_db_role_setting WHERE setrole = a.oid "
+        "AND setdatabase = 0), ','), '') FROM pg_authid a WHERE rolname LIKE 'e2i_%'",
         "members": "SELECT r.rolname || '>' || m.rolname FROM pg_auth_members x "
-                   "JOIN pg_roles r ON r.oid = x.roleid JOIN pg_roles m ON m.oid = x.member "
-                   "WHERE m.rolname LIKE 'e2i_%'",
+        "JOIN pg_roles r ON r.oid = x.roleid JOIN pg_roles m ON m.oid = x.member "
+        "WHERE m.rolname LIKE 'e2i_%'",
         "populated": "SELECT relname || ':' || relispopulated FROM pg_class WHERE relkind = 'm'",
-    }  # fmt: skip
+    }
     return {k: sorted(pg.psql("postgres", q + ";").splitlines()) for k, q in queries.items()}
 
 
@@ -171,11 +181,22 @@ def source() -> Iterator[PgServer]:
 @pytest.fixture
 def backed_up(source: PgServer, keys, tmp_path: Path) -> Path:
     policy = write_policy(
-        tmp_path / "e2i.toml", "e2i-droplet", {"url": (tmp_path / "repo").as_uri()},
+        tmp_path / "e2i.toml",
+        "e2i-droplet",
+        {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient],
-        [{"kind": "postgres", "name": "supabase", "flavor": "supabase", "database": "postgres",
-          "host": "127.0.0.1", "port": source.port, "user": "postgres"}],
-    )  # fmt: skip
+        [
+            {
+                "kind": "postgres",
+                "name": "supabase",
+                "flavor": "supabase",
+                "database": "postgres",
+                "host": "127.0.0.1",
+                "port": source.port,
+                "user": "postgres",
+            }
+        ],
+    )
     drkit("backup", "--policy", str(policy), check=True)
     return policy
 
@@ -184,8 +205,15 @@ def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path,
     # The trigger on auth.users filled profiles; anon cannot read the audit log.
     assert source.psql("postgres", "SELECT count(*) FROM public.profiles;").strip() == "40"
     with supabase_server() as target:
-        restore = ("restore", "--policy", str(backed_up), "--identity", str(keys.identity_file),
-                   "--pg-port", str(target.port))  # fmt: skip
+        restore = (
+            "restore",
+            "--policy",
+            str(backed_up),
+            "--identity",
+            str(keys.identity_file),
+            "--pg-port",
+            str(target.port),
+        )
         plan = drkit(*restore, "--plan")
         assert plan.returncode == 0, plan.output
         assert "roles: create e2i_api, e2i_group, e2i_reader" in plan.stdout
@@ -222,13 +250,16 @@ def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path,
         assert want["attacl"] == [
             "audit_log.action:e2i_api=w/postgres",
             "auth.users.email:e2i_reader=r/supabase_auth_admin",
-            "profiles.id:anon=r/postgres", "profiles.username:anon=r/postgres",
-        ]  # fmt: skip
+            "profiles.id:anon=r/postgres",
+            "profiles.username:anon=r/postgres",
+        ]
         assert want["datacl"] == ["postgres:=Tc/postgres,e2i_api=C/postgres,postgres=CTc/postgres"]
         assert digests(target) == digests(source)
         # Access is what it was: anon still cannot read the audit log, or run purge_audit.
-        grants = ("SELECT has_table_privilege('anon', 'public.audit_log', 'SELECT'), "
-                  "has_function_privilege('anon', 'public.purge_audit()', 'EXECUTE');")  # fmt: skip
+        grants = (
+            "SELECT has_table_privilege('anon', 'public.audit_log', 'SELECT'), "
+            "has_function_privilege('anon', 'public.purge_audit()', 'EXECUTE');"
+        )
         assert target.psql("postgres", grants).strip() == "f|f"
         # The custom roles log in with their passwords (scram), as before.
         assert login(target, "e2i_api", "api-secret-1") == "e2i_api"
@@ -244,12 +275,27 @@ def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path,
 
 def test_plain_postgres_target_is_refused_in_the_plan(backed_up: Path, keys) -> None:
     with postgres_server() as plain:
-        res = drkit("restore", "--policy", str(backed_up), "--identity", str(keys.identity_file),
-                    "--pg-port", str(plain.port), "--plan")  # fmt: skip
+        res = drkit(
+            "restore",
+            "--policy",
+            str(backed_up),
+            "--identity",
+            str(keys.identity_file),
+            "--pg-port",
+            str(plain.port),
+            "--plan",
+        )
         assert res.returncode == 6, res.output
         assert "is not a Supabase like the source" in res.stdout
-        reserved = ("anon", "authenticated", "authenticator", "service_role", "supabase_admin",
-                    "supabase_auth_admin", "supabase_storage_admin")  # fmt: skip
+        reserved = (
+            "anon",
+            "authenticated",
+            "authenticator",
+            "service_role",
+            "supabase_admin",
+            "supabase_auth_admin",
+            "supabase_storage_admin",
+        )
         for name in reserved:
             assert name in res.stdout.split("REFUSED")[1]
         assert "schema(s) auth, storage" in res.stdout
@@ -271,8 +317,15 @@ def test_check_fails_naming_widened_access(source: PgServer) -> None:
     names = ("objects", "acls", "column_acls", "database_acl", "default_acls", "role_settings")
     facts = parse_facts(source.psql("postgres", target_sql(*names)))
     facts.update(format=FORMAT, roles=["e2i_api", "e2i_group", "e2i_reader"])
-    config = Config(kind="postgres", name="supabase", flavor="supabase", database="postgres",
-                    host="127.0.0.1", port=source.port, user="postgres")  # fmt: skip
+    config = Config(
+        kind="postgres",
+        name="supabase",
+        flavor="supabase",
+        database="postgres",
+        host="127.0.0.1",
+        port=source.port,
+        user="postgres",
+    )
     with supabase_server() as target:
         target.psql("postgres", USER_SQL)  # the same database, built the same way
         src = SupabaseSource("supabase", config, LocalRunner())
@@ -292,16 +345,22 @@ def test_check_fails_naming_widened_access(source: PgServer) -> None:
         check = privileges(old)
         assert check.status == "pass", check.detail
         assert check.detail.startswith("column and database privileges not recorded")
-        target.psql("postgres", "GRANT SELECT ON public.audit_log TO anon;\n"
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public "
-                    "GRANT INSERT ON TABLES TO anon;")  # fmt: skip
+        target.psql(
+            "postgres",
+            "GRANT SELECT ON public.audit_log TO anon;\n"
+            "ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public "
+            "GRANT INSERT ON TABLES TO anon;",
+        )
         check = privileges(facts)
         assert check.status == "fail"
         assert 'WIDER than the source\'s: table "public"."audit_log" (anon: SELECT)' in check.detail
         assert 'default privileges "postgres" "public" r (anon: INSERT)' in check.detail
         # A column of a Supabase table, and the database itself.
-        target.psql("postgres", "GRANT SELECT (email) ON auth.users TO anon;\n"
-                    "GRANT CREATE ON DATABASE postgres TO anon;")  # fmt: skip
+        target.psql(
+            "postgres",
+            "GRANT SELECT (email) ON auth.users TO anon;\n"
+            "GRANT CREATE ON DATABASE postgres TO anon;",
+        )
         check = privileges(facts)
         assert check.status == "fail"
         assert 'column "auth"."users" "email" (anon: SELECT)' in check.detail
@@ -318,21 +377,36 @@ def test_check_fails_naming_widened_access(source: PgServer) -> None:
         assert check.status == "fail"
         assert '"email"' not in check.detail and "username" not in check.detail
         assert 'database "postgres"' not in check.detail
-        assert check.detail.endswith("column and database privileges not recorded (a snapshot "
-                                     "taken before drkit recorded them): not compared")  # fmt: skip
+        assert check.detail.endswith(
+            "column and database privileges not recorded (a snapshot "
+            "taken before drkit recorded them): not compared"
+        )
 
 
 def test_restore_revokes_column_and_database_grants_the_target_had(backed_up: Path, keys) -> None:
     """Privileges a target has and the source did not are revoked by the restore (the
     reset), not only reported: on a column of a Supabase table, and on the database."""
     with supabase_server() as target:
-        target.psql("postgres", "GRANT SELECT (email) ON auth.users TO anon;\n"
-                    "GRANT CREATE ON DATABASE postgres TO anon;")  # fmt: skip
-        probe = ("SELECT has_column_privilege('anon', 'auth.users', 'email', 'SELECT'), "
-                 "has_database_privilege('anon', 'postgres', 'CREATE');")  # fmt: skip
+        target.psql(
+            "postgres",
+            "GRANT SELECT (email) ON auth.users TO anon;\n"
+            "GRANT CREATE ON DATABASE postgres TO anon;",
+        )
+        probe = (
+            "SELECT has_column_privilege('anon', 'auth.users', 'email', 'SELECT'), "
+            "has_database_privilege('anon', 'postgres', 'CREATE');"
+        )
         assert target.psql("postgres", probe).strip() == "t|t"
-        res = drkit("restore", "--policy", str(backed_up), "--identity", str(keys.identity_file),
-                    "--pg-port", str(target.port), "--yes")  # fmt: skip
+        res = drkit(
+            "restore",
+            "--policy",
+            str(backed_up),
+            "--identity",
+            str(keys.identity_file),
+            "--pg-port",
+            str(target.port),
+            "--yes",
+        )
         assert res.returncode == 0, res.output
         assert "[pass] supabase: privileges in postgres" in res.stdout
         assert target.psql("postgres", probe).strip() == "f|f"
@@ -352,23 +426,33 @@ def test_reset_makes_privileges_empty_where_the_source_had_none() -> None:
     from drkit.sources.supabase_merge import SUPABASE_SCHEMAS, quoted
 
     with supabase_server() as target:
-        target.psql("postgres", "CREATE TABLE public.t (a int);\n"
-                    "REVOKE ALL ON public.t FROM postgres, anon, authenticated, service_role;\n"
-                    "GRANT SELECT (a) ON public.t TO anon;")  # fmt: skip
+        target.psql(
+            "postgres",
+            "CREATE TABLE public.t (a int);\n"
+            "REVOKE ALL ON public.t FROM postgres, anon, authenticated, service_role;\n"
+            "GRANT SELECT (a) ON public.t TO anon;",
+        )
         found = parse_facts(target.psql("postgres", target_sql("acls", "default_acls")))
         assert found["acls"]['table "public"."t"'] == []
         defaults = dict(found["default_acls"])
         del defaults['"postgres"\t"public"\tS']  # the source revoked all on its sequences
-        reset = reset_sql({'table "public"."t"': ["anon=r/postgres"]}, defaults,
-                          [quoted(s) for s in SUPABASE_SCHEMAS], {}, [])  # fmt: skip
+        reset = reset_sql(
+            {'table "public"."t"': ["anon=r/postgres"]},
+            defaults,
+            [quoted(s) for s in SUPABASE_SCHEMAS],
+            {},
+            [],
+        )
         target.psql("postgres", "BEGIN;\n" + reset + "COMMIT;\n")
-        after = ("SELECT relacl FROM pg_class WHERE oid = 'public.t'::regclass;\n"
-                 "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.t'::regclass "
-                 "AND attacl IS NOT NULL AND cardinality(attacl) > 0;\n"
-                 "SELECT count(*) FROM pg_default_acl WHERE defaclobjtype = 'S' "
-                 "AND defaclrole = 'postgres'::regrole "
-                 "AND defaclnamespace = 'public'::regnamespace;\n"
-                 "SELECT datacl FROM pg_database WHERE datname = 'postgres';")  # fmt: skip
+        after = (
+            "SELECT relacl FROM pg_class WHERE oid = 'public.t'::regclass;\n"
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.t'::regclass "
+            "AND attacl IS NOT NULL AND cardinality(attacl) > 0;\n"
+            "SELECT count(*) FROM pg_default_acl WHERE defaclobjtype = 'S' "
+            "AND defaclrole = 'postgres'::regrole "
+            "AND defaclnamespace = 'public'::regnamespace;\n"
+            "SELECT datacl FROM pg_database WHERE datname = 'postgres';"
+        )
         assert target.psql("postgres", after).split() == [
             "{anon=r/postgres}",
             "0",
@@ -429,28 +513,51 @@ def test_definitions_edited_on_the_source_replace_the_targets(keys, tmp_path: Pa
     with supabase_server() as source, supabase_server() as target:
         source.psql("postgres", SHIPPED_SQL + EDITS_SQL)
         # The target's Supabase ships the same objects, unedited, and a newer column.
-        target.psql("postgres", SHIPPED_SQL + "ALTER TABLE auth.audit_log_entries "
-                    "ADD COLUMN ip_address varchar(64) NOT NULL DEFAULT '';")  # fmt: skip
+        target.psql(
+            "postgres",
+            SHIPPED_SQL + "ALTER TABLE auth.audit_log_entries "
+            "ADD COLUMN ip_address varchar(64) NOT NULL DEFAULT '';",
+        )
         assert target.psql("postgres", DEFINITIONS_SQL) != source.psql("postgres", DEFINITIONS_SQL)
         policy = write_policy(
-            tmp_path / "e2i.toml", "e2i-droplet", {"url": (tmp_path / "repo").as_uri()},
+            tmp_path / "e2i.toml",
+            "e2i-droplet",
+            {"url": (tmp_path / "repo").as_uri()},
             [keys.recipient],
-            [{"kind": "postgres", "name": "supabase", "flavor": "supabase",
-              "database": "postgres", "host": "127.0.0.1", "port": source.port,
-              "user": "postgres"}],
-        )  # fmt: skip
+            [
+                {
+                    "kind": "postgres",
+                    "name": "supabase",
+                    "flavor": "supabase",
+                    "database": "postgres",
+                    "host": "127.0.0.1",
+                    "port": source.port,
+                    "user": "postgres",
+                }
+            ],
+        )
         drkit("backup", "--policy", str(policy), check=True)
-        restore = ("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                   "--pg-port", str(target.port))  # fmt: skip
+        restore = (
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            "--pg-port",
+            str(target.port),
+        )
         plan = drkit(*restore, "--plan")
         assert plan.returncode == 0, plan.output
         replaced = [ln for ln in plan.stdout.splitlines() if "replaces the target's" in ln]
         assert [ln.split(": ", 1)[1] for ln in replaced] == [
             f"replaces the target's definition of {o} (edited on the source)"
-            for o in ("function auth.uid()", "policy storage.buckets read public buckets",
-                      "trigger storage.objects update_objects_updated_at",
-                      "view auth.user_emails")
-        ]  # fmt: skip
+            for o in (
+                "function auth.uid()",
+                "policy storage.buckets read public buckets",
+                "trigger storage.objects update_objects_updated_at",
+                "view auth.user_emails",
+            )
+        ]
         assert (
             "warn: table auth.audit_log_entries: columns differ from the source's: the "
             'target\'s "ip_address" character varying(64) not on the source; the data load '
@@ -476,13 +583,22 @@ def test_definitions_edited_on_the_source_replace_the_targets(keys, tmp_path: Pa
         assert target.psql("postgres", "SELECT count(*) FROM auth.users;").strip() == "1"
 
         # The check names a definition that differs after all (edited on the target).
-        target.psql("postgres", "CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid "
-                    "LANGUAGE sql STABLE AS $$ SELECT NULL::uuid $$;")  # fmt: skip
+        target.psql(
+            "postgres",
+            "CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid "
+            "LANGUAGE sql STABLE AS $$ SELECT NULL::uuid $$;",
+        )
         facts = parse_facts(source.psql("postgres", target_sql("objects", "definitions")))
         facts.update(format=FORMAT)
-        config = Config(kind="postgres", name="supabase", flavor="supabase",
-                        database="postgres", host="127.0.0.1", port=source.port,
-                        user="postgres")  # fmt: skip
+        config = Config(
+            kind="postgres",
+            name="supabase",
+            flavor="supabase",
+            database="postgres",
+            host="127.0.0.1",
+            port=source.port,
+            user="postgres",
+        )
         src = SupabaseSource("supabase", config, LocalRunner())
         checks = {c.name: c for c in src.check(facts, RestoreOptions(pg_port=target.port))}
         check = checks["definitions in postgres"]
@@ -505,18 +621,37 @@ def test_plan_names_roles_needing_a_new_password(source: PgServer, keys, tmp_pat
     plan says which login roles will need a new password."""
     source.psql("postgres", READER_SQL)
     policy = write_policy(
-        tmp_path / "e2i.toml", "e2i-droplet", {"url": (tmp_path / "repo").as_uri()},
+        tmp_path / "e2i.toml",
+        "e2i-droplet",
+        {"url": (tmp_path / "repo").as_uri()},
         [keys.recipient],
-        [{"kind": "postgres", "name": "supabase", "flavor": "supabase", "database": "postgres",
-          "host": "127.0.0.1", "port": source.port, "user": "drkit_reader",
-          "password": "env:SB_READER_PASSWORD"}],
-    )  # fmt: skip
+        [
+            {
+                "kind": "postgres",
+                "name": "supabase",
+                "flavor": "supabase",
+                "database": "postgres",
+                "host": "127.0.0.1",
+                "port": source.port,
+                "user": "drkit_reader",
+                "password": "env:SB_READER_PASSWORD",
+            }
+        ],
+    )
     env = {"SB_READER_PASSWORD": "r-pass"}
     drkit("backup", "--policy", str(policy), env=env, check=True)
     with supabase_server() as target:
         where = ("--pg-port", str(target.port), "--pg-user", "postgres")
-        res = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                    *where, "--plan", env=env)  # fmt: skip
+        res = drkit(
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            *where,
+            "--plan",
+            env=env,
+        )
         assert res.returncode == 0, res.output
         assert "could not read password hashes" in res.stdout
         assert "login role(s) drkit_reader, e2i_api, e2i_reader will need a new password" in (

@@ -100,12 +100,29 @@ def package_default_then_edited(
     runner, _label = target_runner(
         policy, dest, identity_file=str(identity), known_hosts=str(known_hosts)
     )
-    config = CaddyConfig(kind="caddy", name="etc", config_paths=["/etc/caddy"],
-                         data_dir="/var/lib/caddy/.local/share/caddy")  # fmt: skip
+    config = CaddyConfig(
+        kind="caddy",
+        name="etc",
+        config_paths=["/etc/caddy"],
+        data_dir="/var/lib/caddy/.local/share/caddy",
+    )
     source = CaddySource("etc", config, runner)
-    facts = {"entries": [{"path": "/etc/caddy/Caddyfile", "type": "file", "mode": "0644",
-                          "owner": "root", "group": "root", "size": 20, "sha256": "0" * 64}],
-             "files": 1, "bytes": 20, "truncated": False}  # fmt: skip
+    facts = {
+        "entries": [
+            {
+                "path": "/etc/caddy/Caddyfile",
+                "type": "file",
+                "mode": "0644",
+                "owner": "root",
+                "group": "root",
+                "size": 20,
+                "sha256": "0" * 64,
+            }
+        ],
+        "files": 1,
+        "bytes": 20,
+        "truncated": False,
+    }
     try:
         plan = source.describe(facts, RestoreOptions())
         assert plan.blocked is None, plan
@@ -158,30 +175,54 @@ def source_host(base: Path, pg: PgServer, uniq: str) -> dict[str, Any]:
     return paths
 
 
-def policy_dir(tmp: Path, ssh: SshHost, known_hosts: Path, pg: PgServer, db: str,
-               keys: Any, paths: dict[str, Any], pm2_home: Path) -> Path:  # fmt: skip
+def policy_dir(
+    tmp: Path,
+    ssh: SshHost,
+    known_hosts: Path,
+    pg: PgServer,
+    db: str,
+    keys: Any,
+    paths: dict[str, Any],
+    pm2_home: Path,
+) -> Path:
     directory = tmp / "policies"
     directory.mkdir()
     conn = ssh.connection(known_hosts=str(known_hosts))
-    extra = "[connection]\n" + "\n".join(
-        f"{k} = {json.dumps(v)}" for k, v in conn.items()
-    )  # fmt: skip
+    extra = "[connection]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in conn.items())
     write_policy(
-        directory / f"{HOST}.toml", HOST, {"url": (tmp / "repo").as_uri()}, [keys.recipient],
+        directory / f"{HOST}.toml",
+        HOST,
+        {"url": (tmp / "repo").as_uri()},
+        [keys.recipient],
         [
             # sudo_user postgres: on a fresh Debian/Ubuntu host only peer auth works.
-            {"kind": "postgres", "name": "callmeback", "database": db, "host": "127.0.0.1",
-             "port": pg.port, "user": "postgres", "sudo_user": "postgres"},
+            {
+                "kind": "postgres",
+                "name": "callmeback",
+                "database": db,
+                "host": "127.0.0.1",
+                "port": pg.port,
+                "user": "postgres",
+                "sudo_user": "postgres",
+            },
             {"kind": "env", "name": "env", "paths": [f"{paths['root']}/*/.env"]},
-            {"kind": "files", "name": "apps", "paths": [str(paths["root"])],
-             "exclude": [".env"]},
-            {"kind": "caddy", "name": "caddy", "config_paths": [str(paths["caddy"] / "etc")],
-             "data_dir": str(paths["caddy"] / "data")},
-            {"kind": "pm2", "name": "pm2", "user": "root", "pm2_home": str(pm2_home),
-             "ecosystem": [str(paths["ecosystem"])]},
+            {"kind": "files", "name": "apps", "paths": [str(paths["root"])], "exclude": [".env"]},
+            {
+                "kind": "caddy",
+                "name": "caddy",
+                "config_paths": [str(paths["caddy"] / "etc")],
+                "data_dir": str(paths["caddy"] / "data"),
+            },
+            {
+                "kind": "pm2",
+                "name": "pm2",
+                "user": "root",
+                "pm2_home": str(pm2_home),
+                "ecosystem": [str(paths["ecosystem"])],
+            },
         ],
         extra,
-    )  # fmt: skip
+    )
     return directory
 
 
@@ -214,8 +255,17 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         # The fresh machine's host key is in no known_hosts file yet: refused, with its
         # fingerprint, until the person accepts it explicitly (then it is recorded).
         target_hosts = tmp_path / "target_known_hosts"
-        args = ["restore", "--host", HOST, "--target", dest, *pg_target, *ident,
-                "--target-known-hosts", str(target_hosts)]  # fmt: skip
+        args = [
+            "restore",
+            "--host",
+            HOST,
+            "--target",
+            dest,
+            *pg_target,
+            *ident,
+            "--target-known-hosts",
+            str(target_hosts),
+        ]
         refused = drkit(*args, "--plan", env=env)
         assert refused.returncode == 1 and "unknown host key" in refused.output, refused.output
         assert "SHA256:" in refused.output and not target_hosts.exists()
@@ -227,9 +277,12 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         assert plan["target"] == dest
         steps = plan["steps"]
         assert [(s["step"], s["source"], s["kind"]) for s in steps] == [
-            (1, "callmeback", "postgres"), (2, "env", "env"), (3, "apps", "files"),
-            (4, "caddy", "caddy"), (5, "pm2", "pm2"),
-        ]  # fmt: skip
+            (1, "callmeback", "postgres"),
+            (2, "env", "env"),
+            (3, "apps", "files"),
+            (4, "caddy", "caddy"),
+            (5, "pm2", "pm2"),
+        ]
         assert all(s["blocked"] is None and not s["already_done"] for s in steps)
         where = "/var/run/postgresql:5432"
         # Roles/globals first (the session's server may hold other tests' roles too),
@@ -283,14 +336,20 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         assert lines[0].endswith(f"onto {dest}")
         # The text plan holds the same steps, each with the same actions, in that order.
         assert lines[1:] == [
-            ln for s in steps
-            for ln in [f" {s['step']}. {s['source']} ({s['kind']})",
-                       *(f"    - {free.sub('(free)', a)}" for a in s["actions"])]
-        ]  # fmt: skip
+            ln
+            for s in steps
+            for ln in [
+                f" {s['step']}. {s['source']} ({s['kind']})",
+                *(f"    - {free.sub('(free)', a)}" for a in s["actions"]),
+            ]
+        ]
         assert [ln for ln in lines if re.match(r"^ \d+\. ", ln)] == [
-            " 1. callmeback (postgres)", " 2. env (env)", " 3. apps (files)",
-            " 4. caddy (caddy)", " 5. pm2 (pm2)",
-        ]  # fmt: skip
+            " 1. callmeback (postgres)",
+            " 2. env (env)",
+            " 3. apps (files)",
+            " 4. caddy (caddy)",
+            " 5. pm2 (pm2)",
+        ]
         # --plan touched nothing on the target.
         assert box.exec(["test", "!", "-e", str(paths["root"])], check=False).returncode == 0
         exists = f"SELECT count(*) FROM pg_database WHERE datname = '{db}';"
@@ -302,23 +361,32 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         out = res.stdout.splitlines()
         assert re.fullmatch(
             rf"{HOST}: restored snapshot {plan['snapshot']} onto {re.escape(dest)} in "
-            r"[\d.]+s \(\d+ actions\); verdict: pass", out[-1]
-        ), res.output  # fmt: skip
+            r"[\d.]+s \(\d+ actions\); verdict: pass",
+            out[-1],
+        ), res.output
         checks = {m[1]: m[0] for m in re.findall(r"^  \[(\w+)\] ([^:]+: [^:]+):", res.stdout, re.M)}
         assert checks == {
-            f"callmeback: row counts in {db}": "pass", "callmeback: roles present": "pass",
+            f"callmeback: row counts in {db}": "pass",
+            "callmeback: roles present": "pass",
             "callmeback: logins": "pass",
-            "env: files restored": "pass", "apps: files restored": "pass",
-            "caddy: files restored": "pass", "caddy: data dir owner": "pass",
-            "caddy: caddy reloaded": "pass", f"caddy: https {DOMAIN}": "pass",
-            "pm2: files restored": "pass", "pm2: app voice-pipeline": "pass",
+            "env: files restored": "pass",
+            "apps: files restored": "pass",
+            "caddy: files restored": "pass",
+            "caddy: data dir owner": "pass",
+            "caddy: caddy reloaded": "pass",
+            f"caddy: https {DOMAIN}": "pass",
+            "pm2: files restored": "pass",
+            "pm2: app voice-pipeline": "pass",
             "pm2: app db-proxy": "pass",
-        }, res.output  # fmt: skip
+        }, res.output
 
         # ---- every fact again, from inside the container -----------------------------
         assert checksums(lambda q: sql_in(box, db, q)) == source_sums
-        db_owner = sql_in(box, db, "SELECT pg_get_userbyid(datdba) FROM pg_database "
-                          "WHERE datname = current_database();")  # fmt: skip
+        db_owner = sql_in(
+            box,
+            db,
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database();",
+        )
         assert db_owner.strip() == role
         for path in paths["envs"].values():
             st = path.stat()
@@ -342,8 +410,9 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         jlist = box.exec(["env", f"PM2_HOME={pm2.home}", "pm2", "jlist"]).stdout.decode()
         procs = json.loads(next(ln for ln in jlist.splitlines() if ln.startswith("[")))
         assert {p["name"]: p["pm2_env"]["status"] for p in procs} == {
-            "voice-pipeline": "online", "db-proxy": "online",
-        }  # fmt: skip
+            "voice-pipeline": "online",
+            "db-proxy": "online",
+        }
         for app, port in paths["ports"].items():  # serving, with the env from PM2's dump
             body = box.exec(["curl", "-sf", f"http://127.0.0.1:{port}/health"]).stdout
             assert body.decode() == f"{app} ok"
@@ -354,8 +423,9 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         box.exec(["env", f"PM2_HOME={pm2.home}", "pm2", "kill"])
         box.exec(["rm", "-rf", "--", str(pm2.home), str(paths["root"] / "db-proxy")])
         script = paths["root"] / "db-proxy" / "server.js"
-        plan = json.loads(drkit(*args, "--only", "pm2", "--plan", "--json", env=env,
-                                check=True).stdout)  # fmt: skip
+        plan = json.loads(
+            drkit(*args, "--only", "pm2", "--plan", "--json", env=env, check=True).stdout
+        )
         assert (
             f"app db-proxy: script {script} is neither on the target nor in this restore: "
             "PM2 cannot start it (restore the app's code)"
@@ -363,8 +433,10 @@ def test_vultr_host_over_ssh_restored_onto_a_fresh_host(
         res = drkit(*args, "--only", "pm2", "--yes", "--json", env=env)
         assert res.returncode == 0, res.output  # a warning: the restore itself worked
         report = json.loads(res.stdout)
-        assert any(s.startswith(f"pm2: app db-proxy: script {script} does not exist")
-                   for s in report["steps"]), report["steps"]  # fmt: skip
+        assert any(
+            s.startswith(f"pm2: app db-proxy: script {script} does not exist")
+            for s in report["steps"]
+        ), report["steps"]
         pm2_checks = {c["name"]: (c["status"], c["detail"]) for c in report["checks"]}
         assert pm2_checks["app db-proxy"] == (
             "warn",

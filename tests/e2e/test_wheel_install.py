@@ -97,9 +97,14 @@ class User:
 
     def drkit(self, *args: str, check: bool = True) -> CliResult:
         done = subprocess.run(
-            ["drkit", *args], cwd=self.cwd, env=self.env, capture_output=True, text=True,
-            timeout=900, check=False,
-        )  # fmt: skip
+            ["drkit", *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         res = CliResult(done.returncode, done.stdout, done.stderr)
         assert "Traceback" not in res.stderr, res.output
         if check:

@@ -75,9 +75,16 @@ CADDYFILE = """\
 """
 
 ENV_KEYS = (
-    "SERVER_PORT", "LOG_LEVEL", "NATS_URL", "NATS_TOKEN", "JWT_SECRET", "ANTHROPIC_API_KEY",
-    "RATE_LIMIT_REQUESTS", "RATE_LIMIT_WINDOW", "TRACING_ENABLED",
-)  # fmt: skip
+    "SERVER_PORT",
+    "LOG_LEVEL",
+    "NATS_URL",
+    "NATS_TOKEN",
+    "JWT_SECRET",
+    "ANTHROPIC_API_KEY",
+    "RATE_LIMIT_REQUESTS",
+    "RATE_LIMIT_WINDOW",
+    "TRACING_ENABLED",
+)
 
 COMPOSE = """\
 # docker-compose.prod.yml (seed 001 §Scaling Guide > Performance Tuning: limits edited here)
@@ -418,8 +425,10 @@ def platform_publisher(box: HostContainer, token: str) -> Publisher:
 
     def batch(n: int) -> list[tuple[str, bytes, dict[str, str] | None]]:
         body = json.dumps({"turn": n, "role": "user", "content": "live"}).encode()
-        return [(f"conversations.live-{n % 20:04d}.messages", body, None),
-                (f"events.{n % 5}", b'{"live":%d}' % n, None)]  # fmt: skip
+        return [
+            (f"conversations.live-{n % 20:04d}.messages", body, None),
+            (f"events.{n % 5}", b'{"live":%d}' % n, None),
+        ]
 
     consumers = ((STREAM, "api-worker"), ("EVENTS", "indexer"))
     url = f"nats://127.0.0.1:{box.port(4222)}"

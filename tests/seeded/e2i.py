@@ -406,15 +406,45 @@ def _tree(seed: E2iSeed) -> Tree:
 
 def sql(box: HostContainer, query: str, port: int) -> str:
     """``query``'s rows (psql -At) as the postgres superuser in the container."""
-    argv = ["runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
-            "-p", str(port), "-d", "postgres", "-c", query]  # fmt: skip
+    argv = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-p",
+        str(port),
+        "-d",
+        "postgres",
+        "-c",
+        query,
+    ]
     return box.exec(argv).stdout.decode().strip()
 
 
 def set_postgres_password(box: HostContainer, password: str, port: int) -> None:
     """What a self-hosted Supabase's setup does with POSTGRES_PASSWORD (its .env)."""
-    argv = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            "-p", str(port), "-d", "postgres", "-f", "-"]  # fmt: skip
+    argv = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-p",
+        str(port),
+        "-d",
+        "postgres",
+        "-f",
+        "-",
+    ]
     box.exec(argv, input=f"ALTER ROLE postgres PASSWORD '{password}';\n".encode())
 
 
@@ -423,8 +453,24 @@ def _seed_supabase(box: HostContainer, password: str) -> None:
     box.exec(["sed", "-i", f"s/^port = 5432/port = {SUPABASE_PORT}/", conf])
     box.exec(["drkit-svc", "restart", "postgresql"])
     set_postgres_password(box, password, SUPABASE_PORT)
-    argv = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            "-1", "-p", str(SUPABASE_PORT), "-d", "postgres", "-f", "-"]  # fmt: skip
+    argv = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-1",
+        "-p",
+        str(SUPABASE_PORT),
+        "-d",
+        "postgres",
+        "-f",
+        "-",
+    ]
     box.exec(argv, input=DRILL_SQL.encode())
 
 
@@ -459,8 +505,15 @@ def _redis(box: HostContainer, *args: str) -> str:
 def _mysql(box: HostContainer, sql_text: str) -> str:
     """``sql_text`` through the mysql client in Opik's container, as root (its password
     read inside from MYSQL_ROOT_PASSWORD, as the policy does)."""
-    argv = ["docker", "exec", "-i", OPIK_MYSQL, "sh", "-c",
-            'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mysql -uroot -N -B']  # fmt: skip
+    argv = [
+        "docker",
+        "exec",
+        "-i",
+        OPIK_MYSQL,
+        "sh",
+        "-c",
+        'MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mysql -uroot -N -B',
+    ]
     return box.exec(argv, input=sql_text.encode()).stdout.decode().strip()
 
 

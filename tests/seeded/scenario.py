@@ -96,11 +96,12 @@ def run_scenario(
         policies = tmp_path / "policies"
         known = write_known_hosts(tmp_path / "known_hosts", source)
         policy = shipped_policy(
-            host, policies,
+            host,
+            policies,
             connection=ssh_connection(source.port(22), login.identity, known, user=user),
             repository={"url": (tmp_path / "repo").as_uri()},
             encryption=encryption_files(tmp_path, host, keys.recipient),
-        )  # fmt: skip
+        )
         cli_env = {**(env or {}), "DRKIT_POLICY_DIR": str(policies)}
         ident = ["--identity", str(keys.identity_file)]
         only_args = [a for name in only for a in ("--only", name)]
@@ -112,9 +113,16 @@ def run_scenario(
 
         with ThreadPoolExecutor(1) as pool:
             drill_run = pool.submit(
-                drkit, "drill", "--host", host, "--drills-dir", str(DRILLS), *ident, "--json",
+                drkit,
+                "drill",
+                "--host",
+                host,
+                "--drills-dir",
+                str(DRILLS),
+                *ident,
+                "--json",
                 env=cli_env,
-            )  # fmt: skip
+            )
             drill_started = time.monotonic()
             target = boxes[target_name]
             phases.mark("target container (waited)")
@@ -122,13 +130,23 @@ def run_scenario(
                 assert is_package_default(target, path, package), path
             prepare_target(target)
             restored = drkit(
-                "restore", "--host", host, *only_args,
+                "restore",
+                "--host",
+                host,
+                *only_args,
                 *restore_args,
-                "--target", f"ssh://{user}@127.0.0.1:{target.port(22)}",
-                "--target-identity", str(login.identity),
-                "--target-known-hosts", str(tmp_path / "target_known_hosts"),
-                "--accept-new-host-key", *ident, "--yes", "--json", env=cli_env,
-            )  # fmt: skip
+                "--target",
+                f"ssh://{user}@127.0.0.1:{target.port(22)}",
+                "--target-identity",
+                str(login.identity),
+                "--target-known-hosts",
+                str(tmp_path / "target_known_hosts"),
+                "--accept-new-host-key",
+                *ident,
+                "--yes",
+                "--json",
+                env=cli_env,
+            )
             phases.mark("restore")
             check_target(restored, target)
             phases.mark("restore checks")

@@ -63,28 +63,51 @@ def mariadb_server(password: str) -> Iterator[MariaDbServer]:
     data, sock = base / "data", base / "mysqld.sock"
     user = ["--user=root"] if os.getuid() == 0 else []
     subprocess.run(
-        [str(INSTALL_DB), "--no-defaults", f"--datadir={data}", "--skip-test-db",
-         "--auth-root-authentication-method=normal", *user],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            str(INSTALL_DB),
+            "--no-defaults",
+            f"--datadir={data}",
+            "--skip-test-db",
+            "--auth-root-authentication-method=normal",
+            *user,
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     log = open(base / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [MARIADBD, "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
-         "--bind-address=127.0.0.1", f"--pid-file={base / 'mysqld.pid'}",
-         "--innodb-buffer-pool-size=32M", "--skip-log-bin", *user],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            MARIADBD,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={base / 'mysqld.pid'}",
+            "--innodb-buffer-pool-size=32M",
+            "--skip-log-bin",
+            *user,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
             res = subprocess.run(
-                [str(CLIENT), "-uroot", f"--socket={sock}", "-e",
-                 f"ALTER USER root@localhost IDENTIFIED BY '{password}'; "
-                 f"CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY '{password}'; "
-                 "GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION"],
-                capture_output=True, check=False,
-            )  # fmt: skip
+                [
+                    str(CLIENT),
+                    "-uroot",
+                    f"--socket={sock}",
+                    "-e",
+                    f"ALTER USER root@localhost IDENTIFIED BY '{password}'; "
+                    f"CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY '{password}'; "
+                    "GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION",
+                ],
+                capture_output=True,
+                check=False,
+            )
             if res.returncode == 0:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -60,10 +60,20 @@ if TYPE_CHECKING:
     from tests.servers.seaweed import SeaweedServer
 
 ACTIONS = frozenset(
-    {"status", "reset_request", "reset_response", "short_body", "stall", "stall_body", "delay",
-     "omit_key", "garble", "lose_answer",
-     "ignore_conditions"}
-)  # fmt: skip
+    {
+        "status",
+        "reset_request",
+        "reset_response",
+        "short_body",
+        "stall",
+        "stall_body",
+        "delay",
+        "omit_key",
+        "garble",
+        "lose_answer",
+        "ignore_conditions",
+    }
+)
 _FORWARDED = frozenset(
     {
         "ignore_conditions",
@@ -319,10 +329,16 @@ class S3FaultProxy:
         parts = urlsplit(req.target)
         params = parse_qsl(parts.query, keep_blank_values=True)
         new_auth = authorization(
-            self.credentials, req.method, parts.path, params, headers,
+            self.credentials,
+            req.method,
+            parts.path,
+            params,
+            headers,
             headers.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
-            region=self.region, service="s3", amz_date=headers["x-amz-date"],
-        )  # fmt: skip
+            region=self.region,
+            service="s3",
+            amz_date=headers["x-amz-date"],
+        )
         lines = [f"{req.method} {req.target} {req.version}"]
         for k, v in req.headers:
             low = k.lower()

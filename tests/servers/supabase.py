@@ -68,9 +68,24 @@ def supabase_server() -> Iterator[PgServer]:
 def login(server: PgServer, role: str, password: str, database: str = "postgres") -> str:
     """Connect as ``role`` with ``password`` (scram); the server's answer or its error."""
     res = subprocess.run(
-        [str(PG_BIN / "psql"), "-X", "-At", "-h", server.host, "-p", str(server.port), "-U", role,
-         "-d", database, "-c", "SELECT current_user;"],
+        [
+            str(PG_BIN / "psql"),
+            "-X",
+            "-At",
+            "-h",
+            server.host,
+            "-p",
+            str(server.port),
+            "-U",
+            role,
+            "-d",
+            database,
+            "-c",
+            "SELECT current_user;",
+        ],
         env={"PGPASSWORD": password, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return res.stdout.strip() if res.returncode == 0 else res.stderr.strip()

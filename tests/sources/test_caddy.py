@@ -232,9 +232,15 @@ def test_caddy_roundtrip_restores_certificates_that_caddy_serves_without_reissui
     shutil.rmtree(etc)
     # --no-reload: this machine's own Caddy is not the test's (this test runs one below).
     res = drkit(
-        "restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-        "--yes", "--json", "--no-reload",
-    )  # fmt: skip
+        "restore",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--yes",
+        "--json",
+        "--no-reload",
+    )
     report = json.loads(res.stdout)
     # Not reloaded, so not probed: never a plain pass.
     assert report["verdict"] == "warn", res.output

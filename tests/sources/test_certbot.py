@@ -84,10 +84,21 @@ def certbot_certificates(root: Path, work: Path) -> str:
     if certbot is None:
         pytest.skip("certbot is not installed (apt-get install certbot)")
     res = subprocess.run(
-        [certbot, "certificates", "--config-dir", str(root), "--work-dir", str(work / "w"),
-         "--logs-dir", str(work / "l")],
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
+        [
+            certbot,
+            "certificates",
+            "--config-dir",
+            str(root),
+            "--work-dir",
+            str(work / "w"),
+            "--logs-dir",
+            str(work / "l"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     return res.stdout + res.stderr
 
 
@@ -125,9 +136,14 @@ def test_certbot_roundtrip_keeps_live_links_and_certbot_accepts_it(
     before = tree(root)
     shutil.rmtree(root)
     res = drkit(
-        "restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-        "--yes", "--json",
-    )  # fmt: skip
+        "restore",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--yes",
+        "--json",
+    )
     report = json.loads(res.stdout)
     assert report["verdict"] == "pass", res.output
     checks = {c["name"]: c for c in report["checks"]}
@@ -181,9 +197,11 @@ def test_certbot_dereferenced_copy_is_reported_inconsistent(
         "the target is not in the backup"
     ]
     assert all(
-        lin["warnings"] == [f"renewal/{lin['name']}.conf names ACME account {ACCOUNT}, "
-                            "which is not under accounts/"]
+        lin["warnings"]
+        == [
+            f"renewal/{lin['name']}.conf names ACME account {ACCOUNT}, which is not under accounts/"
+        ]
         for lin in lineages.values()
-    )  # fmt: skip
+    )
     said = certbot_certificates(root, tmp_path)
     assert "invalid" in said.lower()  # certbot agrees

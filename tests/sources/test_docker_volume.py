@@ -99,8 +99,15 @@ def volume(base_image: str) -> Iterator[dict[str, Any]]:
         "label": f"org.drkit.test.stop={uniq}",
     }
     try:
-        docker("volume", "create", "--label", "com.docker.compose.project=shop",
-               "--label", "com.docker.compose.volume=data", names["volume"])  # fmt: skip
+        docker(
+            "volume",
+            "create",
+            "--label",
+            "com.docker.compose.project=shop",
+            "--label",
+            "com.docker.compose.volume=data",
+            names["volume"],
+        )
         root = mountpoint(names["volume"])
         (root / "conf").mkdir(mode=0o750)
         (root / "conf" / "app.ini").write_text("[db]\nname = shop\n")
@@ -119,9 +126,20 @@ def volume(base_image: str) -> Iterator[dict[str, Any]]:
         (root / "dangling").symlink_to("/nowhere/at/all")
         (root / "name with spaces\tand tab").write_text("odd name\n")
         root.chmod(0o1777)
-        docker("run", "--detach", "--init", "--name", names["container"],
-               "--label", names["label"], "-v", f"{names['volume']}:/data",
-               base_image, "sleep", "infinity")  # fmt: skip
+        docker(
+            "run",
+            "--detach",
+            "--init",
+            "--name",
+            names["container"],
+            "--label",
+            names["label"],
+            "-v",
+            f"{names['volume']}:/data",
+            base_image,
+            "sleep",
+            "infinity",
+        )
         yield names
     finally:
         docker("rm", "--force", names["container"], check=False)
@@ -132,16 +150,26 @@ def policy_for(
     tmp_path: Path, keys: Any, names: dict[str, Any], ssh: SshHost | None = None, **extra: Any
 ) -> Path:
     # bin/run.sh is setuid: restoring that bit needs the policy's consent (#16).
-    source = {"kind": "docker_volume", "name": "shopdata", "volume": names["volume"],
-              "stop_label": names["label"], "allow_setid": True, **extra}  # fmt: skip
+    source = {
+        "kind": "docker_volume",
+        "name": "shopdata",
+        "volume": names["volume"],
+        "stop_label": names["label"],
+        "allow_setid": True,
+        **extra,
+    }
     connection = ""
     if ssh is not None:  # the host reached over SSH (a local sshd), as in production
         conn = ssh.connection(known_hosts=str(ssh.write_known_hosts(tmp_path / "known_hosts")))
         connection = "[connection]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in conn.items())
     return write_policy(
-        tmp_path / "dockerbox.toml", "dockerbox", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [source], extra=connection,
-    )  # fmt: skip
+        tmp_path / "dockerbox.toml",
+        "dockerbox",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [source],
+        extra=connection,
+    )
 
 
 def test_backup_remove_restore_round_trip(
@@ -171,34 +199,60 @@ def test_backup_remove_restore_round_trip(
 
     docker("rm", "--force", volume["container"])
     docker("volume", "rm", volume["volume"])
-    res = drkit("--json", "restore", "--policy", str(policy), "--yes",
-                "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    res = drkit(
+        "--json",
+        "restore",
+        "--policy",
+        str(policy),
+        "--yes",
+        "--identity",
+        str(keys.identity_file),
+        check=True,
+    )
     out = json.loads(res.stdout)
     assert out["verdict"] == "pass", out
     assert any("identical to the backup" in c["detail"] for c in out["checks"])
 
     assert tree(mountpoint(volume["volume"])) == before
-    labels = json.loads(docker("volume", "inspect", "--format", "{{json .Labels}}",
-                               volume["volume"]))  # fmt: skip
+    labels = json.loads(
+        docker("volume", "inspect", "--format", "{{json .Labels}}", volume["volume"])
+    )
     assert labels == {"com.docker.compose.project": "shop", "com.docker.compose.volume": "data"}
 
     # A volume holding files is refused without --force; --force makes it equal the backup.
     (mountpoint(volume["volume"]) / "stray.log").write_text("written after the backup\n")
     (mountpoint(volume["volume"]) / "conf" / "app.ini").write_text("changed\n")
-    refused = drkit("restore", "--policy", str(policy), "--yes",
-                    "--identity", str(keys.identity_file))  # fmt: skip
+    refused = drkit(
+        "restore", "--policy", str(policy), "--yes", "--identity", str(keys.identity_file)
+    )
     assert refused.returncode != 0
     assert "holds files" in refused.stderr and "--force" in refused.stderr
     assert (mountpoint(volume["volume"]) / "stray.log").exists()
-    drkit("restore", "--policy", str(policy), "--yes", "--force",
-          "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--yes",
+        "--force",
+        "--identity",
+        str(keys.identity_file),
+        check=True,
+    )
     assert tree(mountpoint(volume["volume"])) == before
 
     # Staged: the plan says where; a run killed between its two renames (the old tree
     # aside in the staging dir, the volume's directory gone) is put right first.
     data = mountpoint(volume["volume"])
-    plan = drkit("restore", "--policy", str(policy), "--plan", "--force-db",
-                 "--identity", str(keys.identity_file), check=True).stdout  # fmt: skip
+    plan = drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--plan",
+        "--force-db",
+        "--identity",
+        str(keys.identity_file),
+        check=True,
+    ).stdout
     staged = [ln for ln in plan.splitlines() if "- stage " in ln]
     assert len(staged) == 1 and f"in {data.parent}/.drkit-staging-" in staged[0], plan
     stage = data.parent / staged[0].split(f"in {data.parent}/", 1)[1].split(" ", 1)[0]
@@ -206,8 +260,16 @@ def test_backup_remove_restore_round_trip(
     stage.mkdir(mode=0o700)
     (stage / "new").mkdir()
     data.rename(stage / "old")
-    drkit("restore", "--policy", str(policy), "--yes", "--force-db",
-          "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--yes",
+        "--force-db",
+        "--identity",
+        str(keys.identity_file),
+        check=True,
+    )
     assert tree(data) == before
     assert not [p for p in data.parent.iterdir() if p.name.startswith(".drkit-staging-")]
 
@@ -218,8 +280,18 @@ def test_check_names_a_file_that_differs(
     policy = policy_for(tmp_path, keys, volume)
     drkit("backup", "--policy", str(policy), check=True)
     dest = tmp_path / "elsewhere"
-    res = drkit("--json", "restore", "--policy", str(policy), "--yes", "--dest", str(dest),
-                "--identity", str(keys.identity_file), check=True)  # fmt: skip
+    res = drkit(
+        "--json",
+        "restore",
+        "--policy",
+        str(policy),
+        "--yes",
+        "--dest",
+        str(dest),
+        "--identity",
+        str(keys.identity_file),
+        check=True,
+    )
     assert json.loads(res.stdout)["verdict"] == "pass"
     assert tree(dest / volume["volume"]) == tree(mountpoint(volume["volume"]))
 
@@ -239,8 +311,7 @@ def test_check_names_a_file_that_differs(
 
 
 def test_failure_mid_read_starts_the_container_again(volume: dict[str, Any]) -> None:
-    config = VolumeConfig(kind="docker_volume", volume=volume["volume"],
-                          stop_label=volume["label"])  # fmt: skip
+    config = VolumeConfig(kind="docker_volume", volume=volume["volume"], stop_label=volume["label"])
     source = DockerVolumeSource("shopdata", config, LocalRunner("dockerbox"))
     artifact = next(source.artifacts())
     with pytest.raises(RuntimeError, match="upload failed"), artifact.open() as stream:
@@ -306,8 +377,19 @@ def busy(volume: dict[str, Any], base_image: str) -> Iterator[dict[str, Any]]:
         fh.truncate(64 << 30)
     idle = volume["container"] + "-idle"
     try:
-        docker("create", "--init", "--name", idle, "--label", volume["label"],
-               "-v", f"{volume['volume']}:/data", base_image, "sleep", "infinity")  # fmt: skip
+        docker(
+            "create",
+            "--init",
+            "--name",
+            idle,
+            "--label",
+            volume["label"],
+            "-v",
+            f"{volume['volume']}:/data",
+            base_image,
+            "sleep",
+            "infinity",
+        )
         yield {**volume, "idle": idle}
     finally:
         docker("rm", "--force", idle, check=False)
@@ -320,8 +402,10 @@ def backup_running(policy: Path, busy: dict[str, Any]) -> Iterator[subprocess.Po
     mp = mountpoint(busy["volume"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "drkit", "backup", "--policy", str(policy)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         yield proc
     finally:
@@ -460,10 +544,22 @@ def test_restore_killed_with_the_containers_stopped_the_next_backup_starts_them(
         fh.truncate(2 << 30)  # a restore that lasts seconds
     drkit("backup", "--policy", str(policy), check=True)
     restore = subprocess.Popen(
-        [sys.executable, "-m", "drkit", "restore", "--policy", str(policy), "--yes",
-         "--force-db", "--identity", str(keys.identity_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "drkit",
+            "restore",
+            "--policy",
+            str(policy),
+            "--yes",
+            "--force-db",
+            "--identity",
+            str(keys.identity_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def stopped() -> bool:
         assert restore.poll() is None, restore.communicate()  # it must still run

@@ -43,9 +43,12 @@ def writer_tar(bindir: Path, hook_body: str) -> dict[str, str]:
 def data_policy(tmp_path: Path, keys: Any, data: Path) -> Path:
     """Host "box": one files source "data" over ``data``, a local repository."""
     return write_policy(
-        tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        tmp_path / "box.toml",
+        "box",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
         [{"kind": "files", "name": "data", "paths": [str(data)]}],
-    )  # fmt: skip
+    )
 
 
 def test_a_file_changed_while_read_is_read_again_and_a_vanished_one_is_reported(
@@ -81,8 +84,17 @@ def test_a_file_changed_while_read_is_read_again_and_a_vanished_one_is_reported(
     assert entry["size"] == SIZE
 
     dest = tmp_path / "restored"
-    out = drkit("restore", "--policy", str(policy), "--dest", str(dest), "--yes", "--json",
-                "--identity", str(keys.identity_file))  # fmt: skip
+    out = drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--dest",
+        str(dest),
+        "--yes",
+        "--json",
+        "--identity",
+        str(keys.identity_file),
+    )
     assert out.returncode == 0, out.output
     assert json.loads(out.stdout)["verdict"] == "pass"
     restored = dest / str(data).lstrip("/")

@@ -48,26 +48,47 @@ def load(server: MariaDbServer) -> None:
 
 def counts(server: MariaDbServer) -> dict[str, int]:
     out = {}
-    for table in ("shop.customers", "shop.orders", "shop.audit_log", "shop.empty_one",
-                  "metrics.points"):  # fmt: skip
+    for table in (
+        "shop.customers",
+        "shop.orders",
+        "shop.audit_log",
+        "shop.empty_one",
+        "metrics.points",
+    ):
         out[table] = int(server.sql(f"SELECT COUNT(*) FROM {table};"))
     return out
 
 
 def policy_for(tmp_path: Path, keys: Any, server: MariaDbServer, **extra: Any) -> Path:
     source = {
-        "kind": "mysql", "name": "db", "host": "127.0.0.1", "port": server.port,
-        "password": "env:MYSQL_TEST_PW", **extra,
-    }  # fmt: skip
+        "kind": "mysql",
+        "name": "db",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "password": "env:MYSQL_TEST_PW",
+        **extra,
+    }
     return write_policy(
-        tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [source],
-    )  # fmt: skip
+        tmp_path / "box.toml",
+        "box",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [source],
+    )
 
 
 def restore(policy: Path, keys: Any, env: dict[str, str], *extra: str) -> tuple[int, Any, str]:
-    res = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                "--yes", "--json", *extra, env=env)  # fmt: skip
+    res = drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--yes",
+        "--json",
+        *extra,
+        env=env,
+    )
     return res.returncode, json.loads(res.stdout) if res.stdout else None, res.output
 
 

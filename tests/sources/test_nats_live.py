@@ -119,8 +119,10 @@ async def preload(url: str) -> None:
     for i in range(200):
         await kv.put(f"user.{i % 40}", f"session {i}".encode())
     await nc.flush()
-    for stream, durable, subject in (("EVENTS", "indexer", "events.>"),
-                                     ("CONVERSATIONS", "replier", "conv.>")):  # fmt: skip
+    for stream, durable, subject in (
+        ("EVENTS", "indexer", "events.>"),
+        ("CONVERSATIONS", "replier", "conv.>"),
+    ):
         await js.add_consumer(stream, durable_name=durable, ack_policy="explicit")
         sub = await js.pull_subscribe(subject, durable=durable, stream=stream)
         for msg in await sub.fetch(100, timeout=5):
@@ -133,8 +135,10 @@ def live_writer(url: str) -> Publisher:
     keys and fetches + acks through both durable consumers, until stopped."""
 
     def batch(n: int) -> list[tuple[str, bytes, dict[str, str] | None]]:
-        return [(f"events.{n % 5}", PAYLOAD + b"live", None),
-                (f"conv.{n % 7}", PAYLOAD, {"Turn": f"live-{n}"})]  # fmt: skip
+        return [
+            (f"events.{n % 5}", PAYLOAD + b"live", None),
+            (f"conv.{n % 7}", PAYLOAD, {"Turn": f"live-{n}"}),
+        ]
 
     consumers = (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))
     return Publisher(url, None, batch, consumers, per_tick=10, bucket="sessions")
@@ -146,8 +150,10 @@ def test_backup_under_live_writes_over_ssh_restores_onto_a_fresh_server(
     with nats_server() as live, nats_server() as fresh, sshd_server() as ssh:
         run(preload(live.url))
         streams = ["CONVERSATIONS", "EVENTS", "KV_sessions"]
-        before = {name: run(consumer_state(live.url, s, name))
-                  for s, name in (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))}  # fmt: skip
+        before = {
+            name: run(consumer_state(live.url, s, name))
+            for s, name in (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))
+        }
         policy = policy_for(tmp_path / "platform.toml", tmp_path, keys, live.url, ssh)
         writer = live_writer(live.url)
         t0 = time.monotonic()
@@ -156,8 +162,10 @@ def test_backup_under_live_writes_over_ssh_restores_onto_a_fresh_server(
         assert backup.returncode == 0, backup.output
         rate = writer.rate
         assert rate > 800, f"the writer managed only {rate:.0f} msg/s"
-        after = {name: run(consumer_state(live.url, s, name))
-                 for s, name in (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))}  # fmt: skip
+        after = {
+            name: run(consumer_state(live.url, s, name))
+            for s, name in (("EVENTS", "indexer"), ("CONVERSATIONS", "replier"))
+        }
         source = run(stream_states(live.url))
         source_msgs = {name: run(read_all(live.url, name)) for name in streams}
 
@@ -551,16 +559,31 @@ def test_state_compare_accepts_at_least_the_recorded_state() -> None:
 def test_subject_overlaps_as_jetstream_sees_them() -> None:
     from drkit.sources.nats_streams import overlaps, subjects_overlap
 
-    for a, b in (("a.>", "a.b"), ("a.*", "a.b"), ("a.*.c", "a.b.>"), ("*.b", "a.*"),
-                 (">", "x"), ("a.b", "a.b"), ("$KV.s.>", "$KV.s.k")):  # fmt: skip
+    for a, b in (
+        ("a.>", "a.b"),
+        ("a.*", "a.b"),
+        ("a.*.c", "a.b.>"),
+        ("*.b", "a.*"),
+        (">", "x"),
+        ("a.b", "a.b"),
+        ("$KV.s.>", "$KV.s.k"),
+    ):
         assert subjects_overlap(a, b) and subjects_overlap(b, a), (a, b)
-    for a, b in (("a.>", "a"), ("a.*", "a.b.c"), ("a.b", "a.c"), ("a.*.c", "a.b.d"),
-                 ("a", "b"), ("a.b", "a")):  # fmt: skip
+    for a, b in (
+        ("a.>", "a"),
+        ("a.*", "a.b.c"),
+        ("a.b", "a.c"),
+        ("a.*.c", "a.b.d"),
+        ("a", "b"),
+        ("a.b", "a"),
+    ):
         assert not subjects_overlap(a, b) and not subjects_overlap(b, a), (a, b)
     restoring = [{"name": "B", "subjects": ["b.>"]}, {"name": "C", "subjects": ["c.x"]}]
-    target = [{"config": {"name": "B", "subjects": ["b.>"]}},  # replaced: no conflict
-              {"config": {"name": "Z", "subjects": ["b.one", "q"]}},
-              {"config": {"name": "Y", "subjects": ["c.*"]}}]  # fmt: skip
+    target = [
+        {"config": {"name": "B", "subjects": ["b.>"]}},  # replaced: no conflict
+        {"config": {"name": "Z", "subjects": ["b.one", "q"]}},
+        {"config": {"name": "Y", "subjects": ["c.*"]}},
+    ]
     assert overlaps(restoring, target) == [
         "stream Z on the target takes subjects b.one (needs b.>) of stream B",
         "stream Y on the target takes subjects c.* (needs c.x) of stream C",
@@ -574,13 +597,20 @@ def test_artifact_framing_checks() -> None:
     ident = b"\xff\x06\x00\x00S2sTwO"
     chunk = b"\x01\x08\x00\x00" + b"crc!" + b"data"
     assert check_artifact(io.BytesIO(ident + chunk), "snapshot", "x") == len(ident + chunk)
-    for bad, why in ((ident + chunk[:-1], "truncated"), (chunk, "identifier"),
-                     (ident + b"\x05\x01\x00\x00x", "reserved"), (ident, "no data")):  # fmt: skip
+    for bad, why in (
+        (ident + chunk[:-1], "truncated"),
+        (chunk, "identifier"),
+        (ident + b"\x05\x01\x00\x00x", "reserved"),
+        (ident, "no data"),
+    ):
         with pytest.raises(RestoreError, match=why):
             check_artifact(io.BytesIO(bad), "snapshot", "x")
     rec = EXPORT_RECORD.pack(1, 5, 0, 1, 0, 2) + b"sdd"
     assert check_artifact(io.BytesIO(rec + EXPORT_END.pack(0, 1)), "export", "x")
-    for bad, why in ((rec, "without its end record"), (rec + EXPORT_END.pack(0, 2), "says 2"),
-                     (rec + EXPORT_END.pack(0, 1) + b"\x01", "after the end")):  # fmt: skip
+    for bad, why in (
+        (rec, "without its end record"),
+        (rec + EXPORT_END.pack(0, 2), "says 2"),
+        (rec + EXPORT_END.pack(0, 1) + b"\x01", "after the end"),
+    ):
         with pytest.raises(RestoreError, match=why):
             check_artifact(io.BytesIO(bad), "export", "x")

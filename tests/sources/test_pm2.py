@@ -92,10 +92,16 @@ def policy_for(tmp_path: Path, keys: Any, pm2: Pm2Home, *ecosystem: Path) -> Pat
 def restore(policy: Path, keys: Any, *extra: str) -> tuple[dict[str, Any], str]:
     """Restore through the CLI; its JSON report and its whole output."""
     res = drkit(
-        "restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-        "--yes", "--json", *extra,
+        "restore",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--yes",
+        "--json",
+        *extra,
         env=bin_path_env(),
-    )  # fmt: skip
+    )
     assert res.stdout, res.output
     return json.loads(res.stdout), res.output
 
@@ -149,8 +155,16 @@ def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
         eco_text = eco.read_text()
         eco.unlink()
 
-        plan = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                     "--plan", env=bin_path_env(), check=True)  # fmt: skip
+        plan = drkit(
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            "--plan",
+            env=bin_path_env(),
+            check=True,
+        )
         assert (
             "then check that each app listens again on its ports of backup time (up to 30s): "
             f"voice-pipeline :{ports['voice-pipeline']}, db-proxy :{ports['db-proxy']}"
@@ -165,8 +179,10 @@ def test_pm2_roundtrip_as_owner_resurrects_apps_and_never_leaks_env(
         assert pm2.home.stat().st_uid == pwd.getpwnam(user).pw_uid
         assert "pm2: app voice-pipeline: online" in steps and "pm2: app db-proxy: online" in steps
         assert checks_of(report) == {
-            "files restored": "pass", "app voice-pipeline": "pass", "app db-proxy": "pass",
-        }  # fmt: skip
+            "files restored": "pass",
+            "app voice-pipeline": "pass",
+            "app db-proxy": "pass",
+        }
         for name, port in ports.items():  # a pass means the app serves its port again
             assert details_of(report)[f"app {name}"] == f"online, listening on :{port}"
         for name, port in ports.items():  # running again, with the env from the dump
@@ -249,8 +265,10 @@ def test_pm2_app_online_but_not_listening_on_its_port_fails_the_check(
         assert "pm2: app db-proxy: online" in report["steps"]  # pm2's word: started
         assert pm2.states() == {"voice-pipeline": "online", "db-proxy": "online"}
         assert checks_of(report) == {
-            "files restored": "pass", "app voice-pipeline": "pass", "app db-proxy": "fail",
-        }  # fmt: skip
+            "files restored": "pass",
+            "app voice-pipeline": "pass",
+            "app db-proxy": "fail",
+        }
         details = details_of(report)
         port = ports["db-proxy"]
         assert details["app db-proxy"] == (
@@ -296,8 +314,13 @@ def test_pm2_missing_on_the_target_refuses_the_restore_before_any_step(
     steps before pm2's (found only at `pm2 resurrect`, exit 127 came after them)."""
     home = open_dir / "pm2-home"
     home.mkdir()
-    app = {"name": "web", "pm_exec_path": "/srv/web/server.js", "pm_cwd": "/srv/web",
-           "status": "online", "env": {"API_KEY": SECRET}}  # fmt: skip
+    app = {
+        "name": "web",
+        "pm_exec_path": "/srv/web/server.js",
+        "pm_cwd": "/srv/web",
+        "status": "online",
+        "env": {"API_KEY": SECRET},
+    }
     (home / "dump.pm2").write_text(json.dumps([app]))
     site = open_dir / "site.conf"
     site.write_text("server_name example;\n")
@@ -333,6 +356,7 @@ def test_pm2_missing_on_the_target_refuses_the_restore_before_any_step(
     assert SECRET not in res.output
 
     # With pm2 found (the default, on PATH) the same snapshot's plan is not refused.
-    ok = drkit("restore", "--policy", str(policy("vultr.toml")), *identity, "--plan",
-               env=bin_path_env())  # fmt: skip
+    ok = drkit(
+        "restore", "--policy", str(policy("vultr.toml")), *identity, "--plan", env=bin_path_env()
+    )
     assert ok.returncode == 0 and "REFUSED" not in ok.stdout, ok.output

@@ -170,9 +170,18 @@ def test_backups_during_a_deploy_are_consistent_or_fail_naming_the_change(
 
         for snapshot, facts in sorted(taken.items()):
             wipe(pm2)
-            res = drkit("restore", "--policy", str(policy), "--identity",
-                        str(keys.identity_file), "--snapshot", snapshot, "--yes", "--json",
-                        env=bin_path_env())  # fmt: skip
+            res = drkit(
+                "restore",
+                "--policy",
+                str(policy),
+                "--identity",
+                str(keys.identity_file),
+                "--snapshot",
+                snapshot,
+                "--yes",
+                "--json",
+                env=bin_path_env(),
+            )
             report = json.loads(res.stdout)
             assert report["verdict"] == "pass", (snapshot, res.output)
             ports = restored_ports(pm2.home / "dump.pm2")
@@ -214,11 +223,15 @@ def racing_env(pm2: Pm2Home, root: Path, deploys: int) -> tuple[dict[str, str], 
     (root / "redeploy.sh").write_text(REDEPLOY)
     env = bin_path_env()
     env.update(
-        PATH=f"{wrapper.parent}:{env['PATH']}", REAL_PM2=str(pm2.pm2),
-        DEPLOY_DIR=str(root / "deploys"), DEPLOYS=str(deploys),
-        DEPLOY_SCRIPT=str(root / "redeploy.sh"), NEXT_PORT=str(root / "next-port"),
-        WEB_JS=str(root / "srv" / "web" / "server.js"), PM2_HOME=str(pm2.home),
-    )  # fmt: skip
+        PATH=f"{wrapper.parent}:{env['PATH']}",
+        REAL_PM2=str(pm2.pm2),
+        DEPLOY_DIR=str(root / "deploys"),
+        DEPLOYS=str(deploys),
+        DEPLOY_SCRIPT=str(root / "redeploy.sh"),
+        NEXT_PORT=str(root / "next-port"),
+        WEB_JS=str(root / "srv" / "web" / "server.js"),
+        PM2_HOME=str(pm2.home),
+    )
     return env, root / "next-port"
 
 
@@ -246,9 +259,16 @@ def test_a_redeploy_right_after_the_save_is_seen_and_the_dump_taken_again(
         facts = snapshot_facts(policy, "pm2")
 
         wipe(pm2)
-        restored = drkit("restore", "--policy", str(policy), "--identity",
-                         str(keys.identity_file), "--yes", "--json",
-                         env=bin_path_env())  # fmt: skip
+        restored = drkit(
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            "--yes",
+            "--json",
+            env=bin_path_env(),
+        )
         report = json.loads(restored.stdout)
         assert report["verdict"] == "pass", restored.output
         assert restored_ports(pm2.home / "dump.pm2")["web"] == new
@@ -313,8 +333,13 @@ def proc(pm_id: int, name: str, pid: int, restarts: int = 0, status: str = "onli
 
 def dumped(*procs: dict[str, Any]) -> Counter[tuple[str, str, str, int, int]]:
     """The dump's identity of these processes, as ``dump_identity`` reads a dump."""
-    keys = {"name": "name", "namespace": "namespace", "status": "status",
-            "restarts": "restart_time", "uptime": "pm_uptime"}  # fmt: skip
+    keys = {
+        "name": "name",
+        "namespace": "namespace",
+        "status": "status",
+        "restarts": "restart_time",
+        "uptime": "pm_uptime",
+    }
     return Counter(dump_identity({keys[k]: p[k] for k in keys}) for p in procs)
 
 

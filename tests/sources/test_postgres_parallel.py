@@ -68,18 +68,36 @@ def test_cli_roundtrip_parallel_equal_and_spool_removed(
 ) -> None:
     db = callmeback
     policy = write_policy(
-        tmp_path / "h.toml", "par-host", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
-        [{"kind": "postgres", "name": "cmb", "database": db, "host": "127.0.0.1",
-          "port": pg.port, "user": "postgres", "globals": False}],
-    )  # fmt: skip
+        tmp_path / "h.toml",
+        "par-host",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [
+            {
+                "kind": "postgres",
+                "name": "cmb",
+                "database": db,
+                "host": "127.0.0.1",
+                "port": pg.port,
+                "user": "postgres",
+                "globals": False,
+            }
+        ],
+    )
     schema_before, sums_before = schema_dump(pg, db), table_checksums(pg, db)
     drkit("backup", "--policy", str(policy), "-q", check=True)
     pg.psql("postgres", f"DROP DATABASE {db};")
 
     res = drkit(
-        "restore", "--yes", "--json", "--policy", str(policy),
-        "--identity", str(keys.identity_file), check=True,
-    )  # fmt: skip
+        "restore",
+        "--yes",
+        "--json",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        check=True,
+    )
     out = json.loads(res.stdout)
     steps = "\n".join(out["results"][0]["steps"] if "results" in out else out["steps"])
     assert "pg_restore -j" in steps, steps
@@ -97,10 +115,21 @@ def test_cli_roundtrip_parallel_equal_and_spool_removed(
 def _dump(pg: PgServer, db: str, path: Path) -> None:
     """pg_dump -Fc -Z0 through a pipe, as drkit stores it (no data offsets)."""
     dump = subprocess.Popen(
-        [str(PG_BIN / "pg_dump"), "-h", pg.host, "-p", str(pg.port), "-U", pg.user,
-         "-Fc", "-Z0", "-d", db],
+        [
+            str(PG_BIN / "pg_dump"),
+            "-h",
+            pg.host,
+            "-p",
+            str(pg.port),
+            "-U",
+            pg.user,
+            "-Fc",
+            "-Z0",
+            "-d",
+            db,
+        ],
         stdout=subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert dump.stdout is not None
     with path.open("wb") as f:
         while chunk := dump.stdout.read(1 << 16):
@@ -179,9 +208,12 @@ def test_api_failure_removes_spool_and_staging(
 
 
 def test_api_no_room_falls_back_to_streaming(
-    pg: PgServer, callmeback: str, tmp_path: Path, spool_root: Path,
+    pg: PgServer,
+    callmeback: str,
+    tmp_path: Path,
+    spool_root: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setattr(pgmod, "spool_budget", lambda spool, need: None)
     db, copy = callmeback, f"{callmeback}_copy"
     _dump(pg, db, tmp_path / "d.pgdump")
@@ -198,9 +230,13 @@ def test_api_no_room_falls_back_to_streaming(
 
 @pytest.mark.parametrize("keep", ["toc only", "part of the toc"])
 def test_api_spool_cut_short(
-    pg: PgServer, callmeback: str, tmp_path: Path, spool_root: Path,
-    monkeypatch: pytest.MonkeyPatch, keep: str,
-) -> None:  # fmt: skip
+    pg: PgServer,
+    callmeback: str,
+    tmp_path: Path,
+    spool_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keep: str,
+) -> None:
     """The spool keeps only the dump's head: enough for the TOC (-j from it), or too
     little (post-data from a second pass over the stream); the data is equal either way."""
     db, copy = callmeback, f"{callmeback}_copy"

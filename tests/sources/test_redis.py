@@ -16,15 +16,21 @@ from tests.servers.redis import RedisServer, redis_server
 
 def policy_for(tmp_path: Path, keys: Any, server: RedisServer, **extra: Any) -> Path:
     source = {
-        "kind": "redis", "name": "cache", "port": server.port,
-        "start_command": server.start_command, **extra,
-    }  # fmt: skip
+        "kind": "redis",
+        "name": "cache",
+        "port": server.port,
+        "start_command": server.start_command,
+        **extra,
+    }
     if server.password or "user" in extra:
         source["password"] = "env:REDIS_TEST_PW"
     return write_policy(
-        tmp_path / "box.toml", "box", {"url": (tmp_path / "repo").as_uri()},
-        [keys.recipient], [source],
-    )  # fmt: skip
+        tmp_path / "box.toml",
+        "box",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
+        [source],
+    )
 
 
 def fill(server: RedisServer) -> None:
@@ -36,8 +42,17 @@ def fill(server: RedisServer) -> None:
 
 
 def restore(policy: Path, keys: Any, env: dict[str, str], *extra: str) -> tuple[int, Any, str]:
-    res = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                "--yes", "--json", *extra, env=env)  # fmt: skip
+    res = drkit(
+        "restore",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--yes",
+        "--json",
+        *extra,
+        env=env,
+    )
     return res.returncode, json.loads(res.stdout) if res.stdout else None, res.output
 
 
@@ -82,8 +97,15 @@ def test_redis_rdb_roundtrip_on_the_host(
 
         # A key lost after the restore: the check fails naming the database.
         server.cli("DEL", "user:1", "user:2")
-        res = drkit("restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                    "--plan", env=env)  # fmt: skip
+        res = drkit(
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            "--plan",
+            env=env,
+        )
         assert "--force-db" in res.output
         leak_check(password, tmp_path / "repo", backup.output, output, res.output)
 

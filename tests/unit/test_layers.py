@@ -117,8 +117,9 @@ def _imports_in(
                 keep = len(parts) - node.level + (1 if is_package else 0)
                 base = ".".join(parts[:keep] + ([base] if base else []))
             # ``from a import b``: the module a.b if there is one, else a itself.
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                       for a in node.names]  # fmt: skip
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            ]
         for target in dict.fromkeys(targets):
             resolved = _resolve(target, modules)
             if resolved is not None and resolved != name:
@@ -284,19 +285,21 @@ def test_the_checker_reports_back_arrows_cycles_and_strays(tmp_path: Path) -> No
     problems = check_layers(
         tmp_path, "pkg", layers, {("pkg.core.a", "pkg.top")}, [frozenset({"pkg.x", "pkg.y"})]
     )
-    assert sorted(problems) == sorted([
-        "back-arrow: pkg/low.py:2 imports pkg.top (lazy): pkg.low may not import pkg.top, "
-        "a higher layer",
-        "back-arrow: pkg/side.py:1 imports pkg.low: pkg.side may not import pkg.low, "
-        "a sibling in its layer",
-        "import cycle between pkg.low, pkg.top: pkg/low.py:2 imports pkg.top (lazy); "
-        "pkg/top.py:1 imports pkg.low",
-        "import cycle between pkg.core.a, pkg.core.b: pkg/core/a.py:1 imports pkg.core.b; "
-        "pkg/core/b.py:5 imports pkg.core.a (lazy)",
-        "pkg.stray is in no layer: add it to LAYERS (docs/architecture.md)",
-        "allowed back-arrow pkg.core.a -> pkg.top no longer occurs: remove it",
-        "allowed cycle pkg.x, pkg.y no longer occurs: remove it",
-    ])  # fmt: skip
+    assert sorted(problems) == sorted(
+        [
+            "back-arrow: pkg/low.py:2 imports pkg.top (lazy): pkg.low may not import pkg.top, "
+            "a higher layer",
+            "back-arrow: pkg/side.py:1 imports pkg.low: pkg.side may not import pkg.low, "
+            "a sibling in its layer",
+            "import cycle between pkg.low, pkg.top: pkg/low.py:2 imports pkg.top (lazy); "
+            "pkg/top.py:1 imports pkg.low",
+            "import cycle between pkg.core.a, pkg.core.b: pkg/core/a.py:1 imports pkg.core.b; "
+            "pkg/core/b.py:5 imports pkg.core.a (lazy)",
+            "pkg.stray is in no layer: add it to LAYERS (docs/architecture.md)",
+            "allowed back-arrow pkg.core.a -> pkg.top no longer occurs: remove it",
+            "allowed cycle pkg.x, pkg.y no longer occurs: remove it",
+        ]
+    )
 
 
 DOC = ROOT / "docs" / "architecture.md"

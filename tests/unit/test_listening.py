@@ -44,8 +44,14 @@ TCP6 = """\
 """  # noqa: E501
 
 
-def script_output(*, fds: dict[int, list[str]], procs: dict[int, int], parents: dict[int, int],
-                  denied: tuple[int, ...] = (), tcp6: bool = True) -> bytes:  # fmt: skip
+def script_output(
+    *,
+    fds: dict[int, list[str]],
+    procs: dict[int, int],
+    parents: dict[int, int],
+    denied: tuple[int, ...] = (),
+    tcp6: bool = True,
+) -> bytes:
     """What SCRIPT prints for these processes (pid -> fd links), ``procs`` (pid -> the
     given pid it is under), ``parents`` and the sample tables (LISTEN lines only, as
     the script's awk keeps; the parser must still drop other states)."""
@@ -99,11 +105,14 @@ def test_ports_are_matched_to_processes_by_socket_inode() -> None:
     # (fork mode spawning a server). An ESTABLISHED socket (262200) on :38111 held by
     # 200 does not make 200 a listener of :38111.
     out = script_output(
-        fds={100: ["/dev/null", "socket:[262117]", "pipe:[9]"],
-             200: ["socket:[262200]"], 201: ["socket:[272965]"]},
+        fds={
+            100: ["/dev/null", "socket:[262117]", "pipe:[9]"],
+            200: ["socket:[262200]"],
+            201: ["socket:[272965]"],
+        },
         procs={100: 100, 200: 200, 201: 200},
         parents={100: 50, 200: 50},
-    )  # fmt: skip
+    )
     net = parse(out)
     assert net.readable and net.tables == {"tcp", "tcp6"}
     assert net.ports() == {38111, 2024, 38223, 8443}
@@ -124,8 +133,9 @@ def test_cluster_mode_port_is_held_by_the_daemon() -> None:
     hold no listening socket. With one cluster-mode app the daemon's listeners are its."""
     out = script_output(
         fds={101: ["socket:[5]"], 102: ["socket:[6]"], 50: ["socket:[262117]", "socket:[7]"]},
-        procs={101: 101, 102: 102}, parents={101: 50, 102: 50},
-    )  # fmt: skip
+        procs={101: 101, 102: 102},
+        parents={101: 50, 102: 50},
+    )
     net = parse(out)
     ports, notes = app_ports(net, {"web": [(101, True), (102, True)]})
     assert ports == {"web": [38111]} and notes == []
@@ -140,13 +150,15 @@ def test_cluster_mode_port_is_held_by_the_daemon() -> None:
 
 
 def test_unreadable_processes_and_tables_record_nothing() -> None:
-    out = script_output(fds={100: ["socket:[262117]"]}, procs={100: 100, 300: 300},
-                        parents={}, denied=(300,))  # fmt: skip
+    out = script_output(
+        fds={100: ["socket:[262117]"]}, procs={100: 100, 300: 300}, parents={}, denied=(300,)
+    )
     net = parse(out)
     assert net.denied == {300} and net.tree_sockets(300) is None
     # 400 was not found at all (it exited before the script ran).
-    ports, notes = app_ports(net, {"web": [(100, False)], "other": [(300, False)],
-                                   "gone": [(400, False)]})  # fmt: skip
+    ports, notes = app_ports(
+        net, {"web": [(100, False)], "other": [(300, False)], "gone": [(400, False)]}
+    )
     assert ports == {"web": [38111]}
     assert [n.split(":")[0] for n in notes] == ["app other", "app gone"]
     # No IPv6 table (IPv6 off): still readable.
@@ -156,8 +168,9 @@ def test_unreadable_processes_and_tables_record_nothing() -> None:
         net = parse(text)
         assert not net.readable
         assert app_ports(net, {"web": [(100, False)]}) == (
-            {}, ["/proc/net/tcp could not be read"],
-        )  # fmt: skip
+            {},
+            ["/proc/net/tcp could not be read"],
+        )
 
 
 def test_malformed_lines_are_skipped() -> None:
@@ -194,8 +207,9 @@ def test_script_reads_this_machine() -> None:
         me = os.getpid()
         net = ProcNet()
         for _ in range(20):  # the child's socket is open once it printed its port
-            out = subprocess.run(["sh", "-c", SCRIPT, "sh", str(me)], capture_output=True,
-                                 check=True, timeout=30).stdout  # fmt: skip
+            out = subprocess.run(
+                ["sh", "-c", SCRIPT, "sh", str(me)], capture_output=True, check=True, timeout=30
+            ).stdout
             net = parse(out)
             if child_port in net.ports():
                 break

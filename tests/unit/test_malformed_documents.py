@@ -78,10 +78,18 @@ def lock_outcome(repo: Repository, wait: float) -> tuple[Any, float]:
 def lock_doc(**changes: Any) -> bytes:
     now = dt.datetime.now(dt.UTC)
     doc: dict[str, Any] = {
-        "format": "drkit-lock", "version": 1, "host": HOST, "owner": "backup-01",
-        "pid": 4242, "operation": "backup", "started": now.isoformat(),
-        "heartbeat": now.isoformat(), "ttl": 900.0, "token": "deadbeef", "pidns": None,
-    }  # fmt: skip
+        "format": "drkit-lock",
+        "version": 1,
+        "host": HOST,
+        "owner": "backup-01",
+        "pid": 4242,
+        "operation": "backup",
+        "started": now.isoformat(),
+        "heartbeat": now.isoformat(),
+        "ttl": 900.0,
+        "token": "deadbeef",
+        "pidns": None,
+    }
     doc.update(changes)
     return json.dumps({k: v for k, v in doc.items() if v is not ...}).encode()
 
@@ -130,8 +138,11 @@ def test_a_malformed_lock_object_is_refused_naming_it(name: str) -> None:
 def test_a_well_formed_lock_object_reads_back_as_written() -> None:
     info = LockInfo.from_json(lock_doc(), ORIGIN)
     assert (info.owner, info.pid, info.ttl, info.started.tzinfo is not None) == (
-        "backup-01", 4242, 900.0, True,
-    )  # fmt: skip
+        "backup-01",
+        4242,
+        900.0,
+        True,
+    )
     assert LockInfo.from_json(info.to_json(), ORIGIN) == info
 
 
@@ -299,9 +310,10 @@ def fake_s3() -> Iterator[Callable[[Callable[..., Answer]], FakeS3]]:
 
 def s3_store(fake: FakeS3) -> S3Store:
     store = S3Store(
-        "bkt", "fleet",
+        "bkt",
+        "fleet",
         StoreOptions(endpoint=fake.endpoint, access_key_id="AKIDFAKE", secret_access_key=SECRET),
-    )  # fmt: skip
+    )
     store.max_attempts = 1  # what is malformed stays malformed: no retries to wait out
     return store
 

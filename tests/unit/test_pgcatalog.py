@@ -25,10 +25,12 @@ from drkit.sources.supabase_merge import MergeFilter, Target, definition_changes
 
 
 def test_grants_ignore_the_grantor_and_read_quoted_names() -> None:
-    assert grants(['anon=r*w/postgres', '"Odd ""role"""=X/x', "=U/postgres"]) == {
-        ("anon", "SELECT WITH GRANT OPTION"), ("anon", "UPDATE"), ('Odd "role"', "EXECUTE"),
+    assert grants(["anon=r*w/postgres", '"Odd ""role"""=X/x', "=U/postgres"]) == {
+        ("anon", "SELECT WITH GRANT OPTION"),
+        ("anon", "UPDATE"),
+        ('Odd "role"', "EXECUTE"),
         ("PUBLIC", "USAGE"),
-    }  # fmt: skip
+    }
     with pytest.raises(ValueError):
         grants(["nonsense"])
 
@@ -42,8 +44,10 @@ def test_wider_and_narrower_are_named_per_object() -> None:
 
 def test_global_default_is_postgres_builtin() -> None:
     assert global_default('"postgres"\t-\tf') == ['"postgres"=X/"postgres"', '=X/"postgres"']
-    assert grants(global_default('"app"\t-\tr')) == {("app", p) for p in
-        ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")}  # fmt: skip
+    assert grants(global_default('"app"\t-\tr')) == {
+        ("app", p)
+        for p in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+    }
 
 
 def test_matviews_refresh_after_what_they_read_through_views() -> None:
@@ -68,15 +72,21 @@ def test_reset_sql_keeps_names_inside_its_literal() -> None:
 
 
 def test_column_privileges_are_compared_over_both_sides_columns() -> None:
-    want = {'column "public"."p"\t"id"': ["anon=r/postgres"],
-            'column "public"."p"\t"user name"': ["anon=rw/postgres"]}  # fmt: skip
-    have = {'column "public"."p"\t"user name"': ["anon=r/x"],
-            'column "auth"."users"\t"email"': ["anon=r/supabase_auth_admin"]}  # fmt: skip
+    want = {
+        'column "public"."p"\t"id"': ["anon=r/postgres"],
+        'column "public"."p"\t"user name"': ["anon=rw/postgres"],
+    }
+    have = {
+        'column "public"."p"\t"user name"': ["anon=r/x"],
+        'column "auth"."users"\t"email"': ["anon=r/supabase_auth_admin"],
+    }
     wider, narrower = compare_column_acls(want, have)
     # The target's own column (no entry in the source's) is wider; tabs become spaces.
     assert wider == ['column "auth"."users" "email" (anon: SELECT)']
-    assert narrower == ['column "public"."p" "id" (anon: SELECT)',
-                        'column "public"."p" "user name" (anon: UPDATE)']  # fmt: skip
+    assert narrower == [
+        'column "public"."p" "id" (anon: SELECT)',
+        'column "public"."p" "user name" (anon: UPDATE)',
+    ]
     assert compare_column_acls({}, {}) == ([], [])
 
 
@@ -253,8 +263,15 @@ def test_merge_filter_without_edits_merges_as_before() -> None:
 
 
 def _facts(**definitions: str) -> dict[str, object]:
-    keys = {"uid": UID, "role": ROLE, "users": USERS, "view": VIEW, "trigger": TRIGGER,
-            "policy": POLICY, "mv": "MATERIALIZED VIEW\tpublic\tmv"}  # fmt: skip
+    keys = {
+        "uid": UID,
+        "role": ROLE,
+        "users": USERS,
+        "view": VIEW,
+        "trigger": TRIGGER,
+        "policy": POLICY,
+        "mv": "MATERIALIZED VIEW\tpublic\tmv",
+    }
     defs = {keys[k]: v for k, v in definitions.items()}
     return {"objects": sorted(defs), "definitions": defs, "server_version": "15.8 (Debian)"}
 
@@ -262,12 +279,19 @@ def _facts(**definitions: str) -> dict[str, object]:
 def test_plan_names_replaced_definitions_and_warns_about_columns() -> None:
     facts = _facts(uid="new", role="same", users="a1 b2", trigger="t1", policy="p1", mv="m1")
     target = Target(
-        True, objects={UID, ROLE, USERS, TRIGGER, POLICY, "MATERIALIZED VIEW\tpublic\tmv"},
-        definitions={UID: "old", ROLE: "same", USERS: "a1 b2 c3", TRIGGER: "t1",
-                     POLICY: "p0", "MATERIALIZED VIEW\tpublic\tmv": "m0"},
+        True,
+        objects={UID, ROLE, USERS, TRIGGER, POLICY, "MATERIALIZED VIEW\tpublic\tmv"},
+        definitions={
+            UID: "old",
+            ROLE: "same",
+            USERS: "a1 b2 c3",
+            TRIGGER: "t1",
+            POLICY: "p0",
+            "MATERIALIZED VIEW\tpublic\tmv": "m0",
+        },
         columns={USERS: [["a1", '"id" "uuid"'], ["b2", '"e" "text"'], ["c3", '"ip" "inet"']]},
         version="15.2",
-    )  # fmt: skip
+    )
     changes = definition_changes(facts, target)
     assert changes.replace == [UID, POLICY]
     lines = merge_lines(facts, target)
@@ -279,14 +303,16 @@ def test_plan_names_replaced_definitions_and_warns_about_columns() -> None:
         "warn: materialized view public.mv: definition differs from the source's; kept as "
         "the target has it",
         "warn: table auth.users: columns differ from the source's: the target's \"ip\" "
-        "\"inet\" not on the source; the data load may fail",
+        '"inet" not on the source; the data load may fail',
         "create: 0 object(s)",
-    ]  # fmt: skip
+    ]
     # Another major version on the target: said so, the source's applied all the same.
     target.version = "17.1"
     assert definition_changes(facts, target).replace == [UID, POLICY]
-    assert any(ln.startswith("the source's PostgreSQL 15, the target's 17: a view's")
-               for ln in merge_lines(facts, target))  # fmt: skip
+    assert any(
+        ln.startswith("the source's PostgreSQL 15, the target's 17: a view's")
+        for ln in merge_lines(facts, target)
+    )
 
 
 def test_an_older_snapshot_compares_no_definitions() -> None:

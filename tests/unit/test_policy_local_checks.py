@@ -17,15 +17,19 @@ def test_everything_backup_would_refuse_is_reported_at_once(tmp_path: Path, keys
     (tmp_path / "bad-secret").write_bytes(LATIN_1)
     (tmp_path / "signers.txt").write_text("# ours\ned25519:abc\n")
     policy = write_policy(
-        tmp_path / "p.toml", "h1",
-        {"url": "s3://bucket/x", "access_key_id": "env:DRKIT_TEST_UNSET_KEY",
-         "secret_access_key": f"file:{tmp_path}/bad-secret"},
+        tmp_path / "p.toml",
+        "h1",
+        {
+            "url": "s3://bucket/x",
+            "access_key_id": "env:DRKIT_TEST_UNSET_KEY",
+            "secret_access_key": f"file:{tmp_path}/bad-secret",
+        },
         [keys.recipient],
         [{"kind": "postgres", "database": "db", "password": f"file:{tmp_path}/missing"}],
         extra='schedule = "*/5 * * * *"\n'
         f'[connection]\ntype = "ssh"\naddress = "192.0.2.1"\n'
         f'identity_file = "{tmp_path}/id_missing"\nknown_hosts = "{tmp_path}/kh_missing"\n',
-    )  # fmt: skip
+    )
     text = policy.read_text().replace(
         "[encryption]\n",
         f'[encryption]\nrecipients_file = "{tmp_path}/recipients-missing"\n'
@@ -59,9 +63,12 @@ def test_everything_backup_would_refuse_is_reported_at_once(tmp_path: Path, keys
 
 def test_an_unset_variable_only_warns(tmp_path: Path, keys) -> None:
     policy = write_policy(
-        tmp_path / "p.toml", "h1", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        tmp_path / "p.toml",
+        "h1",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
         [{"kind": "command", "name": "db", "command": ["true"]}],
-    )  # fmt: skip
+    )
     policy.write_text(policy.read_text() + '[source.env]\nTOKEN = "env:DRKIT_TEST_UNSET_TOKEN"\n')
     res = drkit("policy", "validate", str(policy))
     assert res.returncode == 0, res.output
@@ -74,9 +81,12 @@ def test_an_unset_variable_only_warns(tmp_path: Path, keys) -> None:
 
 def test_a_relative_file_url_is_refused_by_validate_and_backup_alike(tmp_path: Path, keys) -> None:
     policy = write_policy(
-        tmp_path / "p.toml", "h1", {"url": "file://relative/path"}, [keys.recipient],
+        tmp_path / "p.toml",
+        "h1",
+        {"url": "file://relative/path"},
+        [keys.recipient],
         [{"kind": "env", "paths": [f"{tmp_path}/*.env"]}],
-    )  # fmt: skip
+    )
     message = f"{policy}: repository.url: file URLs must be file:///absolute/path"
     for argv in (("policy", "validate", str(policy)), ("backup", "--policy", str(policy))):
         res = drkit(*argv)
@@ -88,9 +98,12 @@ def test_a_key_file_that_is_not_utf8_is_named_by_backup(tmp_path: Path, keys) ->
     recipients = tmp_path / "recipients.txt"
     recipients.write_bytes(LATIN_1)
     policy = write_policy(
-        tmp_path / "p.toml", "h1", {"url": (tmp_path / "repo").as_uri()}, [keys.recipient],
+        tmp_path / "p.toml",
+        "h1",
+        {"url": (tmp_path / "repo").as_uri()},
+        [keys.recipient],
         [{"kind": "env", "paths": [f"{tmp_path}/*.env"]}],
-    )  # fmt: skip
+    )
     policy.write_text(
         policy.read_text().replace(
             "[encryption]\n", f'[encryption]\nrecipients_file = "{recipients}"\n'

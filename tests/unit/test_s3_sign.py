@@ -29,20 +29,47 @@ S3_HOST = "examplebucket.s3.amazonaws.com"
 
 SUITE_CASES = [
     # name, method, params, extra headers, signed headers, signature
-    ("get-vanilla", "GET", [], {}, "host;x-amz-date",
-     "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"),
-    ("post-vanilla", "POST", [], {}, "host;x-amz-date",
-     "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"),
-    ("get-vanilla-query-order-key-case", "GET", [("Param2", "value2"), ("Param1", "value1")],
-     {}, "host;x-amz-date",
-     "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500"),
-    ("post-header-value-case", "POST", [], {"My-Header1": "VALUE1"},
-     "host;my-header1;x-amz-date",
-     "cdbc9802e29d2942e5e10b5bccfdd67c5f22c7c4e8ae67b53629efa58b974b7d"),
-    ("get-header-value-trim", "GET", [], {"My-Header1": " value1", "My-Header2": '"a   b   c"'},
-     "host;my-header1;my-header2;x-amz-date",
-     "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736"),
-]  # fmt: skip
+    (
+        "get-vanilla",
+        "GET",
+        [],
+        {},
+        "host;x-amz-date",
+        "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
+    ),
+    (
+        "post-vanilla",
+        "POST",
+        [],
+        {},
+        "host;x-amz-date",
+        "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
+    ),
+    (
+        "get-vanilla-query-order-key-case",
+        "GET",
+        [("Param2", "value2"), ("Param1", "value1")],
+        {},
+        "host;x-amz-date",
+        "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
+    ),
+    (
+        "post-header-value-case",
+        "POST",
+        [],
+        {"My-Header1": "VALUE1"},
+        "host;my-header1;x-amz-date",
+        "cdbc9802e29d2942e5e10b5bccfdd67c5f22c7c4e8ae67b53629efa58b974b7d",
+    ),
+    (
+        "get-header-value-trim",
+        "GET",
+        [],
+        {"My-Header1": " value1", "My-Header2": '"a   b   c"'},
+        "host;my-header1;my-header2;x-amz-date",
+        "acc3ed3afb60bb290fc8d2dd0098b9911fcaa05412b367055dee359757a9c736",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -60,9 +87,16 @@ def test_sigv4_test_suite(
 ) -> None:
     headers = {"Host": "example.amazonaws.com", "X-Amz-Date": SUITE_DATE, **extra}
     got = authorization(
-        SUITE, method, "/", params, headers, EMPTY_SHA256,
-        region="us-east-1", service="service", amz_date=SUITE_DATE,
-    )  # fmt: skip
+        SUITE,
+        method,
+        "/",
+        params,
+        headers,
+        EMPTY_SHA256,
+        region="us-east-1",
+        service="service",
+        amz_date=SUITE_DATE,
+    )
     assert got == f"AWS4-HMAC-SHA256 {SUITE_SCOPE}, SignedHeaders={signed}, Signature={signature}"
 
 
@@ -81,21 +115,47 @@ def test_get_vanilla_canonical_request() -> None:
 
 
 S3_CASES = [
-    ("GET object", "GET", "/test.txt", [], {"Range": "bytes=0-9"}, EMPTY_SHA256,
-     "host;range;x-amz-content-sha256;x-amz-date",
-     "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"),
-    ("PUT object", "PUT", "/" + uri_encode("test$file.text", keep_slash=True), [],
-     {"Date": "Fri, 24 May 2013 00:00:00 GMT", "x-amz-storage-class": "REDUCED_REDUNDANCY"},
-     hashlib.sha256(b"Welcome to Amazon S3.").hexdigest(),
-     "date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class",
-     "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"),
-    ("GET lifecycle", "GET", "/", [("lifecycle", "")], {}, EMPTY_SHA256,
-     "host;x-amz-content-sha256;x-amz-date",
-     "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"),
-    ("list objects", "GET", "/", [("max-keys", "2"), ("prefix", "J")], {}, EMPTY_SHA256,
-     "host;x-amz-content-sha256;x-amz-date",
-     "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"),
-]  # fmt: skip
+    (
+        "GET object",
+        "GET",
+        "/test.txt",
+        [],
+        {"Range": "bytes=0-9"},
+        EMPTY_SHA256,
+        "host;range;x-amz-content-sha256;x-amz-date",
+        "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41",
+    ),
+    (
+        "PUT object",
+        "PUT",
+        "/" + uri_encode("test$file.text", keep_slash=True),
+        [],
+        {"Date": "Fri, 24 May 2013 00:00:00 GMT", "x-amz-storage-class": "REDUCED_REDUNDANCY"},
+        hashlib.sha256(b"Welcome to Amazon S3.").hexdigest(),
+        "date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class",
+        "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd",
+    ),
+    (
+        "GET lifecycle",
+        "GET",
+        "/",
+        [("lifecycle", "")],
+        {},
+        EMPTY_SHA256,
+        "host;x-amz-content-sha256;x-amz-date",
+        "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543",
+    ),
+    (
+        "list objects",
+        "GET",
+        "/",
+        [("max-keys", "2"), ("prefix", "J")],
+        {},
+        EMPTY_SHA256,
+        "host;x-amz-content-sha256;x-amz-date",
+        "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -115,9 +175,16 @@ def test_s3_examples(
 ) -> None:
     headers = {"host": S3_HOST, "x-amz-date": S3_DATE, "x-amz-content-sha256": payload, **extra}
     got = authorization(
-        S3, method, path, params, headers, payload,
-        region="us-east-1", service="s3", amz_date=S3_DATE,
-    )  # fmt: skip
+        S3,
+        method,
+        path,
+        params,
+        headers,
+        payload,
+        region="us-east-1",
+        service="s3",
+        amz_date=S3_DATE,
+    )
     assert got == f"AWS4-HMAC-SHA256 {S3_SCOPE}, SignedHeaders={signed}, Signature={signature}"
 
 

@@ -41,11 +41,13 @@ def test_an_ssh_keygen_key_is_read(tmp_path: Path) -> None:
 def test_unusable_key_files_are_refused_naming_the_file(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "id"
     if kind == "rsa":
-        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f", str(path)],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f", str(path)], check=True
+        )
     elif kind == "passphrase":
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pw", "-f", str(path)],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "pw", "-f", str(path)], check=True
+        )
     elif kind == "garbage":
         path.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END\n")
         path.chmod(0o600)
