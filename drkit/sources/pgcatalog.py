@@ -37,15 +37,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-# Privileges (comparing and resetting them) are drkit.sources.pgacl; also named here
-# for tests/unit/test_pgcatalog.py and tests/e2e/test_supabase.py (not this change's
-# files) until they import them from there.
-from drkit.sources.pgacl import compare_acls as compare_acls
-from drkit.sources.pgacl import compare_column_acls as compare_column_acls
-from drkit.sources.pgacl import compare_database_acl as compare_database_acl
-from drkit.sources.pgacl import global_default as global_default
-from drkit.sources.pgacl import grants as grants
-from drkit.sources.pgacl import reset_sql as reset_sql
 from drkit.sources.pgsql import COLUMN_KEY, COLUMNS, SYSTEM, json_literal, quote_literal
 
 # pg_dump's entry types that create an object, and so can collide with the target's.

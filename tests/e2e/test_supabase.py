@@ -422,7 +422,8 @@ def test_reset_makes_privileges_empty_where_the_source_had_none() -> None:
     """An empty ACL on either side (a table whose every privilege was revoked, a default
     privilege of the target's the source did not have, no column privileges, a database
     with none) is reset, not an error; the database's owner keeps its own entry."""
-    from drkit.sources.pgcatalog import parse_facts, reset_sql, target_sql
+    from drkit.sources.pgacl import reset_sql
+    from drkit.sources.pgcatalog import parse_facts, target_sql
     from drkit.sources.supabase_merge import SUPABASE_SCHEMAS, quoted
 
     with supabase_server() as target:

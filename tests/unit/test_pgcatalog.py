@@ -1,24 +1,26 @@
-"""Privilege comparison, refresh order and the reset SQL's quoting (sources/pgcatalog.py);
-definitions: the column diff, the drop SQL, and how the merge (supabase_merge.py) and the
-plan use the two sides' digests."""
+"""Privilege comparison and the reset SQL's quoting (sources/pgacl.py); refresh order and
+definitions (sources/pgcatalog.py): the column diff, the drop SQL, and how the merge
+(supabase_merge.py) and the plan use the two sides' digests."""
 
 from __future__ import annotations
 
 import pytest
 
-from drkit.sources.pgcatalog import (
-    column_diff,
+from drkit.sources.pgacl import (
     compare_acls,
     compare_column_acls,
     compare_database_acl,
-    drop_sql,
-    facts_sql,
     global_default,
     grants,
+    reset_sql,
+)
+from drkit.sources.pgcatalog import (
+    column_diff,
+    drop_sql,
+    facts_sql,
     major_version,
     refresh_order,
     refresh_sql,
-    reset_sql,
     target_sql,
 )
 from drkit.sources.supabase_merge import MergeFilter, Target, definition_changes, merge_lines
