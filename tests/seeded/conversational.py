@@ -247,6 +247,15 @@ def jetstream_state(
     return with_jetstream(box, token, _state)
 
 
+def load_conversations(
+    box: HostContainer, token: str | None
+) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """Only the JetStream part of the seed: CONVERSATIONS with its history and both
+    durable consumers (module doc) on the container's NATS; returns ``jetstream_state``."""
+    with_jetstream(box, token, _load)
+    return jetstream_state(box, token)
+
+
 def seed_conversational(box: HostContainer, token: str) -> ConversationalSeed:
     """Seed a fresh container of the image (its NATS started with ``--auth token``) as
     the module doc says; returns what it holds."""
