@@ -42,7 +42,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from drkit.discover.facts import Container, Facts
+from drkit.discover.facts import ComposeProject, Container, Facts
 from drkit.policy.models import (
     CaddyConfig,
     CertbotConfig,
@@ -278,55 +278,68 @@ def assess(facts: Facts, policy: Policy) -> list[Finding]:
     """Every finding, in a stable order (compose projects first, then the rest)."""
     cov = Coverage(policy)
     out: list[Finding] = []
-    containers = {c.name: c for c in facts.containers}
-    volume_users: dict[str, list[Container]] = {}
-    for c in facts.containers:
-        for m in c.mounts:
-            if m.type == "volume":
-                volume_users.setdefault(m.volume, []).append(c)
-
-    def volume_finding(name: str, project: str) -> Finding:
-        users = volume_users.get(name, [])
-        by = _volume_covered(cov, facts, name)
-        for c in users:
-            by += cov.app_native(c) + cov.compose_of(c)
-        where = ", ".join(c.name for c in users) or "no container"
-        mountpoint = next((v.mountpoint for v in facts.volumes if v.name == name), "")
-        return Finding("volume", name, where, project, True, mountpoint, _unique(by))
-
     for p in facts.projects:
-        start = len(out)
-        for f in p.files:
-            out.append(Finding("compose-file", f, "host", p.name, True, "", cov.path(f)))
-        for f in p.env_files:
-            out.append(Finding("env-file", f, "host", p.name, True, "compose", cov.path(f)))
-        seen_volumes: list[str] = []
-        for c in p.containers:
-            for m in c.mounts:
-                if m.type == "volume" and m.volume not in seen_volumes:
-                    seen_volumes.append(m.volume)
-                    out.append(volume_finding(m.volume, p.name))
-                elif m.type == "bind":
-                    detail = f"{c.name}:{m.destination}" + (" (ro)" if m.read_only else "")
-                    out.append(
-                        Finding("bind", m.source, c.name, p.name, not m.read_only, detail,
-                                cov.path(m.source))
-                    )  # fmt: skip
-        parts = out[start:]
-        services = ", ".join(p.services)
-        covered = (
-            []
-            if any(f.uncovered for f in parts)
-            else _unique([n for f in parts for n in f.covered_by])
-        )
-        out.insert(
-            start,
-            Finding("compose-project", p.name, "host", p.name, True,
-                    f"{p.working_dir}: {services}", covered),
-        )  # fmt: skip
-        for c in p.containers:
-            out.append(_container_finding(cov, facts, c))
+        out += _project(cov, facts, p)
+    out += _standalone(cov, facts)
+    listed = {f.name for f in out if f.kind == "volume"}
+    for v in facts.volumes:
+        if v.name not in listed:
+            by = _volume_covered(cov, facts, v.name)
+            out.append(Finding("volume", v.name, "no container", v.project, True, v.mountpoint, by))
+    out += _databases(cov, facts, {c.name: c for c in facts.containers})
+    out += _host_services(cov, facts)
+    project_files = {f.name for f in out if f.kind == "env-file"}
+    for path in facts.env_files:
+        if path not in project_files:
+            out.append(Finding("env-file", path, "host", "", True, "", cov.path(path)))
+    return out
 
+
+def _volume_finding(cov: Coverage, facts: Facts, name: str, project: str) -> Finding:
+    """A named volume: covered by its own sources, a covered mountpoint, or its users'."""
+    users = [c for c in facts.containers
+             if any(m.type == "volume" and m.volume == name for m in c.mounts)]  # fmt: skip
+    by = _volume_covered(cov, facts, name)
+    for c in users:
+        by += cov.app_native(c) + cov.compose_of(c)
+    where = ", ".join(c.name for c in users) or "no container"
+    mountpoint = next((v.mountpoint for v in facts.volumes if v.name == name), "")
+    return Finding("volume", name, where, project, True, mountpoint, _unique(by))
+
+
+def _project(cov: Coverage, facts: Facts, p: ComposeProject) -> list[Finding]:
+    """A compose project (covered when all its parts are), its files, volumes and bind
+    mounts, then its containers."""
+    parts: list[Finding] = []
+    for f in p.files:
+        parts.append(Finding("compose-file", f, "host", p.name, True, "", cov.path(f)))
+    for f in p.env_files:
+        parts.append(Finding("env-file", f, "host", p.name, True, "compose", cov.path(f)))
+    seen_volumes: list[str] = []
+    for c in p.containers:
+        for m in c.mounts:
+            if m.type == "volume" and m.volume not in seen_volumes:
+                seen_volumes.append(m.volume)
+                parts.append(_volume_finding(cov, facts, m.volume, p.name))
+            elif m.type == "bind":
+                detail = f"{c.name}:{m.destination}" + (" (ro)" if m.read_only else "")
+                parts.append(
+                    Finding("bind", m.source, c.name, p.name, not m.read_only, detail,
+                            cov.path(m.source))
+                )  # fmt: skip
+    covered = (
+        [] if any(f.uncovered for f in parts) else _unique([n for f in parts for n in f.covered_by])
+    )
+    services = ", ".join(p.services)
+    whole = Finding("compose-project", p.name, "host", p.name, True,
+                    f"{p.working_dir}: {services}", covered)  # fmt: skip
+    return [whole, *parts, *(_container_finding(cov, facts, c) for c in p.containers)]
+
+
+def _standalone(cov: Coverage, facts: Facts) -> list[Finding]:
+    """Containers outside compose projects (one-offs included), their volumes and
+    writable bind mounts."""
+    out: list[Finding] = []
     in_projects = {c.name for p in facts.projects for c in p.containers}  # not one-offs
     for c in facts.containers:
         if c.name in in_projects:
@@ -334,17 +347,16 @@ def assess(facts: Facts, policy: Policy) -> list[Finding]:
         out.append(_container_finding(cov, facts, c))
         for m in c.mounts:
             if m.type == "volume":
-                out.append(volume_finding(m.volume, ""))
+                out.append(_volume_finding(cov, facts, m.volume, ""))
             elif m.type == "bind" and not m.read_only:
                 detail = f"{c.name}:{m.destination}"
                 out.append(Finding("bind", m.source, c.name, "", True, detail, cov.path(m.source)))
-    listed = {f.name for f in out if f.kind == "volume"}
-    for v in facts.volumes:
-        if v.name not in listed:
-            by = _volume_covered(cov, facts, v.name)
-            out.append(Finding("volume", v.name, "no container", v.project, True, v.mountpoint, by))
+    return out
 
-    out += _databases(cov, facts, containers)
+
+def _host_services(cov: Coverage, facts: Facts) -> list[Finding]:
+    """PM2 apps, Caddy/nginx sites, certificate stores, NATS servers."""
+    out: list[Finding] = []
     for app in facts.pm2:
         out.append(
             Finding("pm2-app", app.name, "host", "", True, app.cwd or app.home,
@@ -359,6 +371,7 @@ def assess(facts: Facts, policy: Policy) -> list[Finding]:
             by += cov.certbot
         detail = ", ".join(store.names[:6]) + (" ..." if len(store.names) > 6 else "")
         out.append(Finding(f"{store.kind}-certs", store.path, "host", "", True, detail, by))
+    containers = {c.name: c for c in facts.containers}
     for server in facts.nats:
         if server.where == "host":
             by = cov.nats_on_host(server.port)
@@ -371,10 +384,6 @@ def assess(facts: Facts, policy: Policy) -> list[Finding]:
             Finding("nats-server", server.store_dir or server.where, server.where, "", True,
                     server.args[:80], _unique(by))
         )  # fmt: skip
-    project_files = {f.name for f in out if f.kind == "env-file"}
-    for path in facts.env_files:
-        if path not in project_files:
-            out.append(Finding("env-file", path, "host", "", True, "", cov.path(path)))
     return out
 
 

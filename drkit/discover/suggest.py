@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from drkit.discover.coverage import Finding, path_covered
-from drkit.discover.facts import Facts
+from drkit.discover.facts import Container, Facts
 from drkit.policy.models import ComposeConfig, Policy, source_name
 
 
@@ -37,171 +38,211 @@ def _name(wanted: str, taken: set[str]) -> str:
     return name
 
 
-def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[dict[str, Any]]:
-    """Sources (as TOML-ready dicts, ``#`` holding a comment) covering every uncovered
-    data finding; each finding's ``suggestion`` names the source proposed for it."""
-    taken = {source_name(s) for s in policy.source}
-    out: list[dict[str, Any]] = []
-    gaps = [f for f in findings if f.uncovered]
-    by_project = {p.name: p for p in facts.projects}
-    containers = {c.name: c for c in facts.containers}
-    covered_paths: list[str] = []  # paths an earlier suggestion covers
-    composed = {s.project for s in policy.source if isinstance(s, ComposeConfig)}
+@dataclass
+class _Plan:
+    """What ``suggestions`` builds, phase by phase: the sources proposed so far (``out``)
+    and what the later phases must know of the earlier ones."""
 
-    def add(source: dict[str, Any], *found: Finding) -> None:
-        out.append(source)
+    facts: Facts
+    gaps: list[Finding]  # uncovered data findings
+    taken: set[str]  # source names in use (the policy's and the proposed ones)
+    composed: set[str]  # projects the policy already has a compose source for
+    out: list[dict[str, Any]] = field(default_factory=list)
+    dumped: set[str] = field(default_factory=set)  # containers given an app-native source
+    covered_paths: list[str] = field(default_factory=list)  # paths a proposal covers
+
+    @property
+    def containers(self) -> dict[str, Container]:
+        return {c.name: c for c in self.facts.containers}
+
+    def name(self, wanted: str) -> str:
+        return _name(wanted, self.taken)
+
+    def add(self, source: dict[str, Any], *found: Finding) -> None:
+        self.out.append(source)
         for f in found:
             f.suggestion = {"source": source["name"]}
 
-    # 2. PostgreSQL in containers: a dump per database, which also covers its volume.
-    dumped: set[str] = set()
-    for f in gaps:
+    def open(self, kind: str) -> list[Finding]:
+        """Gaps of ``kind`` that no proposal covers yet."""
+        return [f for f in self.gaps if f.kind == kind and f.suggestion is None]
+
+
+def suggestions(facts: Facts, findings: list[Finding], policy: Policy) -> list[dict[str, Any]]:
+    """Sources (as TOML-ready dicts, ``#`` holding a comment) covering every uncovered
+    data finding; each finding's ``suggestion`` names the source proposed for it."""
+    plan = _Plan(
+        facts,
+        [f for f in findings if f.uncovered],
+        {source_name(s) for s in policy.source},
+        {s.project for s in policy.source if isinstance(s, ComposeConfig)},
+    )
+    _container_databases(plan)  # first: a compose source's dumps name them
+    for project in dict.fromkeys(f.project for f in plan.gaps if f.project):
+        _compose_project(plan, project)
+    _volumes(plan)
+    _host_data(plan)
+    _host_services(plan)
+    return plan.out
+
+
+def _container_databases(plan: _Plan) -> None:
+    """PostgreSQL in containers: a dump per database; MySQL/MariaDB: one dump of the
+    container's databases; Redis-protocol servers: an RDB. App-native, consistent
+    without stopping, and they cover their containers' volumes."""
+    containers = plan.containers
+    for f in plan.gaps:
         if f.kind != "postgres-db" or f.where not in containers:
             continue
         c = containers[f.where]
-        dumped.add(c.name)
-        add(
+        plan.dumped.add(c.name)
+        plan.add(
             {"#": f"PostgreSQL database {f.name} in container {c.name} (pg_dump in it)",
-             "kind": "postgres", "name": _name(f"pg-{c.name}-{f.name}", taken),
+             "kind": "postgres", "name": plan.name(f"pg-{c.name}-{f.name}"),
              "database": f.name, "container": c.name, "user": "postgres"},
             f,
         )  # fmt: skip
-    # MySQL/MariaDB (one dump of the container's databases) and Redis-protocol servers
-    # (an RDB) in containers: app-native, consistent without stopping; cover their volumes.
     mysql: dict[str, list[Finding]] = {}
-    for f in gaps:
+    for f in plan.gaps:
         if f.kind == "mysql-db" and f.where in containers:
             mysql.setdefault(f.where, []).append(f)
     for cname, found in mysql.items():
-        dumped.add(cname)
-        add(
+        plan.dumped.add(cname)
+        plan.add(
             {"#": f"MySQL/MariaDB in container {cname} (mysqldump in it); the password is "
              "read inside it: check the variable's name (docker exec NAME env)",
-             "kind": "mysql", "name": _name(f"mysql-{cname}", taken), "container": cname,
+             "kind": "mysql", "name": plan.name(f"mysql-{cname}"), "container": cname,
              "databases": [f.name for f in found],
              "container_password_env": "MYSQL_ROOT_PASSWORD"},
             *found,
         )  # fmt: skip
-    for f in gaps:
+    for f in plan.gaps:
         if f.kind == "redis" and f.where in containers:
-            dumped.add(f.where)
-            add(
+            plan.dumped.add(f.where)
+            plan.add(
                 {"#": f"Redis-protocol server in container {f.where} (RDB via redis-cli "
                  "--rdb; set port if it does not listen on 6379 inside)",
-                 "kind": "redis", "name": _name(f"redis-{f.where}", taken),
-                 "container": f.where},
+                 "kind": "redis", "name": plan.name(f"redis-{f.where}"), "container": f.where},
                 f,
             )  # fmt: skip
-    for f in gaps:
-        if f.kind == "volume" and any(u in dumped for u in f.where.split(", ")):
+    for f in plan.gaps:
+        if f.kind == "volume" and any(u in plan.dumped for u in f.where.split(", ")):
             f.suggestion = {"source": "the app-native sources of " + f.where}
-        elif f.kind == "container" and f.where == "docker" and f.name in dumped:
+        elif f.kind == "container" and f.where == "docker" and f.name in plan.dumped:
             f.suggestion = {"source": "the app-native source of " + f.name}
 
-    # 1. compose projects, after their databases' dumps: one compose source (directory,
-    #    the other services' volumes, images) with the dumped services in its dumps.
-    for project_name in dict.fromkeys(f.project for f in gaps if f.project):
-        p = by_project.get(project_name)
-        if p is None or not p.working_dir:
-            continue
-        parts = [f for f in gaps if f.project == p.name and f.suggestion is None and f.kind in
-                 ("compose-file", "env-file", "bind", "compose-project", "volume")]  # fmt: skip
-        if not parts:
-            continue
-        if p.name in composed:  # the policy's compose source, with the dumps above
-            for f in parts:
-                f.suggestion = {"source": "the policy's compose source and the sources above"}
-            continue
-        dumps = sorted({c.service for c in p.containers if c.name in dumped and c.service})
-        note = (
-            f"compose project {p.name}: its directory, its services' volumes (read with "
-            "the project stopped), its images"
-        )
-        if dumps:
-            note += f"; {', '.join(dumps)}: dumped by the source(s) above"
-        unit: dict[str, Any] = {
-            "#": note,
-            "kind": "compose", "name": _name(f"compose-{p.name}", taken), "project": p.name,
-            "dir": p.working_dir, "images": True,
-        }  # fmt: skip
-        if dumps:
-            unit["dumps"] = dumps
-        add(unit, *[f for f in parts if f.kind != "bind" or path_covered(f.name, [p.working_dir])])
-        covered_paths.append(p.working_dir)
-        outside = [f for f in parts if f.kind in ("bind", "compose-file", "env-file")
-                   and not path_covered(f.name, [p.working_dir])]  # fmt: skip
-        if outside:
-            add(
-                {"#": f"compose project {p.name}: files and bind mounts outside {p.working_dir}",
-                 "kind": "files", "name": _name(f"compose-{p.name}-files", taken),
-                 "paths": list(dict.fromkeys(f.name for f in outside))},
-                *outside,
-            )  # fmt: skip
-            covered_paths.extend(f.name for f in outside)
 
-    # 3. every other volume, file by file (databases in them are then covered too).
-    for f in gaps:
-        if f.kind != "volume" or f.suggestion is not None:
-            continue
+def _compose_project(plan: _Plan, project: str) -> None:
+    """One compose source (its directory, the other services' volumes, its images) with
+    the services dumped above in its ``dumps``; a files source for what lies outside."""
+    p = next((p for p in plan.facts.projects if p.name == project), None)
+    if p is None or not p.working_dir:
+        return
+    parts = [f for f in plan.gaps if f.project == p.name and f.suggestion is None and f.kind in
+             ("compose-file", "env-file", "bind", "compose-project", "volume")]  # fmt: skip
+    if not parts:
+        return
+    if p.name in plan.composed:  # the policy's compose source, with the dumps above
+        for f in parts:
+            f.suggestion = {"source": "the policy's compose source and the sources above"}
+        return
+    dumps = sorted({c.service for c in p.containers if c.name in plan.dumped and c.service})
+    note = (
+        f"compose project {p.name}: its directory, its services' volumes (read with "
+        "the project stopped), its images"
+    )
+    if dumps:
+        note += f"; {', '.join(dumps)}: dumped by the source(s) above"
+    unit: dict[str, Any] = {
+        "#": note,
+        "kind": "compose", "name": plan.name(f"compose-{p.name}"), "project": p.name,
+        "dir": p.working_dir, "images": True,
+    }  # fmt: skip
+    if dumps:
+        unit["dumps"] = dumps
+    inside = [f for f in parts if f.kind != "bind" or path_covered(f.name, [p.working_dir])]
+    plan.add(unit, *inside)
+    plan.covered_paths.append(p.working_dir)
+    outside = [f for f in parts if f.kind in ("bind", "compose-file", "env-file")
+               and not path_covered(f.name, [p.working_dir])]  # fmt: skip
+    if outside:
+        plan.add(
+            {"#": f"compose project {p.name}: files and bind mounts outside {p.working_dir}",
+             "kind": "files", "name": plan.name(f"compose-{p.name}-files"),
+             "paths": list(dict.fromkeys(f.name for f in outside))},
+            *outside,
+        )  # fmt: skip
+        plan.covered_paths.extend(f.name for f in outside)
+
+
+def _volumes(plan: _Plan) -> None:
+    """Every other volume, file by file (databases in them are then covered too)."""
+    containers = plan.containers
+    for f in plan.open("volume"):
         users = [containers[u] for u in f.where.split(", ") if u in containers]
         source: dict[str, Any] = {
             "#": f"Docker volume {f.name}" + (f" of {f.where}" if users else ""),
-            "kind": "docker_volume", "name": _name(f"volume-{f.name}", taken), "volume": f.name,
+            "kind": "docker_volume", "name": plan.name(f"volume-{f.name}"), "volume": f.name,
         }  # fmt: skip
         if any(c.engine in ("postgres", "mysql") for c in users):
             source["#"] += (
                 "; a database: stop its container while the volume is read (stop_label) "
                 "or dump it in place"
             )
-        add(source, f)
+        plan.add(source, f)
 
-    # 4. standalone containers' bind mounts, host databases, the rest.
-    binds = [f for f in gaps if f.kind == "bind" and f.suggestion is None]
+
+def _host_data(plan: _Plan) -> None:
+    """Standalone containers' bind mounts, host databases, stray .env files."""
+    facts = plan.facts
+    binds = plan.open("bind")
     if binds:
-        add({"#": "bind mounts of standalone containers", "kind": "files",
-             "name": _name("container-binds", taken),
-             "paths": list(dict.fromkeys(f.name for f in binds))}, *binds)  # fmt: skip
-    for f in gaps:
-        if f.kind == "postgres-db" and f.suggestion is None and not f.where.startswith("host"):
+        plan.add({"#": "bind mounts of standalone containers", "kind": "files",
+                  "name": plan.name("container-binds"),
+                  "paths": list(dict.fromkeys(f.name for f in binds))}, *binds)  # fmt: skip
+    for f in plan.open("postgres-db"):
+        if not f.where.startswith("host"):
             continue
-        if f.kind == "postgres-db" and f.suggestion is None:
-            db = next((d for d in facts.databases if d.name == f.name and not d.container), None)
-            source = {"#": f"PostgreSQL database {f.name} ({f.where})", "kind": "postgres",
-                      "name": _name(f"pg-{f.name}", taken), "database": f.name}  # fmt: skip
-            if db is not None and db.port:
-                source["port"] = db.port
-            if facts.user != "postgres":
-                source["sudo_user"] = "postgres"
-            add(source, f)
-    env = [f for f in gaps if f.kind == "env-file" and f.suggestion is None
-           and not path_covered(f.name, covered_paths)]  # fmt: skip
+        db = next((d for d in facts.databases if d.name == f.name and not d.container), None)
+        source: dict[str, Any] = {
+            "#": f"PostgreSQL database {f.name} ({f.where})", "kind": "postgres",
+            "name": plan.name(f"pg-{f.name}"), "database": f.name,
+        }  # fmt: skip
+        if db is not None and db.port:
+            source["port"] = db.port
+        if facts.user != "postgres":
+            source["sudo_user"] = "postgres"
+        plan.add(source, f)
+    env = [f for f in plan.open("env-file") if not path_covered(f.name, plan.covered_paths)]
     if env:
-        add({"#": ".env files", "kind": "env", "name": _name("env-discovered", taken),
-             "paths": [f.name for f in env]}, *env)  # fmt: skip
-    pm2_users = {a.user for a in facts.pm2}
-    for user in sorted(pm2_users):
-        apps = [f for f in gaps if f.kind == "pm2-app" and f.suggestion is None and any(
-            a.name == f.name and a.user == user for a in facts.pm2)]  # fmt: skip
+        plan.add({"#": ".env files", "kind": "env", "name": plan.name("env-discovered"),
+                  "paths": [f.name for f in env]}, *env)  # fmt: skip
+
+
+def _host_services(plan: _Plan) -> None:
+    """PM2 apps per user, Caddy, certbot, NATS."""
+    for user in sorted({a.user for a in plan.facts.pm2}):
+        apps = [f for f in plan.open("pm2-app") if any(
+            a.name == f.name and a.user == user for a in plan.facts.pm2)]  # fmt: skip
         if apps:
-            add({"#": f"PM2 apps of {user}", "kind": "pm2", "name": _name(f"pm2-{user}", taken),
-                 "user": user}, *apps)  # fmt: skip
-    for f in gaps:
+            plan.add({"#": f"PM2 apps of {user}", "kind": "pm2", "name": plan.name(f"pm2-{user}"),
+                      "user": user}, *apps)  # fmt: skip
+    for f in plan.gaps:
         if f.suggestion is not None:
             continue
         if f.kind == "caddy-certs":
-            add({"#": "Caddy: Caddyfile and certificates", "kind": "caddy",
-                 "name": _name("caddy", taken), "data_dir": f.name}, f)  # fmt: skip
+            plan.add({"#": "Caddy: Caddyfile and certificates", "kind": "caddy",
+                      "name": plan.name("caddy"), "data_dir": f.name}, f)  # fmt: skip
         elif f.kind == "certbot-certs":
-            add({"#": "Let's Encrypt certificates (certbot)", "kind": "certbot",
-                 "name": _name("certbot", taken)}, f)  # fmt: skip
+            plan.add({"#": "Let's Encrypt certificates (certbot)", "kind": "certbot",
+                      "name": plan.name("certbot")}, f)  # fmt: skip
         elif f.kind == "nats-server" and f.where == "host":
-            add({"#": "NATS JetStream streams (snapshot API)", "kind": "nats",
-                 "name": _name("nats", taken)}, f)  # fmt: skip
+            plan.add({"#": "NATS JetStream streams (snapshot API)", "kind": "nats",
+                      "name": plan.name("nats")}, f)  # fmt: skip
         elif f.kind == "nats-server":
-            add({"#": f"NATS JetStream in container {f.where}: set url to where the "
-                 "host reaches it", "kind": "nats", "name": _name(f"nats-{f.where}", taken)},
-                f)  # fmt: skip
-    return out
+            plan.add({"#": f"NATS JetStream in container {f.where}: set url to where the "
+                      "host reaches it", "kind": "nats", "name": plan.name(f"nats-{f.where}")},
+                     f)  # fmt: skip
 
 
 def _toml(value: Any) -> str:
