@@ -9,12 +9,13 @@ certificates, the compose projects' .env files). It is backed up over SSH with
 sources stay commented out), then (tests/seeded/scenario.py):
 
 - the snapshot's facts hold the five certificates and sites with their
-  fingerprints, and both .env files with their key names;
+  fingerprints, both .env files with their key names, and the app directories
+  (``apps``: the compose files, not the .env files);
 - ``drkit restore --target`` onto a FRESH container of the same image (Debian's
   default Caddyfile, no /opt projects; no --force) passes with a live probe per
   site, and the fresh host serves like the source: each site over HTTPS with the
   SAME certificate, routed by Caddy (502: the Docker apps are not in the image),
-  the .env files byte for byte with their modes;
+  the .env files and the compose files byte for byte with their modes;
 - ``drkit drill --host visualkit-hetzner`` with the shipped drill file passes,
   live probes included.
 """
@@ -71,6 +72,8 @@ def assert_facts(facts: dict[str, Any], seed: VisualkitSeed) -> None:
     for path, content in seed.env_files.items():
         assert env_files[path]["keys"] == key_names(content), path
         assert (env_files[path]["mode"], env_files[path]["owner"]) == ("0600", "root"), path
+    apps = {"/" + e["path"].lstrip("/") for e in facts["apps"]["entries"]}
+    assert set(seed.compose_files) <= apps and not set(seed.env_files) & apps, apps
 
 
 def assert_restored(res: CliResult, target: HostContainer, seed: VisualkitSeed) -> None:
@@ -80,6 +83,10 @@ def assert_restored(res: CliResult, target: HostContainer, seed: VisualkitSeed) 
         assert checks[("caddy", f"https {domain}")][0] == "pass", (domain, report["checks"])
     paths = sorted(seed.env_files)
     assert env_state(target, paths) == {p: ("600 root:root", seed.env_files[p]) for p in paths}
+    compose = sorted(seed.compose_files)
+    assert env_state(target, compose) == {
+        p: ("644 root:root", seed.compose_files[p]) for p in compose
+    }
     assert serving(target) == expected_serving(seed)
 
 

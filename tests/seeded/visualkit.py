@@ -15,7 +15,8 @@ up as is):
 - the compose projects /opt/platform-api and /opt/vk-agent (§Deploy Backend Updates,
   §Update VK-Agent: ``cd /opt/...; git pull; docker compose build; up -d``), each
   with its docker-compose.yml and its ``.env`` (§Security: "Secrets: Stored in
-  `.env` files (not in git)"), 0600 root.
+  `.env` files (not in git)"), 0600 root; the policy's ``apps`` source takes the
+  directories, its ``env`` source the .env files.
 
 The apps themselves run in Docker on the host; the image has no Docker (docker/hosts/
 visualkit-hetzner/Dockerfile), so behind each site Caddy answers 502: the route is
@@ -69,6 +70,14 @@ class VisualkitSeed:
     env_files: dict[str, str]  # path -> content
 
     @property
+    def compose_files(self) -> dict[str, str]:
+        """path -> content of each project's docker-compose.yml (0644 root)."""
+        return {
+            f"{project}/docker-compose.yml": COMPOSE.format(name=name, port=port)
+            for project, name, port in _projects(self.env_files)
+        }
+
+    @property
     def fingerprints(self) -> dict[str, str]:
         return {d: c.sha256 for d, c in self.certificates.items()}
 
@@ -95,16 +104,23 @@ def _env_files() -> dict[str, str]:
     }
 
 
-def _tree(seed: VisualkitSeed) -> Tree:
-    tree: Tree = {}
-    for path, content in seed.env_files.items():
+def _projects(env_files: dict[str, str]) -> list[tuple[str, str, int]]:
+    """(directory, container name, port) of each compose project holding an .env file."""
+    out = []
+    for path in env_files:
         project = path.rsplit("/", 1)[0]
         name = project.rsplit("/", 1)[1]
-        port = 3001 if name == "platform-api" else 3004
+        out.append((project, name, 3001 if name == "platform-api" else 3004))
+    return out
+
+
+def _tree(seed: VisualkitSeed) -> Tree:
+    tree: Tree = {}
+    for project, _name, _port in _projects(seed.env_files):
         tree[project] = Entry(None, 0o755)
-        tree[f"{project}/docker-compose.yml"] = Entry(
-            COMPOSE.format(name=name, port=port).encode(), 0o644
-        )
+    for path, content in seed.compose_files.items():
+        tree[path] = Entry(content.encode(), 0o644)
+    for path, content in seed.env_files.items():
         tree[path] = Entry(content.encode(), 0o600)
     sites = "\n".join(SITE.format(domain=d, port=p) for d, p in SITES.items())
     caddyfile = "# /etc/caddy/Caddyfile: routes api, agent, janus, cdn, support\n\n" + sites
