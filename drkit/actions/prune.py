@@ -21,19 +21,21 @@ in-progress snapshot.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from drkit.actions.chunk_gc import collect_chunks
+from drkit.actions.repack import collect_packs, repack_share
 from drkit.durations import format_duration
 from drkit.errors import DrkitError, ObjectNotFound, RepositoryError
 from drkit.repository.layout import Repository, manifest_key, snapshot_prefix
 from drkit.repository.manifest import Manifest, snapshot_time
 from drkit.repository.store import Store
 from drkit.retention import Decision, RetentionLike, SnapInfo, decide, describe
+from drkit.signing import SigningKey
 
 Log = Callable[[str], None]
 DEFAULT_GRACE = dt.timedelta(hours=24)
@@ -57,6 +59,10 @@ class PruneResult:
     chunks_removed: int = 0  # deduplicated chunk objects no kept snapshot references
     packs_removed: int = 0  # packs no kept snapshot references
     packs_locked: list[str] = field(default_factory=list)  # unreferenced, kept: Object Lock
+    packs_repacked: int = 0  # mostly garbage: live chunks moved to new packs, then removed
+    packs_written: int = 0  # the new packs
+    moves_removed: int = 0  # move records no kept snapshot needs any more
+    would_repack: list[str] = field(default_factory=list)  # dry run
     skipped: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -91,6 +97,10 @@ class PruneResult:
             "chunks_removed": self.chunks_removed,
             "packs_removed": self.packs_removed,
             "packs_locked": self.packs_locked,
+            "packs_repacked": self.packs_repacked,
+            "packs_written": self.packs_written,
+            "moves_removed": self.moves_removed,
+            "would_repack": self.would_repack,
             "skipped": [{"snapshot": s, "reason": r} for s, r in self.skipped],
             "errors": self.errors,
         }
@@ -111,6 +121,7 @@ def prune(
     grace: dt.timedelta = DEFAULT_GRACE,
     sources: Mapping[str, RetentionLike | None] | None = None,
     log: Log = lambda _msg: None,
+    repack: float | None = None,
 ) -> PruneResult:
     """Apply ``retention`` to ``host``'s snapshots in ``repo``.
 
@@ -120,6 +131,9 @@ def prune(
     complete snapshot holding each source is kept, and a source's retention
     keeps the snapshots it selects among those holding it (it can lengthen
     the host's retention, not shorten it: a snapshot is removed whole).
+    ``repack``: the garbage share over which a pack is repacked (None: ``$DRKIT_REPACK``,
+    unset: none is); repacking signs a move record with this machine's key
+    (actions/repack.py), loaded here when the repository was opened without it.
     Errors removing one object are collected in ``errors`` (the rest goes on);
     listing errors raise RepositoryError naming the host.
 
@@ -153,7 +167,7 @@ def prune(
         log(f"{host}: {verb} snapshot {sid}: {d.reasons[0]}")
         if _remove(repo, host, sid, dry_run, result):
             result.removed.append(sid)
-            # Chunks it shares are freed (and counted) by collect_chunks, if at all.
+            # Chunks it shares are freed (and counted) by collect_packs, if at all.
             shared = sum(a.new_bytes for a in manifests[sid].artifacts)
             result.freed_bytes += manifests[sid].stored_bytes - shared
 
@@ -172,12 +186,42 @@ def prune(
         # those it would remove but that could not be (still listed, still restorable).
         gone = set(result.removed)
         kept = [m for sid, m in manifests.items() if sid not in gone]
+        share = _repack_share(repack, result)
+        if share is not None and not dry_run:
+            repo = _with_signing_key(repo, host, result)
         with _naming(host):
-            gc = collect_chunks(repo, host, kept, now=now, grace=grace, dry_run=dry_run, log=log)
+            gc = collect_packs(
+                repo, host, kept, now=now, grace=grace, dry_run=dry_run, log=log, repack=share
+            )
         result.chunks_removed, result.errors = gc.removed, result.errors + gc.errors
         result.packs_removed, result.packs_locked = gc.packs_removed, gc.locked_kept
+        result.packs_repacked, result.packs_written = gc.packs_repacked, gc.packs_written
+        result.moves_removed, result.would_repack = gc.moves_removed, gc.would_repack
         result.freed_bytes += gc.freed_bytes
     return result
+
+
+def _repack_share(repack: float | None, result: PruneResult) -> float | None:
+    if repack is not None:
+        return repack
+    try:
+        return repack_share()
+    except DrkitError as exc:
+        result.errors.append(f"host {result.host}: packs not repacked: {exc}")
+        return None
+
+
+def _with_signing_key(repo: Repository, host: str, result: PruneResult) -> Repository:
+    """``repo`` able to sign the move records of a repack: this machine's key, if the
+    repository was opened without one (prune does not sign otherwise)."""
+    if repo.trust.signing_key is not None:
+        return repo
+    try:
+        key = SigningKey.load()
+    except DrkitError as exc:
+        result.errors.append(f"host {host}: packs not repacked: {exc}")
+        return repo
+    return Repository(repo.store, dataclasses.replace(repo.trust, signing_key=key))
 
 
 def _census(

@@ -137,6 +137,8 @@ class ChunkStore(Protocol):
 
     def retain(self, pack: str) -> bool: ...
 
+    def resolve(self, pack: str, offset: int, length: int) -> tuple[str, int]: ...
+
     def put_pack(self, name: str, file: BinaryIO) -> int: ...
 
     def read(self, pack: str, start: int, length: int) -> bytes: ...
@@ -172,8 +174,9 @@ class PackSpool:
 class Locations:
     """Where the chunks a backup may reuse are: every packed chunk named by a trusted
     snapshot's index whose digest matches its manifest (read on first use), and what
-    this run packed. A pack is reused only once its retention is extended
-    (``ChunkStore.retain``)."""
+    this run packed. A chunk a repack moved is named where it is now (the trusted
+    move records, ``ChunkStore.resolve``), so new indexes need no move record. A pack
+    is reused only once its retention is extended (``ChunkStore.retain``)."""
 
     def __init__(self, chunks: ChunkStore) -> None:
         self.chunks = chunks
@@ -205,7 +208,15 @@ class Locations:
         if self._known is None:
             self._known = self._load()
         at = self._known.get(chunk_id)
-        if at is None or not self.chunks.retain(at.pack):
+        if at is None:
+            return None
+        try:
+            pack, offset = self.chunks.resolve(at.pack, at.offset, at.length)
+        except DrkitError:
+            return None  # moved, but not where a trusted record says: store it anew
+        if (pack, offset) != (at.pack, at.offset):
+            at = self._known[chunk_id] = Packed(pack, offset, at.length, at.digest)
+        if not self.chunks.retain(at.pack):
             return None
         return at
 

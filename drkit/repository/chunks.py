@@ -12,7 +12,9 @@ nothing in it is read without a location from a snapshot's chunk index,
 which the signed manifest covers (docs/dedup.md). Which chunks a backup may
 reuse comes from the same place: the indexes of the host's trusted
 snapshots, never from listing the bucket (its holder could list a pack
-that does not hold what it claims).
+that does not hold what it claims). A chunk a repack moved is read where
+the host's trusted move records (moves.py) say it is now; the bytes found
+there are checked against the index's digest like any others.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from drkit.errors import DrkitError, IntegrityError, ObjectNotFound, RepositoryError
+from drkit.repository.moves import Moves, Piece
 from drkit.repository.store import ObjectInfo, Store
 
 PACK_TARGET = 16 << 20  # bytes of sealed chunks per pack (Chunks.pack_target)
@@ -103,6 +106,7 @@ class Chunks:
         self._objects: set[bytes] | None = None
         self._retained: dict[str, bool] = {}  # pack -> may be reused (retention extended)
         self._lock = threading.Lock()
+        self._moves: Moves | None = None
 
     # -- one object per chunk (read only) ---------------------------------------
 
@@ -172,18 +176,92 @@ class Chunks:
             self._retained[name] = True  # written now: retained as long as anything new
         return n
 
+    def moves(self, *, reload: bool = False) -> Moves:
+        """The host's trusted move records (read once; none when no repository with
+        trust was opened over this store in this process)."""
+        from drkit.repository.layout import repository_of  # layout imports us
+
+        with self._lock:
+            if self._moves is None or reload:
+                repo = repository_of(self.store)
+                if repo is None or not repo.trust.snapshot_signers(self.host).keys:
+                    self._moves = Moves(self.host)
+                else:
+                    self._moves = Moves.load(repo, self.host)
+            return self._moves
+
+    def resolve(self, pack: str, offset: int, length: int) -> tuple[str, int]:
+        """Where the chunk of ``length`` stored bytes at ``offset`` of ``pack`` is now."""
+        pieces = self.moves().pieces(self.rset, pack, offset, length)
+        if len(pieces) != 1:
+            raise IntegrityError(f"{self.pack_label(pack)}: a chunk moved in pieces")
+        return pieces[0].pack, pieces[0].offset
+
     def read(self, pack: str, start: int, length: int) -> bytes:
-        """``length`` bytes of ``pack`` from ``start`` (one ranged GET)."""
-        try:
-            return self.store.get_range(pack_key(self.host, self.rset, pack), start, length)
-        except ObjectNotFound:
-            raise IntegrityError(f"{self.pack_label(pack)}: pack is missing") from None
+        """``length`` bytes of ``pack`` from ``start`` (one ranged GET; one per piece
+        where a repack moved them). A pack found missing has the move records read
+        again once (a repack may have moved it since they were read)."""
+        moves = self.moves()
+        for attempt in (0, 1):
+            pieces = moves.pieces(self.rset, pack, start, length)
+            try:
+                return b"".join(self._get(p) for p in pieces)
+            except ObjectNotFound:
+                if attempt:
+                    break
+                moves = self.moves(reload=True)
+        refused = "; ".join(moves.rejected[:3])
+        why = f" (not followed: {refused})" if refused else ""
+        raise IntegrityError(f"{self.pack_label(pack)}: pack is missing{why}")
+
+    def _get(self, piece: Piece) -> bytes:
+        key = pack_key(self.host, self.rset, piece.pack)
+        return self.store.get_range(key, piece.offset, piece.length)
 
     def open_pack(self, pack: str) -> BinaryIO:
+        """``pack`` for reading front to back (verify): the object itself, or where a
+        repack moved it, a view that reads each moved chunk from its new place."""
+        if self.moves().moved(self.rset, pack):
+            return MovedPack(self, pack)  # type: ignore[return-value]
         try:
             return self.store.get(pack_key(self.host, self.rset, pack))
         except ObjectNotFound:
             raise IntegrityError(f"{self.pack_label(pack)}: pack is missing") from None
+
+
+class MovedPack:
+    """A pack a repack moved, read front to back at its old offsets (verify reads each
+    chunk it needs with one ``read`` of its length at its offset, and skips the rest):
+    such a read of a moved chunk comes from its new place (``Chunks.read``); anything
+    else, and a moved chunk that cannot be read where its record says, reads as zeros,
+    which fail the digest check of any chunk an index needs there."""
+
+    def __init__(self, chunks: Chunks, pack: str) -> None:
+        self.chunks, self.pack, self.pos = chunks, pack, 0
+        table = chunks.moves().by_pack[(chunks.rset, pack)]
+        self.lengths = {o: m.length for o, m in table.items()}
+        self.end = max(o + n for o, n in self.lengths.items())
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.end - self.pos if n < 0 else min(n, self.end - self.pos)
+        if n <= 0:
+            return b""
+        start, self.pos = self.pos, self.pos + n
+        if self.lengths.get(start) == n:
+            try:
+                return self.chunks.read(self.pack, start, n)
+            except DrkitError:
+                pass  # as bytes that are not the chunk: its digest check says so
+        return bytes(n)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> MovedPack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def _chunk_id(key: str) -> bytes:

@@ -22,7 +22,7 @@ import pytest
 import zstandard
 from pyfastcdc import FastCDC
 
-from drkit.actions.chunk_gc import collect_chunks
+from drkit.actions.repack import collect_packs
 from drkit.actions.verify import verify_host, verify_snapshot
 from drkit.errors import IntegrityError
 from drkit.pipeline import chunked
@@ -247,7 +247,7 @@ def test_chunks_stored_one_object_each_still_restore_and_verify(
     new, done = back_up(repo, ring, data, sid(3))
     assert done.reused_chunks == 0 and packs(repo.store)
     assert restore(repo, ring, new) == data
-    gc = collect_chunks(
+    gc = collect_packs(
         repo, HOST, [old, new], now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2),
         grace=dt.timedelta(0), dry_run=False, log=lambda _m: None,
     )  # fmt: skip
@@ -281,7 +281,7 @@ def test_prune_removes_unreferenced_packs_and_keeps_the_rest(
     assert only_first and len(only_first) < len(packs(repo.store))
     repo.delete_snapshot(HOST, first.snapshot)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    gc = collect_chunks(repo, HOST, [second], now=later, grace=dt.timedelta(0), dry_run=False,
+    gc = collect_packs(repo, HOST, [second], now=later, grace=dt.timedelta(0), dry_run=False,
                         log=lambda _m: None)  # fmt: skip
     assert gc.errors == []
     if repo.store.object_lock_enabled():
