@@ -12,9 +12,10 @@ Backup, three artifacts:
   serving their own dump) are stopped, one ``tar -C <docker root>/volumes``
   reads every volume's ``_data``, and they are started again however tar
   ends. The stop, the read and the start are one shell on the host with an
-  exit trap and a state file, the same as ``docker_volume``'s ``stop_label``
-  (``_STOPPED_WHILE``; the next backup starts what a killed one left
-  stopped), and drkit starts them too, to report a failure.
+  exit trap and a state file (drkit.sources.stop_window, as ``docker_volume``'s
+  ``stop_label``), and drkit starts them too, to report a failure. Unlike
+  ``docker_volume``, the next backup does not yet read the state file to start
+  what a killed shell left stopped.
 - ``images.tar`` (``images = true``): ``docker save`` of the images the
   project's containers run, so an incident restore needs no registry.
 
@@ -36,7 +37,6 @@ the check fails naming the service and the port.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import shlex
@@ -61,7 +61,8 @@ from drkit.sources.base import (
     pipe_into,
 )
 from drkit.sources.confine import confine
-from drkit.sources.docker_volume import _STOPPED_WHILE, STATE_DIR, _state_text
+from drkit.sources.stop_window import state_file as state_path
+from drkit.sources.stop_window import stopped_while
 from drkit.sources.tarball import TarSource
 from drkit.sources.tarfilter import MemberRules, TarFilter
 from drkit.sources.tarscan import TarScanner
@@ -240,7 +241,7 @@ class ComposeSource(TarSource):
                 yield stream
             return
         state = self.state_file()
-        wrapped = ["sh", "-c", _STOPPED_WHILE, "sh", state, _state_text(stop), *stop, "--", *argv]
+        wrapped = stopped_while(state, stop, argv)
         try:
             with CommandStream(self, wrapped, env=None, expect_output=True, user=None) as stream:
                 stopped.extend(stop.values())
@@ -250,8 +251,7 @@ class ComposeSource(TarSource):
             self.runner.run(["rm", "-f", "--", state], user=self.run_as)
 
     def state_file(self) -> str:
-        ident = hashlib.sha256(f"compose/{self.name}/{self.config.project}".encode()).hexdigest()
-        return posixpath.join(STATE_DIR, f".drkit-stopped-{ident[:16]}")
+        return state_path(f"compose/{self.name}/{self.config.project}")
 
     # ---- restore ------------------------------------------------------
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:

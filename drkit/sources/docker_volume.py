@@ -14,14 +14,14 @@ mountpoint while unused; they are refused with the driver named.
 ``stop_label``: running containers carrying that label are stopped while the
 volume is read (a consistent copy of a database's files, say) and always
 started again, also when reading or storing fails, or drkit dies. The stop,
-the read and the start are one shell on the host (``_STOPPED_WHILE``): it
-stops them, runs tar, and starts them again when tar ends, however it ends (an
-error, drkit killed with SIGKILL or SIGTERM, the SSH connection lost: tar's
+the read and the start are one shell on the host (drkit.sources.stop_window):
+it stops them, runs tar, and starts them again when tar ends, however it ends
+(an error, drkit killed with SIGKILL or SIGTERM, the SSH connection lost: tar's
 output then goes nowhere and tar ends). drkit starts them too (a no-op then),
 to report a failure to start. Only if that shell itself is killed before it
 could start them do they stay stopped: it leaves a state file on the host
-(``STATE_DIR``), and the next backup of the source starts the containers it
-names that are not running, with a warning. A container that was not running
+(``stop_window.STATE_DIR``), and the next backup of the source starts the
+containers it names that are not running, with a warning. A container that was not running
 when the backup began is never stopped, so never started.
 
 Facts: the volume's driver and labels, each entry (path, type, mode, uid/gid,
@@ -43,8 +43,9 @@ no volume.
 
 The tree's entries and digest are drkit.sources.tree_listing. This module stays
 near 500 lines: one source class whose backup and restore share the volume's
-inspection, the containers stopped around the read (their shell scripts are also
-used by drkit.sources.compose) and the staged swap.
+inspection, the containers stopped around the read (the shell scripts and state
+file are drkit.sources.stop_window, shared with drkit.sources.compose) and the
+staged swap.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ from drkit.remote.base import exit_text, tail_text
 from drkit.sources.base import (
     Artifact,
     Check,
-    CommandStream,
     Feed,
     RestoreOptions,
     RestoreReport,
@@ -75,6 +75,15 @@ from drkit.sources.base import (
 from drkit.sources.confine import confine
 from drkit.sources.staging import PREFIX as STAGING_PREFIX
 from drkit.sources.staging import human
+from drkit.sources.stop_window import (
+    RECORD,
+    START_AGAIN,
+    ShownStream,
+    parse_state,
+    state_text,
+    stopped_while,
+)
+from drkit.sources.stop_window import state_file as state_path
 from drkit.sources.tarfilter import MemberRules, TarFilter
 from drkit.sources.tarscan import TarScanner
 from drkit.sources.tree_listing import (
@@ -86,26 +95,6 @@ from drkit.sources.tree_listing import (
 )
 
 ARTIFACT = "volume.tar"
-STATE_DIR = "/var/tmp"  # survives a reboot: a container left stopped is still named
-
-# Stop containers, run a command (tar), start them again however it ends. $1 the state
-# file, $2 its content ("id name" lines), then container ids, "--", the command. Its
-# stdout is the command's; a signal to this shell (SIGHUP of a lost session, ...) is
-# handled once the command ended, and the command ends when its reader is gone.
-_STOPPED_WHILE = r"""s=$1 text=$2; shift 2; ids=
-while [ "$1" != -- ]; do ids="$ids $1"; shift; done; shift
-again() { docker start $ids >/dev/null 2>&1 && rm -f -- "$s"; }
-trap again EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
-trap 'exit 141' PIPE
-(umask 077 && printf '%s' "$text" >"$s") || exit 1
-docker stop $ids >/dev/null || exit 1
-"$@"
-"""
-# $1 the state file, $2 its content.
-_RECORD = '(umask 077 && printf \'%s\' "$2" >"$1")'
-# $1 the state file, then container ids: start them, then forget the file.
-_START_AGAIN = 's=$1; shift; docker start "$@" >/dev/null && rm -f -- "$s"'
-
 # Staged restores (see the module doc): $1 staging dir, $2 the volume's directory.
 # An old directory whose place is empty goes back; then the staging dir goes.
 _RECOVER = r"""s=$1 d=$2; [ -d "$s" ] || exit 0
@@ -188,7 +177,7 @@ class DockerVolumeSource(Source):
         try:
             # Named on the host first: if drkit dies in the block, the next backup starts them.
             self.runner.check(
-                ["sh", "-c", _RECORD, "sh", state, _state_text(found)],
+                ["sh", "-c", RECORD, "sh", state, state_text(found)],
                 what=f"{self.label}: recording the containers it stops in {state}",
                 user=self.run_as,
             )
@@ -212,7 +201,7 @@ class DockerVolumeSource(Source):
         what = f"{self.label}: starting container(s) {names} again"
         argv = ["docker", "start", *found]
         if state:
-            argv = ["sh", "-c", _START_AGAIN, "sh", state, *found]
+            argv = ["sh", "-c", START_AGAIN, "sh", state, *found]
         try:
             try:
                 res = self.runner.run(argv, user=self.run_as)
@@ -227,8 +216,7 @@ class DockerVolumeSource(Source):
 
     def state_file(self) -> str:
         """Where the host records the containers a backup of this source stopped."""
-        ident = hashlib.sha256(f"docker_volume/{self.name}/{self.volume}".encode()).hexdigest()
-        return posixpath.join(STATE_DIR, f".drkit-stopped-{ident[:16]}")
+        return state_path(f"docker_volume/{self.name}/{self.volume}")
 
     def _left_stopped(self, state: str) -> list[str]:
         """Start the containers an interrupted backup left stopped (its state file names
@@ -236,9 +224,7 @@ class DockerVolumeSource(Source):
         res = self.runner.run(["cat", "--", state], user=self.run_as)
         if res.returncode != 0:
             return []  # no state file: the last backup started what it stopped
-        recorded = dict(
-            line.split(" ", 1) for line in res.stdout.decode().splitlines() if " " in line
-        )
+        recorded = parse_state(res.stdout.decode())
         running = self.running()
         left = {cid: name for cid, name in recorded.items() if cid not in running}
         if not left:
@@ -279,10 +265,8 @@ class DockerVolumeSource(Source):
                 with self.command_stream(argv) as stream:
                     yield stream
                 return
-            text = _state_text(found)
-            wrapped = ["sh", "-c", _STOPPED_WHILE, "sh", state, text, *found, "--", *argv]
             try:
-                with _Shown(self, wrapped, argv) as stream:
+                with ShownStream(self, stopped_while(state, found, argv), argv) as stream:
                     stopped.extend(sorted(found.values()))
                     yield stream
             except BaseException as exc:
@@ -478,24 +462,6 @@ class DockerVolumeSource(Source):
         differ = sorted(missing | {have[k] for k in have.keys() - want.keys()})
         shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
         return [Check(self.name, f"{volume} restored", "fail", f"{totals}; differ: {shown}")]
-
-
-class _Shown(CommandStream):
-    """``argv`` run inside ``_STOPPED_WHILE``: errors name ``shown`` (tar), not the shell."""
-
-    def __init__(self, source: Source, argv: list[str], shown: list[str]) -> None:
-        super().__init__(source, argv, env=None, expect_output=True, user=None)
-        self._shown = shown
-
-    def __enter__(self) -> BinaryIO:
-        stream = super().__enter__()
-        self._argv = self._shown  # started: from now on it only names the command
-        return stream
-
-
-def _state_text(found: dict[str, str]) -> str:
-    """The state file's content: one "id name" line per container."""
-    return "".join(f"{cid} {name}\n" for cid, name in found.items())
 
 
 @contextmanager
