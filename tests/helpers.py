@@ -68,7 +68,7 @@ class _EveryHost(dict[str, Signers]):
         super().__init__()
         self.signers = signers
 
-    def get(self, key: str, default: Any = None) -> Signers:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Signers:
         return self.signers
 
 

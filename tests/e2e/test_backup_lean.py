@@ -14,6 +14,7 @@ from pathlib import Path
 
 from drkit.catalog.db import Catalog
 from drkit.paths import default_catalog_url
+from tests.conftest import Keys
 from tests.helpers import write_policy
 
 # Runs `drkit ARGS...` in-process, then prints the heavy modules it loaded.
@@ -38,7 +39,7 @@ def run_probe(*args: str) -> tuple[int, list[str], str]:
     return res.returncode, json.loads(line.removeprefix("LOADED ")), res.stdout + res.stderr
 
 
-def test_backup_records_its_run_without_sqlalchemy(keys, tmp_path: Path) -> None:
+def test_backup_records_its_run_without_sqlalchemy(keys: Keys, tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path / "lean.toml",
         "lean",

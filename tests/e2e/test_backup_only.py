@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
 
-def test_backup_only_named_sources_and_restore_assembles_the_rest(tmp_path: Path, keys) -> None:
+def test_backup_only_named_sources_and_restore_assembles_the_rest(
+    tmp_path: Path, keys: Keys
+) -> None:
     app = tmp_path / "app"
     app.mkdir()
     (app / ".env").write_text("TOKEN=one\n")
@@ -53,7 +56,7 @@ def test_backup_only_named_sources_and_restore_assembles_the_rest(tmp_path: Path
     assert len(set(json.loads(out.stdout)["sources"].values())) == 2
 
 
-def test_backup_only_refuses_unknown_sources_and_several_hosts(tmp_path: Path, keys) -> None:
+def test_backup_only_refuses_unknown_sources_and_several_hosts(tmp_path: Path, keys: Keys) -> None:
     policy = str(
         write_policy(
             tmp_path / "box.toml",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyrage
 
+from tests.conftest import Keys
 from tests.e2e.repos import RepoTarget
 from tests.helpers import drkit, write_policy
 from tests.servers.postgres import PgServer
@@ -39,7 +40,7 @@ def test_init_creates_private_identity_and_sample_policy(drkit_home: Path) -> No
 
 
 def test_ssh_ed25519_recipient_backs_up_and_restores(
-    repo: RepoTarget, tmp_path: Path, other_keys
+    repo: RepoTarget, tmp_path: Path, other_keys: Keys
 ) -> None:
     """An ssh-ed25519 public key is a recipient for backup; its private key verifies
     and restores; another key is refused."""
@@ -89,7 +90,7 @@ def test_ssh_ed25519_recipient_backs_up_and_restores(
     assert (dest / str(app).lstrip("/") / ".env").read_text() == "TOKEN=ssh-recipient-test\n"
 
 
-def test_every_reporting_command_speaks_json(keys, tmp_path: Path) -> None:
+def test_every_reporting_command_speaks_json(keys: Keys, tmp_path: Path) -> None:
     """--json on each command that reports: stdout is one JSON document."""
     (tmp_path / "p").mkdir()
     policy = write_policy(
@@ -122,7 +123,7 @@ def test_every_reporting_command_speaks_json(keys, tmp_path: Path) -> None:
 
 
 def test_status_flags_rpo_breach_and_last_failure(
-    pg: PgServer, uniq: str, keys, tmp_path: Path
+    pg: PgServer, uniq: str, keys: Keys, tmp_path: Path
 ) -> None:
     repo = {"url": (tmp_path / "repo").as_uri()}
     (tmp_path / "p").mkdir()
@@ -155,7 +156,7 @@ def test_status_flags_rpo_breach_and_last_failure(
 
 
 def test_catalog_sync_and_restore_from_nothing(
-    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path, drkit_home: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys: Keys, tmp_path: Path, drkit_home: Path
 ) -> None:
     """An incident laptop: a fresh catalog, the bucket and the identity are enough."""
     pg.psql("postgres", f"CREATE DATABASE fromnothing_{uniq};")
@@ -219,7 +220,7 @@ def test_catalog_sync_and_restore_from_nothing(
 
 
 def test_no_secret_in_logs_manifests_or_catalog(
-    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path, drkit_home: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys: Keys, tmp_path: Path, drkit_home: Path
 ) -> None:
     env_values = ["sk_live_51Hx9TESTSECRET", "whsec_TEST_0b9f7e"]
     app = tmp_path / "root" / "voice-pipeline"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
 
@@ -34,7 +35,7 @@ def test_usage_error_without_json_prints_nothing_on_stdout(tmp_path: Path) -> No
     assert res.returncode == 2 and res.stdout == ""
 
 
-def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, keys) -> None:
+def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, keys: Keys) -> None:
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "a.env").write_text("A=1\n")
     policy = write_policy(

@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def rel(path: Path) -> str:
 
 
 # ---- item 2: the archive member filter ------------------------------------
-EVIL = {
+EVIL: dict[str, Callable[[Host], list[tuple[str, str, Any]]]] = {
     "outside the policy paths": lambda h: [(rel(h.tmp / "outside.txt"), "file", b"x")],
     "absolute name": lambda h: [(str(h.tmp / "outside.txt"), "file", b"x")],
     "dot-dot": lambda h: [(rel(h.app) + "/../../outside.txt", "file", b"x")],

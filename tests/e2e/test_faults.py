@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import Keys
 from tests.e2e.repos import RepoTarget
 from tests.helpers import drkit, role_exists, write_policy
 from tests.servers.postgres import PgServer
 
 
 def test_missing_database_fails_without_manifest(
-    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys: Keys, tmp_path: Path
 ) -> None:
     policy = write_policy(
         tmp_path / "vultr.toml",
@@ -58,7 +59,7 @@ def test_missing_database_fails_without_manifest(
 
 
 def test_killed_source_midstream_fails_and_aborts_upload(
-    repo: RepoTarget, keys, tmp_path: Path
+    repo: RepoTarget, keys: Keys, tmp_path: Path
 ) -> None:
     """A source killed while its upload is open (S3: a multipart upload with parts
     already sent; local: the temp file) -> exit 1, the upload aborted, no object."""
@@ -99,7 +100,7 @@ def test_killed_source_midstream_fails_and_aborts_upload(
 
 
 def test_wrong_identity_restores_nothing(
-    pg: PgServer, uniq: str, repo: RepoTarget, keys, other_keys, tmp_path: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys: Keys, other_keys: Keys, tmp_path: Path
 ) -> None:
     """A database with its owning role and an .env file, all gone; restore with an
     identity that is not a recipient -> a clear error and nothing written: no role,
@@ -173,7 +174,7 @@ def test_wrong_identity_restores_nothing(
 
 
 def test_flipped_byte_fails_verify_and_restore_naming_object(
-    pg: PgServer, uniq: str, repo: RepoTarget, keys, tmp_path: Path
+    pg: PgServer, uniq: str, repo: RepoTarget, keys: Keys, tmp_path: Path
 ) -> None:
     pg.psql("postgres", f"CREATE DATABASE flip_src_{uniq};")
     pg.psql(
@@ -226,7 +227,7 @@ def test_flipped_byte_fails_verify_and_restore_naming_object(
     assert dbs.strip() == ""
 
 
-def test_source_timeout_stops_the_command(keys, tmp_path: Path) -> None:
+def test_source_timeout_stops_the_command(keys: Keys, tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path / "h.toml",
         "h1",

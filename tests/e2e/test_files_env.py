@@ -12,6 +12,7 @@ from drkit.actions.repository_access import open_repository
 from drkit.actions.snapshot_select import select_snapshot
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
 
@@ -28,7 +29,7 @@ def make_tree(base: Path) -> Path:
     return app
 
 
-def test_files_roundtrip_keeps_modes_owners_symlinks(tmp_path: Path, keys) -> None:
+def test_files_roundtrip_keeps_modes_owners_symlinks(tmp_path: Path, keys: Keys) -> None:
     app = make_tree(tmp_path)
     policy = write_policy(
         tmp_path / "h.toml",
@@ -59,7 +60,9 @@ def test_files_roundtrip_keeps_modes_owners_symlinks(tmp_path: Path, keys) -> No
     assert (out / "server.js").stat().st_uid == (app / "server.js").stat().st_uid
 
 
-def test_restore_to_original_paths_refuses_to_overwrite_changed_files(tmp_path: Path, keys) -> None:
+def test_restore_to_original_paths_refuses_to_overwrite_changed_files(
+    tmp_path: Path, keys: Keys
+) -> None:
     app = make_tree(tmp_path)
     policy = write_policy(
         tmp_path / "h.toml",
@@ -87,7 +90,7 @@ def test_restore_to_original_paths_refuses_to_overwrite_changed_files(tmp_path: 
     assert (app / "server.js").read_text() == "console.log('hi')\n"
 
 
-def test_env_bundle_facts_hold_key_names_not_values(tmp_path: Path, keys) -> None:
+def test_env_bundle_facts_hold_key_names_not_values(tmp_path: Path, keys: Keys) -> None:
     secret_values = ["sk-live-TOPSECRET-4242", "postgres://u:pw-9f8e7d@db/x"]
     for i, app in enumerate(["voice-pipeline", "db-proxy"]):
         d = tmp_path / "root" / app
@@ -117,7 +120,7 @@ def test_env_bundle_facts_hold_key_names_not_values(tmp_path: Path, keys) -> Non
         assert value not in blob
 
 
-def test_env_pattern_matching_nothing_fails_closed(tmp_path: Path, keys) -> None:
+def test_env_pattern_matching_nothing_fails_closed(tmp_path: Path, keys: Keys) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / ".env").write_text("A=1\n")
     policy = write_policy(
@@ -134,7 +137,7 @@ def test_env_pattern_matching_nothing_fails_closed(tmp_path: Path, keys) -> None
     assert not list((tmp_path / "repo").rglob("manifest.json"))
 
 
-def test_a_virtualenv_link_out_of_the_tree_needs_symlinks_to(tmp_path: Path, keys) -> None:
+def test_a_virtualenv_link_out_of_the_tree_needs_symlinks_to(tmp_path: Path, keys: Keys) -> None:
     """A venv's bin/python points at the system's python, outside the source's paths: refused
     by default (#16: a restore writes only where the policy says), restored as a link when
     the policy lists /usr/bin in symlinks_to."""

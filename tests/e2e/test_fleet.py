@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
 
-def test_fleet_partial_failure_and_concurrency(keys, tmp_path: Path) -> None:
+def test_fleet_partial_failure_and_concurrency(keys: Keys, tmp_path: Path) -> None:
     pdir = tmp_path / "policies"
     pdir.mkdir()
     marks = tmp_path / "marks"

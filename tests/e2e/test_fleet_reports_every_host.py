@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
 # Snapshots are taken "in 2030" and read back a little later ($DRKIT_NOW).
@@ -17,7 +18,7 @@ LATER = {"DRKIT_NOW": "2030-01-05T14:00:00Z"}
 INCOMPLETE = "20300105T120000Z-young1"
 
 
-def fleet(tmp_path: Path, keys) -> tuple[Path, str]:
+def fleet(tmp_path: Path, keys: Keys) -> tuple[Path, str]:
     """A policy directory: ``good`` backed up once (plus an interrupted backup's
     leftovers), ``nosecret`` (S3 keys from an unset variable), ``nosigners`` (a
     signers file that is not there). Returns (directory, good's snapshot id)."""
@@ -46,7 +47,7 @@ def fleet(tmp_path: Path, keys) -> tuple[Path, str]:
     return pol, sid
 
 
-def test_status_snapshots_and_catalog_sync_report_every_host(tmp_path: Path, keys) -> None:
+def test_status_snapshots_and_catalog_sync_report_every_host(tmp_path: Path, keys: Keys) -> None:
     pol, sid = fleet(tmp_path, keys)
     base = ("--policy-dir", str(pol))
 

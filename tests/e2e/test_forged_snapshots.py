@@ -106,7 +106,7 @@ def _plant_complete(site: Site, snapshot: str, sign_with: Any = None) -> None:
     )
 
 
-def test_a_complete_new_snapshot_is_refused(tmp_path: Path, repo: RepoTarget, keys) -> None:
+def test_a_complete_new_snapshot_is_refused(tmp_path: Path, repo: RepoTarget, keys: Keys) -> None:
     site = Site(tmp_path, repo, keys)
     real = site.backup()
     forged = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).strftime(
@@ -117,7 +117,7 @@ def test_a_complete_new_snapshot_is_refused(tmp_path: Path, repo: RepoTarget, ke
 
 
 def test_a_snapshot_signed_by_an_untrusted_key_is_refused(
-    tmp_path: Path, repo: RepoTarget, keys
+    tmp_path: Path, repo: RepoTarget, keys: Keys
 ) -> None:
     site = Site(tmp_path, repo, keys)
     real = site.backup()
@@ -139,7 +139,11 @@ def test_a_snapshot_signed_by_an_untrusted_key_is_refused(
     ids=["digest", "facts-null", "unsigned", "string-size"],
 )
 def test_a_modified_manifest_is_refused(
-    tmp_path: Path, repo: RepoTarget, keys, change: Callable[[dict[str, Any]], None], reason: str
+    tmp_path: Path,
+    repo: RepoTarget,
+    keys: Keys,
+    change: Callable[[dict[str, Any]], None],
+    reason: str,
 ) -> None:
     site = Site(tmp_path, repo, keys)
     real = site.backup()
@@ -151,7 +155,7 @@ def test_a_modified_manifest_is_refused(
 
 
 def test_a_future_dated_copy_is_refused_by_every_command(
-    tmp_path: Path, repo: RepoTarget, keys
+    tmp_path: Path, repo: RepoTarget, keys: Keys
 ) -> None:
     """A copy of a real snapshot under a future id: it must not make the host look
     fresh, make --due skip, be restored, or make prune keep it and drop real ones."""
@@ -175,7 +179,7 @@ def test_a_future_dated_copy_is_refused_by_every_command(
     assert json.loads(due.stdout)["results"][0]["status"] == "success"
 
 
-def test_a_copy_under_another_host_is_refused(tmp_path: Path, repo: RepoTarget, keys) -> None:
+def test_a_copy_under_another_host_is_refused(tmp_path: Path, repo: RepoTarget, keys: Keys) -> None:
     """Signed by a key both hosts trust, but for host vultr: under e2i it is refused."""
     site = Site(tmp_path, repo, keys)
     real = site.backup()
@@ -195,7 +199,7 @@ def test_a_copy_under_another_host_is_refused(tmp_path: Path, repo: RepoTarget, 
 
 
 def test_a_newer_repository_format_is_refused_everywhere(
-    tmp_path: Path, repo: RepoTarget, keys
+    tmp_path: Path, repo: RepoTarget, keys: Keys
 ) -> None:
     site = Site(tmp_path, repo, keys)
     site.backup()
@@ -220,7 +224,7 @@ def test_a_newer_repository_format_is_refused_everywhere(
 
 
 def test_a_chunk_planted_under_a_guessable_id_is_never_reused(
-    tmp_path: Path, repo: RepoTarget, keys
+    tmp_path: Path, repo: RepoTarget, keys: Keys
 ) -> None:
     """Chunk ids are keyed: the attacker who knows (or guesses) a file's content cannot
     name the chunks a dedup backup will look for. Before, a planted chunk under
@@ -253,7 +257,7 @@ def test_a_chunk_planted_under_a_guessable_id_is_never_reused(
 
 
 def test_key_rotation_keeps_old_snapshots_until_their_key_is_removed(
-    tmp_path: Path, repo: RepoTarget, keys
+    tmp_path: Path, repo: RepoTarget, keys: Keys
 ) -> None:
     """Old key A and new key B both pinned: A's snapshot restores and verifies. A removed
     from the signers: A's snapshots are reported untrusted; B's restore."""

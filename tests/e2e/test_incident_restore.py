@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Keys
 from tests.helpers import drkit, load_callmeback, signed_manifest, table_checksums, write_policy
 from tests.servers.postgres import PgServer
 
 
 @pytest.fixture
-def host(pg: PgServer, uniq: str, keys, tmp_path: Path) -> dict[str, object]:
+def host(pg: PgServer, uniq: str, keys: Keys, tmp_path: Path) -> dict[str, Any]:
     """A vultr-like host on this machine: callmeback + role, two apps' .env, app files."""
     db, role = f"callmeback_{uniq}", f"cmb_user_{uniq}"
     load_callmeback(pg, db, role, "pw-" + uniq)
@@ -67,11 +68,11 @@ def host(pg: PgServer, uniq: str, keys, tmp_path: Path) -> dict[str, object]:
     return {"policy": policy, "db": db, "role": role, "root": root, "marker": marker}
 
 
-def ident(keys) -> list[str]:
+def ident(keys: Keys) -> list[str]:
     return ["--identity", str(keys.identity_file)]
 
 
-def live_plan(policy: str, keys, *args: str) -> dict[str, Any]:
+def live_plan(policy: str, keys: Keys, *args: str) -> dict[str, Any]:
     """``restore --plan --json`` while the database is live: its step is refused (exit 6)."""
     res = drkit("restore", "--policy", policy, "--plan", "--json", *ident(keys), *args)
     assert res.returncode == 6, res.output
@@ -80,7 +81,9 @@ def live_plan(policy: str, keys, *args: str) -> dict[str, Any]:
     return out
 
 
-def test_plan_lists_ordered_steps_and_touches_nothing(pg: PgServer, host, keys) -> None:
+def test_plan_lists_ordered_steps_and_touches_nothing(
+    pg: PgServer, host: dict[str, Any], keys: Keys
+) -> None:
     policy = str(host["policy"])
     drkit("backup", "--policy", policy, check=True)
     pg.psql("postgres", f"DROP DATABASE {host['db']};")
@@ -105,7 +108,9 @@ def test_plan_lists_ordered_steps_and_touches_nothing(pg: PgServer, host, keys) 
     assert exists.strip() == "0"  # --plan created nothing
 
 
-def test_plan_with_a_refused_step_exits_6_naming_it(pg: PgServer, host, keys) -> None:
+def test_plan_with_a_refused_step_exits_6_naming_it(
+    pg: PgServer, host: dict[str, Any], keys: Keys
+) -> None:
     """A script can tell a blocked plan from a good one: exit 6, and --json's
     ``refused`` names the steps (each step's ``blocked`` says why)."""
     policy = str(host["policy"])
@@ -132,7 +137,9 @@ def test_plan_with_a_refused_step_exits_6_naming_it(pg: PgServer, host, keys) ->
     assert res.returncode == 1 and "nothing was restored" in res.stderr, res.output
 
 
-def test_existing_database_refused_then_rename_db(pg: PgServer, host, keys) -> None:
+def test_existing_database_refused_then_rename_db(
+    pg: PgServer, host: dict[str, Any], keys: Keys
+) -> None:
     policy = str(host["policy"])
     drkit("backup", "--policy", policy, check=True)
     before = table_checksums(pg, str(host["db"]))
@@ -162,7 +169,9 @@ def test_existing_database_refused_then_rename_db(pg: PgServer, host, keys) -> N
     assert table_checksums(pg, str(host["db"])) == before  # the live one is untouched
 
 
-def test_killed_restore_resumes_without_redoing_steps(pg: PgServer, host, keys, tmp_path) -> None:
+def test_killed_restore_resumes_without_redoing_steps(
+    pg: PgServer, host: dict[str, Any], keys: Keys, tmp_path: Path
+) -> None:
     policy = str(host["policy"])
     drkit("backup", "--policy", policy, check=True)
     before = table_checksums(pg, str(host["db"]))
@@ -208,7 +217,9 @@ def test_killed_restore_resumes_without_redoing_steps(pg: PgServer, host, keys, 
     assert again.returncode != 0 and "--force" in again.output, again.output
 
 
-def test_at_picks_the_right_snapshot(pg: PgServer, host, keys, tmp_path: Path) -> None:
+def test_at_picks_the_right_snapshot(
+    pg: PgServer, host: dict[str, Any], keys: Keys, tmp_path: Path
+) -> None:
     policy = str(host["policy"])
     drkit("backup", "--policy", policy, check=True)
     repo = tmp_path / "repo" / "vultr" / "snapshots"
@@ -229,7 +240,7 @@ def test_at_picks_the_right_snapshot(pg: PgServer, host, keys, tmp_path: Path) -
     assert bad.returncode == 2 and "--at" in bad.stderr
 
 
-def test_restore_without_yes_off_a_terminal_refuses(host, keys) -> None:
+def test_restore_without_yes_off_a_terminal_refuses(host: dict[str, Any], keys: Keys) -> None:
     policy = str(host["policy"])
     drkit("backup", "--policy", policy, check=True)
     res = drkit("restore", "--policy", policy, "--rename-db", "_x", *ident(keys))
@@ -237,7 +248,9 @@ def test_restore_without_yes_off_a_terminal_refuses(host, keys) -> None:
     assert "Restore plan: host vultr" in res.stderr  # it showed what it would do
 
 
-def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(host, keys) -> None:
+def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(
+    host: dict[str, Any], keys: Keys
+) -> None:
     """With per-source schedules the newest snapshot may hold some sources only (here the
     files and the command): a whole-host restore takes those from it and the others from
     the older snapshot."""
@@ -259,7 +272,7 @@ def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(host, key
         "apps": newest,
         "pm2-stub": newest,
     }
-    plan = drkit(
+    only = drkit(
         "restore",
         "--policy",
         policy,
@@ -270,13 +283,13 @@ def test_whole_host_restore_takes_each_source_from_its_newest_snapshot(host, key
         *ident(keys),
         check=True,
     )
-    assert [s["snapshot"] for s in json.loads(plan.stdout)["steps"]] == [newest]
+    assert [s["snapshot"] for s in json.loads(only.stdout)["steps"]] == [newest]
     bad = drkit("restore", "--policy", policy, "--only", "nosuch", "--plan", *ident(keys))
     assert bad.returncode == 2 and "--only nosuch: not a data source" in bad.stderr
 
 
 def test_a_failing_step_says_what_was_restored_and_keep_going_restores_the_rest(
-    keys, tmp_path: Path
+    keys: Keys, tmp_path: Path
 ) -> None:
     """A step that fails while applying stops the restore naming what came back, what did
     not run and how to get it; --keep-going restores the others (exit 3, verdict fail)."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 from drkit.schedule import jitter_offset
 from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
 
-def tick(pdir: Path, when: str, *args: str) -> dict[str, dict]:
+def tick(pdir: Path, when: str, *args: str) -> dict[str, dict[str, Any]]:
     """One cron tick at ``when``: host -> result."""
     res = drkit(
         "--policy-dir", str(pdir), "backup", "--due", "--json", *args, env={"DRKIT_NOW": when}
@@ -21,7 +22,7 @@ def tick(pdir: Path, when: str, *args: str) -> dict[str, dict]:
     return {r["host"]: r for r in json.loads(res.stdout)["results"]}
 
 
-def ran(results: dict[str, dict]) -> dict[str, list[str]]:
+def ran(results: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     return {h: r["sources"] for h, r in results.items() if r["status"] == "success"}
 
 

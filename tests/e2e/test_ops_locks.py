@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from tests.helpers import drkit, trust_for, write_policy
 HOST = "vultr"
 
 
-def slow_policy(tmp_path: Path, keys: Keys, repo: dict, gate: Path) -> Path:
+def slow_policy(tmp_path: Path, keys: Keys, repo: dict[str, Any], gate: Path) -> Path:
     """A policy whose dump waits until ``gate/release`` exists (after touching ``gate/started``)."""
     script = f"touch {gate}/started; while [ ! -e {gate}/release ]; do sleep 0.05; done; echo data"
     source = {"kind": "command", "name": "db", "command": ["sh", "-c", script]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pyrage
 import pytest
 import zstandard
 
+from tests.conftest import Keys
 from tests.e2e.repos import RepoTarget
 from tests.helpers import (
     drkit,
@@ -23,7 +25,7 @@ from tests.servers.postgres import PgServer
 
 
 @pytest.fixture
-def callmeback(pg: PgServer) -> tuple[str, str, str]:
+def callmeback(pg: PgServer) -> Iterator[tuple[str, str, str]]:
     suffix = secrets.token_hex(3)
     db, role, password = f"callmeback_{suffix}", f"cmb_app_{suffix}", secrets.token_hex(12)
     load_callmeback(pg, db, role, password)
@@ -95,7 +97,7 @@ def stored_facts(repo: RepoTarget, host: str, snapshot: str, identity: str) -> d
 
 
 def test_roundtrip_drop_restore(
-    pg: PgServer, callmeback, repo: RepoTarget, keys, tmp_path: Path
+    pg: PgServer, callmeback: tuple[str, str, str], repo: RepoTarget, keys: Keys, tmp_path: Path
 ) -> None:
     """Acceptance: a callmeback-like database (JSONB, triggers, functions, sequences, a
     non-superuser role owning everything) -> backup -> drop the database and the role ->
@@ -171,7 +173,7 @@ def test_roundtrip_drop_restore(
 
 
 def test_globals_larger_than_one_block_restore_every_role(
-    pg: PgServer, callmeback, keys, tmp_path: Path
+    pg: PgServer, callmeback: tuple[str, str, str], keys: Keys, tmp_path: Path
 ) -> None:
     """Roles SQL of several pipeline blocks (~360 KB): every role comes back, the last
     one included (a single read of a pipe returns one block, not the whole artifact)."""

@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 from tests.servers.postgres import PG_BIN, PgServer
 
@@ -31,7 +32,7 @@ SUMS = (
 
 
 def test_backup_under_pgbench_load_restores_a_consistent_snapshot(
-    pg: PgServer, uniq: str, keys, tmp_path: Path
+    pg: PgServer, uniq: str, keys: Keys, tmp_path: Path
 ) -> None:
     db = f"bench_{uniq}"
     pg.psql("postgres", f"CREATE DATABASE {db};")

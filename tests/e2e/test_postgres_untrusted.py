@@ -9,10 +9,12 @@ through the real CLI. And a database name given on the command line is a name.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 from tests.servers.postgres import PG_BIN, PgServer
 
@@ -38,7 +40,7 @@ def compromised_bin(tmp_path: Path, *, dumpall_extra: str = "", dump_awk: str = 
     return bindir
 
 
-def pg_policy(tmp_path: Path, pg: PgServer, keys, db: str, **source: object) -> Path:
+def pg_policy(tmp_path: Path, pg: PgServer, keys: Keys, db: str, **source: object) -> Path:
     src = {
         "kind": "postgres",
         "name": "db",
@@ -57,12 +59,12 @@ def pg_policy(tmp_path: Path, pg: PgServer, keys, db: str, **source: object) -> 
     )
 
 
-def ident(keys) -> list[str]:
+def ident(keys: Keys) -> list[str]:
     return ["--identity", str(keys.identity_file)]
 
 
 @pytest.fixture
-def small_db(pg: PgServer, uniq: str):
+def small_db(pg: PgServer, uniq: str) -> Iterator[str]:
     db = f"untrusted_{uniq}"
     pg.psql("postgres", f"CREATE DATABASE {db};")
     pg.psql(db, f"CREATE TABLE marker_{uniq} AS SELECT generate_series(1, 3) AS id;")
@@ -84,7 +86,7 @@ def role_state(pg: PgServer, role: str) -> str:
 
 
 def test_globals_hold_only_role_statements_and_never_touch_protected_roles(
-    pg: PgServer, small_db: str, uniq: str, keys, tmp_path: Path
+    pg: PgServer, small_db: str, uniq: str, keys: Keys, tmp_path: Path
 ) -> None:
     new_role = f"drkit_new_{uniq}"
     # Supabase's reserved role, as the target has it (a self-hosted Supabase would).
@@ -158,7 +160,7 @@ def test_globals_hold_only_role_statements_and_never_touch_protected_roles(
 
 
 def test_plain_dump_cannot_run_meta_commands(
-    pg: PgServer, small_db: str, keys, tmp_path: Path
+    pg: PgServer, small_db: str, keys: Keys, tmp_path: Path
 ) -> None:
     """A plain dump that lifts pg_dump's own \\restrict (its key is in the dump), runs a
     shell and restricts again: drkit's \\restrict, with a key the dump cannot know, stops
@@ -187,7 +189,7 @@ def test_plain_dump_cannot_run_meta_commands(
 
 
 def test_database_names_are_names_not_connection_strings(
-    pg: PgServer, small_db: str, uniq: str, keys, tmp_path: Path
+    pg: PgServer, small_db: str, uniq: str, keys: Keys, tmp_path: Path
 ) -> None:
     """``--database "dbname=postgres"`` restores into a database of that very name: the
     plan's exists check and the load see the same database, never ``postgres``."""
@@ -233,7 +235,7 @@ def test_database_names_are_names_not_connection_strings(
 
 
 def test_the_loader_follows_the_policy_format_not_the_facts(
-    pg: PgServer, small_db: str, keys, tmp_path: Path
+    pg: PgServer, small_db: str, keys: Keys, tmp_path: Path
 ) -> None:
     """A plain dump is loaded with psql only when the local policy says plain: a snapshot
     whose facts say another format than the policy is refused, naming both (#16 item 1)."""

@@ -81,7 +81,12 @@ def test_the_page_shows_the_fleet_as_a_person_reads_it(
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
     page.goto(page_file.as_uri())
     try:
         # The late host is marked late in the fleet table, the one past its RPO breach.

@@ -11,6 +11,7 @@ import io
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_mixed_schedules_restore_the_newest_of_each_source(
     env_file.parent.mkdir(parents=True)
     pdir, repo = tmp_path / "policies", tmp_path / "repo"
     pdir.mkdir()
-    sources = [
+    sources: list[dict[str, Any]] = [
         {
             "kind": "postgres",
             "name": "db",

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 from tests.servers.postgres import PgServer, postgres_server
 from tests.servers.supabase import login, supabase_server
@@ -179,7 +180,7 @@ def source() -> Iterator[PgServer]:
 
 
 @pytest.fixture
-def backed_up(source: PgServer, keys, tmp_path: Path) -> Path:
+def backed_up(source: PgServer, keys: Keys, tmp_path: Path) -> Path:
     policy = write_policy(
         tmp_path / "e2i.toml",
         "e2i-droplet",
@@ -201,7 +202,9 @@ def backed_up(source: PgServer, keys, tmp_path: Path) -> Path:
     return policy
 
 
-def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path, keys) -> None:
+def test_restore_onto_fresh_supabase_is_exact(
+    source: PgServer, backed_up: Path, keys: Keys
+) -> None:
     # The trigger on auth.users filled profiles; anon cannot read the audit log.
     assert source.psql("postgres", "SELECT count(*) FROM public.profiles;").strip() == "40"
     with supabase_server() as target:
@@ -273,7 +276,7 @@ def test_restore_onto_fresh_supabase_is_exact(source: PgServer, backed_up: Path,
         assert target.psql("postgres", "SELECT count(*) FROM storage.migrations;").strip() == "2"
 
 
-def test_plain_postgres_target_is_refused_in_the_plan(backed_up: Path, keys) -> None:
+def test_plain_postgres_target_is_refused_in_the_plan(backed_up: Path, keys: Keys) -> None:
     with postgres_server() as plain:
         res = drkit(
             "restore",
@@ -383,7 +386,9 @@ def test_check_fails_naming_widened_access(source: PgServer) -> None:
         )
 
 
-def test_restore_revokes_column_and_database_grants_the_target_had(backed_up: Path, keys) -> None:
+def test_restore_revokes_column_and_database_grants_the_target_had(
+    backed_up: Path, keys: Keys
+) -> None:
     """Privileges a target has and the source did not are revoked by the restore (the
     reset), not only reported: on a column of a Supabase table, and on the database."""
     with supabase_server() as target:
@@ -500,7 +505,7 @@ SELECT roles::text || cmd || qual || coalesce(with_check, '-') FROM pg_policies
 """
 
 
-def test_definitions_edited_on_the_source_replace_the_targets(keys, tmp_path: Path) -> None:
+def test_definitions_edited_on_the_source_replace_the_targets(keys: Keys, tmp_path: Path) -> None:
     """A Supabase function, trigger, view and policy the user edited in place come back
     as the source had them (merged, they used to keep the target's definition); the plan
     names each; a table whose columns differ is kept and warned about; the check fails
@@ -617,7 +622,9 @@ GRANT SELECT ON ALL SEQUENCES IN SCHEMA public, auth, storage, app, realtime TO 
 """
 
 
-def test_plan_names_roles_needing_a_new_password(source: PgServer, keys, tmp_path: Path) -> None:
+def test_plan_names_roles_needing_a_new_password(
+    source: PgServer, keys: Keys, tmp_path: Path
+) -> None:
     """A backup taken by a role that cannot read pg_authid has no password hashes: the
     plan says which login roles will need a new password."""
     source.psql("postgres", READER_SQL)

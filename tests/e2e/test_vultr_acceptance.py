@@ -148,7 +148,7 @@ def served_fingerprint(box: Any, name: str) -> str:
         'openssl s_client -connect 127.0.0.1:443 -servername "$1" </dev/null 2>/dev/null '
         "| openssl x509 -outform DER | sha256sum"
     )
-    out = box.exec(["sh", "-c", script, "sh", name]).stdout.decode()
+    out: str = box.exec(["sh", "-c", script, "sh", name]).stdout.decode()
     return out.split()[0]
 
 

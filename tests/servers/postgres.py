@@ -12,13 +12,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from tests.servers.ports import free_port
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def _demote_kwargs() -> dict[str, object]:
+class _Demote(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _demote_kwargs() -> _Demote:
     """initdb and postgres refuse root: run them as the postgres user when we are root."""
     if os.getuid() != 0:
         return {}
@@ -74,7 +81,7 @@ def postgres_server() -> Iterator[PgServer]:
     base = Path(tempfile.mkdtemp(prefix="drkit-pg-"))
     kwargs = _demote_kwargs()
     if kwargs:
-        os.chown(base, kwargs["user"], kwargs["group"])  # type: ignore[arg-type]
+        os.chown(base, kwargs["user"], kwargs["group"])
     data = base / "data"
     subprocess.run(
         [
@@ -92,7 +99,7 @@ def postgres_server() -> Iterator[PgServer]:
         ],
         check=True,
         capture_output=True,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     port = free_port()
     log = open(base / "server.log", "wb")  # noqa: SIM115
@@ -114,7 +121,7 @@ def postgres_server() -> Iterator[PgServer]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     server = PgServer(port)
     try:

@@ -23,7 +23,7 @@ from drkit.actions.artifact_read import read_facts
 from drkit.actions.repository_access import open_repository
 from drkit.pipeline.age import load_identities
 from drkit.policy.loader import load_policy
-from drkit.sources.pm2 import dump_identity, judge
+from drkit.sources.pm2_state import dump_identity, judge
 from tests.helpers import drkit
 from tests.servers.pm2 import APP_JS, Pm2Home, bin_path_env, pm2_home
 from tests.servers.ports import free_port

@@ -172,7 +172,9 @@ def _feed(path: Path, wrap: Callable[[BinaryIO], Any] = lambda f: f) -> Any:
     return feed
 
 
-def test_api_restore_copy_equal(pg: PgServer, callmeback: str, tmp_path: Path, spool_root: Path):
+def test_api_restore_copy_equal(
+    pg: PgServer, callmeback: str, tmp_path: Path, spool_root: Path
+) -> None:
     db, copy = callmeback, f"{callmeback}_copy"
     _dump(pg, db, tmp_path / "d.pgdump")
     report = _source(pg, db).restore(

@@ -89,7 +89,8 @@ def test_repository_format_layout_and_constants_match_the_code() -> None:
         REPO_MARKER,
         object_key,
     )
-    from drkit.sources.postgres import GLOBALS, dump_artifact
+    from drkit.sources.pgsql import dump_artifact
+    from drkit.sources.postgres import GLOBALS
 
     doc = _repository_format()
     assert doc.startswith(f"# Repository format (version {REPO_FORMAT_VERSION})")

@@ -108,9 +108,12 @@ def _imports_in(
 
     def visit(node: ast.AST, lazy: bool, type_only: bool) -> None:
         targets: list[str] = []
+        line = 0
         if isinstance(node, ast.Import):
+            line = node.lineno
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
+            line = node.lineno
             base = node.module or ""
             if node.level:
                 parts = name.split(".")
@@ -123,7 +126,7 @@ def _imports_in(
         for target in dict.fromkeys(targets):
             resolved = _resolve(target, modules)
             if resolved is not None and resolved != name:
-                found.append((node.lineno, resolved, lazy, type_only))
+                found.append((line, resolved, lazy, type_only))
         lazy = lazy or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         if isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.body:
@@ -131,8 +134,8 @@ def _imports_in(
             for child in node.orelse:
                 visit(child, lazy, type_only)
             return
-        for child in ast.iter_child_nodes(node):
-            visit(child, lazy, type_only)
+        for inner in ast.iter_child_nodes(node):
+            visit(inner, lazy, type_only)
 
     visit(tree, False, False)
     return found
@@ -233,8 +236,8 @@ def check_layers(
         problems.append(
             f"back-arrow: {imp.where()}: {source[1]} may not import {target[1]}, {what}"
         )
-    for importer, target in sorted(allowed_back_arrows - seen_exceptions):
-        problems.append(f"allowed back-arrow {importer} -> {target} no longer occurs: remove it")
+    for importer, imported in sorted(allowed_back_arrows - seen_exceptions):
+        problems.append(f"allowed back-arrow {importer} -> {imported} no longer occurs: remove it")
     edges: dict[str, set[str]] = {}
     for imp in imports:
         if not imp.type_only:

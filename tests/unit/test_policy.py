@@ -9,6 +9,7 @@ import pytest
 
 from drkit.errors import PolicyError
 from drkit.policy.loader import load_policies, load_policy
+from tests.conftest import Keys
 from tests.helpers import drkit
 
 GOOD = """
@@ -33,7 +34,7 @@ paths = ["/root/*/.env"]
 """
 
 
-def test_good_policy_loads(tmp_path: Path, keys) -> None:
+def test_good_policy_loads(tmp_path: Path, keys: Keys) -> None:
     p = tmp_path / "vultr.toml"
     p.write_text(GOOD.format(recipient=keys.recipient))
     policy = load_policy(p)
@@ -41,7 +42,7 @@ def test_good_policy_loads(tmp_path: Path, keys) -> None:
     assert [s.kind for s in policy.source] == ["postgres", "env"]
 
 
-def test_three_mistakes_reported_at_once_with_paths(tmp_path: Path, keys) -> None:
+def test_three_mistakes_reported_at_once_with_paths(tmp_path: Path, keys: Keys) -> None:
     """Acceptance: three mistakes of three kinds (a missing key, a bad value, a literal
     secret) -> exactly those three problems, each with file and key path, exit 2."""
     text = GOOD.format(recipient=keys.recipient)
@@ -66,7 +67,7 @@ def test_three_mistakes_reported_at_once_with_paths(tmp_path: Path, keys) -> Non
     assert "hunter2" not in as_json.output
 
 
-def test_value_checks_are_reported_with_schema_errors(tmp_path: Path, keys) -> None:
+def test_value_checks_are_reported_with_schema_errors(tmp_path: Path, keys: Keys) -> None:
     """Bad durations, cron expressions, paths and recipients are not held back until
     the rest of the file parses: one run shows them beside a missing key."""
     p = tmp_path / "vultr.toml"
@@ -86,7 +87,7 @@ def test_value_checks_are_reported_with_schema_errors(tmp_path: Path, keys) -> N
     assert f"{p}: encryption.recipients[0]: invalid recipient" in res.stderr
 
 
-def test_lock_ttl_over_the_lock_cap_is_a_policy_error(tmp_path: Path, keys) -> None:
+def test_lock_ttl_over_the_lock_cap_is_a_policy_error(tmp_path: Path, keys: Keys) -> None:
     """Refused with the policy's other errors, not only when a lock is taken."""
     p = tmp_path / "vultr.toml"
     p.write_text(GOOD.format(recipient=keys.recipient).replace('rpo = "26h"', 'lock_ttl = "8d"'))
@@ -95,7 +96,7 @@ def test_lock_ttl_over_the_lock_cap_is_a_policy_error(tmp_path: Path, keys) -> N
     assert f"{p}: lock_ttl: must be longer than 0s and at most 7d" in str(err.value)
 
 
-def test_cross_field_rules_run_once_the_schema_passes(tmp_path: Path, keys) -> None:
+def test_cross_field_rules_run_once_the_schema_passes(tmp_path: Path, keys: Keys) -> None:
     p = tmp_path / "vultr.toml"
     p.write_text(
         GOOD.format(recipient=keys.recipient)
@@ -117,7 +118,7 @@ def test_cross_field_rules_run_once_the_schema_passes(tmp_path: Path, keys) -> N
     ],
 )
 def test_literal_secret_refused_in_every_secret_field(
-    tmp_path: Path, keys, line: str, path: str
+    tmp_path: Path, keys: Keys, line: str, path: str
 ) -> None:
     literal = "AKIAPLAINTEXTVALUE123"
     name = line.split(" = ")[0]
@@ -129,7 +130,7 @@ def test_literal_secret_refused_in_every_secret_field(
     assert literal not in res.output
 
 
-def test_errors_across_files_and_duplicate_hosts(tmp_path: Path, keys) -> None:
+def test_errors_across_files_and_duplicate_hosts(tmp_path: Path, keys: Keys) -> None:
     a = tmp_path / "a.toml"
     b = tmp_path / "b.toml"
     c = tmp_path / "c.toml"

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.conftest import Keys
 from tests.helpers import drkit, write_policy
 
 LATIN_1 = "clé\n".encode("latin-1")
 
 
-def test_everything_backup_would_refuse_is_reported_at_once(tmp_path: Path, keys) -> None:
+def test_everything_backup_would_refuse_is_reported_at_once(tmp_path: Path, keys: Keys) -> None:
     (tmp_path / "bad-secret").write_bytes(LATIN_1)
     (tmp_path / "signers.txt").write_text("# ours\ned25519:abc\n")
     policy = write_policy(
@@ -61,7 +62,7 @@ def test_everything_backup_would_refuse_is_reported_at_once(tmp_path: Path, keys
     assert len(report["warnings"]) == len(warnings)
 
 
-def test_an_unset_variable_only_warns(tmp_path: Path, keys) -> None:
+def test_an_unset_variable_only_warns(tmp_path: Path, keys: Keys) -> None:
     policy = write_policy(
         tmp_path / "p.toml",
         "h1",
@@ -79,7 +80,9 @@ def test_an_unset_variable_only_warns(tmp_path: Path, keys) -> None:
     )
 
 
-def test_a_relative_file_url_is_refused_by_validate_and_backup_alike(tmp_path: Path, keys) -> None:
+def test_a_relative_file_url_is_refused_by_validate_and_backup_alike(
+    tmp_path: Path, keys: Keys
+) -> None:
     policy = write_policy(
         tmp_path / "p.toml",
         "h1",
@@ -93,7 +96,7 @@ def test_a_relative_file_url_is_refused_by_validate_and_backup_alike(tmp_path: P
         assert res.returncode == 2 and message in res.stderr, (argv, res.output)
 
 
-def test_a_key_file_that_is_not_utf8_is_named_by_backup(tmp_path: Path, keys) -> None:
+def test_a_key_file_that_is_not_utf8_is_named_by_backup(tmp_path: Path, keys: Keys) -> None:
     """The file read at backup time gives the same clear error, not a traceback."""
     recipients = tmp_path / "recipients.txt"
     recipients.write_bytes(LATIN_1)
