@@ -9,8 +9,9 @@ as TOML by ``suggest_toml``). The rules (docs/discover.md):
 
 - a path (compose file, env file, bind mount, volume mountpoint, store dir)
   is covered by a ``files`` or ``env`` source whose path (or glob) is that
-  path or one of its parent directories, and by the ``caddy``/``certbot``/
-  ``nats`` sources' own directories;
+  path or one of its parent directories (unless the source's ``exclude``
+  leaves it out, as tar would), and by the ``caddy``/``certbot``/``nats``
+  sources' own directories;
 - a named volume: a ``docker_volume`` source of that name, a covered
   mountpoint, or an app-native source for the container using it
   (``postgres``/``nats`` with ``container =`` naming it, or a ``command``
@@ -88,6 +89,19 @@ class Finding:
         return out
 
 
+def tar_excluded(path: str, excludes: list[str]) -> bool:
+    """Whether GNU tar's ``--exclude`` patterns (unanchored, wildcards matching ``/``) leave
+    ``path`` out: a pattern matching the path, one of its directories, or a run of their
+    trailing components (``.env`` leaves out every file named .env)."""
+    parts = path.strip("/").split("/")
+    return any(
+        fnmatch.fnmatchcase("/".join(parts[i : j + 1]), pattern)
+        for pattern in excludes
+        for j in range(len(parts))
+        for i in range(j + 1)
+    )
+
+
 def path_covered(path: str, patterns: list[str]) -> bool:
     """Whether ``path`` or one of its parent directories is (or matches) a pattern."""
     if not path.startswith("/"):
@@ -105,6 +119,7 @@ class Coverage:
 
     def __init__(self, policy: Policy) -> None:
         self.paths: list[tuple[str, list[str]]] = []  # (source name, path patterns)
+        self.excludes: dict[str, list[str]] = {}  # source name -> its tar --exclude patterns
         self.volumes: dict[str, list[str]] = {}
         self.postgres: list[PostgresConfig] = []
         self.redis: list[RedisConfig] = []
@@ -120,6 +135,8 @@ class Coverage:
             name = source_name(src)
             if isinstance(src, FilesConfig | EnvConfig):
                 self.paths.append((name, list(src.paths)))
+                if isinstance(src, FilesConfig):
+                    self.excludes[name] = list(src.exclude)
             elif isinstance(src, CaddyConfig):
                 self.paths.append((name, [*src.config_paths, src.data_dir]))
                 self.caddy.append(name)
@@ -141,13 +158,19 @@ class Coverage:
             elif isinstance(src, ComposeConfig):
                 self.compose.append(src)
                 self.paths.append((name, [src.dir]))
+                self.excludes[name] = list(src.exclude)
             elif isinstance(src, CommandConfig):
                 self.commands.append((name, [*src.command, *(src.restore_command or [])]))
             elif isinstance(src, Pm2Config):
                 self.pm2_users.setdefault(src.user, []).append(name)
 
     def path(self, path: str) -> list[str]:
-        return [name for name, patterns in self.paths if path_covered(path, patterns)]
+        """Sources whose paths hold ``path`` and whose excludes do not leave it out."""
+        return [
+            name
+            for name, patterns in self.paths
+            if path_covered(path, patterns) and not tar_excluded(path, self.excludes.get(name, []))
+        ]
 
     def naming(self, container: Container) -> list[str]:
         """Command sources whose argv names the container (as a whole word)."""

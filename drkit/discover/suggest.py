@@ -143,8 +143,9 @@ def _compose_project(plan: _Plan, project: str) -> None:
     if not parts:
         return
     if p.name in plan.composed:  # the policy's compose source, with the dumps above
-        for f in parts:
-            f.suggestion = {"source": "the policy's compose source and the sources above"}
+        for f in parts:  # a file its exclude leaves out is left to the phases below
+            if f.kind in ("volume", "compose-project"):
+                f.suggestion = {"source": "the policy's compose source and the sources above"}
         return
     dumps = sorted({c.service for c in p.containers if c.name in plan.dumped and c.service})
     note = (

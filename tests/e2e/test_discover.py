@@ -177,6 +177,38 @@ def test_discover_nats_on_the_conversational_platform_host(tmp_path: Path) -> No
     )
 
 
+def test_discover_the_seeded_visualkit_host_against_its_shipped_policy(tmp_path: Path) -> None:
+    """The visualkit-hetzner image seeded as seed 004 describes it (tests/seeded/
+    visualkit.py: Caddy with five sites and their certificates, the two compose
+    projects' directories with .env files; no Docker in the image): the shipped
+    policy covers all of it, the .env files by ``env`` (and not ``apps``, which
+    excludes them), Caddy's store by ``caddy``. What the seed does not show (Chatwoot's
+    project and databases) is not in the image either: only the real host can say."""
+    from tests.seeded.containers import host_containers, write_known_hosts
+    from tests.seeded.policy import encryption_files, shipped_policy, ssh_connection
+    from tests.seeded.visualkit import HOST, SITES, seed_visualkit
+
+    login = ssh_login(tmp_path / "ssh")
+    with host_containers(HOST, [HOST], login) as boxes:
+        box = boxes[HOST]
+        seed = seed_visualkit(box)
+        known = write_known_hosts(tmp_path / "known_hosts", box)
+        policy = shipped_policy(
+            HOST, tmp_path / "policies",
+            connection=ssh_connection(box.port(22), login.identity, known),
+            repository={"url": (tmp_path / "repo").as_uri()},
+            encryption=encryption_files(tmp_path, HOST, RECIPIENT),
+        )  # fmt: skip
+        found = json.loads(drkit("discover", "--policy", str(policy), "--json", check=True).stdout)
+    assert found["docker"] is None and found["errors"] == [], found["errors"]
+    envs = _by(found, "env-file")
+    assert {p: f["covered_by"] for p, f in envs.items()} == {p: ["env"] for p in seed.env_files}
+    assert set(SITES) <= set(_by(found, "caddy-site"))
+    [certs] = _by(found, "caddy-certs").values()
+    assert certs["covered_by"] == ["caddy"]
+    assert found["uncovered"] == 0, [f for f in found["findings"] if f["uncovered"]]
+
+
 # First in the file: the module's dockerhost container is started by the next test and
 # removed only at the end of the module.
 

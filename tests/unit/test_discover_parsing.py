@@ -356,3 +356,34 @@ def test_a_compose_source_covers_its_project_but_not_its_dumped_services(tmp_pat
     assert by(found.findings, "postgres-db")["shop"].uncovered
     assert by(found.findings, "redis")["shop_cache_1"].covered_by == ["shop"]
     assert {s["kind"] for s in found.suggested} == {"postgres", "redis"}  # db; sessions
+
+
+def test_a_path_a_source_excludes_is_not_covered_by_it(tmp_path: Path) -> None:
+    """``exclude`` as tar reads it: ``.env`` leaves out the project's .env file (the env
+    source must take it), ``uploads`` the bind mount under the directory."""
+    files = (
+        '[[source]]\nkind = "files"\nname = "shop"\npaths = ["/srv/shop"]\n'
+        'exclude = [".env", "uploads"]\n'
+    )
+    found = judge(RECORDED, policy(tmp_path, files))
+    paths = {(f.kind, f.name): f.covered_by for f in found.findings}
+    assert paths[("compose-file", "/srv/shop/docker-compose.yml")] == ["shop"]
+    assert paths[("env-file", "/srv/shop/.env")] == []
+    assert paths[("bind", "/srv/shop/uploads")] == []
+    with_env = files + '[[source]]\nkind = "env"\nname = "env"\npaths = ["/srv/shop/.env"]\n'
+    again = judge(RECORDED, policy(tmp_path, with_env, name="q.toml"))
+    assert {(f.kind, f.name): f.covered_by for f in again.findings}[
+        ("env-file", "/srv/shop/.env")
+    ] == ["env"]
+
+
+def test_an_env_file_a_compose_source_excludes_gets_an_env_suggestion(tmp_path: Path) -> None:
+    compose = (
+        '[[source]]\nkind = "compose"\nname = "c"\nproject = "shop"\ndir = "/srv/shop"\n'
+        'exclude = [".env"]\n'
+    )
+    found = judge(RECORDED, policy(tmp_path, compose))
+    [env] = [f for f in found.uncovered if f.kind == "env-file" and f.project == "shop"]
+    assert env.name == "/srv/shop/.env" and env.suggestion is not None
+    [source] = [s for s in found.suggested if s["name"] == env.suggestion["source"]]
+    assert source["kind"] == "env" and "/srv/shop/.env" in source["paths"]
