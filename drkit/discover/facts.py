@@ -189,67 +189,89 @@ def sections(output: str) -> list[tuple[str, str, str]]:
     return found
 
 
+@dataclass
+class _Raw:
+    """What ``parse`` keeps from the sections until the end (processes, containers'
+    cgroups, engines seen in containers' processes)."""
+
+    ps_lines: list[str] = field(default_factory=list)
+    in_containers: dict[str, str] = field(default_factory=dict)  # pid -> cgroup line
+    detected: dict[str, str] = field(default_factory=dict)  # container -> engine it runs
+
+
 def parse(output: str) -> Facts:
     """``Facts`` from the whole output of the discovery script."""
     facts = Facts()
-    ps_lines: list[str] = []
-    in_containers: dict[str, str] = {}  # pid -> cgroup line
-    detected: dict[str, str] = {}  # container name -> engine its processes showed
+    raw = _Raw()
     for name, arg, body in sections(output):
         if name.startswith("container-"):  # container-postgres, -mysql, -redis
-            detected[arg] = name.removeprefix("container-")
-        if name == "whoami":
-            words = body.split()
-            facts.user, facts.hostname = [*words, "", ""][:2]
-        elif name == "ps":
-            ps_lines = [line for line in body.splitlines() if line.strip()]
-        elif name == "containerized":
-            for line in body.splitlines():
-                pid, _, cgroup = line.strip().partition(" ")
-                in_containers[pid] = cgroup
-        elif name == "docker-version":
-            facts.docker = body.strip() if re.fullmatch(r"[\w.+~-]+", body.strip()) else ""
-            if not facts.docker:
-                facts.errors.append(f"docker: {_first_line(body)}")
-        elif name == "docker-containers":
-            facts.containers = _json_list(body, "docker inspect", facts, parse_container)
-        elif name == "docker-volumes":
-            facts.volumes = _json_list(body, "docker volume inspect", facts, parse_volume)
-        elif name == "container-postgres":
-            facts.databases += _postgres_databases(body, arg, facts, container=arg)
-        elif name == "container-mysql":
-            facts.databases += _mysql_databases(body, arg, facts)
-        elif name == "container-redis":
-            facts.databases += _redis_keyspaces(body, arg)
-        elif name == "compose-file":
-            facts.compose_texts[arg] = body
-        elif name == "compose-files-found":
-            facts.compose_files_found = _paths(body)
-        elif name == "pg-databases":
-            version, cluster, port = [*arg.split(), "", "", ""][:3]
-            facts.databases += _postgres_databases(
-                body, f"cluster {version}/{cluster}", facts,
-                port=int(port) if port.isdigit() else None, cluster=f"{version}/{cluster}",
-            )  # fmt: skip
-        elif name == "pm2":
-            facts.pm2 = parse_pm2(body)
-        elif name == "caddyfile":
-            facts.sites += [Site("caddy", s, arg) for s in caddy_sites(body)]
-        elif name == "caddy-certs":
-            facts.cert_stores.append(CertStore("caddy", arg, _paths(body)))
-        elif name == "nginx":
-            facts.sites += [Site("nginx", s, "/etc/nginx") for s in nginx_names(body)]
-        elif name == "certbot":
-            facts.cert_stores.append(CertStore("certbot", "/etc/letsencrypt", _paths(body)))
-        elif name == "env-files":
-            facts.env_files = _paths(body)
-    for name, engine in detected.items():  # found by the processes it runs (docker top)
+            raw.detected[arg] = name.removeprefix("container-")
+        if name.startswith(("docker-", "container-", "compose-")):
+            _docker_section(facts, name, arg, body)
+        else:
+            _host_section(facts, raw, name, arg, body)
+    for name, engine in raw.detected.items():  # found by the processes it runs (docker top)
         c = facts.container(name)
         if c is not None and not c.engine:
             c.engine = engine
     facts.projects = compose_projects(facts.containers, facts.compose_texts)
-    facts.nats = nats_servers(ps_lines, in_containers, facts.containers)
+    facts.nats = nats_servers(raw.ps_lines, raw.in_containers, facts.containers)
     return facts
+
+
+def _docker_section(facts: Facts, name: str, arg: str, body: str) -> None:
+    """Docker's sections: the engine, containers, volumes, databases in containers,
+    compose files."""
+    if name == "docker-version":
+        facts.docker = body.strip() if re.fullmatch(r"[\w.+~-]+", body.strip()) else ""
+        if not facts.docker:
+            facts.errors.append(f"docker: {_first_line(body)}")
+    elif name == "docker-containers":
+        facts.containers = _json_list(body, "docker inspect", facts, parse_container)
+    elif name == "docker-volumes":
+        facts.volumes = _json_list(body, "docker volume inspect", facts, parse_volume)
+    elif name == "container-postgres":
+        facts.databases += _postgres_databases(body, arg, facts, container=arg)
+    elif name == "container-mysql":
+        facts.databases += _mysql_databases(body, arg, facts)
+    elif name == "container-redis":
+        facts.databases += _redis_keyspaces(body, arg)
+    elif name == "compose-file":
+        facts.compose_texts[arg] = body
+    elif name == "compose-files-found":
+        facts.compose_files_found = _paths(body)
+
+
+def _host_section(facts: Facts, raw: _Raw, name: str, arg: str, body: str) -> None:
+    """The host's own sections: login, processes, PostgreSQL clusters, PM2, web servers,
+    certificate stores, .env files."""
+    if name == "whoami":
+        words = body.split()
+        facts.user, facts.hostname = [*words, "", ""][:2]
+    elif name == "ps":
+        raw.ps_lines = [line for line in body.splitlines() if line.strip()]
+    elif name == "containerized":
+        for line in body.splitlines():
+            pid, _, cgroup = line.strip().partition(" ")
+            raw.in_containers[pid] = cgroup
+    elif name == "pg-databases":
+        version, cluster, port = [*arg.split(), "", "", ""][:3]
+        facts.databases += _postgres_databases(
+            body, f"cluster {version}/{cluster}", facts,
+            port=int(port) if port.isdigit() else None, cluster=f"{version}/{cluster}",
+        )  # fmt: skip
+    elif name == "pm2":
+        facts.pm2 = parse_pm2(body)
+    elif name == "caddyfile":
+        facts.sites += [Site("caddy", s, arg) for s in caddy_sites(body)]
+    elif name == "caddy-certs":
+        facts.cert_stores.append(CertStore("caddy", arg, _paths(body)))
+    elif name == "nginx":
+        facts.sites += [Site("nginx", s, "/etc/nginx") for s in nginx_names(body)]
+    elif name == "certbot":
+        facts.cert_stores.append(CertStore("certbot", "/etc/letsencrypt", _paths(body)))
+    elif name == "env-files":
+        facts.env_files = _paths(body)
 
 
 def _first_line(text: str) -> str:
