@@ -263,107 +263,138 @@ def encode(
     """
     fix_mmap_threshold()
     locations = locations or _locations_of(chunks)
+    run = _Encoder(recipients, chunks, locations, level, workers, uploads)
     cutter = FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
-    local = threading.local()
-    slots = threading.Semaphore(uploads)  # finished packs waiting for an upload thread
-    index = IndexWriter(FORMAT, chunks.rset, packed=True)
-    located: dict[bytes, Packed | None] = {}  # this run's new chunks (None: still sealing)
-    # In cut order: (id, size, where) with where a location, a sealing, or None (a
-    # repeat of a chunk this run is storing, located by the time it is settled).
-    pending: deque[tuple[bytes, int, Packed | Future[bytes] | None]] = deque()
-    sealing = 0
-    storing: deque[Future[int]] = deque()
-    spools: list[PackSpool] = []  # open or uploading, closed on the way out
-    spool: PackSpool | None = None
-    new_bytes = reused = packs = 0
-
-    def seal(data: bytes) -> bytes:
-        if not hasattr(local, "zstd"):
-            local.zstd = zstandard.ZstdCompressor(level=level)  # one per worker thread
-        return bytes(pyrage.encrypt(local.zstd.compress(data), recipients))
-
-    def put(pack: PackSpool) -> int:
-        try:
-            pack.file.seek(0)
-            return chunks.put_pack(pack.name, pack.file)
-        finally:
-            pack.file.close()
-            slots.release()
-
-    def ship(pack: PackSpool) -> None:
-        nonlocal packs
-        while storing and storing[0].done():
-            storing.popleft().result()
-        slots.acquire()
-        storing.append(store_pool.submit(put, pack))
-        packs += 1
-
-    def settle() -> None:
-        nonlocal sealing, spool, new_bytes
-        cid, size, where = pending.popleft()
-        if isinstance(where, Future):
-            sealing -= 1
-            blob = where.result()
-            if spool is None:
-                spool = PackSpool.new()
-                spools.append(spool)
-            at = spool.add(blob)
-            new_bytes += len(blob)
-            located[cid] = at
-            if spool.size >= chunks.pack_target:
-                ship(spool)
-                spool = None
-        elif where is None:
-            at = located[cid]  # type: ignore[assignment]  # settled before its repeats
-        else:
-            at = where
-        index.add(cid, size, at)
-
-    seal_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drkit-seal")
-    store_pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="drkit-pack-put")
     try:
         for piece in cutter.cut_stream(plain):
-            data = bytes(piece.data)  # the view is only valid until the next cut
-            cid = chunk_id(data, id_key)
-            if cid in located:
-                pending.append((cid, len(data), None))
-            elif (at := locations.locate(cid)) is not None:
-                pending.append((cid, len(data), at))
-            else:
-                located[cid] = None
-                while sealing > workers:
-                    settle()
-                pending.append((cid, len(data), seal_pool.submit(seal, data)))
-                sealing += 1
-                del data
-                continue
-            reused += 1
-            while pending and not isinstance(pending[0][2], Future):
-                settle()
-        while pending:
-            settle()
-        if spool is not None:
-            ship(spool)
-            spool = None
-        while storing:
-            storing.popleft().result()
+            run.add(bytes(piece.data), id_key)  # the view is only valid until the next cut
+        run.finish()
     except BaseException:
-        for _cid, _size, where in pending:
+        run.abandon()
+        raise
+    return run.result()
+
+
+class _Encoder:
+    """The state of one ``encode``: chunks in cut order, waiting to be settled into the
+    index (a location, a sealing in flight, or a repeat of a chunk this run stores);
+    the open pack; packs uploading."""
+
+    def __init__(
+        self,
+        recipients: list[Recipient],
+        chunks: ChunkStore,
+        locations: Locations,
+        level: int,
+        workers: int,
+        uploads: int,
+    ) -> None:
+        self.recipients, self.chunks, self.locations = recipients, chunks, locations
+        self.level, self.workers = level, workers
+        self.local = threading.local()
+        self.slots = threading.Semaphore(uploads)  # finished packs waiting for an upload
+        self.index = IndexWriter(FORMAT, chunks.rset, packed=True)
+        self.located: dict[bytes, Packed | None] = {}  # new chunks (None: still sealing)
+        # (id, size, where): a location, a sealing, or None (a repeat of a chunk this run
+        # is storing, located by the time it is settled).
+        self.pending: deque[tuple[bytes, int, Packed | Future[bytes] | None]] = deque()
+        self.sealing = 0
+        self.storing: deque[Future[int]] = deque()
+        self.spools: list[PackSpool] = []  # open or uploading, closed on the way out
+        self.spool: PackSpool | None = None
+        self.new_bytes = self.reused = self.packs = 0
+        self.seal_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drkit-seal")
+        self.store_pool = ThreadPoolExecutor(
+            max_workers=uploads, thread_name_prefix="drkit-pack-put"
+        )
+
+    def add(self, data: bytes, id_key: bytes) -> None:
+        """One cut chunk: a repeat, a chunk stored before, or a new one to seal."""
+        cid = chunk_id(data, id_key)
+        if cid in self.located:
+            self.pending.append((cid, len(data), None))
+        elif (at := self.locations.locate(cid)) is not None:
+            self.pending.append((cid, len(data), at))
+        else:
+            self.located[cid] = None
+            while self.sealing > self.workers:
+                self._settle()
+            self.pending.append((cid, len(data), self.seal_pool.submit(self._seal, data)))
+            self.sealing += 1
+            return
+        self.reused += 1
+        while self.pending and not isinstance(self.pending[0][2], Future):
+            self._settle()
+
+    def _seal(self, data: bytes) -> bytes:
+        if not hasattr(self.local, "zstd"):  # one per worker thread
+            self.local.zstd = zstandard.ZstdCompressor(level=self.level)
+        return bytes(pyrage.encrypt(self.local.zstd.compress(data), self.recipients))
+
+    def _put(self, pack: PackSpool) -> int:
+        try:
+            pack.file.seek(0)
+            return self.chunks.put_pack(pack.name, pack.file)
+        finally:
+            pack.file.close()
+            self.slots.release()
+
+    def _ship(self, pack: PackSpool) -> None:
+        while self.storing and self.storing[0].done():
+            self.storing.popleft().result()
+        self.slots.acquire()
+        self.storing.append(self.store_pool.submit(self._put, pack))
+        self.packs += 1
+
+    def _settle(self) -> None:
+        """The oldest pending chunk into the index (a sealed one into the open pack)."""
+        cid, size, where = self.pending.popleft()
+        if isinstance(where, Future):
+            self.sealing -= 1
+            blob = where.result()
+            if self.spool is None:
+                self.spool = PackSpool.new()
+                self.spools.append(self.spool)
+            at = self.spool.add(blob)
+            self.new_bytes += len(blob)
+            self.located[cid] = at
+            if self.spool.size >= self.chunks.pack_target:
+                self._ship(self.spool)
+                self.spool = None
+        elif where is None:
+            at = self.located[cid]  # type: ignore[assignment]  # settled before its repeats
+        else:
+            at = where
+        self.index.add(cid, size, at)
+
+    def finish(self) -> None:
+        while self.pending:
+            self._settle()
+        if self.spool is not None:
+            self._ship(self.spool)
+            self.spool = None
+        while self.storing:
+            self.storing.popleft().result()
+        self.seal_pool.shutdown(wait=True)
+        self.store_pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """After a failure: stop the work in flight, drop the spools and the index."""
+        for _cid, _size, where in self.pending:
             if isinstance(where, Future):
                 where.cancel()
-        seal_pool.shutdown(wait=True, cancel_futures=True)
-        store_pool.shutdown(wait=True, cancel_futures=True)
-        for each in spools:
+        self.seal_pool.shutdown(wait=True, cancel_futures=True)
+        self.store_pool.shutdown(wait=True, cancel_futures=True)
+        for each in self.spools:
             each.file.close()
-        index.discard()
-        raise
-    seal_pool.shutdown(wait=True)
-    store_pool.shutdown(wait=True)
-    for cid, at in located.items():
-        if at is not None:
-            locations.add(cid, at)  # a later artifact of this run may reuse it
-    new = sum(1 for at in located.values() if at is not None)
-    return Encoded(index.finish(), new, new_bytes, reused, packs)
+        self.index.discard()
+
+    def result(self) -> Encoded:
+        for cid, at in self.located.items():
+            if at is not None:
+                self.locations.add(cid, at)  # a later artifact of this run may reuse it
+        new = sum(1 for at in self.located.values() if at is not None)
+        return Encoded(self.index.finish(), new, self.new_bytes, self.reused, self.packs)
 
 
 _LOCATIONS: weakref.WeakKeyDictionary[Any, Locations] = weakref.WeakKeyDictionary()
@@ -406,60 +437,12 @@ def decode(
         # A v2 index read without its key (or a v1 index passed off with one) would
         # skip or misapply the check that ties each chunk to the signed index.
         raise IntegrityError(f"{label}: chunk index {reader.codec} without its id key")
-    chunks = chunks_of(reader.rset)
+    fetcher = _Fetcher(chunks_of(reader.rset), identities, id_key, fetched)
     plain = ThreadPipe(max_chunks=4)
-
-    def fetch(group: list[ChunkRef]) -> list[bytes]:
-        first = group[0].at
-        if first is None:  # one object per chunk (before packs)
-            blob = chunks.get(group[0].id)
-            if fetched is not None:
-                fetched(len(blob))
-            return [open_chunk(blob, group[0], identities, id_key, chunks.label(group[0].id))]
-        length = sum(ref.at.length for ref in group if ref.at is not None)
-        span = chunks.read(first.pack, first.offset, length)
-        if fetched is not None:
-            fetched(len(span))
-        return [
-            open_chunk(blob, ref, identities, id_key, where)
-            for ref, blob, where in _split(span, group, chunks.pack_label(first.pack))
-        ]
-
-    def produce() -> None:
-        pool = ThreadPoolExecutor(max_workers=_PREFETCH, thread_name_prefix="drkit-fetch")
-        ahead: deque[Future[list[bytes]]] = deque()
-        pending = _groups(iter(reader))
-        try:
-            for group in _take(pending, _PREFETCH):
-                ahead.append(pool.submit(fetch, group))
-            while ahead:
-                datas = ahead.popleft().result()
-                for group in _take(pending, 1):
-                    ahead.append(pool.submit(fetch, group))
-                for data in datas:
-                    view = memoryview(data)
-                    for start in range(0, len(view), CHUNK):
-                        plain.write(bytes(view[start : start + CHUNK]))
-                    del view
-                del datas
-            if expected is not None and (
-                reader.plain_size != expected.plain_size
-                or reader.tree_digest != expected.plain_sha256
-                or reader.stored_size != expected.stored_size
-                or reader.stored_sha256 != expected.stored_sha256
-            ):
-                raise IntegrityError(f"{label}: digest does not match the manifest")
-            plain.close()
-        except PipeClosed:
-            pass  # the consumer failed; its error is the one raised
-        except BaseException as exc:
-            plain.fail(exc)
-        finally:
-            for fut in ahead:
-                fut.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    producer = threading.Thread(target=produce, name="drkit-chunks", daemon=True)
+    producer = threading.Thread(
+        target=_produce, args=(reader, fetcher, plain, expected, label),
+        name="drkit-chunks", daemon=True,
+    )  # fmt: skip
     producer.start()
     out = plain.reader()
     try:
@@ -472,6 +455,77 @@ def decode(
         raise
     producer.join()
     return Digests(reader.plain_size, reader.tree_digest, reader.stored_size, reader.stored_sha256)
+
+
+@dataclass(frozen=True)
+class _Fetcher:
+    """Reads and opens the chunks of one group (one ranged read of a pack, or one chunk
+    object of its own)."""
+
+    chunks: ChunkStore
+    identities: list[Identity]
+    id_key: bytes | None
+    fetched: Callable[[int], object] | None
+
+    def __call__(self, group: list[ChunkRef]) -> list[bytes]:
+        chunks, first = self.chunks, group[0].at
+        if first is None:  # one object per chunk (before packs)
+            blob = chunks.get(group[0].id)
+            if self.fetched is not None:
+                self.fetched(len(blob))
+            where = chunks.label(group[0].id)
+            return [open_chunk(blob, group[0], self.identities, self.id_key, where)]
+        length = sum(ref.at.length for ref in group if ref.at is not None)
+        span = chunks.read(first.pack, first.offset, length)
+        if self.fetched is not None:
+            self.fetched(len(span))
+        return [
+            open_chunk(blob, ref, self.identities, self.id_key, where)
+            for ref, blob, where in _split(span, group, chunks.pack_label(first.pack))
+        ]
+
+
+def _produce(
+    reader: IndexReader,
+    fetch: _Fetcher,
+    plain: ThreadPipe,
+    expected: Digests | None,
+    label: str,
+) -> None:
+    """The producer thread of ``decode``: ``_PREFETCH`` groups in flight, their plain
+    bytes into ``plain`` in order, then the index's digests against ``expected``."""
+    pool = ThreadPoolExecutor(max_workers=_PREFETCH, thread_name_prefix="drkit-fetch")
+    ahead: deque[Future[list[bytes]]] = deque()
+    pending = _groups(iter(reader))
+    try:
+        for group in _take(pending, _PREFETCH):
+            ahead.append(pool.submit(fetch, group))
+        while ahead:
+            datas = ahead.popleft().result()
+            for group in _take(pending, 1):
+                ahead.append(pool.submit(fetch, group))
+            for data in datas:
+                view = memoryview(data)
+                for start in range(0, len(view), CHUNK):
+                    plain.write(bytes(view[start : start + CHUNK]))
+                del view
+            del datas
+        if expected is not None and (
+            reader.plain_size != expected.plain_size
+            or reader.tree_digest != expected.plain_sha256
+            or reader.stored_size != expected.stored_size
+            or reader.stored_sha256 != expected.stored_sha256
+        ):
+            raise IntegrityError(f"{label}: digest does not match the manifest")
+        plain.close()
+    except PipeClosed:
+        pass  # the consumer failed; its error is the one raised
+    except BaseException as exc:
+        plain.fail(exc)
+    finally:
+        for fut in ahead:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def open_chunk(

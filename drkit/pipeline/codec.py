@@ -24,7 +24,7 @@ import hashlib
 import io
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
 import pyrage
@@ -191,49 +191,13 @@ def decode(
     stored_h = HashingReader(stored)
     decrypted = ThreadPipe(max_chunks=_DEPTH)
     plain = ThreadPipe(max_chunks=_DEPTH)
-    plain_sha = hashlib.sha256()
-    plain_size = 0
-
-    def decrypt() -> None:
-        # pyrage reads 8 KiB at a time: serve those reads from a C buffer.
-        source = io.BufferedReader(cast(Any, stored_h), buffer_size=_PYRAGE_BUFFER)
-        try:
-            out = decrypted.writer()
-            pyrage.decrypt_io(source, out, identities)
-            out.flush()
-            decrypted.close()
-        except PipeClosed:
-            pass  # the consumer failed and aborted; its error is the one raised
-        except BaseException as exc:
-            decrypted.fail(stored_h.error or decrypt_error(exc, label))
-            raise
-
-    def decompress() -> None:
-        nonlocal plain_size
-        dctx = zstandard.ZstdDecompressor()
-        reader = dctx.stream_reader(decrypted.reader(), read_size=CHUNK, read_across_frames=True)
-        try:
-            try:
-                while block := reader.read(_DECODE_BLOCK):
-                    plain_sha.update(block)
-                    plain_size += len(block)
-                    plain.write(block)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"{label}: compressed data is corrupt ({exc})") from None
-            if expected is not None and (
-                plain_size != expected.plain_size or plain_sha.hexdigest() != expected.plain_sha256
-            ):
-                raise IntegrityError(f"{label}: content digest does not match the manifest")
-            plain.close()
-        except PipeClosed:
-            pass
-        except BaseException as exc:
-            decrypted.abort()  # stop the decrypter if it is still running
-            plain.fail(exc)
-            raise
-
-    decrypt_stage = _Stage("drkit-decrypt", decrypt)
-    decompress_stage = _Stage("drkit-decompress", decompress)
+    seen = _Plain()
+    decrypt_stage = _Stage(
+        "drkit-decrypt", lambda: _decrypt(stored_h, decrypted, identities, label)
+    )
+    decompress_stage = _Stage(
+        "drkit-decompress", lambda: _decompress(decrypted, plain, seen, expected, label)
+    )
     reader = plain.reader()
     try:
         consume(reader)
@@ -252,7 +216,62 @@ def decode(
         stored_h.size != expected.stored_size or stored_h.hexdigest() != expected.stored_sha256
     ):
         raise IntegrityError(f"{label}: stored digest does not match the manifest")
-    return Digests(plain_size, plain_sha.hexdigest(), stored_h.size, stored_h.hexdigest())
+    return Digests(seen.size, seen.sha.hexdigest(), stored_h.size, stored_h.hexdigest())
+
+
+@dataclass
+class _Plain:
+    """What ``decode``'s decompressing stage saw of the plain stream."""
+
+    size: int = 0
+    sha: Any = field(default_factory=hashlib.sha256)
+
+
+def _decrypt(
+    stored_h: HashingReader, decrypted: ThreadPipe, identities: list[Identity], label: str
+) -> None:
+    # pyrage reads 8 KiB at a time: serve those reads from a C buffer.
+    source = io.BufferedReader(cast(Any, stored_h), buffer_size=_PYRAGE_BUFFER)
+    try:
+        out = decrypted.writer()
+        pyrage.decrypt_io(source, out, identities)
+        out.flush()
+        decrypted.close()
+    except PipeClosed:
+        pass  # the consumer failed and aborted; its error is the one raised
+    except BaseException as exc:
+        decrypted.fail(stored_h.error or decrypt_error(exc, label))
+        raise
+
+
+def _decompress(
+    decrypted: ThreadPipe,
+    plain: ThreadPipe,
+    seen: _Plain,
+    expected: Digests | None,
+    label: str,
+) -> None:
+    dctx = zstandard.ZstdDecompressor()
+    reader = dctx.stream_reader(decrypted.reader(), read_size=CHUNK, read_across_frames=True)
+    try:
+        try:
+            while block := reader.read(_DECODE_BLOCK):
+                seen.sha.update(block)
+                seen.size += len(block)
+                plain.write(block)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{label}: compressed data is corrupt ({exc})") from None
+        if expected is not None and (
+            seen.size != expected.plain_size or seen.sha.hexdigest() != expected.plain_sha256
+        ):
+            raise IntegrityError(f"{label}: content digest does not match the manifest")
+        plain.close()
+    except PipeClosed:
+        pass
+    except BaseException as exc:
+        decrypted.abort()  # stop the decrypter if it is still running
+        plain.fail(exc)
+        raise
 
 
 def decrypt_error(exc: BaseException, label: str) -> BaseException:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from drkit.errors import ObjectNotFound, RepositoryError
-from drkit.repository import s3 as s3_module
+from drkit.repository import s3_multipart as s3_parts
 from drkit.repository.factory import open_store
 from drkit.repository.layout import Repository
 from drkit.repository.local import LocalStore
@@ -316,7 +316,7 @@ def test_s3_content_md5_is_checked(s3_store: S3Store, monkeypatch: pytest.Monkey
     """A digest that does not match the bytes is refused (BadDigest), leaving nothing."""
     s3_store.put_bytes("obj", b"original")
     wrong = base64.b64encode(hashlib.md5(b"corrupt").digest()).decode()
-    monkeypatch.setattr(s3_module, "_content_md5", lambda md5: wrong)
+    monkeypatch.setattr(s3_parts, "content_md5", lambda md5: wrong)
     for data in (b"small object", payload(2 * PART_SIZE + 10, seed=4)):
         with pytest.raises(RepositoryError, match="BadDigest") as err:
             s3_store.put_bytes("obj", data)
