@@ -28,7 +28,7 @@ from drkit.providers.retry import Transient
 
 PER_PAGE = 100
 _GB = 1024**3
-_NO_ADDRESS = ("", "0.0.0.0")
+_NO_ADDRESS = ("", "0.0.0.0")  # noqa: S104 (the API's answer for none, compared, never bound)
 
 
 class VultrProvider(Provider):

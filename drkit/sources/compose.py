@@ -432,7 +432,7 @@ def _service(info: dict[str, Any]) -> dict[str, Any]:
     for bindings in (info.get("NetworkSettings", {}).get("Ports") or {}).values():
         for b in bindings or []:
             if b.get("HostPort"):
-                ports.append(f"{b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}")
+                ports.append(f"{b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}")  # noqa: S104 (what docker reports)
     return {
         "service": labels.get(SERVICE_LABEL, info.get("Name", "").lstrip("/")),
         "container": info.get("Name", "").lstrip("/"),

@@ -382,7 +382,8 @@ class Pm2Source(TarSource):
         ]
 
         def opener() -> Any:
-            self._tar = TarStream(self, argv, f"/tmp/.drkit-tar-{secrets.token_hex(8)}.log")
+            log = f"/tmp/.drkit-tar-{secrets.token_hex(8)}.log"  # noqa: S108 (64 random bits)
+            self._tar = TarStream(self, argv, log)
             return self._tar
 
         self._scanner = scanner

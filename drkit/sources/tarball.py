@@ -122,7 +122,7 @@ class TarSource(Source):
         scanner = TarScanner(keep_content=self.keep_content, content_limit=self.content_limit)
 
         def opener() -> Any:
-            log = f"/tmp/.drkit-tar-{secrets.token_hex(8)}.log"
+            log = f"/tmp/.drkit-tar-{secrets.token_hex(8)}.log"  # noqa: S108 (64 random bits)
             self._tar = TarStream(self, tar_create_argv(paths, exclude), log)
             return self._tar
 

@@ -304,9 +304,9 @@ def test_runs_record_finish_and_last_success(catalog: Catalog) -> None:
     assert h is not None and (h.id, h.status, h.finished) == (running, "running", None)
     assert catalog.last_success("hetzner") is None
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="finish_run: invalid status 'running'"):
         catalog.finish_run(running, "running", None, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="finish_run: invalid status 'bogus'"):
         catalog.finish_run(running, "bogus", None, None)  # type: ignore[arg-type]
     with pytest.raises(CatalogError):
         catalog.finish_run(9999, "success", None, None)
@@ -368,7 +368,7 @@ def test_drills(catalog: Catalog) -> None:
         7200.0,
         "vultr/drills/d2.json",
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="record_drill: invalid verdict 'ok'"):
         catalog.record_drill("file:///r", "vultr", "d3", "s", T0, None, "ok")  # type: ignore[arg-type]
 
 

@@ -129,7 +129,7 @@ def test_a_snapshot_signed_by_an_untrusted_key_is_refused(
 
 
 @pytest.mark.parametrize(
-    "change, reason",
+    ("change", "reason"),
     [
         (lambda m: m["sources"][0]["artifacts"][0].update(stored_size=1), "does not check"),
         (lambda m: m.update(facts=None), "does not check"),

@@ -186,7 +186,7 @@ def test_backup_without_pg_authid_plan_and_check_name_roles_needing_a_password(
         (bindir / tool).symlink_to(PG_BIN / tool)
     wrapper = bindir / "pg_dumpall"
     wrapper.write_text(f'#!/bin/sh\nexec "{PG_BIN}/pg_dumpall" --no-role-passwords "$@"\n')
-    os.chmod(wrapper, 0o755)
+    os.chmod(wrapper, 0o755)  # noqa: S103 (a program, run as the restore's user)
     policy = pg_policy(tmp_path, pg, keys, app["db"], user=reader, bin_dir=str(bindir))
     facts = backup_facts(policy, keys, tmp_path)
     assert facts["logins"]["passwords"] is None

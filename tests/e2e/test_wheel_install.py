@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """The wheel built from this checkout, installed into a fresh venv under /tmp."""
     base = tmp_path_factory.mktemp("wheel")
     seconds: dict[str, float] = {}
@@ -61,7 +60,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", str(wheel)])
     seconds["install"] = time.monotonic() - started
     print(f"wheel built in {seconds['build']:.1f} s, installed in {seconds['install']:.1f} s")
-    yield Installed(venv, seconds)
+    return Installed(venv, seconds)
 
 
 def run(

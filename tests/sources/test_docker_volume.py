@@ -314,7 +314,8 @@ def test_failure_mid_read_starts_the_container_again(volume: dict[str, Any]) -> 
     config = VolumeConfig(kind="docker_volume", volume=volume["volume"], stop_label=volume["label"])
     source = DockerVolumeSource("shopdata", config, LocalRunner("dockerbox"))
     artifact = next(source.artifacts())
-    with pytest.raises(RuntimeError, match="upload failed"), artifact.open() as stream:
+    # The block stands for an upload failing mid-read, with the container stopped.
+    with pytest.raises(RuntimeError, match="upload failed"), artifact.open() as stream:  # noqa: PT012
         assert stream.read(64 << 10)  # tar is mid-stream: 3 MiB are still to come
         assert not state(volume["container"])["Running"]
         raise RuntimeError("upload failed")

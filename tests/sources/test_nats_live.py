@@ -21,7 +21,6 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -538,9 +537,8 @@ def test_memory_streams_reported_at_backup_and_in_plan_and_exported(
 
 
 @pytest.fixture(autouse=True)
-def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRKIT_STATE_DIR", str(tmp_path / "state"))
-    yield
 
 
 # ---- pure checks ----------------------------------------------------------------------

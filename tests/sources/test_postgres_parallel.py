@@ -280,5 +280,5 @@ def test_budget_keeps_a_reserve_and_staging_names_fit() -> None:
     assert staging_name("app") == "app_drkit_restoring"
     long = "x" * 60
     assert len(staging_name(long).encode()) <= 63 and staging_name(long) != staging_name(long + "y")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unexpected spool directory '/etc'"):
         parse_spool_setup("/etc\n1 1\n1\n")

@@ -89,7 +89,7 @@ def test_hex_addresses_are_words_in_host_order() -> None:
     assert hex_address("00000000000000000000000001000000") == "::1"
     # 2001:db8::1 as the kernel prints it: each 32-bit word little-endian.
     assert hex_address("B80D0120000000000000000001000000") == "2001:db8::1"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an IPv4 or IPv6 address: 7F0001"):
         hex_address("7F0001")
 
 

@@ -147,7 +147,7 @@ def test_naive_times_are_utc_and_other_time_zones_apply() -> None:
 def test_invalid_expressions_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="not a cron expression"):
         check_schedule(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a cron expression"):
         due(bad, None, START)
 
 
@@ -227,7 +227,7 @@ def test_emit_cron_quotes_escapes_percent_and_takes_a_user() -> None:
     )
     assert text.splitlines()[1] == "0 * * * * drkit backup --policy-dir '/etc/my policies' 50\\%"
     assert emit_cron(user="root").splitlines()[1] == "*/10 * * * * root drkit backup --due -q"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="every_minutes must be between 1 and 60"):
         emit_cron(every_minutes=0)
 
 

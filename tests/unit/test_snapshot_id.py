@@ -37,5 +37,5 @@ def test_ids_written_before_milliseconds_still_parse_and_sort_by_second() -> Non
     "bad", ["latest", "2026-12-05", "20261205T1058Z-aaaaaa", "20261205T105852Z", ""]
 )
 def test_other_names_are_not_snapshot_ids(bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a snapshot id"):
         snapshot_time(bad)
