@@ -42,7 +42,7 @@ directory. ``--dest DIR`` extracts into ``DIR/<volume>`` instead and touches
 no volume.
 
 The tree's entries and digest are drkit.sources.tree_listing. This module stays
-near 500 lines: one source class whose backup and restore share the volume's
+near 470 lines: one source class whose backup and restore share the volume's
 inspection, the containers stopped around the read (the shell scripts and state
 file are drkit.sources.stop_window, shared with drkit.sources.compose) and the
 staged swap.

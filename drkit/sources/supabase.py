@@ -36,7 +36,7 @@ whose access is wider than the source's, or whose definition differs. psql's
 input starts with drkit's own ``\\restrict`` (``psqlinput``).
 
 The catalog queries, privileges and merge are ``pgcatalog``, ``pgacl`` and
-``supabase_merge``; this module (~510 lines) is the source class over
+``supabase_merge``; this module (~590 lines) is the source class over
 ``PostgresSource``, whose plan, load and check share the target's state.
 """
 
