@@ -309,6 +309,11 @@ def assess(facts: Facts, policy: Policy) -> list[Finding]:
         if v.name not in listed:
             by = _volume_covered(cov, facts, v.name)
             out.append(Finding("volume", v.name, "no container", v.project, True, v.mountpoint, by))
+    run = {f for p in facts.projects for f in p.files}
+    for path in facts.compose_files_found:  # a project that is down (or never started)
+        if path not in run:
+            detail = "on disk: no container runs it"
+            out.append(Finding("compose-file", path, "host", "", True, detail, cov.path(path)))
     out += _databases(cov, facts, {c.name: c for c in facts.containers})
     out += _host_services(cov, facts)
     project_files = {f.name for f in out if f.kind == "env-file"}

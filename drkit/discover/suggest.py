@@ -194,7 +194,8 @@ def _volumes(plan: _Plan) -> None:
 
 
 def _host_data(plan: _Plan) -> None:
-    """Standalone containers' bind mounts, host databases, stray .env files."""
+    """Standalone containers' bind mounts, host databases, compose projects that are down,
+    stray .env files."""
     facts = plan.facts
     binds = plan.open("bind")
     if binds:
@@ -214,6 +215,13 @@ def _host_data(plan: _Plan) -> None:
         if facts.user != "postgres":
             source["sudo_user"] = "postgres"
         plan.add(source, f)
+    down = [f for f in plan.open("compose-file") if not f.project]
+    if down:  # projects no container runs: their directories (Dockerfiles, configs...)
+        dirs = list(dict.fromkeys(f.name.rsplit("/", 1)[0] or "/" for f in down))
+        source = {"#": "compose projects no container runs: their directories",
+                  "kind": "files", "name": plan.name("compose-down"), "paths": dirs}  # fmt: skip
+        plan.add(source, *down)
+        plan.covered_paths.extend(dirs)
     env = [f for f in plan.open("env-file") if not path_covered(f.name, plan.covered_paths)]
     if env:
         plan.add({"#": ".env files", "kind": "env", "name": plan.name("env-discovered"),

@@ -78,11 +78,15 @@ def test_nothing_of_the_stack_is_covered_and_the_suggestion_covers_all(tmp_path:
         ("container", "shop_web_1"), ("container", "shop_db_1"),
         ("container", "shop_cache_1"), ("container", "sessions"),
         ("postgres-db", "shop"), ("redis", "shop_cache_1"), ("redis", "sessions"),
+        # the image's copy of the stack: compose files on disk that no container runs
+        ("compose-file", "/opt/drkit/stack/docker-compose.yml"),
     }  # fmt: skip
     assert by(found.findings, "env-file")["/opt/drkit/stack/.env"].covered_by == ["env"]
     assert not by(found.findings, "postgres-db")["postgres"].data
     text = found.suggestion_toml()
-    assert text.count("[[source]]") == 4
+    assert text.count("[[source]]") == 5
+    [down] = [s for s in found.suggested if s["name"] == "compose-down"]
+    assert (down["kind"], down["paths"]) == ("files", ["/opt/drkit/stack"])
     extended = policy(tmp_path, "", "extended.toml")
     path = tmp_path / "extended.toml"
     path.write_text(path.read_text() + text)
@@ -132,7 +136,14 @@ def test_policy_sources_that_cover_volumes_databases_and_files(tmp_path: Path) -
     assert volumes["sessions-data"].covered_by == ["sessions-rdb"]  # names the container
     assert by(found.findings, "postgres-db")["shop"].covered_by == ["docker-volumes"]
     assert by(found.findings, "env-file")["/srv/shop/.env"].covered_by == ["envs", "shop"]
-    assert found.uncovered == []
+    # All but a compose file on disk that no container runs (a project that is down).
+    [down] = found.uncovered
+    assert (down.kind, down.name, down.project) == (
+        "compose-file",
+        "/opt/drkit/stack/docker-compose.yml",
+        "",
+    )
+    assert down.detail == "on disk: no container runs it"
 
 
 def test_postgres_sources_match_container_database_and_host_port(tmp_path: Path) -> None:
@@ -355,7 +366,8 @@ def test_a_compose_source_covers_its_project_but_not_its_dumped_services(tmp_pat
     assert by(found.findings, "compose-file")["/srv/shop/docker-compose.yml"].covered_by == ["shop"]
     assert by(found.findings, "postgres-db")["shop"].uncovered
     assert by(found.findings, "redis")["shop_cache_1"].covered_by == ["shop"]
-    assert {s["kind"] for s in found.suggested} == {"postgres", "redis"}  # db; sessions
+    # db; sessions; the image's copy of the stack, which no container runs
+    assert {s["kind"] for s in found.suggested} == {"postgres", "redis", "files"}
 
 
 def test_a_path_a_source_excludes_is_not_covered_by_it(tmp_path: Path) -> None:
