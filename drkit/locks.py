@@ -47,7 +47,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -58,13 +58,12 @@ from pydantic.dataclasses import dataclass
 
 from drkit.durations import format_duration
 from drkit.errors import DrkitError, ObjectNotFound, RepositoryError, UsageError
+from drkit.logs import Log, warn
 from drkit.paths import state_dir
 from drkit.repository.documents import describe
 from drkit.repository.layout import Repository
 from drkit.repository.store import Written
 from drkit.retry import SYSTEM_CLOCK, Clock, wait_until
-
-Log = Callable[[str], None]
 
 EXIT_LOCK_HELD = 5
 DEFAULT_TTL = 15 * 60.0  # seconds; heartbeats every TTL/4
@@ -222,7 +221,7 @@ class HostLock:
             try:
                 self._refresh()
             except DrkitError as exc:  # transient: retried at the next beat
-                self._log(f"warning: host {self.info.host}: could not refresh lock: {exc}")
+                warn(self._log, f"host {self.info.host}: could not refresh lock: {exc}")
 
     def _refresh(self) -> None:
         """One heartbeat: the lock gets a fresh time, only while it is still ours (where
@@ -247,9 +246,7 @@ class HostLock:
             holder = current.describe(_utcnow()) if current else "nobody (deleted)"
         except MalformedLock as exc:  # overwritten with something else: not ours any more
             holder = f"nobody drkit can name ({exc.problem})"
-        self._log(
-            f"warning: host {self.info.host}: lost the lock {self._where}; now held by {holder}"
-        )
+        warn(self._log, f"host {self.info.host}: lost the lock {self._where}; now held by {holder}")
 
     def _start(self) -> None:
         self._thread.start()
@@ -263,7 +260,7 @@ class HostLock:
             if current is not None and current.token == self.info.token:
                 self.repo.store.delete(self.key)
         except DrkitError as exc:  # the TTL frees it for the next run anyway (also unreadable)
-            self._log(f"warning: host {self.info.host}: could not remove lock: {exc}")
+            warn(self._log, f"host {self.info.host}: could not remove lock: {exc}")
 
 
 def _fetch(repo: Repository, key: str) -> tuple[bytes, str | None] | None:
@@ -411,17 +408,19 @@ def _blocker(
                 f"once unchanged for {format_duration(limit)} (the lock TTL); if no drkit run "
                 "holds it (a newer drkit version could), delete it",
             )
-        log(
-            f"warning: host {host}: replacing the unreadable lock {where}, unchanged for "
-            f"{format_duration(age)} (TTL {format_duration(limit)}): {exc.problem}"
+        warn(
+            log,
+            f"host {host}: replacing the unreadable lock {where}, unchanged for "
+            f"{format_duration(age)} (TTL {format_duration(limit)}): {exc.problem}",
         )
         return None
     reason = _stale_reason(current, owner, now)
     if reason is None:
         return LockHeld(_held_message(host, repo, current, now), host, current)
-    log(
-        f"warning: host {host}: taking over the lock held by {current.owner} "
-        f"pid {current.pid} since {_stamp(current.started)}: {reason}"
+    warn(
+        log,
+        f"host {host}: taking over the lock held by {current.owner} "
+        f"pid {current.pid} since {_stamp(current.started)}: {reason}",
     )
     return None
 

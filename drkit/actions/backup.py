@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from drkit.actions.repository_access import require_object_lock
 from drkit.actions.snapshot_writer import LockCheck, SnapshotWriter
 from drkit.errors import DrkitError, UsageError
-from drkit.logs import Log, quiet
+from drkit.logs import Log, Meter, context, meter, quiet, warn
 from drkit.pipeline.streams import TeeReader
 from drkit.policy.models import MachineImageConfig, Policy, SourceConfigBase, source_name
 from drkit.remote.base import Runner
@@ -223,7 +223,7 @@ def _finish(
     _prune_machines(policy, [j.config for j in jobs if source_name(j.config) in done], started, log)
     seconds = time.monotonic() - t0
     if failed:
-        log(f"{host}: run partial: failed source(s) {', '.join(failed_names)}")
+        warn(log, f"{host}: run partial: failed source(s) {', '.join(failed_names)}")
     warnings = tuple(
         f"source {name}: {text}"
         for name, f in run.facts.items()
@@ -252,27 +252,44 @@ def _back_up_source(
     """Stream one data source's artifacts; its facts go into ``facts``."""
     source = build_source(config, runner)
     s0 = time.monotonic()
-    log(f"{host}: {source.name} ({source.kind}) ...")
     records: list[ArtifactRecord] = []
-    try:
-        for artifact in source.artifacts():
-            with artifact.open() as stream:
-                plain = TeeReader(stream, artifact.observe) if artifact.observe else stream
-                records.append(store(f"{source.name}/{artifact.name}", plain))  # type: ignore[arg-type]
-            log(
-                f"{host}: {source.name}/{artifact.name}: {records[-1].plain_size} bytes "
-                f"-> {records[-1].stored_size} stored"
-            )
-    except DrkitError as exc:
-        _with_context(exc, host, source.name)
-        raise
-    finally:
-        source.finish()
-    facts[source.name] = {"kind": source.kind, **source.facts}
-    warned = source.facts.get("warnings") or []
+    with context(source=source.name):
+        log(f"{host}: {source.name} ({source.kind}) ...")
+        try:
+            with meter("backup", source.name) as m:
+                for artifact in source.artifacts():
+                    with artifact.open() as stream:
+                        plain = TeeReader(stream, _tap(m, artifact.observe))
+                        records.append(store(f"{source.name}/{artifact.name}", plain))  # type: ignore[arg-type]
+                    log(
+                        f"{host}: {source.name}/{artifact.name}: {records[-1].plain_size} "
+                        f"bytes -> {records[-1].stored_size} stored"
+                    )
+        except DrkitError as exc:
+            _with_context(exc, host, source.name)
+            raise
+        finally:
+            source.finish()
+        facts[source.name] = {"kind": source.kind, **source.facts}
+        warned = source.facts.get("warnings") or []
+        for text in warned:  # also in the summary; here with the time, host and source
+            warn(log, f"{host}: source {source.name}: {text}")
     return SourceRecord(
         source.name, source.kind, records, time.monotonic() - s0, warnings=len(warned)
     )
+
+
+def _tap(m: Meter, observe: Callable[[bytes], None] | None) -> Callable[[bytes], None]:
+    """The artifact's own observer (a tar scanner), counting the bytes read for progress
+    on the way: the one pass the backup makes."""
+    if observe is None:
+        return m.counting
+
+    def both(data: bytes) -> None:
+        m.read += len(data)
+        observe(data)
+
+    return both
 
 
 def _start_machines(
@@ -323,10 +340,10 @@ def _prune_machines(
         try:
             report = prune_provider_snapshots(policy, config, now=now, log=log)
         except DrkitError as exc:
-            log(f"warning: {exc}")
+            warn(log, str(exc))
             continue
         for decision, why in report.failed:
-            log(f"warning: could not delete provider snapshot {decision.snapshot.id}: {why}")
+            warn(log, f"could not delete provider snapshot {decision.snapshot.id}: {why}")
 
 
 def _record(
@@ -358,7 +375,7 @@ def _record(
     except DrkitError as exc:
         ids = ", ".join(m.snapshot for m in manifests)
         what = f"snapshot {ids} committed, but" if manifests else "the run failed and"
-        log(f"{host}: {what} the catalog was not updated: {exc}")
+        warn(log, f"{host}: {what} the catalog was not updated: {exc}")
 
 
 def _with_context(exc: DrkitError, host: str, source: str) -> None:
@@ -382,4 +399,4 @@ def _discard(repo: Repository, host: str, snapshot: str, log: Log) -> None:
         for info in list(repo.store.list(snapshot_prefix(host, snapshot))):
             repo.store.delete(info.key)
     except Exception as exc:
-        log(f"{host}: could not remove partial snapshot {snapshot}: {exc}")
+        warn(log, f"{host}: could not remove partial snapshot {snapshot}: {exc}")

@@ -65,6 +65,7 @@ from drkit.drills.checks import certificate_checks, declared_checks, verdict
 from drkit.drills.report import DrillReport
 from drkit.drills.spec import DrillSpec, spec_for
 from drkit.errors import DrkitError, PolicyError, RestoreError, UsageError
+from drkit.logs import Log, context, meter, quiet, warn
 from drkit.pipeline.age import Identity
 from drkit.policy.models import Connection, NatsConfig, Policy, PostgresConfig, source_name
 from drkit.remote.base import Runner
@@ -75,9 +76,6 @@ from drkit.sources.pgsql import PgConn
 
 if TYPE_CHECKING:
     from drkit.catalog.db import Catalog
-
-Log = Callable[[str], None]
-
 
 CONTAINER_NATS = "nats://127.0.0.1:4222"  # docker/hosts/common/drkit-svc
 
@@ -155,7 +153,7 @@ def drill_hosts(
     image: str | None = None,
     keep: bool = False,
     catalog: Callable[[], Catalog] | None = None,
-    log: Log = lambda _m: None,
+    log: Log = quiet,
 ) -> list[DrillReport]:
     """Drill each host in turn; one report per host, in order, whatever fails.
     ``image`` overrides each host's drill image (``--image``)."""
@@ -168,7 +166,7 @@ def drill_hosts(
             report = _report(policy.host, dt.datetime.now(dt.UTC))
             report.error = f"repository {policy.repository.url}: {exc}"
             report.finished = report.started
-            log(f"{policy.host}: drill failed: {report.error}")
+            log(f"error: {policy.host}: drill failed: {report.error}")
             reports.append(report)
             continue
         spec = specs.get(policy.host) or DrillSpec(host=policy.host)
@@ -226,13 +224,28 @@ def run_drill(
     image: str | None = None,
     keep: bool = False,
     catalog: Callable[[], Catalog] | None = None,
-    log: Log = lambda _m: None,
+    log: Log = quiet,
 ) -> DrillReport:
     """Drill one host in ``image`` (default: ``spec.image_for``). Never raises for a
     failed drill: the report's ``error`` names the cause (no image, no snapshot, image
     build, restore, unexpected exception) and its checks say which failed; a drill
     that could not be set up (``DrillSetupError``) has the verdict ``error`` and is
     not stored. Only KeyboardInterrupt and the like propagate."""
+    with context(host=policy.host):
+        return _run_drill(policy, repo, identities, spec, snapshot, image, keep, catalog, log)
+
+
+def _run_drill(
+    policy: Policy,
+    repo: Repository,
+    identities: list[Identity],
+    spec: DrillSpec,
+    snapshot: str | None,
+    image: str | None,
+    keep: bool,
+    catalog: Callable[[], Catalog] | None,
+    log: Log,
+) -> DrillReport:
     started = dt.datetime.now(dt.UTC)
     report = _report(policy.host, started)
     t0: float | None = None
@@ -244,7 +257,8 @@ def run_drill(
         report.snapshots = [m.snapshot for m in assembly.manifests]
         oldest = assembly.oldest.snapshot
         report.rpo_seconds = (started - snapshot_time(oldest)).total_seconds()
-        tag = _image(policy.host, report, log)
+        with meter("drill", "image"):
+            tag = _image(policy.host, report, log)
         t0 = time.monotonic()
         report.checks = [restore_point(assembly, report.rpo_seconds)]
         report.checks += [
@@ -274,7 +288,7 @@ def run_drill(
         log(f"{policy.host}: {report.error}; nothing was checked or recorded")
         return report
     if report.error:
-        log(f"{policy.host}: drill failed: {report.error}")
+        log(f"error: {policy.host}: drill failed: {report.error}")
     report.verdict = "fail" if report.error else verdict(report.checks)
     if report.snapshot:
         _store(repo, report, catalog, log)
@@ -359,7 +373,8 @@ def _in_container(
             engine=bool(needs),
         )
         try:
-            box = stack.enter_context(container)
+            with meter("drill", "container start"):
+                box = stack.enter_context(container)
         except DockerError as exc:  # before anything of the backup reached it
             why = f" (Docker-backed sources: {describe(needs)})" if needs else ""
             raise DrillSetupError(f"container {name}: {exc}{why}") from exc
@@ -425,7 +440,8 @@ def _restore_and_check(
                 PgConn(None, 5432, "postgres", None, None, src.container),
                 src.database,
             )
-    checks += declared_checks(spec, runner, pg, sql_user="postgres")
+    with meter("drill", "checks"):
+        checks += declared_checks(spec, runner, pg, sql_user="postgres")
     return checks
 
 
@@ -451,7 +467,7 @@ def _store(
     try:
         key = repo.write_drill_report(report.host, report.drill_id, json.loads(report.to_json()))
     except DrkitError as exc:
-        log(f"{report.host}: drill report not stored in the repository: {exc}")
+        warn(log, f"{report.host}: drill report not stored in the repository: {exc}")
         key = ""
     if catalog is None:
         return
@@ -471,4 +487,4 @@ def _store(
         )
         cat.close()
     except DrkitError as exc:
-        log(f"{report.host}: drill not recorded in the catalog: {exc}")
+        warn(log, f"{report.host}: drill not recorded in the catalog: {exc}")

@@ -30,7 +30,7 @@ from drkit.actions.run_notify import Reporter
 from drkit.actions.status import due_sources
 from drkit.errors import DrkitError, PolicyError, UsageError
 from drkit.locks import LockHeld
-from drkit.logs import Log
+from drkit.logs import Log, context
 from drkit.policy.local_checks import run_problems
 from drkit.policy.models import Policy
 from drkit.repository.layout import Repository
@@ -111,6 +111,20 @@ def backup_one(
     ``wait``: seconds to wait for a held lock before giving up (status locked).
     ``only``: only these sources (with ``due``: those of them that came due).
     """
+    with context(host=policy.host):
+        return _backup_one(policy, catalog, log, clock=clock, due=due, wait=wait, only=only)
+
+
+def _backup_one(
+    policy: Policy,
+    catalog: Callable[[], Catalog] | None,
+    log: Log,
+    *,
+    clock: Clock,
+    due: bool,
+    wait: float,
+    only: Collection[str] | None,
+) -> HostResult:
     host = policy.host
     reporter = Reporter(policy, log)
     log = reporter.log

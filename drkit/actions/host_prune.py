@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from drkit.actions.host_lock import lock_host
 from drkit.actions.repository_access import open_repository
 from drkit.errors import DrkitError
-from drkit.logs import Log, quiet
+from drkit.logs import Log, quiet, warn
 from drkit.policy.models import MachineImageConfig, Policy, source_name
 
 if TYPE_CHECKING:
@@ -63,5 +63,5 @@ def prune_one(
         try:
             sync(catalog, repo, hosts=[policy.host])
         except DrkitError as exc:
-            log(f"warning: host {policy.host}: pruned, but the catalog was not synced: {exc}")
+            warn(log, f"host {policy.host}: pruned, but the catalog was not synced: {exc}")
     return result

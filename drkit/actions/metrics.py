@@ -12,7 +12,7 @@ from drkit.actions.repository_access import open_repository
 from drkit.actions.status import last_drill_passed, newest_holding
 from drkit.durations import parse_duration
 from drkit.errors import DrkitError
-from drkit.logs import Log
+from drkit.logs import Log, warn
 from drkit.policy.models import Policy, source_name
 from drkit.repository.layout import Repository
 
@@ -41,7 +41,7 @@ def write_metrics(policy: Policy, repo: Repository, log: Log) -> None:
         )
         write_textfile(Path(path), rows)
     except (OSError, DrkitError) as exc:
-        log(f"warning: host {policy.host}: could not write metrics to {path}: {exc}")
+        warn(log, f"host {policy.host}: could not write metrics to {path}: {exc}")
 
 
 def rewrite_metrics(policies: list[Policy], log: Log) -> None:
@@ -58,6 +58,6 @@ def rewrite_metrics(policies: list[Policy], log: Log) -> None:
         try:
             repo = open_repository(policy)
         except DrkitError as exc:
-            log(f"warning: host {policy.host}: metrics not rewritten: {exc}")
+            warn(log, f"host {policy.host}: metrics not rewritten: {exc}")
             continue
         write_metrics(policy, repo, log)

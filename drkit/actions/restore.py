@@ -29,10 +29,11 @@ from typing import Any, BinaryIO
 from drkit.actions.artifact_read import object_label, read_artifact, read_facts
 from drkit.actions.snapshot_select import Assembly
 from drkit.errors import DrkitError, IntegrityError, RestoreError
+from drkit.logs import Log, Meter, context, meter, quiet
 from drkit.paths import state_dir
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
-from drkit.pipeline.streams import HashingReader, drain
+from drkit.pipeline.streams import HashingReader, TeeReader, drain
 from drkit.policy.models import Policy, source_name
 from drkit.remote.base import Runner
 from drkit.repository.layout import Repository, object_key
@@ -56,8 +57,6 @@ ORDER = {
     "command": 5,
     "snapshot": 9,
 }
-
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -126,19 +125,24 @@ def written_paths(facts: dict[str, Any]) -> list[str]:
 
 
 def precheck(
-    repo: Repository, objects: list[tuple[Manifest, ArtifactRecord]], identities: list[Identity]
+    repo: Repository,
+    objects: list[tuple[Manifest, ArtifactRecord]],
+    identities: list[Identity],
+    m: Meter | None = None,
 ) -> None:
     """Hash every stored object in ``objects`` (each in its own snapshot); raise
     IntegrityError naming the first bad one. A chunked artifact is read whole
-    (its chunks are only checked by decrypting them)."""
+    (its chunks are only checked by decrypting them). ``m`` counts the bytes read."""
+    count = m.counting if m is not None else None
     for manifest, record in objects:
         if chunked.is_chunked(record.format):
-            read_artifact(repo, manifest, record, identities, drain)
+            consume = drain if count is None else (lambda s: drain(TeeReader(s, count)))
+            read_artifact(repo, manifest, record, identities, consume)
             continue
         key = object_key(manifest.host, manifest.snapshot, record.key)
         with repo.store.get(key) as stored:
             h = HashingReader(stored)
-            drain(h)
+            drain(h if count is None else TeeReader(h, count))  # type: ignore[arg-type]
         if h.size != record.stored_size or h.hexdigest() != record.stored_sha256:
             raise IntegrityError(
                 f"{object_label(repo, manifest, record)}: stored digest does not match the "
@@ -298,8 +302,13 @@ class Executor:
         return steps
 
     def run(
-        self, log: Log = lambda _m: None, *, check: bool = True, keep_going: bool = False
+        self, log: Log = quiet, *, check: bool = True, keep_going: bool = False
     ) -> RestoreResult:
+        """See ``_run``; what it logs names the host."""
+        with context(host=self.assembly.host):
+            return self._run(log, check=check, keep_going=keep_going)
+
+    def _run(self, log: Log, *, check: bool, keep_going: bool) -> RestoreResult:
         """Apply every step, reload services, check. A failing step stops the restore
         with an error that says what was restored, what failed and what did not run;
         with ``keep_going`` the other steps still run (each source is its own data) and
@@ -321,7 +330,9 @@ class Executor:
                 else:
                     objects.append((self.manifest_of(rec.name), artifact))
         try:
-            precheck(self.repo, objects, self.identities)
+            total = sum(r.stored_size for _m, r in objects) or None
+            with meter("restore", "check stored objects", total=total) as m:
+                precheck(self.repo, objects, self.identities, m)
         except DrkitError as exc:  # the object is named; say whose, and that nothing changed
             said = (
                 str(exc) if "nothing was restored" in str(exc) else f"{exc}; nothing was restored"
@@ -355,29 +366,46 @@ class Executor:
         self, result: RestoreResult, staged: dict[str, frozenset[str]], log: Log, keep_going: bool
     ) -> None:
         host = self.assembly.host
-        for rec in self.records:
+        for number, rec in enumerate(self.records, 1):
             if rec.name in self.progress.done:
                 result.skipped.append(rec.name)
                 log(f"{host}: {rec.name}: already restored (resume), skipped")
                 continue
-            snapshot = self.manifest_of(rec.name).snapshot
-            log(f"{host}: restoring {rec.name} ({rec.kind}) from snapshot {snapshot} ...")
-            try:
-                report = self._apply(rec, staged[rec.name])
-            except KeyboardInterrupt:
-                self._discard(rec)
+            with context(source=rec.name):
+                self._apply_step(result, staged, log, keep_going, number, rec)
+
+    def _apply_step(
+        self,
+        result: RestoreResult,
+        staged: dict[str, frozenset[str]],
+        log: Log,
+        keep_going: bool,
+        number: int,
+        rec: SourceRecord,
+    ) -> None:
+        """One step (``number``, as the plan numbers it), metered for progress."""
+        host = self.assembly.host
+        snapshot = self.manifest_of(rec.name).snapshot
+        log(f"{host}: restoring {rec.name} ({rec.kind}) from snapshot {snapshot} ...")
+        name = f"step {number}/{len(self.records)}: {rec.name} ({rec.kind})"
+        total = sum(a.plain_size for a in rec.artifacts) or None
+        try:
+            with meter("restore", name, total=total) as m:
+                report = self._apply(rec, staged[rec.name], m)
+        except KeyboardInterrupt:
+            self._discard(rec)
+            raise
+        except DrkitError as exc:
+            if not keep_going:
+                exc.reword(f"{exc}; {self._stopped_at(rec, result)}")
                 raise
-            except DrkitError as exc:
-                if not keep_going:
-                    exc.reword(f"{exc}; {self._stopped_at(rec, result)}")
-                    raise
-                result.failed[rec.name] = str(exc)
-                log(f"{host}: {rec.name}: FAILED: {exc} (--keep-going: going on)")
-                continue
-            for action in report.actions:
-                result.steps.append(f"{rec.name}: {action}")
-                log(f"{host}: {rec.name}: {action}")
-            self.progress.mark(rec.name)
+            result.failed[rec.name] = str(exc)
+            log(f"error: {host}: {rec.name}: FAILED: {exc} (--keep-going: going on)")
+            return
+        for action in report.actions:
+            result.steps.append(f"{rec.name}: {action}")
+            log(f"{host}: {rec.name}: {action}")
+        self.progress.mark(rec.name)
 
     def _discard(self, rec: SourceRecord) -> None:
         """After Ctrl-C or SIGTERM inside ``rec``'s step: remove a tar step's staging
@@ -389,10 +417,10 @@ class Executor:
             with contextlib.suppress(DrkitError, OSError):
                 source.staging(self.opts).recover()
 
-    def _apply(self, rec: SourceRecord, staged: frozenset[str]) -> Any:
+    def _apply(self, rec: SourceRecord, staged: frozenset[str], m: Meter) -> Any:
         try:
             return self.sources[rec.name].restore(
-                self._feeder(rec), self.facts.get(rec.name, {}), self.opts
+                self._feeder(rec, m), self.facts.get(rec.name, {}), self.opts
             )
         except IntegrityError as exc:
             if not staged:
@@ -449,7 +477,11 @@ class Executor:
                 checks += self.sources[rec.name].check(self.facts.get(rec.name, {}), self.opts)
         return checks
 
-    def _feeder(self, rec: SourceRecord) -> Callable[[str, Callable[[BinaryIO], object]], None]:
+    def _feeder(
+        self, rec: SourceRecord, m: Meter
+    ) -> Callable[[str, Callable[[BinaryIO], object]], None]:
+        """Each artifact's checked plain stream, its bytes counted into ``m`` on the way
+        to the source (the one read of the restore)."""
         records: dict[str, ArtifactRecord] = {a.name: a for a in rec.artifacts}
         manifest, repo = self.manifest_of(rec.name), self.repo  # its own snapshot
 
@@ -457,7 +489,11 @@ class Executor:
             record = records.get(name)
             if record is None:
                 raise RestoreError(f"host {manifest.host}: source {rec.name}: no artifact {name}")
-            read_artifact(repo, manifest, record, self.identities, consume)
+
+            def counted(stream: BinaryIO) -> object:
+                return consume(TeeReader(stream, m.counting))  # type: ignore[arg-type]
+
+            read_artifact(repo, manifest, record, self.identities, counted)
 
         return feed
 

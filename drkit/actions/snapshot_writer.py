@@ -17,10 +17,11 @@ from typing import Any, BinaryIO, Protocol
 
 from drkit import __version__
 from drkit.errors import RepositoryError
-from drkit.logs import Log
+from drkit.logs import Log, current_meter
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Recipient, parse_recipient, recipient_lines
 from drkit.pipeline.codec import FORMAT, Digests, encode
+from drkit.pipeline.streams import TeeReader
 from drkit.policy.models import Policy
 from drkit.repository.chunks import Chunks, recipient_set
 from drkit.repository.layout import FACTS, Repository, object_key
@@ -93,7 +94,15 @@ class SnapshotWriter:
             key = object_key(self.host, snapshot, relative)
             if self.chunks is not None and relative != FACTS:
                 return self._store_chunked(key, relative, plain, self.chunks)
-            digests = encode(plain, self.recipients, lambda s: self.repo.store.put(key, s))
+            m = current_meter()
+            if m is None:
+                digests = encode(plain, self.recipients, lambda s: self.repo.store.put(key, s))
+            else:  # the stored bytes as the store reads them, for progress
+                digests = encode(
+                    plain,
+                    self.recipients,
+                    lambda s: self.repo.store.put(key, TeeReader(s, m.counting_stored)),  # type: ignore[arg-type]
+                )
             return _record(relative, FORMAT, digests)
 
         return store
@@ -108,6 +117,9 @@ class SnapshotWriter:
             self.repo.store.put(key, index.file)  # only after every chunk it names is stored
         finally:
             index.file.close()
+        m = current_meter()
+        if m is not None:  # chunks are stored by the chunk store: counted per artifact
+            m.add_stored(done.new_bytes)
         self.log(
             f"{relative}: {done.new_chunks} new chunk(s) ({done.new_bytes} bytes stored), "
             f"{done.reused_chunks} reused"

@@ -10,7 +10,7 @@ every trusted snapshot that needs it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -18,10 +18,11 @@ from typing import BinaryIO
 from drkit.actions.artifact_read import object_label, read_artifact
 from drkit.actions.snapshot_select import select_snapshot
 from drkit.errors import DrkitError, IntegrityError
+from drkit.logs import Meter, context, meter
 from drkit.pipeline import chunked
 from drkit.pipeline.age import Identity
 from drkit.pipeline.chunk_index import VERSION_1, ChunkRef, IndexReader
-from drkit.pipeline.streams import HashingReader, drain
+from drkit.pipeline.streams import HashingReader, TeeReader, drain
 from drkit.repository.chunks import Chunks
 from drkit.repository.layout import Repository, object_key
 from drkit.repository.manifest import ArtifactRecord, Manifest
@@ -113,9 +114,12 @@ def _packed(index: IndexReader) -> Iterator[ChunkRef]:
         yield ref
 
 
-def _check_pack(work: _PackWork, identities: list[Identity] | None) -> tuple[int, list[str]]:
+def _check_pack(
+    work: _PackWork, identities: list[Identity] | None, m: Meter
+) -> tuple[int, list[str]]:
     """Read ``work``'s pack once, front to back, checking each chunk it needs; returns
-    bytes read and the problems (each naming the pack and the bytes)."""
+    bytes read and the problems (each naming the pack and the bytes). ``m`` counts them
+    as they are read, for progress."""
     label = work.chunks.pack_label(work.name)
     problems: list[str] = []
     read = 0
@@ -130,6 +134,7 @@ def _check_pack(work: _PackWork, identities: list[Identity] | None) -> tuple[int
                 read += _skip(stream, gap)
                 blob = stream.read(ref.at.length)
                 read += len(blob)
+                m.add_read(len(blob))
                 where = chunked.chunk_where(label, ref.at)
                 if len(blob) != ref.at.length:
                     problems.append(f"{where}: the pack ends before this chunk")
@@ -169,6 +174,13 @@ def verify_snapshot(
     """Check every artifact (and the facts). With identities, decrypt and check the
     plain digest too; without, check the stored digests only. Every failing
     object is reported, not just the first."""
+    with context(host=manifest.host), meter("verify", f"snapshot {manifest.snapshot}") as m:
+        return _verify_snapshot(repo, manifest, identities, m)
+
+
+def _verify_snapshot(
+    repo: Repository, manifest: Manifest, identities: list[Identity] | None, m: Meter
+) -> VerifyResult:
     result = VerifyResult(manifest.host, manifest.snapshot, decrypted=identities is not None)
     records: list[ArtifactRecord] = list(manifest.artifacts)
     if manifest.facts:
@@ -191,16 +203,17 @@ def verify_snapshot(
                     packed.append((record, list(mine)))
                     continue
             if identities is not None:
-                read_artifact(repo, manifest, record, identities, drain, chunk_sizes.append)
+                read_artifact(repo, manifest, record, identities, _counted(m), chunk_sizes.append)
             else:
                 _check_stored(repo, manifest, record, label)
+                m.add_read(record.stored_size)
         except DrkitError as exc:
             result.problems.append(str(exc))
             continue
         result.checked += 1
         result.bytes += record.stored_size + sum(chunk_sizes)
     with ThreadPoolExecutor(max_workers=_PACK_READERS, thread_name_prefix="drkit-verify") as pool:
-        found = pool.map(lambda w: _check_pack(w, identities), packs.values())
+        found = pool.map(lambda w: _check_pack(w, identities, m), packs.values())
         checked = dict(zip(packs, found, strict=True))
     for name, (read, problems) in checked.items():
         result.bytes += read
@@ -212,6 +225,15 @@ def verify_snapshot(
             result.checked += 1
             result.bytes += record.stored_size
     return result
+
+
+def _counted(m: Meter) -> Callable[[BinaryIO], None]:
+    """``drain``, counting the checked plain bytes into ``m`` as they pass."""
+
+    def consume(stream: BinaryIO) -> None:
+        drain(TeeReader(stream, m.counting))
+
+    return consume
 
 
 def needing(repo: Repository, host: str, packs: set[str]) -> dict[str, list[str]]:

@@ -18,9 +18,11 @@ from drkit.cli.context import (
     log_to_stderr,
     parse_wait,
     policy_options,
+    verbosity,
     wait_option,
 )
 from drkit.cli.group import cli, json_option
+from drkit.cli.progress import show_progress
 from drkit.cli.restore_output import emit_plan, emit_result, exit_for, warn_nothing_to_resume
 from drkit.cli.summary import print_run, print_warnings, result_dict
 from drkit.errors import RestoreError, UsageError
@@ -58,7 +60,6 @@ pass_ctx = click.make_pass_decorator(Ctx)
     "restore takes the others from older snapshots",
 )
 @wait_option
-@click.option("-q", "--quiet", is_flag=True, help="print nothing unless something failed")
 @json_option
 @pass_ctx
 @handle_errors
@@ -71,13 +72,13 @@ def backup(
     jobs: int,
     only: tuple[str, ...],
     wait_text: str | None,
-    quiet: bool,
 ) -> None:
     """Back up hosts: every source of each policy, committed by a manifest.
 
     Hosts run concurrently (--jobs); one host's failure never stops the others.
     One run per host at a time: a host whose lock another run holds is skipped
-    (exit 5 if nothing else failed) unless --wait.
+    (exit 5 if nothing else failed) unless --wait. -q (cron): print nothing unless
+    something failed or warned.
     """
     from drkit.actions.fleet import backup_fleet, exit_code
 
@@ -97,7 +98,8 @@ def backup(
                 f"host {policies[0].host}: --only: no source {', '.join(unknown)} in the policy "
                 f"(sources: {', '.join(sorted(known))})"
             )
-    log = log_to_stderr(quiet or ctx.as_json)
+    quiet = verbosity() < 0
+    log = log_to_stderr()
 
     def done(r: HostResult) -> None:
         if r.error:
@@ -105,17 +107,18 @@ def backup(
         elif r.status == "not-due":
             log(f"{r.host}: not due")
 
-    results = backup_fleet(
-        policies,
-        jobs=jobs,
-        catalog=ctx.catalog,
-        log=log,
-        on_done=done,
-        clock=ctx.now,
-        due=due,
-        wait=wait,
-        only=set(only) or None,
-    )
+    with show_progress():
+        results = backup_fleet(
+            policies,
+            jobs=jobs,
+            catalog=ctx.catalog,
+            log=log,
+            on_done=done,
+            clock=ctx.now,
+            due=due,
+            wait=wait,
+            only=set(only) or None,
+        )
     code = exit_code(results)
     if ctx.as_json or not (quiet and code == 0):
         ctx.emit({"results": [result_dict(r) for r in results]}, lambda: print_run(results))
@@ -151,7 +154,8 @@ def verify(
     policy = ctx.one_policy(policy_file, host)
     repo = open_repository(policy)
     identities = None if no_decrypt else load_identity(identity_file)
-    results = verify_host(repo, policy.host, identities, snapshot=snapshot, every=all_snapshots)
+    with show_progress():
+        results = verify_host(repo, policy.host, identities, snapshot=snapshot, every=all_snapshots)
     data = [
         {
             "host": r.host,
@@ -318,7 +322,7 @@ def restore(
     at = _parse_at(ctx, at_text)
     identities = load_identity(identity_file)
     password = _password_from(pg_password_env)
-    log = log_to_stderr(ctx.as_json)
+    log = log_to_stderr()
     opts = RestoreOptions(
         database=database,
         db_suffix=rename_db or "",
@@ -353,7 +357,8 @@ def restore(
         emit_plan(ctx, executor, target_label, steps, plan_text)
         return
     _confirm(executor.assembly.host, steps, plan_text, yes=yes)
-    result = executor.run(log, keep_going=keep_going)
+    with show_progress():
+        result = executor.run(log, keep_going=keep_going)
     emit_result(ctx, executor, result, [s.source for s in steps], target_label)
     exit_for(result)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,9 @@ from drkit.cli.context import (
     log_to_stderr,
 )
 from drkit.cli.group import cli, json_option
+from drkit.cli.progress import show_progress
 from drkit.errors import DrkitError, UsageError
+from drkit.logs import Log, warn
 
 if TYPE_CHECKING:
     from drkit.drills.report import DrillReport
@@ -98,12 +99,50 @@ def drill(
     """
     from drkit.actions.drill import SETUP_ERROR, drill_hosts, load_specs
     from drkit.drills.images import DOCKER_DIR_ENV
-    from drkit.drills.report import junit_xml, markdown
     from drkit.drills.spec import drills_dir as choose_drills_dir
 
     if docker_dir:  # read by drkit.drills.images.docker_dir()
         os.environ[DOCKER_DIR_ENV] = str(Path(docker_dir).resolve())
+    _check_selection(hosts, policy_files, all_hosts, snapshot, image)
+    policies = ctx.policies(policy_files, hosts)
+    directory = choose_drills_dir(drills_dir)
+    specs = load_specs(policies, directory)  # every drill file's problems at once
+    identities = load_identity(identity_file)
+    log = log_to_stderr()
+    log(f"drill files: {directory}")
+    with show_progress():
+        reports = drill_hosts(
+            policies,
+            identities,
+            specs,
+            snapshot=snapshot,
+            image=image,
+            keep=keep,
+            catalog=ctx.catalog,
+            log=log,
+        )
+    rewrite_metrics(policies, log)
+    if report_dir:
+        write_reports(ctx, policies, reports, Path(report_dir), log)
+    if junit_file:
+        from drkit.drills.report import junit_xml
 
+        Path(junit_file).write_bytes(junit_xml(reports))
+    ctx.emit({"drills": [json.loads(r.to_json()) for r in reports]}, lambda: print_drills(reports))
+    if any(r.verdict == "fail" for r in reports):
+        sys.exit(4)
+    if any(r.verdict == SETUP_ERROR for r in reports):
+        sys.exit(EXIT_DRILL_SETUP)
+
+
+def _check_selection(
+    hosts: tuple[str, ...],
+    policy_files: tuple[str, ...],
+    all_hosts: bool,
+    snapshot: str | None,
+    image: str | None,
+) -> None:
+    """Which hosts, and options that apply to one host only. Raises UsageError."""
     if not (hosts or policy_files or all_hosts):
         raise UsageError("name hosts (--host), policy files (--policy) or --all")
     for flag, value in (("--snapshot", snapshot), ("--image", image)):
@@ -113,56 +152,41 @@ def drill(
         from drkit.drills.spec import check_image
 
         check_image(image, "--image")
-    policies = ctx.policies(policy_files, hosts)
-    directory = choose_drills_dir(drills_dir)
-    specs = load_specs(policies, directory)  # every drill file's problems at once
-    identities = load_identity(identity_file)
-    log = log_to_stderr(ctx.as_json)
-    log(f"drill files: {directory}")
-    reports = drill_hosts(
-        policies,
-        identities,
-        specs,
-        snapshot=snapshot,
-        image=image,
-        keep=keep,
-        catalog=ctx.catalog,
-        log=log,
-    )
-    rewrite_metrics(policies, log)
-    if report_dir:
-        out = Path(report_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for r in reports:
-            (out / f"{r.host}-{r.drill_id}.json").write_bytes(r.to_json())
-        (out / "drill-summary.md").write_text(markdown(reports))
-        write_fleet_page(ctx, policies, reports, out, log)
-    if junit_file:
-        Path(junit_file).write_bytes(junit_xml(reports))
 
-    def text() -> None:
-        for r in reports:
-            for c in r.checks:
-                if c.status != "pass":
-                    click.echo(f"  [{c.status}] {r.host} {c.source}: {c.name}: {c.detail}")
-            if r.error:
-                click.echo(f"  [error] {r.host}: {r.error}")
-            if r.verdict == SETUP_ERROR:
-                click.echo(f"{r.host}: drill ERROR: not set up, nothing checked or recorded")
-                continue
-            click.echo(
-                f"{r.host}: drill {r.verdict.upper()} (snapshot {r.snapshot or 'none'}; RTO "
-                f"{r.rto_seconds:.1f}s, RPO {r.rpo_seconds / 3600:.1f}h; image "
-                f"{r.image_name or 'none'} {'built' if r.image_built else 'cached'} "
-                f"{r.image_build_seconds:.1f}s; "
-                f"{len(r.checks)} checks)"
-            )
 
-    ctx.emit({"drills": [json.loads(r.to_json()) for r in reports]}, text)
-    if any(r.verdict == "fail" for r in reports):
-        sys.exit(4)
-    if any(r.verdict == SETUP_ERROR for r in reports):
-        sys.exit(EXIT_DRILL_SETUP)
+def write_reports(
+    ctx: Ctx, policies: list[Policy], reports: list[DrillReport], out: Path, log: Log
+) -> None:
+    """--report DIR: each drill's JSON, the Markdown summary and the fleet page."""
+    from drkit.drills.report import markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    for r in reports:
+        (out / f"{r.host}-{r.drill_id}.json").write_bytes(r.to_json())
+    (out / "drill-summary.md").write_text(markdown(reports))
+    write_fleet_page(ctx, policies, reports, out, log)
+
+
+def print_drills(reports: list[DrillReport]) -> None:
+    """The text output: each drill's failed checks, then its verdict line."""
+    from drkit.actions.drill import SETUP_ERROR
+
+    for r in reports:
+        for c in r.checks:
+            if c.status != "pass":
+                click.echo(f"  [{c.status}] {r.host} {c.source}: {c.name}: {c.detail}")
+        if r.error:
+            click.echo(f"  [error] {r.host}: {r.error}")
+        if r.verdict == SETUP_ERROR:
+            click.echo(f"{r.host}: drill ERROR: not set up, nothing checked or recorded")
+            continue
+        click.echo(
+            f"{r.host}: drill {r.verdict.upper()} (snapshot {r.snapshot or 'none'}; RTO "
+            f"{r.rto_seconds:.1f}s, RPO {r.rpo_seconds / 3600:.1f}h; image "
+            f"{r.image_name or 'none'} {'built' if r.image_built else 'cached'} "
+            f"{r.image_build_seconds:.1f}s; "
+            f"{len(r.checks)} checks)"
+        )
 
 
 def write_fleet_page(
@@ -170,7 +194,7 @@ def write_fleet_page(
     policies: list[Policy],
     reports: list[DrillReport],
     out: Path,
-    log: Callable[[str], None],
+    log: Log,
 ) -> None:
     """The fleet page of the drilled hosts (as ``drkit report --html``) beside the drill
     reports, read back from the repositories the drills just wrote to; this run's drills
@@ -188,10 +212,10 @@ def write_fleet_page(
         add_unstored(fleet, reports)
         log(f"fleet page: {write_page(fleet, out)}")
     except (DrkitError, OSError) as exc:
-        log(f"warning: fleet page not written to {out}: {exc}")
+        warn(log, f"fleet page not written to {out}: {exc}")
 
 
-def rewrite_metrics(policies: list[Policy], log: Callable[[str], None]) -> None:
+def rewrite_metrics(policies: list[Policy], log: Log) -> None:
     """``drkit.actions.metrics.rewrite_metrics`` (the drill's Prometheus textfiles),
     named here too for the callers that import it from this module."""
     from drkit.actions.metrics import rewrite_metrics as rewrite

@@ -93,7 +93,7 @@ def restore_machine(
         size,
         yes,
         now=ctx.now(),
-        log=log_to_stderr(ctx.as_json),
+        log=log_to_stderr(),
     )
     instance = done.instance
     data = {

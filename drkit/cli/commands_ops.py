@@ -71,7 +71,7 @@ def prune(
         raise UsageError(f"--grace: {exc}") from None
     wait = parse_wait(wait_text)
     policies = ctx.policies(policy_files, hosts)
-    log = log_to_stderr(ctx.as_json)
+    log = log_to_stderr()
     catalog = ctx.catalog()
     now = ctx.now()
     rows: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from drkit.errors import DrkitError, PolicyError, UsageError
+from drkit.logs import Log
 from drkit.paths import config_dir, default_catalog_url, default_identity_file
 from drkit.policy.loader import load_policies, load_policy
 from drkit.policy.models import Policy
@@ -246,6 +247,7 @@ def handle_errors(f: F) -> F:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminate)
         try:
+            configure_logging()
             ensure_open_files()
             return f(*args, **kwargs)
         except PolicyError as exc:
@@ -316,7 +318,44 @@ def parse_wait(text: str | None) -> float:
         raise UsageError(f"--wait: {exc}") from None
 
 
-def log_to_stderr(quiet: bool) -> Callable[[str], None]:
-    if quiet:
-        return lambda _m: None
-    return lambda m: click.echo(m, err=True)
+# ``ctx.meta`` key: -1 for -q, 1 for -v (the last one given, root group or command).
+VERBOSITY = "drkit.verbosity"
+
+
+def verbosity() -> int:
+    """-1 under ``-q``, 1 under ``-v``, else 0."""
+    click_ctx = click.get_current_context(silent=True)
+    return int(click_ctx.meta.get(VERBOSITY, 0)) if click_ctx is not None else 0
+
+
+def log_level(as_json: bool) -> int:
+    """-q: warnings and errors only; -v: debug; else info, or warnings with --json (a
+    script reading stdout wants the document; ``--json -v`` shows progress too)."""
+    import logging
+
+    level = verbosity()
+    if level < 0:
+        return logging.WARNING
+    if level > 0:
+        return logging.DEBUG
+    return logging.WARNING if as_json else logging.INFO
+
+
+def configure_logging() -> int:
+    """Point the ``drkit`` logger at stderr at the level the options ask for; returns it."""
+    from drkit.logs import setup
+    from drkit.redact import scrub
+
+    click_ctx = click.get_current_context(silent=True)
+    ctx = click_ctx.find_object(Ctx) if click_ctx is not None else None
+    level = log_level(ctx.as_json if ctx is not None else False)
+    setup(level, scrub=scrub)
+    return level
+
+
+def log_to_stderr() -> Log:
+    """The ``Log`` the commands pass to actions: records of the ``drkit`` logger, which
+    ``configure_logging`` sent to stderr (timestamped off a terminal)."""
+    from drkit.logs import LogTo
+
+    return LogTo()

@@ -12,12 +12,53 @@ from typing import Any
 import click
 
 from drkit import __version__
-from drkit.cli.context import EXIT_CODES, Ctx, make_ctx, print_json_errors
+from drkit.cli.context import EXIT_CODES, VERBOSITY, Ctx, make_ctx, print_json_errors
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:  # ctx.meta is shared by the root group's context and the command's
+        ctx.meta[VERBOSITY] = 1 if param.name == "verbose" else -1
+
+
+def _add_verbosity(command: click.Command) -> None:
+    """``-v/--verbose`` and ``-q/--quiet`` on ``command`` (the last one given wins, on
+    the root group or the command); ``handle_errors`` sets the log level from them."""
+    taken = {opt for p in command.params for opt in getattr(p, "opts", ())}
+    for flags, help_text in (
+        (("-v", "--verbose"), "say more: debug detail on stderr"),
+        (("-q", "--quiet"), "warnings and errors only (for cron)"),
+    ):
+        if not taken & set(flags):
+            command.params.append(
+                click.Option(
+                    list(flags),
+                    is_flag=True,
+                    expose_value=False,
+                    callback=_set_verbosity,
+                    help=help_text,
+                )
+            )
+
+
+class _Command(click.Command):
+    """Every command takes -v and -q."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_verbosity(self)
 
 
 class _Cli(click.Group):
-    """The root group: a usage error of a command line asking for ``--json`` is also
-    printed as JSON on stdout (a script reading stdout gets a document, not nothing)."""
+    """The root group (and its sub-groups): every command takes -v and -q; a usage
+    error of a command line asking for ``--json`` is also printed as JSON on stdout (a
+    script reading stdout gets a document, not nothing)."""
+
+    command_class = _Command
+    group_class = type  # sub-groups are _Cli too
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_verbosity(self)
 
     def make_context(
         self,

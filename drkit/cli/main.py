@@ -13,6 +13,12 @@ def main() -> None:
     # Last net under the scrubbing done where errors are made: nothing drkit prints
     # (text, --json, warnings, tracebacks) carries a resolved secret value.
     guard_std_streams()
+    register_commands()
+    cli()
+
+
+def register_commands() -> None:
+    """Import every command module: each registers its commands on ``cli``."""
     from drkit.cli import (  # noqa: F401 - registers commands
         commands_backup,
         commands_discover,
@@ -22,5 +28,3 @@ def main() -> None:
         commands_ops,
         commands_report,
     )
-
-    cli()

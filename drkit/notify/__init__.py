@@ -27,7 +27,7 @@ import httpx
 from drkit import __version__
 from drkit.durations import parse_duration
 from drkit.errors import SecretError
-from drkit.logs import Log
+from drkit.logs import Log, warn
 from drkit.notify import http
 from drkit.redact import scrub
 from drkit.secrets import resolve
@@ -146,7 +146,7 @@ def _resolve(ref: str | None, what: str, host: str, log: Log) -> str | None:
     try:
         return resolve(ref)
     except SecretError as exc:  # names the reference, never a value
-        log(f"warning: host {host}: notify {what} disabled: {exc}")
+        warn(log, f"host {host}: notify {what} disabled: {exc}")
         return None
 
 
@@ -229,7 +229,7 @@ class Notifier:
                     self.client, self._log, t.webhook, event.payload()
                 )
         except Exception as exc:  # a notification must never fail the run
-            self._log(f"warning: host {event.host}: notification failed: {type(exc).__name__}")
+            warn(self._log, f"host {event.host}: notification failed: {type(exc).__name__}")
         return results
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from drkit import __version__
-from drkit.logs import Log
+from drkit.logs import Log, warn
 
 PingKind = Literal["start", "success", "fail"]
 
@@ -85,13 +85,13 @@ def send(
         )
     except httpx.HTTPError as exc:
         detail = _scrub(str(exc), hidden) if isinstance(exc, httpx.TransportError) else ""
-        log(f"warning: {where} failed: {type(exc).__name__}" + (f": {detail}" if detail else ""))
+        warn(log, f"{where} failed: {type(exc).__name__}" + (f": {detail}" if detail else ""))
         return False
     except Exception as exc:  # a notification must never fail the run
-        log(f"warning: {where} failed: {type(exc).__name__}")
+        warn(log, f"{where} failed: {type(exc).__name__}")
         return False
     if not response.is_success:
-        log(f"warning: {where} failed: HTTP {response.status_code}")
+        warn(log, f"{where} failed: HTTP {response.status_code}")
         return False
     return True
 

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, ClassVar
 
 from drkit.durations import parse_duration
 from drkit.errors import SourceError
-from drkit.logs import Log
+from drkit.logs import Log, LogTo
 from drkit.remote.base import Process, Runner, exit_text, tail_text
 
 # Consume a decoded artifact's plain stream: restore code passes a callback.
@@ -62,7 +62,8 @@ class RestoreOptions:
     reload: bool = True
     # --resume: complete an interrupted restore (set by the executor; nats: its journal).
     resume: bool = False
-    log: Log = print
+    # What a source says while it restores: the drkit logger (stderr), never stdout.
+    log: Log = field(default_factory=LogTo)
 
 
 @dataclass
