@@ -202,21 +202,27 @@ class Chunks:
         where a repack moved them). A pack found missing has the move records read
         again once (a repack may have moved it since they were read)."""
         moves = self.moves()
+        missing = pack
         for attempt in (0, 1):
             pieces = moves.pieces(self.rset, pack, start, length)
             try:
                 return b"".join(self._get(p) for p in pieces)
-            except ObjectNotFound:
+            except _Missing as gone:
+                missing = gone.pack
                 if attempt:
                     break
                 moves = self.moves(reload=True)
+        moved = f" (where a repack moved bytes of pack {pack})" if missing != pack else ""
         refused = "; ".join(moves.rejected[:3])
         why = f" (not followed: {refused})" if refused else ""
-        raise IntegrityError(f"{self.pack_label(pack)}: pack is missing{why}")
+        raise IntegrityError(f"{self.pack_label(missing)}: pack is missing{moved}{why}")
 
     def _get(self, piece: Piece) -> bytes:
         key = pack_key(self.host, self.rset, piece.pack)
-        return self.store.get_range(key, piece.offset, piece.length)
+        try:
+            return self.store.get_range(key, piece.offset, piece.length)
+        except ObjectNotFound:
+            raise _Missing(piece.pack) from None
 
     def open_pack(self, pack: str) -> BinaryIO:
         """``pack`` for reading front to back (verify): the object itself, or where a
@@ -227,6 +233,14 @@ class Chunks:
             return self.store.get(pack_key(self.host, self.rset, pack))
         except ObjectNotFound:
             raise IntegrityError(f"{self.pack_label(pack)}: pack is missing") from None
+
+
+class _Missing(Exception):
+    """A piece's pack is not there (``Chunks.read`` says which, and why)."""
+
+    def __init__(self, pack: str) -> None:
+        super().__init__(pack)
+        self.pack = pack
 
 
 class MovedPack:

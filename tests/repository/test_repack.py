@@ -254,3 +254,17 @@ def test_the_garbage_share_setting() -> None:
     for bad in ("0", "-1", "1.5", "half", "nan"):
         with pytest.raises(DrkitError, match="DRKIT_REPACK"):
             repack_share(bad)
+
+
+def test_a_missing_new_pack_is_named_with_the_pack_it_replaced(
+    repo: Repository, ring: Keyring
+) -> None:
+    _m0, m1, m2 = three(repo, ring)
+    if locked(repo.store):
+        pytest.skip("Object Lock: nothing is repacked")
+    assert collect(repo, [m1, m2], 0.01).packs_repacked > 0
+    (record,) = [i.key for i in repo.store.list(f"{HOST}/moves/")]
+    new = record.rsplit("/", 1)[1].removesuffix(".json")
+    repo.store.delete(pack_key(HOST, ring.rset, new))
+    with pytest.raises(IntegrityError, match=rf"{new}: pack is missing \(where a repack moved"):
+        restore(Repository(repo.store, trust_for()), ring, m2)
