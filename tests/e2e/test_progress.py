@@ -170,6 +170,19 @@ def test_off_a_terminal_progress_lines_carry_time_level_host_and_source(
     assert len(ticks) >= 2, res.stderr
     assert re.search(step + r"done: 16\.0 MiB of 16\.0 MiB, ", res.stderr, re.M), res.stderr
 
+    # verify: a final line per snapshot; with --json only under -v, and stdout parses.
+    res = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file), env=env)
+    assert res.returncode == 0 and not re.search(STAMP, res.stdout), res.output
+    assert re.search(
+        rf"^{STAMP} host=box info: verify snapshot \S+: done: 16\.\d MiB, ", res.stderr, re.M
+    )
+    res = drkit("backup", "--policy", str(policy), "--json", env=env)
+    assert json.loads(res.stdout)["results"][0]["status"] == "success"
+    assert res.stderr == "", res.stderr  # --json: warnings and errors only
+    res = drkit("backup", "--policy", str(policy), "--json", "-v", env=env)
+    assert json.loads(res.stdout)["results"][0]["status"] == "success"
+    assert re.search(prefix + "done: ", res.stderr, re.M), res.stderr
+
 
 def test_quiet_shows_only_warnings_each_with_host_and_source(tmp_path: Path, keys: Keys) -> None:
     """A file vanishing while tar reads the tree (tests/sources/test_files_live_writes.py
