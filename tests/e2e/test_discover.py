@@ -312,6 +312,35 @@ def test_discover_lists_the_compose_stack_and_suggest_covers_it(
     print(f"discover took {took:.1f} s")
 
 
+def test_the_backup_time_check_over_ssh_names_the_stacks_gaps(
+    dockerhost: tuple[HostContainer, Login], tmp_path: Path
+) -> None:
+    """``uncovered_data`` (what ``drkit backup`` runs once per run, over its own runner)
+    on the Docker host: the same gaps as ``drkit discover``, and its warning names them."""
+    from drkit.actions.backup_coverage import uncovered_data
+    from drkit.policy.loader import load_policy
+    from drkit.remote.ssh import SshRunner
+
+    box, login = dockerhost
+    path = _policy(tmp_path / "dockerhost.toml", box, login, tmp_path)
+    found = json.loads(drkit("discover", "--policy", str(path), "--json", check=True).stdout)
+    policy = load_policy(path)
+    runner = SshRunner(policy.host, policy.connection)
+    try:
+        started = time.monotonic()
+        check = uncovered_data(policy, runner)
+        took = time.monotonic() - started
+    finally:
+        runner.close()
+    assert check.note is None and check.errors == (), (check.note, check.errors)
+    gaps = {(f["kind"], f["name"]) for f in found["findings"] if f["uncovered"]}
+    assert {(f.kind, f.name) for f in check.findings} == gaps and check.count == len(gaps)
+    [line] = check.lines()
+    assert line.startswith(f"host dockerhost: {len(gaps)} data-bearing thing(s) no source ")
+    assert "compose-project shop" in line, line
+    print(f"backup-time check over ssh: {took:.1f} s, {check.count} uncovered")
+
+
 def _add_user(box: HostContainer, user: str, login: Login, *, sudo: bool) -> None:
     script = (
         f"useradd -m -s /bin/bash {user} && usermod -p '*' {user} && "
