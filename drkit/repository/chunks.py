@@ -36,6 +36,7 @@ PACK_TARGET = 16 << 20  # bytes of sealed chunks per pack (Chunks.pack_target)
 # thousands of parts nor holds a single chunk only.
 PACK_SIZE_ENV = "DRKIT_PACK_SIZE"
 _PACK_RANGE = (1 << 20, 1 << 30)
+_MOVED_RUN = 4 << 20  # the most one read of a moved pack's chunks asks for (verify)
 
 
 def pack_target() -> int:
@@ -232,6 +233,8 @@ class Chunks:
         try:
             return self.store.get(pack_key(self.host, self.rset, pack))
         except ObjectNotFound:
+            if self.moves(reload=True).moved(self.rset, pack):  # moved since they were read
+                return MovedPack(self, pack)  # type: ignore[return-value]
             raise IntegrityError(f"{self.pack_label(pack)}: pack is missing") from None
 
 
@@ -255,6 +258,7 @@ class MovedPack:
         table = chunks.moves().by_pack[(chunks.rset, pack)]
         self.lengths = {o: m.length for o, m in table.items()}
         self.end = max(o + n for o, n in self.lengths.items())
+        self._run: tuple[int, bytes] = (0, b"")  # the last run read: (old offset, bytes)
 
     def read(self, n: int = -1) -> bytes:
         n = self.end - self.pos if n < 0 else min(n, self.end - self.pos)
@@ -262,11 +266,27 @@ class MovedPack:
             return b""
         start, self.pos = self.pos, self.pos + n
         if self.lengths.get(start) == n:
-            try:
-                return self.chunks.read(self.pack, start, n)
-            except DrkitError:
-                pass  # as bytes that are not the chunk: its digest check says so
+            at, data = self._run
+            if not at <= start < start + n <= at + len(data):
+                at, data = self._run = (start, self._fetch(start))
+            return data[start - at : start - at + n]
         return bytes(n)
+
+    def _fetch(self, start: int) -> bytes:
+        """The moved chunk at ``start`` and those after it in the old pack, up to
+        ``_MOVED_RUN`` bytes, in one read when their new places are adjacent too (as a
+        repack writes them); the chunk alone when the run cannot be read whole (a chunk
+        in it moved again, or not at all: one this reader may not need); zeros when
+        even the chunk cannot be read."""
+        end = start + self.lengths[start]
+        while end in self.lengths and end + self.lengths[end] - start <= _MOVED_RUN:
+            end += self.lengths[end]
+        for length in dict.fromkeys((end - start, self.lengths[start])):
+            try:
+                return self.chunks.read(self.pack, start, length)
+            except DrkitError:
+                continue
+        return bytes(self.lengths[start])  # as bytes that are not the chunk: its digest says so
 
     def close(self) -> None:
         pass
