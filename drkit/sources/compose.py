@@ -13,9 +13,8 @@ Backup, three artifacts:
   reads every volume's ``_data``, and they are started again however tar
   ends. The stop, the read and the start are one shell on the host with an
   exit trap and a state file (drkit.sources.stop_window, as ``docker_volume``'s
-  ``stop_label``), and drkit starts them too, to report a failure. Unlike
-  ``docker_volume``, the next backup does not yet read the state file to start
-  what a killed shell left stopped.
+  ``stop_label``), and drkit starts them too, to report a failure; the next
+  backup starts what a killed shell left stopped, with a warning.
 - ``images.tar`` (``images = true``): ``docker save`` of the images the
   project's containers run, so an incident restore needs no registry.
 
@@ -33,6 +32,10 @@ Check: the files as ``files`` checks them, then per service: its container
 running (healthy, if it has a health check) and each port it published at
 backup listening on the host again, waited for up to ``start_timeout``; else
 the check fails naming the service and the port.
+
+The stop window is drkit.sources.stop_window. This module stays over 400 lines:
+one source class whose backup, plan, restore and check share the project's
+containers as ``docker inspect`` reports them.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ from drkit.sources.base import (
     pipe_into,
 )
 from drkit.sources.confine import confine
+from drkit.sources.stop_window import START_AGAIN, read_state, stopped_while
 from drkit.sources.stop_window import state_file as state_path
-from drkit.sources.stop_window import stopped_while
 from drkit.sources.tarball import TarSource
 from drkit.sources.tarfilter import MemberRules, TarFilter
 from drkit.sources.tarscan import TarScanner
@@ -145,6 +148,7 @@ class ComposeSource(TarSource):
     # ---- backup -------------------------------------------------------
     def artifacts(self) -> Iterator[Artifact]:
         c = self.config
+        warnings = self._left_stopped(self.state_file())
         found = self.containers()
         if not found:
             raise SourceError(
@@ -158,19 +162,7 @@ class ComposeSource(TarSource):
                 f"{self.label}: dumps names service(s) {', '.join(unknown)}, which project "
                 f"{c.project} does not run"
             )
-        labels = found[0].get("Config", {}).get("Labels") or {}
-        # compose v1 records them relative to the project's working directory.
-        workdir = labels.get(WORKING_DIR_LABEL) or c.dir
-        config_files = [
-            posixpath.join(workdir, f) for f in labels.get(CONFIG_FILES_LABEL, "").split(",") if f
-        ]
-        outside = [f for f in config_files if not f.startswith(c.dir.rstrip("/") + "/")]
-        if outside:
-            raise SourceError(
-                f"{self.label}: project {c.project} was started with compose file(s) "
-                f"{', '.join(outside)} outside dir {c.dir}; set dir to the directory that "
-                "holds them"
-            )
+        config_files = self._config_files(found)
         yield from self.tar_artifacts([c.dir], c.exclude)
         self.facts.update(self.listing_facts())
 
@@ -181,27 +173,8 @@ class ComposeSource(TarSource):
             for m in info.get("Mounts", [])
             if m.get("Type") == "volume"
         }
-        names = sorted(
-            {
-                m["Name"]
-                for info in found
-                for m in info.get("Mounts", [])
-                if m.get("Type") == "volume"
-            }
-            - skipped
-        )
         root = self.volumes_root()
-        volumes: dict[str, dict[str, Any]] = {}
-        for name in names:
-            record = self.volume(name) or {}
-            mp = str(record.get("Mountpoint") or "")
-            if mp != posixpath.join(root, name, "_data"):
-                raise SourceError(
-                    f"{self.label}: volume {name} (driver {record.get('Driver')}) is not at "
-                    f"{root}/{name}/_data (mountpoint {mp or 'none'}): only local volumes "
-                    "are read; back it up with its own source and list its service in dumps"
-                )
-            volumes[name] = {"labels": record.get("Labels") or {}}
+        volumes = self._local_volumes(found, skipped, root)
         stop = {
             i["Id"]: i["Name"].lstrip("/")
             for i in found
@@ -229,6 +202,53 @@ class ComposeSource(TarSource):
             skipped_volumes=sorted(skipped),
             stopped=sorted(stopped),
         )
+        if warnings:  # after the files' own (listing_facts)
+            self.facts["warnings"] = [*self.facts.get("warnings", []), *warnings]
+
+    def _config_files(self, found: list[dict[str, Any]]) -> list[str]:
+        """The compose files the project was started with; all must be under ``dir``."""
+        c = self.config
+        labels = found[0].get("Config", {}).get("Labels") or {}
+        # compose v1 records them relative to the project's working directory.
+        workdir = labels.get(WORKING_DIR_LABEL) or c.dir
+        config_files = [
+            posixpath.join(workdir, f) for f in labels.get(CONFIG_FILES_LABEL, "").split(",") if f
+        ]
+        outside = [f for f in config_files if not f.startswith(c.dir.rstrip("/") + "/")]
+        if outside:
+            raise SourceError(
+                f"{self.label}: project {c.project} was started with compose file(s) "
+                f"{', '.join(outside)} outside dir {c.dir}; set dir to the directory that "
+                "holds them"
+            )
+        return config_files
+
+    def _local_volumes(
+        self, found: list[dict[str, Any]], skipped: set[str], root: str
+    ) -> dict[str, dict[str, Any]]:
+        """The project's named volumes but ``skipped``: name -> {"labels"}; each must be a
+        local volume under ``root`` (one tar reads them all)."""
+        names = sorted(
+            {
+                m["Name"]
+                for info in found
+                for m in info.get("Mounts", [])
+                if m.get("Type") == "volume"
+            }
+            - skipped
+        )
+        volumes: dict[str, dict[str, Any]] = {}
+        for name in names:
+            record = self.volume(name) or {}
+            mp = str(record.get("Mountpoint") or "")
+            if mp != posixpath.join(root, name, "_data"):
+                raise SourceError(
+                    f"{self.label}: volume {name} (driver {record.get('Driver')}) is not at "
+                    f"{root}/{name}/_data (mountpoint {mp or 'none'}): only local volumes "
+                    "are read; back it up with its own source and list its service in dumps"
+                )
+            volumes[name] = {"labels": record.get("Labels") or {}}
+        return volumes
 
     @contextmanager
     def _stopped_while(
@@ -252,6 +272,29 @@ class ComposeSource(TarSource):
 
     def state_file(self) -> str:
         return state_path(f"compose/{self.name}/{self.config.project}")
+
+    def _left_stopped(self, state: str) -> list[str]:
+        """Start the containers an interrupted backup left stopped (its state file names
+        them) that are not running; warnings naming them."""
+        recorded = read_state(self.runner, state, self.run_as)
+        if not recorded:
+            return []
+        running = {i["Id"] for i in self.containers() if i["State"].get("Running")}
+        left = {cid: name for cid, name in recorded.items() if cid not in running}
+        if not left:
+            self.runner.run(["rm", "-f", "--", state], user=self.run_as)
+            return []
+        names = ", ".join(sorted(left.values()))
+        self.runner.check(
+            ["sh", "-c", START_AGAIN, "sh", state, *left],
+            what=f"{self.label}: starting container(s) {names} again",
+            user=self.run_as,
+        )
+        return [
+            f"container(s) {names} were still stopped: an earlier backup of project "
+            f"{self.config.project} stopped them and was killed before it could start them "
+            "again; started now"
+        ]
 
     # ---- restore ------------------------------------------------------
     def describe(self, facts: dict[str, Any], opts: RestoreOptions) -> StepPlan:

@@ -79,7 +79,7 @@ from drkit.sources.stop_window import (
     RECORD,
     START_AGAIN,
     ShownStream,
-    parse_state,
+    read_state,
     state_text,
     stopped_while,
 )
@@ -221,10 +221,9 @@ class DockerVolumeSource(Source):
     def _left_stopped(self, state: str) -> list[str]:
         """Start the containers an interrupted backup left stopped (its state file names
         them) that are not running; warnings naming them."""
-        res = self.runner.run(["cat", "--", state], user=self.run_as)
-        if res.returncode != 0:
-            return []  # no state file: the last backup started what it stopped
-        recorded = parse_state(res.stdout.decode())
+        recorded = read_state(self.runner, state, self.run_as)
+        if not recorded:
+            return []
         running = self.running()
         left = {cid: name for cid, name in recorded.items() if cid not in running}
         if not left:

@@ -6,8 +6,8 @@ one shell on the host (``STOPPED_WHILE``): it records the containers in a state
 file, stops them, runs the command (tar) and starts them again when it ends,
 however it ends (an error, drkit killed, the SSH connection lost: the command's
 output then goes nowhere and it ends). Only if that shell itself is killed first
-do they stay stopped; the state file (under ``STATE_DIR``) names them for the
-next run to start.
+do they stay stopped; the state file (under ``STATE_DIR``) names them, and the
+next backup of the source starts those not running (``read_state``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import hashlib
 import posixpath
 from typing import BinaryIO
 
+from drkit.remote.base import Runner
 from drkit.sources.base import CommandStream, Source
 
 STATE_DIR = "/var/tmp"  # survives a reboot: a container left stopped is still named
@@ -53,6 +54,13 @@ def state_text(found: dict[str, str]) -> str:
 def parse_state(text: str) -> dict[str, str]:
     """A state file's content (``state_text``) read back: id -> name."""
     return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+
+def read_state(runner: Runner, state: str, user: str | None) -> dict[str, str]:
+    """The containers a state file names (id -> name); none when there is no file (the
+    last run started what it stopped)."""
+    res = runner.run(["cat", "--", state], user=user)
+    return parse_state(res.stdout.decode()) if res.returncode == 0 else {}
 
 
 def stopped_while(state: str, found: dict[str, str], argv: list[str]) -> list[str]:
