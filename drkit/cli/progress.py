@@ -68,7 +68,6 @@ class BarProgress:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
-            DownloadColumn,
             Progress,
             ProgressColumn,
             TextColumn,
@@ -83,7 +82,7 @@ class BarProgress:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(binary_units=True),
+            TextColumn("{task.fields[amount]}"),  # not rich's: none for work without bytes
             Rate(),
             TextColumn("{task.fields[stored]}"),
             TimeElapsedColumn(),
@@ -104,7 +103,9 @@ class BarProgress:
                     target=self._refresh, name="drkit-progress", daemon=True
                 )
                 self._thread.start()
-            task = self.progress.add_task(meter.label, total=meter.total, stored="", rate="")
+            task = self.progress.add_task(
+                meter.label, total=meter.total, amount=_amount(meter), stored="", rate=""
+            )
             self._tasks[id(meter)] = (meter, task)
 
     def ended(self, meter: Meter) -> None:
@@ -119,6 +120,7 @@ class BarProgress:
             description=f"{meter.label}: {state}",
             total=meter.total or meter.read or 1,
             completed=meter.total if meter.total and not meter.failed else meter.read or 1,
+            amount=_amount(meter),
             stored=_stored(meter),
             rate=_rate(meter),
         )
@@ -129,7 +131,11 @@ class BarProgress:
             running = list(self._tasks.values())
         for meter, task in running:
             self.progress.update(
-                task, completed=meter.read, stored=_stored(meter), rate=_rate(meter)
+                task,
+                completed=meter.read,
+                amount=_amount(meter),
+                stored=_stored(meter),
+                rate=_rate(meter),
             )
 
     def _refresh(self) -> None:
@@ -142,6 +148,14 @@ class BarProgress:
             self._thread.join(timeout=5)
             self._update()
             self.progress.stop()
+
+
+def _amount(meter: Meter) -> str:
+    """Bytes so far (of the total): nothing for work that moves no bytes (a drill's
+    container start)."""
+    if not meter.read and not meter.total:
+        return ""
+    return size(meter.read) + (f"/{size(meter.total)}" if meter.total else "")
 
 
 def _rate(meter: Meter) -> str:
