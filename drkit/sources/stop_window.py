@@ -19,7 +19,9 @@ from typing import BinaryIO
 from drkit.remote.base import Runner
 from drkit.sources.base import CommandStream, Source
 
-STATE_DIR = "/var/tmp"  # survives a reboot: a container left stopped is still named
+# Survives a reboot: a container left stopped is still named. World-writable, so the file
+# is created with O_EXCL after removing whatever is there, and read only if it is ours.
+STATE_DIR = "/var/tmp"  # noqa: S108
 
 # Stop containers, run a command (tar), start them again however it ends. $1 the state
 # file, $2 its content ("id name" lines), then container ids, "--", the command. Its
@@ -30,12 +32,15 @@ while [ "$1" != -- ]; do ids="$ids $1"; shift; done; shift
 again() { docker start $ids >/dev/null 2>&1 && rm -f -- "$s"; }
 trap again EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
 trap 'exit 141' PIPE
-(umask 077 && printf '%s' "$text" >"$s") || exit 1
+(umask 077 && rm -f -- "$s" && set -C && printf '%s' "$text" >"$s") || exit 1
 docker stop $ids >/dev/null || exit 1
 "$@"
 """
-# $1 the state file, $2 its content.
-RECORD = '(umask 077 && printf \'%s\' "$2" >"$1")'
+# $1 the state file, $2 its content. Created anew (noclobber: O_EXCL), never written
+# through a symlink or into a file someone else put at that predictable name.
+RECORD = '(umask 077 && rm -f -- "$1" && set -C && printf \'%s\' "$2" >"$1")'
+# $1 the state file: printed only if it is a regular file of this user's, not a link.
+READ = 'test -f "$1" && test ! -L "$1" && test -O "$1" && cat -- "$1"'
 # $1 the state file, then container ids: start them, then forget the file.
 START_AGAIN = 's=$1; shift; docker start "$@" >/dev/null && rm -f -- "$s"'
 
@@ -58,8 +63,9 @@ def parse_state(text: str) -> dict[str, str]:
 
 def read_state(runner: Runner, state: str, user: str | None) -> dict[str, str]:
     """The containers a state file names (id -> name); none when there is no file (the
-    last run started what it stopped)."""
-    res = runner.run(["cat", "--", state], user=user)
+    last run started what it stopped), or when it is a link or someone else's file (not
+    drkit's: nobody gets a container started by planting one)."""
+    res = runner.run(["sh", "-c", READ, "sh", state], user=user)
     return parse_state(res.stdout.decode()) if res.returncode == 0 else {}
 
 

@@ -8,6 +8,7 @@ state file a killed window leaves is written as the window's shell writes it.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,5 +101,33 @@ def test_the_next_backup_starts_what_a_killed_window_left_stopped(
         assert "warnings" not in backup(again)
         assert not state_file.exists()
         assert state(project["container"])["Running"]
+    finally:
+        state_file.unlink(missing_ok=True)
+
+
+def test_a_planted_state_file_starts_nothing_and_is_never_written_through(
+    project: dict[str, Any], tmp_path: Path
+) -> None:
+    """The state file's name is predictable in world-writable /var/tmp: a link planted there
+    is not followed when the window records its containers, and a file someone else put
+    there names no container to start."""
+    config = ComposeConfig(kind="compose", project=project["project"], dir=project["dir"])
+    source = ComposeSource("shop", config, LocalRunner("dockerbox"))
+    state_file = Path(source.state_file())
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    state_file.symlink_to(victim)  # root's own link: the kernel's protected_symlinks allows it
+    try:
+        facts = backup(source)
+        assert facts["stopped"] == [project["container"]]  # the window ran, over the link
+        assert victim.read_text() == "untouched\n"
+        assert not state_file.exists() and not state_file.is_symlink()
+
+        docker("stop", project["container"])
+        state_file.write_text(state_text({project["id"]: project["container"]}))
+        os.chown(state_file, 65534, 65534)  # nobody's file, not drkit's
+        facts = backup(ComposeSource("shop", config, LocalRunner("dockerbox")))
+        assert "warnings" not in facts
+        assert not state(project["container"])["Running"]
     finally:
         state_file.unlink(missing_ok=True)
