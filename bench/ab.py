@@ -77,8 +77,8 @@ def main() -> int:
                         bucket = s3.new_bucket_name(f"ab{who.lower()}{r}{name.replace('-', '')}")
                         client.create_bucket(Bucket=bucket)
                         repo = {"url": f"s3://{bucket}/drkit", "endpoint": s3.endpoint}
-                        targets[name] = {**repo, "dedup": True} if dedup else repo
-                    targets["local"] = {"url": (work / f"local-{who}-{r}").as_uri()}
+                        targets[name] = {**repo, "dedup": dedup}
+                    targets["local"] = {"url": (work / f"local-{who}-{r}").as_uri(), "dedup": False}
                     for name, repo in targets.items():
                         policy = write_policy(work / f"{who}-{r}-{name}.toml", "bench", repo,
                                               [recipient], [source], signers=signers)  # fmt: skip

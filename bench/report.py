@@ -538,10 +538,11 @@ def _repositories_text(meta: dict[str, Any]) -> str:
         return "`dedup = true` (chunks)."
     if meta.get("dedup_variant"):
         return (
-            "whole artifacts (the policy default); rows marked `dedup = true` back up and "
-            "verify with deduplicated chunks instead."
+            "whole artifacts (`dedup = false`; the policy default until 2026-12-08); rows "
+            "marked `dedup = true` (the default since) back up and verify with deduplicated "
+            "chunks instead."
         )
-    return "whole artifacts (the policy default)."
+    return "whole artifacts (`dedup = false`; the policy default until 2026-12-08)."
 
 
 def restore_steps_section(steps: list[dict[str, Any]] | None) -> str:

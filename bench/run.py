@@ -184,10 +184,10 @@ class Bench:
         )
 
     def drkit_repo(self, bucket: str, *, dedup: bool = False) -> dict[str, Any]:
-        """drkit's repository in ``bucket``: whole artifacts (the policy default), or
-        deduplicated chunks (``dedup = true``)."""
+        """drkit's repository in ``bucket``: whole artifacts (``dedup = false``), or
+        deduplicated chunks in packs (``dedup = true``, the policy default)."""
         repo: dict[str, Any] = {"url": f"s3://{bucket}/drkit", "endpoint": self.s3.endpoint}
-        return {**repo, "dedup": True} if dedup else repo
+        return {**repo, "dedup": dedup}
 
     def drkit_backup(self, policy: Path) -> Command:
         return Command.one(
@@ -215,7 +215,7 @@ class Bench:
         )
         # The embedded default: a repository in a local directory, no S3 server
         # sharing the CPUs (measured in (a) only).
-        local = {"url": f"file://{d / 'drkit-local'}"}
+        local = {"url": f"file://{d / 'drkit-local'}", "dedup": False}
         rnd.local_policy = write_policy(
             d / "bench-local.toml",
             "bench",
@@ -452,9 +452,8 @@ class Bench:
             policies = {}
             signer = ensure_signing_key(Path(self.env["DRKIT_CONFIG_DIR"]))
             for key, bucket in buckets.items():
-                repo = {"url": f"s3://{bucket}/drkit", "endpoint": proxy.endpoint}
-                if key == "drkit-dedup":
-                    repo["dedup"] = True
+                repo = {"url": f"s3://{bucket}/drkit", "endpoint": proxy.endpoint,
+                        "dedup": key == "drkit-dedup"}  # fmt: skip
                 policies[key] = write_policy(
                     self.work / f"req-{key}.toml", f"req-{key}", repo, [self.recipient],
                     [self.pg_source()], signers=[signer],

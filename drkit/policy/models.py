@@ -75,10 +75,10 @@ class RepositoryConfig(Model):
         description="Object Lock mode: COMPLIANCE cannot be lifted by anyone before its date",
     )
     dedup: bool = Field(
-        False,
+        True,
         description=(
-            "store artifacts as content-defined chunks, each stored once per host "
-            "(docs/repository-format.md); not with immutable_days yet"
+            "store artifacts as content-defined chunks in packs, each chunk stored once "
+            "per host (docs/dedup.md); false stores each artifact whole"
         ),
     )
 
@@ -500,6 +500,11 @@ class Policy(Model):
     encryption: Encryption
     retention: Retention = Retention()
     notify: Notify | None = Field(None, description="[notify] table: pings, webhook, metrics")
+    discover: bool = Field(
+        True,
+        description="at each backup, run discovery over the connection and warn about data "
+        "no source covers (drkit discover; false: never)",
+    )
     source: list[SourceConfig] = Field(min_length=1)
     # The file it was read from (set by the loader), for messages that must name it.
     _origin: str = PrivateAttr(default="")

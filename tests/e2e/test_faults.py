@@ -62,14 +62,17 @@ def test_killed_source_midstream_fails_and_aborts_upload(
     repo: RepoTarget, keys: Keys, tmp_path: Path
 ) -> None:
     """A source killed while its upload is open (S3: a multipart upload with parts
-    already sent; local: the temp file) -> exit 1, the upload aborted, no object."""
+    already sent; local: the temp file) -> exit 1, the upload aborted, no object.
+
+    Whole artifacts (``dedup = false``): a deduplicated backup spools its packs locally
+    and has no upload open mid-source; its kill loops are in tests/faults."""
     pidfile = tmp_path / "source.pid"
-    # 12 MiB of incompressible output (more than two 5 MiB parts), then wait to be killed.
-    script = f"head -c 12582912 /dev/urandom; echo $$ > {pidfile}; exec sleep 600"
+    # 40 MiB of incompressible output (more than two 16 MiB parts), then wait to be killed.
+    script = f"head -c 41943040 /dev/urandom; echo $$ > {pidfile}; exec sleep 600"
     policy = write_policy(
         tmp_path / "h.toml",
         "h1",
-        repo.policy,
+        {**repo.policy, "dedup": False},
         [keys.recipient],
         [{"kind": "command", "name": "dump", "command": ["sh", "-c", script]}],
     )

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drkit.pipeline.chunk_index import read_index
 from tests.conftest import Keys
 from tests.e2e.repos import RepoTarget
 from tests.helpers import CliResult, drkit, write_policy
@@ -133,11 +134,14 @@ class Bench:
                      "AWS_SECRET_ACCESS_KEY": seaweed.secret_key},
                 s3=client, bucket=bucket, prefix="drkit",
             )  # fmt: skip
+        settings["dedup"] = dedup
         if dedup:
-            settings["dedup"] = True
             # The smallest packs (#20): a backup of a few MiB writes several, so a fault
             # at the Nth pack PUT or ranged GET has an N to land on, as chunks had.
             self.repo.env["DRKIT_PACK_SIZE"] = str(1 << 20)
+        else:
+            # S3's smallest parts: a whole artifact of 6 MiB is a two-part upload.
+            self.repo.env["DRKIT_PART_SIZE"] = str(5 << 20)
         self.src, self.out = tmp_path / "data.bin", tmp_path / "restored.bin"
         self.policy = write_policy(
             tmp_path / f"{HOST}.toml", HOST, settings, [keys.recipient],
@@ -291,18 +295,14 @@ class PruneBench(Bench):
 
     @staticmethod
     def chunks_of(index: bytes) -> set[str]:
-        """The objects a chunk index names (its text format, read here on its own:
-        ``drkit-chunk-index <version> <codec> <set>``, then per chunk ``<id> <size>``
-        (version 1: one object per chunk) or ``<id> <size> <pack> <offset> <length>
-        <sha256>`` (version 2: the pack holding it), then ``end ...``)."""
-        lines = index.decode("ascii").splitlines()
-        head = lines[0].split(" ")
-        assert head[0] == "drkit-chunk-index" and head[1] in ("1", "2"), head
-        rset = head[3]
-        fields = [ln.split(" ") for ln in lines[1:] if not ln.startswith("end ")]
-        if head[1] == "1":
-            return {f"{HOST}/chunks/{rset}/{f[0][:2]}/{f[0]}" for f in fields}
-        return {f"{HOST}/packs/{rset}/{f[2][:2]}/{f[2]}" for f in fields}
+        """The objects a chunk index names: one object per chunk (version 1) or the
+        packs holding them (versions 2 and 3), read by drkit's own index reader (which
+        checks the index whole: lines, end line, compression)."""
+        reader, refs = read_index(index, "campaign")
+        if reader.version == 1:
+            return {f"{HOST}/chunks/{reader.rset}/{r.id.hex()[:2]}/{r.id.hex()}" for r in refs}
+        packs = {r.at.pack for r in refs if r.at is not None}
+        return {f"{HOST}/packs/{reader.rset}/{p[:2]}/{p}" for p in packs}
 
     def missing(self, snaps: list[str]) -> dict[str, list[str]]:
         """For each of ``snaps``, the objects its backup stored that are gone."""

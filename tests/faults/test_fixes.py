@@ -145,10 +145,13 @@ def test_a_full_spool_is_named(tmp_path: Path, keys: Keys, seaweed) -> None:  # 
     data.write_bytes(os.urandom(6 << 20))
     policy = write_policy(
         tmp_path / f"{HOST}.toml", HOST,
-        {"url": f"s3://{bucket}/drkit", "endpoint": seaweed.endpoint, "region": seaweed.region},
+        {"url": f"s3://{bucket}/drkit", "endpoint": seaweed.endpoint, "region": seaweed.region,
+         "dedup": False},
         [keys.recipient], [{"kind": "command", "name": "db", "command": ["cat", str(data)]}],
     )  # fmt: skip
-    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key}
+    # Whole artifacts in 5 MiB parts: 6 MiB is a multipart upload whose part spools.
+    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+           "DRKIT_PART_SIZE": str(5 << 20)}  # fmt: skip
     with small_fs(1024) as fs:
         fill(fs, leave_kib=256)
         res = drkit("backup", "--policy", str(policy), env={**env, "TMPDIR": str(fs)})

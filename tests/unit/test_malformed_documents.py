@@ -348,7 +348,7 @@ def listing(inner: str, token: str = "") -> Callable[..., Answer]:
     return lambda *_a: s3_xml("ListBucketResult", inner + (more if token else ""))
 
 
-BIG = b"x" * (6 << 20)  # over one part: a multipart upload
+BIG = b"x" * (17 << 20)  # over one 16 MiB part: a multipart upload
 S3_CASES: dict[str, tuple[Callable[..., Answer], Callable[[S3Store], object], str, str]] = {
     "list": (garbage, lambda s: list(s.list("vultr/")), "list", "not XML (text/html"),
     "list of folders": (garbage, lambda s: s.list_dirs(), "list", "where S3 sends"),
