@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from drkit.drills.container import HostContainer, published_ports
+from drkit.drills.container import NESTED_ENGINE_FLAGS, HostContainer, published_ports
 from drkit.drills.engine import DockerError, docker, docker_binary, ensure_engine
 from drkit.drills.images import docker_dir, ensure_base_image, ensure_host_image, image_exists
 from tests.helpers import drkit, write_policy
@@ -35,13 +35,6 @@ from tests.seeded.containers import Login, ssh_login
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
-# What a container needs for its own engine (docker/hosts/dockerhost/Dockerfile).
-NESTED_ENGINE = [
-    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-    "--security-opt", "seccomp=unconfined", "--security-opt", "systempaths=unconfined",
-    "--device-cgroup-rule", "a *:* rwm", "--cgroupns", "private",
-    "--volume", "/var/lib/docker",
-]  # fmt: skip
 STACK_SERVICES = {"app": "shop/web:1", "db": "shop/db:1", "cache": "shop/cache:1"}
 RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
 
@@ -77,9 +70,9 @@ def start_dockerhost(image: str, login: Login) -> HostContainer:
     """The dockerhost container, its sshd on a 127.0.0.1 port, once its engine and sshd
     are ready; removed again (with its engine's volume) if it does not get there."""
     done = docker(
-        "run", "--detach", "--init", "--hostname", "dockerhost", *NESTED_ENGINE,
+        "run", "--detach", "--init", "--hostname", "dockerhost", *NESTED_ENGINE_FLAGS,
         "--label", "org.drkit.test=discover", "--publish", "127.0.0.1::22",
-        "--env", "DRKIT_AUTHORIZED_KEYS", image,
+        "--env", "DRKIT_AUTHORIZED_KEYS", "--env", "DRKIT_ENGINE=1", image,
         env={"DRKIT_AUTHORIZED_KEYS": login.public}, timeout=600, what="start the dockerhost",
     )  # fmt: skip
     box = HostContainer(done.stdout.decode().strip(), "dockerhost", image, {})
