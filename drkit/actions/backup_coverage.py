@@ -75,8 +75,7 @@ def uncovered_data(policy: Policy, runner: Runner, *, limit: float = TIME_LIMIT)
     """Run discovery on ``runner``'s host (``policy``'s) within ``limit`` seconds and
     return what holds data no source of ``policy`` covers. Never raises an error."""
     host = policy.host
-    # getattr: the policy field is not there yet (DIFFS FOR OTHERS in the stacks notes).
-    if getattr(policy, "discover", True) is False:
+    if not policy.discover:
         return UncoveredData(host, note="discover = false in the policy")
     try:
         output = _collect(runner, limit)

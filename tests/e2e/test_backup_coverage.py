@@ -6,7 +6,8 @@ its own connection, on this machine's real engine and a real sshd.
   clears it, while the rest of what this machine runs is judged the same both times;
 - a discovery that hangs (a ``docker`` that never answers, as a hung dockerd does)
   is stopped at the time limit, its processes killed, and is a note, not an error;
-- a host that cannot be reached is a note, not an error.
+- a host that cannot be reached is a note, not an error;
+- a policy with ``discover = false`` is not checked: nothing runs on the host.
 
 The volume has a unique name and is removed by name.
 """
@@ -133,6 +134,20 @@ def test_a_host_that_cannot_be_reached_is_a_note(tmp_path: Path) -> None:
         runner.close()
     assert found.count is None and found.note is not None
     assert found.note.startswith("discovery failed: host here: ") and str(port) in found.note
+
+
+def test_discover_false_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    ran = tmp_path / "ran"
+    (stub / "sh").write_text(f'#!/bin/bash\ntouch "{ran}"\nexec /bin/sh "$@"\n')
+    (stub / "sh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub}:{os.environ['PATH']}")
+    found = uncovered_data(policy(tmp_path, [ENV], "discover = false"), LocalRunner("here"))
+    assert (found.count, found.note) == (None, "discover = false in the policy")
+    assert not ran.exists()
+    on = uncovered_data(policy(tmp_path, [ENV]), LocalRunner("here"))  # the stub does run
+    assert on.note is None and ran.exists(), on.note
 
 
 def test_the_summary_names_a_few_and_counts_the_rest() -> None:
