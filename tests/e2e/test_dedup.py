@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+from drkit.pipeline.chunk_index import read_index
 from drkit.repository.chunks import PACK_SIZE_ENV
 from tests.conftest import Keys
 from tests.e2e.repos import RepoTarget
@@ -114,8 +115,9 @@ def test_altered_or_missing_pack_fails_verify_and_restore_naming_it(
     src.write_bytes(data + b"more rows\n")
     second = backup(policy, repo)  # shares the first's packs
     index_key = next(k for k in repo.keys("/db/dump") if second["snapshot"] in k)
-    second_index = repo.read(index_key)
-    victim, gone = [k for k in first_packs if k.rsplit("/", 1)[-1].encode() in second_index][:2]
+    reader, refs = read_index(repo.read(index_key), index_key)
+    named = {r.at.pack for r in refs if r.at is not None}
+    victim, gone = [k for k in first_packs if k.rsplit("/", 1)[-1] in named][:2]
     repo.flip_byte(victim)
     for extra in (["--identity", str(keys.identity_file)], ["--no-decrypt"]):
         bad = drkit("verify", "--policy", str(policy), "--all-snapshots", *extra, env=repo.env)
@@ -145,12 +147,16 @@ def test_altered_or_missing_pack_fails_verify_and_restore_naming_it(
     assert ok.returncode == 0, ok.output
     assert out.read_bytes() == data + b"more rows\n"
 
-    # An altered index (a chunk size changed) is refused, named, with or without the identity.
-    raw = second_index
-    line = raw.split(b"\n")[1]
-    fields = line.split(b" ")
-    fields[1] = str(int(fields[1]) - 1).encode()
-    repo.write(index_key, raw.replace(line, b" ".join(fields), 1))
+    # An altered index (a chunk size changed, written as version 2 text, which is still
+    # read) is refused, named, with or without the identity.
+    lines = [f"drkit-chunk-index 2 {reader.codec} {reader.rset}"]
+    for i, r in enumerate(refs):
+        assert r.at is not None
+        at = r.at
+        size = r.size - (i == 0)
+        lines.append(f"{r.id.hex()} {size} {at.pack} {at.offset} {at.length} {at.digest.hex()}")
+    lines.append(f"end {reader.plain_size - 1} {reader.tree_digest}")
+    repo.write(index_key, ("\n".join(lines) + "\n").encode())
     for extra in (["--no-decrypt"], ["--identity", str(keys.identity_file)]):
         res = drkit("verify", "--policy", str(policy), *extra, env=repo.env)
         assert res.returncode != 0 and index_key in res.output, res.output

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from drkit.pipeline.chunk_index import read_index
 from tests.conftest import Keys
 from tests.faults.campaign import HOST, Bench, MiB, Row, iterations, recorded, seeded
 from tests.faults.crash import interrupted, kill_point, no_traceback, startup
@@ -52,10 +53,11 @@ def needed(bench: Bench) -> tuple[set[str], set[str]]:
     for key in bench.repo.keys(f"{HOST}/snapshots/"):
         if not key.endswith("/manifest.json"):
             continue
-        index = bench.repo.read(key.replace("manifest.json", "db/dump")).decode().splitlines()
-        rset = index[0].split(" ")[3]
-        for line in index[1:-1]:
-            pack, offset = line.split(" ")[2], int(line.split(" ")[3])
+        reader, refs = read_index(bench.repo.read(key.replace("manifest.json", "db/dump")), key)
+        rset = reader.rset
+        for ref in refs:
+            assert ref.at is not None
+            pack, offset = ref.at.pack, ref.at.offset
             while (rset, pack, offset) in records:
                 pack, offset, record = records[(rset, pack, offset)]
                 used.add(record)

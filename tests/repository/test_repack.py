@@ -18,6 +18,7 @@ import pytest
 from drkit.actions.repack import PackCollection, collect_packs, repack_share
 from drkit.actions.verify import verify_snapshot
 from drkit.errors import DrkitError, IntegrityError
+from drkit.pipeline.chunk_index import read_index
 from drkit.repository.chunks import pack_key, pack_of, recipient_set
 from drkit.repository.layout import Repository
 from drkit.repository.manifest import Manifest, dump_document
@@ -190,8 +191,8 @@ def test_repack_moves_live_chunks_and_follows_them_through_two_records(
     m3, done = back_up(fresh, ring, blocks(B), sid(1), target=MiB)
     assert done.new_chunks == 0
     moved = set(Moves.load(fresh, HOST).by_pack)
-    index = repo.store.get_bytes(f"{HOST}/snapshots/{m3.snapshot}/db/dump").decode()
-    assert not {(ring.rset, line.split()[2]) for line in index.splitlines()[1:-1]} & moved
+    _reader, refs = read_index(repo.store.get_bytes(f"{HOST}/snapshots/{m3.snapshot}/db/dump"), "i")
+    assert not {(ring.rset, r.at.pack) for r in refs if r.at is not None} & moved
     out = collect(Repository(repo.store, trust_for()), [m3], 0.3)
     assert not out.errors and out.moves_removed == 2, out
     assert not list(repo.store.list(f"{HOST}/moves/"))
