@@ -56,7 +56,6 @@ from drkit.sources import listening
 from drkit.sources.base import (
     Artifact,
     Check,
-    CommandStream,
     Feed,
     RestoreOptions,
     RestoreReport,
@@ -64,7 +63,7 @@ from drkit.sources.base import (
     pipe_into,
 )
 from drkit.sources.confine import confine
-from drkit.sources.stop_window import START_AGAIN, read_state, stopped_while
+from drkit.sources.stop_window import START_AGAIN, ShownStream, read_state, stopped_while
 from drkit.sources.stop_window import state_file as state_path
 from drkit.sources.tarball import TarSource
 from drkit.sources.tarfilter import MemberRules, TarFilter
@@ -263,12 +262,27 @@ class ComposeSource(TarSource):
         state = self.state_file()
         wrapped = stopped_while(state, stop, argv)
         try:
-            with CommandStream(self, wrapped, env=None, expect_output=True, user=None) as stream:
+            with ShownStream(self, wrapped, argv) as stream:
                 stopped.extend(stop.values())
                 yield stream
-        finally:
+        except BaseException as exc:
+            self._start_again(stop, state, pending=exc)
+            raise
+        self._start_again(stop, state)
+
+    def _start_again(
+        self, stop: dict[str, str], state: str, pending: BaseException | None = None
+    ) -> None:
+        """``docker start`` (a no-op on a running container), then the state file goes; a
+        failure to start keeps it (the next backup tries again) and names ``pending``, the
+        error that ended the window, too."""
+        try:
             self.docker("start", *stop, what=f"starting {', '.join(sorted(stop.values()))} again")
-            self.runner.run(["rm", "-f", "--", state], user=self.run_as)
+        except SourceError as exc:
+            if pending is None:
+                raise
+            raise SourceError(f"{exc} (after: {pending})") from pending
+        self.runner.run(["rm", "-f", "--", state], user=self.run_as)
 
     def state_file(self) -> str:
         return state_path(f"compose/{self.name}/{self.config.project}")

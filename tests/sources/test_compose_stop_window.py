@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from drkit.errors import SourceError
 from drkit.policy.models import ComposeConfig
 from drkit.remote.local import LocalRunner
 from drkit.sources.compose import ComposeSource
@@ -130,4 +131,43 @@ def test_a_planted_state_file_starts_nothing_and_is_never_written_through(
         assert "warnings" not in facts
         assert not state(project["container"])["Running"]
     finally:
+        state_file.unlink(missing_ok=True)
+
+
+def test_a_failing_copy_is_named_with_the_start_that_failed_after_it(
+    project: dict[str, Any],
+) -> None:
+    """tar fails in the window (its volume directory gone), and the container cannot start
+    without it: the error names both, tar not the window's shell; the state file stays, and
+    once the directory is back the next backup starts the container."""
+    config = ComposeConfig(kind="compose", project=project["project"], dir=project["dir"])
+    source = ComposeSource("shop", config, LocalRunner("dockerbox"))
+    data = Path(docker("volume", "inspect", "--format", "{{.Mountpoint}}", project["volume"]))
+    aside = data.with_name("_data.aside")
+    state_file = Path(source.state_file())
+    try:
+        artifacts = source.artifacts()
+        files = next(artifacts)
+        with files.open() as stream:
+            while stream.read(1 << 20):
+                pass
+        volumes = next(artifacts)
+        data.rename(aside)
+        with pytest.raises(SourceError) as err, volumes.open() as stream:  # noqa: PT012
+            while stream.read(1 << 20):
+                pass
+        msg = str(err.value)
+        assert f"starting {project['container']} again: `docker start" in msg, msg
+        assert "(after: host dockerbox: source shop (compose): command `tar -C " in msg, msg
+        assert "again()" not in msg and "sh -c" not in msg, msg
+        assert not state(project["container"])["Running"]
+        assert state_file.exists()
+
+        aside.rename(data)
+        facts = backup(ComposeSource("shop", config, LocalRunner("dockerbox")))
+        assert facts["warnings"][0].startswith(f"container(s) {project['container']} were")
+        assert state(project["container"])["Running"]
+    finally:
+        if aside.exists():
+            aside.rename(data)
         state_file.unlink(missing_ok=True)
