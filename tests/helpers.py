@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -108,8 +109,14 @@ def write_policy(
     sources: list[dict[str, Any]],
     extra: str = "",
     signers: list[str] | None = None,
+    discover: bool = False,
 ) -> Path:
-    lines = [f'host = "{host}"', extra, "[repository]"]
+    """A policy file. ``discover`` (the backup-time coverage check, #18) is off unless
+    asked for: these tests' "host" is this machine, whose containers and files other
+    tests come and go in; the shipped-policy scenarios and tests/e2e/
+    test_backup_coverage.py run it on hosts whose contents they know."""
+    own = [] if re.search(r"^discover\s*=", extra, re.M) else [f"discover = {toml_value(discover)}"]
+    lines = [f'host = "{host}"', *own, extra, "[repository]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in repo.items()]
     lines += ["[encryption]", f"recipients = {toml_value(recipients)}"]
     lines += [f"signers = {toml_value(signers if signers is not None else [local_signer()])}"]

@@ -429,6 +429,7 @@ def test_textfile_parses_strictly_and_holds_each_metric(tmp_path: Path) -> None:
         ["db", "env", "certs"],
         rpo_seconds=26 * 3600,
         drill_success={"db": True, "env": False},
+        uncovered=3,
     )
     path = tmp_path / "textfile" / "drkit.prom"
     write_textfile(path, rows)
@@ -439,7 +440,11 @@ def test_textfile_parses_strictly_and_holds_each_metric(tmp_path: Path) -> None:
         "drkit_last_drill_success",
         "drkit_rpo_seconds",
         "drkit_source_warnings",
+        "drkit_discover_uncovered",
     }
+    # One sample per host, labelled by host alone; read back with the file.
+    assert families["drkit_discover_uncovered"]["samples"] == [((("host", "vultr"),), 3.0)]
+    assert {r.uncovered for r in read_rows(path.read_text())} == {3}
     assert all(f["type"] == "gauge" and f["help"] for f in families.values())
 
     def value(metric: str, source: str) -> float | None:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from drkit.actions.backup_coverage import UncoveredData, uncovered_data
 from drkit.actions.repository_access import require_object_lock
 from drkit.actions.snapshot_writer import LockCheck, SnapshotWriter
 from drkit.errors import DrkitError, UsageError
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from drkit.catalog.db import Catalog, RunStatus
 
 
+# Manifest ``extra`` member: how many data-bearing things discovery found uncovered.
+COVERAGE_EXTRA = "discover_uncovered"
+
+
 @dataclass(frozen=True)
 class BackupResult:
     """One run: ``manifest`` is the first snapshot it committed (the data's, if any);
@@ -57,6 +62,8 @@ class BackupResult:
     # What a source wants seen although it succeeded (facts' "warnings"): files that
     # vanished while read, NATS memory streams left out...
     warnings: tuple[str, ...] = ()
+    # What discovery found holding data no source covers (None: not checked this run).
+    coverage: UncoveredData | None = None
 
     @property
     def partial(self) -> bool:
@@ -140,6 +147,7 @@ class _Run:
     failed: list[str] = field(default_factory=list)  # errors of sources that failed
     writing: str | None = None  # the snapshot being written, removed if the run fails
     facts: dict[str, Any] = field(default_factory=dict)
+    coverage: UncoveredData | None = None
 
 
 def _commit_data(
@@ -151,13 +159,26 @@ def _commit_data(
     started: dt.datetime,
     log: Log,
 ) -> None:
-    """Stream every data source into one new snapshot and commit it."""
+    """Stream every data source into one new snapshot and commit it.
+
+    First, once per run, what the host holds that no source of the policy covers
+    (#18): before the sources, so the host is seen as it normally runs (a compose or
+    stop-copy source stops containers during its copy). Advisory: bounded by its
+    time limit, it never fails the backup; its count goes into the manifest, where
+    the metrics read it back."""
     run.writing = new_snapshot_id(started)
+    if writer.policy.discover:
+        run.coverage = uncovered_data(writer.policy, runner)
+        for line in run.coverage.lines():
+            warn(log, line)
     records = [
         _back_up_source(host, config, runner, writer.storer(run.writing), run.facts, log)
         for config in data
     ]
-    run.committed.append(writer.commit(run.writing, records, run.facts, dict(writer.sealed_extra)))
+    extra = dict(writer.sealed_extra)
+    if run.coverage and run.coverage.count is not None:  # a count, never what it names
+        extra[COVERAGE_EXTRA] = run.coverage.count
+    run.committed.append(writer.commit(run.writing, records, run.facts, extra))
     run.writing = None
 
 
@@ -229,6 +250,9 @@ def _finish(
         for name, f in run.facts.items()
         if isinstance(f, dict)
         for text in f.get("warnings", [])
+    ) + tuple(  # the summary names the host already
+        line.removeprefix(f"host {host}: ")
+        for line in (run.coverage.lines() if run.coverage else ())
     )
     return BackupResult(
         host,
@@ -238,6 +262,7 @@ def _finish(
         failed_names,
         committed[1] if len(committed) > 1 else None,
         warnings,
+        run.coverage,
     )
 
 

@@ -6,8 +6,10 @@ always from the repository, so the file is right even after runs by other machin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+from drkit.actions.backup import COVERAGE_EXTRA
 from drkit.actions.repository_access import open_repository
 from drkit.actions.status import last_drill_passed, newest_holding
 from drkit.durations import parse_duration
@@ -15,6 +17,7 @@ from drkit.errors import DrkitError
 from drkit.logs import Log, warn
 from drkit.policy.models import Policy, source_name
 from drkit.repository.layout import Repository
+from drkit.repository.manifest import Manifest
 
 
 def write_metrics(policy: Policy, repo: Repository, log: Log) -> None:
@@ -32,16 +35,28 @@ def write_metrics(policy: Policy, repo: Repository, log: Log) -> None:
     try:
         newest = newest_holding(repo, policy.host, names)
         rpo = parse_duration(policy.rpo).total_seconds() if policy.rpo else None
+        manifests = {m.snapshot: m for m in newest.values()}
         rows = metrics_for_host(
             policy.host,
-            {m.snapshot: m for m in newest.values()}.values(),
+            manifests.values(),
             names,
             rpo_seconds=rpo,
             drill_success=last_drill_passed(repo, policy.host),
+            uncovered=_uncovered(manifests.values()),
         )
         write_textfile(Path(path), rows)
     except (OSError, DrkitError) as exc:
         warn(log, f"host {policy.host}: could not write metrics to {path}: {exc}")
+
+
+def _uncovered(manifests: Iterable[Manifest]) -> int | None:
+    """The discovery count of the newest of ``manifests`` that has one (trusted: these
+    come signed from the repository); None when no backup ran discovery."""
+    for m in sorted(manifests, key=lambda m: m.snapshot, reverse=True):
+        value = m.extra.get(COVERAGE_EXTRA)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def rewrite_metrics(policies: list[Policy], log: Log) -> None:

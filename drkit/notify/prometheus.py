@@ -12,6 +12,13 @@ One series per host and source (labels ``host``, ``source``):
 - ``drkit_source_warnings``: warnings the source filed in that snapshot (e.g. a
   NATS memory stream no snapshot can hold; 0 when none).
 
+One series per host (label ``host`` only):
+
+- ``drkit_discover_uncovered``: data-bearing things (volumes, databases, .env
+  files, compose projects...) discovery found on the host at its newest backup
+  that no source of its policy covers (absent when discovery did not run).
+  Alert on ``> 0``; ``drkit discover --host H --suggest`` says what to add.
+
 Alert when ``time() - drkit_last_success_timestamp_seconds > drkit_rpo_seconds``.
 
 Several hosts (one cron run each, or ``--all``) may share one file: a write
@@ -45,6 +52,7 @@ class SourceMetrics:
     last_drill_success: bool | None = None
     rpo_seconds: float | None = None
     warnings: int | None = None  # filed by the source in its newest snapshot
+    uncovered: int | None = None  # the host's, repeated on each of its rows (rendered once)
 
 
 Getter = Callable[[SourceMetrics], float | None]
@@ -89,6 +97,17 @@ METRICS: tuple[tuple[str, str, Getter], ...] = (
 )
 
 
+# Families with one sample per host (label ``host`` only), from any of its rows.
+HOST_METRICS: tuple[tuple[str, str, Getter], ...] = (
+    (
+        "drkit_discover_uncovered",
+        "Data-bearing things on the host that no source of its policy backs up, as "
+        "discovery found them at the newest backup (drkit discover --host H).",
+        lambda r: _num(r.uncovered),
+    ),
+)
+
+
 def escape_label(value: str) -> str:
     """A label value for the text format: backslash, double quote and newline escaped."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -124,6 +143,16 @@ def render(rows: Iterable[SourceMetrics]) -> str:
                 continue
             labels = f'host="{escape_label(r.host)}",source="{escape_label(r.source)}"'
             out.append(f"{name}{{{labels}}} {format_value(value)}")
+    for name, help_text, get in HOST_METRICS:
+        out.append(f"# HELP {name} {escape_help(help_text)}")
+        out.append(f"# TYPE {name} gauge")
+        per_host: dict[str, float] = {}
+        for r in ordered:
+            value = get(r)
+            if value is not None:
+                per_host.setdefault(r.host, value)
+        for host, value in per_host.items():
+            out.append(f'{name}{{host="{escape_label(host)}"}} {format_value(value)}')
     return "\n".join(out) + "\n"
 
 
@@ -134,11 +163,12 @@ def metrics_for_host(
     *,
     rpo_seconds: float | None = None,
     drill_success: Mapping[str, bool] | bool | None = None,
+    uncovered: int | None = None,
 ) -> list[SourceMetrics]:
     """One row per source name in ``sources`` from the host's committed manifests.
 
     ``drill_success``: per source, or one verdict for the whole host, or None
-    if no drill ran.
+    if no drill ran. ``uncovered``: the host's discovery count (None: not run).
     """
     newest: dict[str, Manifest] = {}
     for m in sorted(manifests, key=lambda m: m.snapshot):
@@ -160,6 +190,7 @@ def metrics_for_host(
                 last_drill_success=drill,
                 rpo_seconds=rpo_seconds,
                 warnings=record.warnings if record else None,
+                uncovered=uncovered,
             )
         )
     return rows
@@ -173,6 +204,8 @@ _UNESCAPE = re.compile(r"\\(.)")
 def read_rows(text: str) -> list[SourceMetrics]:
     """Rows back from a file this module wrote; lines it does not recognise are dropped."""
     values: dict[tuple[str, str], dict[str, float]] = {}
+    host_values: dict[str, dict[str, float]] = {}
+    host_names = {name for name, _, _ in HOST_METRICS}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
         if not match:
@@ -182,6 +215,10 @@ def read_rows(text: str) -> list[SourceMetrics]:
             k: _UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), v)
             for k, v in _LABEL.findall(label_text)
         }
+        if "host" in labels and "source" not in labels and name in host_names:
+            with contextlib.suppress(ValueError):
+                host_values.setdefault(labels["host"], {})[name] = float(raw)
+            continue
         if "host" not in labels or "source" not in labels:
             continue
         try:
@@ -194,6 +231,7 @@ def read_rows(text: str) -> list[SourceMetrics]:
         drill = v.get("drkit_last_drill_success")
         size = v.get("drkit_snapshot_bytes")
         warned = v.get("drkit_source_warnings")
+        uncovered = host_values.get(host, {}).get("drkit_discover_uncovered")
         rows.append(
             SourceMetrics(
                 host=host,
@@ -203,6 +241,7 @@ def read_rows(text: str) -> list[SourceMetrics]:
                 last_drill_success=None if drill is None else drill >= 1,
                 rpo_seconds=v.get("drkit_rpo_seconds"),
                 warnings=int(warned) if warned is not None else None,
+                uncovered=int(uncovered) if uncovered is not None else None,
             )
         )
     return rows

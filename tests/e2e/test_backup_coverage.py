@@ -14,6 +14,7 @@ The volume has a unique name and is removed by name.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -29,8 +30,9 @@ from drkit.policy.loader import load_policy
 from drkit.policy.models import Policy
 from drkit.remote.local import LocalRunner
 from drkit.remote.ssh import SshRunner
+from tests.conftest import Keys
 from tests.drills.test_drill import engine
-from tests.helpers import toml_value, write_policy
+from tests.helpers import drkit, toml_value, write_policy
 from tests.servers.ports import free_port
 from tests.servers.sshd import SshHost, sshd_server
 
@@ -57,7 +59,7 @@ def volume(engine: None) -> Iterator[str]:
 def policy(tmp_path: Path, sources: list[dict[str, Any]], extra: str = "") -> Policy:
     path = tmp_path / f"p-{secrets.token_hex(3)}.toml"
     repo = {"url": f"file://{tmp_path}/repo"}
-    return load_policy(write_policy(path, "here", repo, [RECIPIENT], sources, extra))
+    return load_policy(write_policy(path, "here", repo, [RECIPIENT], sources, extra, discover=True))
 
 
 def ssh_policy(tmp_path: Path, server: SshHost, sources: list[dict[str, Any]]) -> Policy:
@@ -161,3 +163,39 @@ def test_the_summary_names_a_few_and_counts_the_rest() -> None:
         "`drkit discover`)"
     )
     assert UncoveredData("h").lines() == [] and UncoveredData("h").count == 0
+
+
+def test_a_backup_warns_once_records_the_count_and_the_metric_shows_it(
+    volume: str, tmp_path: Path, keys: Keys
+) -> None:
+    """The wiring (#18 item 1): ``drkit backup`` through the real CLI runs discovery once,
+    says what is uncovered in its summary, seals the count into the manifest and the
+    Prometheus textfile carries ``drkit_discover_uncovered{host}``; ``discover = false``
+    runs none of it."""
+    env_file = tmp_path / "app.env"
+    env_file.write_text("A=1\n")
+    prom = tmp_path / "drkit.prom"
+    source = {"kind": "env", "name": "env", "paths": [str(env_file)]}
+    notify = f"notify = {{ prometheus_textfile = {toml_value(str(prom))} }}"
+    repo = {"url": (tmp_path / "repo").as_uri()}
+    on = write_policy(tmp_path / "on.toml", "here", repo, [keys.recipient], [source], notify,
+                      discover=True)  # fmt: skip
+    res = drkit("backup", "--policy", str(on), "--json")
+    assert res.returncode == 0, res.output
+    [result] = json.loads(res.stdout)["results"]
+    [said] = [w for w in result["warnings"] if "data-bearing thing(s)" in w]
+    assert f"volume {volume}" in said or " more" in said, said
+    assert said.count("data-bearing") == 1 and not said.startswith("host here:")
+    [manifest] = (tmp_path / "repo" / "here" / "snapshots").glob("*/manifest.json")
+    count = json.loads(manifest.read_text())["extra"]["discover_uncovered"]
+    assert isinstance(count, int) and count >= 1
+    assert f'drkit_discover_uncovered{{host="here"}} {count}' in prom.read_text()
+
+    off = write_policy(tmp_path / "off.toml", "here", repo, [keys.recipient], [source], notify)
+    res = drkit("backup", "--policy", str(off), "--json")
+    assert res.returncode == 0, res.output
+    [result] = json.loads(res.stdout)["results"]
+    assert not [w for w in result.get("warnings", []) if "data-bearing" in w], result
+    newest = max((tmp_path / "repo" / "here" / "snapshots").glob("*/manifest.json"))
+    assert "discover_uncovered" not in json.loads(newest.read_text())["extra"]
+    assert "drkit_discover_uncovered{" not in prom.read_text()  # no count from the newest
