@@ -50,6 +50,7 @@ def prune_one(
             drilled_with=newest_drill_used(repo, policy.host),
             grace=grace,
             sources=sources,
+            repack=policy.repository.repack or None,
             log=log,
         )
 

@@ -134,6 +134,10 @@ def _print_prune(res: PruneResult) -> None:
     # Chunk storage only where the repository has any: a whole-artifact line stays as it was.
     chunks = [f"{res.packs_removed} pack(s)"] if res.packs_removed or res.packs_locked else []
     chunks += [f"{res.chunks_removed} chunk object(s)"] if res.chunks_removed else []
+    if res.packs_repacked:
+        chunks += [f"{res.packs_repacked} pack(s) repacked into {res.packs_written}"]
+    if res.would_repack:
+        chunks += [f"would repack {len(res.would_repack)} pack(s)"]
     click.echo(
         f"{res.host}: {verb} {len(res.removed)} snapshot(s), "
         f"{len(res.incomplete_removed)} incomplete (kept {len(res.incomplete_kept)}), "

@@ -81,6 +81,16 @@ class RepositoryConfig(Model):
             "per host (docs/dedup.md); false stores each artifact whole"
         ),
     )
+    repack: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "prune repacks a pack once at least this share of it is garbage (its live "
+            "chunks move to new packs, recorded signed by this machine's key: "
+            "docs/dedup.md); 0: never ($DRKIT_REPACK when 0)"
+        ),
+    )
 
     @field_validator("url")
     @classmethod

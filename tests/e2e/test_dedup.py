@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from drkit.pipeline.chunk_index import read_index
 from drkit.repository.chunks import PACK_SIZE_ENV
 from tests.conftest import Keys
@@ -245,12 +247,14 @@ def test_postgres_roundtrip_with_dedup(
     assert table_checksums(pg, db) == sums
 
 
+@pytest.mark.parametrize("asked_by", ["env", "policy"])
 def test_prune_repacks_mostly_garbage_packs_and_restore_follows_the_moves(
-    tmp_path: Path, keys: Keys, repo: RepoTarget
+    tmp_path: Path, keys: Keys, repo: RepoTarget, asked_by: str
 ) -> None:
-    """$DRKIT_REPACK through the CLI: the first snapshot's packs mix what the second keeps
-    with what only the first had; prune removes the first, repacks its packs (signed move
-    record) and the second still restores and verifies through the record."""
+    """$DRKIT_REPACK, or ``[repository] repack`` in the policy, through the CLI: the first
+    snapshot's packs mix what the second keeps with what only the first had; prune
+    removes the first, repacks its packs (signed move record) and the second still
+    restores and verifies through the record."""
     a = [dump_like(10 + i, 1536 << 10) for i in range(3)]
     b = [dump_like(20 + i, 1536 << 10) for i in range(3)]
     mixed = b"".join(x + y for x, y in zip(a, b, strict=True))
@@ -260,7 +264,16 @@ def test_prune_repacks_mostly_garbage_packs_and_restore_follows_the_moves(
     src.write_bytes(b"".join(b))
     second = backup(policy, repo, now="2030-01-02T03:00Z")
     before = set(pack_keys(repo))
-    env = {**repo.env, "DRKIT_NOW": "2030-01-03T00:00Z", "DRKIT_REPACK": "0.3"}
+    env = {**repo.env, "DRKIT_NOW": "2030-01-03T00:00Z"}
+    if asked_by == "env":
+        env["DRKIT_REPACK"] = "0.3"
+    else:
+        policy.write_text(
+            policy.read_text().replace("[repository]\n", "[repository]\nrepack = 0.3\n")
+        )
+        dry = drkit("prune", "--policy", str(policy), "--grace", "0s", "--dry-run", env=env)
+        assert dry.returncode == 0, dry.output
+        assert "would repack " in dry.stdout, dry.stdout
     res = drkit("prune", "--policy", str(policy), "--grace", "0s", "--json", env=env)
     assert res.returncode == 0, res.output
     (result,) = json.loads(res.stdout)["results"]
