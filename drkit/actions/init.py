@@ -22,6 +22,9 @@ schedule = "17 3 * * *"
 
 [repository]
 url = "{repo}"
+# Chunks stored once per host, in packs: an unchanged table costs nothing the next
+# night (docs/dedup.md). `dedup = false` stores each artifact whole.
+dedup = true
 
 [encryption]
 # Public keys only: the matching identity is needed to restore, never to back up.
@@ -56,6 +59,7 @@ class InitResult:
     repository: Repository
     bucket_created: bool
     sample_policy: Path | None  # written only where none existed
+    policy_dedup: bool = True  # how the policy's repository stores (--policy; else the sample's)
 
 
 def init_machine(
@@ -78,8 +82,11 @@ def init_machine(
     created_signing = not signing_file.exists()
     signing = SigningKey.create(signing_file) if created_signing else SigningKey.load(signing_file)
     sample: Path | None = None
+    dedup = True
     if policy_file is not None:
-        repository, bucket_created = init_policy_repository(load_policy(policy_file))
+        policy = load_policy(policy_file)
+        repository, bucket_created = init_policy_repository(policy)
+        dedup = policy.repository.dedup
     else:
         from drkit.repository.factory import open_store
 
@@ -106,6 +113,7 @@ def init_machine(
         repository=repository,
         bucket_created=bucket_created,
         sample_policy=sample,
+        policy_dedup=dedup,
     )
 
 

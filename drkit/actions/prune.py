@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +31,13 @@ from typing import Any
 from drkit.actions.repack import collect_packs, repack_share
 from drkit.durations import format_duration
 from drkit.errors import DrkitError, ObjectNotFound, RepositoryError
+from drkit.logs import Log
 from drkit.repository.layout import Repository, manifest_key, snapshot_prefix
 from drkit.repository.manifest import Manifest, snapshot_time
 from drkit.repository.store import Store
 from drkit.retention import Decision, RetentionLike, SnapInfo, decide, describe
 from drkit.signing import SigningKey
 
-Log = Callable[[str], None]
 DEFAULT_GRACE = dt.timedelta(hours=24)
 # Object Lock "legal hold" has no end date.
 FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)

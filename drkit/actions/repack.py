@@ -28,11 +28,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from drkit.actions.chunk_gc import ChunkCollection, _locked
 from drkit.errors import DrkitError, IntegrityError, UsageError
+from drkit.logs import Log
 from drkit.pipeline import chunked
 from drkit.pipeline.chunk_index import IndexReader
 from drkit.repository.chunks import chunk_key, list_chunks, list_packs, pack_key, pack_of
@@ -44,7 +45,6 @@ from drkit.repository.store import ObjectInfo
 REPACK_ENV = "DRKIT_REPACK"
 _RUN_BYTES = 4 << 20  # the most one ranged read of an old pack asks for
 
-Log = Callable[[str], None]
 Live = dict[tuple[str, str], dict[int, tuple[int, bytes]]]  # (set, pack) -> offset -> (len, sha)
 
 

@@ -8,7 +8,7 @@ import threading
 
 from drkit import secrets
 from drkit.errors import DrkitError, RepositoryError
-from drkit.logs import Log
+from drkit.logs import Log, warn
 from drkit.policy.models import Policy, RepositoryConfig
 from drkit.repository.factory import StoreOptions, open_store
 from drkit.repository.layout import Repository
@@ -42,7 +42,7 @@ def with_signing_key(repo: Repository, log: Log) -> Repository:
     try:
         key = SigningKey.load()
     except DrkitError as exc:
-        log(f"warning: {exc}")
+        warn(log, str(exc))
         return repo
     return Repository(repo.store, dataclasses.replace(repo.trust, signing_key=key))
 

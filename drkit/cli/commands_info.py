@@ -65,6 +65,7 @@ def init(ctx: Ctx, repo: str | None, host: str, policy_file: str | None) -> None
         "repository": repository_url,
         "bucket_created": done.bucket_created,
         "sample_policy": str(sample) if sample else None,
+        "dedup": done.policy_dedup,
     }
 
     def text() -> None:
@@ -76,6 +77,9 @@ def init(ctx: Ctx, repo: str | None, host: str, policy_file: str | None) -> None
         click.echo(f"signer (public, pin it in [encryption] signers): {done.signer}")
         created = " (bucket created)" if done.bucket_created else ""
         click.echo(f"repository: {repository_url}{created}")
+        if policy_file:  # how this policy stores (the sample says it in its text)
+            how = "deduplicated chunks in packs" if done.policy_dedup else "whole artifacts"
+            click.echo(f"stores: {how} ([repository] dedup = {str(done.policy_dedup).lower()})")
         if sample:
             click.echo(f"sample policy: {sample}")
 

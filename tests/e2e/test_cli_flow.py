@@ -26,6 +26,7 @@ def test_init_creates_private_identity_and_sample_policy(drkit_home: Path) -> No
     assert data["recipient"] in ident.read_text()
     sample = Path(data["sample_policy"])
     assert data["recipient"] in sample.read_text()
+    assert "\ndedup = true\n" in sample.read_text()  # the default, said where it is set
     drkit("policy", "validate", str(sample), check=True)
     # The identity is a real age identity whose public key is the recipient printed.
     secret_line = next(ln for ln in ident.read_text().splitlines() if ln.startswith("AGE-SECRET"))

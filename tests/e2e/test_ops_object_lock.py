@@ -98,6 +98,7 @@ def test_init_creates_the_bucket_with_object_lock_and_backups_are_retained(
     out = json.loads(init.stdout)
     assert out["bucket_created"] is True and out["repository"] == f"s3://{bucket}/{PREFIX}"
     assert out["sample_policy"] is None
+    assert out["dedup"] is False  # as this policy says (whole artifacts under Object Lock)
     conf = client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
     assert conf["ObjectLockEnabled"] == "Enabled"
     again = drkit("init", "--policy", str(policy), "--json", env=env)  # idempotent
