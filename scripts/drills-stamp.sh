@@ -28,7 +28,11 @@ PATHS=(docker drkit/drills drkit/actions/drill.py drkit/cli/commands_drill.py
        # compose, mysql and redis sources end to end on the dockerhost (#18)
        tests/e2e/test_compose.py tests/e2e/test_compose_containers.py
        drkit/sources/compose.py drkit/sources/mysql.py drkit/sources/redis.py
-       drkit/sources/sqldump.py drkit/sources/pm2_state.py drkit/sources/tree_listing.py)
+       drkit/sources/sqldump.py drkit/sources/pm2_state.py drkit/sources/tree_listing.py
+       # session 12: moved out of make test for CI time, and what they test
+       drkit/sources/stop_window.py drkit/sources/redis_rdb.py
+       tests/sources/test_compose_stop_window.py tests/sources/test_redis.py
+       tests/bench/test_harness_smoke.py bench)
 
 digest() {
     # Path and content (as in the working tree) of every file under PATHS that git
