@@ -440,9 +440,11 @@ def decode(
     fetcher = _Fetcher(chunks_of(reader.rset), identities, id_key, fetched)
     plain = ThreadPipe(max_chunks=4)
     producer = threading.Thread(
-        target=_produce, args=(reader, fetcher, plain, expected, label),
-        name="drkit-chunks", daemon=True,
-    )  # fmt: skip
+        target=_produce,
+        args=(reader, fetcher, plain, expected, label),
+        name="drkit-chunks",
+        daemon=True,
+    )
     producer.start()
     out = plain.reader()
     try:

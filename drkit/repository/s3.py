@@ -66,9 +66,12 @@ class S3Store(S3Multipart, S3ObjectLock):
         if first.size < self._part_size:
             with first:
                 self._request(
-                    "put", key, "PUT", body=first.file,
+                    "put",
+                    key,
+                    "PUT",
+                    body=first.file,
                     headers={"content-md5": first.md5, **self._lock_headers(retain)},
-                )  # fmt: skip
+                )
                 return first.size
         return self._put_multipart(key, self._full(key), first, stream, retain)
 
@@ -85,9 +88,12 @@ class S3Store(S3Multipart, S3ObjectLock):
             md5.update(block)
         # The client sends the file from its start (fstat length) on every attempt.
         self._request(
-            "put", key, "PUT", body=file,
+            "put",
+            key,
+            "PUT",
+            body=file,
             headers={"content-md5": parts.content_md5(md5), **self._lock_headers(True)},
-        )  # fmt: skip
+        )
         return size
 
     def put_bytes(self, key: str, data: bytes, *, retain: bool = True) -> int:
@@ -97,9 +103,12 @@ class S3Store(S3Multipart, S3ObjectLock):
         self._full(key)
         md5 = hashlib.md5(data, usedforsecurity=False)
         self._request(
-            "put", key, "PUT", body=data,
+            "put",
+            key,
+            "PUT",
+            body=data,
             headers={"content-md5": parts.content_md5(md5), **self._lock_headers(retain)},
-        )  # fmt: skip
+        )
         return len(data)
 
     def get_bytes_tagged(self, key: str) -> tuple[bytes, str | None]:

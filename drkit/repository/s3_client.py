@@ -38,9 +38,16 @@ if TYPE_CHECKING:
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 _RETRY_CODES = frozenset(
-    {"RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling",
-     "ThrottlingException", "InternalError", "ServiceUnavailable"}
-)  # fmt: skip
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 # botocore "standard": full jitter on 2^attempt, capped at 20 s; attempts per client.
 RETRY_BACKOFF = Backoff(attempts=5, base=0.5, cap=20.0, jitter=True)
@@ -217,9 +224,10 @@ class S3Client:
         host, path = self._target(bucket, key)
         query = "&".join(
             f"{uri_encode(k, keep_slash=False)}={uri_encode(v, keep_slash=False)}"
-            if v != "" else uri_encode(k, keep_slash=False)
+            if v != ""
+            else uri_encode(k, keep_slash=False)
             for k, v in params
-        )  # fmt: skip
+        )
         url = f"{path}?{query}" if query else path
         return retry(
             lambda: self._once(method, host, path, url, params, headers or {}, body, stream),
@@ -251,9 +259,16 @@ class S3Client:
         headers.update({k.lower(): v for k, v in extra.items()})
         signed = dict(headers)
         headers["authorization"] = authorization(
-            creds, method, path, params, signed, UNSIGNED_PAYLOAD,
-            region=self.region, service="s3", amz_date=amz_date,
-        )  # fmt: skip
+            creds,
+            method,
+            path,
+            params,
+            signed,
+            UNSIGNED_PAYLOAD,
+            region=self.region,
+            service="s3",
+            amz_date=amz_date,
+        )
         length = _body_length(body)
         if length or method in ("PUT", "POST"):
             headers["content-length"] = str(length)

@@ -126,7 +126,11 @@ class S3ObjectLock(S3Base):
         ).encode()
         md5 = parts.content_md5(hashlib.md5(body, usedforsecurity=False))
         self._request(
-            "extend retention of", key, "PUT", params=[("retention", "")], body=body,
+            "extend retention of",
+            key,
+            "PUT",
+            params=[("retention", "")],
+            body=body,
             headers={"content-md5": md5, "content-type": "application/xml"},
-        )  # fmt: skip
+        )
         return True

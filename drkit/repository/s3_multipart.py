@@ -37,9 +37,12 @@ class S3Multipart(S3Base):
     ) -> int:
         try:
             created = self._request(
-                "start upload of", key, "POST", params=[("uploads", "")],
+                "start upload of",
+                key,
+                "POST",
+                params=[("uploads", "")],
                 headers=self._lock_headers(retain),
-            )  # fmt: skip
+            )
             answer = self._document(
                 "start upload of", key, created, "InitiateMultipartUploadResult"
             )
@@ -56,9 +59,12 @@ class S3Multipart(S3Base):
                 for n, etag in sorted(parts.items())
             )
             completed = self._request(
-                "complete upload of", key, "POST", params=[("uploadId", upload_id)],
+                "complete upload of",
+                key,
+                "POST",
+                params=[("uploadId", upload_id)],
                 body=f"<CompleteMultipartUpload>{doc}</CompleteMultipartUpload>".encode(),
-            )  # fmt: skip
+            )
             # Anything but the result document is no proof the object was assembled.
             self._document("complete upload of", key, completed, "CompleteMultipartUploadResult")
         except BaseException as exc:
@@ -130,10 +136,13 @@ class S3Multipart(S3Base):
         self, key: str, upload_id: str, number: int, part: SpooledPart
     ) -> tuple[int, str]:
         result = self._request(
-            f"upload part {number} of", key, "PUT",
+            f"upload part {number} of",
+            key,
+            "PUT",
             params=[("partNumber", str(number)), ("uploadId", upload_id)],
-            body=part.file, headers={"content-md5": part.md5},
-        )  # fmt: skip
+            body=part.file,
+            headers={"content-md5": part.md5},
+        )
         etag = result.headers.get("etag")
         if not etag:
             raise RepositoryError(f"{self.url}/{key}: upload part {number} failed: no ETag")

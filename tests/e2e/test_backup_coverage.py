@@ -178,8 +178,9 @@ def test_a_backup_warns_once_records_the_count_and_the_metric_shows_it(
     source = {"kind": "env", "name": "env", "paths": [str(env_file)]}
     notify = f"notify = {{ prometheus_textfile = {toml_value(str(prom))} }}"
     repo = {"url": (tmp_path / "repo").as_uri()}
-    on = write_policy(tmp_path / "on.toml", "here", repo, [keys.recipient], [source], notify,
-                      discover=True)  # fmt: skip
+    on = write_policy(
+        tmp_path / "on.toml", "here", repo, [keys.recipient], [source], notify, discover=True
+    )
     res = drkit("backup", "--policy", str(on), "--json")
     assert res.returncode == 0, res.output
     [result] = json.loads(res.stdout)["results"]

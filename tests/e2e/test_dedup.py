@@ -42,10 +42,20 @@ def setup(tmp_path: Path, keys: Keys, repo: RepoTarget, data: bytes) -> tuple[Pa
     src, out = tmp_path / "data.bin", tmp_path / "restored.bin"
     src.write_bytes(data)
     policy = write_policy(
-        tmp_path / f"{HOST}.toml", HOST, {**repo.policy, "dedup": True}, [keys.recipient],
-        [{"kind": "command", "name": "db", "artifact": "dump", "command": ["cat", str(src)],
-          "restore_command": ["sh", "-c", f"cat > {out}"]}],
-    )  # fmt: skip
+        tmp_path / f"{HOST}.toml",
+        HOST,
+        {**repo.policy, "dedup": True},
+        [keys.recipient],
+        [
+            {
+                "kind": "command",
+                "name": "db",
+                "artifact": "dump",
+                "command": ["cat", str(src)],
+                "restore_command": ["sh", "-c", f"cat > {out}"],
+            }
+        ],
+    )
     return policy, src, out
 
 
@@ -60,9 +70,16 @@ def backup(policy: Path, repo: RepoTarget, now: str | None = None) -> dict:
 def restore(policy: Path, keys: Keys, repo: RepoTarget, *extra: str) -> object:
     # Backups here are taken "in 2030" ($DRKIT_NOW): read them from then too, or they
     # are refused as dated in the future.
-    return drkit("restore", "--yes", "--policy", str(policy),
-                 "--identity", str(keys.identity_file), *extra,
-                 env={**repo.env, "DRKIT_NOW": "2031-01-01T00:00Z"})  # fmt: skip
+    return drkit(
+        "restore",
+        "--yes",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        *extra,
+        env={**repo.env, "DRKIT_NOW": "2031-01-01T00:00Z"},
+    )
 
 
 def pack_keys(repo: RepoTarget) -> list[str]:
@@ -99,8 +116,16 @@ def test_second_backup_stores_only_changed_chunks_and_both_restore(
     assert res.returncode == 0, res.output
     assert out.read_bytes() == data
 
-    ok = drkit("verify", "--policy", str(policy), "--all-snapshots", "--json",
-               "--identity", str(keys.identity_file), env=repo.env)  # fmt: skip
+    ok = drkit(
+        "verify",
+        "--policy",
+        str(policy),
+        "--all-snapshots",
+        "--json",
+        "--identity",
+        str(keys.identity_file),
+        env=repo.env,
+    )
     assert ok.returncode == 0, ok.output
     # Each snapshot's figure is what verify read: every chunk it names, shared or new.
     for result in json.loads(ok.stdout)["results"]:
@@ -174,8 +199,9 @@ def test_failed_source_commits_nothing_and_prune_collects_its_chunks(
 
     # A source that streams new data then fails: chunks were stored, nothing committed.
     fail = tmp_path / "fail.sh"
-    fail.write_text(f"#!/bin/sh\nhead -c 3000000 {src}; echo NEW; head -c 20000000 /dev/urandom;"
-                    " exit 3\n")  # fmt: skip
+    fail.write_text(
+        f"#!/bin/sh\nhead -c 3000000 {src}; echo NEW; head -c 20000000 /dev/urandom; exit 3\n"
+    )
     fail.chmod(0o755)
     policy.write_text(policy.read_text().replace(f'["cat", "{src}"]', f'["{fail}"]'))
     res = drkit("backup", "--policy", str(policy), env={**repo.env, PACK_SIZE_ENV: str(MiB)})
@@ -185,14 +211,18 @@ def test_failed_source_commits_nothing_and_prune_collects_its_chunks(
     assert orphans, "the failed run stored chunks before failing"
 
     # prune (no grace) removes the orphans and keeps every chunk the snapshot names.
-    res = drkit("prune", "--policy", str(policy), "--grace", "0s", "--dry-run", "--json",
-                env=repo.env)  # fmt: skip
+    res = drkit(
+        "prune", "--policy", str(policy), "--grace", "0s", "--dry-run", "--json", env=repo.env
+    )
     assert res.returncode == 0, res.output
     assert sorted(set(pack_keys(repo)) - set(kept_chunks)) == orphans  # a dry run removes none
     res = drkit("prune", "--policy", str(policy), "--grace", "0s", env=repo.env)
     assert res.returncode == 0, res.output
-    assert f"removed 0 snapshot(s), 0 incomplete (kept 0), 0 upload(s), {len(orphans)} " \
-        "pack(s): " in res.stdout and " bytes; kept 1" in res.stdout, res.stdout  # fmt: skip
+    assert (
+        f"removed 0 snapshot(s), 0 incomplete (kept 0), 0 upload(s), {len(orphans)} pack(s): "
+        in res.stdout
+        and " bytes; kept 1" in res.stdout
+    ), res.stdout
     assert pack_keys(repo) == kept_chunks
     res = restore(policy, keys, repo, "--snapshot", good["snapshot"])
     assert res.returncode == 0, res.output
@@ -210,8 +240,15 @@ def test_prune_removes_chunks_only_the_removed_snapshot_used(
     src.write_bytes(newer)
     backup(policy, repo, now="2030-01-02T03:00Z")
     second_only = set(pack_keys(repo)) - first_chunks
-    res = drkit("prune", "--policy", str(policy), "--grace", "0s", "--json",
-                env={**repo.env, "DRKIT_NOW": "2030-01-03T00:00Z"})  # fmt: skip
+    res = drkit(
+        "prune",
+        "--policy",
+        str(policy),
+        "--grace",
+        "0s",
+        "--json",
+        env={**repo.env, "DRKIT_NOW": "2030-01-03T00:00Z"},
+    )
     assert res.returncode == 0, res.output
     (result,) = json.loads(res.stdout)["results"]
     assert len(result["removed"]) == 1
@@ -232,16 +269,26 @@ def test_postgres_roundtrip_with_dedup(
     database and its role, restore, same schema and table contents."""
     db, role, _password = callmeback
     policy = write_policy(
-        tmp_path / "vultr.toml", "vultr", {**repo.policy, "dedup": True}, [keys.recipient],
+        tmp_path / "vultr.toml",
+        "vultr",
+        {**repo.policy, "dedup": True},
+        [keys.recipient],
         [pg_source(pg, db)],
-    )  # fmt: skip
+    )
     schema, sums = full_schema(pg, db), table_checksums(pg, db)
     drkit("backup", "--policy", str(policy), env=repo.env, check=True)
     assert repo.keys("vultr/packs/")
     pg.psql("postgres", f"DROP DATABASE {db};")
     pg.psql("postgres", f"DROP ROLE {role};")
-    res = drkit("restore", "--yes", "--policy", str(policy),
-                "--identity", str(keys.identity_file), env=repo.env)  # fmt: skip
+    res = drkit(
+        "restore",
+        "--yes",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        env=repo.env,
+    )
     assert res.returncode == 0, res.output
     assert full_schema(pg, db) == schema
     assert table_checksums(pg, db) == sums
@@ -283,7 +330,15 @@ def test_prune_repacks_mostly_garbage_packs_and_restore_follows_the_moves(
     res = restore(policy, keys, repo)
     assert res.returncode == 0, res.output
     assert out.read_bytes() == b"".join(b)
-    res = drkit("verify", "--policy", str(policy), "--identity", str(keys.identity_file),
-                "--snapshot", second["snapshot"], "--json",
-                env={**repo.env, "DRKIT_NOW": "2031-01-01T00:00Z"})  # fmt: skip
+    res = drkit(
+        "verify",
+        "--policy",
+        str(policy),
+        "--identity",
+        str(keys.identity_file),
+        "--snapshot",
+        second["snapshot"],
+        "--json",
+        env={**repo.env, "DRKIT_NOW": "2031-01-01T00:00Z"},
+    )
     assert res.returncode == 0, res.output

@@ -132,9 +132,15 @@ def test_backup_and_restore_bars_move_on_a_terminal_and_json_stays_clean(
     assert not re.search(STAMP, shown), "on a terminal lines stay short"
 
     code, out, shown = on_tty(
-        "restore", "--yes", "--policy", str(policy), "--dest", str(tmp_path / "dest"),
-        "--identity", str(keys.identity_file),
-    )  # fmt: skip
+        "restore",
+        "--yes",
+        "--policy",
+        str(policy),
+        "--dest",
+        str(tmp_path / "dest"),
+        "--identity",
+        str(keys.identity_file),
+    )
     assert code == 0, out + shown
     label = "box: step 2/2: slow (command)"  # the plan's step name
     restored = amounts(shown, label)
@@ -163,9 +169,16 @@ def test_off_a_terminal_progress_lines_carry_time_level_host_and_source(
     assert any(re.match(rf"{STAMP} host=box source=tree info: ", ln) for ln in lines), lines
 
     res = drkit(
-        "restore", "--yes", "--policy", str(policy), "--dest", str(tmp_path / "dest"),
-        "--identity", str(keys.identity_file), env=env,
-    )  # fmt: skip
+        "restore",
+        "--yes",
+        "--policy",
+        str(policy),
+        "--dest",
+        str(tmp_path / "dest"),
+        "--identity",
+        str(keys.identity_file),
+        env=env,
+    )
     assert res.returncode == 0, res.output
     step = rf"^{STAMP} host=box source=slow info: restore step 2/2: slow \(command\): "
     ticks = [ln for ln in res.stderr.splitlines() if re.match(step + r"\d", ln)]

@@ -129,11 +129,16 @@ class Bench:
             settings = {"url": f"s3://{bucket}/drkit", "endpoint": endpoint}
             settings["region"] = seaweed.region
             self.repo = RepoTarget(
-                "s3", settings,
-                env={"AWS_ACCESS_KEY_ID": seaweed.access_key,
-                     "AWS_SECRET_ACCESS_KEY": seaweed.secret_key},
-                s3=client, bucket=bucket, prefix="drkit",
-            )  # fmt: skip
+                "s3",
+                settings,
+                env={
+                    "AWS_ACCESS_KEY_ID": seaweed.access_key,
+                    "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+                },
+                s3=client,
+                bucket=bucket,
+                prefix="drkit",
+            )
         settings["dedup"] = dedup
         if dedup:
             # The smallest packs (#20): a backup of a few MiB writes several, so a fault
@@ -144,11 +149,20 @@ class Bench:
             self.repo.env["DRKIT_PART_SIZE"] = str(5 << 20)
         self.src, self.out = tmp_path / "data.bin", tmp_path / "restored.bin"
         self.policy = write_policy(
-            tmp_path / f"{HOST}.toml", HOST, settings, [keys.recipient],
-            [{"kind": "command", "name": "db", "artifact": "dump",
-              "command": ["cat", str(self.src)],
-              "restore_command": ["sh", "-c", f"cat > {self.out}"]}],
-        )  # fmt: skip
+            tmp_path / f"{HOST}.toml",
+            HOST,
+            settings,
+            [keys.recipient],
+            [
+                {
+                    "kind": "command",
+                    "name": "db",
+                    "artifact": "dump",
+                    "command": ["cat", str(self.src)],
+                    "restore_command": ["sh", "-c", f"cat > {self.out}"],
+                }
+            ],
+        )
         if retention:
             self.policy.write_text(self.policy.read_text() + f"[retention]\n{retention}\n")
         self.expected: dict[str, bytes] = {}  # snapshot id -> the data it was taken of
@@ -283,9 +297,12 @@ class PruneBench(Bench):
         """``drkit prune`` in the background (to be killed)."""
         argv, env = self.argv("prune", "--json")
         return subprocess.Popen(
-            [sys.executable, "-m", "drkit", *argv], env={**os.environ, **env},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "drkit", *argv],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     # -- what the bucket holds, read directly (not through the proxy) ----------
 
@@ -437,12 +454,17 @@ def faults_for(template: Fault, rnd: random.Random, skip: int, after: int) -> Fa
     """``template`` at a seeded injection point: after 0..skip-1 matching requests, and
     (for body faults) after 0..after-1 bytes."""
     return Fault(
-        template.action, template.method, template.target,
-        skip=rnd.randrange(skip) if skip > 1 else 0, times=template.times,
-        status=template.status, code=template.code,
+        template.action,
+        template.method,
+        template.target,
+        skip=rnd.randrange(skip) if skip > 1 else 0,
+        times=template.times,
+        status=template.status,
+        code=template.code,
         after=rnd.randrange(after) if after > 1 else 0,
-        seconds=template.seconds, key=template.key,
-    )  # fmt: skip
+        seconds=template.seconds,
+        key=template.key,
+    )
 
 
 class Clock:

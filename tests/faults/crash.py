@@ -44,9 +44,13 @@ class Started:
     @classmethod
     def run(cls, argv: list[str], env: dict[str, str]) -> Started:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "drkit", *argv], env={**os.environ, **env},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "drkit", *argv],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         return cls(proc, time.monotonic())
 
     def signal_at(self, seconds: float, sig: int = signal.SIGKILL) -> bool:
@@ -234,8 +238,14 @@ def db_digest(pg: PgServer, name: str) -> str | None:
 
 
 def pg_policy(path: Path, keys: Keys, pg: PgServer, db: str, extra: str = "") -> Path:
-    source = {"kind": "postgres", "name": "db", "database": db, "host": "127.0.0.1",
-              "port": pg.port, "user": "postgres"}  # fmt: skip
+    source = {
+        "kind": "postgres",
+        "name": "db",
+        "database": db,
+        "host": "127.0.0.1",
+        "port": pg.port,
+        "user": "postgres",
+    }
     if extra:
         source["timeout"] = extra
     return write_policy(
@@ -265,8 +275,9 @@ def small_fs(size_kib: int) -> Iterator[Path]:
     mnt = Path(tempfile.mkdtemp(prefix="drkit-full-"))
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=1777", "tmpfs", str(mnt)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     try:
         yield mnt
     finally:

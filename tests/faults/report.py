@@ -54,10 +54,19 @@ iteration each) without writing this page.
 
 
 COLUMNS = (
-    "operation", "fault", "injection point", "iterations", "expected", "observed",
-    "faults injected", "snapshots lost", "bad snapshots committed",
-    "recovered without manual steps", "error excerpt", "seconds",
-)  # fmt: skip
+    "operation",
+    "fault",
+    "injection point",
+    "iterations",
+    "expected",
+    "observed",
+    "faults injected",
+    "snapshots lost",
+    "bad snapshots committed",
+    "recovered without manual steps",
+    "error excerpt",
+    "seconds",
+)
 _ONE_RUN = re.compile(r"^Run (\S+) on drkit (\S+): (\d+) scenario\(s\), seed (\S+)\.$")
 _A_RUN = re.compile(r"^- run (\d+): (\S+) on drkit (\S+), (\d+) scenario\(s\), seed (\S+)$")
 _PIPE = re.compile(r"(?<!\\)\|")
@@ -114,12 +123,25 @@ def render(rows: list[dict[str, Any]], runs: list[Run] | None = None) -> str:
         observed = "; ".join(str(o) for o in r["observed"]) or "-"
         excerpt = f"`{_cell(r['excerpt'])}`" if r["excerpt"] else "-"
         lines.append(
-            "| " + " | ".join(_cell(x) for x in (
-                r["operation"], r["fault"], r["injection"], r["iterations"], r["expected"],
-                observed, r["injected"], r["lost"], r["bad"],
-                "yes" if r["recovered"] else "**no**",
-            )) + f" | {excerpt} | {r['seconds']} |" + (f" {r['run']} |" if several else "")
-        )  # fmt: skip
+            "| "
+            + " | ".join(
+                _cell(x)
+                for x in (
+                    r["operation"],
+                    r["fault"],
+                    r["injection"],
+                    r["iterations"],
+                    r["expected"],
+                    observed,
+                    r["injected"],
+                    r["lost"],
+                    r["bad"],
+                    "yes" if r["recovered"] else "**no**",
+                )
+            )
+            + f" | {excerpt} | {r['seconds']} |"
+            + (f" {r['run']} |" if several else "")
+        )
     total = {k: sum(int(r[k]) for r in rows) for k in ("iterations", "injected", "lost", "bad")}
     recovered = sum(1 for r in rows if r["recovered"])
     seconds = sum(float(r["seconds"]) for r in rows)
@@ -151,17 +173,23 @@ def parse(figures: str) -> tuple[list[Run], list[dict[str, Any]]]:
             cells = [c.strip().replace("\\|", "|") for c in _PIPE.split(line)[1:-1]]
             cell = dict(zip(header, cells, strict=True))
             excerpt = cell["error excerpt"]
-            rows.append({
-                "operation": cell["operation"], "fault": cell["fault"],
-                "injection": cell["injection point"], "iterations": int(cell["iterations"]),
-                "expected": cell["expected"],
-                "observed": [] if cell["observed"] == "-" else cell["observed"].split("; "),
-                "injected": int(cell["faults injected"]), "lost": int(cell["snapshots lost"]),
-                "bad": int(cell["bad snapshots committed"]),
-                "recovered": cell["recovered without manual steps"] == "yes",
-                "excerpt": "" if excerpt == "-" else excerpt.strip("`"),
-                "seconds": float(cell["seconds"]), "run": int(cell.get("run", 1)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "operation": cell["operation"],
+                    "fault": cell["fault"],
+                    "injection": cell["injection point"],
+                    "iterations": int(cell["iterations"]),
+                    "expected": cell["expected"],
+                    "observed": [] if cell["observed"] == "-" else cell["observed"].split("; "),
+                    "injected": int(cell["faults injected"]),
+                    "lost": int(cell["snapshots lost"]),
+                    "bad": int(cell["bad snapshots committed"]),
+                    "recovered": cell["recovered without manual steps"] == "yes",
+                    "excerpt": "" if excerpt == "-" else excerpt.strip("`"),
+                    "seconds": float(cell["seconds"]),
+                    "run": int(cell.get("run", 1)),
+                }
+            )
     return runs, rows
 
 

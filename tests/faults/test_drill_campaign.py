@@ -52,11 +52,19 @@ def labelled(kind: str) -> list[str]:
     """Names of the drill containers (``kind`` "ps") or networks ("network") of the host."""
     argv = ["docker", "ps", "-a"] if kind == "ps" else ["docker", "network", "ls"]
     out = subprocess.run(
-        [*argv, "--filter", "label=org.drkit.drill=1",
-         "--filter", f"label=org.drkit.host={DRILL_HOST}",
-         "--format", "{{.Names}}" if kind == "ps" else "{{.Name}}"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            *argv,
+            "--filter",
+            "label=org.drkit.drill=1",
+            "--filter",
+            f"label=org.drkit.host={DRILL_HOST}",
+            "--format",
+            "{{.Names}}" if kind == "ps" else "{{.Name}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sorted(out.split())
 
 
@@ -77,18 +85,30 @@ class DrillHost:
         (app / "svc.env").write_text("PORT=3000\nTOKEN=drill-fault\n")
         self.repo = tmp / "repo"
         self.policy = write_policy(
-            tmp / f"{DRILL_HOST}.toml", DRILL_HOST, {"url": self.repo.as_uri()},
+            tmp / f"{DRILL_HOST}.toml",
+            DRILL_HOST,
+            {"url": self.repo.as_uri()},
             [keys.recipient],
-            [{"kind": "files", "name": "tree", "paths": [str(tree)]},
-             {"kind": "env", "name": "env", "paths": [f"{app}/*.env"]}],
-        )  # fmt: skip
+            [
+                {"kind": "files", "name": "tree", "paths": [str(tree)]},
+                {"kind": "env", "name": "env", "paths": [f"{app}/*.env"]},
+            ],
+        )
         drills = tmp / "drills"
         drills.mkdir()
         (drills / f"{DRILL_HOST}.toml").write_text(
             f'host = "{DRILL_HOST}"\nimage = "{IMAGE}"\n\n[[file]]\npath = "{app}/svc.env"\n'
         )
-        self.argv = ["drill", "--policy", str(self.policy), "--drills-dir", str(drills),
-                     "--identity", str(keys.identity_file), "--json"]  # fmt: skip
+        self.argv = [
+            "drill",
+            "--policy",
+            str(self.policy),
+            "--drills-dir",
+            str(drills),
+            "--identity",
+            str(keys.identity_file),
+            "--json",
+        ]
         backup = drkit("backup", "--policy", str(self.policy))
         assert backup.returncode == 0, backup.output
 
@@ -132,11 +152,15 @@ def test_drill_signalled(sig: int, engine: None, tmp_path: Path, keys: Keys) -> 
     row = Row(
         f"drill (files + env, local repository, image {IMAGE})",
         "SIGTERM to drkit" if term else "kill -9 (drkit's process group)",
-        "a seeded moment after its container appeared", n,
-        ("exit 143 naming host and next step, container and network removed at once; "
-         if term else "")
+        "a seeded moment after its container appeared",
+        n,
+        (
+            "exit 143 naming host and next step, container and network removed at once; "
+            if term
+            else ""
+        )
         + "no report of it recorded; the next drill passes; nothing of either left",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         stale = left()
         assert not stale, f"drill containers of {DRILL_HOST} before the test: {stale}"

@@ -30,8 +30,9 @@ from tests.helpers import drkit, signed_manifest, write_policy
 
 
 def _policy(tmp_path: Path, keys: Keys, source: dict[str, object], repo: Path) -> Path:
-    return write_policy(tmp_path / f"{HOST}.toml", HOST, {"url": repo.as_uri()},
-                        [keys.recipient], [source])  # fmt: skip
+    return write_policy(
+        tmp_path / f"{HOST}.toml", HOST, {"url": repo.as_uri()}, [keys.recipient], [source]
+    )
 
 
 def _cat(data: Path) -> dict[str, object]:
@@ -64,9 +65,11 @@ def test_a_full_repository_disk_is_named(tmp_path: Path, keys: Keys) -> None:
     data.write_bytes(os.urandom(3 << 20))
     with small_fs(1024) as fs:
         policy = _policy(
-            tmp_path, keys, {"kind": "command", "name": "db", "command": ["cat", str(data)]},
+            tmp_path,
+            keys,
+            {"kind": "command", "name": "db", "command": ["cat", str(data)]},
             fs / "repo",
-        )  # fmt: skip
+        )
         res = drkit("backup", "--policy", str(policy))
         assert res.returncode == 1, res.output
         [line] = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
@@ -79,10 +82,16 @@ def test_a_full_repository_disk_is_named(tmp_path: Path, keys: Keys) -> None:
 def test_sigterm_stops_a_backup_cleanly(tmp_path: Path, keys: Keys) -> None:
     repo = tmp_path / "repo"
     started = tmp_path / "started"
-    policy = _policy(tmp_path, keys, {
-        "kind": "command", "name": "db",
-        "command": ["sh", "-c", f"echo begin; touch {started}; exec sleep 30"],
-    }, repo)  # fmt: skip
+    policy = _policy(
+        tmp_path,
+        keys,
+        {
+            "kind": "command",
+            "name": "db",
+            "command": ["sh", "-c", f"echo begin; touch {started}; exec sleep 30"],
+        },
+        repo,
+    )
     run = Started.run(["backup", "--policy", str(policy)], {})
     try:
         deadline = time.monotonic() + 60
@@ -102,9 +111,17 @@ def test_sigterm_stops_a_backup_cleanly(tmp_path: Path, keys: Keys) -> None:
 
 
 def test_a_source_timeout_says_what_to_do(tmp_path: Path, keys: Keys) -> None:
-    policy = _policy(tmp_path, keys, {
-        "kind": "command", "name": "db", "command": ["sleep", "30"], "timeout": "1s",
-    }, tmp_path / "repo")  # fmt: skip
+    policy = _policy(
+        tmp_path,
+        keys,
+        {
+            "kind": "command",
+            "name": "db",
+            "command": ["sleep", "30"],
+            "timeout": "1s",
+        },
+        tmp_path / "repo",
+    )
     res = drkit("backup", "--policy", str(policy))
     assert res.returncode == 1, res.output
     assert "timed out after 1s" in res.stderr and "raise the source's `timeout`" in res.stderr
@@ -144,14 +161,23 @@ def test_a_full_spool_is_named(tmp_path: Path, keys: Keys, seaweed) -> None:  # 
     data = tmp_path / "data"
     data.write_bytes(os.urandom(6 << 20))
     policy = write_policy(
-        tmp_path / f"{HOST}.toml", HOST,
-        {"url": f"s3://{bucket}/drkit", "endpoint": seaweed.endpoint, "region": seaweed.region,
-         "dedup": False},
-        [keys.recipient], [{"kind": "command", "name": "db", "command": ["cat", str(data)]}],
-    )  # fmt: skip
+        tmp_path / f"{HOST}.toml",
+        HOST,
+        {
+            "url": f"s3://{bucket}/drkit",
+            "endpoint": seaweed.endpoint,
+            "region": seaweed.region,
+            "dedup": False,
+        },
+        [keys.recipient],
+        [{"kind": "command", "name": "db", "command": ["cat", str(data)]}],
+    )
     # Whole artifacts in 5 MiB parts: 6 MiB is a multipart upload whose part spools.
-    env = {"AWS_ACCESS_KEY_ID": seaweed.access_key, "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
-           "DRKIT_PART_SIZE": str(5 << 20)}  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": seaweed.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+        "DRKIT_PART_SIZE": str(5 << 20),
+    }
     with small_fs(1024) as fs:
         fill(fs, leave_kib=256)
         res = drkit("backup", "--policy", str(policy), env={**env, "TMPDIR": str(fs)})

@@ -119,9 +119,12 @@ def test_kill_backup(
 ) -> None:
     n = iterations(1 if sc.quick else 2)
     row = Row(
-        sc.operation, KILL, "a seeded moment of the backup, past start-up", n,
+        sc.operation,
+        KILL,
+        "a seeded moment of the backup, past start-up",
+        n,
         "killed or done; listed snapshots verify; next backup and prune clean up",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         size = (4 if sc.dedup else 8) * MiB
         bench = Bench(
@@ -161,19 +164,24 @@ def test_kill_restore_files(sig: int, tmp_path: Path, keys: Keys) -> None:
     term = sig == signal.SIGTERM
     n = iterations(2)
     row = Row(
-        "restore (files tree)", TERM if term else KILL,
-        "a seeded moment of the restore over an older tree", n,
+        "restore (files tree)",
+        TERM if term else KILL,
+        "a seeded moment of the restore over an older tree",
+        n,
         "target old or new, never mixed; --resume completes"
         + ("; exit 143, no staging left at once" if term else ""),
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         tree, dest = tmp_path / "tree", tmp_path / "dest"
         rnd = seeded("k-restore-files", -1)
         make_tree(tree, rnd, 120, 120 * 1024)
         policy = write_policy(
-            tmp_path / "flt.toml", HOST, {"url": (tmp_path / "repo").as_uri()},
-            [keys.recipient], [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
-        )  # fmt: skip
+            tmp_path / "flt.toml",
+            HOST,
+            {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
+        )
         ident = ["--identity", str(keys.identity_file)]
 
         def run(*args: str) -> CliResult:
@@ -235,11 +243,13 @@ def test_kill_restore_database(
     term = sig == signal.SIGTERM
     n = iterations(2)
     row = Row(
-        "restore (database)", TERM if term else KILL,
-        "a seeded moment of the restore into a fresh database", n,
+        "restore (database)",
+        TERM if term else KILL,
+        "a seeded moment of the restore into a fresh database",
+        n,
         "database absent or complete, never half loaded; --resume completes"
         + ("; exit 143, no staging database left at once" if term else ""),
-    )  # fmt: skip
+    )
     db = f"fltk_{uniq}"
     try:
         with recorded(row) as outcomes:

@@ -85,16 +85,23 @@ def test_kill_prune_while_it_repacks(
     where = "SeaweedFS" if maybe_seaweed else "local directory"
     n = iterations(3)
     row = Row(
-        f"prune repacking packs (dedup, {where})", KILL,
-        "a seeded moment of prune with $DRKIT_REPACK=0.01", n,
+        f"prune repacking packs (dedup, {where})",
+        KILL,
+        "a seeded moment of prune with $DRKIT_REPACK=0.01",
+        n,
         "killed or done; listed snapshots verify, the kept one restores; the next prune "
         "completes the repack or removes its leftovers",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         bench = Bench(
-            tmp_path, keys, maybe_seaweed, None, dedup=True, size=4 * MiB,
+            tmp_path,
+            keys,
+            maybe_seaweed,
+            None,
+            dedup=True,
+            size=4 * MiB,
             retention="keep_last = 1",
-        )  # fmt: skip
+        )
         bench.repo.env["DRKIT_REPACK"] = "0.01"
         assert bench.backup().returncode == 0
         bench.change()

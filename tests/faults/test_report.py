@@ -85,8 +85,15 @@ def test_merge_replaces_the_same_scenarios_and_names_each_run(tmp_path: Path) ->
 
 def test_merge_round_trips_a_row_with_an_excerpt(tmp_path: Path) -> None:
     page = tmp_path / "reliability.md"
-    closed = Row("restore", "HTTP 403 (every time)", "the artifact", 2, "fails closed",
-                 ["failed closed x2"], 2)  # fmt: skip
+    closed = Row(
+        "restore",
+        "HTTP 403 (every time)",
+        "the artifact",
+        2,
+        "fails closed",
+        ["failed closed x2"],
+        2,
+    )
     closed.excerpt = "error: host flt: s3://b/k: read failed | denied"
     closed.seconds = 6.1
     assert write(rows_file(tmp_path, closed), page) == 0

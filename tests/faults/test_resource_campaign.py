@@ -87,9 +87,11 @@ def test_sigterm_backup(
     n = iterations(1 if s3 else 2)
     row = Row(
         "backup (S3)" if s3 else "backup (dedup, local directory)",
-        "SIGTERM to drkit", "a seeded moment of the backup", n,
+        "SIGTERM to drkit",
+        "a seeded moment of the backup",
+        n,
         "stops cleanly at once: exit 143, lock released, upload aborted, no partial snapshot",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         bench = Bench(tmp_path, keys, seaweed, None, dedup=not s3, size=(12 if s3 else 4) * MiB)
         t0 = time.monotonic()
@@ -134,9 +136,12 @@ def test_spool_full(tmp_path: Path, keys: Keys, seaweed: SeaweedServer) -> None:
     """An S3 backup whose part spool (``TMPDIR``) fills: fails closed naming the host,
     the source and the spool; the upload is aborted; with room again it succeeds."""
     row = Row(
-        "backup (S3)", "disk full", "the part spool (TMPDIR, a 1 MiB tmpfs)", 1,
+        "backup (S3)",
+        "disk full",
+        "the part spool (TMPDIR, a 1 MiB tmpfs)",
+        1,
         "fails closed naming host, source, spool; upload aborted; next run succeeds",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes, small_fs(1024) as fs:
         bench = Bench(tmp_path, keys, seaweed, None, dedup=False, size=12 * MiB)
         old = os.environ.get("TMPDIR")
@@ -161,9 +166,12 @@ def test_spool_full(tmp_path: Path, keys: Keys, seaweed: SeaweedServer) -> None:
 def test_state_full(tmp_path: Path, keys: Keys) -> None:
     """The state directory (lock files, catalog, restore progress) on a full disk."""
     row = Row(
-        "backup (local directory)", "disk full", "the state directory (locks, catalog)", 1,
+        "backup (local directory)",
+        "disk full",
+        "the state directory (locks, catalog)",
+        1,
         "fails closed or succeeds with a warning; snapshots sound; next run succeeds",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes, small_fs(512) as fs:
         bench = Bench(tmp_path, keys, None, None, dedup=False, size=2 * MiB)
         first = bench.backup()  # the state directory exists, as on a machine in use
@@ -195,15 +203,19 @@ def test_repository_full(tmp_path: Path, keys: Keys) -> None:
     object; no temp file or partial snapshot left; with room again it succeeds."""
     n = iterations(2)
     row = Row(
-        "backup (local directory)", "disk full", "the repository's filesystem (seeded room)",
-        n, "fails closed naming host, source, object; nothing partial; next run succeeds",
-    )  # fmt: skip
+        "backup (local directory)",
+        "disk full",
+        "the repository's filesystem (seeded room)",
+        n,
+        "fails closed naming host, source, object; nothing partial; next run succeeds",
+    )
     with recorded(row) as outcomes, small_fs(64 * 1024) as fs:
         bench = Bench(tmp_path, keys, None, None, dedup=False, size=4 * MiB)
         root = fs / "repo"
         bench.repo.root = root
-        bench.policy.write_text(bench.policy.read_text().replace(
-            (tmp_path / "repo").as_uri(), root.as_uri()))  # fmt: skip
+        bench.policy.write_text(
+            bench.policy.read_text().replace((tmp_path / "repo").as_uri(), root.as_uri())
+        )
         assert bench.backup().returncode == 0
         for i in range(n):
             room = seeded("repo-full", i).randrange(64, 3 * 1024)  # KiB: mid-artifact or facts
@@ -232,16 +244,22 @@ def test_target_full(tmp_path: Path, keys: Keys) -> None:
     """A files restore onto a filesystem without room: refused or failed closed naming
     the host, the source and the path; the target as before; with room it succeeds."""
     row = Row(
-        "restore (files tree)", "disk full", "the target filesystem (room for half the tree)",
-        1, "fails closed naming host, source, path; target as before; next run succeeds",
-    )  # fmt: skip
+        "restore (files tree)",
+        "disk full",
+        "the target filesystem (room for half the tree)",
+        1,
+        "fails closed naming host, source, path; target as before; next run succeeds",
+    )
     with recorded(row) as outcomes, small_fs(8 * 1024) as fs:
         tree = tmp_path / "tree"
         make_tree(tree, seeded("target-full", 0), 40, 300 * 1024)  # ~12 MiB
         policy = write_policy(
-            tmp_path / "flt.toml", HOST, {"url": (tmp_path / "repo").as_uri()},
-            [keys.recipient], [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
-        )  # fmt: skip
+            tmp_path / "flt.toml",
+            HOST,
+            {"url": (tmp_path / "repo").as_uri()},
+            [keys.recipient],
+            [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
+        )
         assert drkit("backup", "--policy", str(policy)).returncode == 0
         dest = fs / "dest"
         (dest / "keep").mkdir(parents=True)
@@ -311,9 +329,12 @@ def wait_up(pg: PgServer) -> None:
 @pytest.mark.faults
 def test_postgres_killed_mid_dump(tmp_path: Path, keys: Keys, own_pg: PgServer) -> None:
     row = Row(
-        "backup (database)", "PostgreSQL backend killed (SIGKILL)", "pg_dump's COPY", 1,
+        "backup (database)",
+        "PostgreSQL backend killed (SIGKILL)",
+        "pg_dump's COPY",
+        1,
         "fails closed naming host, source, database; nothing partial; next run succeeds",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         make_database(own_pg, "calls", 400_000)
         policy = pg_policy(tmp_path / "flt.toml", keys, own_pg, "calls")
@@ -333,18 +354,26 @@ def test_postgres_killed_mid_dump(tmp_path: Path, keys: Keys, own_pg: PgServer) 
 @pytest.mark.faults
 def test_postgres_killed_mid_restore(tmp_path: Path, keys: Keys, own_pg: PgServer) -> None:
     row = Row(
-        "restore (database)", "PostgreSQL backend killed (SIGKILL)", "pg_restore's COPY", 1,
-        "fails closed naming host, source, database, next step; database absent; next run "
-        "succeeds",
-    )  # fmt: skip
+        "restore (database)",
+        "PostgreSQL backend killed (SIGKILL)",
+        "pg_restore's COPY",
+        1,
+        "fails closed naming host, source, database, next step; database absent; next run succeeds",
+    )
     with recorded(row) as outcomes:
         make_database(own_pg, "calls", 400_000)
         want = db_digest(own_pg, "calls")
         policy = pg_policy(tmp_path / "flt.toml", keys, own_pg, "calls")
         assert drkit("backup", "--policy", str(policy)).returncode == 0
         drop_database(own_pg, "calls")
-        restore = ["restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                   "--yes"]  # fmt: skip
+        restore = [
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            "--yes",
+        ]
         res = backend_killed(own_pg, "pg_restore", restore)
         row.injected += 1
         count(outcomes, "failed closed")
@@ -366,18 +395,34 @@ def test_pg_dump_hangs(tmp_path: Path, keys: Keys, own_pg: PgServer) -> None:
     """pg_dump waiting forever on a lock another session holds: the source's
     ``timeout`` stops it, the error says so and what to do."""
     row = Row(
-        "backup (database)", "pg_dump hangs", "a table locked by another session", 1,
+        "backup (database)",
+        "pg_dump hangs",
+        "a table locked by another session",
+        1,
         "stopped by the source's timeout (3s); fails closed; next run succeeds",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         make_database(own_pg, "calls", 1000)
         policy = pg_policy(tmp_path / "flt.toml", keys, own_pg, "calls", extra="3s")
         holder = subprocess.Popen(
-            [str(PG_BIN / "psql"), "-X", "-q", "-h", own_pg.host, "-p", str(own_pg.port),
-             "-U", own_pg.user, "-d", "calls"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(PG_BIN / "psql"),
+                "-X",
+                "-q",
+                "-h",
+                own_pg.host,
+                "-p",
+                str(own_pg.port),
+                "-U",
+                own_pg.user,
+                "-d",
+                "calls",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             text=True,
-        )  # fmt: skip
+        )
         try:
             assert holder.stdin is not None
             holder.stdin.write("BEGIN; LOCK TABLE calls IN ACCESS EXCLUSIVE MODE;\n")
@@ -431,10 +476,12 @@ def test_clock_skew(offset: str, tmp_path: Path, keys: Keys) -> None:
         pytest.skip("libfaketime is not installed (apt-get install faketime)")
     ahead = offset.startswith("+")
     row = Row(
-        "backup, snapshots, restore, prune", f"clock {offset[0]}1 day",
-        "the second of three backups, on drkit's clock (libfaketime)", 1,
+        "backup, snapshots, restore, prune",
+        f"clock {offset[0]}1 day",
+        "the second of three backups, on drkit's clock (libfaketime)",
+        1,
         "future snapshot refused until its time, never chosen; past one oldest to retention",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         bench = Bench(
             tmp_path, keys, None, None, dedup=False, size=1 * MiB, retention="keep_last = 2"
@@ -453,8 +500,9 @@ def test_clock_skew(offset: str, tmp_path: Path, keys: Keys) -> None:
         doc = json.loads(listed.stdout)
         trusted = [r["snapshot"] for r in doc["snapshots"]]
         untrusted = {r["snapshot"]: r["reason"] for r in doc["untrusted"]}
-        plan = at_clock(bench, None, "restore", "--identity", str(keys.identity_file), "--plan",
-                        "--json")  # fmt: skip
+        plan = at_clock(
+            bench, None, "restore", "--identity", str(keys.identity_file), "--plan", "--json"
+        )
         assert plan.returncode == 0, plan.output
         chosen = json.loads(plan.stdout)["snapshot"]
         assert chosen == last, f"restore chose {chosen}, not the newest taken {last}"
@@ -512,16 +560,19 @@ def test_due_clock_jump(tmp_path: Path, keys: Keys) -> None:
     if not FAKETIME.exists():
         pytest.skip("libfaketime is not installed (apt-get install faketime)")
     row = Row(
-        "backup --due (@hourly)", "clock jumps -1 day, +1 day, back",
-        "between runs, on drkit's clock (libfaketime)", 1,
+        "backup --due (@hourly)",
+        "clock jumps -1 day, +1 day, back",
+        "between runs, on drkit's clock (libfaketime)",
+        1,
         "each slot runs once; a snapshot dated tomorrow never makes the host look fresh; "
         "nothing fails or is refused",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         bench = Bench(tmp_path, keys, None, None, dedup=False, size=1 * MiB)
         text = bench.policy.read_text()
-        bench.policy.write_text(text.replace(f'host = "{HOST}"\n', f'host = "{HOST}"\n'
-                                             'schedule = "@hourly"\n', 1))  # fmt: skip
+        bench.policy.write_text(
+            text.replace(f'host = "{HOST}"\n', f'host = "{HOST}"\nschedule = "@hourly"\n', 1)
+        )
         # (clock, what --due must do: True ran, False not due, None either)
         steps: list[tuple[str, bool | None]] = [
             ("-1d", True),  # a machine a day behind: its first run
@@ -557,9 +608,12 @@ def limited(argv: list[str], nofile: int) -> CliResult:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     res = subprocess.run(
-        [sys.executable, "-m", "drkit", *argv], capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "drkit", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
         preexec_fn=cap,
-    )  # fmt: skip
+    )
     out = CliResult(res.returncode, res.stdout, res.stderr)
     no_traceback(out)
     return out
@@ -574,19 +628,30 @@ def test_fd_limit(tmp_path: Path, keys: Keys) -> None:
     (before the floor a run failed midway: "internal error: OSError(24)")."""
     n = iterations(4)  # two limits below the floor, two at or above it
     row = Row(
-        "backup (dedup, files tree) + restore", "open-file limit (ulimit -n)",
-        "drkit's RLIMIT_NOFILE at start (seeded: 8..15, then 64..128)", n,
+        "backup (dedup, files tree) + restore",
+        "open-file limit (ulimit -n)",
+        "drkit's RLIMIT_NOFILE at start (seeded: 8..15, then 64..128)",
+        n,
         "works, or refused at the start naming the limit and what to raise; nothing partial",
-    )  # fmt: skip
+    )
     with recorded(row) as outcomes:
         tree = tmp_path / "tree"
         make_tree(tree, seeded("fd-limit", -1), 600, 4 * 1024)
         policy = write_policy(
-            tmp_path / "flt.toml", HOST, {"url": (tmp_path / "repo").as_uri(), "dedup": True},
-            [keys.recipient], [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
-        )  # fmt: skip
-        restore = ["restore", "--policy", str(policy), "--identity", str(keys.identity_file),
-                   "--yes"]  # fmt: skip
+            tmp_path / "flt.toml",
+            HOST,
+            {"url": (tmp_path / "repo").as_uri(), "dedup": True},
+            [keys.recipient],
+            [{"kind": "files", "name": "tree", "paths": [str(tree)]}],
+        )
+        restore = [
+            "restore",
+            "--policy",
+            str(policy),
+            "--identity",
+            str(keys.identity_file),
+            "--yes",
+        ]
         for i in range(n):
             rnd = seeded("fd-limit", i)  # below the floor, then at or above it, in turn
             nofile = rnd.randrange(8, 16) if i % 2 == 0 else rnd.randrange(64, 129)

@@ -104,16 +104,30 @@ def commit(
     with index.file:
         repo.store.put(object_key(HOST, snapshot, "db/dump"), index.file)
     record = ArtifactRecord(
-        "db", "dump", "db/dump", chunked.FORMAT, index.plain_size, index.tree_digest,
-        index.stored_size, index.stored_sha256, new_bytes=new_bytes,
-    )  # fmt: skip
+        "db",
+        "dump",
+        "db/dump",
+        chunked.FORMAT,
+        index.plain_size,
+        index.tree_digest,
+        index.stored_size,
+        index.stored_sha256,
+        new_bytes=new_bytes,
+    )
     started = snapshot_time(snapshot).isoformat()
     manifest = Manifest(
-        host=HOST, snapshot=snapshot, started=started, finished=started,
-        drkit_version="test", policy_sha256="0" * 64, recipients=[str(ring.recipients[0])],
-        sources=[SourceRecord("db", "command", [record], 0.1)], facts=None, status="complete",
+        host=HOST,
+        snapshot=snapshot,
+        started=started,
+        finished=started,
+        drkit_version="test",
+        policy_sha256="0" * 64,
+        recipients=[str(ring.recipients[0])],
+        sources=[SourceRecord("db", "command", [record], 0.1)],
+        facts=None,
+        status="complete",
         extra={chunked.ID_KEY_EXTRA: chunked.seal_id_key(ID_KEY, ring.recipients)},
-    )  # fmt: skip
+    )
     repo.write_manifest(manifest)
     return manifest
 
@@ -255,9 +269,14 @@ def test_chunks_stored_one_object_each_still_restore_and_verify(
     assert done.reused_chunks == 0 and packs(repo.store)
     assert restore(repo, ring, new) == data
     gc = collect_packs(
-        repo, HOST, [old, new], now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2),
-        grace=dt.timedelta(0), dry_run=False, log=lambda _m: None,
-    )  # fmt: skip
+        repo,
+        HOST,
+        [old, new],
+        now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2),
+        grace=dt.timedelta(0),
+        dry_run=False,
+        log=lambda _m: None,
+    )
     assert gc.errors == [] and gc.removed == gc.packs_removed == 0
     assert restore(repo, ring, old) == data
 
@@ -288,8 +307,9 @@ def test_prune_removes_unreferenced_packs_and_keeps_the_rest(
     assert only_first and len(only_first) < len(packs(repo.store))
     repo.delete_snapshot(HOST, first.snapshot)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    gc = collect_packs(repo, HOST, [second], now=later, grace=dt.timedelta(0), dry_run=False,
-                        log=lambda _m: None)  # fmt: skip
+    gc = collect_packs(
+        repo, HOST, [second], now=later, grace=dt.timedelta(0), dry_run=False, log=lambda _m: None
+    )
     assert gc.errors == []
     if repo.store.object_lock_enabled():
         # Object Lock holds the first snapshot's packs for a day: kept, each named with why.

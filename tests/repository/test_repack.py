@@ -50,9 +50,15 @@ def collect(
     not past its Object Lock retention)."""
     now = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     return collect_packs(
-        repo, HOST, kept, now=now, grace=dt.timedelta(0), dry_run=dry_run,
-        log=lambda _m: None, repack=share,
-    )  # fmt: skip
+        repo,
+        HOST,
+        kept,
+        now=now,
+        grace=dt.timedelta(0),
+        dry_run=dry_run,
+        log=lambda _m: None,
+        repack=share,
+    )
 
 
 def locked(store: Store) -> bool:

@@ -248,15 +248,28 @@ def write_chunked(repo: Repository, snapshot: str, names: list[str]) -> list[str
     index = ("\n".join([*lines, f"end {5 * len(ids)} {tree}"]) + "\n").encode()
     repo.store.put_bytes(snapshot_prefix(HOST, snapshot) + "db/dump", index)
     record = ArtifactRecord(
-        "db", "dump", "db/dump", chunked.FORMAT, 5 * len(ids), tree,
-        len(index), hashlib.sha256(index).hexdigest(),
-    )  # fmt: skip
+        "db",
+        "dump",
+        "db/dump",
+        chunked.FORMAT,
+        5 * len(ids),
+        tree,
+        len(index),
+        hashlib.sha256(index).hexdigest(),
+    )
     started = snapshot_time(snapshot).isoformat()
     manifest = Manifest(
-        host=HOST, snapshot=snapshot, started=started, finished=started,
-        drkit_version="test", policy_sha256="0" * 64, recipients=[],
-        sources=[SourceRecord("db", "command", [record], 0.1)], facts=None, status="complete",
-    )  # fmt: skip
+        host=HOST,
+        snapshot=snapshot,
+        started=started,
+        finished=started,
+        drkit_version="test",
+        policy_sha256="0" * 64,
+        recipients=[],
+        sources=[SourceRecord("db", "command", [record], 0.1)],
+        facts=None,
+        status="complete",
+    )
     repo.write_manifest(manifest)
     return keys
 

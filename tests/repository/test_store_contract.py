@@ -438,8 +438,13 @@ def test_s3_lock_objects_can_skip_retention(seaweed: SeaweedServer) -> None:
 
 
 def test_list_dirs_is_one_level(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("a/snapshots/s1/manifest.json", "a/chunks/ab/cd", "b/locks/backup.json",
-                "c/snapshots/s2/x", "top.json"):  # fmt: skip
+    for key in (
+        "a/snapshots/s1/manifest.json",
+        "a/chunks/ab/cd",
+        "b/locks/backup.json",
+        "c/snapshots/s2/x",
+        "top.json",
+    ):
         store.put_bytes(key, b"x")
     assert store.list_dirs() == ["a", "b", "c"]
     assert store.list_dirs("a/") == ["chunks", "snapshots"]
