@@ -32,7 +32,7 @@ PATHS=(docker drkit/drills drkit/actions/drill.py drkit/cli/commands_drill.py
        # session 12: moved out of make test for CI time, and what they test
        drkit/sources/stop_window.py drkit/sources/redis_rdb.py
        tests/sources/test_compose_stop_window.py tests/sources/test_redis.py
-       tests/bench/test_harness_smoke.py bench)
+       tests/bench/test_harness_smoke.py 'bench/*.py')
 
 digest() {
     # Path and content (as in the working tree) of every file under PATHS that git
