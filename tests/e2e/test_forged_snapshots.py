@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,20 @@ def _plant_complete(site: Site, snapshot: str, sign_with: Any = None) -> None:
     )
 
 
+def _newest_id() -> str:
+    """A snapshot id newer than any taken so far, and already past once returned: a
+    forgery dated in the future would be refused as such first (a race with the clock
+    that a loaded machine lost), not for the reason each test checks."""
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).replace(microsecond=0)
+    while dt.datetime.now(dt.UTC) <= at:
+        time.sleep(0.05)
+    return at.strftime("%Y%m%dT%H%M%S.000Z-abcdef")
+
+
 def test_a_complete_new_snapshot_is_refused(tmp_path: Path, repo: RepoTarget, keys: Keys) -> None:
     site = Site(tmp_path, repo, keys)
     real = site.backup()
-    forged = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).strftime(
-        "%Y%m%dT%H%M%S.000Z-abcdef"
-    )
+    forged = _newest_id()
     _plant_complete(site, forged)
     _assert_ignored(site, real, forged, "not signed")
 
@@ -121,9 +130,7 @@ def test_a_snapshot_signed_by_an_untrusted_key_is_refused(
 ) -> None:
     site = Site(tmp_path, repo, keys)
     real = site.backup()
-    forged = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).strftime(
-        "%Y%m%dT%H%M%S.000Z-abcdef"
-    )
+    forged = _newest_id()
     _plant_complete(site, forged, sign_with=forge.attacker_key(tmp_path))
     _assert_ignored(site, real, forged, "which is not trusted")
 
