@@ -117,6 +117,7 @@ def command_policy(tmp_path: Path, keys: Keys, command: list[str]) -> Policy:
     return Policy.model_validate(
         {
             "host": "vultr",
+            "discover": False,  # the host is this shared machine (tests/helpers.py write_policy)
             "repository": {"url": (tmp_path / "repo").as_uri()},
             "encryption": {"recipients": [keys.recipient], "signers": [local_signer()]},
             "source": [{"kind": "command", "name": "app", "command": command}],

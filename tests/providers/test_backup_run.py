@@ -46,6 +46,7 @@ def run_policy(tmp_path: Path, keys: Keys, kind: str, api: FakeApi) -> Policy:
     return Policy.model_validate(
         {
             "host": HOST,
+            "discover": False,  # the host is this shared machine (tests/helpers.py write_policy)
             "repository": {"url": (tmp_path / "repo").as_uri()},
             "encryption": {"recipients": [keys.recipient], "signers": [local_signer()]},
             "source": [app, machine],
