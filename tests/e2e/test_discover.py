@@ -133,8 +133,9 @@ def _policy(path: Path, box: HostContainer, login: Login, tmp: Path) -> Path:
     )
     # Only an env source for another directory: nothing of the stack is covered.
     sources = [{"kind": "env", "name": "env", "paths": ["/opt/*/.env"]}]
+    # The box is a host of its own: its backups' coverage check is what is tested.
     return write_policy(path, "dockerhost", {"url": f"file://{tmp / 'repo'}"}, [RECIPIENT],
-                        sources, extra=connection)  # fmt: skip
+                        sources, extra=connection, discover=True)  # fmt: skip
 
 
 def _by(found: dict, kind: str) -> dict[str, dict]:
